@@ -1,0 +1,57 @@
+# Continuous training of the diabetes-progression model. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+RUN_LOG := .artifacts/last-retrain.log
+CONF ?= {}
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo retrain airflow airflow-db test test-unit lint bench status clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(INSTALLED): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+install: $(INSTALLED) ## create .venv and install the pinned requirements
+
+demo: install ## seed the demo data, run the retrain DAG through Airflow, print the champion
+	$(PY) -m pipeline seed-demo
+	@$(MAKE) --no-print-directory retrain
+	$(PY) -m pipeline status
+
+airflow-db: install
+	@mkdir -p $(dir $(RUN_LOG))
+	@$(PY) -m pipeline airflow db migrate > $(RUN_LOG) 2>&1 || (tail -40 $(RUN_LOG); exit 1)
+
+retrain: airflow-db ## one more `retrain` DAG run through Airflow (CONF='{"margin": 0.02}' to set params)
+	$(PY) -m pipeline init-db > /dev/null
+	@echo "running the retrain DAG (log: $(RUN_LOG))"
+	@$(PY) -m pipeline airflow dags test retrain -c '$(CONF)' > $(RUN_LOG) 2>&1 \
+		|| (grep -E "ERROR|Error|error:|failed" $(RUN_LOG) | tail -20; echo "retrain failed; full log: $(RUN_LOG)"; exit 1)
+	@grep -o "DagRun Finished: dag_id=retrain.*state=[a-z]*" $(RUN_LOG) | sed 's/, run_start_date.*state=/ -> /'
+
+airflow: airflow-db ## start Airflow (scheduler, API server, UI) on this database
+	$(PY) -m pipeline init-db > /dev/null
+	$(PY) -m pipeline airflow standalone
+
+status: install ## the champion and the latest runs
+	$(PY) -m pipeline status
+
+test: install ## run every test (unit, integration on real PostgreSQL, DAGs through Airflow)
+	$(PY) -m pytest
+
+test-unit: install ## the tests that need no database
+	$(PY) -m pytest tests/unit
+
+lint: install ## ruff (with Airflow rules) and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+clean: ## remove the embedded database, artifacts and local Airflow home (keeps .venv)
+	rm -rf .pgdata .artifacts .airflow

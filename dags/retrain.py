@@ -1,0 +1,116 @@
+"""
+### retrain
+
+Nightly (and on demand) continuous training of the diabetes-progression model:
+
+1. **ingest_snapshot** - labelled rows up to the run's watermark, frozen into a snapshot named
+   by its SHA-256.
+2. **validate_snapshot** - the Great Expectations suite in `expectations/`; a failure stops the
+   run and names the expectations and columns.
+3. **train_candidate** - cross-validates every configured model family, fits the best one as a
+   single scikit-learn Pipeline and registers it.
+4. **evaluate_candidate** - candidate and champion on the same most-recent held-out rows.
+5. **promote_candidate** - promotes in one transaction when the policy says so; else keeps the
+   champion and records why.
+
+Every step is a function in `pipeline.stages`; `python -m pipeline <stage>` runs the same by hand.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+
+def _run() -> Any:
+    """The pipeline's view of this DAG run: id, watermark and how it was started."""
+    from pipeline.stages import Run
+
+    context = get_current_context()
+    dag_run = context["dag_run"]
+    watermark = context.get("data_interval_end") or dag_run.run_after
+    started_by = str(dag_run.run_type)
+    user = getattr(dag_run, "triggering_user_name", None)
+    return Run(run_id=dag_run.run_id, watermark=watermark, triggered_by=f"{started_by}:{user}" if user else started_by)
+
+
+def _workspace() -> Any:
+    from pipeline.settings import Settings
+    from pipeline.stages import Workspace
+
+    return Workspace.open(Settings.from_env())
+
+
+def _record_failure(context: Any) -> None:
+    from pipeline.stages import mark_run_failed
+
+    error = context.get("exception")
+    mark_run_failed(_workspace(), context["dag_run"].run_id, f"{context['task_instance'].task_id}: {error}")
+
+
+@dag(
+    schedule="0 2 * * *",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["training"],
+    doc_md=__doc__,
+    default_args={"retries": 0, "on_failure_callback": _record_failure},
+    params={
+        "margin": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            maximum=0.5,
+            title="Promotion margin",
+            description="Relative RMSE improvement the candidate needs over the champion "
+            "(0.01 = 1%). Empty: the value in pipeline.yaml.",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Train and evaluate, record the decision, but never promote.",
+        ),
+    },
+)
+def retrain() -> None:
+    @task(retries=2, retry_delay=timedelta(seconds=30))
+    def ingest_snapshot(params: dict[str, Any] | None = None) -> dict[str, Any]:
+        from pipeline.stages import ingest_snapshot
+
+        return ingest_snapshot(_workspace(), _run(), dict(params or {}))
+
+    @task
+    def validate_snapshot(snapshot: dict[str, Any]) -> str:
+        from pipeline.stages import validate_snapshot
+
+        return validate_snapshot(_workspace(), _run(), snapshot["snapshot_hash"])["snapshot_hash"]
+
+    @task(retries=1)
+    def train_candidate(snapshot_hash: str) -> int:
+        from pipeline.stages import train_candidate
+
+        return int(train_candidate(_workspace(), _run(), snapshot_hash)["version"])
+
+    @task(retries=1)
+    def evaluate_candidate(version: int, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        from pipeline.stages import evaluate_candidate
+
+        return evaluate_candidate(_workspace(), _run(), version, (params or {}).get("margin"))
+
+    @task(retries=2, retry_delay=timedelta(seconds=30))
+    def promote_candidate(evaluation: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+        from pipeline.stages import promote_candidate
+
+        return promote_candidate(_workspace(), _run(), dry_run=bool((params or {}).get("dry_run")))
+
+    snapshot = ingest_snapshot()
+    checked = validate_snapshot(snapshot)
+    version = train_candidate(checked)
+    promote_candidate(evaluate_candidate(version))
+
+
+retrain()

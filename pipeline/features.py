@@ -1,0 +1,69 @@
+"""Feature preparation, as scikit-learn steps that travel inside the saved model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from pipeline.config import DatasetContract
+
+DAYS_PER_YEAR = 365.25
+
+
+class AgeFromDates(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+    """Age in years at the event, from a (birth date, event date) column pair."""
+
+    def fit(self, X: Any, y: Any = None) -> AgeFromDates:
+        self.n_features_in_ = 2
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        frame = pd.DataFrame(X)
+        birth = pd.to_datetime(frame.iloc[:, 0], errors="coerce")
+        event = pd.to_datetime(frame.iloc[:, 1], errors="coerce")
+        days = (event - birth).dt.days.astype("float64")
+        ages: np.ndarray = (days / DAYS_PER_YEAR).to_numpy().reshape(-1, 1)
+        return ages
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        return np.array(["age_years"], dtype=object)
+
+
+def numeric_steps() -> Pipeline:
+    return make_pipeline(SimpleImputer(strategy="median"), StandardScaler())
+
+
+def build_preprocessor(contract: DatasetContract) -> ColumnTransformer:
+    """Age from the date pair, imputed and scaled numerics, one-hot categoricals.
+
+    Columns not in the contract (the id, the timestamp) are dropped, so they can never
+    influence a prediction.
+    """
+    transformers: list[tuple[str, Any, list[str]]] = []
+    birth, event = contract.names_with_role("birth_date"), contract.names_with_role("event_date")
+    if birth and event:
+        age = make_pipeline(AgeFromDates(), SimpleImputer(strategy="median"), StandardScaler())
+        transformers.append(("age", age, [birth[0], event[0]]))
+    numeric = contract.names_with_role("numeric")
+    if numeric:
+        transformers.append(("numeric", numeric_steps(), numeric))
+    categorical = contract.names_with_role("categorical")
+    if categorical:
+        encoder = make_pipeline(
+            SimpleImputer(strategy="most_frequent"),
+            OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+        )
+        transformers.append(("categorical", encoder, categorical))
+    return ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
+
+
+def model_inputs(frame: pd.DataFrame, contract: DatasetContract) -> pd.DataFrame:
+    """The feature columns a model is fitted and scored on."""
+    return frame[contract.feature_names()]

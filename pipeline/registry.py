@@ -1,0 +1,192 @@
+"""The registry: runs, snapshots, validations, model versions, evaluations and the champion."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from pipeline.ingest import Snapshot
+from pipeline.validate import ValidationReport
+
+_PROMOTION_LOCK_ID = 72_410_002  # pg_advisory_xact_lock key: promotions never interleave
+
+
+class StaleChampionError(RuntimeError):
+    """The champion changed between evaluation and promotion."""
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+def _row(result: sa.CursorResult[Any]) -> dict[str, Any] | None:
+    row = result.mappings().first()
+    return dict(row) if row is not None else None
+
+
+def start_run(conn: Connection, run_id: str, triggered_by: str, watermark: datetime, params: dict[str, Any]) -> None:
+    """Record that a run started; a retried task refreshes the same row."""
+    conn.execute(sa.text("""
+        INSERT INTO pipeline.training_runs (run_id, triggered_by, watermark, params, status)
+        VALUES (:run_id, :by, :wm, CAST(:params AS jsonb), 'running')
+        ON CONFLICT (run_id) DO UPDATE
+           SET status = 'running', reason = NULL, finished_at = NULL, params = EXCLUDED.params
+    """), {"run_id": run_id, "by": triggered_by, "wm": watermark, "params": _json(params)})
+
+
+def finish_run(conn: Connection, run_id: str, status: str, reason: str) -> None:
+    conn.execute(sa.text("""
+        UPDATE pipeline.training_runs SET status = :status, reason = :reason, finished_at = now()
+         WHERE run_id = :run_id
+    """), {"run_id": run_id, "status": status, "reason": reason})
+
+
+def fail_run(conn: Connection, run_id: str, reason: str) -> None:
+    """Mark a still-running run failed; a status already recorded (validation_failed) stays."""
+    conn.execute(sa.text("""
+        UPDATE pipeline.training_runs SET status = 'failed', reason = :reason, finished_at = now()
+         WHERE run_id = :run_id AND status = 'running'
+    """), {"run_id": run_id, "reason": reason})
+
+
+def record_snapshot(conn: Connection, snapshot: Snapshot, run_id: str) -> None:
+    """Register a snapshot once (same rows, same hash) and link the run to it."""
+    conn.execute(sa.text("""
+        INSERT INTO pipeline.snapshots (snapshot_hash, source_table, query, watermark, row_count, path, first_run_id)
+        VALUES (:h, :t, :q, :wm, :n, :p, :run_id)
+        ON CONFLICT (snapshot_hash) DO NOTHING
+    """), {"h": snapshot.snapshot_hash, "t": snapshot.source_table, "q": snapshot.query,
+           "wm": snapshot.watermark, "n": snapshot.row_count, "p": snapshot.path, "run_id": run_id})
+    conn.execute(sa.text("UPDATE pipeline.training_runs SET snapshot_hash = :h WHERE run_id = :run_id"),
+                 {"h": snapshot.snapshot_hash, "run_id": run_id})
+
+
+def get_snapshot(conn: Connection, snapshot_hash: str) -> dict[str, Any]:
+    row = _row(conn.execute(sa.text("SELECT * FROM pipeline.snapshots WHERE snapshot_hash = :h"),
+                            {"h": snapshot_hash}))
+    if row is None:
+        raise LookupError(f"snapshot {snapshot_hash} is not registered")
+    return row
+
+
+def record_validation(conn: Connection, run_id: str, snapshot_hash: str, report: ValidationReport) -> None:
+    conn.execute(sa.text("""
+        INSERT INTO pipeline.validation_results
+               (run_id, snapshot_hash, suite_name, success, statistics, failures, result)
+        VALUES (:run_id, :h, :suite, :ok, CAST(:stats AS jsonb), CAST(:failures AS jsonb), CAST(:result AS jsonb))
+        ON CONFLICT (run_id, snapshot_hash) DO UPDATE
+           SET success = EXCLUDED.success, statistics = EXCLUDED.statistics,
+               failures = EXCLUDED.failures, result = EXCLUDED.result, created_at = now()
+    """), {"run_id": run_id, "h": snapshot_hash, "suite": report.suite_name, "ok": report.success,
+           "stats": _json(report.statistics), "failures": _json(report.failures), "result": _json(report.result)})
+
+
+def register_model(conn: Connection, record: dict[str, Any]) -> int:
+    """Register the run's candidate once and return its version; a retry gets the same version."""
+    json_keys = ("params", "cv_metrics", "holdout_start", "library_versions")
+    values = {k: (_json(v) if k in json_keys else v) for k, v in record.items()}
+    inserted = conn.execute(sa.text("""
+        INSERT INTO pipeline.model_versions
+               (run_id, snapshot_hash, artifact_hash, artifact_path, model_family, params, cv_metrics,
+                train_rows, holdout_rows, holdout_start, library_versions, code_version)
+        VALUES (:run_id, :snapshot_hash, :artifact_hash, :artifact_path, :model_family, CAST(:params AS jsonb),
+                CAST(:cv_metrics AS jsonb), :train_rows, :holdout_rows, CAST(:holdout_start AS jsonb),
+                CAST(:library_versions AS jsonb), :code_version)
+        ON CONFLICT (run_id) DO NOTHING
+        RETURNING version
+    """), values).scalar()
+    if inserted is not None:
+        return int(inserted)
+    return int(conn.execute(sa.text("SELECT version FROM pipeline.model_versions WHERE run_id = :r"),
+                            {"r": record["run_id"]}).scalar_one())
+
+
+def get_model(conn: Connection, version: int) -> dict[str, Any]:
+    row = _row(conn.execute(sa.text("SELECT * FROM pipeline.model_versions WHERE version = :v"), {"v": version}))
+    if row is None:
+        raise LookupError(f"model version {version} is not registered")
+    return row
+
+
+def current_champion(conn: Connection) -> dict[str, Any] | None:
+    """The champion row joined with its model version, or None before the first promotion."""
+    return _row(conn.execute(sa.text("""
+        SELECT c.version, c.run_id AS promoted_by_run, c.promoted_at, m.*
+          FROM pipeline.champion c JOIN pipeline.model_versions m USING (version)
+         WHERE c.slot = 'production'
+    """)))
+
+
+def record_evaluation(conn: Connection, run_id: str, evaluation: dict[str, Any]) -> None:
+    conn.execute(sa.text("""
+        INSERT INTO pipeline.evaluations (run_id, candidate_version, champion_version, holdout_rows,
+               candidate_metrics, champion_metrics, policy, decision, reason)
+        VALUES (:run_id, :candidate_version, :champion_version, :holdout_rows, CAST(:cm AS jsonb),
+                CAST(:chm AS jsonb), CAST(:policy AS jsonb), :decision, :reason)
+        ON CONFLICT (run_id) DO UPDATE SET
+               candidate_version = EXCLUDED.candidate_version, champion_version = EXCLUDED.champion_version,
+               holdout_rows = EXCLUDED.holdout_rows, candidate_metrics = EXCLUDED.candidate_metrics,
+               champion_metrics = EXCLUDED.champion_metrics, policy = EXCLUDED.policy,
+               decision = EXCLUDED.decision, reason = EXCLUDED.reason, created_at = now()
+    """), {"run_id": run_id, "candidate_version": evaluation["candidate_version"],
+           "champion_version": evaluation["champion_version"], "holdout_rows": evaluation["holdout_rows"],
+           "cm": _json(evaluation["candidate_metrics"]),
+           "chm": _json(evaluation["champion_metrics"]) if evaluation["champion_metrics"] else None,
+           "policy": _json(evaluation["policy"]), "decision": evaluation["decision"],
+           "reason": evaluation["reason"]})
+
+
+def get_evaluation(conn: Connection, run_id: str) -> dict[str, Any]:
+    row = _row(conn.execute(sa.text("SELECT * FROM pipeline.evaluations WHERE run_id = :r"), {"r": run_id}))
+    if row is None:
+        raise LookupError(f"run {run_id} has no evaluation; run the evaluate stage first")
+    return row
+
+
+def promote(engine: Engine, run_id: str, to_version: int, expected_champion: int | None, actor: str, reason: str) -> bool:
+    """Make `to_version` champion in one transaction, if the champion is still `expected_champion`.
+
+    Returns False when `to_version` already is the champion (a retried task). Raises
+    StaleChampionError when another run changed the champion since this run's evaluation.
+    """
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PROMOTION_LOCK_ID})
+        current = conn.execute(sa.text(
+            "SELECT version FROM pipeline.champion WHERE slot = 'production' FOR UPDATE")).scalar()
+        if current == to_version:
+            return False
+        if current != expected_champion:
+            raise StaleChampionError(
+                f"champion is now version {current}, but run {run_id} was evaluated against "
+                f"{expected_champion}; not promoting. Re-run the evaluation.")
+        conn.execute(sa.text("""
+            INSERT INTO pipeline.champion (slot, version, run_id, promoted_at)
+            VALUES ('production', :v, :run_id, now())
+            ON CONFLICT (slot) DO UPDATE SET version = EXCLUDED.version, run_id = EXCLUDED.run_id,
+                                             promoted_at = EXCLUDED.promoted_at
+        """), {"v": to_version, "run_id": run_id})
+        conn.execute(sa.text("""
+            INSERT INTO pipeline.promotion_events (from_version, to_version, run_id, actor, reason)
+            VALUES (:from_v, :to_v, :run_id, :actor, :reason)
+        """), {"from_v": current, "to_v": to_version, "run_id": run_id, "actor": actor, "reason": reason})
+    return True
+
+
+def recent_runs(conn: Connection, limit: int = 10) -> list[dict[str, Any]]:
+    rows = conn.execute(sa.text("""
+        SELECT r.run_id, r.triggered_by, r.status, r.reason, r.watermark, r.snapshot_hash,
+               r.started_at, r.finished_at, e.candidate_version, e.decision,
+               e.candidate_metrics, e.champion_metrics
+          FROM pipeline.training_runs r LEFT JOIN pipeline.evaluations e USING (run_id)
+         ORDER BY r.started_at DESC LIMIT :n
+    """), {"n": limit}).mappings()
+    return [dict(r) for r in rows]
+
+
+def promotion_history(conn: Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(sa.text("SELECT * FROM pipeline.promotion_events ORDER BY event_id")).mappings()
+    return [dict(r) for r in rows]

@@ -1,0 +1,38 @@
+"""Where things live: the one settings object, built from the environment once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+ENV_DATABASE_URL = "PIPELINE_DATABASE_URL"
+ENV_CONFIG = "PIPELINE_CONFIG"
+ENV_ARTIFACT_DIR = "PIPELINE_ARTIFACT_DIR"
+ENV_PGDATA = "PIPELINE_PGDATA"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Locations of the database, the configuration file and the artifact store.
+
+    `database_url` is None when PIPELINE_DATABASE_URL is unset: the embedded PostgreSQL in
+    `pgdata_dir` is used then (see `pipeline.db.database_url`).
+    """
+
+    database_url: str | None
+    config_path: Path
+    artifact_dir: Path
+    pgdata_dir: Path
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        return cls(
+            database_url=env.get(ENV_DATABASE_URL) or None,
+            config_path=Path(env.get(ENV_CONFIG) or PROJECT_ROOT / "pipeline.yaml"),
+            artifact_dir=Path(env.get(ENV_ARTIFACT_DIR) or PROJECT_ROOT / ".artifacts"),
+            pgdata_dir=Path(env.get(ENV_PGDATA) or PROJECT_ROOT / ".pgdata"),
+        )

@@ -1,0 +1,171 @@
+"""The stages of a retrain, each callable from the CLI and from the Airflow DAG alike.
+
+Every stage takes a `Workspace` (settings, configuration, database) and a `Run` (its id and
+watermark), reads its inputs from the registry by key, and returns a small JSON-able dict.
+Each is idempotent: running it twice for the same run gives the same records.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from pipeline import artifacts, db, evaluate, ingest, registry, train, validate
+from pipeline.config import PipelineConfig, PromotionPolicy, load_config
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    settings: Settings
+    config: PipelineConfig
+    engine: Engine
+
+    @classmethod
+    def open(cls, settings: Settings) -> Workspace:
+        """Load the configuration and connect to the database (starting the embedded one if needed)."""
+        config = load_config(settings.config_path)
+        return cls(settings, config, db.create_engine(db.database_url(settings)))
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    watermark: datetime
+    triggered_by: str = "cli"
+
+
+def _load_snapshot(ws: Workspace, snapshot_hash: str) -> Any:
+    with ws.engine.connect() as conn:
+        row = registry.get_snapshot(conn, snapshot_hash)
+    return ingest.load_snapshot(Path(row["path"]), snapshot_hash)
+
+
+def ingest_snapshot(ws: Workspace, run: Run, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Snapshot the labelled rows up to the run's watermark and register it."""
+    with ws.engine.begin() as conn:
+        registry.start_run(conn, run.run_id, run.triggered_by, run.watermark, params or {})
+    snapshot, _ = ingest.take_snapshot(ws.engine, ws.config.dataset, run.watermark, ws.settings.artifact_dir)
+    with ws.engine.begin() as conn:
+        registry.record_snapshot(conn, snapshot, run.run_id)
+    log.info("snapshot %s: %d labelled rows up to %s", snapshot.snapshot_hash, snapshot.row_count, run.watermark)
+    return snapshot.as_dict()
+
+
+def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, Any]:
+    """Check the snapshot against the expectation suite; store the result; stop the run on failure."""
+    contract = ws.config.dataset
+    suite = validate.load_suite(contract.expectation_suite)
+    report = validate.validate_frame(_load_snapshot(ws, snapshot_hash), suite, contract.id_column)
+    with ws.engine.begin() as conn:
+        registry.record_validation(conn, run.run_id, snapshot_hash, report)
+        if not report.success:
+            error = validate.ValidationFailed(report.suite_name, report.failures)
+            registry.finish_run(conn, run.run_id, "validation_failed", str(error))
+    if not report.success:
+        raise error
+    return {"snapshot_hash": snapshot_hash, "success": True, "statistics": report.statistics}
+
+
+def train_candidate(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, Any]:
+    """Cross-validate the model families on the training rows, fit the best, register it."""
+    contract, policy = ws.config.dataset, ws.config.training
+    frame = _load_snapshot(ws, snapshot_hash)
+    train_rows, holdout_rows = train.split_holdout(frame, contract, policy.holdout_fraction)
+    model, family, cv_table = train.fit_best_family(train_rows, contract, policy)
+    artifact_hash, path = artifacts.store_model(ws.settings.artifact_dir, model)
+    first_holdout = holdout_rows.iloc[0]
+    record = {
+        "run_id": run.run_id, "snapshot_hash": snapshot_hash, "artifact_hash": artifact_hash,
+        "artifact_path": str(path), "model_family": family,
+        "params": {"family_params": policy.families[family], "seed": policy.seed,
+                   "cv_folds": policy.cv_folds, "holdout_fraction": policy.holdout_fraction},
+        "cv_metrics": cv_table, "train_rows": len(train_rows), "holdout_rows": len(holdout_rows),
+        "holdout_start": {contract.timestamp_column: str(first_holdout[contract.timestamp_column]),
+                          contract.id_column: int(first_holdout[contract.id_column])},
+        "library_versions": train.library_versions(), "code_version": train.code_version(),
+    }
+    with ws.engine.begin() as conn:
+        version = registry.register_model(conn, record)
+    return {"version": version, "model_family": family, "artifact_hash": artifact_hash, "cv_metrics": cv_table}
+
+
+def _champion_metrics(ws: Workspace, champion: dict[str, Any] | None, holdout: Any) -> tuple[dict[str, float] | None, str | None]:
+    """Score the champion on the holdout; an unreadable champion yields an error, not a guess."""
+    if champion is None:
+        return None, None
+    try:
+        model = artifacts.load_model(Path(champion["artifact_path"]), champion["artifact_hash"])
+        return evaluate.score_model(model, holdout, ws.config.dataset), None
+    except Exception as exc:  # noqa: BLE001 - any failure to score the champion must fail closed
+        return None, f"champion version {champion['version']} could not be scored: {exc}"
+
+
+def evaluate_candidate(ws: Workspace, run: Run, version: int, margin: float | None = None) -> dict[str, Any]:
+    """Score candidate and champion on the same held-out rows and record the decision."""
+    contract = ws.config.dataset
+    policy = PromotionPolicy(ws.config.promotion.metric, ws.config.promotion.min_r2,
+                             ws.config.promotion.margin if margin is None else margin)
+    with ws.engine.connect() as conn:
+        candidate = registry.get_model(conn, version)
+        champion = registry.current_champion(conn)
+    if champion is not None and champion["version"] == version:
+        with ws.engine.connect() as conn:  # this run already promoted it: keep its record
+            return _evaluation_summary(registry.get_evaluation(conn, run.run_id))
+    frame = _load_snapshot(ws, candidate["snapshot_hash"])
+    _, holdout = train.split_holdout(frame, contract, ws.config.training.holdout_fraction)
+    model = artifacts.load_model(Path(candidate["artifact_path"]), candidate["artifact_hash"])
+    candidate_metrics = evaluate.score_model(model, holdout, contract)
+    champion_metrics, champion_error = _champion_metrics(ws, champion, holdout)
+    if champion_error:
+        decision = evaluate.Decision(False, f"fail closed: {champion_error}")
+    else:
+        decision = evaluate.decide_promotion(candidate_metrics, champion_metrics, policy)
+    evaluation = {
+        "run_id": run.run_id, "candidate_version": version,
+        "champion_version": champion["version"] if champion else None, "holdout_rows": len(holdout),
+        "candidate_metrics": candidate_metrics, "champion_metrics": champion_metrics,
+        "policy": asdict(policy), "decision": decision.label, "reason": decision.reason,
+    }
+    with ws.engine.begin() as conn:
+        registry.record_evaluation(conn, run.run_id, evaluation)
+    return _evaluation_summary(evaluation)
+
+
+def _evaluation_summary(evaluation: dict[str, Any]) -> dict[str, Any]:
+    keys = ("candidate_version", "champion_version", "candidate_metrics", "champion_metrics", "decision", "reason")
+    return {k: evaluation[k] for k in keys}
+
+
+def promote_candidate(ws: Workspace, run: Run, dry_run: bool = False, actor: str = "retrain") -> dict[str, Any]:
+    """Apply the recorded decision: promote in one transaction, or keep the champion and say why."""
+    with ws.engine.connect() as conn:
+        evaluation = registry.get_evaluation(conn, run.run_id)
+    version, reason = evaluation["candidate_version"], evaluation["reason"]
+    if evaluation["decision"] != "promote":
+        status, outcome = "kept", f"champion kept: {reason}"
+    elif dry_run:
+        status, outcome = "kept", f"dry run: would promote version {version} ({reason})"
+    else:
+        try:
+            registry.promote(ws.engine, run.run_id, version, evaluation["champion_version"], actor, reason)
+            status, outcome = "promoted", f"version {version} promoted: {reason}"
+        except registry.StaleChampionError as exc:
+            status, outcome = "kept", str(exc)
+    with ws.engine.begin() as conn:
+        registry.finish_run(conn, run.run_id, status, outcome)
+    log.info(outcome)
+    return {"status": status, "candidate_version": version, "reason": outcome}
+
+
+def mark_run_failed(ws: Workspace, run_id: str, reason: str) -> None:
+    """Record a failed run, keeping a more specific status (e.g. validation_failed) if set."""
+    with ws.engine.begin() as conn:
+        registry.fail_run(conn, run_id, reason)

@@ -1,0 +1,53 @@
+"""Shared fixtures: a real PostgreSQL (embedded unless PIPELINE_DATABASE_URL names one)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline import db
+from pipeline.config import PipelineConfig, load_config
+from pipeline.settings import PROJECT_ROOT, Settings
+
+
+@pytest.fixture(scope="session")
+def server_url() -> str:
+    """The PostgreSQL server under test: PIPELINE_DATABASE_URL, or the embedded one."""
+    return db.database_url(Settings.from_env())
+
+
+@pytest.fixture(scope="session")
+def config() -> PipelineConfig:
+    return load_config(PROJECT_ROOT / "pipeline.yaml")
+
+
+def create_scratch_database(server_url: str) -> str:
+    """A new, empty database on the server under test, with the schema applied."""
+    url = db.with_database(server_url, f"pipeline_test_{uuid.uuid4().hex[:10]}")
+    db.ensure_database(url)
+    engine = db.create_engine(url)
+    db.apply_schema(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def database_url(server_url: str) -> Iterator[str]:
+    """A fresh database for one test, dropped afterwards."""
+    url = create_scratch_database(server_url)
+    yield url
+    db.drop_database(url)
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    """Settings pointing at the test's own database and artifact folder."""
+    return Settings(
+        database_url=database_url,
+        config_path=PROJECT_ROOT / "pipeline.yaml",
+        artifact_dir=tmp_path / "artifacts",
+        pgdata_dir=PROJECT_ROOT / ".pgdata",
+    )

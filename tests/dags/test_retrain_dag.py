@@ -1,0 +1,83 @@
+"""The `retrain` DAG run through Airflow (dag.test) against a real PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from pipeline import db, demo, registry
+from pipeline.settings import Settings
+
+
+def _engine(settings: Settings) -> sa.engine.Engine:
+    return db.create_engine(db.database_url(settings))
+
+
+def _champion_state(engine: sa.engine.Engine) -> tuple[dict[str, Any] | None, bytes | None]:
+    with engine.connect() as conn:
+        champion = registry.current_champion(conn)
+    artifact = Path(champion["artifact_path"]).read_bytes() if champion else None
+    return champion, artifact
+
+
+def test_first_run_promotes_and_second_run_challenges(airflow_db: None, dag_bag: Any, pipeline_env: Settings) -> None:
+    engine = _engine(pipeline_env)
+    demo.seed_demo(engine)
+    dag = dag_bag.dags["retrain"]
+
+    first = dag.test()
+    assert first.state == "success"
+    champion, _ = _champion_state(engine)
+    assert champion is not None and champion["promoted_by_run"] == first.run_id
+
+    demo.simulate_arrivals(engine, rows=60, seed=7)
+    second = dag.test(run_conf={"margin": 0.0})
+    assert second.state == "success"
+    with engine.connect() as conn:
+        evaluation = registry.get_evaluation(conn, second.run_id)
+        run = conn.execute(sa.text("SELECT * FROM pipeline.training_runs WHERE run_id = :r"),
+                           {"r": second.run_id}).mappings().one()
+    assert evaluation["champion_version"] == champion["version"]
+    assert evaluation["candidate_version"] != champion["version"]
+    assert evaluation["candidate_metrics"]["n"] == evaluation["champion_metrics"]["n"]
+    assert evaluation["policy"]["margin"] == 0.0
+    assert run["status"] in {"promoted", "kept"} and run["reason"]
+    assert run["params"]["margin"] == 0.0
+
+
+def test_failed_validation_fails_the_run_and_keeps_the_champion(airflow_db: None, dag_bag: Any, pipeline_env: Settings) -> None:
+    engine = _engine(pipeline_env)
+    demo.seed_demo(engine)
+    dag = dag_bag.dags["retrain"]
+    assert dag.test().state == "success"
+    before = _champion_state(engine)
+
+    with engine.begin() as conn:
+        conn.execute(sa.text("""
+            INSERT INTO public.patient_records (patient_id, birth_date, visit_date, sex, bmi, bp_mean, tc, ldl,
+                   hdl, tch, ltg, glucose, progression_12m)
+            VALUES (9001, '1970-01-01', '2025-01-01', 'X', 30, 90, 180, 100, 50, 4, 4.5, 90, 150)
+        """))
+    failed = dag.test()
+
+    assert failed.state == "failed"
+    assert _champion_state(engine) == before
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text(
+            "SELECT success, failures FROM pipeline.validation_results WHERE run_id = :r"), {"r": failed.run_id}).one()
+        run = conn.execute(sa.text("SELECT status, reason FROM pipeline.training_runs WHERE run_id = :r"),
+                           {"r": failed.run_id}).one()
+    assert stored.success is False
+    assert any(f["column"] == "sex" and 9001 in f["sample_ids"] for f in stored.failures)
+    assert run.status == "validation_failed"
+    assert "expect_column_values_to_be_in_set on sex" in run.reason
+
+
+def test_an_out_of_range_param_is_refused_before_the_run(airflow_db: None, dag_bag: Any, pipeline_env: Settings) -> None:
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        dag_bag.dags["retrain"].test(run_conf={"margin": 5})
