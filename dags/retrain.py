@@ -1,16 +1,20 @@
 """
 ### retrain
 
-Nightly (and on demand) continuous training of the diabetes-progression model:
+Continuous training of the diabetes-progression model. Starts nightly at 02:00 UTC, when an
+operator presses Trigger, and when the `labelled_patient_records` asset gets an event: new
+labelled rows landed (the arrival watcher) or the drift monitor found drift.
 
 1. **ingest_snapshot** - labelled rows up to the run's watermark, frozen into a snapshot named
-   by its SHA-256.
-2. **validate_snapshot** - the Great Expectations suite in `expectations/`; a failure stops the
+   by its SHA-256; how the run was started is recorded with it.
+2. **has_new_data** - when the newest model was trained on these very rows, the run ends here
+   as "no new data" (unless `force`).
+3. **validate_snapshot** - the Great Expectations suite in `expectations/`; a failure stops the
    run and names the expectations and columns.
-3. **train_candidate** - cross-validates every configured model family, fits the best one as a
+4. **train_candidate** - cross-validates every configured model family, fits the best one as a
    single scikit-learn Pipeline and registers it.
-4. **evaluate_candidate** - candidate and champion on the same most-recent held-out rows.
-5. **promote_candidate** - promotes in one transaction when the policy says so; else keeps the
+5. **evaluate_candidate** - candidate and champion on the same most-recent held-out rows.
+6. **promote_candidate** - promotes in one transaction when the policy says so; else keeps the
    champion and records why.
 
 Every step is a function in `pipeline.stages`; `python -m pipeline <stage>` runs the same by hand.
@@ -21,19 +25,21 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
+from retrain_assets import LABELLED_RECORDS
 
 
 def _run() -> Any:
-    """The pipeline's view of this DAG run: id, watermark and how it was started."""
-    from pipeline.stages import Run
+    """The pipeline's view of this DAG run: id, watermark, and how it was started."""
+    from pipeline.stages import Run, describe_trigger
 
     context = get_current_context()
     dag_run = context["dag_run"]
+    events = [e.model_dump(mode="json") for e in getattr(dag_run, "consumed_asset_events", None) or []]
+    run_type = getattr(dag_run.run_type, "value", str(dag_run.run_type))
+    label, event = describe_trigger(run_type, getattr(dag_run, "triggering_user_name", None), events)
     watermark = context.get("data_interval_end") or dag_run.run_after
-    started_by = str(dag_run.run_type)
-    user = getattr(dag_run, "triggering_user_name", None)
-    return Run(run_id=dag_run.run_id, watermark=watermark, triggered_by=f"{started_by}:{user}" if user else started_by)
+    return Run(run_id=dag_run.run_id, watermark=watermark, triggered_by=label, trigger_event=event)
 
 
 def _workspace() -> Any:
@@ -51,7 +57,9 @@ def _record_failure(context: Any) -> None:
 
 
 @dag(
-    schedule="0 2 * * *",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"), assets=LABELLED_RECORDS
+    ),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -66,13 +74,19 @@ def _record_failure(context: Any) -> None:
             maximum=0.5,
             title="Promotion margin",
             description="Relative RMSE improvement the candidate needs over the champion "
-            "(0.01 = 1%). Empty: the value in pipeline.yaml.",
+            "(0.01 = 1%, at most 0.5). Empty: the value in pipeline.yaml.",
         ),
         "dry_run": Param(
             False,
             type="boolean",
             title="Dry run",
             description="Train and evaluate, record the decision, but never promote.",
+        ),
+        "force": Param(
+            False,
+            type="boolean",
+            title="Force",
+            description="Retrain even when no labelled rows arrived since the newest model's snapshot.",
         ),
     },
 )
@@ -82,6 +96,12 @@ def retrain() -> None:
         from pipeline.stages import ingest_snapshot
 
         return ingest_snapshot(_workspace(), _run(), dict(params or {}))
+
+    @task.short_circuit
+    def has_new_data(snapshot: dict[str, Any], params: dict[str, Any] | None = None) -> bool:
+        from pipeline.stages import has_new_data
+
+        return has_new_data(_workspace(), _run(), snapshot["snapshot_hash"], bool((params or {}).get("force")))
 
     @task
     def validate_snapshot(snapshot: dict[str, Any]) -> str:
@@ -109,8 +129,8 @@ def retrain() -> None:
 
     snapshot = ingest_snapshot()
     checked = validate_snapshot(snapshot)
-    version = train_candidate(checked)
-    promote_candidate(evaluate_candidate(version))
+    has_new_data(snapshot) >> checked
+    promote_candidate(evaluate_candidate(train_candidate(checked)))
 
 
 retrain()

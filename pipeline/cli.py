@@ -52,7 +52,7 @@ def cmd_seed_demo(ws: stages.Workspace, args: argparse.Namespace) -> Any:
 
 
 def cmd_simulate_arrivals(ws: stages.Workspace, args: argparse.Namespace) -> Any:
-    ids = demo.simulate_arrivals(ws.engine, args.rows, args.seed, _drift(args.drift))
+    ids = demo.simulate_arrivals(ws.engine, args.rows, args.seed, _drift(args.drift), labelled=not args.unlabelled)
     return {"inserted": len(ids), "first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None}
 
 
@@ -80,11 +80,27 @@ def cmd_promote(ws: stages.Workspace, args: argparse.Namespace) -> Any:
 def cmd_retrain(ws: stages.Workspace, args: argparse.Namespace) -> Any:
     """All stages in order, outside Airflow (the DAG runs the same functions)."""
     run = _run(args)
-    snapshot = stages.ingest_snapshot(ws, run, {"margin": args.margin, "dry_run": args.dry_run})
+    params = {"margin": args.margin, "dry_run": args.dry_run, "force": args.force}
+    snapshot = stages.ingest_snapshot(ws, run, params)
+    if not stages.has_new_data(ws, run, snapshot["snapshot_hash"], force=args.force):
+        return {"run_id": run.run_id, "status": "skipped", "snapshot_hash": snapshot["snapshot_hash"]}
     stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
     candidate = stages.train_candidate(ws, run, snapshot["snapshot_hash"])
     stages.evaluate_candidate(ws, run, candidate["version"], args.margin)
     return {"run_id": run.run_id, **stages.promote_candidate(ws, run, dry_run=args.dry_run, actor="cli")}
+
+
+def cmd_drift(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    result = stages.monitor_drift(ws, _run(args))
+    if args.json:
+        return result
+    print(f"drift verdict: {result['verdict']} over {result['recent_rows']} recent rows")
+    for f in result["features"]:
+        print(f"  {f['feature']:<10} PSI {f['psi']:.3f} ({f['level']})  {f['test']} p={f['p_value']:.2g}"
+              f"{'  DRIFT' if f['drifted'] else ''}")
+    if result["report_path"]:
+        print(f"report: {result['report_path']}")
+    return None
 
 
 def status_report(ws: stages.Workspace, runs: int = 5) -> dict[str, Any]:
@@ -131,15 +147,17 @@ def cmd_db_url(ws: stages.Workspace, args: argparse.Namespace) -> Any:
 
 def exec_airflow(settings: Settings, airflow_args: list[str]) -> None:
     """Replace this process with `airflow ...`, configured for this project."""
-    from pipeline.localenv import ADMIN_USER, admin_password, airflow_home, airflow_environment
+    from pipeline.localenv import ADMIN_USER, admin_password, airflow_environment, airflow_home
 
     env = {**os.environ, **airflow_environment(settings, dict(os.environ))}
+    bin_dir = os.path.dirname(sys.executable)  # `airflow standalone` starts `airflow ...` from PATH
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
     if airflow_args[:1] in (["standalone"], ["api-server"]):
         home = airflow_home(env)
         port = env.get("AIRFLOW__API__PORT", "8080")
         print(f"Airflow UI: http://localhost:{port}  user: {ADMIN_USER}  password: {admin_password(home)}"
               f"  (kept in {home / 'passwords.json'})", flush=True)
-    binary = shutil.which("airflow", path=os.path.dirname(sys.executable)) or "airflow"
+    binary = shutil.which("airflow", path=bin_dir) or "airflow"
     os.execvpe(binary, [binary, *airflow_args], env)
 
 
@@ -162,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--drift", action="append", default=[], metavar="COLUMN=SHIFT",
                    help="shift a numeric column, e.g. bmi=+4 (repeatable)")
+    p.add_argument("--unlabelled", action="store_true", help="outcome not known yet (progression_12m NULL)")
     add("ingest", cmd_ingest, "snapshot the labelled rows up to the watermark", run=True)
     for name, handler, text in (("validate", cmd_validate, "validate a snapshot with the expectation suite"),
                                 ("train", cmd_train, "train the candidate model on a snapshot")):
@@ -174,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("retrain", cmd_retrain, "every stage in order, without Airflow", run=True)
     p.add_argument("--margin", type=float)
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--force", action="store_true", help="retrain even when no new labelled rows arrived")
+    p = add("drift", cmd_drift, "compare recent records with the champion's training snapshot", run=True)
+    p.add_argument("--json", action="store_true", help="print the full per-feature result as JSON")
     p = add("status", cmd_status, "the champion and the latest runs")
     p.add_argument("--json", action="store_true")
     p.add_argument("--runs", type=int, default=5)

@@ -69,17 +69,45 @@ class PromotionPolicy:
 
 
 @dataclass(frozen=True)
+class DriftPolicy:
+    psi_moderate: float
+    psi_major: float
+    p_value: float
+    bins: int
+    min_rows: int
+
+
+@dataclass(frozen=True)
+class MonitoringPolicy:
+    min_new_rows: int
+    poll_seconds: float
+    drift: DriftPolicy
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     path: Path
     dataset: DatasetContract
     training: TrainingPolicy
     promotion: PromotionPolicy
+    monitoring: MonitoringPolicy
 
 
 def _require(section: dict[str, Any], key: str, where: str) -> Any:
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {type(section).__name__}")
     if key not in section or section[key] is None:
         raise ConfigError(f"{where}: missing required key '{key}'")
     return section[key]
+
+
+def _number(section: dict[str, Any], key: str, where: str, kind: type[float] | type[int]) -> Any:
+    """A required numeric value, or a ConfigError naming the key and the bad value."""
+    value = _require(section, key, where)
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}") from None
 
 
 def _parse_feature(raw: dict[str, Any], index: int, path: Path) -> Feature:
@@ -117,17 +145,19 @@ def _parse_dataset(raw: dict[str, Any], path: Path) -> DatasetContract:
 
 def _parse_training(raw: dict[str, Any], path: Path) -> TrainingPolicy:
     where = f"{path}: training"
-    holdout = float(_require(raw, "holdout_fraction", where))
+    holdout = _number(raw, "holdout_fraction", where, float)
     if not 0.0 < holdout < 1.0:
         raise ConfigError(f"{where}: holdout_fraction must be between 0 and 1, got {holdout}")
-    families = dict(_require(raw, "families", where))
+    families = _require(raw, "families", where)
+    if not isinstance(families, dict) or not all(isinstance(v, dict | None) for v in families.values()):
+        raise ConfigError(f"{where}: 'families' must map family names to parameter mappings")
     if not families:
         raise ConfigError(f"{where}: families must name at least one model family")
     return TrainingPolicy(
-        seed=int(_require(raw, "seed", where)),
+        seed=_number(raw, "seed", where, int),
         holdout_fraction=holdout,
-        cv_folds=int(_require(raw, "cv_folds", where)),
-        n_jobs=int(raw.get("n_jobs", 1)),
+        cv_folds=_number(raw, "cv_folds", where, int),
+        n_jobs=_number({"n_jobs": raw.get("n_jobs", 1)}, "n_jobs", where, int),
         families={str(k): dict(v or {}) for k, v in families.items()},
     )
 
@@ -139,9 +169,28 @@ def _parse_promotion(raw: dict[str, Any], path: Path) -> PromotionPolicy:
         raise ConfigError(f"{where}: metric '{metric}' is not supported; use 'rmse'")
     return PromotionPolicy(
         metric=metric,
-        min_r2=float(_require(raw, "min_r2", where)),
-        margin=float(_require(raw, "margin", where)),
+        min_r2=_number(raw, "min_r2", where, float),
+        margin=_number(raw, "margin", where, float),
     )
+
+
+def _parse_monitoring(raw: dict[str, Any], path: Path) -> MonitoringPolicy:
+    where = f"{path}: monitoring"
+    drift_raw = _require(raw, "drift", where)
+    where_drift = f"{where}.drift"
+    drift = DriftPolicy(
+        psi_moderate=_number(drift_raw, "psi_moderate", where_drift, float),
+        psi_major=_number(drift_raw, "psi_major", where_drift, float),
+        p_value=_number(drift_raw, "p_value", where_drift, float),
+        bins=_number(drift_raw, "bins", where_drift, int),
+        min_rows=_number(drift_raw, "min_rows", where_drift, int),
+    )
+    if not 0 < drift.psi_moderate <= drift.psi_major:
+        raise ConfigError(f"{where_drift}: need 0 < psi_moderate <= psi_major")
+    min_new_rows = _number(raw, "min_new_rows", where, int)
+    if min_new_rows < 1:
+        raise ConfigError(f"{where}: min_new_rows must be at least 1, got {min_new_rows}")
+    return MonitoringPolicy(min_new_rows, _number(raw, "poll_seconds", where, float), drift)
 
 
 def load_config(path: Path) -> PipelineConfig:
@@ -149,7 +198,9 @@ def load_config(path: Path) -> PipelineConfig:
     if not path.is_file():
         raise ConfigError(f"configuration file not found: {path} (set PIPELINE_CONFIG)")
     raw = yaml.safe_load(path.read_text()) or {}
-    for section in ("dataset", "training", "promotion"):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections 'dataset', 'training', 'promotion', 'monitoring'")
+    for section in ("dataset", "training", "promotion", "monitoring"):
         if not isinstance(raw.get(section), dict):
             raise ConfigError(f"{path}: missing section '{section}'")
     return PipelineConfig(
@@ -157,4 +208,5 @@ def load_config(path: Path) -> PipelineConfig:
         dataset=_parse_dataset(raw["dataset"], path),
         training=_parse_training(raw["training"], path),
         promotion=_parse_promotion(raw["promotion"], path),
+        monitoring=_parse_monitoring(raw["monitoring"], path),
     )

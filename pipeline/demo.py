@@ -53,20 +53,28 @@ def demo_records() -> pd.DataFrame:
     return records[[*SOURCE_COLUMNS, "recorded_at"]]
 
 
-def arrival_records(rows: int, seed: int, drift: dict[str, float] | None = None) -> pd.DataFrame:
-    """`rows` new plausible patients: resampled study rows with measurement noise, deterministic."""
+def arrival_records(rows: int, seed: int, drift: dict[str, float] | None = None, labelled: bool = True) -> pd.DataFrame:
+    """`rows` new plausible patients: resampled study rows with measurement noise, deterministic.
+
+    Unlabelled records (outcome not yet known) have no progression_12m.
+    """
     rng = np.random.default_rng(seed)
     study = study_frame().sample(n=rows, replace=True, random_state=seed).reset_index(drop=True)
     numeric = ["bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
     noise = rng.normal(0.0, 0.05, size=(rows, len(numeric))) * study_frame()[numeric].std().to_numpy()
-    study[numeric] = (study[numeric] + noise).round(4)
+    noisy = study[numeric] + noise
+    # Values the study records as whole numbers stay whole, so the noise adds no artificial drift.
+    study[numeric] = noisy.round(0).where(study[numeric] == study[numeric].round(0), noisy.round(4))
     study["target"] = (study["target"] + rng.normal(0.0, 8.0, rows)).clip(25, 346).round(1)
     visits = pd.Series(ARRIVAL_VISITS_FROM + pd.to_timedelta(rng.integers(0, 365, rows), unit="D"))
     records = as_patient_records(study, visits, extra_days=rng.integers(1, 300, rows))
+    driftable = [c for c in SOURCE_COLUMNS if c not in ("patient_id", "sex", "birth_date", "visit_date")]
     for column, shift in (drift or {}).items():
-        if column not in records.columns or column in ("sex", "birth_date", "visit_date"):
-            raise ValueError(f"cannot drift column '{column}': give a numeric column of {SOURCE_COLUMNS}")
+        if column not in driftable:
+            raise ValueError(f"cannot drift column '{column}': give one of {driftable}")
         records[column] = records[column] + shift
+    if not labelled:
+        records["progression_12m"] = np.nan
     return records[SOURCE_COLUMNS[1:]]
 
 
@@ -92,9 +100,10 @@ def seed_demo(engine: Engine) -> int:
     return int(inserted)
 
 
-def simulate_arrivals(engine: Engine, rows: int, seed: int, drift: dict[str, float] | None = None) -> list[int]:
-    """Append `rows` new labelled records, recorded now; returns their patient ids."""
-    records = arrival_records(rows, seed, drift)
+def simulate_arrivals(engine: Engine, rows: int, seed: int, drift: dict[str, float] | None = None,
+                      labelled: bool = True) -> list[int]:
+    """Append `rows` new records, recorded now; returns their patient ids."""
+    records = arrival_records(rows, seed, drift, labelled)
     with engine.begin() as conn:
         conn.execute(sa.text("LOCK TABLE public.patient_records IN SHARE ROW EXCLUSIVE MODE"))
         first = int(conn.scalar(sa.text("SELECT coalesce(max(patient_id), 0) + 1 FROM public.patient_records")))

@@ -51,8 +51,8 @@ def decide_promotion(
     needed = champion["rmse"] * (1.0 - policy.margin)
     verdict = (
         f"candidate RMSE {candidate['rmse']:.3f} vs champion {champion['rmse']:.3f} "
-        f"(needs <= {needed:.3f}, margin {policy.margin:.1%})"
+        f"(needs < {needed:.3f}, margin {policy.margin:.1%})"
     )
-    if candidate["rmse"] <= needed:
+    if candidate["rmse"] < needed:  # strictly: an equally good model is no reason to switch
         return Decision(True, f"beats the champion: {verdict}")
     return Decision(False, f"does not beat the champion: {verdict}")

@@ -10,7 +10,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 from pipeline.config import DatasetContract
 
@@ -36,6 +36,12 @@ class AgeFromDates(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         return np.array(["age_years"], dtype=object)
 
 
+def missing_as_nan(X: Any) -> pd.DataFrame:
+    """Text columns as objects with NaN for missing (pandas' NA breaks the imputer)."""
+    frame = pd.DataFrame(X).astype(object)
+    return frame.where(frame.notna(), np.nan)
+
+
 def numeric_steps() -> Pipeline:
     return make_pipeline(SimpleImputer(strategy="median"), StandardScaler())
 
@@ -57,6 +63,7 @@ def build_preprocessor(contract: DatasetContract) -> ColumnTransformer:
     categorical = contract.names_with_role("categorical")
     if categorical:
         encoder = make_pipeline(
+            FunctionTransformer(missing_as_nan, feature_names_out="one-to-one"),
             SimpleImputer(strategy="most_frequent"),
             OneHotEncoder(handle_unknown="ignore", sparse_output=False),
         )

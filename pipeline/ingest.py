@@ -41,13 +41,20 @@ def source_table(contract: DatasetContract) -> sa.TableClause:
 
 def labelled_rows_query(contract: DatasetContract, watermark: datetime) -> sa.Select[Any]:
     """Rows with a known label recorded up to the watermark, oldest first."""
+    return recorded_rows_query(contract, watermark, labelled_only=True)
+
+
+def recorded_rows_query(contract: DatasetContract, until: datetime, since: datetime | None = None,
+                        labelled_only: bool = False) -> sa.Select[Any]:
+    """Rows recorded in (since, until], oldest first; only those with a label if asked."""
     table = source_table(contract)
-    ts, target = table.c[contract.timestamp_column], table.c[contract.target_column]
-    return (
-        sa.select(*table.c)
-        .where(target.is_not(None), ts <= sa.bindparam("watermark", watermark))
-        .order_by(ts, table.c[contract.id_column])
-    )
+    ts = table.c[contract.timestamp_column]
+    query = sa.select(*table.c).where(ts <= sa.bindparam("watermark", until))
+    if since is not None:
+        query = query.where(ts > sa.bindparam("since", since))
+    if labelled_only:
+        query = query.where(table.c[contract.target_column].is_not(None))
+    return query.order_by(ts, table.c[contract.id_column])
 
 
 def check_source_columns(engine: Engine, contract: DatasetContract) -> None:
@@ -95,12 +102,17 @@ def snapshot_bytes(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-def read_labelled_rows(engine: Engine, contract: DatasetContract, watermark: datetime) -> pd.DataFrame:
-    """Read the labelled rows up to `watermark`, typed by the contract."""
+def read_rows(engine: Engine, contract: DatasetContract, query: sa.Select[Any]) -> pd.DataFrame:
+    """Run a query over the source table and type the result by the contract."""
     check_source_columns(engine, contract)
     with engine.connect() as conn:
-        frame = pd.read_sql(labelled_rows_query(contract, watermark), conn)
+        frame = pd.read_sql(query, conn)
     return cast_to_contract(frame, contract)
+
+
+def read_labelled_rows(engine: Engine, contract: DatasetContract, watermark: datetime) -> pd.DataFrame:
+    """Read the labelled rows up to `watermark`, typed by the contract."""
+    return read_rows(engine, contract, labelled_rows_query(contract, watermark))
 
 
 def take_snapshot(

@@ -51,6 +51,10 @@ def airflow_environment(settings: Settings, environ: dict[str, str], metadata_db
     }
     env = {**defaults, **{k: v for k, v in environ.items() if k in defaults and v}}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), environ.get("PYTHONPATH")) if p)
+    if not environ.get("AIRFLOW__CORE__EXECUTION_API_SERVER_URL"):
+        # Task processes reach the API server here; follow the port when it is not 8080.
+        port = environ.get("AIRFLOW__API__PORT") or "8080"
+        env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://localhost:{port}/execution/"
     if not environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
         metadata_url = db.with_database(pipeline_url, metadata_db)
         db.ensure_database(metadata_url)

@@ -28,14 +28,24 @@ def _row(result: sa.CursorResult[Any]) -> dict[str, Any] | None:
     return dict(row) if row is not None else None
 
 
-def start_run(conn: Connection, run_id: str, triggered_by: str, watermark: datetime, params: dict[str, Any]) -> None:
-    """Record that a run started; a retried task refreshes the same row."""
+def start_run(conn: Connection, run_id: str, triggered_by: str, watermark: datetime, params: dict[str, Any],
+              trigger_event: dict[str, Any] | None = None) -> None:
+    """Record that a run started, how and by which event; a retried task refreshes the same row."""
     conn.execute(sa.text("""
-        INSERT INTO pipeline.training_runs (run_id, triggered_by, watermark, params, status)
-        VALUES (:run_id, :by, :wm, CAST(:params AS jsonb), 'running')
+        INSERT INTO pipeline.training_runs (run_id, triggered_by, watermark, params, status, trigger_event)
+        VALUES (:run_id, :by, :wm, CAST(:params AS jsonb), 'running', CAST(:event AS jsonb))
         ON CONFLICT (run_id) DO UPDATE
            SET status = 'running', reason = NULL, finished_at = NULL, params = EXCLUDED.params
-    """), {"run_id": run_id, "by": triggered_by, "wm": watermark, "params": _json(params)})
+    """), {"run_id": run_id, "by": triggered_by, "wm": watermark, "params": _json(params),
+           "event": _json(trigger_event) if trigger_event else None})
+
+
+def last_trained_snapshot(conn: Connection, exclude_run: str) -> dict[str, Any] | None:
+    """The snapshot the newest model version was trained on, not counting this run's own."""
+    return _row(conn.execute(sa.text("""
+        SELECT version, run_id, snapshot_hash FROM pipeline.model_versions
+         WHERE run_id <> :run_id ORDER BY version DESC LIMIT 1
+    """), {"run_id": exclude_run}))
 
 
 def finish_run(conn: Connection, run_id: str, status: str, reason: str) -> None:
@@ -147,6 +157,14 @@ def get_evaluation(conn: Connection, run_id: str) -> dict[str, Any]:
     return row
 
 
+def promoted_by_run(conn: Connection, run_id: str) -> int | None:
+    """The version this run made champion, if it did (the event log is the record)."""
+    version = conn.scalar(sa.text(
+        "SELECT to_version FROM pipeline.promotion_events WHERE run_id = :r ORDER BY event_id LIMIT 1"),
+        {"r": run_id})
+    return int(version) if version is not None else None
+
+
 def promote(engine: Engine, run_id: str, to_version: int, expected_champion: int | None, actor: str, reason: str) -> bool:
     """Make `to_version` champion in one transaction, if the champion is still `expected_champion`.
 
@@ -157,8 +175,8 @@ def promote(engine: Engine, run_id: str, to_version: int, expected_champion: int
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PROMOTION_LOCK_ID})
         current = conn.execute(sa.text(
             "SELECT version FROM pipeline.champion WHERE slot = 'production' FOR UPDATE")).scalar()
-        if current == to_version:
-            return False
+        if current == to_version or promoted_by_run(conn, run_id) == to_version:
+            return False  # this run already promoted it (a retried task); later promotions stand
         if current != expected_champion:
             raise StaleChampionError(
                 f"champion is now version {current}, but run {run_id} was evaluated against "
@@ -190,3 +208,19 @@ def recent_runs(conn: Connection, limit: int = 10) -> list[dict[str, Any]]:
 def promotion_history(conn: Connection) -> list[dict[str, Any]]:
     rows = conn.execute(sa.text("SELECT * FROM pipeline.promotion_events ORDER BY event_id")).mappings()
     return [dict(r) for r in rows]
+
+
+def record_drift_report(conn: Connection, report: dict[str, Any]) -> None:
+    """Store one drift check; a retried task replaces its own row."""
+    conn.execute(sa.text("""
+        INSERT INTO pipeline.drift_reports (run_id, champion_version, reference_snapshot, window_start, window_end,
+               reference_rows, recent_rows, verdict, features, report_path)
+        VALUES (:run_id, :champion_version, :reference_snapshot, :window_start, :window_end,
+                :reference_rows, :recent_rows, :verdict, CAST(:features AS jsonb), :report_path)
+        ON CONFLICT (run_id) DO UPDATE SET
+               champion_version = EXCLUDED.champion_version, reference_snapshot = EXCLUDED.reference_snapshot,
+               window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end,
+               reference_rows = EXCLUDED.reference_rows, recent_rows = EXCLUDED.recent_rows,
+               verdict = EXCLUDED.verdict, features = EXCLUDED.features, report_path = EXCLUDED.report_path,
+               created_at = now()
+    """), {**report, "features": _json(report["features"])})

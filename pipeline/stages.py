@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from pipeline import artifacts, db, evaluate, ingest, registry, train, validate
+from pipeline import artifacts, db, drift, evaluate, ingest, registry, train, validate
 from pipeline.config import PipelineConfig, PromotionPolicy, load_config
 from pipeline.settings import Settings
 
@@ -40,6 +40,28 @@ class Run:
     run_id: str
     watermark: datetime
     triggered_by: str = "cli"
+    trigger_event: dict[str, Any] | None = None
+
+
+RUN_TYPE_NAMES = {"scheduled": "schedule", "manual": "operator", "backfill": "backfill"}
+
+
+def _event_source(event: dict[str, Any]) -> str:
+    """'arrival' or 'drift' for the project's own asset events, else 'asset'."""
+    extra = event.get("extra") or {}
+    payload = extra.get("payload") or {}
+    return str(extra.get("source") or payload.get("source") or "asset")
+
+
+def describe_trigger(run_type: str, user: str | None, asset_events: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """How a run was started, as (short label, full record): schedule, operator:<user>, arrival, drift."""
+    if run_type == "asset_triggered":
+        label = "+".join(sorted({_event_source(e) for e in asset_events})) or "asset"
+    else:
+        label = RUN_TYPE_NAMES.get(run_type, run_type)
+        if run_type == "manual" and user:
+            label = f"{label}:{user}"
+    return label, {"run_type": run_type, "user": user, "asset_events": asset_events}
 
 
 def _load_snapshot(ws: Workspace, snapshot_hash: str) -> Any:
@@ -51,12 +73,26 @@ def _load_snapshot(ws: Workspace, snapshot_hash: str) -> Any:
 def ingest_snapshot(ws: Workspace, run: Run, params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Snapshot the labelled rows up to the run's watermark and register it."""
     with ws.engine.begin() as conn:
-        registry.start_run(conn, run.run_id, run.triggered_by, run.watermark, params or {})
+        registry.start_run(conn, run.run_id, run.triggered_by, run.watermark, params or {}, run.trigger_event)
     snapshot, _ = ingest.take_snapshot(ws.engine, ws.config.dataset, run.watermark, ws.settings.artifact_dir)
     with ws.engine.begin() as conn:
         registry.record_snapshot(conn, snapshot, run.run_id)
     log.info("snapshot %s: %d labelled rows up to %s", snapshot.snapshot_hash, snapshot.row_count, run.watermark)
     return snapshot.as_dict()
+
+
+def has_new_data(ws: Workspace, run: Run, snapshot_hash: str, force: bool = False) -> bool:
+    """False (and the run recorded as skipped) when the latest model was trained on these very rows."""
+    with ws.engine.connect() as conn:
+        last = registry.last_trained_snapshot(conn, exclude_run=run.run_id)
+    if force or last is None or last["snapshot_hash"] != snapshot_hash:
+        return True
+    reason = (f"no new data: snapshot {snapshot_hash[:12]} is the one version {last['version']} "
+              f"was trained on (run {last['run_id']}); trigger with force=true to retrain anyway")
+    with ws.engine.begin() as conn:
+        registry.finish_run(conn, run.run_id, "skipped", reason)
+    log.info(reason)
+    return False
 
 
 def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, Any]:
@@ -116,8 +152,9 @@ def evaluate_candidate(ws: Workspace, run: Run, version: int, margin: float | No
     with ws.engine.connect() as conn:
         candidate = registry.get_model(conn, version)
         champion = registry.current_champion(conn)
-    if champion is not None and champion["version"] == version:
-        with ws.engine.connect() as conn:  # this run already promoted it: keep its record
+    with ws.engine.connect() as conn:
+        already_promoted = registry.promoted_by_run(conn, run.run_id) == version
+        if already_promoted:  # a retried task after this run promoted: its record stands
             return _evaluation_summary(registry.get_evaluation(conn, run.run_id))
     frame = _load_snapshot(ws, candidate["snapshot_hash"])
     _, holdout = train.split_holdout(frame, contract, ws.config.training.holdout_fraction)
@@ -156,7 +193,7 @@ def promote_candidate(ws: Workspace, run: Run, dry_run: bool = False, actor: str
     else:
         try:
             registry.promote(ws.engine, run.run_id, version, evaluation["champion_version"], actor, reason)
-            status, outcome = "promoted", f"version {version} promoted: {reason}"
+            status, outcome = "promoted", f"version {version} promoted: {reason}"  # now, or by an earlier try
         except registry.StaleChampionError as exc:
             status, outcome = "kept", str(exc)
     with ws.engine.begin() as conn:
@@ -169,3 +206,38 @@ def mark_run_failed(ws: Workspace, run_id: str, reason: str) -> None:
     """Record a failed run, keeping a more specific status (e.g. validation_failed) if set."""
     with ws.engine.begin() as conn:
         registry.fail_run(conn, run_id, reason)
+
+
+def monitor_drift(ws: Workspace, run: Run) -> dict[str, Any]:
+    """Compare rows recorded since the champion's training watermark with its training snapshot."""
+    contract, policy = ws.config.dataset, ws.config.monitoring.drift
+    with ws.engine.connect() as conn:
+        champion = registry.current_champion(conn)
+        reference_info = registry.get_snapshot(conn, champion["snapshot_hash"]) if champion else None
+    report: dict[str, Any] = {"run_id": run.run_id, "window_end": run.watermark, "features": [],
+                              "champion_version": None, "reference_snapshot": None, "window_start": None,
+                              "reference_rows": 0, "recent_rows": 0, "report_path": None}
+    if champion is None or reference_info is None:
+        report["verdict"] = "no_champion"
+    else:
+        reference = ingest.load_snapshot(Path(reference_info["path"]), reference_info["snapshot_hash"])
+        since = reference_info["watermark"]
+        until = datetime.fromisoformat(run.watermark.isoformat())
+        recent = ingest.read_rows(ws.engine, contract, ingest.recorded_rows_query(contract, until, since))
+        report.update(champion_version=champion["version"], reference_snapshot=reference_info["snapshot_hash"],
+                      window_start=since, reference_rows=len(reference), recent_rows=len(recent))
+        if len(recent) < policy.min_rows:
+            report["verdict"] = "insufficient_data"
+        else:
+            results = drift.compare(reference, recent, contract, policy)
+            report["features"] = drift.as_records(results)
+            report["verdict"] = "drift" if any(r.drifted for r in results) else "stable"
+            page = drift.render_report(results, reference, recent, contract, f"Drift report {run.run_id}")
+            report["report_path"] = str(artifacts.store_bytes(ws.settings.artifact_dir, "reports", page.encode(), ".html")[1])
+    with ws.engine.begin() as conn:
+        registry.record_drift_report(conn, report)
+    drifted = [f["feature"] for f in report["features"] if f["drifted"]]
+    log.info("drift verdict %s (%d recent rows); drifted features: %s", report["verdict"], report["recent_rows"], drifted)
+    return {"run_id": run.run_id, "verdict": report["verdict"], "drifted_features": drifted,
+            "recent_rows": report["recent_rows"], "report_path": report["report_path"],
+            "features": report["features"]}

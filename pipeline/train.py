@@ -39,9 +39,9 @@ def make_estimator(family: str, params: dict[str, Any], seed: int, n_jobs: int) 
     )
 
 
-def build_model(contract: DatasetContract, family: str, policy: TrainingPolicy) -> Pipeline:
+def build_model(contract: DatasetContract, family: str, policy: TrainingPolicy, n_jobs: int = 1) -> Pipeline:
     """Feature preparation and estimator as one scikit-learn Pipeline."""
-    estimator = make_estimator(family, policy.families[family], policy.seed, policy.n_jobs)
+    estimator = make_estimator(family, policy.families[family], policy.seed, n_jobs)
     return Pipeline([("features", build_preprocessor(contract)), ("model", estimator)])
 
 
@@ -61,6 +61,9 @@ def cross_validate_families(train: pd.DataFrame, contract: DatasetContract, poli
     table = {}
     for family in policy.families:
         started = time.perf_counter()
+        # Folds run one after another, each model single-threaded apart from HistGradientBoosting's
+        # OpenMP: a forest predicting on several threads sums its trees in finishing order, which
+        # changes the last bits, and fold-level threads made HistGradientBoosting 3x slower (GIL).
         scores = -cross_val_score(
             build_model(contract, family, policy), X, y, cv=folds, scoring="neg_root_mean_squared_error"
         )
@@ -74,8 +77,12 @@ def fit_best_family(train: pd.DataFrame, contract: DatasetContract, policy: Trai
     """Pick the family with the lowest CV RMSE and fit it on all training rows."""
     cv_table = cross_validate_families(train, contract, policy)
     best = min(cv_table, key=lambda family: cv_table[family]["cv_rmse_mean"])
-    model = build_model(contract, best, policy)
+    model = build_model(contract, best, policy, n_jobs=policy.n_jobs)
     model.fit(model_inputs(train, contract), train[contract.target_column].to_numpy())
+    if "n_jobs" in model.named_steps["model"].get_params():
+        # Fit in parallel, predict in one thread: a forest's threads sum tree outputs in
+        # finishing order, which changes the last bits of a prediction from call to call.
+        model.named_steps["model"].set_params(n_jobs=1)
     return model, best, cv_table
 
 

@@ -37,7 +37,7 @@ def load_suite(path: Path) -> dict[str, Any]:
         suite = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read expectation suite {path}: {exc}") from exc
-    if not suite.get("name") or not isinstance(suite.get("expectations"), list):
+    if not isinstance(suite, dict) or not suite.get("name") or not isinstance(suite.get("expectations"), list):
         raise ValueError(f"expectation suite {path} needs a 'name' and a list of 'expectations'")
     return dict(suite)
 

@@ -99,3 +99,19 @@ DROP TRIGGER IF EXISTS model_versions_append_only ON pipeline.model_versions;
 CREATE TRIGGER model_versions_append_only
     BEFORE UPDATE OR DELETE ON pipeline.model_versions
     FOR EACH ROW EXECUTE FUNCTION pipeline.refuse_change();
+
+CREATE OR REPLACE FUNCTION pipeline.refuse_truncate() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'pipeline.% is append-only: TRUNCATE refused', TG_TABLE_NAME;
+END $$;
+
+DROP TRIGGER IF EXISTS promotion_events_no_truncate ON pipeline.promotion_events;
+CREATE TRIGGER promotion_events_no_truncate
+    BEFORE TRUNCATE ON pipeline.promotion_events
+    FOR EACH STATEMENT EXECUTE FUNCTION pipeline.refuse_truncate();
+
+DROP TRIGGER IF EXISTS model_versions_no_truncate ON pipeline.model_versions;
+CREATE TRIGGER model_versions_no_truncate
+    BEFORE TRUNCATE ON pipeline.model_versions
+    FOR EACH STATEMENT EXECUTE FUNCTION pipeline.refuse_truncate();

@@ -1,0 +1,61 @@
+"""Arrivals: how many labelled rows have landed since the last run looked, and when to signal."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from pipeline.config import DatasetContract
+from pipeline.ingest import source_table
+
+_SIGNAL_LOCK_ID = 72_410_003  # pg_advisory_xact_lock key: one signal decision at a time
+
+
+def last_seen_watermark(conn: Connection) -> Any:
+    """The latest watermark any training run read up to (None before the first run)."""
+    return conn.scalar(sa.text("SELECT max(watermark) FROM pipeline.training_runs"))
+
+
+def count_new_labelled_rows(conn: Connection, contract: DatasetContract, since: Any) -> tuple[int, Any]:
+    """Labelled rows recorded after `since` (all when None), and the newest such timestamp."""
+    table = source_table(contract)
+    ts, target = table.c[contract.timestamp_column], table.c[contract.target_column]
+    query = sa.select(sa.func.count(), sa.func.max(ts)).where(target.is_not(None))
+    if since is not None:
+        query = query.where(ts > since)
+    count, newest = conn.execute(query).one()
+    return int(count), newest
+
+
+def _signal_pending(conn: Connection, since: Any, resignal_after: timedelta) -> bool:
+    """A recent signal that no run has answered yet (no run has read up to the signal's time)."""
+    return bool(conn.scalar(sa.text("""
+        SELECT EXISTS (
+            SELECT 1 FROM pipeline.arrival_signals
+             WHERE at > coalesce(CAST(:since AS timestamptz), '-infinity')
+               AND at > now() - :resignal_after)
+    """), {"since": since, "resignal_after": resignal_after}))
+
+
+def claim_arrival_signal(engine: Engine, contract: DatasetContract, min_new_rows: int,
+                         resignal_after: timedelta = timedelta(minutes=30)) -> dict[str, Any] | None:
+    """Record and return a signal when enough new labelled rows wait and none is pending.
+
+    The state lives in PostgreSQL, so a restarted watcher neither loses nor repeats a signal;
+    a signal that started no run within `resignal_after` is sent again.
+    """
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SIGNAL_LOCK_ID})
+        since = last_seen_watermark(conn)
+        count, newest = count_new_labelled_rows(conn, contract, since)
+        if count < min_new_rows or _signal_pending(conn, since, resignal_after):
+            return None
+        signal_id, at = conn.execute(sa.text("""
+            INSERT INTO pipeline.arrival_signals (since, up_to, new_rows) VALUES (:since, :up_to, :n)
+            RETURNING signal_id, at
+        """), {"since": since, "up_to": newest, "n": count}).one()
+    return {"signal_id": int(signal_id), "at": at.isoformat(), "new_rows": count,
+            "since": since.isoformat() if since else None, "up_to": newest.isoformat()}

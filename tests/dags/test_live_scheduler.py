@@ -1,0 +1,296 @@
+"""Retraining that starts by itself, observed through a real Airflow (scheduler, triggerer,
+DAG processor, API server) started on the test PostgreSQL and driven through its REST API.
+
+The tests run in order against one Airflow: each leaves the system as the next expects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import sqlalchemy as sa
+import yaml
+
+from pipeline import db, demo
+from pipeline.settings import PROJECT_ROOT
+from tests.conftest import create_scratch_database
+
+START_TIMEOUT = 150
+RUN_TIMEOUT = 240
+MIN_NEW_ROWS = 20
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclass
+class LiveAirflow:
+    base_url: str
+    token: str
+    engine: sa.engine.Engine
+    log_path: Path
+
+    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        return requests.request(method, f"{self.base_url}/api/v2{path}", headers=headers, timeout=30, **kwargs)
+
+    def unpause(self, dag_id: str) -> None:
+        self.call("PATCH", f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+
+    def trigger(self, dag_id: str, conf: dict[str, Any]) -> requests.Response:
+        return self.call("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+
+    def runs(self, dag_id: str) -> list[dict[str, Any]]:
+        response = self.call("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100})
+        response.raise_for_status()
+        return sorted(response.json()["dag_runs"], key=lambda r: r["queued_at"] or "")
+
+    def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        response = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+        response.raise_for_status()
+        return dict(response.json())
+
+    def wait_until_finished(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        def finished() -> dict[str, Any] | None:
+            run = self.run(dag_id, run_id)
+            return run if run["state"] in ("success", "failed") else None
+        return dict(_wait_for(finished, RUN_TIMEOUT, f"{dag_id} run {run_id} to finish"))
+
+    def wait_until_idle(self, dag_id: str) -> None:
+        _wait_for(lambda: all(r["state"] in ("success", "failed") for r in self.runs(dag_id)),
+                  RUN_TIMEOUT, f"every {dag_id} run to finish")
+
+    def training_run(self, run_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.text("SELECT * FROM pipeline.training_runs WHERE run_id = :r"),
+                               {"r": run_id}).mappings().one()
+        return dict(row)
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        with self.engine.connect() as conn:
+            return conn.scalar(sa.text(sql), params)
+
+
+def _test_config(tmp: Path) -> Path:
+    """The shipped configuration with a fast watcher and a small arrival threshold."""
+    raw = yaml.safe_load((PROJECT_ROOT / "pipeline.yaml").read_text())
+    raw["dataset"]["expectation_suite"] = str(PROJECT_ROOT / raw["dataset"]["expectation_suite"])
+    raw["monitoring"].update(poll_seconds=1, min_new_rows=MIN_NEW_ROWS)
+    path = tmp / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def live_airflow(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveAirflow]:
+    tmp = tmp_path_factory.mktemp("live-airflow")
+    pipeline_url = create_scratch_database(server_url)
+    metadata_url = db.with_database(server_url, f"airflow_live_{uuid.uuid4().hex[:8]}")
+    db.ensure_database(metadata_url)
+    engine = db.create_engine(pipeline_url)
+    demo.seed_demo(engine)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update({
+        "PIPELINE_DATABASE_URL": pipeline_url, "PIPELINE_CONFIG": str(_test_config(tmp)),
+        "PIPELINE_ARTIFACT_DIR": str(tmp / "artifacts"), "AIRFLOW_HOME": str(tmp / "airflow-home"),
+        "AIRFLOW__API__PORT": str(port), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
+        "AIRFLOW__SCHEDULER__WORKER_LOG_SERVER_PORT": str(_free_port()),
+        "AIRFLOW__TRIGGERER__TRIGGERER_LOG_SERVER_PORT": str(_free_port()),
+    })
+    log_path = tmp / "airflow.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "pipeline", "airflow", "standalone"], cwd=PROJECT_ROOT,
+                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        def healthy() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"airflow standalone exited; log:\n{log_path.read_text()[-3000:]}")
+            try:
+                health = requests.get(f"{base_url}/api/v2/monitor/health", timeout=5).json()
+            except (requests.RequestException, ValueError):
+                return False
+            return all(health.get(part, {}).get("status") == "healthy"
+                       for part in ("scheduler", "triggerer", "dag_processor"))
+        _wait_for(healthy, START_TIMEOUT, "Airflow to report healthy", interval=2)
+        password = json.loads((tmp / "airflow-home" / "passwords.json").read_text())["admin"]
+        token = requests.post(f"{base_url}/auth/token", json={"username": "admin", "password": password},
+                              timeout=30).json()["access_token"]
+        live = LiveAirflow(base_url, token, engine, log_path)
+        _wait_for(lambda: live.call("GET", "/dags/retrain").status_code == 200, 60, "retrain to be parsed")
+        yield live
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        engine.dispose()
+        db.drop_database(pipeline_url)
+        db.drop_database(metadata_url)
+
+
+def _new_run(live: LiveAirflow, dag_id: str, after: set[str], run_type: str | None = None) -> dict[str, Any]:
+    def appeared() -> dict[str, Any] | None:
+        fresh = [r for r in live.runs(dag_id) if r["dag_run_id"] not in after
+                 and (run_type is None or r["run_type"] == run_type)]
+        return fresh[0] if fresh else None
+    return dict(_wait_for(appeared, RUN_TIMEOUT, f"a new {run_type or ''} {dag_id} run"))
+
+
+def _run_ids(live: LiveAirflow, dag_id: str) -> set[str]:
+    return {r["dag_run_id"] for r in live.runs(dag_id)}
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_unpausing_trains_a_first_champion(live_airflow: LiveAirflow) -> None:
+    live_airflow.unpause("retrain")
+    _wait_for(lambda: live_airflow.scalar("SELECT count(*) FROM pipeline.champion"), RUN_TIMEOUT, "a champion")
+    live_airflow.wait_until_idle("retrain")
+    statuses = live_airflow.scalar("SELECT array_agg(DISTINCT status) FROM pipeline.training_runs")
+    assert "promoted" in statuses and "failed" not in statuses
+
+
+def test_arrival_of_new_labelled_rows_starts_a_retrain(live_airflow: LiveAirflow) -> None:
+    before = _run_ids(live_airflow, "retrain")
+    landed = datetime.now(UTC)
+    ids = demo.simulate_arrivals(live_airflow.engine, rows=MIN_NEW_ROWS + 5, seed=11)
+
+    run = _new_run(live_airflow, "retrain", before, run_type="asset_triggered")
+    finished = live_airflow.wait_until_finished("retrain", run["dag_run_id"])
+    record = live_airflow.training_run(run["dag_run_id"])
+
+    assert finished["state"] == "success"
+    assert record["triggered_by"] == "arrival"
+    assert record["trigger_event"]["asset_events"][0]["extra"]["payload"]["new_rows"] >= len(ids)
+    assert record["status"] in ("promoted", "kept")
+    trained_rows = live_airflow.scalar(
+        "SELECT row_count FROM pipeline.snapshots WHERE snapshot_hash = :h", h=record["snapshot_hash"])
+    assert trained_rows == 442 + len(ids)
+    print(f"\narrival -> retrain run start: {(_parse_time(finished['start_date']) - landed).total_seconds():.1f} s")
+
+
+def test_a_manual_run_without_new_data_is_skipped(live_airflow: LiveAirflow) -> None:
+    response = live_airflow.trigger("retrain", {})
+    assert response.status_code == 200, response.text
+    run = live_airflow.wait_until_finished("retrain", response.json()["dag_run_id"])
+    record = live_airflow.training_run(run["dag_run_id"])
+
+    assert run["state"] == "success"
+    assert record["status"] == "skipped" and record["reason"].startswith("no new data")
+    assert record["triggered_by"].startswith("operator")
+    assert live_airflow.scalar("SELECT count(*) FROM pipeline.model_versions WHERE run_id = :r", r=run["dag_run_id"]) == 0
+    seconds = (_parse_time(run["end_date"]) - _parse_time(run["start_date"])).total_seconds()
+    print(f"\nskipped run took {seconds:.1f} s")
+
+
+def test_an_invalid_param_is_refused_before_the_run(live_airflow: LiveAirflow) -> None:
+    before = _run_ids(live_airflow, "retrain")
+    response = live_airflow.trigger("retrain", {"margin": 5})
+    assert response.status_code == 400
+    assert "margin" in response.text
+    assert _run_ids(live_airflow, "retrain") == before
+
+
+def test_batches_landing_during_a_run_are_trained_on_by_the_next(live_airflow: LiveAirflow) -> None:
+    response = live_airflow.trigger("retrain", {"force": True})
+    assert response.status_code == 200, response.text
+    busy_run = response.json()["dag_run_id"]
+    _wait_for(lambda: live_airflow.run("retrain", busy_run)["state"] == "running", 60, "the forced run to start")
+    before = _run_ids(live_airflow, "retrain")
+    first = demo.simulate_arrivals(live_airflow.engine, rows=MIN_NEW_ROWS // 2 + 2, seed=21)
+    second = demo.simulate_arrivals(live_airflow.engine, rows=MIN_NEW_ROWS // 2 + 2, seed=22)
+    live_airflow.wait_until_finished("retrain", busy_run)
+
+    busy_rows = live_airflow.scalar(
+        "SELECT s.row_count FROM pipeline.training_runs r JOIN pipeline.snapshots s USING (snapshot_hash) "
+        "WHERE r.run_id = :r", r=busy_run)
+    next_run = _new_run(live_airflow, "retrain", before, run_type="asset_triggered")
+    live_airflow.wait_until_finished("retrain", next_run["dag_run_id"])
+    record = live_airflow.training_run(next_run["dag_run_id"])
+    snapshot_path = live_airflow.scalar("SELECT path FROM pipeline.snapshots WHERE snapshot_hash = :h",
+                                        h=record["snapshot_hash"])
+    import pandas as pd
+
+    trained_ids = set(pd.read_parquet(snapshot_path)["patient_id"])
+    assert set(first) | set(second) <= trained_ids
+    assert not (set(first) | set(second)) & set(range(busy_rows + 1, 0))  # sanity: ids are new
+    assert len(trained_ids) == busy_rows + len(first) + len(second)
+
+
+def test_drift_is_flagged_and_starts_a_retrain(live_airflow: LiveAirflow) -> None:
+    demo.simulate_arrivals(live_airflow.engine, rows=40, seed=31, drift={"bmi": 4.0}, labelled=False)
+    live_airflow.unpause("monitor_drift")  # its last hourly run starts at once; its window ends on the hour
+    _wait_for(lambda: live_airflow.runs("monitor_drift"), 60, "a monitor_drift run")
+    live_airflow.wait_until_idle("monitor_drift")
+    live_airflow.wait_until_idle("retrain")
+    before = _run_ids(live_airflow, "retrain")
+    response = live_airflow.trigger("monitor_drift", {})
+    assert response.status_code == 200, response.text
+    check = live_airflow.wait_until_finished("monitor_drift", response.json()["dag_run_id"])
+
+    assert check["state"] == "success"
+    with live_airflow.engine.connect() as conn:
+        report = dict(conn.execute(sa.text("SELECT * FROM pipeline.drift_reports WHERE run_id = :r"),
+                                   {"r": check["dag_run_id"]}).mappings().one())
+    bmi = next(f for f in report["features"] if f["feature"] == "bmi")
+    assert report["verdict"] == "drift" and bmi["drifted"] and bmi["psi"] > 0.25
+    assert Path(report["report_path"]).read_text().count("<img") == len(report["features"])
+
+    run = _new_run(live_airflow, "retrain", before, run_type="asset_triggered")
+    live_airflow.wait_until_finished("retrain", run["dag_run_id"])
+    record = live_airflow.training_run(run["dag_run_id"])
+    assert record["triggered_by"] == "drift"
+    assert record["trigger_event"]["asset_events"][0]["extra"]["drift_run_id"] == report["run_id"]
+
+
+def test_two_simultaneous_triggers_promote_at_most_once(live_airflow: LiveAirflow) -> None:
+    events_before = live_airflow.scalar("SELECT count(*) FROM pipeline.promotion_events")
+    responses: list[requests.Response] = []
+    threads = [threading.Thread(target=lambda: responses.append(
+        live_airflow.trigger("retrain", {"force": True, "margin": 0.0}))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.status_code for r in responses] == [200, 200]
+    runs = [live_airflow.wait_until_finished("retrain", r.json()["dag_run_id"]) for r in responses]
+
+    assert live_airflow.scalar("SELECT count(*) FROM pipeline.promotion_events") - events_before <= 1
+    first, second = sorted(runs, key=lambda r: r["start_date"])
+    assert _parse_time(second["start_date"]) >= _parse_time(first["end_date"])  # never interleaved
+    decisions = live_airflow.scalar("SELECT count(*) FROM pipeline.evaluations WHERE run_id = ANY(:ids)",
+                                    ids=[r["dag_run_id"] for r in runs])
+    assert decisions == 2

@@ -1,0 +1,161 @@
+"""The schema on real PostgreSQL: safe to apply twice, append-only where it says so."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from pipeline import db, demo, registry
+from pipeline.ingest import Snapshot
+
+WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = db.create_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def schema_shape(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Columns, indexes and triggers of the project's schemas, for before/after comparisons."""
+    queries = {
+        "columns": """
+            SELECT table_schema, table_name, column_name, data_type, is_nullable, column_default
+              FROM information_schema.columns WHERE table_schema IN ('public', 'pipeline')
+             ORDER BY table_schema, table_name, ordinal_position""",
+        "indexes": """
+            SELECT schemaname, tablename, indexname, indexdef FROM pg_indexes
+             WHERE schemaname IN ('public', 'pipeline') ORDER BY indexname""",
+        "triggers": """
+            SELECT tgrelid::regclass::text, tgname FROM pg_trigger WHERE NOT tgisinternal
+             ORDER BY 1, 2""",
+    }
+    with engine.connect() as conn:
+        return {name: [tuple(row) for row in conn.execute(sa.text(sql))] for name, sql in queries.items()}
+
+
+def row_counts(engine: Engine) -> dict[str, int]:
+    tables = ["public.patient_records", "pipeline.training_runs", "pipeline.snapshots",
+              "pipeline.model_versions", "pipeline.champion", "pipeline.promotion_events"]
+    with engine.connect() as conn:
+        return {t: conn.scalar(sa.text(f"SELECT count(*) FROM {t}")) for t in tables}
+
+
+def register_champion(engine: Engine) -> int:
+    """A snapshot, a model version and its promotion, written through the registry."""
+    snapshot = Snapshot("a" * 64, "/nowhere/a.parquet", 442, WATERMARK.isoformat(), "public.patient_records",
+                        "SELECT 1")
+    record = {
+        "run_id": "run-1", "snapshot_hash": snapshot.snapshot_hash, "artifact_hash": "b" * 64,
+        "artifact_path": "/nowhere/b.joblib", "model_family": "ridge", "params": {"alpha": 1.0},
+        "cv_metrics": {"ridge": {"cv_rmse_mean": 55.0, "cv_rmse_std": 3.0}}, "train_rows": 354,
+        "holdout_rows": 88, "holdout_start": {"patient_id": 355}, "library_versions": {"scikit-learn": "x"},
+        "code_version": "test",
+    }
+    with engine.begin() as conn:
+        registry.start_run(conn, "run-1", "test", WATERMARK, {})
+        registry.record_snapshot(conn, snapshot, "run-1")
+        version = registry.register_model(conn, record)
+    assert registry.promote(engine, "run-1", version, None, "test", "first model")
+    return version
+
+
+def test_apply_schema_twice_keeps_tables_and_rows(engine: Engine) -> None:
+    demo.seed_demo(engine)
+    register_champion(engine)
+    shape_before, counts_before = schema_shape(engine), row_counts(engine)
+
+    applied = db.apply_schema(engine)
+
+    assert applied == [path.name for path in db.sql_files()]
+    assert applied[:2] == ["001_patient_records.sql", "002_pipeline_schema.sql"]
+    assert schema_shape(engine) == shape_before
+    assert row_counts(engine) == counts_before
+    assert counts_before["public.patient_records"] == 442
+    assert counts_before["pipeline.promotion_events"] == 1
+
+
+def test_apply_schema_concurrently_succeeds(engine: Engine) -> None:
+    shape_before = schema_shape(engine)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: db.apply_schema(engine), range(4)))
+    assert all(applied == [path.name for path in db.sql_files()] for applied in results)
+    assert schema_shape(engine) == shape_before
+
+
+def test_schema_has_the_append_only_triggers(engine: Engine) -> None:
+    triggers = schema_shape(engine)["triggers"]
+    assert ("pipeline.model_versions", "model_versions_append_only") in triggers
+    assert ("pipeline.promotion_events", "promotion_events_append_only") in triggers
+
+
+@pytest.mark.parametrize(
+    ("table", "operation", "statement"),
+    [
+        ("model_versions", "UPDATE", "UPDATE pipeline.model_versions SET model_family = 'tampered'"),
+        ("model_versions", "DELETE", "DELETE FROM pipeline.model_versions"),
+        ("promotion_events", "UPDATE", "UPDATE pipeline.promotion_events SET actor = 'tampered'"),
+        ("promotion_events", "DELETE", "DELETE FROM pipeline.promotion_events"),
+    ],
+)
+def test_append_only_tables_refuse_changes(engine: Engine, table: str, operation: str, statement: str) -> None:
+    register_champion(engine)
+    with engine.connect() as conn:
+        before = [dict(r) for r in conn.execute(sa.text(f"SELECT * FROM pipeline.{table}")).mappings()]
+
+    with pytest.raises(sa.exc.DBAPIError, match=rf"pipeline\.{table} is append-only: {operation} refused"):
+        with engine.begin() as conn:
+            conn.execute(sa.text(statement))
+
+    with engine.connect() as conn:
+        after = [dict(r) for r in conn.execute(sa.text(f"SELECT * FROM pipeline.{table}")).mappings()]
+    assert after == before
+    assert len(after) == 1
+
+
+def test_promotion_events_refuse_truncate(engine: Engine) -> None:
+    register_champion(engine)
+    with pytest.raises(sa.exc.DBAPIError, match="append-only"):
+        with engine.begin() as conn:
+            conn.execute(sa.text("TRUNCATE pipeline.promotion_events"))
+
+
+def test_ensure_database_keeps_an_existing_database(engine: Engine, database_url: str) -> None:
+    demo.seed_demo(engine)
+    engine.dispose()
+
+    db.ensure_database(database_url)
+    db.ensure_database(database_url)
+
+    assert row_counts(engine)["public.patient_records"] == 442
+
+
+def test_ensure_database_creates_once(server_url: str) -> None:
+    name = f"pipeline_test_ensure_{uuid.uuid4().hex[:10]}"
+    url = db.with_database(server_url, name)
+    admin = db.create_engine(db.with_database(server_url, "postgres"))
+    count = sa.text("SELECT count(*) FROM pg_database WHERE datname = :n")
+    try:
+        db.ensure_database(url)
+        db.ensure_database(url)
+        with admin.connect() as conn:
+            assert conn.scalar(count, {"n": name}) == 1
+        probe = db.create_engine(url)
+        with probe.connect() as conn:
+            assert conn.scalar(sa.text("SELECT current_database()")) == name
+        probe.dispose()
+    finally:
+        db.drop_database(url)
+        admin.dispose()
+    with admin.connect() as conn:
+        assert conn.scalar(count, {"n": name}) == 0
+    admin.dispose()

@@ -1,0 +1,20 @@
+"""Fixtures for the unit tests: the shipped contract and the demo rows, no database."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pipeline import demo, ingest
+from pipeline.config import DatasetContract, PipelineConfig
+
+
+@pytest.fixture(scope="session")
+def contract(config: PipelineConfig) -> DatasetContract:
+    return config.dataset
+
+
+@pytest.fixture(scope="session")
+def demo_frame(contract: DatasetContract) -> pd.DataFrame:
+    """The demo study as a snapshot holds it: typed by the contract. Copy before changing it."""
+    return ingest.cast_to_contract(demo.demo_records(), contract)

@@ -1,0 +1,248 @@
+"""The configuration file: the shipped one loads, and every broken variant is refused by name."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, PipelineConfig, load_config
+from pipeline.settings import PROJECT_ROOT
+
+SHIPPED = PROJECT_ROOT / "pipeline.yaml"
+
+Mutation = Callable[[dict[str, Any]], None]
+
+
+def shipped_raw() -> dict[str, Any]:
+    return dict(yaml.safe_load(SHIPPED.read_text()))
+
+
+def write_variant(tmp_path: Path, mutate: Mutation) -> Path:
+    """The shipped configuration, changed by `mutate`, written to tmp_path/pipeline.yaml."""
+    raw = shipped_raw()
+    mutate(raw)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def quoted(name: str) -> str:
+    """A pattern for `name` as the messages quote it (the tmp path may contain the bare word)."""
+    return re.escape(f"'{name}'")
+
+
+def feature_named(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(f for f in raw["dataset"]["features"] if f["name"] == name)
+
+
+def drop_role(role: str) -> Mutation:
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["dataset"]["features"] = [f for f in raw["dataset"]["features"] if f["role"] != role]
+    return mutate
+
+
+# --- the shipped file ----------------------------------------------------------------------------
+
+
+def test_shipped_config_matches_the_yaml_it_was_read_from(config: PipelineConfig) -> None:
+    raw = shipped_raw()["dataset"]
+    contract = config.dataset
+    assert contract.table == raw["table"]
+    assert contract.id_column == raw["id_column"]
+    assert contract.feature_names() == [f["name"] for f in raw["features"]]
+    assert {f.name: f.role for f in contract.features} == {f["name"]: f["role"] for f in raw["features"]}
+    assert contract.columns() == [
+        raw["id_column"], *(f["name"] for f in raw["features"]), raw["target_column"], raw["timestamp_column"]
+    ]
+
+
+def test_shipped_config_has_one_date_pair_and_keeps_id_and_timestamp_out_of_features(
+    config: PipelineConfig,
+) -> None:
+    contract = config.dataset
+    assert len(contract.names_with_role("birth_date")) == 1
+    assert len(contract.names_with_role("event_date")) == 1
+    assert contract.names_with_role("categorical")
+    assert contract.names_with_role("numeric")
+    for column in (contract.id_column, contract.timestamp_column, contract.target_column):
+        assert column not in contract.feature_names()
+    types = contract.column_types()
+    assert types[contract.id_column] == "integer"
+    assert types[contract.timestamp_column] == "timestamp"
+
+
+def test_shipped_expectation_suite_exists_and_names_the_contract_columns(config: PipelineConfig) -> None:
+    suite_path = config.dataset.expectation_suite
+    assert suite_path.is_absolute()
+    assert suite_path.is_file()
+    suite = json.loads(suite_path.read_text())
+    column_sets = [
+        e["kwargs"]["column_set"] for e in suite["expectations"] if e["type"] == "expect_table_columns_to_match_set"
+    ]
+    assert column_sets, "the suite should pin the table's columns"
+    assert set(column_sets[0]) == set(config.dataset.columns())
+
+
+def test_shipped_policies_are_usable(config: PipelineConfig) -> None:
+    raw = shipped_raw()
+    assert 0.0 < config.training.holdout_fraction < 1.0
+    assert set(config.training.families) == set(raw["training"]["families"])
+    assert config.promotion.metric == "rmse"
+    assert config.promotion.margin == raw["promotion"]["margin"]
+
+
+def test_a_variant_identical_to_the_shipped_file_loads_the_same(tmp_path: Path, config: PipelineConfig) -> None:
+    variant = load_config(write_variant(tmp_path, lambda raw: None))
+    assert variant.training == config.training
+    assert variant.promotion == config.promotion
+    assert variant.dataset.features == config.dataset.features
+
+
+# --- refused variants ----------------------------------------------------------------------------
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.yaml"
+    with pytest.raises(ConfigError, match=re.escape(str(missing))):
+        load_config(missing)
+
+
+@pytest.mark.parametrize("section", ["dataset", "training", "promotion"])
+def test_missing_section_is_named(tmp_path: Path, section: str) -> None:
+    path = write_variant(tmp_path, lambda raw: raw.pop(section))
+    with pytest.raises(ConfigError, match=quoted(section)):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("dataset", "table"),
+        ("dataset", "id_column"),
+        ("dataset", "timestamp_column"),
+        ("dataset", "target_column"),
+        ("dataset", "expectation_suite"),
+        ("dataset", "features"),
+        ("training", "seed"),
+        ("training", "holdout_fraction"),
+        ("training", "cv_folds"),
+        ("training", "families"),
+        ("promotion", "metric"),
+        ("promotion", "min_r2"),
+        ("promotion", "margin"),
+    ],
+)
+def test_missing_key_is_named(tmp_path: Path, section: str, key: str) -> None:
+    path = write_variant(tmp_path, lambda raw: raw[section].pop(key))
+    with pytest.raises(ConfigError, match=quoted(key)):
+        load_config(path)
+
+
+def test_key_set_to_null_counts_as_missing(tmp_path: Path) -> None:
+    path = write_variant(tmp_path, lambda raw: raw["training"].update(seed=None))
+    with pytest.raises(ConfigError, match=quoted("seed")):
+        load_config(path)
+
+
+def test_feature_without_role_is_named(tmp_path: Path) -> None:
+    path = write_variant(tmp_path, lambda raw: feature_named(raw, "bmi").pop("role"))
+    with pytest.raises(ConfigError, match=quoted("role")):
+        load_config(path)
+
+
+def test_bad_role_names_the_role_and_the_feature(tmp_path: Path) -> None:
+    path = write_variant(tmp_path, lambda raw: feature_named(raw, "bmi").update(role="ordinal"))
+    with pytest.raises(ConfigError, match=quoted("ordinal")) as caught:
+        load_config(path)
+    assert "bmi" in str(caught.value)
+
+
+def test_bad_type_names_the_type_and_the_feature(tmp_path: Path) -> None:
+    path = write_variant(tmp_path, lambda raw: feature_named(raw, "tc").update(type="decimal"))
+    with pytest.raises(ConfigError, match=quoted("decimal")) as caught:
+        load_config(path)
+    assert "tc" in str(caught.value)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_holdout_fraction_outside_the_open_unit_interval_is_refused(tmp_path: Path, fraction: float) -> None:
+    path = write_variant(tmp_path, lambda raw: raw["training"].update(holdout_fraction=fraction))
+    with pytest.raises(ConfigError, match="holdout_fraction") as caught:
+        load_config(path)
+    assert str(fraction) in str(caught.value)
+
+
+def test_holdout_fraction_just_inside_the_interval_loads(tmp_path: Path) -> None:
+    path = write_variant(tmp_path, lambda raw: raw["training"].update(holdout_fraction=0.999))
+    assert load_config(path).training.holdout_fraction == 0.999
+
+
+def test_empty_families_is_refused(tmp_path: Path) -> None:
+    path = write_variant(tmp_path, lambda raw: raw["training"].update(families={}))
+    with pytest.raises(ConfigError, match="families"):
+        load_config(path)
+
+
+def test_unsupported_metric_is_named(tmp_path: Path) -> None:
+    path = write_variant(tmp_path, lambda raw: raw["promotion"].update(metric="mae"))
+    with pytest.raises(ConfigError, match=quoted("mae")):
+        load_config(path)
+
+
+@pytest.mark.parametrize("role", ["birth_date", "event_date"])
+def test_only_one_of_the_date_pair_is_refused(tmp_path: Path, role: str) -> None:
+    path = write_variant(tmp_path, drop_role(role))
+    with pytest.raises(ConfigError, match="birth_date") as caught:
+        load_config(path)
+    assert "event_date" in str(caught.value)
+
+
+def test_two_date_pairs_are_refused(tmp_path: Path) -> None:
+    def add_second_pair(raw: dict[str, Any]) -> None:
+        raw["dataset"]["features"] += [
+            {"name": "mother_birth_date", "role": "birth_date", "type": "date"},
+            {"name": "followup_date", "role": "event_date", "type": "date"},
+        ]
+    with pytest.raises(ConfigError, match="birth_date"):
+        load_config(write_variant(tmp_path, add_second_pair))
+
+
+def test_neither_date_role_is_accepted(tmp_path: Path) -> None:
+    def drop_both(raw: dict[str, Any]) -> None:
+        drop_role("birth_date")(raw)
+        drop_role("event_date")(raw)
+    contract = load_config(write_variant(tmp_path, drop_both)).dataset
+    assert contract.names_with_role("birth_date") == contract.names_with_role("event_date") == []
+
+
+# --- values of the wrong kind are ConfigErrors naming the key --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("training", "holdout_fraction", "a fifth"),
+        ("training", "seed", "forty-two"),
+        ("promotion", "min_r2", "high"),
+        ("training", "families", ["ridge", "random_forest"]),
+    ],
+)
+def test_value_of_the_wrong_kind_is_a_config_error_naming_the_key(
+    tmp_path: Path, section: str, key: str, value: Any
+) -> None:
+    path = write_variant(tmp_path, lambda raw: raw[section].update({key: value}))
+    with pytest.raises(ConfigError, match=quoted(key)):
+        load_config(path)
+
+
+def test_a_file_that_is_not_a_mapping_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("- dataset\n- training\n")
+    with pytest.raises(ConfigError, match=quoted("dataset")):
+        load_config(path)

@@ -1,0 +1,252 @@
+"""Training: the time-ordered holdout, family selection, reproducibility and provenance."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import sklearn
+from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import Pipeline
+
+from pipeline import train
+from pipeline.config import DatasetContract, PipelineConfig, TrainingPolicy
+from pipeline.features import model_inputs
+from pipeline.settings import PROJECT_ROOT
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+FAST_FAMILIES: dict[str, dict[str, Any]] = {
+    "ridge": {"alpha": 1.0},
+    "random_forest": {"n_estimators": 20, "min_samples_leaf": 5, "max_features": 0.5},
+    "hist_gradient_boosting": {"max_iter": 20, "max_leaf_nodes": 7},
+}
+
+
+def fast_policy(config: PipelineConfig, seed: int | None = None, n_jobs: int = 1) -> TrainingPolicy:
+    """The shipped policy with small models and three folds, so a whole selection takes a second.
+
+    One job by default; the shipped n_jobs is covered by its own test below.
+    """
+    return dataclasses.replace(
+        config.training, families=FAST_FAMILIES, cv_folds=3, n_jobs=n_jobs,
+        seed=config.training.seed if seed is None else seed,
+    )
+
+
+def fitted(config: PipelineConfig, family: str, policy: TrainingPolicy, frame: pd.DataFrame) -> Pipeline:
+    model = train.build_model(config.dataset, family, policy)
+    return model.fit(model_inputs(frame, config.dataset), frame[config.dataset.target_column].to_numpy())
+
+
+def rows_with_times(contract: DatasetContract, times: list[str], ids: list[int]) -> pd.DataFrame:
+    """A minimal snapshot: only the id and timestamp matter to the holdout split."""
+    return pd.DataFrame({
+        contract.id_column: pd.array(ids, dtype="Int64"),
+        contract.timestamp_column: pd.to_datetime(times, utc=True),
+    })
+
+
+def order_keys(frame: pd.DataFrame, contract: DatasetContract) -> list[tuple[pd.Timestamp, int]]:
+    return list(zip(frame[contract.timestamp_column], frame[contract.id_column].astype(int), strict=True))
+
+
+def git(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run git with an identity and no signing, whatever the machine's configuration."""
+    command = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]
+    return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def selection(config: PipelineConfig, demo_frame: pd.DataFrame) -> tuple[Pipeline, str, dict[str, dict[str, float]]]:
+    train_rows, _ = train.split_holdout(demo_frame, config.dataset, config.training.holdout_fraction)
+    return train.fit_best_family(train_rows, config.dataset, fast_policy(config))
+
+
+# --- split_holdout -------------------------------------------------------------------------------
+
+
+def test_holdout_is_the_most_recent_rows_by_timestamp_then_id(contract: DatasetContract) -> None:
+    times = ["2024-01-01", "2024-01-03", "2024-01-02", "2024-01-03", "2024-01-02",
+             "2024-01-04", "2024-01-03", "2024-01-01", "2024-01-04", "2024-01-02"]
+    ids = [10, 4, 7, 2, 1, 9, 8, 3, 5, 6]  # ties on a timestamp are broken by id
+    frame = rows_with_times(contract, times, ids)
+    train_rows, holdout = train.split_holdout(frame, contract, 0.4)
+    expected_holdout = sorted(order_keys(frame, contract))[-4:]
+    assert order_keys(holdout, contract) == expected_holdout
+    assert max(order_keys(train_rows, contract)) < min(order_keys(holdout, contract))
+
+
+def test_holdout_and_train_partition_the_rows(contract: DatasetContract, demo_frame: pd.DataFrame) -> None:
+    train_rows, holdout = train.split_holdout(demo_frame, contract, 0.2)
+    train_ids, holdout_ids = set(train_rows[contract.id_column]), set(holdout[contract.id_column])
+    assert not train_ids & holdout_ids
+    assert train_ids | holdout_ids == set(demo_frame[contract.id_column])
+    assert len(train_rows) + len(holdout) == len(demo_frame)
+
+
+@pytest.mark.parametrize(("rows", "fraction"), [(442, 0.2), (100, 0.25), (10, 0.3), (7, 0.5), (3, 0.1)])
+def test_holdout_takes_the_configured_share(contract: DatasetContract, rows: int, fraction: float) -> None:
+    times = pd.date_range("2024-01-01", periods=rows, freq="D").astype(str).tolist()
+    _, holdout = train.split_holdout(rows_with_times(contract, times, list(range(1, rows + 1))), contract, fraction)
+    assert len(holdout) >= 1
+    assert abs(len(holdout) - rows * fraction) <= 0.5 or len(holdout) == 1
+
+
+def test_split_leaves_the_input_frame_as_it_was(contract: DatasetContract) -> None:
+    frame = rows_with_times(contract, ["2024-01-02", "2024-01-01", "2024-01-03", "2024-01-01"], [1, 2, 3, 4])
+    before = frame.copy()
+    train.split_holdout(frame, contract, 0.25)
+    pd.testing.assert_frame_equal(frame, before)
+
+
+@pytest.mark.parametrize(("rows", "fraction"), [(2, 0.2), (1, 0.5), (10, 0.9)])
+def test_too_few_rows_raise_with_the_row_count(contract: DatasetContract, rows: int, fraction: float) -> None:
+    times = pd.date_range("2024-01-01", periods=rows, freq="D").astype(str).tolist()
+    with pytest.raises(ValueError, match=rf"\b{rows}\b.*rows"):
+        train.split_holdout(rows_with_times(contract, times, list(range(1, rows + 1))), contract, fraction)
+
+
+# --- model families ------------------------------------------------------------------------------
+
+
+def test_fit_best_family_picks_the_lowest_cv_rmse_of_its_own_table(
+    selection: tuple[Pipeline, str, dict[str, dict[str, float]]],
+) -> None:
+    model, best, table = selection
+    assert set(table) == set(FAST_FAMILIES)
+    assert all(np.isfinite(row["cv_rmse_mean"]) and row["cv_rmse_mean"] > 0 for row in table.values())
+    assert best == min(table, key=lambda family: table[family]["cv_rmse_mean"])
+    assert type(model.named_steps["model"]) is type(train.make_estimator(best, FAST_FAMILIES[best], 0, 1))
+
+
+def test_fit_best_family_follows_the_table_not_the_family_order(
+    monkeypatch: pytest.MonkeyPatch, config: PipelineConfig, demo_frame: pd.DataFrame
+) -> None:
+    table = {"ridge": 60.0, "random_forest": 55.0, "hist_gradient_boosting": 58.0}
+    monkeypatch.setattr(
+        train, "cross_validate_families",
+        lambda *_: {family: {"cv_rmse_mean": rmse, "cv_rmse_std": 1.0} for family, rmse in table.items()},
+    )
+    model, best, _ = train.fit_best_family(demo_frame, config.dataset, fast_policy(config))
+    assert best == "random_forest"
+    assert isinstance(model.named_steps["model"], RandomForestRegressor)
+
+
+def test_training_twice_with_the_same_seed_is_bit_identical(
+    selection: tuple[Pipeline, str, dict[str, dict[str, float]]], config: PipelineConfig, demo_frame: pd.DataFrame
+) -> None:
+    contract = config.dataset
+    train_rows, holdout = train.split_holdout(demo_frame, contract, config.training.holdout_fraction)
+    model, best, table = train.fit_best_family(train_rows, contract, fast_policy(config))
+    first_model, first_best, first_table = selection
+    assert (best, table) == (first_best, first_table)
+    assert np.array_equal(model.predict(model_inputs(holdout, contract)),
+                          first_model.predict(model_inputs(holdout, contract)))
+
+
+@pytest.mark.parametrize("family", ["random_forest", "hist_gradient_boosting"])
+def test_seeded_families_fit_identically_twice(family: str, config: PipelineConfig, demo_frame: pd.DataFrame) -> None:
+    X = model_inputs(demo_frame, config.dataset)
+    first, second = (fitted(config, family, fast_policy(config, seed=1), demo_frame) for _ in range(2))
+    assert np.array_equal(first.predict(X), second.predict(X))
+
+
+def test_forest_predictions_change_with_the_seed(config: PipelineConfig, demo_frame: pd.DataFrame) -> None:
+    """Guards the test above: a seed that never reached the forest would pass it too."""
+    X = model_inputs(demo_frame, config.dataset)
+    one, two = (fitted(config, "random_forest", fast_policy(config, seed=s), demo_frame) for s in (1, 2))
+    assert not np.array_equal(one.predict(X), two.predict(X))
+
+
+def test_forest_fitted_on_parallel_jobs_grows_the_same_trees(config: PipelineConfig, demo_frame: pd.DataFrame) -> None:
+    """Fitting on several jobs is reproducible; compare on one job so prediction order is fixed."""
+    X = model_inputs(demo_frame, config.dataset)
+    first, second = (
+        fitted(config, "random_forest", fast_policy(config, n_jobs=2), demo_frame) for _ in range(2)
+    )
+    for model in (first, second):
+        model.named_steps["model"].set_params(n_jobs=1)
+    assert np.array_equal(first.predict(X), second.predict(X))
+
+
+def test_forest_with_the_shipped_n_jobs_predicts_bit_identically(
+    config: PipelineConfig, demo_frame: pd.DataFrame
+) -> None:
+    X = model_inputs(demo_frame, config.dataset)
+    model = fitted(config, "random_forest", fast_policy(config, n_jobs=config.training.n_jobs), demo_frame)
+    first = model.predict(X)
+    assert all(np.array_equal(first, model.predict(X)) for _ in range(5))
+
+
+def test_make_estimator_passes_seed_and_parameters() -> None:
+    forest = train.make_estimator("random_forest", {"n_estimators": 7}, seed=11, n_jobs=3)
+    assert isinstance(forest, RandomForestRegressor)
+    assert (forest.n_estimators, forest.random_state, forest.n_jobs) == (7, 11, 3)
+    boosting = train.make_estimator("hist_gradient_boosting", {"max_iter": 9}, seed=12, n_jobs=1)
+    assert isinstance(boosting, HistGradientBoostingRegressor)
+    assert (boosting.max_iter, boosting.random_state) == (9, 12)
+    ridge = train.make_estimator("ridge", {"alpha": 3.5}, seed=13, n_jobs=1)
+    assert isinstance(ridge, Ridge) and ridge.alpha == 3.5
+
+
+def test_make_estimator_names_an_unknown_family() -> None:
+    with pytest.raises(ValueError, match="'lasso'"):
+        train.make_estimator("lasso", {}, seed=0, n_jobs=1)
+
+
+# --- provenance ----------------------------------------------------------------------------------
+
+
+def test_library_versions_report_the_installed_versions() -> None:
+    versions = train.library_versions()
+    assert versions["scikit-learn"] == sklearn.__version__
+    assert versions["numpy"] == np.__version__
+    assert versions["pandas"] == pd.__version__
+    assert all(isinstance(v, str) and v for v in versions.values())
+
+
+def test_code_version_of_this_repository_agrees_with_git() -> None:
+    head = git(PROJECT_ROOT, "rev-parse", "HEAD")
+    version = train.code_version()
+    if head.returncode != 0:  # a repository without commits (or no git): nothing to pin
+        assert version == "unknown"
+        return
+    commit = head.stdout.strip()
+    assert COMMIT.fullmatch(commit)
+    assert version in (commit, f"{commit}-dirty")
+
+
+def test_code_version_is_unknown_outside_a_repository(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(train, "PROJECT_ROOT", tmp_path)
+    assert train.code_version() == "unknown"
+
+
+def test_code_version_is_unknown_before_the_first_commit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert git(tmp_path, "init", "-q").returncode == 0
+    monkeypatch.setattr(train, "PROJECT_ROOT", tmp_path)
+    assert train.code_version() == "unknown"
+
+
+def test_code_version_is_the_commit_then_dirty_after_an_edit(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    tracked = tmp_path / "model.py"
+    tracked.write_text("alpha = 1\n")
+    for args in (("init", "-q"), ("add", "model.py"), ("commit", "-q", "-m", "first")):
+        assert git(tmp_path, *args).returncode == 0
+    commit = git(tmp_path, "rev-parse", "HEAD").stdout.strip()
+    monkeypatch.setattr(train, "PROJECT_ROOT", tmp_path)
+
+    (tmp_path / "notes.txt").write_text("untracked files do not make the tree dirty\n")
+    assert train.code_version() == commit
+    assert COMMIT.fullmatch(commit)
+
+    tracked.write_text("alpha = 2\n")
+    assert train.code_version() == f"{commit}-dirty"
