@@ -9,8 +9,10 @@ labelled rows landed (the arrival watcher) or the drift monitor found drift.
    by its SHA-256; how the run was started is recorded with it.
 2. **has_new_data** - when the newest model was trained on these very rows, the run ends here
    as "no new data" (unless `force`).
-3. **validate_snapshot** - the Great Expectations suite in `expectations/`; a failure stops the
-   run and names the expectations and columns.
+3. **validate_snapshot** - normalises what is safe, then classifies every row with the Great
+   Expectations suite in `expectations/`: valid rows go to a clean snapshot, the rest to
+   `pipeline.quarantine` with reasons. A schema problem, or more quarantined rows than
+   `quality.max_quarantine_share`, stops the run and names the expectations and columns.
 4. **train_candidate** - cross-validates every configured model family, fits the best one as a
    single scikit-learn Pipeline and registers it.
 5. **evaluate_candidate** - candidate and champion on the same most-recent held-out rows.
@@ -107,7 +109,7 @@ def retrain() -> None:
     def validate_snapshot(snapshot: dict[str, Any]) -> str:
         from pipeline.stages import validate_snapshot
 
-        return validate_snapshot(_workspace(), _run(), snapshot["snapshot_hash"])["snapshot_hash"]
+        return validate_snapshot(_workspace(), _run(), snapshot["snapshot_hash"])["clean_snapshot_hash"]
 
     @task(retries=1)
     def train_candidate(snapshot_hash: str) -> int:

@@ -52,7 +52,8 @@ def cmd_seed_demo(ws: stages.Workspace, args: argparse.Namespace) -> Any:
 
 
 def cmd_simulate_arrivals(ws: stages.Workspace, args: argparse.Namespace) -> Any:
-    ids = demo.simulate_arrivals(ws.engine, args.rows, args.seed, _drift(args.drift), labelled=not args.unlabelled)
+    ids = demo.simulate_arrivals(ws.engine, args.rows, args.seed, _drift(args.drift), labelled=not args.unlabelled,
+                                 bad_rows=args.bad_rows)
     return {"inserted": len(ids), "first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None}
 
 
@@ -84,8 +85,8 @@ def cmd_retrain(ws: stages.Workspace, args: argparse.Namespace) -> Any:
     snapshot = stages.ingest_snapshot(ws, run, params)
     if not stages.has_new_data(ws, run, snapshot["snapshot_hash"], force=args.force):
         return {"run_id": run.run_id, "status": "skipped", "snapshot_hash": snapshot["snapshot_hash"]}
-    stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
-    candidate = stages.train_candidate(ws, run, snapshot["snapshot_hash"])
+    checked = stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
+    candidate = stages.train_candidate(ws, run, checked["clean_snapshot_hash"])
     stages.evaluate_candidate(ws, run, candidate["version"], args.margin)
     return {"run_id": run.run_id, **stages.promote_candidate(ws, run, dry_run=args.dry_run, actor="cli")}
 
@@ -100,6 +101,18 @@ def cmd_drift(ws: stages.Workspace, args: argparse.Namespace) -> Any:
               f"{'  DRIFT' if f['drifted'] else ''}")
     if result["report_path"]:
         print(f"report: {result['report_path']}")
+    return None
+
+
+def cmd_quality(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    """The last validations: rows read, valid, quarantined by reason."""
+    with ws.engine.connect() as conn:
+        history = registry.quality_history(conn, args.runs)
+    if args.json:
+        return history
+    for v in history:
+        print(f"{v['run_id']}: read {v['rows_read']}, valid {v['rows_valid']}, quarantined {v['rows_quarantined']}"
+              f" {v['reason_counts'] or {}}{'' if v['success'] else '  FAILED'}")
     return None
 
 
@@ -181,9 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift", action="append", default=[], metavar="COLUMN=SHIFT",
                    help="shift a numeric column, e.g. bmi=+4 (repeatable)")
     p.add_argument("--unlabelled", action="store_true", help="outcome not known yet (progression_12m NULL)")
+    p.add_argument("--bad-rows", type=int, default=0, metavar="K",
+                   help="make K rows faulty (unknown sex, kPa blood pressure, birth after visit, ...) and K more messy")
     add("ingest", cmd_ingest, "snapshot the labelled rows up to the watermark", run=True)
     for name, handler, text in (("validate", cmd_validate, "validate a snapshot with the expectation suite"),
-                                ("train", cmd_train, "train the candidate model on a snapshot")):
+                                ("train", cmd_train, "train the candidate on a clean snapshot (validate's output)")):
         add(name, handler, text, run=True).add_argument("--snapshot", required=True, help="snapshot hash")
     p = add("evaluate", cmd_evaluate, "score candidate and champion on the holdout, record the decision", run=True)
     p.add_argument("--version", type=int, required=True, help="candidate model version")
@@ -199,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("status", cmd_status, "the champion and the latest runs")
     p.add_argument("--json", action="store_true")
     p.add_argument("--runs", type=int, default=5)
+    p = add("quality", cmd_quality, "the last validations: rows read, valid, quarantined by reason")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--runs", type=int, default=10)
     add("db-url", cmd_db_url, "print the database URL in use (starts the embedded server if needed)")
     p = sub.add_parser("airflow", help="run the airflow CLI configured for this project")
     p.add_argument("airflow_args", nargs=argparse.REMAINDER)

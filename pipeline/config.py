@@ -85,12 +85,18 @@ class MonitoringPolicy:
 
 
 @dataclass(frozen=True)
+class QualityPolicy:
+    max_quarantine_share: float
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     path: Path
     dataset: DatasetContract
     training: TrainingPolicy
     promotion: PromotionPolicy
     monitoring: MonitoringPolicy
+    quality: QualityPolicy
 
 
 def _require(section: dict[str, Any], key: str, where: str) -> Any:
@@ -193,14 +199,22 @@ def _parse_monitoring(raw: dict[str, Any], path: Path) -> MonitoringPolicy:
     return MonitoringPolicy(min_new_rows, _number(raw, "poll_seconds", where, float), drift)
 
 
+def _parse_quality(raw: dict[str, Any], path: Path) -> QualityPolicy:
+    where = f"{path}: quality"
+    share = _number(raw, "max_quarantine_share", where, float)
+    if not 0.0 <= share <= 1.0:
+        raise ConfigError(f"{where}: max_quarantine_share must be between 0 and 1, got {share}")
+    return QualityPolicy(share)
+
+
 def load_config(path: Path) -> PipelineConfig:
     """Read and check the pipeline configuration file."""
     if not path.is_file():
         raise ConfigError(f"configuration file not found: {path} (set PIPELINE_CONFIG)")
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with sections 'dataset', 'training', 'promotion', 'monitoring'")
-    for section in ("dataset", "training", "promotion", "monitoring"):
+        raise ConfigError(f"{path}: expected a mapping with sections 'dataset', 'training', 'promotion', 'monitoring', 'quality'")
+    for section in ("dataset", "training", "promotion", "monitoring", "quality"):
         if not isinstance(raw.get(section), dict):
             raise ConfigError(f"{path}: missing section '{section}'")
     return PipelineConfig(
@@ -209,4 +223,5 @@ def load_config(path: Path) -> PipelineConfig:
         training=_parse_training(raw["training"], path),
         promotion=_parse_promotion(raw["promotion"], path),
         monitoring=_parse_monitoring(raw["monitoring"], path),
+        quality=_parse_quality(raw["quality"], path),
     )

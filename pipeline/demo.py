@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -78,6 +80,37 @@ def arrival_records(rows: int, seed: int, drift: dict[str, float] | None = None,
     return records[SOURCE_COLUMNS[1:]]
 
 
+# Realistic faults of a CRM export, each with the reason validation should give it.
+Fault = Callable[[dict[str, Any]], None]
+BAD_ROW_KINDS: tuple[tuple[str, Fault], ...] = (
+    ("unknown_category", lambda r: r.update(sex="Male")),            # ambiguous: quarantine, never guess
+    ("out_of_range", lambda r: r.update(bp_mean=round(r["bp_mean"] / 7.5, 1))),  # typed in kPa
+    ("impossible_dates", lambda r: r.update(birth_date=r["visit_date"] + pd.Timedelta(days=30))),
+    ("missing_required", lambda r: r.update(visit_date=None)),
+    ("out_of_range", lambda r: r.update(glucose=round(r["glucose"] / 18.0, 1))),  # mmol/L, not mg/dL
+    ("unknown_category", lambda r: r.update(sex="U")),
+)
+# Messy but with one obvious meaning: normalised, not quarantined.
+FIXABLE_KINDS: tuple[Fault, ...] = (lambda r: r.update(sex=f" {r['sex'].lower()} "), lambda r: r.update(sex=r["sex"].lower()))
+
+
+def add_faults(records: pd.DataFrame, bad_rows: int, seed: int) -> tuple[pd.DataFrame, list[str]]:
+    """Make `bad_rows` rows faulty and as many others merely messy; returns the expected reason per row."""
+    if bad_rows > len(records):
+        raise ValueError(f"--bad-rows {bad_rows} is more than the {len(records)} rows in the batch")
+    rng = np.random.default_rng(seed + 1)
+    rows = records.to_dict("records")
+    order = rng.permutation(len(rows))
+    expected = ["valid"] * len(rows)
+    for n, position in enumerate(order[:bad_rows]):
+        reason, fault = BAD_ROW_KINDS[n % len(BAD_ROW_KINDS)]
+        fault(rows[position])
+        expected[position] = reason
+    for n, position in enumerate(order[bad_rows: 2 * bad_rows]):
+        FIXABLE_KINDS[n % len(FIXABLE_KINDS)](rows[position])
+    return pd.DataFrame(rows, columns=records.columns), expected
+
+
 def copy_into(conn: Connection, table: str, frame: pd.DataFrame) -> None:
     """Bulk-load a DataFrame into `table` with PostgreSQL's COPY."""
     buffer = io.StringIO()
@@ -101,9 +134,11 @@ def seed_demo(engine: Engine) -> int:
 
 
 def simulate_arrivals(engine: Engine, rows: int, seed: int, drift: dict[str, float] | None = None,
-                      labelled: bool = True) -> list[int]:
-    """Append `rows` new records, recorded now; returns their patient ids."""
+                      labelled: bool = True, bad_rows: int = 0) -> list[int]:
+    """Append `rows` new records, recorded now, `bad_rows` of them faulty; returns their patient ids."""
     records = arrival_records(rows, seed, drift, labelled)
+    if bad_rows:
+        records, _ = add_faults(records, bad_rows, seed)
     with engine.begin() as conn:
         conn.execute(sa.text("LOCK TABLE public.patient_records IN SHARE ROW EXCLUSIVE MODE"))
         first = int(conn.scalar(sa.text("SELECT coalesce(max(patient_id), 0) + 1 FROM public.patient_records")))

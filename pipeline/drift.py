@@ -16,6 +16,7 @@ from pipeline.config import DatasetContract, DriftPolicy
 from pipeline.features import DAYS_PER_YEAR
 
 EPSILON = 1e-4  # floor for empty bins, so PSI stays finite
+MISSING = "(missing)"  # the category a missing categorical value counts under
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,19 @@ def psi_from_proportions(reference: np.ndarray, recent: np.ndarray) -> float:
     return float(np.sum((cur - ref) * np.log(cur / ref)))
 
 
+def _bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Counts per bin, plus a last bin for missing values (missingness is part of a distribution)."""
+    present = values[~np.isnan(values)]
+    counts = np.bincount(np.searchsorted(edges, present, side="right"), minlength=len(edges) + 1)
+    return np.append(counts, len(values) - len(present))
+
+
 def numeric_psi(reference: np.ndarray, recent: np.ndarray, bins: int) -> float:
-    """PSI over bins cut at the reference's quantiles (open-ended outer bins)."""
-    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
-    ref_counts = np.bincount(np.searchsorted(edges, reference, side="right"), minlength=len(edges) + 1)
-    cur_counts = np.bincount(np.searchsorted(edges, recent, side="right"), minlength=len(edges) + 1)
+    """PSI over bins cut at the reference's quantiles (open-ended outer bins) and a missing-value bin."""
+    present = reference[~np.isnan(reference)]
+    quantiles = np.quantile(present, np.linspace(0, 1, bins + 1)[1:-1]) if len(present) else np.array([])
+    edges = np.unique(quantiles)
+    ref_counts, cur_counts = _bin_counts(reference, edges), _bin_counts(recent, edges)
     return psi_from_proportions(ref_counts / ref_counts.sum(), cur_counts / cur_counts.sum())
 
 
@@ -52,26 +61,33 @@ def _level(psi: float, policy: DriftPolicy) -> str:
 
 
 def numeric_drift(name: str, reference: pd.Series, recent: pd.Series, policy: DriftPolicy) -> FeatureDrift:
+    psi = numeric_psi(reference.to_numpy(float, na_value=np.nan), recent.to_numpy(float, na_value=np.nan), policy.bins)
     ref, cur = reference.dropna().to_numpy(float), recent.dropna().to_numpy(float)
-    psi = numeric_psi(ref, cur, policy.bins)
-    ks = stats.ks_2samp(ref, cur)
+    if len(ref) and len(cur):
+        ks = stats.ks_2samp(ref, cur)
+        statistic, p_value = float(ks.statistic), float(ks.pvalue)
+    else:  # one side has no values at all: as different as distributions get
+        statistic, p_value = 1.0, 0.0
     level = _level(psi, policy)
-    drifted = level == "major" or (level == "moderate" and ks.pvalue < policy.p_value)
-    return FeatureDrift(name, "numeric", psi, "ks", float(ks.statistic), float(ks.pvalue), level, drifted)
+    drifted = bool(level == "major" or (level == "moderate" and p_value < policy.p_value))
+    return FeatureDrift(name, "numeric", psi, "ks", statistic, p_value, level, drifted)
 
 
 def categorical_drift(name: str, reference: pd.Series, recent: pd.Series, policy: DriftPolicy) -> FeatureDrift:
-    categories = sorted(set(reference.dropna()) | set(recent.dropna()))
-    ref_counts = reference.value_counts().reindex(categories, fill_value=0).to_numpy()
-    cur_counts = recent.value_counts().reindex(categories, fill_value=0).to_numpy()
+    ref, cur = reference.astype(object).fillna(MISSING), recent.astype(object).fillna(MISSING)
+    categories = sorted(set(ref) | set(cur), key=str)
+    ref_counts = ref.value_counts().reindex(categories, fill_value=0).to_numpy()
+    cur_counts = cur.value_counts().reindex(categories, fill_value=0).to_numpy()
     psi = psi_from_proportions(ref_counts / ref_counts.sum(), cur_counts / cur_counts.sum())
-    if len(categories) < 2:
+    table = np.vstack([ref_counts, cur_counts])
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2:
         statistic, p_value = 0.0, 1.0
     else:
-        result = stats.chi2_contingency(np.vstack([ref_counts, cur_counts]))
+        result = stats.chi2_contingency(table)
         statistic, p_value = float(result.statistic), float(result.pvalue)
     level = _level(psi, policy)
-    drifted = level == "major" or (level == "moderate" and p_value < policy.p_value)
+    drifted = bool(level == "major" or (level == "moderate" and p_value < policy.p_value))
     return FeatureDrift(name, "categorical", psi, "chi2", statistic, p_value, level, drifted)
 
 

@@ -63,13 +63,30 @@ def check_source_columns(engine: Engine, contract: DatasetContract) -> None:
     inspector = sa.inspect(engine)
     if not inspector.has_table(name, schema=schema or None):
         raise SchemaError(f"source table {contract.table} does not exist (dataset.table in the config)")
-    present = {c["name"] for c in inspector.get_columns(name, schema=schema or None)}
+    present = {c["name"]: c["type"] for c in inspector.get_columns(name, schema=schema or None)}
     missing = [c for c in contract.columns() if c not in present]
     if missing:
         raise SchemaError(
             f"source table {contract.table} lacks contract column(s) {missing}; "
             f"it has {sorted(present)}. Fix the table or the dataset section of the config."
         )
+    for column, kind in contract.column_types().items():
+        if not isinstance(present[column], COMPATIBLE_SQL_TYPES[kind]):
+            raise SchemaError(
+                f"column '{column}' of {contract.table} is {present[column]}, but the contract expects "
+                f"{kind} (SQL types {[t.__name__ for t in COMPATIBLE_SQL_TYPES[kind]]})"
+            )
+
+
+# SQL column types each contract type can be read from; text columns are cast row by row in
+# validation, where a value that will not cast quarantines its row instead of failing the batch.
+COMPATIBLE_SQL_TYPES: dict[str, tuple[type[Any], ...]] = {
+    "float": (sa.Float, sa.Numeric, sa.Integer, sa.String),
+    "integer": (sa.Integer, sa.Numeric, sa.String),
+    "text": (sa.String, sa.Enum),
+    "date": (sa.Date, sa.DateTime, sa.String),
+    "timestamp": (sa.DateTime, sa.String),
+}
 
 
 def _cast_column(values: pd.Series, kind: str) -> pd.Series:
@@ -102,23 +119,27 @@ def snapshot_bytes(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-def read_rows(engine: Engine, contract: DatasetContract, query: sa.Select[Any]) -> pd.DataFrame:
-    """Run a query over the source table and type the result by the contract."""
+def read_raw_rows(engine: Engine, contract: DatasetContract, query: sa.Select[Any]) -> pd.DataFrame:
+    """Run a query over the source table; values as the database holds them."""
     check_source_columns(engine, contract)
     with engine.connect() as conn:
-        frame = pd.read_sql(query, conn)
-    return cast_to_contract(frame, contract)
+        return pd.read_sql(query, conn)
+
+
+def read_rows(engine: Engine, contract: DatasetContract, query: sa.Select[Any]) -> pd.DataFrame:
+    """Run a query over the source table and type the result by the contract."""
+    return cast_to_contract(read_raw_rows(engine, contract, query), contract)
 
 
 def read_labelled_rows(engine: Engine, contract: DatasetContract, watermark: datetime) -> pd.DataFrame:
-    """Read the labelled rows up to `watermark`, typed by the contract."""
-    return read_rows(engine, contract, labelled_rows_query(contract, watermark))
+    """Read the labelled rows up to `watermark`, as the database holds them."""
+    return read_raw_rows(engine, contract, labelled_rows_query(contract, watermark))
 
 
 def take_snapshot(
     engine: Engine, contract: DatasetContract, watermark: datetime, artifact_dir: Path
 ) -> tuple[Snapshot, pd.DataFrame]:
-    """Read the labelled rows and store them as an immutable snapshot named by its hash."""
+    """Read the labelled rows, unchanged, and store them as an immutable snapshot named by its hash."""
     watermark = datetime.fromisoformat(watermark.isoformat())  # plain datetime (Airflow passes pendulum)
     frame = read_labelled_rows(engine, contract, watermark)
     digest, path = store_bytes(artifact_dir, "snapshots", snapshot_bytes(frame), ".parquet")
@@ -127,6 +148,11 @@ def take_snapshot(
     ))
     snapshot = Snapshot(digest, str(path), len(frame), watermark.isoformat(), contract.table, query)
     return snapshot, frame
+
+
+def store_clean_snapshot(frame: pd.DataFrame, artifact_dir: Path) -> tuple[str, Path]:
+    """Store the valid, normalised, typed rows a model trains on, named by their hash."""
+    return store_bytes(artifact_dir, "snapshots", snapshot_bytes(frame), ".parquet")
 
 
 def load_snapshot(path: Path, snapshot_hash: str) -> pd.DataFrame:

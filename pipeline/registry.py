@@ -10,7 +10,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline.ingest import Snapshot
-from pipeline.validate import ValidationReport
 
 _PROMOTION_LOCK_ID = 72_410_002  # pg_advisory_xact_lock key: promotions never interleave
 
@@ -41,10 +40,11 @@ def start_run(conn: Connection, run_id: str, triggered_by: str, watermark: datet
 
 
 def last_trained_snapshot(conn: Connection, exclude_run: str) -> dict[str, Any] | None:
-    """The snapshot the newest model version was trained on, not counting this run's own."""
+    """The raw snapshot behind the newest model version, not counting this run's own."""
     return _row(conn.execute(sa.text("""
-        SELECT version, run_id, snapshot_hash FROM pipeline.model_versions
-         WHERE run_id <> :run_id ORDER BY version DESC LIMIT 1
+        SELECT m.version, m.run_id, coalesce(s.parent_hash, s.snapshot_hash) AS snapshot_hash
+          FROM pipeline.model_versions m JOIN pipeline.snapshots s USING (snapshot_hash)
+         WHERE m.run_id <> :run_id ORDER BY m.version DESC LIMIT 1
     """), {"run_id": exclude_run}))
 
 
@@ -75,6 +75,17 @@ def record_snapshot(conn: Connection, snapshot: Snapshot, run_id: str) -> None:
                  {"h": snapshot.snapshot_hash, "run_id": run_id})
 
 
+def record_clean_snapshot(conn: Connection, clean_hash: str, path: str, raw: dict[str, Any], rows: int, run_id: str) -> None:
+    """Register the valid rows of a raw snapshot, linked to it."""
+    conn.execute(sa.text("""
+        INSERT INTO pipeline.snapshots (snapshot_hash, source_table, query, watermark, row_count, path,
+                                        first_run_id, kind, parent_hash)
+        VALUES (:h, :t, :q, :wm, :n, :p, :run_id, 'clean', :parent)
+        ON CONFLICT (snapshot_hash) DO NOTHING
+    """), {"h": clean_hash, "t": raw["source_table"], "q": raw["query"], "wm": raw["watermark"], "n": rows,
+           "p": path, "run_id": run_id, "parent": raw["snapshot_hash"]})
+
+
 def get_snapshot(conn: Connection, snapshot_hash: str) -> dict[str, Any]:
     row = _row(conn.execute(sa.text("SELECT * FROM pipeline.snapshots WHERE snapshot_hash = :h"),
                             {"h": snapshot_hash}))
@@ -83,16 +94,44 @@ def get_snapshot(conn: Connection, snapshot_hash: str) -> dict[str, Any]:
     return row
 
 
-def record_validation(conn: Connection, run_id: str, snapshot_hash: str, report: ValidationReport) -> None:
+def record_validation(conn: Connection, run_id: str, snapshot_hash: str, record: dict[str, Any]) -> None:
+    """Store one validation with its row counts; a retried task replaces its own row."""
+    json_keys = ("statistics", "failures", "result", "reason_counts", "normalisations")
+    values = {k: (_json(v) if k in json_keys else v) for k, v in record.items()}
     conn.execute(sa.text("""
         INSERT INTO pipeline.validation_results
-               (run_id, snapshot_hash, suite_name, success, statistics, failures, result)
-        VALUES (:run_id, :h, :suite, :ok, CAST(:stats AS jsonb), CAST(:failures AS jsonb), CAST(:result AS jsonb))
-        ON CONFLICT (run_id, snapshot_hash) DO UPDATE
-           SET success = EXCLUDED.success, statistics = EXCLUDED.statistics,
-               failures = EXCLUDED.failures, result = EXCLUDED.result, created_at = now()
-    """), {"run_id": run_id, "h": snapshot_hash, "suite": report.suite_name, "ok": report.success,
-           "stats": _json(report.statistics), "failures": _json(report.failures), "result": _json(report.result)})
+               (run_id, snapshot_hash, suite_name, success, statistics, failures, result, rows_read, rows_valid,
+                rows_quarantined, reason_counts, normalisations, clean_snapshot_hash, report_path)
+        VALUES (:run_id, :snapshot_hash, :suite_name, :success, CAST(:statistics AS jsonb),
+                CAST(:failures AS jsonb), CAST(:result AS jsonb), :rows_read, :rows_valid, :rows_quarantined,
+                CAST(:reason_counts AS jsonb), CAST(:normalisations AS jsonb), :clean_snapshot_hash, :report_path)
+        ON CONFLICT (run_id, snapshot_hash) DO UPDATE SET
+               success = EXCLUDED.success, statistics = EXCLUDED.statistics, failures = EXCLUDED.failures,
+               result = EXCLUDED.result, rows_read = EXCLUDED.rows_read, rows_valid = EXCLUDED.rows_valid,
+               rows_quarantined = EXCLUDED.rows_quarantined, reason_counts = EXCLUDED.reason_counts,
+               normalisations = EXCLUDED.normalisations, clean_snapshot_hash = EXCLUDED.clean_snapshot_hash,
+               report_path = EXCLUDED.report_path, created_at = now()
+    """), {**values, "run_id": run_id, "snapshot_hash": snapshot_hash})
+
+
+def record_quarantine(conn: Connection, run_id: str, snapshot_hash: str, rows: list[dict[str, Any]]) -> None:
+    """Replace this run's quarantined rows (so a retried task does not duplicate them)."""
+    conn.execute(sa.text("DELETE FROM pipeline.quarantine WHERE run_id = :r"), {"r": run_id})
+    if rows:
+        conn.execute(sa.text("""
+            INSERT INTO pipeline.quarantine (run_id, snapshot_hash, row_number, source_id, reasons, original)
+            VALUES (:run_id, :snapshot_hash, :row_number, :source_id, CAST(:reasons AS jsonb), CAST(:original AS jsonb))
+        """), [{**r, "run_id": run_id, "snapshot_hash": snapshot_hash, "reasons": _json(r["reasons"]),
+                "original": _json(r["original"])} for r in rows])
+
+
+def quality_history(conn: Connection, limit: int = 10) -> list[dict[str, Any]]:
+    rows = conn.execute(sa.text("""
+        SELECT run_id, snapshot_hash, success, rows_read, rows_valid, rows_quarantined, reason_counts,
+               normalisations, report_path, created_at
+          FROM pipeline.validation_results ORDER BY created_at DESC LIMIT :n
+    """), {"n": limit}).mappings()
+    return [dict(r) for r in rows]
 
 
 def register_model(conn: Connection, record: dict[str, Any]) -> int:

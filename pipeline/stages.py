@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from pipeline import artifacts, db, drift, evaluate, ingest, registry, train, validate
+from pipeline import artifacts, db, drift, evaluate, ingest, quality, registry, train, validate
 from pipeline.config import PipelineConfig, PromotionPolicy, load_config
 from pipeline.settings import Settings
 
@@ -96,18 +96,46 @@ def has_new_data(ws: Workspace, run: Run, snapshot_hash: str, force: bool = Fals
 
 
 def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, Any]:
-    """Check the snapshot against the expectation suite; store the result; stop the run on failure."""
-    contract = ws.config.dataset
+    """Classify every row of the snapshot as valid or quarantined; store the clean rows and the report.
+
+    The run stops (champion untouched) on a schema problem, or when the quarantined share is
+    over `quality.max_quarantine_share`.
+    """
+    contract, limit = ws.config.dataset, ws.config.quality.max_quarantine_share
     suite = validate.load_suite(contract.expectation_suite)
-    report = validate.validate_frame(_load_snapshot(ws, snapshot_hash), suite, contract.id_column)
+    result = quality.classify_rows(_load_snapshot(ws, snapshot_hash), contract, suite)
+    result.check_reconciles()
+    failures = quality.failure_summary(result, contract.id_column)
+    share = len(result.quarantined) / max(result.rows_read, 1)
+    problem = None
+    if result.schema_failures:
+        problem = f"schema problem in suite '{suite['name']}' (the batch is not usable):"
+    elif share > limit:
+        problem = (f"{len(result.quarantined)} of {result.rows_read} rows quarantined ({share:.1%}), over the "
+                   f"limit of {limit:.1%} (quality.max_quarantine_share):")
+    page = quality.render_report(result, contract, f"Validation {run.run_id}")
+    _, report_path = artifacts.store_bytes(ws.settings.artifact_dir, "reports", page.encode(), ".html")
+    clean_hash, clean_path = ingest.store_clean_snapshot(result.valid, ws.settings.artifact_dir)
     with ws.engine.begin() as conn:
-        registry.record_validation(conn, run.run_id, snapshot_hash, report)
-        if not report.success:
-            error = validate.ValidationFailed(report.suite_name, report.failures)
+        raw = registry.get_snapshot(conn, snapshot_hash)
+        registry.record_clean_snapshot(conn, clean_hash, str(clean_path), raw, len(result.valid), run.run_id)
+        registry.record_quarantine(conn, run.run_id, snapshot_hash, quality.quarantine_records(result, contract.id_column))
+        registry.record_validation(conn, run.run_id, snapshot_hash, {
+            "suite_name": suite["name"], "success": problem is None, "statistics": result.gx_result["statistics"],
+            "failures": failures, "result": result.gx_result, "rows_read": result.rows_read,
+            "rows_valid": len(result.valid), "rows_quarantined": len(result.quarantined),
+            "reason_counts": result.reason_counts(), "normalisations": result.normalisations,
+            "clean_snapshot_hash": clean_hash, "report_path": str(report_path)})
+        if problem:
+            error = validate.ValidationFailed(suite["name"], failures, headline=problem)
             registry.finish_run(conn, run.run_id, "validation_failed", str(error))
-    if not report.success:
+    if problem:
         raise error
-    return {"snapshot_hash": snapshot_hash, "success": True, "statistics": report.statistics}
+    log.info("validation: %d rows read, %d valid, %d quarantined %s", result.rows_read, len(result.valid),
+             len(result.quarantined), result.reason_counts())
+    return {"snapshot_hash": snapshot_hash, "clean_snapshot_hash": clean_hash, "rows_read": result.rows_read,
+            "rows_valid": len(result.valid), "rows_quarantined": len(result.quarantined),
+            "reason_counts": result.reason_counts(), "report_path": str(report_path)}
 
 
 def train_candidate(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, Any]:

@@ -15,9 +15,9 @@ SAMPLE_IDS = 20  # failing row ids kept per expectation in the summary (all are 
 class ValidationFailed(RuntimeError):
     """The snapshot broke the data contract; the message names each failed expectation."""
 
-    def __init__(self, suite_name: str, failures: list[dict[str, Any]]) -> None:
+    def __init__(self, suite_name: str, failures: list[dict[str, Any]], headline: str | None = None) -> None:
         self.failures = failures
-        lines = [f"snapshot failed {len(failures)} expectation(s) of suite '{suite_name}':"]
+        lines = [headline or f"snapshot failed {len(failures)} expectation(s) of suite '{suite_name}':"]
         lines += [f"  - {describe_failure(f)}" for f in failures]
         super().__init__("\n".join(lines))
 

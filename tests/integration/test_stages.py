@@ -182,14 +182,35 @@ def test_dry_run_does_not_apply_a_promotion(ws: stages.Workspace, first_retrain:
     assert champion_state(ws) == before
 
 
-def test_validation_failure_leaves_the_champion(ws: stages.Workspace, first_retrain: dict[str, Any]) -> None:
-    before = champion_state(ws)
+def test_one_bad_row_is_quarantined_and_the_run_goes_on(ws: stages.Workspace, first_retrain: dict[str, Any]) -> None:
     with ws.engine.begin() as conn:
         conn.execute(sa.text("""
             INSERT INTO public.patient_records (patient_id, birth_date, visit_date, sex, bmi, bp_mean, tc, ldl,
                                                 hdl, tch, ltg, glucose, progression_12m)
             VALUES (10001, '1970-03-01', '2025-09-01', 'X', 26.0, 95.0, 190.0, 115.0, 50.0, 4.0, 4.6, 90.0, 150.0)
         """))
+    run = make_run("one-bad-row")
+    snapshot = stages.ingest_snapshot(ws, run)
+
+    checked = stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
+
+    assert (checked["rows_read"], checked["rows_valid"], checked["rows_quarantined"]) == (443, 442, 1)
+    [quarantined] = fetch(ws, "SELECT * FROM pipeline.quarantine WHERE run_id = 'one-bad-row'")
+    assert quarantined["source_id"] == "10001"
+    assert quarantined["reasons"] == [{"code": "unknown_category", "column": "sex",
+                                       "rule": "expect_column_values_to_be_in_set", "value": "X"}]
+    assert quarantined["original"]["sex"] == "X" and quarantined["original"]["bmi"] == 26.0
+    [clean] = fetch(ws, "SELECT * FROM pipeline.snapshots WHERE snapshot_hash = :h", h=checked["clean_snapshot_hash"])
+    assert clean["kind"] == "clean" and clean["row_count"] == 442
+    # The valid rows are exactly the 442 version 1 learned from, so the clean snapshot is the same file.
+    [model] = fetch(ws, "SELECT snapshot_hash FROM pipeline.model_versions WHERE version = 1")
+    assert model["snapshot_hash"] == checked["clean_snapshot_hash"]
+
+
+def test_too_many_bad_rows_fail_the_run_and_leave_the_champion(ws: stages.Workspace, first_retrain: dict[str, Any]) -> None:
+    before = champion_state(ws)
+    with ws.engine.begin() as conn:  # 44 of 442 rows: 10 %, over the 5 % limit
+        conn.execute(sa.text("UPDATE public.patient_records SET sex = 'X' WHERE patient_id % 10 = 0"))
     run = make_run("bad-sex")
     snapshot = stages.ingest_snapshot(ws, run)
 
@@ -197,12 +218,14 @@ def test_validation_failure_leaves_the_champion(ws: stages.Workspace, first_retr
         stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
 
     message = str(failed.value)
-    assert "expect_column_values_to_be_in_set on sex" in message and "10001" in message
+    assert "44 of 442 rows quarantined" in message and "max_quarantine_share" in message
+    assert "expect_column_values_to_be_in_set on sex: 44 row(s)" in message and "10" in message
     [result] = fetch(ws, "SELECT * FROM pipeline.validation_results WHERE run_id = 'bad-sex'")
     assert result["success"] is False
-    assert result["snapshot_hash"] == snapshot["snapshot_hash"]
-    assert [(f["expectation"], f["column"], f["sample_ids"]) for f in result["failures"]] == [
-        ("expect_column_values_to_be_in_set", "sex", [10001])]
+    assert (result["rows_read"], result["rows_valid"], result["rows_quarantined"]) == (442, 398, 44)
+    assert [(f["expectation"], f["column"], f["unexpected_count"]) for f in result["failures"]] == [
+        ("expect_column_values_to_be_in_set", "sex", 44)]
+    assert len(fetch(ws, "SELECT * FROM pipeline.quarantine WHERE run_id = 'bad-sex'")) == 44
     run_record = run_row(ws, "bad-sex")
     assert run_record["status"] == "validation_failed"
     assert "expect_column_values_to_be_in_set" in run_record["reason"]

@@ -1,0 +1,287 @@
+"""Drift statistics against numbers worked out by hand, and the report built from them."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from pipeline import demo, drift
+from pipeline.config import DatasetContract, DriftPolicy, Feature, PipelineConfig
+
+# Reference 1..10 cut into 5 quantile bins: edges 2.8, 4.6, 6.4, 8.2, two values per bin.
+ONE_TO_TEN = np.arange(1.0, 11.0)
+
+
+@pytest.fixture(scope="module")
+def policy(config: PipelineConfig) -> DriftPolicy:
+    return config.monitoring.drift
+
+
+def categories(counts: dict[str, int]) -> pd.Series:
+    """A categorical column holding each value `count` times."""
+    return pd.Series([value for value, n in counts.items() for _ in range(n)], dtype="string")
+
+
+def max_ecdf_gap(a: np.ndarray, b: np.ndarray) -> float:
+    """The two-sample KS statistic from first principles: the largest gap between the ECDFs."""
+    points = np.concatenate([a, b])
+    ecdf_a = np.searchsorted(np.sort(a), points, side="right") / len(a)
+    ecdf_b = np.searchsorted(np.sort(b), points, side="right") / len(b)
+    return float(np.max(np.abs(ecdf_a - ecdf_b)))
+
+
+def test_policy_thresholds_are_the_documented_ones(policy: DriftPolicy) -> None:
+    assert (policy.psi_moderate, policy.psi_major, policy.p_value) == (0.1, 0.25, 0.01)
+
+
+def test_psi_from_proportions_matches_the_formula() -> None:
+    # sum (cur - ref) * ln(cur / ref) = 0.25 ln 2 + 0 + (-0.25) ln 0.5 = 0.5 ln 2
+    psi = drift.psi_from_proportions(np.array([0.25, 0.25, 0.5]), np.array([0.5, 0.25, 0.25]))
+    assert psi == pytest.approx(0.5 * math.log(2))
+
+
+def test_psi_floors_an_empty_bin_instead_of_going_infinite() -> None:
+    psi = drift.psi_from_proportions(np.array([0.5, 0.5, 0.0]), np.array([0.5, 0.25, 0.25]))
+    eps = drift.EPSILON
+    expected = 0 + (0.25 - 0.5) * math.log(0.25 / 0.5) + (0.25 - eps) * math.log(0.25 / eps)
+    assert math.isfinite(psi)
+    assert psi == pytest.approx(expected)
+
+
+def test_numeric_psi_bins_at_the_reference_quantiles() -> None:
+    # Bins (-inf, 2.8], (2.8, 4.6], (4.6, 6.4], (6.4, 8.2], (8.2, inf): reference 0.2 each.
+    recent = np.array([1, 1, 1, 1, 3, 5, 7, 9, 9, 9], dtype=float)  # 0.4, 0.1, 0.1, 0.1, 0.3
+    expected = (0.4 - 0.2) * math.log(2) + 3 * (0.1 - 0.2) * math.log(0.5) + (0.3 - 0.2) * math.log(1.5)
+    assert drift.numeric_psi(ONE_TO_TEN, recent, bins=5) == pytest.approx(expected)
+
+
+def test_numeric_psi_outer_bins_are_open_ended() -> None:
+    recent = np.array([-100.0] * 5 + [100.0] * 5)  # 0.5, 0, 0, 0, 0.5
+    eps = drift.EPSILON
+    expected = 2 * (0.5 - 0.2) * math.log(0.5 / 0.2) + 3 * (eps - 0.2) * math.log(eps / 0.2)
+    assert drift.numeric_psi(ONE_TO_TEN, recent, bins=5) == pytest.approx(expected)
+
+
+def test_identical_samples_show_no_drift(policy: DriftPolicy) -> None:
+    values = pd.Series(np.random.default_rng(0).normal(50, 10, 500))
+
+    result = drift.numeric_drift("x", values, values.copy(), policy)
+
+    assert result.psi == pytest.approx(0.0, abs=1e-12)
+    assert result.statistic == 0.0 and result.p_value == pytest.approx(1.0)
+    assert (result.level, result.drifted) == ("none", False)
+
+
+def test_a_larger_shift_gives_a_larger_psi(policy: DriftPolicy) -> None:
+    rng = np.random.default_rng(1)
+    reference, noise = rng.normal(0, 1, 1000), rng.normal(0, 1, 1000)
+
+    psi = {shift: drift.numeric_psi(reference, noise + shift, policy.bins) for shift in (0.0, 0.3, 1.0)}
+
+    assert psi[0.0] < psi[0.3] < psi[1.0]
+    assert psi[0.0] < policy.psi_moderate
+    assert drift.numeric_drift("x", pd.Series(reference), pd.Series(noise + 1.0), policy).level == "major"
+
+
+def test_ks_statistic_is_the_largest_ecdf_gap(policy: DriftPolicy) -> None:
+    rng = np.random.default_rng(2)
+    reference, recent = rng.normal(0, 1, 300), rng.normal(0.3, 1.2, 120)
+
+    result = drift.numeric_drift("x", pd.Series(reference), pd.Series(recent), policy)
+
+    assert result.test == "ks"
+    assert result.statistic == pytest.approx(max_ecdf_gap(reference, recent))
+    assert result.p_value == pytest.approx(stats.kstest(reference, recent).pvalue, rel=1e-6)
+
+
+def test_numeric_drift_ignores_missing_values(policy: DriftPolicy) -> None:
+    rng = np.random.default_rng(3)
+    reference, recent = rng.normal(0, 1, 200), rng.normal(0.5, 1, 100)
+    with_gaps = pd.Series(np.concatenate([recent, [np.nan] * 7]))
+
+    result = drift.numeric_drift("x", pd.Series(reference), with_gaps, policy)
+
+    assert result.statistic == pytest.approx(max_ecdf_gap(reference, recent))
+
+
+def test_chi_squared_is_pearsons_on_the_2xk_table(policy: DriftPolicy) -> None:
+    table = np.array([[30, 50, 20],   # reference F, M, X
+                      [20, 20, 10]])  # recent
+    expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / table.sum()
+    pearson = float(((table - expected) ** 2 / expected).sum())
+    assert pearson == pytest.approx(12 / 7)  # worked out on paper
+
+    result = drift.categorical_drift("sex", categories(dict(zip("FMX", table[0], strict=True))),
+                                     categories(dict(zip("FMX", table[1], strict=True))), policy)
+
+    assert result.test == "chi2"
+    assert result.statistic == pytest.approx(pearson)
+    assert result.p_value == pytest.approx(math.exp(-pearson / 2))  # chi-squared, 2 dof: sf(x) = e^(-x/2)
+    # PSI: 0.1 ln(0.4 / 0.3) + (-0.1) ln(0.4 / 0.5) + 0
+    assert result.psi == pytest.approx(0.1 * math.log(5 / 3))
+
+
+def test_chi_squared_on_a_2x2_table_uses_yates_correction(policy: DriftPolicy) -> None:
+    table = np.array([[60, 40], [20, 30]])
+    expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / table.sum()
+    yates = float(((np.abs(table - expected) - 0.5) ** 2 / expected).sum())
+
+    result = drift.categorical_drift("sex", categories({"F": 60, "M": 40}), categories({"F": 20, "M": 30}), policy)
+
+    assert result.statistic == pytest.approx(yates)
+    assert result.p_value == pytest.approx(stats.chi2.sf(yates, df=1))
+
+
+def test_categorical_drift_with_a_category_only_in_recent(policy: DriftPolicy) -> None:
+    result = drift.categorical_drift("sex", categories({"F": 50, "M": 50}),
+                                     categories({"F": 40, "M": 40, "X": 20}), policy)
+
+    assert math.isfinite(result.psi) and result.level == "major" and result.drifted
+
+
+def test_moderate_psi_without_a_significant_test_is_not_drift(policy: DriftPolicy) -> None:
+    # Proportions 1/3 each against 0.533 / 0.267 / 0.2: PSI ~0.177, moderate at any sample size.
+    small = drift.categorical_drift("c", categories({"a": 5, "b": 5, "c": 5}),
+                                    categories({"a": 8, "b": 4, "c": 3}), policy)
+    large = drift.categorical_drift("c", categories({"a": 100, "b": 100, "c": 100}),
+                                    categories({"a": 160, "b": 80, "c": 60}), policy)
+
+    assert small.psi == pytest.approx(large.psi)
+    assert policy.psi_moderate <= small.psi < policy.psi_major
+    assert small.level == large.level == "moderate"
+    assert small.p_value > policy.p_value and small.drifted is False
+    assert large.p_value < policy.p_value and large.drifted is True
+
+
+def test_major_psi_is_drift_even_without_a_significant_test(policy: DriftPolicy) -> None:
+    result = drift.categorical_drift("c", categories({"a": 5, "b": 5, "c": 5}),
+                                     categories({"a": 10, "b": 3, "c": 2}), policy)
+
+    assert result.psi >= policy.psi_major and result.p_value > policy.p_value
+    assert (result.level, result.drifted) == ("major", True)
+
+
+def test_level_boundaries_are_inclusive(policy: DriftPolicy) -> None:
+    reference, recent = categories({"a": 5, "b": 5, "c": 5}), categories({"a": 8, "b": 4, "c": 3})
+    psi = drift.categorical_drift("c", reference, recent, policy).psi
+
+    at_moderate = dataclasses.replace(policy, psi_moderate=psi, psi_major=psi + 1)
+    at_major = dataclasses.replace(policy, psi_moderate=psi / 2, psi_major=psi)
+    above = dataclasses.replace(policy, psi_moderate=psi + 0.01, psi_major=psi + 1)
+
+    assert drift.categorical_drift("c", reference, recent, at_moderate).level == "moderate"
+    assert drift.categorical_drift("c", reference, recent, at_major).level == "major"
+    assert drift.categorical_drift("c", reference, recent, above).level == "none"
+
+
+def moderate_numeric(policy: DriftPolicy) -> drift.FeatureDrift:
+    """A numeric feature with PSI 0.1 ln 3 (~0.11, moderate) and a KS test far from significant."""
+    recent = pd.Series([1, 1.5, 2, 3, 4, 5, 6, 7, 9, 10])  # bins 0.3, 0.2, 0.2, 0.1, 0.2
+    return drift.numeric_drift("x", pd.Series(ONE_TO_TEN), recent, dataclasses.replace(policy, bins=5))
+
+
+def test_moderate_numeric_psi_without_a_significant_ks_is_not_drift(policy: DriftPolicy) -> None:
+    result = moderate_numeric(policy)
+
+    assert result.psi == pytest.approx(0.1 * math.log(3))
+    assert result.level == "moderate" and result.p_value > policy.p_value
+    assert not result.drifted
+
+
+def test_drifted_is_a_plain_bool(policy: DriftPolicy) -> None:
+    assert type(moderate_numeric(policy).drifted) is bool
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # 0/0 on the empty recent column
+def test_a_numeric_feature_missing_from_every_recent_row_is_drift(policy: DriftPolicy) -> None:
+    reference = pd.Series(np.random.default_rng(5).normal(0, 1, 100))
+
+    result = drift.numeric_drift("x", reference, pd.Series([np.nan] * 50), policy)
+
+    assert math.isfinite(result.psi) and result.drifted
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # 0/0 on the empty recent column
+def test_a_categorical_feature_missing_from_every_recent_row_is_drift(policy: DriftPolicy) -> None:
+    reference, recent = categories({"F": 50, "M": 50}), pd.Series([pd.NA] * 50, dtype="string")
+    try:
+        result = drift.categorical_drift("sex", reference, recent, policy)
+    except ValueError as exc:
+        raise AssertionError(f"categorical_drift raised {exc}") from exc
+
+    assert math.isfinite(result.psi) and result.drifted
+
+
+def test_monitored_columns_derive_age_and_drop_id_and_timestamp(contract: DatasetContract,
+                                                                demo_frame: pd.DataFrame) -> None:
+    columns = drift.monitored_columns(demo_frame, contract)
+
+    assert set(columns.columns) == {"sex", "bmi", "bp_mean", "tc", "ldl", "hdl", "tch", "ltg", "glucose", "age_years"}
+    for dropped in ("patient_id", "recorded_at", "progression_12m", "birth_date", "visit_date"):
+        assert dropped not in columns.columns
+    days = (pd.to_datetime(demo_frame["visit_date"]) - pd.to_datetime(demo_frame["birth_date"])).dt.days
+    np.testing.assert_allclose(columns["age_years"].to_numpy(), days.to_numpy() / 365.25)
+    # Each demo patient is the study's whole-number age plus up to 300 days.
+    np.testing.assert_array_equal(np.floor(columns["age_years"]).to_numpy(), demo.study_frame()["age"].to_numpy())
+
+
+def test_monitored_columns_age_for_a_written_out_row(contract: DatasetContract) -> None:
+    row = pd.DataFrame({"birth_date": ["2000-01-01"], "visit_date": ["2020-01-01"], "sex": ["F"],
+                        **{c: [1.0] for c in contract.names_with_role("numeric")}})
+
+    assert drift.monitored_columns(row, contract)["age_years"].tolist() == [20.0]  # 7305 days
+
+
+def test_compare_an_undrifted_batch_flags_nothing_major(contract: DatasetContract, policy: DriftPolicy) -> None:
+    results = drift.compare(demo.demo_records(), demo.arrival_records(200, seed=1), contract, policy)
+
+    assert [r.feature for r in results] == list(drift.monitored_columns(demo.demo_records(), contract).columns)
+    assert [r.feature for r in results if r.level == "major"] == []
+    assert {r.kind for r in results if r.feature == "sex"} == {"categorical"}
+    assert all(r.kind == "numeric" for r in results if r.feature != "sex")
+
+
+def test_compare_flags_a_shifted_bmi(contract: DatasetContract, policy: DriftPolicy) -> None:
+    results = {r.feature: r for r in drift.compare(demo.demo_records(), demo.arrival_records(200, seed=1,
+                                                   drift={"bmi": 4}), contract, policy)}
+
+    assert results["bmi"].level == "major" and results["bmi"].drifted
+    assert results["bmi"].p_value < policy.p_value
+    assert not results["glucose"].drifted
+
+
+def test_render_report_has_a_row_and_a_plot_per_feature(contract: DatasetContract, policy: DriftPolicy) -> None:
+    reference, recent = demo.demo_records(), demo.arrival_records(100, seed=3, drift={"bmi": 4})
+    results = drift.compare(reference, recent, contract, policy)
+
+    page = drift.render_report(results, reference, recent, contract, "Drift report r1")
+
+    assert page.startswith("<!doctype html>") and page.endswith("</html>")
+    assert len(re.findall(r"<img ", page)) == len(results) == 10
+    assert len(re.findall(r"<tr class='(none|moderate|major)'>", page)) == len(results)
+    assert "<tr class='major'><td>bmi</td>" in page
+    assert "reference rows: 442, recent rows: 100" in page
+    assert page.count("src='data:image/png;base64,iVBORw0KGgo") == len(results)  # PNG signature
+
+
+def test_render_report_escapes_feature_names_and_title(contract: DatasetContract, policy: DriftPolicy) -> None:
+    odd = dataclasses.replace(contract, features=(Feature("a<b", "numeric", "float"),
+                                                  Feature("sex", "categorical", "text")))
+    rng = np.random.default_rng(4)
+    reference = pd.DataFrame({"a<b": rng.normal(0, 1, 60), "sex": ["F", "M"] * 30})
+    recent = pd.DataFrame({"a<b": rng.normal(0, 1, 40), "sex": ["F", "M"] * 20})
+    results = drift.compare(reference, recent, odd, policy)
+
+    page = drift.render_report(results, reference, recent, odd, "<script>x</script>")
+
+    assert [r.feature for r in results] == ["a<b", "sex"]
+    assert "<td>a&lt;b</td>" in page and "alt='a&lt;b distribution'" in page
+    assert "a<b" not in page
+    assert "<script>" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
+    assert page.count("<img ") == 2
