@@ -58,11 +58,16 @@ def verify_file(path: Path, expected_hash: str) -> None:
         )
 
 
-def store_model(root: Path, model: Any) -> tuple[str, Path]:
-    """Serialise a fitted model with joblib into the store."""
+def model_bytes(model: Any) -> bytes:
+    """A fitted model serialised with joblib."""
     buffer = io.BytesIO()
     joblib.dump(model, buffer)
-    return store_bytes(root, "models", buffer.getvalue(), ".joblib")
+    return buffer.getvalue()
+
+
+def store_model(root: Path, model: Any) -> tuple[str, Path]:
+    """Serialise a fitted model with joblib into the store."""
+    return store_bytes(root, "models", model_bytes(model), ".joblib")
 
 
 def load_model(path: Path, expected_hash: str) -> Any:

@@ -116,6 +116,39 @@ def cmd_quality(ws: stages.Workspace, args: argparse.Namespace) -> Any:
     return None
 
 
+def cmd_history(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    """Every change of champion: when, from which version to which, by what, and why."""
+    with ws.engine.connect() as conn:
+        events = registry.promotion_history(conn)
+    if args.json:
+        return events
+    for e in events:
+        print(f"{e['at']:%Y-%m-%d %H:%M:%S} v{e['from_version'] or '-'} -> v{e['to_version']}  "
+              f"by {e['actor']} ({e['run_id']}): {e['reason']}")
+    return None
+
+
+def cmd_rollback(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    run_id = args.run_id or f"rollback__{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
+    return stages.rollback_champion(ws, run_id, args.reason, args.to, actor=f"cli:{os.environ.get('USER', 'operator')}")
+
+
+def cmd_card(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    from pipeline import cards
+
+    pages = {"card": str(cards.render_model_card(ws, args.version))}
+    if args.comparison:
+        pages["comparison"] = str(cards.render_comparison(ws, args.comparison))
+    return pages
+
+
+def cmd_reproduce(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    result = stages.reproduce_version(ws, args.version)
+    if not result["predictions_identical"]:
+        print(f"version {args.version} did NOT reproduce", file=sys.stderr)
+    return result
+
+
 def status_report(ws: stages.Workspace, runs: int = 5) -> dict[str, Any]:
     """The champion (version, metrics, snapshot, when promoted) and the latest runs."""
     with ws.engine.connect() as conn:
@@ -217,6 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("quality", cmd_quality, "the last validations: rows read, valid, quarantined by reason")
     p.add_argument("--json", action="store_true")
     p.add_argument("--runs", type=int, default=10)
+    p = add("history", cmd_history, "every change of champion (append-only)")
+    p.add_argument("--json", action="store_true")
+    p = add("rollback", cmd_rollback, "make an earlier version champion again, as a recorded event")
+    p.add_argument("--to", type=int, help="the version (default: the one the champion replaced)")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--run-id", help="the id to record the rollback under")
+    p = add("card", cmd_card, "write a version's model card (and a decision's comparison page); prints the paths")
+    p.add_argument("version", type=int)
+    p.add_argument("--comparison", metavar="RUN_ID", help="also the champion/challenger page of this run's decision")
+    p = add("reproduce", cmd_reproduce, "rebuild a version from its snapshot; compare predictions bit for bit")
+    p.add_argument("version", type=int)
     add("db-url", cmd_db_url, "print the database URL in use (starts the embedded server if needed)")
     p = sub.add_parser("airflow", help="run the airflow CLI configured for this project")
     p.add_argument("airflow_args", nargs=argparse.REMAINDER)

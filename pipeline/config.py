@@ -62,10 +62,34 @@ class TrainingPolicy:
 
 
 @dataclass(frozen=True)
+class SliceSpec:
+    name: str
+    column: str  # a feature, or age_years (derived from the date pair)
+    edges: tuple[float, ...] = ()  # numeric bands; empty: one slice per category
+
+
+@dataclass(frozen=True)
 class PromotionPolicy:
+    """Promotion thresholds. A None threshold is not a default: promotion fails closed on it."""
+
     metric: str
-    min_r2: float
-    margin: float
+    min_r2: float | None
+    margin: float | None
+    confidence: float | None = None
+    bootstrap_samples: int = 2000
+    slice_tolerance: float | None = None
+    min_slice_rows: int = 10
+    slices: tuple[SliceSpec, ...] = ()
+    prediction_range: tuple[float, float] | None = None
+    directions: dict[str, float] = field(default_factory=dict)  # feature -> increase that must not lower the prediction
+    max_drop: float | None = None
+
+    def missing_thresholds(self) -> list[str]:
+        """Names of the thresholds promotion needs that are not configured."""
+        needed = {"min_r2": self.min_r2, "margin": self.margin, "confidence": self.confidence,
+                  "slice_tolerance": self.slice_tolerance, "prediction_range": self.prediction_range,
+                  "max_drop": self.max_drop}
+        return [name for name, value in needed.items() if value is None]
 
 
 @dataclass(frozen=True)
@@ -168,15 +192,40 @@ def _parse_training(raw: dict[str, Any], path: Path) -> TrainingPolicy:
     )
 
 
+def _optional(section: dict[str, Any], key: str, where: str, kind: type[float] | type[int]) -> Any:
+    return None if section.get(key) is None else _number(section, key, where, kind)
+
+
+def _parse_slices(raw: list[Any], where: str) -> tuple[SliceSpec, ...]:
+    slices = []
+    for i, item in enumerate(raw or []):
+        spot = f"{where}.slices[{i}]"
+        edges = tuple(float(e) for e in (item.get("edges") or [])) if isinstance(item, dict) else ()
+        slices.append(SliceSpec(str(_require(item, "name", spot)), str(_require(item, "column", spot)), edges))
+    return tuple(slices)
+
+
 def _parse_promotion(raw: dict[str, Any], path: Path) -> PromotionPolicy:
     where = f"{path}: promotion"
     metric = str(_require(raw, "metric", where))
     if metric != "rmse":
         raise ConfigError(f"{where}: metric '{metric}' is not supported; use 'rmse'")
+    behaviour = raw.get("behaviour") or {}
+    bounds = raw.get("prediction_range")
+    if bounds is not None and (not isinstance(bounds, list) or len(bounds) != 2):
+        raise ConfigError(f"{where}: prediction_range must be [low, high], got {bounds!r}")
     return PromotionPolicy(
         metric=metric,
-        min_r2=_number(raw, "min_r2", where, float),
-        margin=_number(raw, "margin", where, float),
+        min_r2=_optional(raw, "min_r2", where, float),
+        margin=_optional(raw, "margin", where, float),
+        confidence=_optional(raw, "confidence", where, float),
+        bootstrap_samples=_optional(raw, "bootstrap_samples", where, int) or 2000,
+        slice_tolerance=_optional(raw, "slice_tolerance", where, float),
+        min_slice_rows=_optional(raw, "min_slice_rows", where, int) or 10,
+        slices=_parse_slices(raw.get("slices") or [], where),
+        prediction_range=(float(bounds[0]), float(bounds[1])) if bounds else None,
+        directions={str(k): float(v) for k, v in (behaviour.get("directions") or {}).items()},
+        max_drop=_optional(behaviour, "max_drop", f"{where}.behaviour", float),
     )
 
 

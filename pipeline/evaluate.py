@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
 
-from pipeline.config import DatasetContract, PromotionPolicy
+from pipeline.config import DatasetContract, PromotionPolicy, SliceSpec
+from pipeline.drift import monitored_columns
 from pipeline.features import model_inputs
 
 
@@ -40,19 +41,116 @@ def score_model(model: Any, holdout: pd.DataFrame, contract: DatasetContract) ->
     return regression_metrics(holdout[contract.target_column].to_numpy(), predicted)
 
 
-def decide_promotion(
-    candidate: dict[str, float], champion: dict[str, float] | None, policy: PromotionPolicy
-) -> Decision:
-    """Promote a first model that clears the floor, or a candidate that beats the champion by the margin."""
+def bootstrap_improvement(observed: np.ndarray, champion: np.ndarray, candidate: np.ndarray,
+                          samples: int, confidence: float, seed: int) -> dict[str, float]:
+    """Paired bootstrap of RMSE(champion) - RMSE(candidate) over the same resampled holdout rows."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(observed), size=(samples, len(observed)))
+    err_champion, err_candidate = (champion - observed) ** 2, (candidate - observed) ** 2
+    gains = np.sqrt(err_champion[picks].mean(axis=1)) - np.sqrt(err_candidate[picks].mean(axis=1))
+    tail = (1.0 - confidence) / 2.0
+    return {"mean": float(gains.mean()), "low": float(np.quantile(gains, tail)),
+            "high": float(np.quantile(gains, 1.0 - tail)), "confidence": confidence, "samples": samples}
+
+
+def slice_labels(frame: pd.DataFrame, contract: DatasetContract, spec: SliceSpec) -> pd.Series:
+    """Which group of a slice each row falls in: its category, or its band ('<40', '40-60', '>=60')."""
+    values = monitored_columns(frame, contract)[spec.column]
+    if not spec.edges:
+        return values.astype("string").fillna("(missing)")
+    edges = list(spec.edges)
+    names = [f"<{edges[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(edges, edges[1:], strict=False)] + [f">={edges[-1]:g}"]
+    bands = np.searchsorted(np.array(edges), values.to_numpy(float), side="right")
+    return pd.Series([names[b] for b in bands], index=frame.index).where(values.notna(), "(missing)")
+
+
+def slice_table(holdout: pd.DataFrame, contract: DatasetContract, policy: PromotionPolicy,
+                candidate: np.ndarray, champion: np.ndarray | None) -> list[dict[str, Any]]:
+    """RMSE of candidate (and champion) per slice group, with whether the group is large enough to judge."""
+    observed = holdout[contract.target_column].to_numpy()
+    rows = []
+    for spec in policy.slices:
+        labels = slice_labels(holdout, contract, spec).to_numpy()
+        for group in sorted(set(labels)):
+            mask = labels == group
+            row: dict[str, Any] = {"slice": spec.name, "group": str(group), "n": int(mask.sum()),
+                   "judged": bool(mask.sum() >= policy.min_slice_rows),
+                   "candidate_rmse": float(root_mean_squared_error(observed[mask], candidate[mask]))}
+            if champion is not None:
+                row["champion_rmse"] = float(root_mean_squared_error(observed[mask], champion[mask]))
+                row["change"] = row["candidate_rmse"] / row["champion_rmse"] - 1.0 if row["champion_rmse"] else 0.0
+            rows.append(row)
+    return rows
+
+
+def behaviour_checks(model: Any, holdout: pd.DataFrame, contract: DatasetContract, policy: PromotionPolicy) -> dict[str, Any]:
+    """Plausible range, invariance to the patient id, and the directions medicine is sure of."""
+    X = model_inputs(holdout, contract)
+    predicted = model.predict(X)
+    failures = []
+    finite = bool(np.all(np.isfinite(predicted)))
+    low, high = policy.prediction_range or (-np.inf, np.inf)
+    in_range = bool(finite and predicted.min() >= low and predicted.max() <= high)
+    if not finite:
+        failures.append("non-finite predictions on the holdout")
+    elif not in_range:
+        failures.append(f"predictions span [{predicted.min():.1f}, {predicted.max():.1f}], outside [{low:g}, {high:g}]")
+    with_ids = holdout.copy()
+    with_ids[contract.id_column] = with_ids[contract.id_column].to_numpy()[::-1]
+    id_invariant = bool(np.array_equal(model.predict(model_inputs(with_ids, contract)), predicted))
+    if not id_invariant:
+        failures.append(f"predictions change with {contract.id_column}")
+    directions = {}
+    for feature, step in policy.directions.items():
+        raised = X.copy()
+        raised[feature] = raised[feature] + step
+        worst = float((model.predict(raised) - predicted).min())
+        directions[feature] = {"step": step, "worst_change": worst}
+        if policy.max_drop is not None and worst < -policy.max_drop:
+            failures.append(f"raising {feature} by {step:g} lowers a prediction by {-worst:.1f} (limit {policy.max_drop:g})")
+    return {"finite": finite, "in_range": in_range, "prediction_min": float(np.nanmin(predicted)),
+            "prediction_max": float(np.nanmax(predicted)), "id_invariant": id_invariant,
+            "directions": directions, "failures": failures, "passed": not failures}
+
+
+def decide_promotion(evidence: dict[str, Any], policy: PromotionPolicy) -> Decision:
+    """Fail closed; promote a first model that clears the floor and the baseline, or a candidate
+    that beats the champion by the margin, significantly, and without hurting any slice."""
+    missing = policy.missing_thresholds()
+    if missing:
+        return Decision(False, f"fail closed: promotion thresholds not configured: {', '.join(missing)}")
+    if not evidence["behaviour"]["passed"]:
+        return Decision(False, f"behaviour checks failed: {'; '.join(evidence['behaviour']['failures'])}")
+    candidate, champion, baseline = evidence["candidate"], evidence.get("champion"), evidence["baseline"]
     if champion is None:
-        if candidate["r2"] >= policy.min_r2:
-            return Decision(True, f"first model: holdout R² {candidate['r2']:.3f} clears the floor {policy.min_r2}")
-        return Decision(False, f"no champion, and holdout R² {candidate['r2']:.3f} is under the floor {policy.min_r2}")
-    needed = champion["rmse"] * (1.0 - policy.margin)
-    verdict = (
-        f"candidate RMSE {candidate['rmse']:.3f} vs champion {champion['rmse']:.3f} "
-        f"(needs < {needed:.3f}, margin {policy.margin:.1%})"
-    )
-    if candidate["rmse"] < needed:  # strictly: an equally good model is no reason to switch
-        return Decision(True, f"beats the champion: {verdict}")
-    return Decision(False, f"does not beat the champion: {verdict}")
+        problems = []
+        if policy.min_r2 is not None and not candidate["r2"] >= policy.min_r2:  # NaN fails too
+            problems.append(f"holdout R² {candidate['r2']:.3f} is under the floor {policy.min_r2}")
+        if not candidate["rmse"] < baseline["rmse"]:
+            problems.append(f"RMSE {candidate['rmse']:.3f} does not beat predicting the training mean ({baseline['rmse']:.3f})")
+        if problems:
+            return Decision(False, "no champion, and " + "; ".join(problems))
+        return Decision(True, f"first model: holdout R² {candidate['r2']:.3f} clears the floor {policy.min_r2}, "
+                              f"RMSE {candidate['rmse']:.3f} beats the training mean's {baseline['rmse']:.3f}")
+    return _challenge(candidate, champion, evidence, policy)
+
+
+def _challenge(candidate: dict[str, float], champion: dict[str, float], evidence: dict[str, Any],
+               policy: PromotionPolicy) -> Decision:
+    needed = champion["rmse"] * (1.0 - policy.margin)  # type: ignore[operator]
+    boot = evidence["bootstrap"]
+    verdict = (f"candidate RMSE {candidate['rmse']:.3f} vs champion {champion['rmse']:.3f} "
+               f"(needs < {needed:.3f}, margin {policy.margin:.1%}); "
+               f"{boot['confidence']:.0%} interval of the gain [{boot['low']:+.3f}, {boot['high']:+.3f}]")
+    problems = []
+    if not candidate["rmse"] < needed:  # strictly: an equally good model is no reason to switch
+        problems.append("not better by the margin")
+    if not boot["low"] > 0:
+        problems.append("the gain is not significant")
+    worse = [f"{r['slice']}={r['group']} ({r['change']:+.1%})" for r in evidence["slices"]
+             if r["judged"] and r["change"] > policy.slice_tolerance]
+    if worse:
+        problems.append(f"worse by more than {policy.slice_tolerance:.0%} on {', '.join(worse)}")
+    if problems:
+        return Decision(False, f"does not beat the champion ({'; '.join(problems)}): {verdict}")
+    return Decision(True, f"beats the champion: {verdict}")

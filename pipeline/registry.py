@@ -173,20 +173,21 @@ def current_champion(conn: Connection) -> dict[str, Any] | None:
 def record_evaluation(conn: Connection, run_id: str, evaluation: dict[str, Any]) -> None:
     conn.execute(sa.text("""
         INSERT INTO pipeline.evaluations (run_id, candidate_version, champion_version, holdout_rows,
-               candidate_metrics, champion_metrics, policy, decision, reason)
+               candidate_metrics, champion_metrics, policy, decision, reason, evidence)
         VALUES (:run_id, :candidate_version, :champion_version, :holdout_rows, CAST(:cm AS jsonb),
-                CAST(:chm AS jsonb), CAST(:policy AS jsonb), :decision, :reason)
+                CAST(:chm AS jsonb), CAST(:policy AS jsonb), :decision, :reason, CAST(:evidence AS jsonb))
         ON CONFLICT (run_id) DO UPDATE SET
                candidate_version = EXCLUDED.candidate_version, champion_version = EXCLUDED.champion_version,
                holdout_rows = EXCLUDED.holdout_rows, candidate_metrics = EXCLUDED.candidate_metrics,
                champion_metrics = EXCLUDED.champion_metrics, policy = EXCLUDED.policy,
-               decision = EXCLUDED.decision, reason = EXCLUDED.reason, created_at = now()
+               decision = EXCLUDED.decision, reason = EXCLUDED.reason, evidence = EXCLUDED.evidence,
+               created_at = now()
     """), {"run_id": run_id, "candidate_version": evaluation["candidate_version"],
            "champion_version": evaluation["champion_version"], "holdout_rows": evaluation["holdout_rows"],
            "cm": _json(evaluation["candidate_metrics"]),
            "chm": _json(evaluation["champion_metrics"]) if evaluation["champion_metrics"] else None,
            "policy": _json(evaluation["policy"]), "decision": evaluation["decision"],
-           "reason": evaluation["reason"]})
+           "reason": evaluation["reason"], "evidence": _json(evaluation.get("evidence"))})
 
 
 def get_evaluation(conn: Connection, run_id: str) -> dict[str, Any]:
@@ -263,3 +264,33 @@ def record_drift_report(conn: Connection, report: dict[str, Any]) -> None:
                verdict = EXCLUDED.verdict, features = EXCLUDED.features, report_path = EXCLUDED.report_path,
                created_at = now()
     """), {**report, "features": _json(report["features"])})
+
+
+def previous_champion(conn: Connection) -> int | None:
+    """The version the current champion replaced (where a plain rollback goes back to)."""
+    version = conn.scalar(sa.text("""
+        SELECT e.from_version FROM pipeline.promotion_events e
+          JOIN pipeline.champion c ON c.version = e.to_version
+         ORDER BY e.event_id DESC LIMIT 1
+    """))
+    return int(version) if version is not None else None
+
+
+def rollback(engine: Engine, to_version: int, run_id: str, actor: str, reason: str) -> int | None:
+    """Make an earlier version champion again in one transaction, as an event; returns the version replaced."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PROMOTION_LOCK_ID})
+        current = conn.execute(sa.text(
+            "SELECT version FROM pipeline.champion WHERE slot = 'production' FOR UPDATE")).scalar()
+        if current == to_version:
+            raise ValueError(f"version {to_version} is already the champion")
+        conn.execute(sa.text("""
+            INSERT INTO pipeline.champion (slot, version, run_id, promoted_at) VALUES ('production', :v, :run_id, now())
+            ON CONFLICT (slot) DO UPDATE SET version = EXCLUDED.version, run_id = EXCLUDED.run_id,
+                                             promoted_at = EXCLUDED.promoted_at
+        """), {"v": to_version, "run_id": run_id})
+        conn.execute(sa.text("""
+            INSERT INTO pipeline.promotion_events (from_version, to_version, run_id, actor, reason)
+            VALUES (:from_v, :to_v, :run_id, :actor, :reason)
+        """), {"from_v": current, "to_v": to_version, "run_id": run_id, "actor": actor, "reason": f"rollback: {reason}"})
+    return int(current) if current is not None else None

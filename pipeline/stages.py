@@ -7,16 +7,19 @@ Each is idempotent: running it twice for the same run gives the same records.
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy.engine import Engine
 
-from pipeline import artifacts, db, drift, evaluate, ingest, quality, registry, train, validate
+from pipeline import artifacts, cards, db, drift, evaluate, ingest, quality, registry, train, validate
 from pipeline.config import PipelineConfig, PromotionPolicy, load_config
+from pipeline.features import model_inputs
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -158,50 +161,95 @@ def train_candidate(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, An
     }
     with ws.engine.begin() as conn:
         version = registry.register_model(conn, record)
-    return {"version": version, "model_family": family, "artifact_hash": artifact_hash, "cv_metrics": cv_table}
+    return {"version": version, "model_family": family, "artifact_hash": artifact_hash, "cv_metrics": cv_table,
+            "card": _render_page(cards.render_model_card, ws, version)}
 
 
-def _champion_metrics(ws: Workspace, champion: dict[str, Any] | None, holdout: Any) -> tuple[dict[str, float] | None, str | None]:
-    """Score the champion on the holdout; an unreadable champion yields an error, not a guess."""
+def _render_page(render: Any, ws: Workspace, key: Any) -> str | None:
+    """Write a model card or comparison page; a page that fails to render never fails the run."""
+    try:
+        return str(render(ws, key))
+    except Exception:  # noqa: BLE001 - logged; `python -m pipeline card` can write it later
+        log.exception("could not render the page for %s", key)
+        return None
+
+
+def _champion_predictions(champion: dict[str, Any] | None, holdout: Any, contract: Any) -> tuple[Any, str | None]:
+    """The champion's holdout predictions; an unreadable champion yields an error, never a guess."""
     if champion is None:
         return None, None
     try:
         model = artifacts.load_model(Path(champion["artifact_path"]), champion["artifact_hash"])
-        return evaluate.score_model(model, holdout, ws.config.dataset), None
+        predicted = model.predict(model_inputs(holdout, contract))
+        if not np.all(np.isfinite(predicted)):
+            raise ValueError("non-finite predictions")
+        return predicted, None
     except Exception as exc:  # noqa: BLE001 - any failure to score the champion must fail closed
         return None, f"champion version {champion['version']} could not be scored: {exc}"
 
 
-def evaluate_candidate(ws: Workspace, run: Run, version: int, margin: float | None = None) -> dict[str, Any]:
-    """Score candidate and champion on the same held-out rows and record the decision."""
+def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str, Any] | None,
+                    policy: PromotionPolicy) -> dict[str, Any]:
+    """Everything a promotion decision rests on, computed on the candidate's held-out rows."""
     contract = ws.config.dataset
-    policy = PromotionPolicy(ws.config.promotion.metric, ws.config.promotion.min_r2,
-                             ws.config.promotion.margin if margin is None else margin)
+    frame = _load_snapshot(ws, candidate["snapshot_hash"])
+    train_rows, holdout = train.split_holdout(frame, contract, ws.config.training.holdout_fraction)
+    observed = holdout[contract.target_column].to_numpy()
+    model = artifacts.load_model(Path(candidate["artifact_path"]), candidate["artifact_hash"])
+    predicted = model.predict(model_inputs(holdout, contract))
+    champion_predicted, champion_error = _champion_predictions(champion, holdout, contract)
+    train_mean = float(train_rows[contract.target_column].mean())
+    evidence: dict[str, Any] = {
+        "holdout_rows": len(holdout),
+        "behaviour": evaluate.behaviour_checks(model, holdout, contract, policy),
+        "candidate": evaluate.regression_metrics(observed, predicted) if np.all(np.isfinite(predicted)) else None,
+        "champion": None if champion_predicted is None else evaluate.regression_metrics(observed, champion_predicted),
+        "champion_error": champion_error,
+        "baseline": {"train_mean": train_mean,
+                     "rmse": evaluate.regression_metrics(observed, np.full(len(observed), train_mean))["rmse"]},
+        "bootstrap": None,
+        "slices": evaluate.slice_table(holdout, contract, policy, predicted, champion_predicted),
+    }
+    if champion_predicted is not None and policy.confidence is not None:
+        evidence["bootstrap"] = evaluate.bootstrap_improvement(
+            observed, champion_predicted, predicted, policy.bootstrap_samples, policy.confidence,
+            seed=ws.config.training.seed)
+    return evidence
+
+
+def evaluate_candidate(ws: Workspace, run: Run, version: int, margin: float | None = None) -> dict[str, Any]:
+    """Score candidate and champion on the same held-out rows, check behaviour, record the decision."""
+    policy = replace(ws.config.promotion, margin=ws.config.promotion.margin if margin is None else margin)
     with ws.engine.connect() as conn:
         candidate = registry.get_model(conn, version)
         champion = registry.current_champion(conn)
-    with ws.engine.connect() as conn:
-        already_promoted = registry.promoted_by_run(conn, run.run_id) == version
-        if already_promoted:  # a retried task after this run promoted: its record stands
+        if registry.promoted_by_run(conn, run.run_id) == version:  # a retried task: the record stands
             return _evaluation_summary(registry.get_evaluation(conn, run.run_id))
-    frame = _load_snapshot(ws, candidate["snapshot_hash"])
-    _, holdout = train.split_holdout(frame, contract, ws.config.training.holdout_fraction)
-    model = artifacts.load_model(Path(candidate["artifact_path"]), candidate["artifact_hash"])
-    candidate_metrics = evaluate.score_model(model, holdout, contract)
-    champion_metrics, champion_error = _champion_metrics(ws, champion, holdout)
-    if champion_error:
-        decision = evaluate.Decision(False, f"fail closed: {champion_error}")
-    else:
-        decision = evaluate.decide_promotion(candidate_metrics, champion_metrics, policy)
+    try:
+        evidence = gather_evidence(ws, candidate, champion, policy)
+        if evidence["champion_error"]:
+            decision = evaluate.Decision(False, f"fail closed: {evidence['champion_error']}")
+        elif evidence["candidate"] is None:
+            decision = evaluate.Decision(False, "fail closed: the candidate's holdout predictions are not finite")
+        else:
+            decision = evaluate.decide_promotion(evidence, policy)
+    except Exception as exc:  # noqa: BLE001 - an evaluation that errored promotes nothing, and says why
+        evidence = {"holdout_rows": 0, "candidate": None, "champion": None, "error": repr(exc)}
+        decision = evaluate.Decision(False, f"fail closed: evaluation error: {exc}")
     evaluation = {
         "run_id": run.run_id, "candidate_version": version,
-        "champion_version": champion["version"] if champion else None, "holdout_rows": len(holdout),
-        "candidate_metrics": candidate_metrics, "champion_metrics": champion_metrics,
-        "policy": asdict(policy), "decision": decision.label, "reason": decision.reason,
+        "champion_version": champion["version"] if champion else None, "holdout_rows": evidence["holdout_rows"],
+        "candidate_metrics": evidence["candidate"] or {}, "champion_metrics": evidence["champion"],
+        "policy": _policy_record(policy), "decision": decision.label, "reason": decision.reason,
+        "evidence": evidence,
     }
     with ws.engine.begin() as conn:
         registry.record_evaluation(conn, run.run_id, evaluation)
-    return _evaluation_summary(evaluation)
+    return {**_evaluation_summary(evaluation), "comparison": _render_page(cards.render_comparison, ws, run.run_id)}
+
+
+def _policy_record(policy: PromotionPolicy) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(policy), default=str))  # type: ignore[no-any-return]
 
 
 def _evaluation_summary(evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -269,3 +317,46 @@ def monitor_drift(ws: Workspace, run: Run) -> dict[str, Any]:
     return {"run_id": run.run_id, "verdict": report["verdict"], "drifted_features": drifted,
             "recent_rows": report["recent_rows"], "report_path": report["report_path"],
             "features": report["features"]}
+
+
+def rollback_champion(ws: Workspace, run_id: str, reason: str, to_version: int | None = None,
+                      actor: str = "operator") -> dict[str, Any]:
+    """Make an earlier version champion again (default: the one the champion replaced), hash-checked first."""
+    if not reason or not reason.strip():
+        raise ValueError("a rollback needs a reason (--reason)")
+    with ws.engine.connect() as conn:
+        target = to_version if to_version is not None else registry.previous_champion(conn)
+        if target is None:
+            raise ValueError("no earlier champion to roll back to; name one with --to VERSION")
+        model = registry.get_model(conn, target)
+    artifacts.verify_file(Path(model["artifact_path"]), model["artifact_hash"])
+    replaced = registry.rollback(ws.engine, target, run_id, actor, reason.strip())
+    log.info("rolled back: version %s is champion again (replacing %s): %s", target, replaced, reason)
+    return {"champion": target, "replaced": replaced, "reason": reason.strip(), "run_id": run_id}
+
+
+def reproduce_version(ws: Workspace, version: int) -> dict[str, Any]:
+    """Rebuild a version from its recorded snapshot and parameters; compare predictions bit for bit."""
+    contract = ws.config.dataset
+    with ws.engine.connect() as conn:
+        model = registry.get_model(conn, version)
+    recorded = model["params"]
+    policy = replace(ws.config.training, seed=recorded["seed"], holdout_fraction=recorded["holdout_fraction"],
+                     families={model["model_family"]: recorded["family_params"]})
+    frame = _load_snapshot(ws, model["snapshot_hash"])
+    train_rows, holdout = train.split_holdout(frame, contract, policy.holdout_fraction)
+    rebuilt = train.build_model(contract, model["model_family"], policy, n_jobs=policy.n_jobs)
+    rebuilt.fit(model_inputs(train_rows, contract), train_rows[contract.target_column].to_numpy())
+    train.freeze_threads(rebuilt)
+    original = artifacts.load_model(Path(model["artifact_path"]), model["artifact_hash"])
+    X = model_inputs(frame, contract)
+    same = bool(np.array_equal(original.predict(X), rebuilt.predict(X)))
+    libraries_now = train.library_versions()
+    differing = {k: {"recorded": v, "now": libraries_now.get(k)} for k, v in model["library_versions"].items()
+                 if libraries_now.get(k) != v}
+    rebuilt_hash = artifacts.sha256_bytes(artifacts.model_bytes(rebuilt))
+    return {"version": version, "predictions_identical": same, "rows_compared": len(frame),
+            "artifact_identical": rebuilt_hash == model["artifact_hash"], "snapshot_hash": model["snapshot_hash"],
+            "train_rows": len(train_rows), "recorded_train_rows": model["train_rows"],
+            "library_differences": differing, "code_version_recorded": model["code_version"],
+            "code_version_now": train.code_version()}

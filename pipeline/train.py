@@ -79,11 +79,15 @@ def fit_best_family(train: pd.DataFrame, contract: DatasetContract, policy: Trai
     best = min(cv_table, key=lambda family: cv_table[family]["cv_rmse_mean"])
     model = build_model(contract, best, policy, n_jobs=policy.n_jobs)
     model.fit(model_inputs(train, contract), train[contract.target_column].to_numpy())
-    if "n_jobs" in model.named_steps["model"].get_params():
-        # Fit in parallel, predict in one thread: a forest's threads sum tree outputs in
-        # finishing order, which changes the last bits of a prediction from call to call.
-        model.named_steps["model"].set_params(n_jobs=1)
+    freeze_threads(model)
     return model, best, cv_table
+
+
+def freeze_threads(model: Pipeline) -> None:
+    """Predict in one thread: a forest's threads sum tree outputs in finishing order, which
+    changes the last bits of a prediction from call to call."""
+    if "n_jobs" in model.named_steps["model"].get_params():
+        model.named_steps["model"].set_params(n_jobs=1)
 
 
 def library_versions() -> dict[str, str]:

@@ -20,7 +20,8 @@ def test_every_dag_file_imports_without_errors(dag_bag: Any) -> None:
 
 def test_retrain_schedule_and_run_limits(dag_bag: Any) -> None:
     dag = dag_bag.dags["retrain"]
-    assert dag.timetable.expression == "0 2 * * *"
+    assert dag.timetable.timetable.expression == "0 2 * * *"  # nightly, or-ed with the asset
+    assert dag.timetable.asset_condition.name == "labelled_patient_records"
     assert dag.catchup is False
     assert dag.max_active_runs == 1
     assert dag.doc_md and "validate_snapshot" in dag.doc_md
@@ -28,7 +29,8 @@ def test_retrain_schedule_and_run_limits(dag_bag: Any) -> None:
 
 def test_retrain_tasks_in_order(dag_bag: Any) -> None:
     dag = dag_bag.dags["retrain"]
-    chain = ["ingest_snapshot", "validate_snapshot", "train_candidate", "evaluate_candidate", "promote_candidate"]
+    chain = ["ingest_snapshot", "has_new_data", "validate_snapshot", "train_candidate", "evaluate_candidate",
+             "promote_candidate"]
     assert set(dag.task_ids) == set(chain)
     for upstream, downstream in zip(chain, chain[1:], strict=False):
         assert downstream in dag.get_task(upstream).downstream_task_ids
@@ -47,7 +49,8 @@ def test_retrain_params_for_operators(dag_bag: Any) -> None:
     assert params.get_param("margin").schema["maximum"] <= 1
     assert params.get_param("dry_run").schema["type"] == "boolean"
     assert params["dry_run"] is False
-    for name in ("margin", "dry_run"):
+    assert params.get_param("force").schema["type"] == "boolean"
+    for name in ("margin", "dry_run", "force"):
         assert params.get_param(name).description
 
 
@@ -62,3 +65,10 @@ def test_parsing_dag_files_imports_no_heavy_library() -> None:
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+def test_monitor_drift_runs_hourly_and_feeds_the_retrain_asset(dag_bag: Any) -> None:
+    dag = dag_bag.dags["monitor_drift"]
+    assert dag.timetable.expression == "0 * * * *"
+    assert [a.name for a in dag.get_task("request_retrain").outlets] == ["labelled_patient_records"]
+    assert "request_retrain" in dag.get_task("drift_found").downstream_task_ids

@@ -134,14 +134,19 @@ def test_missing_section_is_named(tmp_path: Path, section: str) -> None:
         ("training", "cv_folds"),
         ("training", "families"),
         ("promotion", "metric"),
-        ("promotion", "min_r2"),
-        ("promotion", "margin"),
     ],
 )
 def test_missing_key_is_named(tmp_path: Path, section: str, key: str) -> None:
     path = write_variant(tmp_path, lambda raw: raw[section].pop(key))
     with pytest.raises(ConfigError, match=quoted(key)):
         load_config(path)
+
+
+@pytest.mark.parametrize("key", ["min_r2", "margin", "confidence", "slice_tolerance", "prediction_range"])
+def test_a_missing_promotion_threshold_loads_but_is_reported_missing(tmp_path: Path, key: str) -> None:
+    """Thresholds are not defaulted: a missing one loads as None, and promotion fails closed on it."""
+    config = load_config(write_variant(tmp_path, lambda raw: raw["promotion"].pop(key)))
+    assert config.promotion.missing_thresholds() == [key]
 
 
 def test_key_set_to_null_counts_as_missing(tmp_path: Path) -> None:

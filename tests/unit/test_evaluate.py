@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,8 +15,16 @@ from pipeline.config import DatasetContract, PromotionPolicy
 from pipeline.evaluate import decide_promotion, regression_metrics, score_model
 
 # Powers of two keep the boundary arithmetic exact: 40 * (1 - 0.25) is 30.0 to the last bit.
-POLICY = PromotionPolicy(metric="rmse", min_r2=0.25, margin=0.25)
+POLICY = PromotionPolicy(metric="rmse", min_r2=0.25, margin=0.25, confidence=0.95, slice_tolerance=0.1,
+                         prediction_range=(0.0, 500.0), max_drop=5.0)
 CHAMPION = {"rmse": 40.0, "mae": 30.0, "r2": 0.5, "n": 88}
+
+
+def evidence(cand: dict[str, float], champion: dict[str, float] | None) -> dict[str, Any]:
+    """Evidence that isolates the margin and floor rules: significant, no slices, behaviour fine."""
+    return {"candidate": cand, "champion": champion, "baseline": {"rmse": 1e9, "train_mean": 150.0},
+            "bootstrap": {"mean": 1.0, "low": 0.5, "high": 1.5, "confidence": 0.95, "samples": 100},
+            "slices": [], "behaviour": {"passed": True, "failures": []}}
 
 
 class ConstantModel:
@@ -70,7 +80,7 @@ def test_regression_metrics_of_a_perfect_and_a_mean_prediction() -> None:
 
 @pytest.mark.parametrize(("r2", "promote"), [(0.6, True), (0.25, True), (0.2499, False), (-0.3, False)])
 def test_first_model_is_promoted_only_at_or_above_the_floor(r2: float, promote: bool) -> None:
-    decision = decide_promotion(candidate(r2=r2), None, POLICY)
+    decision = decide_promotion(evidence(candidate(r2=r2), None), POLICY)
     assert decision.promote is promote
     assert decision.label == ("promote" if promote else "keep")
     assert mentions(decision.reason, r2)
@@ -78,7 +88,7 @@ def test_first_model_is_promoted_only_at_or_above_the_floor(r2: float, promote: 
 
 
 def test_first_model_with_a_nan_r2_is_kept() -> None:
-    assert decide_promotion(candidate(r2=float("nan")), None, POLICY).promote is False
+    assert decide_promotion(evidence(candidate(r2=float("nan")), None), POLICY).promote is False
 
 
 # --- decide_promotion: against a champion --------------------------------------------------------
@@ -96,7 +106,7 @@ def test_first_model_with_a_nan_r2_is_kept() -> None:
     ],
 )
 def test_candidate_needs_to_beat_the_champion_by_the_margin(rmse: float, promote: bool) -> None:
-    decision = decide_promotion(candidate(rmse=rmse), CHAMPION, POLICY)
+    decision = decide_promotion(evidence(candidate(rmse=rmse), CHAMPION), POLICY)
     assert decision.promote is promote
     assert mentions(decision.reason, rmse)
     assert mentions(decision.reason, CHAMPION["rmse"])
@@ -105,14 +115,14 @@ def test_candidate_needs_to_beat_the_champion_by_the_margin(rmse: float, promote
 
 def test_champion_comparison_ignores_the_r2_floor() -> None:
     """Once a champion exists the rule is relative: a low-R² candidate that beats it still wins."""
-    assert decide_promotion(candidate(rmse=20.0, r2=0.1), CHAMPION, POLICY).promote is True
+    assert decide_promotion(evidence(candidate(rmse=20.0, r2=0.1), CHAMPION), POLICY).promote is True
 
 
 def test_zero_margin_promotes_any_improvement_but_not_a_tie() -> None:
-    policy = PromotionPolicy(metric="rmse", min_r2=0.25, margin=0.0)
-    assert decide_promotion(candidate(rmse=39.99), CHAMPION, policy).promote is True
-    assert decide_promotion(candidate(rmse=40.0), CHAMPION, policy).promote is False
-    assert decide_promotion(candidate(rmse=40.5), CHAMPION, policy).promote is False
+    policy = dataclasses.replace(POLICY, margin=0.0)
+    assert decide_promotion(evidence(candidate(rmse=39.99), CHAMPION), policy).promote is True
+    assert decide_promotion(evidence(candidate(rmse=40.0), CHAMPION), policy).promote is False
+    assert decide_promotion(evidence(candidate(rmse=40.5), CHAMPION), policy).promote is False
 
 
 @pytest.mark.parametrize(
@@ -120,7 +130,7 @@ def test_zero_margin_promotes_any_improvement_but_not_a_tie() -> None:
 )
 def test_unusable_rmse_fails_closed(candidate_rmse: float, champion_rmse: float) -> None:
     champion = {**CHAMPION, "rmse": champion_rmse}
-    assert decide_promotion(candidate(rmse=candidate_rmse), champion, POLICY).promote is False
+    assert decide_promotion(evidence(candidate(rmse=candidate_rmse), champion), POLICY).promote is False
 
 
 # --- score_model ---------------------------------------------------------------------------------

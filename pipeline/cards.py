@@ -1,0 +1,419 @@
+"""Model cards and champion/challenger pages: one self-contained HTML file each, plots inline.
+
+The page builders (`model_card_html`, `comparison_html`) take plain values and return HTML;
+`render_model_card` and `render_comparison` gather those values from the registry and the
+artifact store, write the page into the store under "cards" and record it in
+pipeline.model_cards.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sklearn.inspection import permutation_importance
+from sklearn.linear_model import Ridge
+from sqlalchemy.engine import Connection
+
+from pipeline import artifacts, evaluate, ingest, registry, train
+from pipeline.config import DatasetContract
+from pipeline.features import model_inputs
+
+if TYPE_CHECKING:  # stages will call into this module: importing it at run time would be circular
+    from pipeline.stages import Workspace
+
+PERMUTATION_REPEATS = 5
+STYLE = ("body{font-family:sans-serif;max-width:60em;margin:auto}td,th{padding:2px 8px;text-align:left}"
+         "table{border-collapse:collapse}tr:nth-child(even){background:#f4f4f4}"
+         ".worse{background:#f8c0c0}.worse-unjudged{background:#fbe7b5}.fail{color:#b00}"
+         "figure{display:inline-block;margin:4px}figcaption{font-size:small}")
+
+
+@dataclass(frozen=True)
+class Importance:
+    """Feature importance as shown: what the numbers mean, and one number per feature."""
+
+    kind: str
+    values: dict[str, float]
+    axis: str = "importance"  # the short label of the plot's value axis
+
+
+@dataclass(frozen=True)
+class CardContent:
+    """Everything a model card shows, as plain values."""
+
+    title: str
+    lineage: list[tuple[str, str]]
+    metrics: dict[str, float]
+    baseline: dict[str, float]
+    observed: np.ndarray
+    predicted: np.ndarray
+    slices: list[dict[str, Any]]
+    importance: Importance
+    behaviour: dict[str, Any]
+    evaluation: dict[str, Any] | None
+
+
+# --- plots: each returns a base64 PNG --------------------------------------------------------
+
+def _new_figure(columns: int = 1, width: float = 5.0, height: float = 3.2) -> tuple[Any, Any]:
+    """An Agg figure and its axes, kept out of pyplot's global state (no figure to leak or close)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(1, columns)
+
+
+def _png(figure: Any) -> str:
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=80)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def plot_predicted_vs_observed(observed: np.ndarray, predicted: np.ndarray) -> str:
+    """Holdout predictions against the observed values, with the y = x line."""
+    figure, ax = _new_figure()
+    ax.scatter(observed, predicted, s=10, alpha=0.6)
+    low = float(min(np.min(observed), np.min(predicted)))
+    high = float(max(np.max(observed), np.max(predicted)))
+    ax.plot([low, high], [low, high], color="black", linewidth=1, label="y = x")
+    ax.set(xlabel="observed", ylabel="predicted", title="Predicted vs observed (holdout)")
+    ax.legend()
+    return _png(figure)
+
+
+def plot_residuals(observed: np.ndarray, predicted: np.ndarray) -> str:
+    """Residuals as a histogram and against the prediction."""
+    residuals = observed - predicted
+    figure, (hist, scatter) = _new_figure(columns=2, width=8.0)
+    hist.hist(residuals, bins=20)
+    hist.set(xlabel="observed - predicted", ylabel="rows", title="Residuals")
+    scatter.scatter(predicted, residuals, s=10, alpha=0.6)
+    scatter.axhline(0.0, color="black", linewidth=1)
+    scatter.set(xlabel="predicted", ylabel="observed - predicted", title="Residual vs predicted")
+    return _png(figure)
+
+
+def plot_slice_rmse(slices: Sequence[Mapping[str, Any]]) -> str:
+    """RMSE per slice group: the candidate's bars, and the champion's beside them when there is one."""
+    figure, ax = _new_figure(width=6.0, height=3.6)
+    labels = [f"{row['slice']}={row['group']}" for row in slices]
+    x = np.arange(len(labels))
+    with_champion = any(row.get("champion_rmse") is not None for row in slices)
+    width = 0.4 if with_champion else 0.8
+    ax.bar(x - (width / 2 if with_champion else 0), [row["candidate_rmse"] for row in slices], width, label="candidate")
+    if with_champion:
+        champion = [np.nan if row.get("champion_rmse") is None else row["champion_rmse"] for row in slices]
+        ax.bar(x + width / 2, champion, width, label="champion")
+    ax.set_xticks(x, labels, rotation=45, ha="right")
+    ax.set(ylabel="RMSE", title="Holdout RMSE by slice" if slices else "No slices configured")
+    if slices:
+        ax.legend()
+    return _png(figure)
+
+
+def plot_importance(importance: Importance) -> str:
+    """One horizontal bar per feature, largest magnitude on top."""
+    ordered = sorted(importance.values.items(), key=lambda item: abs(item[1]))
+    figure, ax = _new_figure(width=6.0, height=max(2.5, 0.3 * len(ordered) + 1.0))
+    ax.barh([name for name, _ in ordered], [value for _, value in ordered])
+    ax.axvline(0.0, color="black", linewidth=1)
+    ax.set(title="Feature importance", xlabel=importance.axis)
+    return _png(figure)
+
+
+def plot_bootstrap(bootstrap: Mapping[str, float]) -> str:
+    """The bootstrap interval of the RMSE gain as a line, its mean as a dot, and the zero mark."""
+    figure, ax = _new_figure(height=1.8)
+    ax.hlines(0.0, bootstrap["low"], bootstrap["high"], linewidth=4, label=f"{bootstrap['confidence']:.0%} interval")
+    ax.plot([bootstrap["mean"]], [0.0], "o", color="black", label="mean")
+    ax.axvline(0.0, color="red", linestyle="--", linewidth=1, label="no gain")
+    ax.set(yticks=[], xlabel="RMSE(champion) - RMSE(candidate)", title="Bootstrap gain")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _png(figure)
+
+
+# --- HTML pieces ---------------------------------------------------------------------------
+
+def text(value: Any) -> str:
+    """A value as escaped HTML text: floats to 3 decimals, booleans as yes/no, None as a dash."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float | np.floating):
+        return f"{value:.3f}"
+    if isinstance(value, dict | list):
+        return html.escape(json.dumps(value, sort_keys=True, default=str))
+    return html.escape(str(value))
+
+
+def image(data: str, alt: str) -> str:
+    """A base64 PNG as an inline <img>, captioned with its alt text."""
+    return (f"<figure><img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{html.escape(alt)}</figcaption></figure>")
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], classes: Sequence[str] | None = None) -> str:
+    """An HTML table of escaped cells (no header row without `headers`); `classes` gives each row a CSS class."""
+    head = f"<tr>{''.join(f'<th>{html.escape(h)}</th>' for h in headers)}</tr>" if headers else ""
+    body = []
+    for i, row in enumerate(rows):
+        css = classes[i] if classes else ""
+        attribute = f" class='{html.escape(css)}'" if css else ""
+        body.append(f"<tr{attribute}>" + "".join(f"<td>{text(cell)}</td>" for cell in row) + "</tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def section(anchor: str, heading: str, body: str) -> str:
+    return f"<section id='{html.escape(anchor)}'><h2>{html.escape(heading)}</h2>{body}</section>"
+
+
+def page(title: str, sections: Iterable[str]) -> str:
+    """A whole self-contained HTML document."""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>")
+
+
+def behaviour_html(behaviour: Mapping[str, Any] | None) -> str:
+    """The behaviour checks as a table, with their failures listed."""
+    if not behaviour:
+        return "<p>The behaviour checks did not run.</p>"
+    rows: list[tuple[Any, ...]] = [
+        ("all checks passed", behaviour.get("passed")),
+        ("predictions finite", behaviour.get("finite")),
+        ("predictions within the allowed range", behaviour.get("in_range")),
+        ("lowest / highest prediction", f"{behaviour.get('prediction_min', float('nan')):.1f} / "
+                                        f"{behaviour.get('prediction_max', float('nan')):.1f}"),
+        ("predictions ignore the patient id", behaviour.get("id_invariant")),
+    ]
+    for feature, check in (behaviour.get("directions") or {}).items():
+        rows.append((f"raising {feature} by {check['step']:g}: worst change of a prediction", check["worst_change"]))
+    failures = behaviour.get("failures") or []
+    listed = "".join(f"<li class='fail'>{html.escape(str(f))}</li>" for f in failures) or "<li>none</li>"
+    return table(["check", "result"], rows) + f"<p>Failures:</p><ul>{listed}</ul>"
+
+
+def decision_html(evaluation: Mapping[str, Any] | None, run_id: str) -> str:
+    """The promotion decision recorded for a run, or a note that there is none."""
+    if evaluation is None:
+        return f"<p>No evaluation is recorded for run {html.escape(run_id)}.</p>"
+    rows = [("run", evaluation.get("run_id")), ("decision", evaluation.get("decision")),
+            ("reason", evaluation.get("reason")), ("candidate version", evaluation.get("candidate_version")),
+            ("champion version at the time", evaluation.get("champion_version") or "none (first model)")]
+    return table([], rows)
+
+
+def slice_rows_html(slices: Sequence[Mapping[str, Any]], tolerance: float | None) -> str:
+    """The slice table; a group worse than the champion by more than `tolerance` is highlighted."""
+    rows, classes = [], []
+    for row in slices:
+        change = row.get("change")
+        over = change is not None and tolerance is not None and change > tolerance
+        classes.append(("worse" if row.get("judged") else "worse-unjudged") if over else "")
+        rows.append((row["slice"], row["group"], row["n"], "yes" if row.get("judged") else "no (too few rows)",
+                     row["candidate_rmse"], row.get("champion_rmse"),
+                     None if change is None else f"{change:+.1%}"))
+    headers = ["slice", "group", "rows", "judged", "candidate RMSE", "champion RMSE", "change"]
+    limit = "no slice tolerance configured" if tolerance is None else f"slice tolerance {tolerance:.0%}"
+    return f"<p>Highlighted: worse than the champion by more than the {html.escape(limit)}.</p>" + table(
+        headers, rows, classes)
+
+
+# --- the model card ------------------------------------------------------------------------
+
+def metrics_rows(metrics: Mapping[str, float], baseline: Mapping[str, float]) -> list[tuple[Any, ...]]:
+    return [("RMSE", metrics["rmse"], baseline["rmse"]), ("MAE", metrics["mae"], baseline["mae"]),
+            ("R²", metrics["r2"], baseline["r2"]), ("rows", int(metrics["n"]), int(baseline["n"]))]
+
+
+def model_card_html(card: CardContent) -> str:
+    """The model card page: lineage, holdout metrics, four plots, behaviour checks, the decision."""
+    run_id = dict(card.lineage).get("run", "")
+    importance_rows = sorted(card.importance.values.items(), key=lambda item: -abs(item[1]))
+    return page(card.title, [
+        section("lineage", "Lineage", table([], card.lineage)),
+        section("metrics", "Holdout metrics", table(
+            ["metric", "model", f"baseline: the training mean ({card.baseline['train_mean']:.3f})"],
+            metrics_rows(card.metrics, card.baseline))),
+        section("fit", "Fit on the holdout",
+                image(plot_predicted_vs_observed(card.observed, card.predicted), "Predicted vs observed, with y = x")
+                + image(plot_residuals(card.observed, card.predicted), "Residuals: histogram and against prediction")),
+        section("slices", "Error by slice", image(plot_slice_rmse(card.slices), "Holdout RMSE per slice group")
+                + slice_rows_html(card.slices, None)),
+        section("importance", "Feature importance",
+                f"<p>{html.escape(card.importance.kind)}</p>"
+                + image(plot_importance(card.importance), "Feature importance by feature")
+                + table(["feature", "importance"], importance_rows)),
+        section("behaviour", "Behaviour checks", behaviour_html(card.behaviour)),
+        section("decision", "Promotion decision", decision_html(card.evaluation, run_id)),
+    ])
+
+
+def lineage_rows(model: Mapping[str, Any], snapshot: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Where a model version came from: run, data, parameters, code and libraries."""
+    parent = snapshot.get("parent_hash")
+    libraries = ", ".join(f"{name} {version}" for name, version in sorted(model["library_versions"].items()))
+    cv = "; ".join(f"{family}: {m['cv_rmse_mean']:.3f} ± {m['cv_rmse_std']:.3f}"
+                   for family, m in sorted(model["cv_metrics"].items()))
+    return [
+        ("version", str(model["version"])), ("run", str(model["run_id"])),
+        ("model family", str(model["model_family"])),
+        ("parameters", json.dumps(model["params"], sort_keys=True, default=str)),
+        ("cross-validated RMSE by family", cv),
+        ("training snapshot", f"{snapshot['snapshot_hash']} ({snapshot.get('kind', 'raw')})"),
+        ("snapshot watermark", str(snapshot["watermark"])),
+        ("raw parent snapshot", str(parent) if parent else "none: trained on the raw snapshot"),
+        ("training rows", str(model["train_rows"])), ("holdout rows", str(model["holdout_rows"])),
+        ("holdout starts at", json.dumps(model["holdout_start"], sort_keys=True, default=str)),
+        ("library versions", libraries), ("code version", str(model["code_version"])),
+        ("created at", str(model["created_at"])),
+    ]
+
+
+def feature_importance(model: Any, holdout: pd.DataFrame, contract: DatasetContract, seed: int) -> Importance:
+    """Ridge coefficients by prepared feature; for any other model, permutation importance on the holdout."""
+    final = model[-1]
+    if isinstance(final, Ridge):
+        names = model[:-1].get_feature_names_out()
+        return Importance("Ridge coefficient per prepared feature (numerics standardised, categories 0/1)",
+                          {str(n): float(c) for n, c in zip(names, np.ravel(final.coef_), strict=True)},
+                          "coefficient")
+    inputs = model_inputs(holdout, contract)
+    result = permutation_importance(model, inputs, holdout[contract.target_column].to_numpy(float),
+                                    scoring="neg_root_mean_squared_error", n_repeats=PERMUTATION_REPEATS,
+                                    random_state=seed)
+    return Importance(f"Permutation importance: mean rise in holdout RMSE when the column is shuffled "
+                      f"({PERMUTATION_REPEATS} repeats)",
+                      {str(n): float(v) for n, v in zip(inputs.columns, result.importances_mean, strict=True)},
+                      "rise in RMSE")
+
+
+def card_content(ws: Workspace, model: Mapping[str, Any], snapshot: Mapping[str, Any],
+                 evaluation: dict[str, Any] | None) -> CardContent:
+    """Score a model version on its own holdout and collect what its card shows."""
+    contract, params = ws.config.dataset, model["params"]
+    frame = ingest.load_snapshot(Path(snapshot["path"]), snapshot["snapshot_hash"])
+    # The fraction the version was trained with, so train and holdout rows are the ones it saw.
+    fraction = float(params.get("holdout_fraction", ws.config.training.holdout_fraction))
+    train_rows, holdout = train.split_holdout(frame, contract, fraction)
+    fitted = artifacts.load_model(Path(model["artifact_path"]), model["artifact_hash"])
+    observed = holdout[contract.target_column].to_numpy(float)
+    predicted = fitted.predict(model_inputs(holdout, contract))
+    train_mean = float(train_rows[contract.target_column].mean())
+    baseline = evaluate.regression_metrics(observed, np.full(len(observed), train_mean))
+    return CardContent(
+        title=f"Model card: version {model['version']} ({model['model_family']})",
+        lineage=lineage_rows(model, snapshot), metrics=evaluate.regression_metrics(observed, predicted),
+        baseline={**baseline, "train_mean": train_mean}, observed=observed, predicted=predicted,
+        slices=evaluate.slice_table(holdout, contract, ws.config.promotion, predicted, None),
+        importance=feature_importance(fitted, holdout, contract, int(params.get("seed", ws.config.training.seed))),
+        behaviour=evaluate.behaviour_checks(fitted, holdout, contract, ws.config.promotion),
+        evaluation=evaluation)
+
+
+# --- the champion/challenger page ----------------------------------------------------------
+
+def comparison_metrics_html(evaluation: Mapping[str, Any], evidence: Mapping[str, Any]) -> str:
+    """Candidate and champion metrics side by side, and the training-mean baseline."""
+    candidate, champion = evaluation.get("candidate_metrics") or {}, evaluation.get("champion_metrics") or {}
+    rows = []
+    for label, key in (("RMSE", "rmse"), ("MAE", "mae"), ("R²", "r2"), ("rows", "n")):
+        ours, theirs = candidate.get(key), champion.get(key)
+        change = ours - theirs if ours is not None and theirs is not None and key != "n" else None
+        rows.append((label, ours, theirs, change))
+    baseline = evidence.get("baseline")
+    note = "" if not baseline else (f"<p>Baseline, predicting the training mean ({baseline['train_mean']:.3f}): "
+                                    f"RMSE {baseline['rmse']:.3f}</p>")
+    for key in ("champion_error", "error"):
+        if evidence.get(key):
+            note += f"<p class='fail'>{html.escape(str(evidence[key]))}</p>"
+    return table(["metric", "candidate", "champion", "candidate - champion"], rows) + note
+
+
+def bootstrap_html(bootstrap: Mapping[str, float] | None) -> str:
+    """The paired bootstrap interval of the RMSE gain, in words and as a plot."""
+    if not bootstrap:
+        return "<p>No bootstrap: there was no scored champion to compare with.</p>"
+    words = (f"{bootstrap['confidence']:.0%} interval of RMSE(champion) - RMSE(candidate): "
+             f"[{bootstrap['low']:+.3f}, {bootstrap['high']:+.3f}], mean {bootstrap['mean']:+.3f}"
+             f" over {int(bootstrap.get('samples', 0))} resamples")
+    return f"<p class='interval'>{html.escape(words)}</p>" + image(
+        plot_bootstrap(bootstrap), "Bootstrap interval of the RMSE gain, with the zero mark")
+
+
+def comparison_html(evaluation: Mapping[str, Any], slice_tolerance: float | None) -> str:
+    """The champion/challenger page of one evaluation row (with its `evidence`)."""
+    evidence = evaluation.get("evidence") or {}
+    slices = evidence.get("slices") or []
+    champion = evaluation.get("champion_version")
+    title = (f"Run {evaluation['run_id']}: candidate version {evaluation['candidate_version']} vs "
+             + (f"champion version {champion}" if champion is not None else "no champion (first model)"))
+    return page(title, [
+        section("decision", "Decision", table([], [
+            ("decision", evaluation.get("decision")), ("reason", evaluation.get("reason")),
+            ("evaluated at", evaluation.get("created_at"))])),
+        section("metrics", "Holdout metrics", comparison_metrics_html(evaluation, evidence)),
+        section("bootstrap", "Bootstrap", bootstrap_html(evidence.get("bootstrap"))),
+        section("slices", "Slices", (image(plot_slice_rmse(slices), "Candidate vs champion RMSE per slice group")
+                                     + slice_rows_html(slices, slice_tolerance)) if slices
+                else "<p>No slice results recorded.</p>"),
+        section("behaviour", "Candidate behaviour checks", behaviour_html(evidence.get("behaviour"))),
+    ])
+
+
+# --- writing and recording -----------------------------------------------------------------
+
+def record_page(conn: Connection, version: int, kind: str, run_id: str, path: Path) -> None:
+    """Record a card or comparison page; rendering it again points the row at the new file."""
+    conn.execute(sa.text("""
+        INSERT INTO pipeline.model_cards (version, kind, run_id, path) VALUES (:version, :kind, :run_id, :path)
+        ON CONFLICT (version, kind, run_id) DO UPDATE SET path = EXCLUDED.path, created_at = now()
+    """), {"version": version, "kind": kind, "run_id": run_id, "path": str(path)})
+
+
+def _store_page(ws: Workspace, document: str) -> Path:
+    return artifacts.store_bytes(ws.settings.artifact_dir, "cards", document.encode(), ".html")[1]
+
+
+def _evaluation_of(conn: Connection, run_id: str) -> dict[str, Any] | None:
+    try:
+        return registry.get_evaluation(conn, run_id)
+    except LookupError:
+        return None
+
+
+def render_model_card(ws: Workspace, version: int) -> Path:
+    """Write the model card of a registered version, record it, and return the file's path."""
+    with ws.engine.connect() as conn:
+        model = registry.get_model(conn, version)
+        snapshot = registry.get_snapshot(conn, model["snapshot_hash"])
+        evaluation = _evaluation_of(conn, model["run_id"])
+    path = _store_page(ws, model_card_html(card_content(ws, model, snapshot, evaluation)))
+    with ws.engine.begin() as conn:
+        record_page(conn, version, "card", model["run_id"], path)
+    return path
+
+
+def render_comparison(ws: Workspace, run_id: str) -> Path:
+    """Write the champion/challenger page of a run's evaluation, record it, and return the file's path."""
+    with ws.engine.connect() as conn:
+        evaluation = registry.get_evaluation(conn, run_id)
+    recorded = (evaluation.get("policy") or {}).get("slice_tolerance")  # the tolerance the decision used
+    tolerance = recorded if recorded is not None else ws.config.promotion.slice_tolerance
+    path = _store_page(ws, comparison_html(evaluation, tolerance))
+    with ws.engine.begin() as conn:
+        record_page(conn, evaluation["candidate_version"], "comparison", run_id, path)
+    return path

@@ -1,0 +1,156 @@
+"""Model cards and champion/challenger pages for versions made by a real retrain on PostgreSQL.
+
+Retrains run through the stage functions with only the ridge family configured (as in
+test_monitoring): the pages do not depend on which family won, and cross-validating the
+shipped three would take seconds per retrain.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from pipeline import cards, demo, stages
+
+DEMO_WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)  # after every demo row (the last is 2026-06)
+LATER_WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after arrivals too, which are recorded now
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+IMAGE = re.compile(r"<img alt='[^']*' src='data:image/png;base64,([^']*)'>")
+
+
+def make_run(run_id: str, watermark: datetime = LATER_WATERMARK) -> stages.Run:
+    return stages.Run(run_id=run_id, watermark=watermark, triggered_by="test")
+
+
+def fetch(ws: stages.Workspace, sql: str, **params: Any) -> list[dict[str, Any]]:
+    with ws.engine.connect() as conn:
+        return [dict(row) for row in conn.execute(sa.text(sql), params).mappings()]
+
+
+def retrain(ws: stages.Workspace, run: stages.Run) -> dict[str, Any]:
+    """Every stage in the order the DAG runs them, training on the clean rows as the DAG does."""
+    snapshot = stages.ingest_snapshot(ws, run)
+    checked = stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
+    candidate = stages.train_candidate(ws, run, checked["clean_snapshot_hash"])
+    evaluation = stages.evaluate_candidate(ws, run, candidate["version"])
+    outcome = stages.promote_candidate(ws, run, actor="test")
+    return {"snapshot": snapshot, "clean_snapshot_hash": checked["clean_snapshot_hash"],
+            "candidate": candidate, "evaluation": evaluation, "outcome": outcome}
+
+
+def png_images(document: str) -> list[bytes]:
+    found = [base64.b64decode(data, validate=True) for data in IMAGE.findall(document)]
+    assert document.count("<img ") == len(found)
+    assert all(png.startswith(PNG_SIGNATURE) for png in found)
+    return found
+
+
+def section(document: str, anchor: str) -> str:
+    match = re.search(rf"<section id='{anchor}'>(.*?)</section>", document, re.S)
+    assert match, f"no section '{anchor}'"
+    return match.group(1)
+
+
+def evaluation_row(ws: stages.Workspace, run_id: str) -> dict[str, Any]:
+    [row] = fetch(ws, "SELECT * FROM pipeline.evaluations WHERE run_id = :r", r=run_id)
+    return row
+
+
+def assert_every_slice_group_listed(document: str, evidence: dict[str, Any]) -> None:
+    slices = section(document, "slices")
+    assert evidence["slices"]
+    for row in evidence["slices"]:
+        assert f"<td>{html.escape(row['slice'])}</td><td>{html.escape(row['group'])}</td><td>{row['n']}</td>" in slices
+
+
+@pytest.fixture
+def quick_ws(ws: stages.Workspace) -> stages.Workspace:
+    """The test's workspace with only the ridge family to cross-validate."""
+    training = dataclasses.replace(ws.config.training, families={"ridge": ws.config.training.families["ridge"]})
+    return dataclasses.replace(ws, config=dataclasses.replace(ws.config, training=training))
+
+
+@pytest.fixture
+def first(quick_ws: stages.Workspace) -> dict[str, Any]:
+    """The demo study loaded and retrained up to DEMO_WATERMARK: version 1 is the champion."""
+    demo.seed_demo(quick_ws.engine)
+    result = retrain(quick_ws, make_run("first", DEMO_WATERMARK))
+    assert result["outcome"]["status"] == "promoted"
+    return result
+
+
+def test_model_card_of_the_first_version(quick_ws: stages.Workspace, first: dict[str, Any]) -> None:
+    path = cards.render_model_card(quick_ws, 1)
+
+    assert path.parent == quick_ws.settings.artifact_dir / "cards" and path.suffix == ".html"
+    document = path.read_text()
+    [model] = fetch(quick_ws, "SELECT * FROM pipeline.model_versions WHERE version = 1")
+    lineage = section(document, "lineage")
+    assert f"<td>{first['clean_snapshot_hash']} (clean)</td>" in lineage
+    assert f"<tr><td>raw parent snapshot</td><td>{first['snapshot']['snapshot_hash']}</td></tr>" in lineage
+    assert f"<tr><td>code version</td><td>{model['code_version']}</td></tr>" in lineage
+    assert "<tr><td>model family</td><td>ridge</td></tr>" in lineage
+    assert f"<tr><td>holdout rows</td><td>{model['holdout_rows']}</td></tr>" in lineage
+    assert f"scikit-learn {model['library_versions']['scikit-learn']}" in lineage
+    assert len(png_images(document)) == 4
+    # The card scores the model itself; its RMSE must match the evaluation's, on the same holdout.
+    metrics = first["evaluation"]["candidate_metrics"]
+    assert f"<tr><td>RMSE</td><td>{metrics['rmse']:.3f}</td>" in section(document, "metrics")
+    assert "<td>sex_F</td>" in section(document, "importance")  # Ridge: coefficients by prepared feature
+    assert "<tr><td>all checks passed</td><td>yes</td></tr>" in section(document, "behaviour")
+    assert html.escape(first["evaluation"]["reason"]) in section(document, "decision")
+    rows = fetch(quick_ws, "SELECT version, kind, run_id, path FROM pipeline.model_cards")
+    assert rows == [{"version": 1, "kind": "card", "run_id": "first", "path": str(path)}]
+
+
+def test_rendering_a_card_again_gives_the_same_file_and_row(quick_ws: stages.Workspace,
+                                                              first: dict[str, Any]) -> None:
+    path = cards.render_model_card(quick_ws, 1)
+
+    assert cards.render_model_card(quick_ws, 1) == path
+    assert fetch(quick_ws, "SELECT count(*) AS n FROM pipeline.model_cards") == [{"n": 1}]
+
+
+def test_unknown_version_names_it(quick_ws: stages.Workspace) -> None:
+    with pytest.raises(LookupError, match="model version 7 is not registered"):
+        cards.render_model_card(quick_ws, 7)
+
+
+def test_comparisons_without_and_with_a_champion(quick_ws: stages.Workspace, first: dict[str, Any]) -> None:
+    first_page = cards.render_comparison(quick_ws, "first").read_text()
+    demo.simulate_arrivals(quick_ws.engine, rows=30, seed=7)
+    retrain(quick_ws, make_run("second"))
+
+    path = cards.render_comparison(quick_ws, "second")
+
+    initial = evaluation_row(quick_ws, "first")
+    assert html.escape(initial["reason"]) in section(first_page, "decision")
+    assert "no champion (first model)" in first_page and "No bootstrap" in section(first_page, "bootstrap")
+    assert len(png_images(first_page)) == 1
+    assert_every_slice_group_listed(first_page, initial["evidence"])
+
+    document = path.read_text()
+    second = evaluation_row(quick_ws, "second")
+    assert second["champion_version"] == 1
+    assert "candidate version 2 vs champion version 1" in document
+    assert html.escape(second["reason"]) in section(document, "decision")
+    boot = second["evidence"]["bootstrap"]
+    assert f"[{boot['low']:+.3f}, {boot['high']:+.3f}], mean {boot['mean']:+.3f}" in section(document, "bootstrap")
+    assert f"<td>{second['champion_metrics']['rmse']:.3f}</td>" in section(document, "metrics")
+    assert len(png_images(document)) == 2
+    assert_every_slice_group_listed(document, second["evidence"])
+    tolerance = second["policy"]["slice_tolerance"]
+    over = sum(r["change"] > tolerance for r in second["evidence"]["slices"])
+    assert section(document, "slices").count("<tr class='worse") == over
+    rows = fetch(quick_ws, "SELECT version, kind, run_id, path FROM pipeline.model_cards ORDER BY version")
+    assert [(r["version"], r["kind"], r["run_id"]) for r in rows] == [(1, "comparison", "first"),
+                                                                      (2, "comparison", "second")]
+    assert rows[1]["path"] == str(path) and Path(rows[0]["path"]).read_text() == first_page

@@ -1,0 +1,406 @@
+"""Governance on real PostgreSQL: promotion history, rollback, reproduction, failing closed, stored evidence.
+
+Models come from full retrains through the stage functions (ingest, validate, train on the
+clean snapshot, evaluate, promote) with only the ridge family configured, written to a copy
+of pipeline.yaml so the `python -m pipeline` subprocesses read the same configuration.
+
+A second run that genuinely promotes needs a champion it can beat by the margin and
+significantly: version 1 is a heavily shrunk ridge (alpha 800, holdout R² about 0.4, over the
+0.2 floor), version 2 the configured ridge (alpha 1) after 30 new patients arrive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from pipeline import artifacts, demo, registry, stages
+from pipeline.artifacts import ArtifactIntegrityError
+from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT, Settings
+
+DEMO_WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)  # after every demo row (the last is 2026-06)
+LATER_WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after arrivals too, which are recorded now
+WEAK_ALPHA = 800.0
+PROMOTE_ANY = -1.0  # margin: a candidate up to twice the champion's RMSE clears the margin test
+SLICE_GROUPS = {("sex", "F"), ("sex", "M"), ("age", "<40"), ("age", "40-60"), ("age", ">=60"),
+                ("bmi", "<25"), ("bmi", "25-30"), ("bmi", ">=30")}
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def write_config(folder: Path, change: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    """pipeline.yaml with only the ridge family (and `change` applied), as a file of its own."""
+    raw = yaml.safe_load((PROJECT_ROOT / "pipeline.yaml").read_text())
+    raw["dataset"]["expectation_suite"] = str(PROJECT_ROOT / raw["dataset"]["expectation_suite"])
+    raw["training"]["families"] = {"ridge": {"alpha": 1.0}}
+    if change is not None:
+        change(raw)
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    return write_config(tmp_path)
+
+
+@pytest.fixture
+def gws(settings: Settings, config_path: Path) -> Iterator[stages.Workspace]:
+    """A Workspace on the test's own database, reading the ridge-only configuration."""
+    workspace = stages.Workspace.open(dataclasses.replace(settings, config_path=config_path))
+    yield workspace
+    workspace.engine.dispose()
+
+
+@pytest.fixture
+def cli(database_url: str, settings: Settings, config_path: Path) -> Cli:
+    """Run `python -m pipeline ARGS` on the test's database, artifacts and configuration."""
+    env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(settings.artifact_dir),
+           ENV_CONFIG: str(config_path), "OMP_NUM_THREADS": "1", "USER": "tester"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=PROJECT_ROOT, env=env,
+                              capture_output=True, text=True, timeout=300, check=False)
+    return run
+
+
+def output(result: subprocess.CompletedProcess[str]) -> Any:
+    """The command's JSON output, after checking it succeeded."""
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def make_run(run_id: str, watermark: datetime = LATER_WATERMARK) -> stages.Run:
+    return stages.Run(run_id=run_id, watermark=watermark, triggered_by="test")
+
+
+def with_alpha(ws: stages.Workspace, alpha: float) -> stages.Workspace:
+    training = dataclasses.replace(ws.config.training, families={"ridge": {"alpha": alpha}})
+    return dataclasses.replace(ws, config=dataclasses.replace(ws.config, training=training))
+
+
+def train_candidate(ws: stages.Workspace, run: stages.Run) -> dict[str, Any]:
+    """Ingest, validate and train on the clean rows, as the DAG does."""
+    snapshot = stages.ingest_snapshot(ws, run)
+    checked = stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
+    return stages.train_candidate(ws, run, checked["clean_snapshot_hash"])
+
+
+def retrain(ws: stages.Workspace, run: stages.Run, margin: float | None = None) -> dict[str, Any]:
+    """Every stage in the order the DAG runs them."""
+    candidate = train_candidate(ws, run)
+    evaluation = stages.evaluate_candidate(ws, run, candidate["version"], margin)
+    outcome = stages.promote_candidate(ws, run, actor="test")
+    return {"candidate": candidate, "evaluation": evaluation, "outcome": outcome}
+
+
+def fetch(ws: stages.Workspace, sql: str, **params: Any) -> list[dict[str, Any]]:
+    with ws.engine.connect() as conn:
+        return [dict(row) for row in conn.execute(sa.text(sql), params).mappings()]
+
+
+def events(ws: stages.Workspace) -> list[dict[str, Any]]:
+    return fetch(ws, "SELECT * FROM pipeline.promotion_events ORDER BY event_id")
+
+
+def champion_rows(ws: stages.Workspace) -> dict[str, Any]:
+    """The champion slot and the event log, to compare before and after."""
+    return {"champion": fetch(ws, "SELECT * FROM pipeline.champion"), "events": events(ws)}
+
+
+def champion_version(ws: stages.Workspace) -> int | None:
+    with ws.engine.connect() as conn:
+        champion = registry.current_champion(conn)
+    return None if champion is None else int(champion["version"])
+
+
+def model(ws: stages.Workspace, version: int) -> dict[str, Any]:
+    with ws.engine.connect() as conn:
+        return registry.get_model(conn, version)
+
+
+def overwrite(path: Path, data: bytes) -> None:
+    """Replace a read-only stored file's bytes, as a careless hand would."""
+    os.chmod(path, path.stat().st_mode | stat.S_IWUSR)
+    path.write_bytes(data)
+
+
+@pytest.fixture
+def champion(gws: stages.Workspace) -> dict[str, Any]:
+    """The demo study retrained with the configured ridge: version 1 is the champion."""
+    demo.seed_demo(gws.engine)
+    result = retrain(gws, make_run("first", DEMO_WATERMARK))
+    assert result["outcome"]["status"] == "promoted"
+    return result
+
+
+@pytest.fixture
+def two_champions(gws: stages.Workspace) -> dict[str, Any]:
+    """A weak version 1 promoted first, then version 2 genuinely promoted over it."""
+    demo.seed_demo(gws.engine)
+    first = retrain(with_alpha(gws, WEAK_ALPHA), make_run("first", DEMO_WATERMARK))
+    assert first["outcome"]["status"] == "promoted", first["outcome"]["reason"]
+    demo.simulate_arrivals(gws.engine, rows=30, seed=7)
+    second = retrain(gws, make_run("second"))
+    assert second["outcome"]["status"] == "promoted", second["outcome"]["reason"]
+    assert (first["candidate"]["version"], second["candidate"]["version"]) == (1, 2)
+    return {"first": first, "second": second}
+
+
+# --- history -------------------------------------------------------------------------------------
+
+
+def test_history_lists_each_change_of_champion_in_order(gws: stages.Workspace, two_champions: dict[str, Any],
+                                                        cli: Cli) -> None:
+    history = output(cli("history", "--json"))
+
+    assert [(e["from_version"], e["to_version"], e["run_id"], e["actor"]) for e in history] == [
+        (None, 1, "first", "test"), (1, 2, "second", "test")]
+    assert history[0]["reason"] == two_champions["first"]["evaluation"]["reason"]
+    assert history[0]["reason"].startswith("first model")
+    assert history[1]["reason"] == two_champions["second"]["evaluation"]["reason"]
+    assert history[1]["reason"].startswith("beats the champion")
+    assert history[0]["event_id"] < history[1]["event_id"]
+    assert datetime.fromisoformat(history[0]["at"]) <= datetime.fromisoformat(history[1]["at"])
+    assert champion_version(gws) == 2
+
+
+# --- rollback ------------------------------------------------------------------------------------
+
+
+def test_rollback_round_trip(gws: stages.Workspace, two_champions: dict[str, Any], cli: Cli) -> None:
+    result = stages.rollback_champion(gws, "rollback-1", "  v2 over-predicts for new patients  ")
+
+    assert result == {"champion": 1, "replaced": 2, "reason": "v2 over-predicts for new patients",
+                      "run_id": "rollback-1"}
+    assert champion_version(gws) == 1
+    [slot] = fetch(gws, "SELECT * FROM pipeline.champion")
+    assert (slot["version"], slot["run_id"]) == (1, "rollback-1")
+    rolled_back = events(gws)[-1]
+    assert (rolled_back["from_version"], rolled_back["to_version"], rolled_back["run_id"], rolled_back["actor"],
+            rolled_back["reason"]) == (2, 1, "rollback-1", "operator", "rollback: v2 over-predicts for new patients")
+
+    forward = output(cli("rollback", "--to", "2", "--reason", "fixed upstream", "--run-id", "rollback-2"))
+
+    assert (forward["champion"], forward["replaced"], forward["run_id"]) == (2, 1, "rollback-2")
+    assert champion_version(gws) == 2
+    history = output(cli("history", "--json"))
+    assert [(e["from_version"], e["to_version"], e["run_id"], e["actor"], e["reason"]) for e in history[2:]] == [
+        (2, 1, "rollback-1", "operator", "rollback: v2 over-predicts for new patients"),
+        (1, 2, "rollback-2", "cli:tester", "rollback: fixed upstream")]
+    assert [e["to_version"] for e in history] == [1, 2, 1, 2]
+
+    before = events(gws)
+    for statement in ("UPDATE pipeline.promotion_events SET reason = 'rewritten'",
+                      "DELETE FROM pipeline.promotion_events WHERE run_id = 'rollback-1'"):
+        with pytest.raises(sa.exc.DBAPIError, match="append-only"), gws.engine.begin() as conn:
+            conn.execute(sa.text(statement))
+    assert events(gws) == before
+
+
+def test_rollback_refusals_leave_the_champion(gws: stages.Workspace, two_champions: dict[str, Any]) -> None:
+    before = champion_rows(gws)
+
+    for reason in ("", "   "):
+        with pytest.raises(ValueError, match="needs a reason"):
+            stages.rollback_champion(gws, "no-reason", reason)
+    with pytest.raises(ValueError, match="version 2 is already the champion"):
+        stages.rollback_champion(gws, "same", "no change", to_version=2)
+    with pytest.raises(LookupError, match="model version 99 is not registered"):
+        stages.rollback_champion(gws, "unknown", "typo", to_version=99)
+
+    assert champion_rows(gws) == before
+
+
+def test_rollback_with_no_earlier_champion_is_refused(gws: stages.Workspace, champion: dict[str, Any]) -> None:
+    before = champion_rows(gws)
+    with pytest.raises(ValueError, match="no earlier champion"):
+        stages.rollback_champion(gws, "too-far", "undo the first model")
+    assert champion_rows(gws) == before
+
+
+def test_rollback_to_a_tampered_artifact_is_refused(gws: stages.Workspace, two_champions: dict[str, Any]) -> None:
+    overwrite(Path(model(gws, 1)["artifact_path"]), b"not the model that was registered")
+    before = champion_rows(gws)
+
+    with pytest.raises(ArtifactIntegrityError, match="the registry says"):
+        stages.rollback_champion(gws, "rollback-bad", "back to v1")
+    with pytest.raises(ArtifactIntegrityError):
+        stages.rollback_champion(gws, "rollback-bad", "back to v1", to_version=1)
+
+    assert champion_rows(gws) == before
+    assert champion_version(gws) == 2
+
+
+# --- reproduce -----------------------------------------------------------------------------------
+
+
+def test_reproduce_rebuilds_each_version_from_its_record(gws: stages.Workspace, two_champions: dict[str, Any],
+                                                         cli: Cli) -> None:
+    for version in (1, 2):  # version 1 was trained with alpha 800, not the configured 1.0
+        recorded = model(gws, version)
+        [snapshot] = fetch(gws, "SELECT row_count FROM pipeline.snapshots WHERE snapshot_hash = :h",
+                           h=recorded["snapshot_hash"])
+
+        result = stages.reproduce_version(gws, version)
+
+        assert result["predictions_identical"] is True, version
+        assert result["train_rows"] == result["recorded_train_rows"] == recorded["train_rows"]
+        assert result["rows_compared"] == snapshot["row_count"]
+        assert result["snapshot_hash"] == recorded["snapshot_hash"]
+
+    printed = output(cli("reproduce", "1"))
+    assert (printed["version"], printed["predictions_identical"]) == (1, True)
+    assert printed["train_rows"] == printed["recorded_train_rows"]
+
+
+def test_reproduce_refuses_a_tampered_snapshot(gws: stages.Workspace, champion: dict[str, Any]) -> None:
+    recorded = model(gws, 1)
+    [snapshot] = fetch(gws, "SELECT path FROM pipeline.snapshots WHERE snapshot_hash = :h",
+                       h=recorded["snapshot_hash"])
+    path = Path(snapshot["path"])
+    # A readable parquet with different outcomes: only the hash check can tell it is not the snapshot.
+    frame = pd.read_parquet(path)
+    frame["progression_12m"] = frame["progression_12m"] + 50.0
+    overwrite(path, b"")
+    frame.to_parquet(path, index=False)
+
+    with pytest.raises(ArtifactIntegrityError, match=recorded["snapshot_hash"]):
+        stages.reproduce_version(gws, 1)
+
+
+# --- failing closed in the stage ------------------------------------------------------------------
+
+
+def test_an_evaluation_error_fails_closed(gws: stages.Workspace, champion: dict[str, Any]) -> None:
+    demo.simulate_arrivals(gws.engine, rows=30, seed=7)
+    run = make_run("second")
+    candidate = train_candidate(gws, run)
+    artifact = Path(model(gws, candidate["version"])["artifact_path"])
+    assert artifact != Path(model(gws, 1)["artifact_path"])
+    artifact.unlink()
+    before = champion_rows(gws)
+
+    evaluation = stages.evaluate_candidate(gws, run, candidate["version"], margin=PROMOTE_ANY)
+    outcome = stages.promote_candidate(gws, run, actor="test")
+
+    assert evaluation["decision"] == "keep"
+    assert evaluation["reason"].startswith("fail closed: evaluation error")
+    assert "artifact missing" in evaluation["reason"]
+    assert evaluation["champion_version"] == 1
+    [stored] = fetch(gws, "SELECT decision, reason, evidence FROM pipeline.evaluations WHERE run_id = 'second'")
+    assert (stored["decision"], stored["reason"]) == ("keep", evaluation["reason"])
+    assert "ArtifactIntegrityError" in stored["evidence"]["error"]
+    assert outcome["status"] == "kept"
+    assert champion_rows(gws) == before
+    assert Path(model(gws, 1)["artifact_path"]).is_file()
+
+
+def test_a_config_without_confidence_promotes_nothing(settings: Settings, tmp_path: Path) -> None:
+    path = write_config(tmp_path, lambda raw: raw["promotion"].pop("confidence"))
+    ws = stages.Workspace.open(dataclasses.replace(settings, config_path=path))
+    try:
+        assert ws.config.promotion.confidence is None
+        demo.seed_demo(ws.engine)
+
+        result = retrain(ws, make_run("first", DEMO_WATERMARK))
+
+        assert result["evaluation"]["decision"] == "keep"
+        assert result["evaluation"]["reason"] == "fail closed: promotion thresholds not configured: confidence"
+        assert result["outcome"]["status"] == "kept"
+        assert champion_version(ws) is None and events(ws) == []
+        [stored] = fetch(ws, "SELECT policy FROM pipeline.evaluations WHERE run_id = 'first'")
+        assert stored["policy"]["confidence"] is None
+    finally:
+        ws.engine.dispose()
+
+
+def register_nan_candidate(ws: stages.Workspace, run: stages.Run) -> int:
+    """Register the champion's model with NaN coefficients as this run's candidate."""
+    champion_model = model(ws, 1)
+    fitted = artifacts.load_model(Path(champion_model["artifact_path"]), champion_model["artifact_hash"])
+    ridge = fitted.named_steps["model"]
+    ridge.coef_ = np.full_like(ridge.coef_, np.nan)
+    artifact_hash, path = artifacts.store_model(ws.settings.artifact_dir, fitted)
+    record = {k: champion_model[k] for k in ("snapshot_hash", "model_family", "params", "cv_metrics", "train_rows",
+                                             "holdout_rows", "holdout_start", "library_versions", "code_version")}
+    with ws.engine.begin() as conn:
+        registry.start_run(conn, run.run_id, run.triggered_by, run.watermark, {})
+        return registry.register_model(conn, {**record, "run_id": run.run_id, "artifact_hash": artifact_hash,
+                                              "artifact_path": str(path)})
+
+
+def test_a_candidate_with_non_finite_predictions_is_kept(gws: stages.Workspace, champion: dict[str, Any]) -> None:
+    run = make_run("nan")
+    version = register_nan_candidate(gws, run)
+    before = champion_rows(gws)
+
+    evaluation = stages.evaluate_candidate(gws, run, version, margin=PROMOTE_ANY)
+
+    assert evaluation["decision"] == "keep" and evaluation["reason"].startswith("fail closed")
+    assert stages.promote_candidate(gws, run, actor="test")["status"] == "kept"
+    assert champion_rows(gws) == before
+
+
+@pytest.mark.xfail(strict=True, reason="stages.gather_evidence calls evaluate.slice_table on the candidate's "
+                   "predictions before evaluate_candidate checks them for NaN; sklearn raises 'Input contains NaN', "
+                   "so the branch 'the candidate's holdout predictions are not finite' is never reached and the "
+                   "behaviour evidence is lost")
+def test_a_candidate_with_non_finite_predictions_is_kept_for_that_reason(gws: stages.Workspace,
+                                                                        champion: dict[str, Any]) -> None:
+    run = make_run("nan")
+    version = register_nan_candidate(gws, run)
+
+    evaluation = stages.evaluate_candidate(gws, run, version, margin=PROMOTE_ANY)
+
+    assert evaluation["reason"] == "fail closed: the candidate's holdout predictions are not finite"
+    [stored] = fetch(gws, "SELECT evidence FROM pipeline.evaluations WHERE run_id = 'nan'")
+    assert stored["evidence"]["behaviour"]["finite"] is False
+
+
+# --- the evidence behind a decision ---------------------------------------------------------------
+
+
+def test_the_evidence_behind_each_decision_is_stored(gws: stages.Workspace, two_champions: dict[str, Any]) -> None:
+    rows = {r["run_id"]: r for r in fetch(gws, "SELECT * FROM pipeline.evaluations")}
+    second, first = rows["second"], rows["first"]
+    evidence = second["evidence"]
+
+    assert (second["decision"], second["champion_version"]) == ("promote", 1)
+    boot = evidence["bootstrap"]
+    assert (boot["confidence"], boot["samples"]) == (0.95, 2000)
+    assert 0 < boot["low"] <= boot["mean"] <= boot["high"]
+    assert f"[{boot['low']:+.3f}, {boot['high']:+.3f}]" in second["reason"]
+    assert {(r["slice"], r["group"]) for r in evidence["slices"]} == SLICE_GROUPS
+    for name in ("sex", "age", "bmi"):
+        assert sum(r["n"] for r in evidence["slices"] if r["slice"] == name) == second["holdout_rows"]
+    for row in evidence["slices"]:
+        assert row["judged"] == (row["n"] >= 10)
+        assert row["change"] == pytest.approx(row["candidate_rmse"] / row["champion_rmse"] - 1.0)
+    assert evidence["behaviour"]["passed"] is True and evidence["behaviour"]["failures"] == []
+    assert set(evidence["behaviour"]["directions"]) == {"bmi", "glucose"}
+    assert evidence["candidate"] == second["candidate_metrics"]
+    assert evidence["champion"] == second["champion_metrics"]
+    assert evidence["champion_error"] is None
+    assert evidence["candidate"]["rmse"] < evidence["champion"]["rmse"] < evidence["baseline"]["rmse"]
+    assert isinstance(evidence["baseline"]["train_mean"], float)
+
+    # A first model is judged without a champion: no bootstrap, no champion column in the slices.
+    assert first["evidence"]["bootstrap"] is None and first["evidence"]["champion"] is None
+    assert first["evidence"]["candidate"]["rmse"] < first["evidence"]["baseline"]["rmse"]
+    assert all("champion_rmse" not in r for r in first["evidence"]["slices"])

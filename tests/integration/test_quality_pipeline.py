@@ -1,0 +1,281 @@
+"""Row-level quality on real PostgreSQL: faulty rows quarantined with reasons, counts that reconcile.
+
+A few bad rows are set aside and the run goes on; too many, or a broken schema, stop the run
+with the champion (row, model, promotion history and artifact bytes) exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from pipeline import demo, ingest, registry, stages
+from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT
+from pipeline.validate import ValidationFailed
+
+DEMO_WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)  # after every demo row (the last is 2026-06)
+LATER_WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after arrivals too, which are recorded now
+FAULTY_ID = 10001
+ARRIVALS, ARRIVAL_SEED, BAD_ROWS = 120, 5, 12
+
+
+def make_run(run_id: str, watermark: datetime = LATER_WATERMARK) -> stages.Run:
+    return stages.Run(run_id=run_id, watermark=watermark, triggered_by="test")
+
+
+def fetch(ws: stages.Workspace, sql: str, **params: Any) -> list[dict[str, Any]]:
+    with ws.engine.connect() as conn:
+        return [dict(row) for row in conn.execute(sa.text(sql), params).mappings()]
+
+
+def execute(ws: stages.Workspace, sql: str) -> None:
+    with ws.engine.begin() as conn:
+        conn.execute(sa.text(sql))
+
+
+def ingest_and_validate(ws: stages.Workspace, run: stages.Run) -> dict[str, Any]:
+    snapshot = stages.ingest_snapshot(ws, run)
+    return stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
+
+
+def retrain(ws: stages.Workspace, run: stages.Run) -> dict[str, Any]:
+    """Every stage in the order the DAG runs them; the candidate trains on the clean snapshot."""
+    snapshot = stages.ingest_snapshot(ws, run)
+    assert stages.has_new_data(ws, run, snapshot["snapshot_hash"])
+    checked = stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
+    candidate = stages.train_candidate(ws, run, checked["clean_snapshot_hash"])
+    stages.evaluate_candidate(ws, run, candidate["version"])
+    outcome = stages.promote_candidate(ws, run, actor="test")
+    return {"snapshot": snapshot, "checked": checked, "candidate": candidate, "outcome": outcome}
+
+
+def champion_state(ws: stages.Workspace) -> dict[str, Any]:
+    """Everything that makes up the champion, to compare before and after a run."""
+    with ws.engine.connect() as conn:
+        model = registry.current_champion(conn)
+    assert model is not None
+    return {
+        "champion": fetch(ws, "SELECT * FROM pipeline.champion"),
+        "model": model,
+        "events": fetch(ws, "SELECT * FROM pipeline.promotion_events ORDER BY event_id"),
+        "artifact": Path(model["artifact_path"]).read_bytes(),
+    }
+
+
+def quarantined(ws: stages.Workspace, run_id: str) -> dict[int, dict[str, Any]]:
+    rows = fetch(ws, "SELECT * FROM pipeline.quarantine WHERE run_id = :r", r=run_id)
+    return {int(row["source_id"]): row for row in rows}
+
+
+def as_stored(value: Any) -> Any:
+    """A source value as the quarantine's `original` JSON holds it."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value.isoformat() if isinstance(value, date) else value
+
+
+@pytest.fixture
+def champion(ws: stages.Workspace) -> dict[str, Any]:
+    """The demo study loaded and a first retrain over it: version 1 is the champion."""
+    demo.seed_demo(ws.engine)
+    result = retrain(ws, make_run("first", DEMO_WATERMARK))
+    assert result["outcome"]["status"] == "promoted"
+    return result
+
+
+# --- one faulty row of each kind ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", range(len(demo.BAD_ROW_KINDS)),
+                         ids=[f"{n}-{reason}" for n, (reason, _) in enumerate(demo.BAD_ROW_KINDS)])
+def test_each_bad_row_kind_is_quarantined_with_its_reason(ws: stages.Workspace, kind: int) -> None:
+    reason, fault = demo.BAD_ROW_KINDS[kind]
+    demo.seed_demo(ws.engine)
+    row = demo.arrival_records(1, seed=3).to_dict("records")[0]
+    clean = dict(row)
+    fault(row)
+    [changed] = [c for c in row if as_stored(row[c]) != as_stored(clean[c])]
+    with ws.engine.begin() as conn:
+        demo.copy_into(conn, demo.DEMO_TABLE, pd.DataFrame([{"patient_id": FAULTY_ID, **row}]))
+
+    checked = ingest_and_validate(ws, make_run("one-fault"))
+
+    assert (checked["rows_read"], checked["rows_valid"], checked["rows_quarantined"]) == (443, 442, 1)
+    assert checked["reason_counts"] == {reason: 1}
+    [(source_id, record)] = quarantined(ws, "one-fault").items()
+    assert source_id == FAULTY_ID
+    assert [r["code"] for r in record["reasons"]] == [reason]
+    assert changed in record["reasons"][0]["column"].split("/")
+    assert record["original"] == {"patient_id": FAULTY_ID, "recorded_at": record["original"]["recorded_at"],
+                                  **{c: as_stored(v) for c, v in row.items()}}
+    [snapshot] = fetch(ws, "SELECT path FROM pipeline.snapshots WHERE snapshot_hash = :h",
+                       h=checked["clean_snapshot_hash"])
+    assert FAULTY_ID not in set(pd.read_parquet(snapshot["path"])["patient_id"])
+
+
+# --- a retrain over a batch with bad rows: every row accounted for ---------------------------------
+
+
+@pytest.fixture
+def faulty_retrain(ws: stages.Workspace) -> dict[str, Any]:
+    """The demo study plus 120 arrivals, 12 of them faulty and 12 merely messy, retrained once."""
+    demo.seed_demo(ws.engine)
+    ids = demo.simulate_arrivals(ws.engine, rows=ARRIVALS, seed=ARRIVAL_SEED, bad_rows=BAD_ROWS)
+    _, expected = demo.add_faults(demo.arrival_records(ARRIVALS, ARRIVAL_SEED), BAD_ROWS, ARRIVAL_SEED)
+    result = retrain(ws, make_run("faulty"))
+    result["expected"] = {i: reason for i, reason in zip(ids, expected, strict=True) if reason != "valid"}
+    return result
+
+
+def test_rows_reconcile_through_a_retrain(ws: stages.Workspace, faulty_retrain: dict[str, Any]) -> None:
+    expected = faulty_retrain["expected"]
+    [validation] = fetch(ws, "SELECT * FROM pipeline.validation_results WHERE run_id = 'faulty'")
+    [raw] = fetch(ws, "SELECT * FROM pipeline.snapshots WHERE snapshot_hash = :h",
+                  h=faulty_retrain["snapshot"]["snapshot_hash"])
+    rows_valid = validation["rows_valid"]
+    assert validation["rows_read"] == rows_valid + validation["rows_quarantined"] == raw["row_count"] == 442 + ARRIVALS
+    assert validation["rows_quarantined"] == len(expected) == BAD_ROWS
+    assert validation["success"] is True
+    assert sum(validation["reason_counts"].values()) >= BAD_ROWS
+    assert set(validation["reason_counts"]) == set(expected.values())
+
+    records = quarantined(ws, "faulty")
+    assert set(records) == set(expected)
+    for source_id, reason in expected.items():
+        assert reason in {r["code"] for r in records[source_id]["reasons"]}, (source_id, records[source_id])
+
+    [model] = fetch(ws, "SELECT * FROM pipeline.model_versions WHERE run_id = 'faulty'")
+    assert model["train_rows"] + model["holdout_rows"] == rows_valid
+    [clean] = fetch(ws, "SELECT * FROM pipeline.snapshots WHERE snapshot_hash = :h", h=model["snapshot_hash"])
+    assert (clean["kind"], clean["parent_hash"], clean["row_count"]) == ("clean", raw["snapshot_hash"], rows_valid)
+    assert clean["snapshot_hash"] == validation["clean_snapshot_hash"]
+    frame = ingest.load_snapshot(Path(clean["path"]), clean["snapshot_hash"])
+    assert len(frame) == rows_valid and frame["patient_id"].is_unique
+    assert not set(expected) & set(frame["patient_id"])
+    assert set(frame["sex"]) == {"F", "M"}
+    assert faulty_retrain["outcome"]["status"] == "promoted"
+
+
+def test_normalisations_and_report_are_recorded(ws: stages.Workspace, faulty_retrain: dict[str, Any]) -> None:
+    [validation] = fetch(ws, "SELECT * FROM pipeline.validation_results WHERE run_id = 'faulty'")
+    # The 12 messy rows alternate ' f ' (spaces and case) and 'f' (case only).
+    assert {(n["column"], n["rule"]): n["rows"] for n in validation["normalisations"]} == {
+        ("sex", "strip_spaces"): BAD_ROWS // 2, ("sex", "letter_case"): BAD_ROWS}
+    arrival_ids = set(range(443, 443 + ARRIVALS))
+    assert all(set(n["sample_ids"]) <= arrival_ids for n in validation["normalisations"])
+
+    report = Path(validation["report_path"])
+    assert report == Path(faulty_retrain["checked"]["report_path"]) and report.is_file()
+    page = report.read_text()
+    for source_id, reason in faulty_retrain["expected"].items():
+        assert f"<tr><td>{source_id}</td><td>" in page
+        assert f"<td>{reason}</td>" in page
+    assert f"<td>rows read</td><td>{validation['rows_read']}</td>" in page
+
+
+def test_cli_quality_summarises_the_run(ws: stages.Workspace, database_url: str,
+                                        faulty_retrain: dict[str, Any]) -> None:
+    env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(ws.settings.artifact_dir),
+           "OMP_NUM_THREADS": "1"}
+    env.pop(ENV_CONFIG, None)
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "pipeline", "quality", *args], cwd=PROJECT_ROOT, env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    [summary] = json.loads(cli("--json"))
+    [validation] = fetch(ws, "SELECT * FROM pipeline.validation_results WHERE run_id = 'faulty'")
+    assert summary["run_id"] == "faulty" and summary["success"] is True
+    assert (summary["rows_read"], summary["rows_valid"], summary["rows_quarantined"]) == (
+        442 + ARRIVALS, 442 + ARRIVALS - BAD_ROWS, BAD_ROWS)
+    assert summary["reason_counts"] == validation["reason_counts"]
+    assert sum(summary["reason_counts"].values()) >= BAD_ROWS
+    assert summary["report_path"] == validation["report_path"]
+    text = cli()
+    assert text.startswith(f"faulty: read {442 + ARRIVALS}, valid {442 + ARRIVALS - BAD_ROWS}, "
+                           f"quarantined {BAD_ROWS}")
+    assert "FAILED" not in text
+
+
+# --- runs that must stop with the champion untouched -----------------------------------------------
+
+
+def test_too_many_bad_rows_fail_the_run_and_leave_the_champion(ws: stages.Workspace,
+                                                               champion: dict[str, Any]) -> None:
+    before = champion_state(ws)
+    demo.simulate_arrivals(ws.engine, rows=100, seed=11, bad_rows=40)  # 40 of 542 rows: 7.4 %, over 5 %
+    run = make_run("too-many")
+
+    with pytest.raises(ValidationFailed) as failed:
+        ingest_and_validate(ws, run)
+
+    message = str(failed.value)
+    assert "40 of 542 rows quarantined (7.4%)" in message and "quality.max_quarantine_share" in message
+    assert champion_state(ws) == before
+    [run_record] = fetch(ws, "SELECT * FROM pipeline.training_runs WHERE run_id = 'too-many'")
+    assert run_record["status"] == "validation_failed" and run_record["reason"] == message
+    [validation] = fetch(ws, "SELECT * FROM pipeline.validation_results WHERE run_id = 'too-many'")
+    assert validation["success"] is False
+    assert (validation["rows_read"], validation["rows_valid"], validation["rows_quarantined"]) == (542, 502, 40)
+    assert len(quarantined(ws, "too-many")) == 40
+    assert fetch(ws, "SELECT version FROM pipeline.model_versions WHERE run_id = 'too-many'") == []
+
+
+SCHEMA_BREAKS = {
+    "renamed column": ("ALTER TABLE public.patient_records RENAME COLUMN bp_mean TO bp",
+                       ["lacks contract column(s) ['bp_mean']", "'bp'"]),
+    "boolean glucose": ("ALTER TABLE public.patient_records ALTER COLUMN glucose TYPE boolean USING glucose > 100",
+                        ["column 'glucose'", "BOOLEAN", "contract expects float"]),
+}
+
+
+@pytest.mark.parametrize("name", list(SCHEMA_BREAKS))
+def test_schema_break_stops_the_run_at_ingest(ws: stages.Workspace, champion: dict[str, Any], name: str) -> None:
+    alter, fragments = SCHEMA_BREAKS[name]
+    before = champion_state(ws)
+    snapshots_before = fetch(ws, "SELECT snapshot_hash FROM pipeline.snapshots ORDER BY snapshot_hash")
+    execute(ws, alter)
+
+    with pytest.raises(ingest.SchemaError) as failed:
+        stages.ingest_snapshot(ws, make_run("broken"))
+
+    for fragment in fragments:
+        assert fragment in str(failed.value)
+    assert champion_state(ws) == before
+    assert fetch(ws, "SELECT snapshot_hash FROM pipeline.snapshots ORDER BY snapshot_hash") == snapshots_before
+    assert fetch(ws, "SELECT * FROM pipeline.validation_results WHERE run_id = 'broken'") == []
+
+
+def test_text_numeric_column_quarantines_only_the_row_that_will_not_cast(ws: stages.Workspace) -> None:
+    demo.seed_demo(ws.engine)
+    execute(ws, "ALTER TABLE public.patient_records ALTER COLUMN bmi TYPE text")
+    execute(ws, "UPDATE public.patient_records SET bmi = 'abc' WHERE patient_id = 17")
+
+    checked = ingest_and_validate(ws, make_run("text-bmi", DEMO_WATERMARK))
+
+    assert (checked["rows_read"], checked["rows_valid"], checked["rows_quarantined"]) == (442, 441, 1)
+    assert checked["reason_counts"] == {"wrong_type": 1}
+    [(source_id, record)] = quarantined(ws, "text-bmi").items()
+    assert source_id == 17
+    assert record["reasons"] == [{"code": "wrong_type", "column": "bmi", "rule": "cast to float", "value": "abc"}]
+    assert record["original"]["bmi"] == "abc"
+    [snapshot] = fetch(ws, "SELECT path FROM pipeline.snapshots WHERE snapshot_hash = :h",
+                       h=checked["clean_snapshot_hash"])
+    clean = pd.read_parquet(snapshot["path"]).set_index("patient_id")
+    assert clean["bmi"].dtype == "float64"
+    study = demo.demo_records().set_index("patient_id").drop(index=17)
+    pd.testing.assert_series_equal(clean["bmi"], study["bmi"], check_index_type=False)
+    page = Path(checked["report_path"]).read_text()
+    assert "<tr><td>17</td><td>wrong_type(bmi=abc)</td></tr>" in page

@@ -1,0 +1,213 @@
+"""The model card and champion/challenger pages, built from plain values: sections, plots, escaping."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import re
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import cards, train
+from pipeline.config import DatasetContract, PipelineConfig
+from pipeline.features import model_inputs
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+IMAGE = re.compile(r"<img alt='([^']*)' src='data:image/png;base64,([^']*)'>")
+SCRIPT = "<script>alert(1)</script>"
+ESCAPED_SCRIPT = html.escape(SCRIPT)
+
+
+def images(document: str) -> list[tuple[str, bytes]]:
+    """(alt text, decoded bytes) of every inline image; fails unless every one is a PNG."""
+    found = [(alt, base64.b64decode(data, validate=True)) for alt, data in IMAGE.findall(document)]
+    assert document.count("<img ") == len(found), "an <img> that is not an inline base64 PNG"
+    assert all(png.startswith(PNG_SIGNATURE) for _, png in found)
+    return found
+
+
+def section(document: str, anchor: str) -> str:
+    match = re.search(rf"<section id='{anchor}'>(.*?)</section>", document, re.S)
+    assert match, f"no section '{anchor}'"
+    return match.group(1)
+
+
+def slice_rows(with_champion: bool) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = [
+        {"slice": "sex", "group": "F", "n": 40, "judged": True, "candidate_rmse": 50.0},
+        {"slice": "age", "group": "<40", "n": 30, "judged": True, "candidate_rmse": 66.0},
+        {"slice": "bmi", "group": ">=30", "n": 5, "judged": False, "candidate_rmse": 70.0},
+    ]
+    if with_champion:
+        for row, champion in zip(rows, (52.0, 55.0, 50.0), strict=True):
+            row.update(champion_rmse=champion, change=row["candidate_rmse"] / champion - 1.0)
+    return rows
+
+
+BEHAVIOUR = {"finite": True, "in_range": True, "prediction_min": 40.0, "prediction_max": 300.0,
+             "id_invariant": True, "directions": {"bmi": {"step": 10.0, "worst_change": 1.25}},
+             "failures": [], "passed": True}
+
+
+@pytest.fixture
+def card() -> cards.CardContent:
+    rng = np.random.default_rng(0)
+    observed = rng.normal(150, 50, 60)
+    predicted = observed + rng.normal(0, 20, 60)
+    return cards.CardContent(
+        title="Model card: version 3 (ridge)",
+        lineage=[("version", "3"), ("run", "run-3"), ("model family", "ridge"), ("code version", "abc123-dirty")],
+        metrics={"rmse": 20.125, "mae": 16.5, "r2": 0.8125, "n": 60},
+        baseline={"rmse": 49.75, "mae": 40.0, "r2": -0.001, "n": 60, "train_mean": 151.5},
+        observed=observed, predicted=predicted, slices=slice_rows(with_champion=False),
+        importance=cards.Importance("Ridge coefficient", {"bmi": 24.0, SCRIPT: -3.0, "glucose": 3.5}),
+        behaviour=BEHAVIOUR,
+        evaluation={"run_id": "run-3", "decision": "keep", "candidate_version": 3, "champion_version": 2,
+                    "reason": f"does not beat the champion: RMSE 20.1 < 19.0 is false {SCRIPT}"})
+
+
+def comparison(with_champion: bool = True) -> dict[str, Any]:
+    evidence: dict[str, Any] = {
+        "holdout_rows": 75, "candidate": {"rmse": 55.0, "mae": 44.0, "r2": 0.45, "n": 75},
+        "champion": {"rmse": 56.5, "mae": 45.0, "r2": 0.42, "n": 75} if with_champion else None,
+        "champion_error": None, "baseline": {"train_mean": 152.0, "rmse": 75.25},
+        "bootstrap": {"mean": 1.5, "low": -0.75, "high": 3.875, "confidence": 0.95, "samples": 2000}
+        if with_champion else None,
+        "slices": slice_rows(with_champion), "behaviour": BEHAVIOUR}
+    return {"run_id": "second", "candidate_version": 2, "champion_version": 1 if with_champion else None,
+            "candidate_metrics": evidence["candidate"], "champion_metrics": evidence["champion"],
+            "decision": "keep", "reason": "does not beat the champion (the gain is not significant) <b>",
+            "policy": {"slice_tolerance": 0.1}, "evidence": evidence}
+
+
+def test_model_card_has_every_section(card: cards.CardContent) -> None:
+    document = cards.model_card_html(card)
+
+    assert document.startswith("<!doctype html>") and document.endswith("</html>")
+    for anchor in ("lineage", "metrics", "fit", "slices", "importance", "behaviour", "decision"):
+        section(document, anchor)
+    assert "<tr><td>code version</td><td>abc123-dirty</td></tr>" in section(document, "lineage")
+    metrics = section(document, "metrics")
+    assert "<tr><td>RMSE</td><td>20.125</td><td>49.750</td></tr>" in metrics
+    assert "<tr><td>R²</td><td>0.812</td><td>-0.001</td></tr>" in metrics
+    assert "the training mean (151.500)" in metrics
+    slices = section(document, "slices")
+    assert "<td>&lt;40</td>" in slices and "<td>66.000</td>" in slices
+    assert "raising bmi by 10: worst change of a prediction</td><td>1.250</td>" in section(document, "behaviour")
+    assert "<td>keep</td>" in section(document, "decision")
+
+
+def test_model_card_has_four_inline_png_plots(card: cards.CardContent) -> None:
+    found = images(cards.model_card_html(card))
+
+    assert [alt for alt, _ in found] == [
+        "Predicted vs observed, with y = x", "Residuals: histogram and against prediction",
+        "Holdout RMSE per slice group", "Feature importance by feature"]
+    assert len({png for _, png in found}) == 4
+
+
+def test_model_card_escapes_feature_names_and_reasons(card: cards.CardContent) -> None:
+    document = cards.model_card_html(card)
+
+    assert SCRIPT not in document
+    assert f"<td>{ESCAPED_SCRIPT}</td><td>-3.000</td>" in section(document, "importance")
+    assert "RMSE 20.1 &lt; 19.0 is false " + ESCAPED_SCRIPT in section(document, "decision")
+
+
+def test_importance_table_is_ordered_by_magnitude(card: cards.CardContent) -> None:
+    importance = section(cards.model_card_html(card), "importance")
+
+    assert importance.index("<td>bmi</td>") < importance.index("<td>glucose</td>") < importance.index(ESCAPED_SCRIPT)
+
+
+def test_model_card_without_an_evaluation_says_so(card: cards.CardContent) -> None:
+    document = cards.model_card_html(dataclasses.replace(card, evaluation=None))
+
+    assert "No evaluation is recorded for run run-3." in section(document, "decision")
+
+
+def test_comparison_with_a_champion(card: cards.CardContent) -> None:
+    document = cards.comparison_html(comparison(), slice_tolerance=0.1)
+
+    assert "candidate version 2 vs champion version 1" in document
+    assert "(the gain is not significant) &lt;b&gt;" in section(document, "decision") and "<b>" not in document
+    metrics = section(document, "metrics")
+    assert "<tr><td>RMSE</td><td>55.000</td><td>56.500</td><td>-1.500</td></tr>" in metrics
+    assert "RMSE 75.250" in metrics
+    assert "[-0.750, +3.875], mean +1.500 over 2000 resamples" in section(document, "bootstrap")
+    assert [alt for alt, _ in images(document)] == [
+        "Bootstrap interval of the RMSE gain, with the zero mark", "Candidate vs champion RMSE per slice group"]
+
+
+def test_comparison_highlights_slices_over_the_tolerance() -> None:
+    slices = section(cards.comparison_html(comparison(), slice_tolerance=0.1), "slices")
+    rows = re.findall(r"<tr( class='[^']*')?><td>(\w+)</td><td>([^<]*)</td>", slices)
+
+    # F: -3.8 %, within; <40: +20 % and judged; >=30: +40 % but too few rows to count.
+    assert rows == [("", "sex", "F"), (" class='worse'", "age", "&lt;40"), (" class='worse-unjudged'", "bmi", "&gt;=30")]
+    assert "<td>+20.0%</td>" in slices and "<td>-3.8%</td>" in slices
+    assert "slice tolerance 10%" in slices
+
+
+def test_a_wider_tolerance_highlights_nothing() -> None:
+    slices = section(cards.comparison_html(comparison(), slice_tolerance=0.5), "slices")
+
+    assert "class='worse" not in slices
+
+
+def test_comparison_of_a_first_model() -> None:
+    document = cards.comparison_html(comparison(with_champion=False), slice_tolerance=0.1)
+
+    assert "candidate version 2 vs no champion (first model)" in document
+    assert "No bootstrap" in section(document, "bootstrap")
+    assert "<tr><td>RMSE</td><td>55.000</td><td>—</td><td>—</td></tr>" in section(document, "metrics")
+    assert "class='worse" not in document
+    assert [alt for alt, _ in images(document)] == ["Candidate vs champion RMSE per slice group"]
+
+
+def test_comparison_of_an_evaluation_that_errored() -> None:
+    evaluation = {"run_id": "broken", "candidate_version": 4, "champion_version": 1, "candidate_metrics": {},
+                  "champion_metrics": None, "decision": "keep", "reason": "fail closed: evaluation error: boom",
+                  "evidence": {"holdout_rows": 0, "candidate": None, "champion": None, "error": "OSError('<gone>')"}}
+
+    document = cards.comparison_html(evaluation, slice_tolerance=0.1)
+
+    assert "fail closed: evaluation error: boom" in section(document, "decision")
+    assert "OSError(&#x27;&lt;gone&gt;&#x27;)" in section(document, "metrics")
+    assert "No slice results recorded." in document and "did not run" in section(document, "behaviour")
+    assert images(document) == []
+
+
+@pytest.fixture(scope="module")
+def fitted(contract: DatasetContract, demo_frame: pd.DataFrame, config: PipelineConfig) -> dict[str, Any]:
+    train_rows, holdout = train.split_holdout(demo_frame, contract, 0.2)
+    small = dataclasses.replace(config.training, families={"ridge": {"alpha": 1.0},
+                                                           "random_forest": {"n_estimators": 10}})
+    models = {family: train.build_model(contract, family, small) for family in small.families}
+    for model in models.values():
+        model.fit(model_inputs(train_rows, contract), train_rows[contract.target_column].to_numpy())
+    return {"holdout": holdout, **models}
+
+
+def test_ridge_importance_is_its_coefficients_by_prepared_feature(fitted: dict[str, Any],
+                                                                  contract: DatasetContract) -> None:
+    importance = cards.feature_importance(fitted["ridge"], fitted["holdout"], contract, seed=42)
+
+    assert importance.kind.startswith("Ridge coefficient")
+    assert list(importance.values) == ["age_years", "bmi", "bp_mean", "tc", "ldl", "hdl", "tch", "ltg",
+                                       "glucose", "sex_F", "sex_M"]
+    assert list(importance.values.values()) == pytest.approx(fitted["ridge"][-1].coef_)
+
+
+def test_other_models_get_seeded_permutation_importance(fitted: dict[str, Any], contract: DatasetContract) -> None:
+    first = cards.feature_importance(fitted["random_forest"], fitted["holdout"], contract, seed=42)
+    again = cards.feature_importance(fitted["random_forest"], fitted["holdout"], contract, seed=42)
+
+    assert first.kind.startswith("Permutation importance") and "5 repeats" in first.kind
+    assert list(first.values) == contract.feature_names()
+    assert first.values == again.values
+    assert max(first.values, key=first.values.__getitem__) in {"bmi", "ltg"}  # the study's strongest predictors
