@@ -196,6 +196,10 @@ def _optional(section: dict[str, Any], key: str, where: str, kind: type[float] |
     return None if section.get(key) is None else _number(section, key, where, kind)
 
 
+def _default(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
 def _parse_slices(raw: list[Any], where: str) -> tuple[SliceSpec, ...]:
     slices = []
     for i, item in enumerate(raw or []):
@@ -219,9 +223,9 @@ def _parse_promotion(raw: dict[str, Any], path: Path) -> PromotionPolicy:
         min_r2=_optional(raw, "min_r2", where, float),
         margin=_optional(raw, "margin", where, float),
         confidence=_optional(raw, "confidence", where, float),
-        bootstrap_samples=_optional(raw, "bootstrap_samples", where, int) or 2000,
+        bootstrap_samples=_default(_optional(raw, "bootstrap_samples", where, int), 2000),
         slice_tolerance=_optional(raw, "slice_tolerance", where, float),
-        min_slice_rows=_optional(raw, "min_slice_rows", where, int) or 10,
+        min_slice_rows=_default(_optional(raw, "min_slice_rows", where, int), 10),
         slices=_parse_slices(raw.get("slices") or [], where),
         prediction_range=(float(bounds[0]), float(bounds[1])) if bounds else None,
         directions={str(k): float(v) for k, v in (behaviour.get("directions") or {}).items()},

@@ -78,7 +78,8 @@ def slice_table(holdout: pd.DataFrame, contract: DatasetContract, policy: Promot
                    "candidate_rmse": float(root_mean_squared_error(observed[mask], candidate[mask]))}
             if champion is not None:
                 row["champion_rmse"] = float(root_mean_squared_error(observed[mask], champion[mask]))
-                row["change"] = row["candidate_rmse"] / row["champion_rmse"] - 1.0 if row["champion_rmse"] else 0.0
+                # relative change; an exact champion (RMSE 0) makes any error a huge, finite change
+                row["change"] = row["candidate_rmse"] / max(row["champion_rmse"], 1e-9) - 1.0
             rows.append(row)
     return rows
 
@@ -108,8 +109,10 @@ def behaviour_checks(model: Any, holdout: pd.DataFrame, contract: DatasetContrac
         directions[feature] = {"step": step, "worst_change": worst}
         if policy.max_drop is not None and worst < -policy.max_drop:
             failures.append(f"raising {feature} by {step:g} lowers a prediction by {-worst:.1f} (limit {policy.max_drop:g})")
-    return {"finite": finite, "in_range": in_range, "prediction_min": float(np.nanmin(predicted)),
-            "prediction_max": float(np.nanmax(predicted)), "id_invariant": id_invariant,
+    shown = predicted[np.isfinite(predicted)]
+    return {"finite": finite, "in_range": in_range,
+            "prediction_min": float(shown.min()) if len(shown) else None,
+            "prediction_max": float(shown.max()) if len(shown) else None, "id_invariant": id_invariant,
             "directions": directions, "failures": failures, "passed": not failures}
 
 

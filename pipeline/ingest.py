@@ -1,19 +1,35 @@
-"""Ingest: labelled rows up to a watermark, frozen into a content-addressed snapshot."""
+"""Ingest: labelled rows up to a watermark, frozen into a content-addressed snapshot.
+
+SQLAlchemy names the database, checks the table and builds the query; the rows themselves come
+over PostgreSQL's binary COPY protocol as Arrow (the ADBC driver) and go to Parquet as Arrow,
+never as Python objects. Values keep the shape `pandas.read_sql` gives them (see `arrow_to_frame`).
+"""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
+import adbc_driver_postgresql.dbapi as adbc
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
 from pipeline.artifacts import store_bytes, verify_file
 from pipeline.config import DatasetContract
+
+ROW_GROUP_ROWS = 1 << 17  # fixed, so a snapshot's bytes never depend on how the driver batched the rows
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd"}
 
 
 class SchemaError(ValueError):
@@ -119,11 +135,150 @@ def snapshot_bytes(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
+def query_sql(query: sa.Select[Any]) -> str:
+    """The query as PostgreSQL text with its values inlined: what runs is what the snapshot records."""
+    # Named parameters: no "%" doubling in literals, which only psycopg2 would undo.
+    dialect = postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
+    return str(query.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+
+def arrow_uri(engine: Engine) -> str:
+    """The libpq URI of the engine's database, for the Arrow (ADBC) driver."""
+    if engine.url.get_backend_name() != "postgresql":
+        raise ValueError(f"fast ingest reads PostgreSQL only; the database URL names {engine.url.get_backend_name()}")
+    base = engine.url.set(drivername="postgresql", query={}).render_as_string(hide_password=False)
+    # libpq decodes %XX but not '+', so spaces (as in options=-c timezone=...) must be %20.
+    query = urlencode(dict(engine.url.query), doseq=True, quote_via=quote)
+    return f"{base}?{query}" if query else base
+
+
+def _is_numeric(field: pa.Field) -> bool:
+    """NUMERIC arrives as its text (exact); read_sql hands it on as float64, and so do we."""
+    postgres_type = (field.metadata or {}).get(b"POSTGRESQL:type")
+    return postgres_type == b"numeric" or getattr(field.type, "type_name", None) == "numeric"
+
+
+def _frame_type(field: pa.Field) -> pa.DataType:
+    """The Arrow type a column is kept as: the one whose pandas form matches read_sql's."""
+    kind = field.type
+    if _is_numeric(field) or pa.types.is_floating(kind):
+        return pa.float64()
+    if isinstance(kind, pa.ExtensionType):
+        return kind.storage_type
+    if pa.types.is_integer(kind):
+        return pa.int64()
+    if pa.types.is_timestamp(kind):
+        return pa.timestamp("us", kind.tz)
+    if pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        return pa.string()
+    return kind
+
+
+def _cast(column: pa.Array, target: pa.DataType) -> pa.Array:
+    if isinstance(column.type, pa.ExtensionType):
+        column = column.storage
+    if pa.types.is_float32(column.type) or pa.types.is_float16(column.type):
+        # Via the shortest decimal text, as PostgreSQL prints REAL: 0.1 stays 0.1, not 0.100000001.
+        column = column.cast(pa.string())
+    return column if column.type == target else column.cast(target)
+
+
+def frame_schema(schema: pa.Schema) -> pa.Schema:
+    """The snapshot schema for a result schema: plain Arrow types, no driver metadata."""
+    return pa.schema([pa.field(f.name, _frame_type(f)) for f in schema])
+
+
+def _normalised(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        columns = [_cast(column, field.type) for column, field in zip(batch.columns, schema, strict=True)]
+        yield pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+@contextmanager
+def arrow_batches(engine: Engine, contract: DatasetContract, query: sa.Select[Any]) -> Iterator[
+        tuple[pa.Schema, Iterator[pa.RecordBatch]]]:
+    """Stream a query's rows as Arrow record batches over COPY (binary), typed by `frame_schema`."""
+    check_source_columns(engine, contract)
+    with adbc.connect(arrow_uri(engine), autocommit=True) as conn, conn.cursor() as cursor:
+        cursor.execute(query_sql(query))
+        reader = cursor.fetch_record_batch()
+        schema = frame_schema(reader.schema)
+        yield schema, _normalised(reader, schema)
+
+
+def _row_groups(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> Iterator[pa.Table]:
+    """The rows re-cut into contiguous tables of ROW_GROUP_ROWS rows (the last one shorter)."""
+    held, rows = [], 0
+    for batch in batches:
+        held.append(batch)
+        rows += batch.num_rows
+        while rows >= ROW_GROUP_ROWS:
+            table = pa.Table.from_batches(held, schema)
+            yield table.slice(0, ROW_GROUP_ROWS).combine_chunks()
+            rest = table.slice(ROW_GROUP_ROWS)
+            held, rows = rest.to_batches(), rest.num_rows
+    if rows:
+        yield pa.Table.from_batches(held, schema).combine_chunks()
+
+
+def _with_null_columns(table: pa.Table) -> pa.Table:
+    """Columns with no value at all become Arrow's null type (read_sql gives them as None objects)."""
+    empty = [i for i, column in enumerate(table.columns) if column.null_count == len(column)]
+    for i in empty:
+        table = table.set_column(i, pa.field(table.schema[i].name, pa.null()), pa.nulls(table.num_rows))
+    return table
+
+
+def _write_parquet(groups: Iterable[pa.Table], schema: pa.Schema) -> tuple[pa.Table, bytes]:
+    """Write row groups to Parquet on a second thread while the next ones are read; (table, bytes)."""
+    sink = pa.BufferOutputStream()
+    kept: list[pa.Table] = []
+    writer = pq.ParquetWriter(sink, schema, **PARQUET_OPTIONS)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # one worker: row groups are written in order
+        pending: list[Future[None]] = []
+        try:
+            for group in groups:
+                kept.append(group)
+                pending.append(pool.submit(writer.write_table, group, row_group_size=ROW_GROUP_ROWS))
+        finally:
+            for done in pending:
+                done.result()
+            writer.close()
+    table = pa.concat_tables(kept) if kept else schema.empty_table()
+    return table, sink.getvalue().to_pybytes()
+
+
+def snapshot_table_bytes(table: pa.Table) -> bytes:
+    """Serialise an Arrow snapshot deterministically: the same rows give the same bytes."""
+    return _write_parquet(_row_groups(table.to_batches(), table.schema), table.schema)[1]
+
+
+def read_snapshot_table(engine: Engine, contract: DatasetContract, query: sa.Select[Any]) -> tuple[pa.Table, bytes]:
+    """Run a query over the source table into an Arrow table and its Parquet bytes, in one pass."""
+    with arrow_batches(engine, contract, query) as (schema, batches):
+        table, data = _write_parquet(_row_groups(batches, schema), schema)
+    typed = _with_null_columns(table)
+    if typed.schema != table.schema:  # rare: a column holds no value at all; write it as nulls
+        data = snapshot_table_bytes(typed)
+    return typed, data
+
+
+def read_arrow_rows(engine: Engine, contract: DatasetContract, query: sa.Select[Any]) -> pa.Table:
+    """Run a query over the source table into an Arrow table; values as the database holds them."""
+    with arrow_batches(engine, contract, query) as (schema, batches):
+        table = pa.Table.from_batches(list(batches), schema)
+    return _with_null_columns(table)
+
+
+def arrow_to_frame(table: pa.Table) -> pd.DataFrame:
+    """The pandas form of an Arrow read: the dtypes `pandas.read_sql` gives (int64, or float64 with
+    missing values; float64; str; dates as objects; datetime64[us, UTC]; None for columns with no value)."""
+    return table.to_pandas()
+
+
 def read_raw_rows(engine: Engine, contract: DatasetContract, query: sa.Select[Any]) -> pd.DataFrame:
     """Run a query over the source table; values as the database holds them."""
-    check_source_columns(engine, contract)
-    with engine.connect() as conn:
-        return pd.read_sql(query, conn)
+    return arrow_to_frame(read_arrow_rows(engine, contract, query))
 
 
 def read_rows(engine: Engine, contract: DatasetContract, query: sa.Select[Any]) -> pd.DataFrame:
@@ -141,13 +296,11 @@ def take_snapshot(
 ) -> tuple[Snapshot, pd.DataFrame]:
     """Read the labelled rows, unchanged, and store them as an immutable snapshot named by its hash."""
     watermark = datetime.fromisoformat(watermark.isoformat())  # plain datetime (Airflow passes pendulum)
-    frame = read_labelled_rows(engine, contract, watermark)
-    digest, path = store_bytes(artifact_dir, "snapshots", snapshot_bytes(frame), ".parquet")
-    query = str(labelled_rows_query(contract, watermark).compile(
-        dialect=engine.dialect, compile_kwargs={"literal_binds": True}
-    ))
-    snapshot = Snapshot(digest, str(path), len(frame), watermark.isoformat(), contract.table, query)
-    return snapshot, frame
+    query = labelled_rows_query(contract, watermark)
+    table, data = read_snapshot_table(engine, contract, query)
+    digest, path = store_bytes(artifact_dir, "snapshots", data, ".parquet")
+    snapshot = Snapshot(digest, str(path), table.num_rows, watermark.isoformat(), contract.table, query_sql(query))
+    return snapshot, arrow_to_frame(table)
 
 
 def store_clean_snapshot(frame: pd.DataFrame, artifact_dir: Path) -> tuple[str, Path]:

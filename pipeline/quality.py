@@ -10,6 +10,7 @@ import html
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline.config import DatasetContract
@@ -66,9 +67,18 @@ def allowed_categories(suite: dict[str, Any]) -> dict[str, list[str]]:
     }
 
 
+def source_id(value: Any) -> int | str | None:
+    """A row id as JSON can hold it: an int when it is a whole number, else its text, None if missing."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if isinstance(value, int | float | np.integer | np.floating) and float(value).is_integer():
+        return int(value)
+    return str(value)
+
+
 def _record(column: str, rule: str, changed: pd.Series, ids: pd.Series) -> dict[str, Any]:
     return {"column": column, "rule": rule, "rows": int(changed.sum()),
-            "sample_ids": [int(i) for i in ids[changed].head(SAMPLE_IDS)]}
+            "sample_ids": [source_id(i) for i in ids[changed].head(SAMPLE_IDS)]}
 
 
 def normalise(frame: pd.DataFrame, contract: DatasetContract, suite: dict[str, Any]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
@@ -100,8 +110,12 @@ def coerce_types(frame: pd.DataFrame, contract: DatasetContract) -> tuple[pd.Dat
     reasons: dict[int, list[dict[str, Any]]] = {}
     for column, kind in contract.column_types().items():
         before = out[column]
-        if kind in ("float", "integer"):
-            after = pd.to_numeric(before, errors="coerce").astype("float64" if kind == "float" else "Int64")
+        if kind == "float":
+            after = pd.to_numeric(before, errors="coerce").astype("float64")
+        elif kind == "integer":  # a fraction or a number past int64 is not an integer: wrong_type
+            number = pd.to_numeric(before, errors="coerce").astype("float64")
+            whole = (number == number.round()) & (number.abs() < 2.0**63)
+            after = number.where(whole).astype("Int64")
         elif kind == "date":
             after = pd.to_datetime(before, errors="coerce").astype("datetime64[us]")
         elif kind == "timestamp":
@@ -205,9 +219,8 @@ def failure_summary(result: QualityResult, id_column: str) -> list[dict[str, Any
                 "unexpected_count": 0, "sample_ids": [], "observed": f["observed"], "error": None}
                for f in result.schema_failures]
     for (rule, column), positions in groups.items():
-        sample = [ids.get(p) for p in positions[:SAMPLE_IDS]]
         summary.append({"expectation": rule, "column": column, "unexpected_count": len(positions),
-                        "sample_ids": [int(i) if isinstance(i, int | float) and not pd.isna(i) else str(i) for i in sample],
+                        "sample_ids": [source_id(ids.get(p)) for p in positions[:SAMPLE_IDS]],
                         "observed": None, "error": None})
     return summary
 
@@ -219,6 +232,7 @@ def quarantine_records(result: QualityResult, id_column: str) -> list[dict[str, 
         position = int(row.pop(ROW_COLUMN))
         original = {k: (None if pd.isna(v) else str(v) if not isinstance(v, int | float | str) else v)
                     for k, v in row.items()}
-        records.append({"row_number": position, "source_id": None if pd.isna(row[id_column]) else str(row[id_column]),
+        identity = source_id(row[id_column])
+        records.append({"row_number": position, "source_id": None if identity is None else str(identity),
                         "reasons": result.reasons[position], "original": original})
     return records

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -18,8 +20,23 @@ class StaleChampionError(RuntimeError):
     """The champion changed between evaluation and promotion."""
 
 
+def _jsonable(value: Any) -> Any:
+    """JSON's own types: NaN and infinity (which jsonb refuses) become null, numpy scalars plain."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
 def _json(value: Any) -> str:
-    return json.dumps(value, default=str)
+    return json.dumps(_jsonable(value), default=str)
 
 
 def _row(result: sa.CursorResult[Any]) -> dict[str, Any] | None:

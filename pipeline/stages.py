@@ -144,6 +144,10 @@ def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, 
 def train_candidate(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, Any]:
     """Cross-validate the model families on the training rows, fit the best, register it."""
     contract, policy = ws.config.dataset, ws.config.training
+    with ws.engine.connect() as conn:
+        if registry.get_snapshot(conn, snapshot_hash)["kind"] != "clean":
+            raise ValueError(f"snapshot {snapshot_hash} is not a validated clean snapshot: train on the "
+                             "clean_snapshot_hash that validate_snapshot returns")
     frame = _load_snapshot(ws, snapshot_hash)
     train_rows, holdout_rows = train.split_holdout(frame, contract, policy.holdout_fraction)
     model, family, cv_table = train.fit_best_family(train_rows, contract, policy)
@@ -199,18 +203,19 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
     predicted = model.predict(model_inputs(holdout, contract))
     champion_predicted, champion_error = _champion_predictions(champion, holdout, contract)
     train_mean = float(train_rows[contract.target_column].mean())
+    finite = bool(np.all(np.isfinite(predicted)))
     evidence: dict[str, Any] = {
         "holdout_rows": len(holdout),
         "behaviour": evaluate.behaviour_checks(model, holdout, contract, policy),
-        "candidate": evaluate.regression_metrics(observed, predicted) if np.all(np.isfinite(predicted)) else None,
+        "candidate": evaluate.regression_metrics(observed, predicted) if finite else None,
         "champion": None if champion_predicted is None else evaluate.regression_metrics(observed, champion_predicted),
         "champion_error": champion_error,
         "baseline": {"train_mean": train_mean,
                      "rmse": evaluate.regression_metrics(observed, np.full(len(observed), train_mean))["rmse"]},
         "bootstrap": None,
-        "slices": evaluate.slice_table(holdout, contract, policy, predicted, champion_predicted),
+        "slices": evaluate.slice_table(holdout, contract, policy, predicted, champion_predicted) if finite else [],
     }
-    if champion_predicted is not None and policy.confidence is not None:
+    if finite and champion_predicted is not None and policy.confidence is not None:
         evidence["bootstrap"] = evaluate.bootstrap_improvement(
             observed, champion_predicted, predicted, policy.bootstrap_samples, policy.confidence,
             seed=ws.config.training.seed)
@@ -223,8 +228,10 @@ def evaluate_candidate(ws: Workspace, run: Run, version: int, margin: float | No
     with ws.engine.connect() as conn:
         candidate = registry.get_model(conn, version)
         champion = registry.current_champion(conn)
-        if registry.promoted_by_run(conn, run.run_id) == version:  # a retried task: the record stands
-            return _evaluation_summary(registry.get_evaluation(conn, run.run_id))
+        already_promoted = registry.promoted_by_run(conn, run.run_id) == version
+        recorded = registry.get_evaluation(conn, run.run_id) if already_promoted else None
+    if recorded is not None:  # a retried task after this run promoted: the record stands
+        return {**_evaluation_summary(recorded), "comparison": _render_page(cards.render_comparison, ws, run.run_id)}
     try:
         evidence = gather_evidence(ws, candidate, champion, policy)
         if evidence["champion_error"]:

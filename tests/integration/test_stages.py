@@ -27,7 +27,7 @@ DEMO_WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)  # after every demo row (the l
 LATER_WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after arrivals too, which are recorded now
 # With this margin a candidate up to twice the champion's RMSE "beats" it: the tests that need
 # a would-be promotion use it, so they exercise the promotion mechanics, not model quality.
-PROMOTE_ANY = -1.0
+PROMOTE_ANY = -1.0  # a margin any candidate clears (significance still decides)
 
 
 def make_run(run_id: str, watermark: datetime = LATER_WATERMARK) -> stages.Run:
@@ -37,17 +37,28 @@ def make_run(run_id: str, watermark: datetime = LATER_WATERMARK) -> stages.Run:
 def train_and_evaluate(ws: stages.Workspace, run: stages.Run, margin: float | None = None) -> dict[str, Any]:
     """Ingest, validate, train and evaluate: everything up to the promotion."""
     snapshot = stages.ingest_snapshot(ws, run)
-    stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
-    candidate = stages.train_candidate(ws, run, snapshot["snapshot_hash"])
+    checked = stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
+    candidate = stages.train_candidate(ws, run, checked["clean_snapshot_hash"])
     evaluation = stages.evaluate_candidate(ws, run, candidate["version"], margin)
     return {"snapshot": snapshot, "candidate": candidate, "evaluation": evaluation}
 
 
-def retrain(ws: stages.Workspace, run: stages.Run, margin: float | None = None, dry_run: bool = False) -> dict[str, Any]:
-    """Every stage in the order the DAG runs them."""
+def retrain(ws: stages.Workspace, run: stages.Run, margin: float | None = None, dry_run: bool = False,
+            accept: bool = False) -> dict[str, Any]:
+    """Every stage in the order the DAG runs them; `accept` records a promote decision whatever the policy."""
     result = train_and_evaluate(ws, run, margin)
+    if accept:
+        accept_candidate(ws, run.run_id)
     result["outcome"] = stages.promote_candidate(ws, run, dry_run=dry_run, actor="test")
     return result
+
+
+def accept_candidate(ws: stages.Workspace, run_id: str) -> None:
+    """Record 'promote' for a run, so a test can exercise the promotion mechanics on demo data,
+    where no candidate is significantly better than the champion (the policy has tests of its own)."""
+    with ws.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE pipeline.evaluations SET decision = 'promote', reason = 'accepted by the test' "
+                             "WHERE run_id = :r"), {"r": run_id})
 
 
 def fetch(ws: stages.Workspace, sql: str, **params: Any) -> list[dict[str, Any]]:
@@ -172,11 +183,10 @@ def test_dry_run_does_not_apply_a_promotion(ws: stages.Workspace, first_retrain:
     demo.simulate_arrivals(ws.engine, rows=30, seed=7)
     before = champion_state(ws)
 
-    result = retrain(ws, make_run("dry"), margin=PROMOTE_ANY, dry_run=True)
+    result = retrain(ws, make_run("dry"), dry_run=True, accept=True)
 
-    assert result["evaluation"]["decision"] == "promote"
     assert result["outcome"]["status"] == "kept"
-    assert "dry run" in result["outcome"]["reason"]
+    assert "dry run: would promote" in result["outcome"]["reason"]
     run = run_row(ws, "dry")
     assert run["status"] == "kept" and "dry run" in run["reason"]
     assert champion_state(ws) == before
@@ -255,9 +265,10 @@ def test_corrupt_champion_artifact_fails_closed(ws: stages.Workspace, first_retr
 def test_stale_champion_is_not_replaced(ws: stages.Workspace, first_retrain: dict[str, Any]) -> None:
     demo.simulate_arrivals(ws.engine, rows=30, seed=7)
     late, early = make_run("late"), make_run("early")
-    late_evaluation = train_and_evaluate(ws, late, margin=PROMOTE_ANY)["evaluation"]
-    assert late_evaluation["decision"] == "promote" and late_evaluation["champion_version"] == 1
-    early_result = retrain(ws, early, margin=PROMOTE_ANY)  # promoted between late's evaluation and promotion
+    late_evaluation = train_and_evaluate(ws, late)["evaluation"]
+    accept_candidate(ws, late.run_id)
+    assert late_evaluation["champion_version"] == 1
+    early_result = retrain(ws, early, accept=True)  # promoted between late's evaluation and promotion
     early_version = early_result["candidate"]["version"]
     assert early_result["outcome"]["status"] == "promoted"
     before = champion_state(ws)
@@ -278,10 +289,10 @@ def test_stages_are_idempotent(ws: stages.Workspace) -> None:
     demo.seed_demo(ws.engine)
     run = make_run("retried", DEMO_WATERMARK)
     snapshot = stages.ingest_snapshot(ws, run)
-    stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
+    clean = stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])["clean_snapshot_hash"]
 
-    first_candidate = stages.train_candidate(ws, run, snapshot["snapshot_hash"])
-    second_candidate = stages.train_candidate(ws, run, snapshot["snapshot_hash"])
+    first_candidate = stages.train_candidate(ws, run, clean)
+    second_candidate = stages.train_candidate(ws, run, clean)
     assert second_candidate["version"] == first_candidate["version"]
     assert fetch(ws, "SELECT count(*) AS n FROM pipeline.model_versions") == [{"n": 1}]
 
@@ -301,7 +312,7 @@ def test_stages_are_idempotent(ws: stages.Workspace) -> None:
 def test_rerunning_promote_after_a_later_promotion_keeps_the_record(ws: stages.Workspace,
                                                                       first_retrain: dict[str, Any]) -> None:
     demo.simulate_arrivals(ws.engine, rows=30, seed=7)
-    assert retrain(ws, make_run("later"), margin=PROMOTE_ANY)["outcome"]["status"] == "promoted"
+    assert retrain(ws, make_run("later"), accept=True)["outcome"]["status"] == "promoted"
     before = champion_state(ws)
 
     outcome = stages.promote_candidate(ws, make_run("first", DEMO_WATERMARK), actor="test")
@@ -313,10 +324,20 @@ def test_rerunning_promote_after_a_later_promotion_keeps_the_record(ws: stages.W
 def test_rerunning_evaluate_after_a_later_promotion_keeps_the_record(ws: stages.Workspace,
                                                                        first_retrain: dict[str, Any]) -> None:
     demo.simulate_arrivals(ws.engine, rows=30, seed=7)
-    assert retrain(ws, make_run("later"), margin=PROMOTE_ANY)["outcome"]["status"] == "promoted"
+    assert retrain(ws, make_run("later"), accept=True)["outcome"]["status"] == "promoted"
     query = "SELECT champion_version, decision, reason FROM pipeline.evaluations WHERE run_id = 'first'"
     [before] = fetch(ws, query)
 
     stages.evaluate_candidate(ws, make_run("first", DEMO_WATERMARK), first_retrain["candidate"]["version"])
 
     assert fetch(ws, query) == [before]
+
+
+def test_training_refuses_a_snapshot_that_was_not_validated(ws: stages.Workspace) -> None:
+    demo.seed_demo(ws.engine)
+    run = make_run("unvalidated", DEMO_WATERMARK)
+    snapshot = stages.ingest_snapshot(ws, run)
+
+    with pytest.raises(ValueError, match="not a validated clean snapshot"):
+        stages.train_candidate(ws, run, snapshot["snapshot_hash"])
+    assert fetch(ws, "SELECT count(*) AS n FROM pipeline.model_versions") == [{"n": 0}]

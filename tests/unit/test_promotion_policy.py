@@ -211,8 +211,6 @@ def test_a_slice_under_min_slice_rows_is_reported_but_not_judged(holdout: pd.Dat
     assert judged_too.promote is False and "sex=F (+200.0%)" in judged_too.reason
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate.slice_table sets change=0.0 when the champion's slice RMSE is 0, "
-                                       "so a judged slice where the candidate is worse than an exact champion never blocks")
 def test_a_slice_where_the_champion_is_exact_still_blocks_a_worse_candidate(
         holdout: pd.DataFrame, contract: DatasetContract) -> None:
     y = outcome(holdout, contract)
@@ -318,8 +316,6 @@ def test_every_missing_threshold_is_named() -> None:
     assert decision.reason == f"fail closed: promotion thresholds not configured: {', '.join(THRESHOLDS)}"
 
 
-@pytest.mark.xfail(strict=True, reason="config._parse_promotion reads `min_slice_rows` with `... or 10`: "
-                                       "a configured 0 (judge every slice) silently becomes 10")
 def test_a_configured_min_slice_rows_of_zero_is_kept(tmp_path: Path) -> None:
     raw = yaml.safe_load((PROJECT_ROOT / "pipeline.yaml").read_text())
     raw["dataset"]["expectation_suite"] = str(PROJECT_ROOT / raw["dataset"]["expectation_suite"])

@@ -1,0 +1,230 @@
+"""`python -m bench`: time and memory of every retrain stage at 10^4..10^6 rows, beside its floor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import report, workload
+from pipeline import db
+from pipeline.settings import PROJECT_ROOT, Settings
+
+RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
+DAG_PARSE_LIMIT = 0.5  # seconds a DAG file may add on top of airflow.sdk
+READ_TARGET = 0.8  # the Arrow read's share of COPY-into-nothing throughput
+MEMORY_LIMIT_MB = 2048
+METHOD = """\
+seconds     the stage function alone (pipeline.stages), one run, in a fresh process per stage as Airflow
+            runs a task; interpreter start, imports and opening the workspace are not counted.
+rows/s      labelled rows in the snapshot over seconds, for every step.
+floors      COPY (the snapshot's SQL) TO STDOUT into a sink that drops every byte (psycopg2, text and
+            binary), best of {repeats}, interleaved with {repeats} Arrow reads of the same rows (the 'read
+            rows -> Arrow' row, best of {repeats}); 'bare fit': the family the stage chose, one fit of the
+            bare estimator on the preprocessed training rows held as a float64 array.
+vs floor    floor seconds / step seconds (1.00 = as fast as the floor); reading rows is compared with
+            the faster COPY, training with the bare fit, the whole DAG with both summed.
+peak MB     getrusage high-water mark of the step's own process (interpreter and imports included;
+            the JSON also has ready_mb, resident memory just before the call). The whole DAG's peak is
+            its largest stage's, since each task runs in its own process.
+training    {config}."""
+
+
+class BenchError(RuntimeError):
+    """A measurement process failed; its error output is in the message."""
+
+
+def say(text: str, end: str = "\n") -> None:
+    print(text, end=end, flush=True)
+
+
+def probe(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run one measurement (bench/probe.py) in a fresh Python process and return what it measured."""
+    with tempfile.TemporaryDirectory(prefix="bench-probe-") as folder:
+        spec_path, out_path = Path(folder) / "spec.json", Path(folder) / "out.json"
+        spec_path.write_text(json.dumps({**spec, "out": str(out_path)}))
+        environ = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **(env or {})}
+        done = subprocess.run([sys.executable, "-m", "bench.probe", str(spec_path)], cwd=PROJECT_ROOT, env=environ,
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise BenchError(f"{spec['probe']} {spec.get('stage', '')} failed:\n{done.stderr[-3000:]}")
+        return json.loads(out_path.read_text())  # type: ignore[no-any-return]
+
+
+def measure_dag_parsing(repeats: int) -> list[dict[str, Any]]:
+    """Seconds each DAG file adds on top of airflow.sdk, best of `repeats` fresh processes."""
+    home = tempfile.mkdtemp(prefix="bench-airflow-home-")
+    env = {"AIRFLOW_HOME": home, "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+           "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+           "PYTHONPATH": os.pathsep.join(str(PROJECT_ROOT / d) for d in ("dags", "plugins", ""))}
+    results = []
+    try:
+        for path in sorted((PROJECT_ROOT / "dags").glob("*.py")):
+            say(f"DAG parse: {path.name} ...", end=" ")
+            runs = [probe({"probe": "dag_import", "path": str(path)}, env) for _ in range(repeats + 1)][1:]
+            best = min(runs, key=lambda r: r["dag_seconds"])
+            results.append({"file": path.name, "dag_seconds": best["dag_seconds"],
+                            "sdk_seconds": min(r["sdk_seconds"] for r in runs), "heavy_imports": best["heavy_imports"],
+                            "ok": best["dag_seconds"] < DAG_PARSE_LIMIT})
+            say(f"{best['dag_seconds']:.3f} s on top of airflow.sdk ({results[-1]['sdk_seconds']:.2f} s)")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    return results
+
+
+def run_stage(base: dict[str, Any], label: str, name: str, **args: Any) -> dict[str, Any]:
+    say(f"{label} {name} ...", end=" ")
+    measured = probe({**base, "probe": "stage", "stage": name, **args})
+    say(f"{measured['seconds']:.2f} s, peak {measured['peak_mb']:,.0f} MB")
+    return measured
+
+
+def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, keep: bool) -> dict[str, Any]:
+    """Generate a table of `rows` rows, then measure the floors and every stage on it."""
+    label = f"[{report._fmt(rows, 'rows')}]"
+    url = workload.scratch_url(server_url, rows)
+    say(f"{label} generating {rows:,} rows in database {url.rsplit('/', 1)[-1].split('?')[0]} ...", end=" ")
+    generated = workload.create_table(url, rows, progress=lambda n: say(f"{n:,}", end=" ") if rows > 10**6 else None)
+    say(f"{generated:.1f} s")
+    artifacts = tempfile.mkdtemp(prefix=f"bench-artifacts-{rows}-")
+    base = {"database_url": url, "config_path": str(config_path), "artifact_dir": artifacts,
+            "pgdata_dir": str(Settings.from_env().pgdata_dir), "watermark": workload.WATERMARK.isoformat(),
+            "run_id": f"bench-{rows}", "repeats": repeats}
+    try:
+        say(f"{label} floors: COPY into nothing (text, binary) and the Arrow read, {repeats} times each ...", end=" ")
+        reads = probe({**base, "probe": "read_floor"})
+        best = {name: min(times) for name, times in reads["times"].items()}
+        say(", ".join(f"{name} {seconds:.2f} s" for name, seconds in best.items()))
+        copy_floor = min(best["copy_text"], best["copy_binary"])
+
+        ingest = run_stage(base, label, "ingest_snapshot")
+        snapshot = ingest["result"]
+        n = int(snapshot["row_count"])
+        checked = run_stage(base, label, "validate_snapshot", snapshot_hash=snapshot["snapshot_hash"])
+        clean = checked["result"]["clean_snapshot_hash"]
+        trained = run_stage(base, label, "train_candidate", clean_snapshot_hash=clean)
+        family = trained["result"]["model_family"]
+        say(f"{label} floor: bare {family} fit ...", end=" ")
+        fit = probe({**base, "probe": "fit_floor", "clean_snapshot_hash": clean, "model_family": family})
+        say(f"{fit['seconds']:.2f} s on {fit['shape'][0]:,} x {fit['shape'][1]}")
+        evaluated = run_stage(base, label, "evaluate_candidate", version=trained["result"]["version"])
+        promoted = run_stage(base, label, "promote_candidate")
+    finally:
+        shutil.rmtree(artifacts, ignore_errors=True)
+        if not keep:
+            db.drop_database(url)
+
+    measured = {"ingest_snapshot": ingest, "validate_snapshot": checked, "train_candidate": trained,
+                "evaluate_candidate": evaluated, "promote_candidate": promoted}
+    floors = {"COPY into nothing": copy_floor, f"bare {family} fit": fit["seconds"]}
+    steps = []
+    for name, m in measured.items():
+        floor = {"ingest_snapshot": copy_floor, "train_candidate": fit["seconds"]}.get(name)
+        steps.append(report.step(name, m["seconds"], n, floor, m["peak_mb"], ready_mb=m["ready_mb"], result=m["result"]))
+        if name == "ingest_snapshot":
+            steps.append(report.step(report.READ_ROW, best["arrow_read"], n, copy_floor, None,
+                                     all_seconds=reads["times"]["arrow_read"]))
+    steps.append(report.whole_dag(steps, n, copy_floor + fit["seconds"]))
+    return {"rows": rows, "snapshot_rows": n, "generate_seconds": generated, "steps": steps,
+            "floors": {name: {"seconds": s, **({"all_seconds": reads["times"]} if "COPY" in name else
+                                               {"peak_mb": fit["peak_mb"], "shape": fit["shape"]})}
+                       for name, s in floors.items()}}
+
+
+def verdicts(sizes: list[dict[str, Any]], dag_parse: list[dict[str, Any]]) -> list[str]:
+    """The issue's targets, each with the measured value."""
+    lines = []
+    at = {size["rows"]: {s["step"]: s for s in size["steps"]} for size in sizes}
+    if 10**6 in at:
+        read, dag, ingest = at[10**6][report.READ_ROW], at[10**6][report.DAG_ROW], at[10**6]["ingest_snapshot"]
+        lines.append(f"read rows -> Arrow at 10^6: {read['vs_floor']:.2f} of COPY-into-nothing throughput "
+                     f"(target >= {READ_TARGET}) {'OK' if read['vs_floor'] >= READ_TARGET else 'MISSED'}; "
+                     f"whole ingest stage {ingest['vs_floor']:.2f}")
+        lines.append(f"peak memory of a retrain at 10^6: {dag['peak_mb']:,.0f} MB (target < {MEMORY_LIMIT_MB}) "
+                     f"{'OK' if dag['peak_mb'] < MEMORY_LIMIT_MB else 'MISSED'}")
+    growth = [(size["rows"], max(s["peak_mb"] - s["ready_mb"] for s in size["steps"] if s["step"] in report.STAGES))
+              for size in sizes]
+    if len(growth) > 1:
+        lines.append("memory above imports, largest stage: " + ", ".join(
+            f"{report._fmt(r, 'rows')} {mb:,.0f} MB ({mb * 1e6 / r / 1024:,.1f} KB per 1k rows)" for r, mb in growth))
+    for d in dag_parse:
+        lines.append(f"DAG parse {d['file']}: {d['dag_seconds']:.3f} s on top of airflow.sdk (target < "
+                     f"{DAG_PARSE_LIMIT}) {'OK' if d['ok'] else 'MISSED'}"
+                     + (f"; imports {', '.join(d['heavy_imports'])} at parse time" if d["heavy_imports"] else ""))
+    return lines
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--with-10m", action="store_true", help="also 10^7 rows (several more minutes, ~4 GB RAM)")
+    parser.add_argument("--sizes", type=int, nargs="+", help="row counts to measure instead of 10^4 10^5 10^6")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each floor and of the Arrow read (best kept)")
+    parser.add_argument("--keep-databases", action="store_true", help="leave the generated bench_<rows> databases")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = args.sizes or [10**4, 10**5, 10**6] + ([10**7] if args.with_10m else [])
+    started = datetime.now(UTC)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    previous, previous_commit = report.previous_seconds(args.results_dir / "latest.json")
+    server_url = db.database_url(Settings.from_env())
+    config_path = workload.write_config(Settings.from_env().config_path, args.results_dir / f"{stamp}-pipeline.yaml")
+    say(f"bench: sizes {', '.join(f'{n:,}' for n in sizes)}; {os.cpu_count()} CPUs; training: "
+        f"{workload.describe_config(config_path)}")
+    clock = time.perf_counter()
+    dag_parse = measure_dag_parsing(args.repeats)
+    results = []
+    for rows in sizes:
+        results.append(measure_size(rows, server_url, config_path, args.repeats, args.keep_databases))
+        say(f"[{report._fmt(rows, 'rows')}] done; {time.perf_counter() - clock:.0f} s so far")
+    document = {
+        "commit": git_commit(), "started_at": started.isoformat(), "seconds": time.perf_counter() - clock,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "training_config": workload.describe_config(config_path), "method": METHOD.format(
+            repeats=args.repeats, config=workload.describe_config(config_path)),
+        "dag_parse": dag_parse, "sizes": results,
+    }
+    say("")
+    say(report.table(results, previous))
+    if previous_commit:
+        say(f"(last run s: bench/results/latest.json before this run, commit {previous_commit})")
+    say("")
+    for line in verdicts(results, dag_parse):
+        say(line)
+    say("")
+    say(document["method"])
+    for name in (f"{stamp}.json", "latest.json"):
+        (args.results_dir / name).write_text(json.dumps(document, indent=2, default=str))
+    report.plot(results, args.results_dir / f"{stamp}.png")
+    shutil.copyfile(args.results_dir / f"{stamp}.png", args.results_dir / "latest.png")
+    say(f"\nwritten: {args.results_dir / f'{stamp}.json'}, latest.json, {stamp}.png, latest.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

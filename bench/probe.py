@@ -1,0 +1,160 @@
+"""One measurement in a fresh process: `python -m bench.probe SPEC.json` writes SPEC's `out` file.
+
+A fresh process per measurement, as Airflow runs each task in its own: its peak resident memory
+(`getrusage` high-water mark) belongs to that one step, and includes the interpreter and the
+libraries the step imports (`ready_mb` is the resident memory just before the timed call).
+Only the call itself is timed, not the imports or opening the workspace.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# What a step hands to the next one; the rest of a stage's answer (pages, metric tables) is dropped.
+KEPT_KEYS = ("snapshot_hash", "clean_snapshot_hash", "row_count", "rows_read", "rows_valid", "rows_quarantined",
+             "version", "model_family", "decision", "reason", "status", "candidate_version")
+
+
+def rss_mb() -> float:
+    """Resident memory now, from /proc (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def timed(call: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = call(*args, **kwargs)
+    return result, time.perf_counter() - started
+
+
+def workspace(spec: dict[str, Any]) -> Any:
+    from pipeline.settings import Settings
+    from pipeline.stages import Workspace
+
+    return Workspace.open(Settings(database_url=spec["database_url"], config_path=Path(spec["config_path"]),
+                                   artifact_dir=Path(spec["artifact_dir"]), pgdata_dir=Path(spec["pgdata_dir"])))
+
+
+def run_stage(spec: dict[str, Any]) -> dict[str, Any]:
+    """One stage of the retrain DAG, with the arguments the DAG passes it."""
+    from datetime import datetime
+
+    from pipeline import stages
+
+    ws = workspace(spec)
+    run = stages.Run(run_id=spec["run_id"], watermark=datetime.fromisoformat(spec["watermark"]), triggered_by="bench")
+    calls = {
+        "ingest_snapshot": lambda: stages.ingest_snapshot(ws, run, {}),
+        "validate_snapshot": lambda: stages.validate_snapshot(ws, run, spec["snapshot_hash"]),
+        "train_candidate": lambda: stages.train_candidate(ws, run, spec["clean_snapshot_hash"]),
+        "evaluate_candidate": lambda: stages.evaluate_candidate(ws, run, spec["version"]),
+        "promote_candidate": lambda: stages.promote_candidate(ws, run),
+    }
+    ready = rss_mb()
+    result, seconds = timed(calls[spec["stage"]])
+    kept = {k: result[k] for k in KEPT_KEYS if k in result}
+    return {"seconds": seconds, "ready_mb": ready, "peak_mb": peak_mb(), "result": kept}
+
+
+def copy_into_nothing(engine: Any, sql: str, binary: bool) -> int:
+    """COPY (the snapshot query) TO STDOUT, every byte received and dropped; returns bytes."""
+    received = 0
+
+    class Nothing:
+        def write(self, data: bytes) -> None:
+            nonlocal received
+            received += len(data)
+
+    raw = engine.raw_connection()
+    try:
+        options = " WITH (FORMAT binary)" if binary else ""
+        raw.cursor().copy_expert(f"COPY ({sql}) TO STDOUT{options}", Nothing())
+    finally:
+        raw.close()
+    return received
+
+
+def run_read_floor(spec: dict[str, Any]) -> dict[str, Any]:
+    """COPY into nothing (text and binary) and the pipeline's Arrow read of the same rows, interleaved."""
+    from datetime import datetime
+
+    from pipeline import db, ingest
+    from pipeline.config import load_config
+
+    contract = load_config(Path(spec["config_path"])).dataset
+    engine = db.create_engine(spec["database_url"])
+    query = ingest.labelled_rows_query(contract, datetime.fromisoformat(spec["watermark"]))
+    sql = ingest.query_sql(query)
+    copy_into_nothing(engine, sql, binary=True)  # warm the cache: every run reads from memory
+    times: dict[str, list[float]] = {"copy_text": [], "copy_binary": [], "arrow_read": []}
+    rows = 0
+    for _ in range(spec["repeats"]):
+        times["copy_text"].append(timed(copy_into_nothing, engine, sql, False)[1])
+        times["copy_binary"].append(timed(copy_into_nothing, engine, sql, True)[1])
+        table, seconds = timed(ingest.read_arrow_rows, engine, contract, query)
+        times["arrow_read"].append(seconds)
+        rows = table.num_rows
+        del table
+    engine.dispose()
+    return {"times": times, "rows": rows, "peak_mb": peak_mb()}
+
+
+def run_fit_floor(spec: dict[str, Any]) -> dict[str, Any]:
+    """A bare estimator of the chosen family fitted once on the training rows, as a float array in memory."""
+    from pipeline import ingest, registry, train
+    from pipeline.features import build_preprocessor, model_inputs
+
+    ws = workspace(spec)
+    contract, policy = ws.config.dataset, ws.config.training
+    with ws.engine.connect() as conn:
+        row = registry.get_snapshot(conn, spec["clean_snapshot_hash"])
+    frame = ingest.load_snapshot(Path(row["path"]), spec["clean_snapshot_hash"])
+    train_rows, _ = train.split_holdout(frame, contract, policy.holdout_fraction)
+    X = build_preprocessor(contract).fit_transform(model_inputs(train_rows, contract))
+    y = train_rows[contract.target_column].to_numpy(dtype="float64")
+    del frame, train_rows
+    family = spec["model_family"]
+    estimator = train.make_estimator(family, policy.families[family], policy.seed, policy.n_jobs)
+    ready = rss_mb()
+    _, seconds = timed(estimator.fit, X, y)
+    return {"seconds": seconds, "ready_mb": ready, "peak_mb": peak_mb(), "shape": list(X.shape)}
+
+
+def run_dag_import(spec: dict[str, Any]) -> dict[str, Any]:
+    """Seconds to import airflow.sdk, then the DAG file on top of it, as the DAG processor parses it."""
+    import importlib
+    import importlib.util
+
+    _, sdk_seconds = timed(importlib.import_module, "airflow.sdk")
+    before = set(sys.modules)
+    module_spec = importlib.util.spec_from_file_location(f"bench_dag_{Path(spec['path']).stem}", spec["path"])
+    assert module_spec and module_spec.loader
+    module = importlib.util.module_from_spec(module_spec)
+    _, dag_seconds = timed(module_spec.loader.exec_module, module)
+    heavy = sorted({name.split(".")[0] for name in set(sys.modules) - before}
+                   & {"pandas", "numpy", "sklearn", "great_expectations", "pyarrow", "scipy", "pipeline"})
+    return {"sdk_seconds": sdk_seconds, "dag_seconds": dag_seconds, "heavy_imports": heavy}
+
+
+PROBES = {"stage": run_stage, "read_floor": run_read_floor, "fit_floor": run_fit_floor, "dag_import": run_dag_import}
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    result = PROBES[spec["probe"]](spec)
+    Path(spec["out"]).write_text(json.dumps(result, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The bench's results: one row per (size, step), printed as a table, saved as JSON and a plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+STAGES = ("ingest_snapshot", "validate_snapshot", "train_candidate", "evaluate_candidate", "promote_candidate")
+DAG_ROW = "retrain (whole DAG)"
+READ_ROW = "  read rows -> Arrow"
+COLUMNS = ("rows", "step", "seconds", "rows/s", "floor s", "vs floor", "peak MB", "last run s")
+
+
+def step(name: str, seconds: float, rows: int, floor: float | None = None, peak_mb: float | None = None,
+         **extra: Any) -> dict[str, Any]:
+    """One measured step; `vs_floor` is the floor's seconds over the step's (1.0: as fast as the floor)."""
+    return {"step": name, "seconds": seconds, "rows": rows, "rows_per_second": rows / seconds if seconds else None,
+            "floor_seconds": floor, "vs_floor": floor / seconds if floor and seconds else None,
+            "peak_mb": peak_mb, **extra}
+
+
+def whole_dag(steps: list[dict[str, Any]], rows: int, floor: float) -> dict[str, Any]:
+    """The DAG's work: its stages' seconds summed; its peak is the largest stage's (one process per task)."""
+    stages = [s for s in steps if s["step"] in STAGES]
+    return step(DAG_ROW, sum(s["seconds"] for s in stages), rows, floor, max(s["peak_mb"] for s in stages))
+
+
+def _fmt(value: Any, kind: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if kind == "rows":
+        return f"10^{round(math.log10(value))}" if value and math.log10(value).is_integer() else f"{value:,}"
+    if kind == "rate":
+        return f"{value:,.0f}"
+    if kind == "ratio":
+        return f"{value:.2f}"
+    if kind == "mb":
+        return f"{value:,.0f}"
+    return f"{value:.2f}" if value < 100 else f"{value:.0f}"
+
+
+def table(sizes: list[dict[str, Any]], previous: dict[tuple[int, str], float]) -> str:
+    """A fixed-width table of every size's steps."""
+    lines = []
+    for size in sizes:
+        for s in size["steps"]:
+            lines.append([_fmt(size["rows"], "rows"), s["step"], _fmt(s["seconds"], "s"),
+                          _fmt(s["rows_per_second"], "rate"), _fmt(s["floor_seconds"], "s"),
+                          _fmt(s["vs_floor"], "ratio"), _fmt(s["peak_mb"], "mb"),
+                          _fmt(previous.get((size["rows"], s["step"])), "s")])
+        for name, floor in size["floors"].items():
+            lines.append([_fmt(size["rows"], "rows"), f"  floor: {name}", _fmt(floor["seconds"], "s"),
+                          _fmt(size["snapshot_rows"] / floor["seconds"], "rate"), "", "",
+                          _fmt(floor.get("peak_mb"), "mb"), _fmt(previous.get((size["rows"], f"floor: {name}")), "s")])
+    widths = [max(len(str(c)) for c in col) for col in zip(COLUMNS, *lines, strict=False)]
+    render = ["  ".join(str(c).rjust(w) if i != 1 else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths,
+                                                                                                      strict=True)))
+              for r in [list(COLUMNS), *lines]]
+    return "\n".join([render[0], "-" * len(render[0]), *render[1:]])
+
+
+def previous_seconds(path: Path) -> tuple[dict[tuple[int, str], float], str | None]:
+    """Seconds per (rows, step) of an earlier result file, and the commit it measured."""
+    if not path.is_file():
+        return {}, None
+    old = json.loads(path.read_text())
+    seconds = {}
+    for size in old.get("sizes", []):
+        for s in size["steps"]:
+            seconds[(size["rows"], s["step"])] = s["seconds"]
+        for name, floor in size.get("floors", {}).items():
+            seconds[(size["rows"], f"floor: {name}")] = floor["seconds"]
+    return seconds, old.get("commit")
+
+
+def plot(sizes: list[dict[str, Any]], path: Path) -> None:
+    """Seconds against rows, log-log, one line per stage and floor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(9, 6))
+    names = [s["step"] for s in sizes[0]["steps"]] if sizes else []
+    for name in names:
+        points = [(size["rows"], s["seconds"]) for size in sizes for s in size["steps"] if s["step"] == name]
+        axes.plot(*zip(*points, strict=True), marker="o", label=name.strip(),
+                  linewidth=2.5 if name == DAG_ROW else 1.5)
+    for name in sizes[0]["floors"] if sizes else []:
+        points = [(size["rows"], size["floors"][name]["seconds"]) for size in sizes if name in size["floors"]]
+        axes.plot(*zip(*points, strict=True), marker="x", linestyle="--", label=f"floor: {name}")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("rows in the source table")
+    axes.set_ylabel("seconds")
+    axes.set_title("Cost of a retrain against rows")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,97 @@
+"""The bench's data and configuration: a generated patient table in a scratch database, a bounded config."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline import db
+
+WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after every generated row
+# Families the bench trains: the shipped random forest (200 trees, 5-fold CV) would take hours at 10^6 rows.
+BENCH_FAMILIES = ("ridge", "hist_gradient_boosting")
+
+# A Gaussian from random(), so any PostgreSQL (not only 16+, which has random_normal) generates it.
+NORMAL_SQL = """
+CREATE FUNCTION pg_temp.normal(mean float8, sd float8, lo float8, hi float8) RETURNS float8
+LANGUAGE sql VOLATILE AS
+$$ SELECT greatest(lo, least(hi, mean + sd * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))) $$
+"""
+
+# Shaped like the diabetes study (means and spreads of its columns), with a learnable label, and
+# the faults a CRM export has: 0.5 % unknown sex codes (quarantined), 0.5 % messy but fixable
+# codes (normalised), 2 % rows whose label is not known yet (not ingested).
+GENERATE_SQL = """
+INSERT INTO public.patient_records
+SELECT g,
+       v.visit_date - (round(v.age * 365.25) + g % 300 + 1)::int,
+       v.visit_date,
+       CASE WHEN g % 200 = 7 THEN 'U' WHEN g % 200 = 8 THEN ' f ' WHEN random() < 0.5 THEN 'F' ELSE 'M' END,
+       round(v.bmi::numeric, 1), round(v.bp::numeric, 2),
+       round(pg_temp.normal(189, 34.6, 100, 320)::numeric), round(pg_temp.normal(115, 30, 40, 250)::numeric, 1),
+       round(pg_temp.normal(49.8, 12.9, 20, 100)::numeric), round(pg_temp.normal(4.07, 1.29, 2, 9)::numeric, 2),
+       round(v.ltg::numeric, 4), round(pg_temp.normal(91, 11.5, 58, 124)::numeric),
+       CASE WHEN g % 50 = 0 THEN NULL ELSE round(greatest(25, least(346,
+           152 + 10 * (v.bmi - 26.4) + 60 * (v.ltg - 4.64) + 0.5 * (v.bp - 94.6)
+           + pg_temp.normal(0, 40, -1000, 1000)))::numeric, 1) END,
+       v.recorded_at
+  FROM generate_series({first:d}, {last:d}) AS g,
+       LATERAL (SELECT timestamptz '2015-01-01 00:00:00+00' + g * interval '7 seconds' AS recorded_at,
+                       (timestamptz '2015-01-01 00:00:00+00' + g * interval '7 seconds' - interval '365 days')::date
+                           AS visit_date,
+                       pg_temp.normal(48.5, 13.1, 19, 79) AS age, pg_temp.normal(26.4, 4.4, 15, 45) AS bmi,
+                       pg_temp.normal(94.6, 13.8, 60, 140) AS bp, pg_temp.normal(4.64, 0.52, 3, 6.5) AS ltg) AS v
+"""
+CHUNK_ROWS = 1_000_000  # one INSERT per million rows: progress to show, and bounded transactions
+
+
+def scratch_url(server_url: str, rows: int) -> str:
+    return db.with_database(server_url, f"bench_{rows}")
+
+
+def create_table(url: str, rows: int, progress: Any = None) -> float:
+    """A fresh database with the schema and `rows` generated patient records; returns seconds taken."""
+    started = time.perf_counter()
+    db.drop_database(url)
+    db.ensure_database(url)
+    engine = db.create_engine(url)
+    try:
+        db.apply_schema(engine)
+        raw = engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute("SELECT setseed(0.42)")
+            cursor.execute(NORMAL_SQL)
+            for first in range(1, rows + 1, CHUNK_ROWS):
+                last = min(rows, first + CHUNK_ROWS - 1)
+                cursor.execute(GENERATE_SQL.format(first=first, last=last))
+                raw.commit()
+                if progress:
+                    progress(last)
+            raw.dbapi_connection.autocommit = True  # VACUUM runs outside a transaction
+            cursor.execute("VACUUM (ANALYZE) public.patient_records")  # hint bits set: reads measure reading
+        finally:
+            raw.close()
+    finally:
+        engine.dispose()
+    return time.perf_counter() - started
+
+
+def write_config(source: Path, target: Path) -> Path:
+    """The project's config with training limited to BENCH_FAMILIES; everything else as shipped."""
+    raw = yaml.safe_load(source.read_text())
+    dataset, training = raw["dataset"], raw["training"]
+    dataset["expectation_suite"] = str((source.parent / dataset["expectation_suite"]).resolve())
+    training["families"] = {name: params for name, params in training["families"].items() if name in BENCH_FAMILIES}
+    target.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return target
+
+
+def describe_config(path: Path) -> str:
+    training = yaml.safe_load(path.read_text())["training"]
+    families = ", ".join(f"{name} {params}" for name, params in training["families"].items())
+    return f"{training['cv_folds']}-fold CV over {families} (pipeline.yaml also has random_forest)"

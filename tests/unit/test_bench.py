@@ -1,0 +1,99 @@
+"""The bench's bookkeeping: ratios, the whole-DAG row, the table, the config it trains with. No timing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench import report, workload
+from bench.__main__ import verdicts
+from pipeline.config import load_config
+from pipeline.settings import PROJECT_ROOT
+
+
+def size(rows: int, seconds: dict[str, float], peaks: dict[str, float]) -> dict[str, Any]:
+    steps = [report.step(name, seconds[name], rows, {"ingest_snapshot": 1.0}.get(name), peaks[name], ready_mb=200.0)
+             for name in report.STAGES]
+    steps.append(report.step(report.READ_ROW, 1.25, rows, 1.0))
+    steps.append(report.whole_dag(steps, rows, 3.0))
+    return {"rows": rows, "snapshot_rows": rows, "steps": steps,
+            "floors": {"COPY into nothing": {"seconds": 1.0}, "bare ridge fit": {"seconds": 2.0, "peak_mb": 300.0}}}
+
+
+SECONDS = {"ingest_snapshot": 2.0, "validate_snapshot": 10.0, "train_candidate": 30.0, "evaluate_candidate": 5.0,
+           "promote_candidate": 0.5}
+PEAKS = {"ingest_snapshot": 600.0, "validate_snapshot": 1500.0, "train_candidate": 900.0, "evaluate_candidate": 700.0,
+         "promote_candidate": 250.0}
+
+
+def test_vs_floor_is_the_floors_share_of_the_steps_time() -> None:
+    row = report.step("ingest_snapshot", 2.0, 1000, floor=1.6, peak_mb=100.0)
+
+    assert row["vs_floor"] == 0.8
+    assert row["rows_per_second"] == 500
+    assert report.step("validate_snapshot", 2.0, 1000)["vs_floor"] is None
+
+
+def test_whole_dag_sums_the_stages_and_keeps_the_largest_peak() -> None:
+    steps = size(10**6, SECONDS, PEAKS)["steps"]
+    dag = next(s for s in steps if s["step"] == report.DAG_ROW)
+
+    assert dag["seconds"] == sum(SECONDS.values())  # the read row is part of ingest, not added again
+    assert dag["peak_mb"] == 1500.0
+    assert dag["vs_floor"] == 3.0 / sum(SECONDS.values())
+
+
+def test_table_has_a_line_per_step_and_floor() -> None:
+    text = report.table([size(10**4, SECONDS, PEAKS)], {(10**4, "train_candidate"): 25.0})
+    lines = text.splitlines()
+
+    assert lines[0].split() == ["rows", "step", "seconds", "rows/s", "floor", "s", "vs", "floor", "peak", "MB",
+                                "last", "run", "s"]
+    assert len(lines) == 2 + len(report.STAGES) + 2 + 2
+    train = next(line for line in lines if "train_candidate" in line)
+    assert train.split()[0] == "10^4" and train.split()[-1] == "25.00"
+    assert any("floor: COPY into nothing" in line for line in lines)
+
+
+def test_verdicts_name_each_target_and_whether_it_was_met() -> None:
+    sizes = [size(10**5, SECONDS, PEAKS), size(10**6, SECONDS, {**PEAKS, "validate_snapshot": 2500.0})]
+    dag_parse = [{"file": "retrain.py", "dag_seconds": 0.2, "heavy_imports": [], "ok": True}]
+
+    lines = verdicts(sizes, dag_parse)
+
+    assert lines[0].startswith("read rows -> Arrow at 10^6: 0.80 of COPY-into-nothing") and "OK" in lines[0]
+    assert "2,500 MB" in lines[1] and lines[1].endswith("MISSED")
+    assert lines[-1].startswith("DAG parse retrain.py: 0.200 s") and lines[-1].endswith("OK")
+
+
+def test_previous_results_are_read_for_comparison(tmp_path: Path) -> None:
+    path = tmp_path / "latest.json"
+    path.write_text(json.dumps({"commit": "abc123", "sizes": [size(10**4, SECONDS, PEAKS)]}))
+
+    seconds, commit = report.previous_seconds(path)
+
+    assert commit == "abc123"
+    assert seconds[(10**4, "validate_snapshot")] == 10.0
+    assert seconds[(10**4, "floor: COPY into nothing")] == 1.0
+    assert report.previous_seconds(tmp_path / "missing.json") == ({}, None)
+
+
+def test_bench_config_trains_bounded_families_and_keeps_the_rest(tmp_path: Path) -> None:
+    shipped = PROJECT_ROOT / "pipeline.yaml"
+
+    path = workload.write_config(shipped, tmp_path / "bench.yaml")
+
+    config, original = load_config(path), load_config(shipped)
+    assert set(config.training.families) == set(workload.BENCH_FAMILIES) & set(original.training.families)
+    assert config.dataset == original.dataset  # the suite path is made absolute, so it still resolves
+    assert config.promotion == original.promotion and config.quality == original.quality
+    assert yaml.safe_load(shipped.read_text()) != yaml.safe_load(path.read_text())
+
+
+def test_plot_is_written(tmp_path: Path) -> None:
+    report.plot([size(10**4, SECONDS, PEAKS), size(10**5, SECONDS, PEAKS)], tmp_path / "plot.png")
+
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
