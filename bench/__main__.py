@@ -29,10 +29,10 @@ seconds     the stage function alone (pipeline.stages), one run, in a fresh proc
 rows/s      labelled rows in the snapshot over seconds, for every step.
 floors      COPY (the snapshot's SQL) TO STDOUT into a sink that drops every byte (psycopg2, text and
             binary), best of {repeats}, interleaved with {repeats} Arrow reads of the same rows (the 'read
-            rows -> Arrow' row, best of {repeats}); 'bare fit': the family the stage chose, one fit of the
-            bare estimator on the preprocessed training rows held as a float64 array.
+            rows -> Arrow' row, best of {repeats}); 'bare fits': each configured family's bare estimator
+            fitted once on the preprocessed training rows held as a float64 array (no CV, no pipeline).
 vs floor    floor seconds / step seconds (1.00 = as fast as the floor); reading rows is compared with
-            the faster COPY, training with the bare fit, the whole DAG with both summed.
+            the faster COPY, training with the bare fits, the whole DAG with both summed.
 peak MB     getrusage high-water mark of the step's own process (interpreter and imports included;
             the JSON also has ready_mb, resident memory just before the call). The whole DAG's peak is
             its largest stage's, since each task runs in its own process.
@@ -113,10 +113,10 @@ def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, ke
         checked = run_stage(base, label, "validate_snapshot", snapshot_hash=snapshot["snapshot_hash"])
         clean = checked["result"]["clean_snapshot_hash"]
         trained = run_stage(base, label, "train_candidate", clean_snapshot_hash=clean)
-        family = trained["result"]["model_family"]
-        say(f"{label} floor: bare {family} fit ...", end=" ")
-        fit = probe({**base, "probe": "fit_floor", "clean_snapshot_hash": clean, "model_family": family})
-        say(f"{fit['seconds']:.2f} s on {fit['shape'][0]:,} x {fit['shape'][1]}")
+        say(f"{label} floor: a bare fit of each family ...", end=" ")
+        fit = probe({**base, "probe": "fit_floor", "clean_snapshot_hash": clean})
+        say(", ".join(f"{name} {s:.2f} s" for name, s in fit["per_family"].items())
+            + f" on {fit['shape'][0]:,} x {fit['shape'][1]}")
         evaluated = run_stage(base, label, "evaluate_candidate", version=trained["result"]["version"])
         promoted = run_stage(base, label, "promote_candidate")
     finally:
@@ -126,7 +126,7 @@ def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, ke
 
     measured = {"ingest_snapshot": ingest, "validate_snapshot": checked, "train_candidate": trained,
                 "evaluate_candidate": evaluated, "promote_candidate": promoted}
-    floors = {"COPY into nothing": copy_floor, f"bare {family} fit": fit["seconds"]}
+    floors = {"COPY into nothing": copy_floor, "bare fits, one per family": fit["seconds"]}
     steps = []
     for name, m in measured.items():
         floor = {"ingest_snapshot": copy_floor, "train_candidate": fit["seconds"]}.get(name)
@@ -137,7 +137,7 @@ def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, ke
     steps.append(report.whole_dag(steps, n, copy_floor + fit["seconds"]))
     return {"rows": rows, "snapshot_rows": n, "generate_seconds": generated, "steps": steps,
             "floors": {name: {"seconds": s, **({"all_seconds": reads["times"]} if "COPY" in name else
-                                               {"peak_mb": fit["peak_mb"], "shape": fit["shape"]})}
+                                               {k: fit[k] for k in ("peak_mb", "shape", "per_family")})}
                        for name, s in floors.items()}}
 
 
@@ -194,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     previous, previous_commit = report.previous_seconds(args.results_dir / "latest.json")
     server_url = db.database_url(Settings.from_env())
     config_path = workload.write_config(Settings.from_env().config_path, args.results_dir / f"{stamp}-pipeline.yaml")
-    say(f"bench: sizes {', '.join(f'{n:,}' for n in sizes)}; {os.cpu_count()} CPUs; training: "
+    load_before = os.getloadavg()
+    say(f"bench: sizes {', '.join(f'{n:,}' for n in sizes)}; {os.cpu_count()} CPUs, load average "
+        f"{load_before[0]:.1f} (other work on this machine slows every step); training: "
         f"{workload.describe_config(config_path)}")
     clock = time.perf_counter()
     dag_parse = measure_dag_parsing(args.repeats)
@@ -204,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"[{report._fmt(rows, 'rows')}] done; {time.perf_counter() - clock:.0f} s so far")
     document = {
         "commit": git_commit(), "started_at": started.isoformat(), "seconds": time.perf_counter() - clock,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "training_config": workload.describe_config(config_path), "method": METHOD.format(
             repeats=args.repeats, config=workload.describe_config(config_path)),
         "dag_parse": dag_parse, "sizes": results,
@@ -213,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     say(report.table(results, previous))
     if previous_commit:
         say(f"(last run s: bench/results/latest.json before this run, commit {previous_commit})")
+    say(f"load average before {document['machine']['load_average_before'][0]:.1f}, "
+        f"after {document['machine']['load_average_after'][0]:.1f} on {os.cpu_count()} CPUs")
     say("")
     for line in verdicts(results, dag_parse):
         say(line)

@@ -165,8 +165,7 @@ def train_candidate(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, An
     }
     with ws.engine.begin() as conn:
         version = registry.register_model(conn, record)
-    return {"version": version, "model_family": family, "artifact_hash": artifact_hash, "cv_metrics": cv_table,
-            "card": _render_page(cards.render_model_card, ws, version)}
+    return {"version": version, "model_family": family, "artifact_hash": artifact_hash, "cv_metrics": cv_table}
 
 
 def _render_page(render: Any, ws: Workspace, key: Any) -> str | None:
@@ -231,7 +230,7 @@ def evaluate_candidate(ws: Workspace, run: Run, version: int, margin: float | No
         already_promoted = registry.promoted_by_run(conn, run.run_id) == version
         recorded = registry.get_evaluation(conn, run.run_id) if already_promoted else None
     if recorded is not None:  # a retried task after this run promoted: the record stands
-        return {**_evaluation_summary(recorded), "comparison": _render_page(cards.render_comparison, ws, run.run_id)}
+        return {**_evaluation_summary(recorded), **_render_pages(ws, version, run.run_id)}
     try:
         evidence = gather_evidence(ws, candidate, champion, policy)
         if evidence["champion_error"]:
@@ -252,7 +251,13 @@ def evaluate_candidate(ws: Workspace, run: Run, version: int, margin: float | No
     }
     with ws.engine.begin() as conn:
         registry.record_evaluation(conn, run.run_id, evaluation)
-    return {**_evaluation_summary(evaluation), "comparison": _render_page(cards.render_comparison, ws, run.run_id)}
+    return {**_evaluation_summary(evaluation), **_render_pages(ws, version, run.run_id)}
+
+
+def _render_pages(ws: Workspace, version: int, run_id: str) -> dict[str, str | None]:
+    """The candidate's model card and the decision's comparison page, once the decision is recorded."""
+    return {"card": _render_page(cards.render_model_card, ws, version),
+            "comparison": _render_page(cards.render_comparison, ws, run_id)}
 
 
 def _policy_record(policy: PromotionPolicy) -> dict[str, Any]:

@@ -8,7 +8,6 @@ shipped three would take seconds per retrain.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import re
 from datetime import UTC, datetime
@@ -16,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from pipeline import cards, demo, stages
+from tests.integration.stage_runs import fetch, quick_workspace, retrain_through_stages
 
 DEMO_WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)  # after every demo row (the last is 2026-06)
 LATER_WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after arrivals too, which are recorded now
@@ -30,20 +29,6 @@ def make_run(run_id: str, watermark: datetime = LATER_WATERMARK) -> stages.Run:
     return stages.Run(run_id=run_id, watermark=watermark, triggered_by="test")
 
 
-def fetch(ws: stages.Workspace, sql: str, **params: Any) -> list[dict[str, Any]]:
-    with ws.engine.connect() as conn:
-        return [dict(row) for row in conn.execute(sa.text(sql), params).mappings()]
-
-
-def retrain(ws: stages.Workspace, run: stages.Run) -> dict[str, Any]:
-    """Every stage in the order the DAG runs them, training on the clean rows as the DAG does."""
-    snapshot = stages.ingest_snapshot(ws, run)
-    checked = stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
-    candidate = stages.train_candidate(ws, run, checked["clean_snapshot_hash"])
-    evaluation = stages.evaluate_candidate(ws, run, candidate["version"])
-    outcome = stages.promote_candidate(ws, run, actor="test")
-    return {"snapshot": snapshot, "clean_snapshot_hash": checked["clean_snapshot_hash"],
-            "candidate": candidate, "evaluation": evaluation, "outcome": outcome}
 
 
 def png_images(document: str) -> list[bytes]:
@@ -71,18 +56,12 @@ def assert_every_slice_group_listed(document: str, evidence: dict[str, Any]) -> 
         assert f"<td>{html.escape(row['slice'])}</td><td>{html.escape(row['group'])}</td><td>{row['n']}</td>" in slices
 
 
-@pytest.fixture
-def quick_ws(ws: stages.Workspace) -> stages.Workspace:
-    """The test's workspace with only the ridge family to cross-validate."""
-    training = dataclasses.replace(ws.config.training, families={"ridge": ws.config.training.families["ridge"]})
-    return dataclasses.replace(ws, config=dataclasses.replace(ws.config, training=training))
-
 
 @pytest.fixture
 def first(quick_ws: stages.Workspace) -> dict[str, Any]:
     """The demo study loaded and retrained up to DEMO_WATERMARK: version 1 is the champion."""
     demo.seed_demo(quick_ws.engine)
-    result = retrain(quick_ws, make_run("first", DEMO_WATERMARK))
+    result = retrain_through_stages(quick_ws, make_run("first", DEMO_WATERMARK))
     assert result["outcome"]["status"] == "promoted"
     return result
 
@@ -107,8 +86,9 @@ def test_model_card_of_the_first_version(quick_ws: stages.Workspace, first: dict
     assert "<td>sex_F</td>" in section(document, "importance")  # Ridge: coefficients by prepared feature
     assert "<tr><td>all checks passed</td><td>yes</td></tr>" in section(document, "behaviour")
     assert html.escape(first["evaluation"]["reason"]) in section(document, "decision")
-    rows = fetch(quick_ws, "SELECT version, kind, run_id, path FROM pipeline.model_cards")
+    rows = fetch(quick_ws, "SELECT version, kind, run_id, path FROM pipeline.model_cards WHERE kind = 'card'")
     assert rows == [{"version": 1, "kind": "card", "run_id": "first", "path": str(path)}]
+    assert first["evaluation"]["card"] == str(path)  # the evaluate stage wrote the same page
 
 
 def test_rendering_a_card_again_gives_the_same_file_and_row(quick_ws: stages.Workspace,
@@ -116,7 +96,7 @@ def test_rendering_a_card_again_gives_the_same_file_and_row(quick_ws: stages.Wor
     path = cards.render_model_card(quick_ws, 1)
 
     assert cards.render_model_card(quick_ws, 1) == path
-    assert fetch(quick_ws, "SELECT count(*) AS n FROM pipeline.model_cards") == [{"n": 1}]
+    assert fetch(quick_ws, "SELECT count(*) AS n FROM pipeline.model_cards WHERE kind = 'card'") == [{"n": 1}]
 
 
 def test_unknown_version_names_it(quick_ws: stages.Workspace) -> None:
@@ -127,7 +107,7 @@ def test_unknown_version_names_it(quick_ws: stages.Workspace) -> None:
 def test_comparisons_without_and_with_a_champion(quick_ws: stages.Workspace, first: dict[str, Any]) -> None:
     first_page = cards.render_comparison(quick_ws, "first").read_text()
     demo.simulate_arrivals(quick_ws.engine, rows=30, seed=7)
-    retrain(quick_ws, make_run("second"))
+    retrain_through_stages(quick_ws, make_run("second"))
 
     path = cards.render_comparison(quick_ws, "second")
 
@@ -150,7 +130,15 @@ def test_comparisons_without_and_with_a_champion(quick_ws: stages.Workspace, fir
     tolerance = second["policy"]["slice_tolerance"]
     over = sum(r["change"] > tolerance for r in second["evidence"]["slices"])
     assert section(document, "slices").count("<tr class='worse") == over
-    rows = fetch(quick_ws, "SELECT version, kind, run_id, path FROM pipeline.model_cards ORDER BY version")
+    rows = fetch(quick_ws, "SELECT version, kind, run_id, path FROM pipeline.model_cards "
+                           "WHERE kind = 'comparison' ORDER BY version")
     assert [(r["version"], r["kind"], r["run_id"]) for r in rows] == [(1, "comparison", "first"),
                                                                       (2, "comparison", "second")]
     assert rows[1]["path"] == str(path) and Path(rows[0]["path"]).read_text() == first_page
+
+
+@pytest.fixture
+def quick_ws(ws: stages.Workspace) -> stages.Workspace:
+    return quick_workspace(ws)
+
+

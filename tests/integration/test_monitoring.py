@@ -8,7 +8,6 @@ per test.
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipeline import demo, registry, stages
+from tests.integration.stage_runs import fetch, quick_workspace, retrain_through_stages
 
 DEMO_WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)  # after every demo row (the last is 2026-06)
 LATER_WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after arrivals too, which are recorded now
@@ -30,10 +30,6 @@ def make_run(run_id: str, watermark: datetime = LATER_WATERMARK) -> stages.Run:
     return stages.Run(run_id=run_id, watermark=watermark, triggered_by="test")
 
 
-def fetch(ws: stages.Workspace, sql: str, **params: Any) -> list[dict[str, Any]]:
-    with ws.engine.connect() as conn:
-        return [dict(row) for row in conn.execute(sa.text(sql), params).mappings()]
-
 
 def drift_rows(ws: stages.Workspace) -> list[dict[str, Any]]:
     return fetch(ws, "SELECT * FROM pipeline.drift_reports ORDER BY run_id")
@@ -44,30 +40,13 @@ def newest_recorded_at(ws: stages.Workspace) -> datetime:
     return row["t"]
 
 
-def retrain(ws: stages.Workspace, run: stages.Run) -> dict[str, Any]:
-    """Every stage in the order the DAG runs them, training on the clean rows as the DAG does."""
-    snapshot = stages.ingest_snapshot(ws, run)
-    assert stages.has_new_data(ws, run, snapshot["snapshot_hash"])
-    checked = stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
-    candidate = stages.train_candidate(ws, run, checked["clean_snapshot_hash"])
-    stages.evaluate_candidate(ws, run, candidate["version"])
-    outcome = stages.promote_candidate(ws, run, actor="test")
-    return {"snapshot": snapshot, "clean_snapshot_hash": checked["clean_snapshot_hash"],
-            "candidate": candidate, "outcome": outcome}
-
-
-@pytest.fixture
-def quick_ws(ws: stages.Workspace) -> stages.Workspace:
-    """The test's workspace with only the ridge family to cross-validate."""
-    training = dataclasses.replace(ws.config.training, families={"ridge": ws.config.training.families["ridge"]})
-    return dataclasses.replace(ws, config=dataclasses.replace(ws.config, training=training))
 
 
 @pytest.fixture
 def champion(quick_ws: stages.Workspace) -> dict[str, Any]:
     """The demo study loaded and retrained up to DEMO_WATERMARK: version 1 is the champion."""
     demo.seed_demo(quick_ws.engine)
-    result = retrain(quick_ws, make_run("first", DEMO_WATERMARK))
+    result = retrain_through_stages(quick_ws, make_run("first", DEMO_WATERMARK))
     assert result["outcome"]["status"] == "promoted"
     return result
 
@@ -231,3 +210,10 @@ def test_a_retried_check_does_not_count_its_own_model(quick_ws: stages.Workspace
     run = make_run("first", DEMO_WATERMARK)
 
     assert stages.has_new_data(quick_ws, run, champion["snapshot"]["snapshot_hash"]) is True
+
+
+@pytest.fixture
+def quick_ws(ws: stages.Workspace) -> stages.Workspace:
+    return quick_workspace(ws)
+
+

@@ -6,7 +6,6 @@ with the champion (row, model, promotion history and artifact bytes) exactly as 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -23,6 +22,7 @@ import sqlalchemy as sa
 from pipeline import demo, ingest, registry, stages
 from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT
 from pipeline.validate import ValidationFailed
+from tests.integration.stage_runs import fetch, quick_workspace, retrain_through_stages
 
 DEMO_WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)  # after every demo row (the last is 2026-06)
 LATER_WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after arrivals too, which are recorded now
@@ -34,10 +34,6 @@ def make_run(run_id: str, watermark: datetime = LATER_WATERMARK) -> stages.Run:
     return stages.Run(run_id=run_id, watermark=watermark, triggered_by="test")
 
 
-def fetch(ws: stages.Workspace, sql: str, **params: Any) -> list[dict[str, Any]]:
-    with ws.engine.connect() as conn:
-        return [dict(row) for row in conn.execute(sa.text(sql), params).mappings()]
-
 
 def execute(ws: stages.Workspace, sql: str) -> None:
     with ws.engine.begin() as conn:
@@ -48,16 +44,6 @@ def ingest_and_validate(ws: stages.Workspace, run: stages.Run) -> dict[str, Any]
     snapshot = stages.ingest_snapshot(ws, run)
     return stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
 
-
-def retrain(ws: stages.Workspace, run: stages.Run) -> dict[str, Any]:
-    """Every stage in the order the DAG runs them; the candidate trains on the clean snapshot."""
-    snapshot = stages.ingest_snapshot(ws, run)
-    assert stages.has_new_data(ws, run, snapshot["snapshot_hash"])
-    checked = stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
-    candidate = stages.train_candidate(ws, run, checked["clean_snapshot_hash"])
-    stages.evaluate_candidate(ws, run, candidate["version"])
-    outcome = stages.promote_candidate(ws, run, actor="test")
-    return {"snapshot": snapshot, "checked": checked, "candidate": candidate, "outcome": outcome}
 
 
 def champion_state(ws: stages.Workspace) -> dict[str, Any]:
@@ -85,18 +71,12 @@ def as_stored(value: Any) -> Any:
     return value.isoformat() if isinstance(value, date) else value
 
 
-@pytest.fixture
-def quick(ws: stages.Workspace) -> stages.Workspace:
-    """The test's workspace, training one cheap model family: these tests are about rows, not models."""
-    training = dataclasses.replace(ws.config.training, families={"ridge": {"alpha": 1.0}}, cv_folds=3)
-    return dataclasses.replace(ws, config=dataclasses.replace(ws.config, training=training))
-
 
 @pytest.fixture
 def champion(quick: stages.Workspace) -> dict[str, Any]:
     """The demo study loaded and a first retrain over it: version 1 is the champion."""
     demo.seed_demo(quick.engine)
-    result = retrain(quick, make_run("first", DEMO_WATERMARK))
+    result = retrain_through_stages(quick, make_run("first", DEMO_WATERMARK))
     assert result["outcome"]["status"] == "promoted"
     return result
 
@@ -140,7 +120,7 @@ def faulty_retrain(quick: stages.Workspace) -> dict[str, Any]:
     demo.seed_demo(quick.engine)
     ids = demo.simulate_arrivals(quick.engine, rows=ARRIVALS, seed=ARRIVAL_SEED, bad_rows=BAD_ROWS)
     _, expected = demo.add_faults(demo.arrival_records(ARRIVALS, ARRIVAL_SEED), BAD_ROWS, ARRIVAL_SEED)
-    result = retrain(quick, make_run("faulty"))
+    result = retrain_through_stages(quick, make_run("faulty"))
     result["expected"] = {i: reason for i, reason in zip(ids, expected, strict=True) if reason != "valid"}
     return result
 
@@ -281,3 +261,10 @@ def test_text_numeric_column_quarantines_only_the_row_that_will_not_cast(ws: sta
     assert clean["bmi"].to_dict() == study["bmi"].to_dict()  # text and back loses nothing
     page = Path(checked["report_path"]).read_text()
     assert "<tr><td>17</td><td>wrong_type(bmi=abc)</td></tr>" in page
+
+
+@pytest.fixture
+def quick(ws: stages.Workspace) -> stages.Workspace:
+    return quick_workspace(ws)
+
+

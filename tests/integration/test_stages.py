@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from pipeline import artifacts, demo, registry, stages
 from pipeline.config import PipelineConfig
 from pipeline.validate import ValidationFailed
+from tests.integration.stage_runs import fetch, quick_workspace
 
 DEMO_WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)  # after every demo row (the last is 2026-06)
 LATER_WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after arrivals too, which are recorded now
@@ -61,9 +62,10 @@ def accept_candidate(ws: stages.Workspace, run_id: str) -> None:
                              "WHERE run_id = :r"), {"r": run_id})
 
 
-def fetch(ws: stages.Workspace, sql: str, **params: Any) -> list[dict[str, Any]]:
-    with ws.engine.connect() as conn:
-        return [dict(row) for row in conn.execute(sa.text(sql), params).mappings()]
+@pytest.fixture
+def ws(ws: stages.Workspace) -> stages.Workspace:
+    """These tests are about stage mechanics and records, not which model family wins."""
+    return quick_workspace(ws)
 
 
 def run_row(ws: stages.Workspace, run_id: str) -> dict[str, Any]:

@@ -1,0 +1,35 @@
+"""Shared helpers for tests that drive retrains through the stage functions, as the DAG does."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import sqlalchemy as sa
+
+from pipeline import stages
+
+
+def fetch(ws: stages.Workspace, sql: str, **params: Any) -> list[dict[str, Any]]:
+    with ws.engine.connect() as conn:
+        return [dict(row) for row in conn.execute(sa.text(sql), params).mappings()]
+
+
+def quick_workspace(ws: stages.Workspace) -> stages.Workspace:
+    """The workspace with one cheap model family and three folds: for tests about rows and records,
+    not about which family wins (cross-validating the shipped three takes seconds per retrain)."""
+    training = dataclasses.replace(ws.config.training, families={"ridge": ws.config.training.families["ridge"]},
+                                   cv_folds=3)
+    return dataclasses.replace(ws, config=dataclasses.replace(ws.config, training=training))
+
+
+def retrain_through_stages(ws: stages.Workspace, run: stages.Run, margin: float | None = None) -> dict[str, Any]:
+    """Every stage in the order the DAG runs them; the candidate trains on the clean snapshot."""
+    snapshot = stages.ingest_snapshot(ws, run)
+    assert stages.has_new_data(ws, run, snapshot["snapshot_hash"])
+    checked = stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
+    candidate = stages.train_candidate(ws, run, checked["clean_snapshot_hash"])
+    evaluation = stages.evaluate_candidate(ws, run, candidate["version"], margin)
+    outcome = stages.promote_candidate(ws, run, actor="test")
+    return {"snapshot": snapshot, "checked": checked, "clean_snapshot_hash": checked["clean_snapshot_hash"],
+            "candidate": candidate, "evaluation": evaluation, "outcome": outcome}
