@@ -49,6 +49,9 @@ test: install ## run every test (unit, integration on real PostgreSQL, DAGs thro
 test-unit: install ## the tests that need no database
 	$(PY) -m pytest tests/unit
 
+bench: install ## time and memory of each retrain stage at 10^4..10^6 rows (ARGS=--with-10m adds 10^7)
+	$(PY) -m bench $(ARGS)
+
 lint: install ## ruff (with Airflow rules) and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy

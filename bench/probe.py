@@ -46,43 +46,64 @@ def workspace(spec: dict[str, Any]) -> Any:
                                    artifact_dir=Path(spec["artifact_dir"]), pgdata_dir=Path(spec["pgdata_dir"])))
 
 
-def run_stage(spec: dict[str, Any]) -> dict[str, Any]:
-    """One stage of the retrain DAG, with the arguments the DAG passes it."""
+def stage_calls(spec: dict[str, Any]) -> dict[str, Any]:
+    """Each stage of the retrain DAG as a call with the arguments the DAG passes it."""
     from datetime import datetime
 
     from pipeline import stages
 
     ws = workspace(spec)
     run = stages.Run(run_id=spec["run_id"], watermark=datetime.fromisoformat(spec["watermark"]), triggered_by="bench")
-    calls = {
+    return {
         "ingest_snapshot": lambda: stages.ingest_snapshot(ws, run, {}),
-        "validate_snapshot": lambda: stages.validate_snapshot(ws, run, spec["snapshot_hash"]),
-        "train_candidate": lambda: stages.train_candidate(ws, run, spec["clean_snapshot_hash"]),
-        "evaluate_candidate": lambda: stages.evaluate_candidate(ws, run, spec["version"]),
+        "validate_snapshot": lambda snapshot_hash: stages.validate_snapshot(ws, run, snapshot_hash),
+        "train_candidate": lambda clean_snapshot_hash: stages.train_candidate(ws, run, clean_snapshot_hash),
+        "evaluate_candidate": lambda version: stages.evaluate_candidate(ws, run, version),
         "promote_candidate": lambda: stages.promote_candidate(ws, run),
     }
+
+
+def kept(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: result[k] for k in KEPT_KEYS if k in result}
+
+
+def run_stage(spec: dict[str, Any]) -> dict[str, Any]:
+    """One stage of the retrain DAG in this process, as an Airflow task runs it."""
+    call = stage_calls(spec)[spec["stage"]]
     ready = rss_mb()
-    result, seconds = timed(calls[spec["stage"]])
-    kept = {k: result[k] for k in KEPT_KEYS if k in result}
-    return {"seconds": seconds, "ready_mb": ready, "peak_mb": peak_mb(), "result": kept}
+    result, seconds = timed(call, **spec["arguments"])
+    return {"seconds": seconds, "ready_mb": ready, "peak_mb": peak_mb(), "result": kept(result)}
 
 
-def copy_into_nothing(engine: Any, sql: str, binary: bool) -> int:
-    """COPY (the snapshot query) TO STDOUT, every byte received and dropped; returns bytes."""
-    received = 0
+def run_retrain(spec: dict[str, Any]) -> dict[str, Any]:
+    """Every stage in this one process, in order, as `python -m pipeline retrain` runs them."""
+    calls = stage_calls(spec)
+    ready = rss_mb()
+    seconds: dict[str, float] = {}
+    snapshot, seconds["ingest_snapshot"] = timed(calls["ingest_snapshot"])
+    checked, seconds["validate_snapshot"] = timed(calls["validate_snapshot"], snapshot["snapshot_hash"])
+    trained, seconds["train_candidate"] = timed(calls["train_candidate"], checked["clean_snapshot_hash"])
+    evaluated, seconds["evaluate_candidate"] = timed(calls["evaluate_candidate"], trained["version"])
+    promoted, seconds["promote_candidate"] = timed(calls["promote_candidate"])
+    return {"seconds": sum(seconds.values()), "stages": seconds, "ready_mb": ready, "peak_mb": peak_mb(),
+            "result": {**kept(evaluated), **kept(promoted)}}
 
-    class Nothing:
-        def write(self, data: bytes) -> None:
-            nonlocal received
-            received += len(data)
 
+class Nothing:
+    """A file that drops every write: COPY's bytes go nowhere."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+
+def copy_into_nothing(engine: Any, sql: str, binary: bool) -> None:
+    """COPY (the snapshot query) TO STDOUT, every row received and dropped."""
     raw = engine.raw_connection()
     try:
         options = " WITH (FORMAT binary)" if binary else ""
         raw.cursor().copy_expert(f"COPY ({sql}) TO STDOUT{options}", Nothing())
     finally:
         raw.close()
-    return received
 
 
 def run_read_floor(spec: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +170,8 @@ def run_dag_import(spec: dict[str, Any]) -> dict[str, Any]:
     return {"sdk_seconds": sdk_seconds, "dag_seconds": dag_seconds, "heavy_imports": heavy}
 
 
-PROBES = {"stage": run_stage, "read_floor": run_read_floor, "fit_floor": run_fit_floor, "dag_import": run_dag_import}
+PROBES = {"stage": run_stage, "retrain": run_retrain, "read_floor": run_read_floor, "fit_floor": run_fit_floor,
+          "dag_import": run_dag_import}
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 STAGES = ("ingest_snapshot", "validate_snapshot", "train_candidate", "evaluate_candidate", "promote_candidate")
 DAG_ROW = "retrain (whole DAG)"
+FIRST_ROW = "first retrain (one process)"
 READ_ROW = "  read rows -> Arrow"
 COLUMNS = ("rows", "step", "seconds", "rows/s", "floor s", "vs floor", "peak MB", "last run s")
 

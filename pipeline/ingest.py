@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -233,17 +233,18 @@ def _write_parquet(groups: Iterable[pa.Table], schema: pa.Schema) -> tuple[pa.Ta
     """Write row groups to Parquet on a second thread while the next ones are read; (table, bytes)."""
     sink = pa.BufferOutputStream()
     kept: list[pa.Table] = []
+    pending: list[Future[None]] = []
     writer = pq.ParquetWriter(sink, schema, **PARQUET_OPTIONS)
     with ThreadPoolExecutor(max_workers=1) as pool:  # one worker: row groups are written in order
-        pending: list[Future[None]] = []
         try:
             for group in groups:
                 kept.append(group)
                 pending.append(pool.submit(writer.write_table, group, row_group_size=ROW_GROUP_ROWS))
         finally:
-            for done in pending:
-                done.result()
+            wait(pending)
             writer.close()
+    for written in pending:
+        written.result()  # raises a write's error, if any
     table = pa.concat_tables(kept) if kept else schema.empty_table()
     return table, sink.getvalue().to_pybytes()
 
