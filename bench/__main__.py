@@ -59,14 +59,21 @@ def probe(spec: dict[str, Any], env: dict[str, str] | None = None, tick: float =
         with log_path.open("w") as log:
             child = subprocess.Popen([sys.executable, "-m", "bench.probe", str(spec_path)], cwd=PROJECT_ROOT,
                                      env=environ, stdout=subprocess.DEVNULL, stderr=log)
-            while True:
-                try:
-                    child.wait(timeout=tick)
-                    break
-                except subprocess.TimeoutExpired:
-                    say(".", end="")
+            try:
+                while True:
+                    try:
+                        child.wait(timeout=tick)
+                        break
+                    except subprocess.TimeoutExpired:
+                        say(".", end="")
+            except BaseException:  # Ctrl-C or an error here: the measurement must not outlive the bench
+                child.kill()
+                child.wait()
+                raise
         if child.returncode != 0:
-            raise BenchError(f"{spec['probe']} {spec.get('stage', '')} failed:\n{log_path.read_text()[-3000:]}")
+            killed = f" (killed by signal {-child.returncode}; out of memory?)" if child.returncode < 0 else ""
+            raise BenchError(f"{spec['probe']} {spec.get('stage', '')} failed{killed}:\n"
+                             f"{log_path.read_text()[-3000:]}")
         return json.loads(out_path.read_text())  # type: ignore[no-any-return]
 
 
@@ -101,7 +108,7 @@ def run_stage(base: dict[str, Any], label: str, name: str, **arguments: Any) -> 
 
 def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, keep: bool) -> dict[str, Any]:
     """Generate `rows` rows, retrain once for a champion, add 1 % arrivals, then measure floors and each stage."""
-    label = f"[{report._fmt(rows, 'rows')}]"
+    label = f"[{report.fmt(rows, 'rows')}]"
     url = workload.scratch_url(server_url, rows)
     say(f"{label} generating {rows:,} rows in database {url.rsplit('/', 1)[-1].split('?')[0]} ...", end=" ")
     generated = workload.create_table(url, rows, progress=lambda n: say(f"{n:,}", end=" ") if rows > 10**6 else None)
@@ -166,6 +173,7 @@ def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, ke
 def verdicts(sizes: list[dict[str, Any]], dag_parse: list[dict[str, Any]]) -> list[str]:
     """The issue's targets, each with the measured value."""
     lines = []
+    sizes = [size for size in sizes if "error" not in size]
     at = {size["rows"]: {s["step"]: s for s in size["steps"]} for size in sizes}
     if 10**6 in at:
         read, dag, ingest = at[10**6][report.READ_ROW], at[10**6][report.DAG_ROW], at[10**6]["ingest_snapshot"]
@@ -174,14 +182,15 @@ def verdicts(sizes: list[dict[str, Any]], dag_parse: list[dict[str, Any]]) -> li
                      f"whole ingest stage {ingest['vs_floor']:.2f}")
         one_process = at[10**6].get(report.FIRST_ROW, dag)["peak_mb"]
         worst = max(dag["peak_mb"], one_process)
-        lines.append(f"peak memory of a retrain at 10^6: {dag['peak_mb']:,.0f} MB per task, {one_process:,.0f} MB "
-                     f"all stages in one process (target < {MEMORY_LIMIT_MB}) "
+        largest = max((s for s in at[10**6].values() if s["step"] in report.STAGES), key=lambda s: s["peak_mb"])
+        lines.append(f"peak memory of a retrain at 10^6: {dag['peak_mb']:,.0f} MB per task ({largest['step']}), "
+                     f"{one_process:,.0f} MB all stages in one process (target < {MEMORY_LIMIT_MB}) "
                      f"{'OK' if worst < MEMORY_LIMIT_MB else 'MISSED'}")
     growth = [(size["rows"], max(s["peak_mb"] - s["ready_mb"] for s in size["steps"] if s["step"] in report.STAGES))
               for size in sizes]
     if len(growth) > 1:
         lines.append("memory above imports, largest stage: " + ", ".join(
-            f"{report._fmt(r, 'rows')} {mb:,.0f} MB ({mb * 1e6 / r / 1024:,.1f} KB per 1k rows)" for r, mb in growth))
+            f"{report.fmt(r, 'rows')} {mb:,.0f} MB ({mb * 1024 / r:,.1f} KB per row)" for r, mb in growth))
     for d in dag_parse:
         lines.append(f"DAG parse {d['file']}: {d['dag_seconds']:.3f} s on top of airflow.sdk (target < "
                      f"{DAG_PARSE_LIMIT}) {'OK' if d['ok'] else 'MISSED'}"
@@ -205,7 +214,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--with-10m", action="store_true", help="also 10^7 rows (adds about an hour on 2 CPUs)")
     parser.add_argument("--sizes", type=int, nargs="+", help="row counts to measure instead of 10^4 10^5 10^6")
     parser.add_argument("--repeats", type=int, default=5, help="runs of each floor and of the Arrow read (best kept)")
-    parser.add_argument("--keep-databases", action="store_true", help="leave the generated bench_<rows> databases")
+    parser.add_argument("--keep-databases", action="store_true", help="leave the generated bench_<rows>_<pid> databases")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     return parser.parse_args(argv)
 
@@ -227,8 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     dag_parse = measure_dag_parsing()
     results = []
     for rows in sizes:
-        results.append(measure_size(rows, server_url, config_path, args.repeats, args.keep_databases))
-        say(f"[{report._fmt(rows, 'rows')}] done; {time.perf_counter() - clock:.0f} s so far")
+        try:
+            results.append(measure_size(rows, server_url, config_path, args.repeats, args.keep_databases))
+        except BenchError as exc:  # keep the sizes measured so far, and say what broke
+            say(f"\n[{report.fmt(rows, 'rows')}] {exc}")
+            results.append({"rows": rows, "error": str(exc), "steps": [], "floors": {}})
+        say(f"[{report.fmt(rows, 'rows')}] done; {time.perf_counter() - clock:.0f} s so far")
     document = {
         "commit": git_commit(), "started_at": started.isoformat(), "seconds": time.perf_counter() - clock,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
@@ -240,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     say("")
     say(report.table(results, previous))
+    for failed in (size for size in results if "error" in size):
+        say(f"{report.fmt(failed['rows'], 'rows')}: not measured: {failed['error'].splitlines()[0]}")
     if previous_commit:
         say(f"(last run s: bench/results/latest.json before this run, commit {previous_commit})")
     say(f"load average before {document['machine']['load_average_before'][0]:.1f}, "
@@ -251,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     say(document["method"])
     for name in (f"{stamp}.json", "latest.json"):
         (args.results_dir / name).write_text(json.dumps(document, indent=2, default=str))
-    report.plot(results, args.results_dir / f"{stamp}.png")
+    report.plot([size for size in results if "error" not in size], args.results_dir / f"{stamp}.png")
     shutil.copyfile(args.results_dir / f"{stamp}.png", args.results_dir / "latest.png")
     say(f"\nwritten: {args.results_dir / f'{stamp}.json'}, latest.json, {stamp}.png, latest.png")
     return 0

@@ -28,7 +28,7 @@ def whole_dag(steps: list[dict[str, Any]], rows: int, floor: float) -> dict[str,
     return step(DAG_ROW, sum(s["seconds"] for s in stages), rows, floor, max(s["peak_mb"] for s in stages))
 
 
-def _fmt(value: Any, kind: str) -> str:
+def fmt(value: Any, kind: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if kind == "rows":
@@ -47,14 +47,14 @@ def table(sizes: list[dict[str, Any]], previous: dict[tuple[int, str], float]) -
     lines = []
     for size in sizes:
         for s in size["steps"]:
-            lines.append([_fmt(size["rows"], "rows"), s["step"], _fmt(s["seconds"], "s"),
-                          _fmt(s["rows_per_second"], "rate"), _fmt(s["floor_seconds"], "s"),
-                          _fmt(s["vs_floor"], "ratio"), _fmt(s["peak_mb"], "mb"),
-                          _fmt(previous.get((size["rows"], s["step"])), "s")])
+            lines.append([fmt(size["rows"], "rows"), s["step"], fmt(s["seconds"], "s"),
+                          fmt(s["rows_per_second"], "rate"), fmt(s["floor_seconds"], "s"),
+                          fmt(s["vs_floor"], "ratio"), fmt(s["peak_mb"], "mb"),
+                          fmt(previous.get((size["rows"], s["step"])), "s")])
         for name, floor in size["floors"].items():
-            lines.append([_fmt(size["rows"], "rows"), f"  floor: {name}", _fmt(floor["seconds"], "s"),
-                          _fmt(size["snapshot_rows"] / floor["seconds"], "rate"), "", "",
-                          _fmt(floor.get("peak_mb"), "mb"), _fmt(previous.get((size["rows"], f"floor: {name}")), "s")])
+            lines.append([fmt(size["rows"], "rows"), f"  floor: {name}", fmt(floor["seconds"], "s"),
+                          fmt(size["snapshot_rows"] / floor["seconds"], "rate"), "", "",
+                          fmt(floor.get("peak_mb"), "mb"), fmt(previous.get((size["rows"], f"floor: {name}")), "s")])
     widths = [max(len(str(c)) for c in col) for col in zip(COLUMNS, *lines, strict=False)]
     render = ["  ".join(str(c).rjust(w) if i != 1 else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths,
                                                                                                       strict=True)))

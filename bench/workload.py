@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,7 +52,8 @@ CHUNK_ROWS = 1_000_000  # one INSERT per million rows: progress to show, and bou
 
 
 def scratch_url(server_url: str, rows: int) -> str:
-    return db.with_database(server_url, f"bench_{rows}")
+    """A database of this run's own (two benches on one server must not drop each other's tables)."""
+    return db.with_database(server_url, f"bench_{rows}_{os.getpid()}")
 
 
 def create_table(url: str, rows: int, progress: Any = None) -> float:

@@ -266,7 +266,8 @@ def lineage_rows(model: Mapping[str, Any], snapshot: Mapping[str, Any]) -> list[
     """Where a model version came from: run, data, parameters, code and libraries."""
     parent = snapshot.get("parent_hash")
     libraries = ", ".join(f"{name} {version}" for name, version in sorted(model["library_versions"].items()))
-    cv = "; ".join(f"{family}: {m['cv_rmse_mean']:.3f} ± {m['cv_rmse_std']:.3f}"
+    cv = "; ".join(f"{family}: {m['cv_rmse_mean']:.3f} ± {m['cv_rmse_std']:.3f}" if "cv_rmse_mean" in m
+                   else f"{family}: {m.get('skipped', 'not run')}"
                    for family, m in sorted(model["cv_metrics"].items()))
     return [
         ("version", str(model["version"])), ("run", str(model["run_id"])),

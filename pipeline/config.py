@@ -59,6 +59,7 @@ class TrainingPolicy:
     cv_folds: int
     n_jobs: int
     families: dict[str, dict[str, Any]] = field(default_factory=dict)
+    search_budget_seconds: float | None = None  # stop cross-validating further families past this
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,7 @@ def _parse_training(raw: dict[str, Any], path: Path) -> TrainingPolicy:
         cv_folds=_number(raw, "cv_folds", where, int),
         n_jobs=_number({"n_jobs": raw.get("n_jobs", 1)}, "n_jobs", where, int),
         families={str(k): dict(v or {}) for k, v in families.items()},
+        search_budget_seconds=_optional(raw, "search_budget_seconds", where, float),
     )
 
 

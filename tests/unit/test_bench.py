@@ -65,7 +65,7 @@ def test_verdicts_name_each_target_and_whether_it_was_met() -> None:
     lines = verdicts(sizes, dag_parse)
 
     assert lines[0].startswith("read rows -> Arrow at 10^6: 0.80 of COPY-into-nothing") and "OK" in lines[0]
-    assert "2,500 MB per task" in lines[1] and lines[1].endswith("MISSED")
+    assert "2,500 MB per task (validate_snapshot)" in lines[1] and lines[1].endswith("MISSED")
     assert lines[-1].startswith("DAG parse retrain.py: 0.200 s") and lines[-1].endswith("OK")
 
 

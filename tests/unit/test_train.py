@@ -250,3 +250,15 @@ def test_code_version_is_the_commit_then_dirty_after_an_edit(
 
     tracked.write_text("alpha = 2\n")
     assert train.code_version() == f"{commit}-dirty"
+
+
+def test_a_spent_search_budget_skips_the_remaining_families(config: PipelineConfig, demo_frame: pd.DataFrame) -> None:
+    policy = dataclasses.replace(fast_policy(config), search_budget_seconds=0.0)
+
+    table = train.cross_validate_families(demo_frame, config.dataset, policy)
+
+    first, *rest = list(policy.families)
+    assert "cv_rmse_mean" in table[first]
+    assert rest and all("search budget of 0 s used up" in table[family]["skipped"] for family in rest)
+    _, best, _ = train.fit_best_family(demo_frame, config.dataset, policy)
+    assert best == first
