@@ -33,7 +33,8 @@ rows/s      labelled rows in the snapshot over seconds, for every step.
 floors      COPY (the snapshot's SQL) TO STDOUT into a sink that drops every byte (psycopg2, text and
             binary), best of {repeats}, interleaved with {repeats} Arrow reads of the same rows (the 'read
             rows -> Arrow' row, best of {repeats}); 'bare fits': each configured family's bare estimator
-            fitted once on the preprocessed training rows held as a float64 array (no CV, no pipeline).
+            fitted on the preprocessed training rows held as a float64 array (no CV, no pipeline), the
+            best of {fits} fits each, summed over the families.
 vs floor    floor seconds / step seconds (1.00 = as fast as the floor); reading rows is compared with
             the faster COPY, training with the bare fits, the whole DAG with both summed.
 peak MB     getrusage high-water mark of the step's own process (interpreter and imports included;
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "training_config": workload.describe_config(config_path), "config_path": str(config_path),
         "method": METHOD.format(
-            repeats=args.repeats, config=workload.describe_config(config_path)),
+            repeats=args.repeats, fits=min(args.repeats, 3), config=workload.describe_config(config_path)),
         "dag_parse": dag_parse, "sizes": results,
     }
     say("")

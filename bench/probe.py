@@ -132,7 +132,7 @@ def run_read_floor(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_fit_floor(spec: dict[str, Any]) -> dict[str, Any]:
-    """Each configured family's bare estimator fitted once on the training rows, held as a float array."""
+    """Each configured family's bare estimator fitted on the training rows, held as a float array."""
     from pipeline import ingest, registry, train
     from pipeline.features import build_preprocessor, model_inputs
 
@@ -147,9 +147,9 @@ def run_fit_floor(spec: dict[str, Any]) -> dict[str, Any]:
     del frame, train_rows
     ready = rss_mb()
     seconds = {}
-    for family, params in policy.families.items():
-        estimator = train.make_estimator(family, params, policy.seed, policy.n_jobs)
-        seconds[family] = timed(estimator.fit, X, y)[1]
+    for family, params in policy.families.items():  # best of up to three fits: a floor is the least it takes
+        seconds[family] = min(timed(train.make_estimator(family, params, policy.seed, policy.n_jobs).fit, X, y)[1]
+                              for _ in range(min(spec["repeats"], 3)))
     return {"seconds": sum(seconds.values()), "per_family": seconds, "ready_mb": ready, "peak_mb": peak_mb(),
             "shape": list(X.shape)}
 
