@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-from pipeline import stages
+from pipeline import registry, stages
+from pipeline.settings import PROJECT_ROOT
 
 
 def fetch(ws: stages.Workspace, sql: str, **params: Any) -> list[dict[str, Any]]:
@@ -33,3 +39,30 @@ def retrain_through_stages(ws: stages.Workspace, run: stages.Run, margin: float 
     outcome = stages.promote_candidate(ws, run, actor="test")
     return {"snapshot": snapshot, "checked": checked, "clean_snapshot_hash": checked["clean_snapshot_hash"],
             "candidate": candidate, "evaluation": evaluation, "outcome": outcome}
+
+
+def champion_state(ws: stages.Workspace) -> dict[str, Any]:
+    """Everything that makes up the champion, to compare before and after a run."""
+    with ws.engine.connect() as conn:
+        model = registry.current_champion(conn)
+    assert model is not None
+    return {
+        "champion": fetch(ws, "SELECT * FROM pipeline.champion"),
+        "model": model,
+        "events": fetch(ws, "SELECT * FROM pipeline.promotion_events ORDER BY event_id"),
+        "artifact": Path(model["artifact_path"]).read_bytes(),
+    }
+
+
+def cli_runner(env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`python -m pipeline ARGS` in the project, with this environment."""
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=PROJECT_ROOT, env=env,
+                              capture_output=True, text=True, timeout=300, check=False)
+    return run
+
+
+def output(result: subprocess.CompletedProcess[str]) -> Any:
+    """The command's JSON output, after checking it succeeded."""
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from pipeline import db, demo
-from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT
+from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL
+from tests.integration.stage_runs import cli_runner, output
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -24,19 +22,10 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 def cli(database_url: str, tmp_path: Path) -> Cli:
     """Run `python -m pipeline ARGS` against the test's database and artifact folder."""
     env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(tmp_path / "artifacts"),
-           "OMP_NUM_THREADS": "1"}  # see one_openmp_thread in conftest.py
+           "OMP_NUM_THREADS": "1"}  # the CLI shares two cores with the test run
     env.pop(ENV_CONFIG, None)
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=PROJECT_ROOT, env=env,
-                              capture_output=True, text=True, timeout=300, check=False)
-    return run
-
-
-def output(result: subprocess.CompletedProcess[str]) -> Any:
-    """The command's JSON output, after checking it succeeded."""
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return cli_runner(env)
 
 
 def count_records(database_url: str) -> int:

@@ -12,11 +12,9 @@ significantly: version 1 is a heavily shrunk ridge (alpha 800, holdout R² about
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import stat
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +29,7 @@ import yaml
 from pipeline import artifacts, demo, registry, stages
 from pipeline.artifacts import ArtifactIntegrityError
 from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT, Settings
+from tests.integration.stage_runs import cli_runner, output
 
 DEMO_WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)  # after every demo row (the last is 2026-06)
 LATER_WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after arrivals too, which are recorded now
@@ -73,16 +72,7 @@ def cli(database_url: str, settings: Settings, config_path: Path) -> Cli:
     env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(settings.artifact_dir),
            ENV_CONFIG: str(config_path), "OMP_NUM_THREADS": "1", "USER": "tester"}
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=PROJECT_ROOT, env=env,
-                              capture_output=True, text=True, timeout=300, check=False)
-    return run
-
-
-def output(result: subprocess.CompletedProcess[str]) -> Any:
-    """The command's JSON output, after checking it succeeded."""
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return cli_runner(env)
 
 
 def make_run(run_id: str, watermark: datetime = LATER_WATERMARK) -> stages.Run:

@@ -19,10 +19,10 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from pipeline import demo, ingest, registry, stages
+from pipeline import demo, ingest, stages
 from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT
 from pipeline.validate import ValidationFailed
-from tests.integration.stage_runs import fetch, quick_workspace, retrain_through_stages
+from tests.integration.stage_runs import champion_state, fetch, quick_workspace, retrain_through_stages
 
 DEMO_WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)  # after every demo row (the last is 2026-06)
 LATER_WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after arrivals too, which are recorded now
@@ -44,19 +44,6 @@ def ingest_and_validate(ws: stages.Workspace, run: stages.Run) -> dict[str, Any]
     snapshot = stages.ingest_snapshot(ws, run)
     return stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
 
-
-
-def champion_state(ws: stages.Workspace) -> dict[str, Any]:
-    """Everything that makes up the champion, to compare before and after a run."""
-    with ws.engine.connect() as conn:
-        model = registry.current_champion(conn)
-    assert model is not None
-    return {
-        "champion": fetch(ws, "SELECT * FROM pipeline.champion"),
-        "model": model,
-        "events": fetch(ws, "SELECT * FROM pipeline.promotion_events ORDER BY event_id"),
-        "artifact": Path(model["artifact_path"]).read_bytes(),
-    }
 
 
 def quarantined(ws: stages.Workspace, run_id: str) -> dict[int, dict[str, Any]]:

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from pipeline import artifacts, demo, registry, stages
 from pipeline.config import PipelineConfig
 from pipeline.validate import ValidationFailed
-from tests.integration.stage_runs import fetch, quick_workspace
+from tests.integration.stage_runs import champion_state, fetch, quick_workspace
 
 DEMO_WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)  # after every demo row (the last is 2026-06)
 LATER_WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after arrivals too, which are recorded now
@@ -71,19 +71,6 @@ def ws(ws: stages.Workspace) -> stages.Workspace:
 def run_row(ws: stages.Workspace, run_id: str) -> dict[str, Any]:
     [row] = fetch(ws, "SELECT * FROM pipeline.training_runs WHERE run_id = :r", r=run_id)
     return row
-
-
-def champion_state(ws: stages.Workspace) -> dict[str, Any]:
-    """Everything that makes up the champion, to compare before and after a run."""
-    with ws.engine.connect() as conn:
-        model = registry.current_champion(conn)
-    assert model is not None
-    return {
-        "champion": fetch(ws, "SELECT * FROM pipeline.champion"),
-        "model": model,
-        "events": fetch(ws, "SELECT * FROM pipeline.promotion_events ORDER BY event_id"),
-        "artifact": Path(model["artifact_path"]).read_bytes(),
-    }
 
 
 @pytest.fixture
