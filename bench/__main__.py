@@ -131,7 +131,8 @@ def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, ke
         say(f"{label} floors: COPY into nothing (text, binary) and the Arrow read, {repeats} times each ...", end=" ")
         reads = probe({**base, "probe": "read_floor"})
         best = {name: min(times) for name, times in reads["times"].items()}
-        say(", ".join(f"{name} {seconds:.2f} s" for name, seconds in best.items()))
+        say(", ".join(f"{name} {seconds:.2f} s" for name, seconds in best.items())
+            + ("" if reads["other_cores"] is None else f"; other processes kept {reads['other_cores']:.2f} cores busy"))
         copy_floor = min(best["copy_text"], best["copy_binary"])
 
         base["run_id"] = f"bench-{rows}"
@@ -161,7 +162,7 @@ def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, ke
         steps.append(report.step(name, m["seconds"], n, floor, m["peak_mb"], ready_mb=m["ready_mb"], result=m["result"]))
         if name == "ingest_snapshot":
             steps.append(report.step(report.READ_ROW, best["arrow_read"], n, copy_floor, None,
-                                     all_seconds=reads["times"]["arrow_read"]))
+                                     all_seconds=reads["times"]["arrow_read"], other_cores=reads["other_cores"]))
     steps.append(report.whole_dag(steps, n, copy_floor + fit["seconds"]))
     steps.append(report.step(report.FIRST_ROW, first["seconds"], rows, None, first["peak_mb"],
                              ready_mb=first["ready_mb"], stages=first["stages"], result=first["result"]))
@@ -169,6 +170,19 @@ def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, ke
             "floors": {name: {"seconds": s, **({"all_seconds": reads["times"]} if "COPY" in name else
                                                {k: fit[k] for k in ("peak_mb", "shape", "per_family")})}
                        for name, s in floors.items()}}
+
+
+BUSY_CORES = 0.2  # other processes' load during the read measurement that makes its ratio unreliable
+
+
+def busy_machine_note(other_cores: float | None) -> str:
+    """A warning when other work competed with the read and its floor (the read needs more CPU)."""
+    if other_cores is None:
+        return "; the load of other processes is unknown (the server is on another machine)"
+    if other_cores > BUSY_CORES:
+        return (f"; other processes kept {other_cores:.2f} cores busy meanwhile, which slows the read more "
+                "than COPY (its client needs more CPU): measure on a quiet machine")
+    return f"; other processes: {other_cores:.2f} cores"
 
 
 def verdicts(sizes: list[dict[str, Any]], dag_parse: list[dict[str, Any]]) -> list[str]:
@@ -180,7 +194,7 @@ def verdicts(sizes: list[dict[str, Any]], dag_parse: list[dict[str, Any]]) -> li
         read, dag, ingest = at[10**6][report.READ_ROW], at[10**6][report.DAG_ROW], at[10**6]["ingest_snapshot"]
         lines.append(f"read rows -> Arrow at 10^6: {read['vs_floor']:.2f} of COPY-into-nothing throughput "
                      f"(target >= {READ_TARGET}) {'OK' if read['vs_floor'] >= READ_TARGET else 'MISSED'}; "
-                     f"whole ingest stage {ingest['vs_floor']:.2f}")
+                     f"whole ingest stage {ingest['vs_floor']:.2f}" + busy_machine_note(read.get("other_cores")))
         one_process = at[10**6].get(report.FIRST_ROW, dag)["peak_mb"]
         worst = max(dag["peak_mb"], one_process)
         largest = max((s for s in at[10**6].values() if s["step"] in report.STAGES), key=lambda s: s["peak_mb"])
@@ -213,6 +227,8 @@ def git_commit() -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--with-10m", action="store_true", help="also 10^7 rows (adds about an hour on 2 CPUs)")
+    parser.add_argument("--every-family", action="store_true",
+                        help="train every family pipeline.yaml ships (random forest too), not only ridge and HGB")
     parser.add_argument("--sizes", type=int, nargs="+", help="row counts to measure instead of 10^4 10^5 10^6")
     parser.add_argument("--repeats", type=int, default=5, help="runs of each floor and of the Arrow read (best kept)")
     parser.add_argument("--keep-databases", action="store_true", help="leave the generated bench_<rows>_<pid> databases")
@@ -228,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     previous, previous_commit = report.previous_seconds(args.results_dir / "latest.json")
     server_url = db.database_url(Settings.from_env())
-    config_path = workload.write_config(Settings.from_env().config_path, args.results_dir / f"{stamp}-pipeline.yaml")
+    config_path = workload.write_config(Settings.from_env().config_path, args.results_dir / f"{stamp}-pipeline.yaml",
+                                        every_family=args.every_family)
     load_before = os.getloadavg()
     say(f"bench: sizes {', '.join(f'{n:,}' for n in sizes)}; {os.cpu_count()} CPUs, load average "
         f"{load_before[0]:.1f} (other work on this machine slows every step); training: "

@@ -9,6 +9,7 @@ Only the call itself is timed, not the imports or opening the workspace.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -89,6 +90,61 @@ def run_retrain(spec: dict[str, Any]) -> dict[str, Any]:
             "result": {**kept(evaluated), **kept(promoted)}}
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent not idle since boot (/proc/stat)."""
+    user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int, children: bool = False) -> float:
+    """CPU seconds of a process (/proc/PID/stat), with its reaped children's if asked."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = map(int, fields[11:15])
+    return (utime + stime + ((cutime + cstime) if children else 0)) / os.sysconf("SC_CLK_TCK")
+
+
+def server_pid(engine: Any) -> int | None:
+    """The PostgreSQL postmaster's pid when the server runs on this machine: our backend's parent."""
+    with engine.connect() as conn:
+        backend = int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+    try:
+        return int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None  # another machine's server
+
+
+def server_cpu_seconds(postmaster: int) -> float:
+    """CPU seconds of the server: the postmaster, its reaped backends, and the live ones."""
+    live = 0.0
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                live += process_cpu_seconds(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile: its time is now in the postmaster's children's
+    return process_cpu_seconds(postmaster, children=True) + live
+
+
+class OtherLoad:
+    """Cores that processes other than this one and its database server kept busy meanwhile:
+    their work competes for the same cores as a measurement and slows it."""
+
+    def __init__(self, engine: Any) -> None:
+        self.postmaster = server_pid(engine)
+        self.started = self.reading()
+
+    def reading(self) -> tuple[float, float, float, float]:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        server = server_cpu_seconds(self.postmaster) if self.postmaster else 0.0
+        return time.perf_counter(), machine_busy_seconds(), own.ru_utime + own.ru_stime, server
+
+    def cores(self) -> float | None:
+        if self.postmaster is None:
+            return None
+        wall, busy, own, server = (b - a for a, b in zip(self.started, self.reading(), strict=True))
+        return max(0.0, busy - own - server) / wall
+
+
 class Nothing:
     """A file that drops every write: COPY's bytes go nowhere."""
 
@@ -120,6 +176,7 @@ def run_read_floor(spec: dict[str, Any]) -> dict[str, Any]:
     copy_into_nothing(engine, sql, binary=True)  # warm the cache: every run reads from memory
     times: dict[str, list[float]] = {"copy_text": [], "copy_binary": [], "arrow_read": []}
     rows = 0
+    other_load = OtherLoad(engine)
     for _ in range(spec["repeats"]):
         times["copy_text"].append(timed(copy_into_nothing, engine, sql, False)[1])
         times["copy_binary"].append(timed(copy_into_nothing, engine, sql, True)[1])
@@ -127,8 +184,9 @@ def run_read_floor(spec: dict[str, Any]) -> dict[str, Any]:
         times["arrow_read"].append(seconds)
         rows = table.num_rows
         del table
+    other_cores = other_load.cores()
     engine.dispose()
-    return {"times": times, "rows": rows, "peak_mb": peak_mb()}
+    return {"times": times, "rows": rows, "peak_mb": peak_mb(), "other_cores": other_cores}
 
 
 def run_fit_floor(spec: dict[str, Any]) -> dict[str, Any]:

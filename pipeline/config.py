@@ -60,6 +60,7 @@ class TrainingPolicy:
     n_jobs: int
     families: dict[str, dict[str, Any]] = field(default_factory=dict)
     search_budget_seconds: float | None = None  # stop cross-validating further families past this
+    search_max_rows: int | None = None  # cross-validate on a seeded sample of at most this many rows
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,9 @@ def _parse_training(raw: dict[str, Any], path: Path) -> TrainingPolicy:
         raise ConfigError(f"{where}: 'families' must map family names to parameter mappings")
     if not families:
         raise ConfigError(f"{where}: families must name at least one model family")
+    max_rows = _optional(raw, "search_max_rows", where, int)
+    if max_rows is not None and max_rows < 2 * _number(raw, "cv_folds", where, int):
+        raise ConfigError(f"{where}: search_max_rows must be at least 2 x cv_folds, got {max_rows}")
     return TrainingPolicy(
         seed=_number(raw, "seed", where, int),
         holdout_fraction=holdout,
@@ -191,6 +195,7 @@ def _parse_training(raw: dict[str, Any], path: Path) -> TrainingPolicy:
         n_jobs=_number({"n_jobs": raw.get("n_jobs", 1)}, "n_jobs", where, int),
         families={str(k): dict(v or {}) for k, v in families.items()},
         search_budget_seconds=_optional(raw, "search_budget_seconds", where, float),
+        search_max_rows=max_rows,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
@@ -13,7 +14,8 @@ import pandas as pd
 from sklearn.base import RegressorMixin
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
 from sklearn.linear_model import Ridge
-from sklearn.model_selection import KFold, cross_val_score
+from sklearn.metrics import root_mean_squared_error
+from sklearn.model_selection import KFold
 from sklearn.pipeline import Pipeline
 
 from pipeline.config import DatasetContract, TrainingPolicy
@@ -54,29 +56,88 @@ def split_holdout(frame: pd.DataFrame, contract: DatasetContract, fraction: floa
     return ordered.iloc[:-n_holdout], ordered.iloc[-n_holdout:]
 
 
-def cross_validate_families(train: pd.DataFrame, contract: DatasetContract, policy: TrainingPolicy) -> dict[str, dict[str, Any]]:
-    """Mean and spread of CV RMSE for each configured family, in order, on the same seeded folds;
-    families past `search_budget_seconds` are recorded as skipped (the first always runs)."""
-    folds = KFold(n_splits=policy.cv_folds, shuffle=True, random_state=policy.seed)
-    X, y = model_inputs(train, contract), train[contract.target_column].to_numpy()
+def selection_rows(train: pd.DataFrame, policy: TrainingPolicy) -> pd.DataFrame:
+    """The rows model selection cross-validates on: every training row, or a seeded sample of
+    `search_max_rows` of them in their original order (the chosen family is then fitted on all)."""
+    limit = policy.search_max_rows
+    if limit is None or len(train) <= limit:
+        return train
+    return train.sample(n=limit, random_state=policy.seed).sort_index()
+
+
+class SearchBudget:
+    """Seconds of model search left; `None` seconds is no limit."""
+
+    def __init__(self, seconds: float | None, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.seconds, self.clock, self.started = seconds, clock, clock()
+
+    def unlimited(self) -> SearchBudget:
+        """The same clock without a limit: for the family that must finish."""
+        return SearchBudget(None, self.clock)
+
+    def spent(self) -> float:
+        return self.clock() - self.started
+
+    def refusal(self, next_fold_seconds: float) -> str | None:
+        """Why a fold expected to take `next_fold_seconds` may not start, or None when it may."""
+        if self.seconds is None:
+            return None
+        spent = self.spent()
+        if spent > self.seconds:
+            return f"search budget of {self.seconds:g} s used up after {spent:.1f} s"
+        if spent + next_fold_seconds > self.seconds:
+            return (f"search budget of {self.seconds:g} s would run out: {spent:.1f} s spent and "
+                    f"a fold takes about {next_fold_seconds:.1f} s")
+        return None
+
+
+def fold_rmse(contract: DatasetContract, family: str, policy: TrainingPolicy, X: pd.DataFrame, y: np.ndarray,
+              fold: tuple[np.ndarray, np.ndarray]) -> float:
+    """RMSE on one fold's test rows of the family fitted on its other rows; fitted on `n_jobs`
+    threads (a forest's trees are seeded one by one, so the fit does not depend on them), predicted on one."""
+    fit_rows, test_rows = fold
+    model = build_model(contract, family, policy, n_jobs=policy.n_jobs)
+    model.fit(X.iloc[fit_rows], y[fit_rows])
+    freeze_threads(model)
+    return float(root_mean_squared_error(y[test_rows], model.predict(X.iloc[test_rows])))
+
+
+def cross_validate_family(contract: DatasetContract, family: str, policy: TrainingPolicy, X: pd.DataFrame,
+                          y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
+                          budget: SearchBudget) -> dict[str, Any]:
+    """CV RMSE of one family, fold by fold; with a budget, it stops before a fold that would end
+    past the budget (judged by its slowest fold so far) and is recorded as skipped."""
+    scores: list[float] = []
+    fold_seconds: list[float] = []
+    for fold in folds:
+        refusal = budget.refusal(max(fold_seconds, default=0.0))
+        if refusal:
+            return {"skipped": f"{refusal} ({len(scores)} of {len(folds)} folds done)",
+                    "seconds": sum(fold_seconds)}
+        started = budget.clock()
+        scores.append(fold_rmse(contract, family, policy, X, y, fold))
+        fold_seconds.append(budget.clock() - started)
+    return {"cv_rmse_mean": float(np.mean(scores)), "cv_rmse_std": float(np.std(scores)),
+            "seconds": sum(fold_seconds), "rows": len(X)}
+
+
+def cross_validate_families(train: pd.DataFrame, contract: DatasetContract, policy: TrainingPolicy,
+                            clock: Callable[[], float] = time.perf_counter) -> dict[str, dict[str, Any]]:
+    """Mean and spread of CV RMSE for each configured family, in order, on the same seeded folds
+    of `selection_rows`. Within `search_budget_seconds`: the first family always finishes (there
+    must be a candidate); a later one stops before a fold that would end past the budget."""
+    rows = selection_rows(train, policy)
+    X, y = model_inputs(rows, contract), rows[contract.target_column].to_numpy(dtype="float64")
+    folds = list(KFold(n_splits=policy.cv_folds, shuffle=True, random_state=policy.seed).split(X))
+    budget = SearchBudget(policy.search_budget_seconds, clock)
     table: dict[str, dict[str, Any]] = {}
-    search_started = time.perf_counter()
     for family in policy.families:
-        spent = time.perf_counter() - search_started
-        if table and policy.search_budget_seconds is not None and spent > policy.search_budget_seconds:
-            table[family] = {"skipped": f"search budget of {policy.search_budget_seconds:g} s used up after {spent:.1f} s"}
-            log.info("%s: %s", family, table[family]["skipped"])
-            continue
-        started = time.perf_counter()
-        # Folds run one after another, each model single-threaded apart from HistGradientBoosting's
-        # OpenMP: a forest predicting on several threads sums its trees in finishing order, which
-        # changes the last bits, and fold-level threads made HistGradientBoosting 3x slower (GIL).
-        scores = -cross_val_score(
-            build_model(contract, family, policy), X, y, cv=folds, scoring="neg_root_mean_squared_error"
-        )
-        table[family] = {"cv_rmse_mean": float(np.mean(scores)), "cv_rmse_std": float(np.std(scores))}
-        log.info("%s: CV RMSE %.2f ± %.2f in %.1f s", family, table[family]["cv_rmse_mean"],
-                 table[family]["cv_rmse_std"], time.perf_counter() - started)
+        # Folds run one after another: fold-level threads made HistGradientBoosting 3x slower (GIL);
+        # each fit uses the cores itself (forest trees over n_jobs, HistGradientBoosting's OpenMP, BLAS).
+        finished = any("cv_rmse_mean" in row for row in table.values())
+        table[family] = cross_validate_family(contract, family, policy, X, y, folds,
+                                              budget if finished else budget.unlimited())
+        log.info("%s: %s", family, table[family])
     return table
 
 

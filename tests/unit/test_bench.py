@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from bench import report, workload
-from bench.__main__ import verdicts
+from bench.__main__ import busy_machine_note, verdicts
 from pipeline.config import load_config
 from pipeline.settings import PROJECT_ROOT
 
@@ -91,6 +91,28 @@ def test_bench_config_trains_bounded_families_and_keeps_the_rest(tmp_path: Path)
     assert config.dataset == original.dataset  # the suite path is made absolute, so it still resolves
     assert config.promotion == original.promotion and config.quality == original.quality
     assert yaml.safe_load(shipped.read_text()) != yaml.safe_load(path.read_text())
+
+
+def test_bench_config_can_keep_every_shipped_family(tmp_path: Path) -> None:
+    shipped = PROJECT_ROOT / "pipeline.yaml"
+
+    path = workload.write_config(shipped, tmp_path / "bench.yaml", every_family=True)
+
+    assert load_config(path).training == load_config(shipped).training
+    described = workload.describe_config(path)
+    assert "random_forest" in described and "also has" not in described
+    assert f"sample of at most {load_config(shipped).training.search_max_rows:,} rows" in described
+
+
+def test_a_busy_machine_is_named_beside_the_read_ratio() -> None:
+    sizes = [size(10**6, SECONDS, PEAKS)]
+    read = next(s for s in sizes[0]["steps"] if s["step"] == report.READ_ROW)
+
+    read["other_cores"] = 0.9
+    assert "other processes kept 0.90 cores busy meanwhile" in verdicts(sizes, [])[0]
+    read["other_cores"] = 0.05
+    assert verdicts(sizes, [])[0].endswith("; other processes: 0.05 cores")
+    assert "unknown" in busy_machine_note(None)
 
 
 def test_plot_is_written(tmp_path: Path) -> None:

@@ -194,6 +194,20 @@ def test_empty_families_is_refused(tmp_path: Path) -> None:
         load_config(path)
 
 
+@pytest.mark.parametrize("rows", [0, 9])
+def test_search_max_rows_too_small_for_the_folds_is_refused(tmp_path: Path, rows: int) -> None:
+    path = write_variant(tmp_path, lambda raw: raw["training"].update(search_max_rows=rows, cv_folds=5))
+    with pytest.raises(ConfigError, match="search_max_rows must be at least 2 x cv_folds") as caught:
+        load_config(path)
+    assert f"got {rows}" in str(caught.value)
+
+
+def test_search_max_rows_left_out_means_every_row(tmp_path: Path) -> None:
+    path = write_variant(tmp_path, lambda raw: raw["training"].pop("search_max_rows"))
+    assert load_config(path).training.search_max_rows is None
+    assert load_config(write_variant(tmp_path, lambda raw: None)).training.search_max_rows == 200_000
+
+
 def test_unsupported_metric_is_named(tmp_path: Path) -> None:
     path = write_variant(tmp_path, lambda raw: raw["promotion"].update(metric="mae"))
     with pytest.raises(ConfigError, match=quoted("mae")):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import subprocess
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,11 @@ def rows_with_times(contract: DatasetContract, times: list[str], ids: list[int])
 
 def order_keys(frame: pd.DataFrame, contract: DatasetContract) -> list[tuple[pd.Timestamp, int]]:
     return list(zip(frame[contract.timestamp_column], frame[contract.id_column].astype(int), strict=True))
+
+
+def without_seconds(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A CV table without its timings, which differ from run to run."""
+    return {family: {k: v for k, v in row.items() if k != "seconds"} for family, row in table.items()}
 
 
 def git(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -146,7 +152,7 @@ def test_training_twice_with_the_same_seed_is_bit_identical(
     train_rows, holdout = train.split_holdout(demo_frame, contract, config.training.holdout_fraction)
     model, best, table = train.fit_best_family(train_rows, contract, fast_policy(config))
     first_model, first_best, first_table = selection
-    assert (best, table) == (first_best, first_table)
+    assert (best, without_seconds(table)) == (first_best, without_seconds(first_table))
     assert np.array_equal(model.predict(model_inputs(holdout, contract)),
                           first_model.predict(model_inputs(holdout, contract)))
 
@@ -260,5 +266,107 @@ def test_a_spent_search_budget_skips_the_remaining_families(config: PipelineConf
     first, *rest = list(policy.families)
     assert "cv_rmse_mean" in table[first]
     assert rest and all("search budget of 0 s used up" in table[family]["skipped"] for family in rest)
+    assert all("(0 of 3 folds done)" in table[family]["skipped"] for family in rest)
     _, best, _ = train.fit_best_family(demo_frame, config.dataset, policy)
     assert best == first
+
+
+class FoldClock:
+    """A clock that only moves when a CV fold runs: each fold takes `fold_seconds[family]`."""
+
+    def __init__(self, fold_seconds: dict[str, float]) -> None:
+        self.now, self.fold_seconds, self.folds_run = 0.0, fold_seconds, Counter[str]()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def timed_fold(self, real_fold: Any) -> Any:
+        def fold(contract: DatasetContract, family: str, *args: Any) -> float:
+            self.folds_run[family] += 1
+            self.now += self.fold_seconds[family]
+            return float(real_fold(contract, family, *args))
+        return fold
+
+
+def test_the_budget_stops_a_family_before_a_fold_that_would_end_past_it(
+    config: PipelineConfig, demo_frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FoldClock({"ridge": 10.0, "random_forest": 30.0, "hist_gradient_boosting": 3.0})
+    monkeypatch.setattr(train, "fold_rmse", clock.timed_fold(train.fold_rmse))
+    policy = dataclasses.replace(fast_policy(config), search_budget_seconds=100.0)
+
+    table = train.cross_validate_families(demo_frame, config.dataset, policy, clock=clock)
+
+    # ridge: 3 folds, 30 s. forest: folds end at 60 and 90; a third would end at 120 > 100.
+    # gradient boosting: its folds end at 93, 96 and 99, within.
+    assert clock.folds_run == {"ridge": 3, "random_forest": 2, "hist_gradient_boosting": 3}
+    assert "cv_rmse_mean" in table["ridge"] and table["ridge"]["seconds"] == 30.0
+    assert table["random_forest"]["skipped"] == (
+        "search budget of 100 s would run out: 90.0 s spent and a fold takes about 30.0 s (2 of 3 folds done)")
+    assert table["random_forest"]["seconds"] == 60.0
+    assert "cv_rmse_mean" in table["hist_gradient_boosting"]
+
+
+def test_the_first_family_finishes_however_long_its_folds_take(
+    config: PipelineConfig, demo_frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FoldClock({"ridge": 500.0, "random_forest": 1.0, "hist_gradient_boosting": 1.0})
+    monkeypatch.setattr(train, "fold_rmse", clock.timed_fold(train.fold_rmse))
+    policy = dataclasses.replace(fast_policy(config), search_budget_seconds=100.0)
+
+    table = train.cross_validate_families(demo_frame, config.dataset, policy, clock=clock)
+
+    assert clock.folds_run == {"ridge": 3}
+    assert "cv_rmse_mean" in table["ridge"]
+    assert all(table[f]["skipped"].startswith("search budget of 100 s used up after 1500.0 s")
+               for f in ("random_forest", "hist_gradient_boosting"))
+
+
+def test_selection_rows_is_every_row_under_the_limit(config: PipelineConfig, demo_frame: pd.DataFrame) -> None:
+    for limit in (None, len(demo_frame)):
+        policy = dataclasses.replace(fast_policy(config), search_max_rows=limit)
+        assert train.selection_rows(demo_frame, policy) is demo_frame
+
+
+def test_selection_rows_is_a_seeded_sample_in_the_original_order(
+    config: PipelineConfig, demo_frame: pd.DataFrame
+) -> None:
+    policy = dataclasses.replace(fast_policy(config), search_max_rows=100)
+
+    sample = train.selection_rows(demo_frame, policy)
+    again = train.selection_rows(demo_frame, policy)
+    other_seed = train.selection_rows(demo_frame, dataclasses.replace(policy, seed=policy.seed + 1))
+
+    assert len(sample) == 100 and sample.index.is_unique
+    assert list(sample.index) == sorted(sample.index)
+    pd.testing.assert_frame_equal(sample, demo_frame.loc[sample.index])
+    assert list(again.index) == list(sample.index)
+    assert list(other_seed.index) != list(sample.index)
+
+
+def test_families_are_compared_on_the_sample_and_the_winner_fitted_on_every_row(
+    config: PipelineConfig, demo_frame: pd.DataFrame
+) -> None:
+    contract = config.dataset
+    policy = dataclasses.replace(fast_policy(config), search_max_rows=120)
+
+    model, best, table = train.fit_best_family(demo_frame, contract, policy)
+
+    assert {row["rows"] for row in table.values()} == {120}
+    on_every_row = fitted(config, best, policy, demo_frame)
+    X = model_inputs(demo_frame, contract)
+    np.testing.assert_array_equal(model.predict(X), on_every_row.predict(X))
+    sample = train.selection_rows(demo_frame, policy)
+    assert not np.array_equal(model.predict(X), fitted(config, best, policy, sample).predict(X))
+
+
+def test_a_forest_cross_validated_on_two_threads_scores_as_on_one(
+    config: PipelineConfig, demo_frame: pd.DataFrame
+) -> None:
+    policy = dataclasses.replace(fast_policy(config), families={"random_forest": FAST_FAMILIES["random_forest"]})
+
+    one = train.cross_validate_families(demo_frame, config.dataset, dataclasses.replace(policy, n_jobs=1))
+    two = train.cross_validate_families(demo_frame, config.dataset, dataclasses.replace(policy, n_jobs=2))
+
+    assert one["random_forest"]["cv_rmse_mean"] == two["random_forest"]["cv_rmse_mean"]
+    assert one["random_forest"]["cv_rmse_std"] == two["random_forest"]["cv_rmse_std"]
