@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # stages will call into this module: importing it at run time
 
 PERMUTATION_ROWS = 20_000  # a 10^6-row holdout took a minute at full size; a seeded sample is plenty
 PERMUTATION_REPEATS = 5
+SCATTER_POINTS = 10_000  # points drawn in a scatter plot: more are a blob, and 2M took seconds to draw
 STYLE = ("body{font-family:sans-serif;max-width:60em;margin:auto}td,th{padding:2px 8px;text-align:left}"
          "table{border-collapse:collapse}tr:nth-child(even){background:#f4f4f4}"
          ".worse{background:#f8c0c0}.worse-unjudged{background:#fbe7b5}.fail{color:#b00}"
@@ -83,14 +84,26 @@ def _png(figure: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def scatter_rows(rows: int, limit: int = SCATTER_POINTS) -> np.ndarray:
+    """The rows a scatter plot draws: every row, or `limit` of them chosen by a fixed seed."""
+    if rows <= limit:
+        return np.arange(rows)
+    return np.sort(np.random.default_rng(0).choice(rows, size=limit, replace=False))
+
+
+def scatter_note(rows: int) -> str:
+    return "" if rows <= SCATTER_POINTS else f" ({SCATTER_POINTS:,} of {rows:,} rows)"
+
+
 def plot_predicted_vs_observed(observed: np.ndarray, predicted: np.ndarray) -> str:
     """Holdout predictions against the observed values, with the y = x line."""
     figure, ax = _new_figure()
-    ax.scatter(observed, predicted, s=10, alpha=0.6)
+    drawn = scatter_rows(len(observed))
+    ax.scatter(observed[drawn], predicted[drawn], s=10, alpha=0.6)
     low = float(min(np.min(observed), np.min(predicted)))
     high = float(max(np.max(observed), np.max(predicted)))
     ax.plot([low, high], [low, high], color="black", linewidth=1, label="y = x")
-    ax.set(xlabel="observed", ylabel="predicted", title="Predicted vs observed (holdout)")
+    ax.set(xlabel="observed", ylabel="predicted", title=f"Predicted vs observed (holdout){scatter_note(len(observed))}")
     ax.legend()
     return _png(figure)
 
@@ -101,9 +114,11 @@ def plot_residuals(observed: np.ndarray, predicted: np.ndarray) -> str:
     figure, (hist, scatter) = _new_figure(columns=2, width=8.0)
     hist.hist(residuals, bins=20)
     hist.set(xlabel="observed - predicted", ylabel="rows", title="Residuals")
-    scatter.scatter(predicted, residuals, s=10, alpha=0.6)
+    drawn = scatter_rows(len(residuals))
+    scatter.scatter(predicted[drawn], residuals[drawn], s=10, alpha=0.6)
     scatter.axhline(0.0, color="black", linewidth=1)
-    scatter.set(xlabel="predicted", ylabel="observed - predicted", title="Residual vs predicted")
+    scatter.set(xlabel="predicted", ylabel="observed - predicted",
+                title=f"Residual vs predicted{scatter_note(len(residuals))}")
     return _png(figure)
 
 

@@ -211,3 +211,18 @@ def test_other_models_get_seeded_permutation_importance(fitted: dict[str, Any], 
     assert list(first.values) == contract.feature_names()
     assert first.values == again.values
     assert max(first.values, key=first.values.__getitem__) in {"bmi", "ltg"}  # the study's strongest predictors
+
+
+def test_scatter_plots_draw_every_row_of_a_small_holdout() -> None:
+    assert list(cards.scatter_rows(5, limit=10)) == [0, 1, 2, 3, 4]
+    assert cards.scatter_note(cards.SCATTER_POINTS) == ""
+
+
+def test_scatter_plots_draw_a_fixed_sample_of_a_large_holdout_and_say_so() -> None:
+    drawn = cards.scatter_rows(1_000, limit=100)
+
+    assert len(drawn) == 100 and len(set(drawn)) == 100
+    assert list(drawn) == sorted(drawn) and 0 <= drawn[0] and drawn[-1] < 1_000
+    assert list(cards.scatter_rows(1_000, limit=100)) == list(drawn)
+    rows = cards.SCATTER_POINTS + 1
+    assert cards.scatter_note(rows) == f" ({cards.SCATTER_POINTS:,} of {rows:,} rows)"
