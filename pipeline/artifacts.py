@@ -16,7 +16,7 @@ class ArtifactIntegrityError(RuntimeError):
     """A stored file's bytes no longer match the hash it was registered under."""
 
 
-def sha256_bytes(data: bytes) -> str:
+def sha256_bytes(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
@@ -28,7 +28,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def store_bytes(root: Path, kind: str, data: bytes, suffix: str) -> tuple[str, Path]:
+def store_bytes(root: Path, kind: str, data: bytes | memoryview, suffix: str) -> tuple[str, Path]:
     """Write `data` under root/kind/<sha256><suffix> once; never overwrite. Returns (hash, path)."""
     digest = sha256_bytes(data)
     path = root / kind / f"{digest}{suffix}"

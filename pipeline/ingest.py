@@ -229,7 +229,7 @@ def _with_null_columns(table: pa.Table) -> pa.Table:
     return table
 
 
-def _write_parquet(groups: Iterable[pa.Table], schema: pa.Schema) -> tuple[pa.Table, bytes]:
+def _write_parquet(groups: Iterable[pa.Table], schema: pa.Schema) -> tuple[pa.Table, memoryview]:
     """Write row groups to Parquet on a second thread while the next ones are read; (table, bytes)."""
     sink = pa.BufferOutputStream()
     kept: list[pa.Table] = []
@@ -246,15 +246,15 @@ def _write_parquet(groups: Iterable[pa.Table], schema: pa.Schema) -> tuple[pa.Ta
     for written in pending:
         written.result()  # raises a write's error, if any
     table = pa.concat_tables(kept) if kept else schema.empty_table()
-    return table, sink.getvalue().to_pybytes()
+    return table, memoryview(sink.getvalue())  # the writer's buffer itself, not a copy of it
 
 
-def snapshot_table_bytes(table: pa.Table) -> bytes:
+def snapshot_table_bytes(table: pa.Table) -> memoryview:
     """Serialise an Arrow snapshot deterministically: the same rows give the same bytes."""
     return _write_parquet(_row_groups(table.to_batches(), table.schema), table.schema)[1]
 
 
-def read_snapshot_table(engine: Engine, contract: DatasetContract, query: sa.Select[Any]) -> tuple[pa.Table, bytes]:
+def read_snapshot_table(engine: Engine, contract: DatasetContract, query: sa.Select[Any]) -> tuple[pa.Table, memoryview]:
     """Run a query over the source table into an Arrow table and its Parquet bytes, in one pass."""
     with arrow_batches(engine, contract, query) as (schema, batches):
         table, data = _write_parquet(_row_groups(batches, schema), schema)
@@ -294,14 +294,15 @@ def read_labelled_rows(engine: Engine, contract: DatasetContract, watermark: dat
 
 def take_snapshot(
     engine: Engine, contract: DatasetContract, watermark: datetime, artifact_dir: Path
-) -> tuple[Snapshot, pd.DataFrame]:
-    """Read the labelled rows, unchanged, and store them as an immutable snapshot named by its hash."""
+) -> tuple[Snapshot, pa.Table]:
+    """Read the labelled rows, unchanged, and store them as an immutable snapshot named by its hash.
+    The rows come back as Arrow; `arrow_to_frame` makes the pandas copy for a caller that needs one."""
     watermark = datetime.fromisoformat(watermark.isoformat())  # plain datetime (Airflow passes pendulum)
     query = labelled_rows_query(contract, watermark)
     table, data = read_snapshot_table(engine, contract, query)
     digest, path = store_bytes(artifact_dir, "snapshots", data, ".parquet")
     snapshot = Snapshot(digest, str(path), table.num_rows, watermark.isoformat(), contract.table, query_sql(query))
-    return snapshot, arrow_to_frame(table)
+    return snapshot, table
 
 
 def store_clean_snapshot(frame: pd.DataFrame, artifact_dir: Path) -> tuple[str, Path]:

@@ -154,7 +154,8 @@ def test_session_time_zone_does_not_move_instants(engine: Engine, contract: Data
 def test_snapshot_file_holds_the_rows_read(engine: Engine, contract: DatasetContract, tmp_path: Path) -> None:
     expected = read_sql(engine, ingest.labelled_rows_query(contract, LATER))
 
-    snapshot, frame = ingest.take_snapshot(engine, contract, LATER, tmp_path)
+    snapshot, table = ingest.take_snapshot(engine, contract, LATER, tmp_path)
+    frame = ingest.arrow_to_frame(table)
 
     path = Path(snapshot.path)
     assert path.name == f"{snapshot.snapshot_hash}.parquet"
@@ -166,7 +167,8 @@ def test_snapshot_file_holds_the_rows_read(engine: Engine, contract: DatasetCont
 
 
 def test_empty_snapshot_is_stored(engine: Engine, contract: DatasetContract, tmp_path: Path) -> None:
-    snapshot, frame = ingest.take_snapshot(engine, contract, EARLIER, tmp_path)
+    snapshot, table = ingest.take_snapshot(engine, contract, EARLIER, tmp_path)
+    frame = ingest.arrow_to_frame(table)
 
     assert snapshot.row_count == 0
     pd.testing.assert_frame_equal(frame, read_sql(engine, ingest.labelled_rows_query(contract, EARLIER)))
@@ -188,7 +190,8 @@ def test_snapshot_bytes_do_not_depend_on_batching(engine: Engine, contract: Data
 
 
 def test_recorded_query_is_the_one_that_ran(engine: Engine, contract: DatasetContract, tmp_path: Path) -> None:
-    snapshot, frame = ingest.take_snapshot(engine, contract, datetime(2024, 3, 31, 0, 30, tzinfo=UTC), tmp_path)
+    snapshot, table = ingest.take_snapshot(engine, contract, datetime(2024, 3, 31, 0, 30, tzinfo=UTC), tmp_path)
+    frame = ingest.arrow_to_frame(table)
 
     with engine.connect() as conn:
         rerun = pd.read_sql(sa.text(snapshot.query), conn)

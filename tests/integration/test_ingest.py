@@ -18,7 +18,8 @@ LATER_WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after arrivals too, which 
 
 
 def snapshot(ws: stages.Workspace, watermark: datetime) -> tuple[ingest.Snapshot, pd.DataFrame]:
-    return ingest.take_snapshot(ws.engine, ws.config.dataset, watermark, ws.settings.artifact_dir)
+    taken, table = ingest.take_snapshot(ws.engine, ws.config.dataset, watermark, ws.settings.artifact_dir)
+    return taken, ingest.arrow_to_frame(table)
 
 
 def recorded_at(ws: stages.Workspace, patient_id: int) -> datetime:
