@@ -14,7 +14,7 @@ from pipeline import db
 
 WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after every generated row
 # Families the bench trains unless asked for every one (--every-family): the shipped random forest
-# (200 trees) takes 3 minutes to fit on 10^6 rows' training part, and about 40 at 10^7.
+# (200 trees) took 3 minutes to fit on 10^6 rows' training part; at 10^7 it was not measured.
 BENCH_FAMILIES = ("ridge", "hist_gradient_boosting")
 
 # A Gaussian from random(), so any PostgreSQL (not only 16+, which has random_normal) generates it.
