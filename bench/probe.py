@@ -108,6 +108,8 @@ def server_pid(engine: Any) -> int | None:
     with engine.connect() as conn:
         backend = int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
     try:
+        if Path(f"/proc/{backend}/comm").read_text().strip() != "postgres":
+            return None  # a process of this machine that happens to have the remote backend's pid
         return int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return None  # another machine's server

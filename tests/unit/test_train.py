@@ -288,14 +288,20 @@ class FoldClock:
         return fold
 
 
+def search_on_fold_clock(config: PipelineConfig, frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch,
+                         fold_seconds: dict[str, float], budget: float) -> tuple[FoldClock, dict[str, dict[str, Any]]]:
+    """Cross-validate the fast families within `budget` seconds of a clock that folds alone move."""
+    clock = FoldClock(fold_seconds)
+    monkeypatch.setattr(train, "fold_rmse", clock.timed_fold(train.fold_rmse))
+    policy = dataclasses.replace(fast_policy(config), search_budget_seconds=budget)
+    return clock, train.cross_validate_families(frame, config.dataset, policy, clock=clock)
+
+
 def test_the_budget_stops_a_family_before_a_fold_that_would_end_past_it(
     config: PipelineConfig, demo_frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = FoldClock({"ridge": 10.0, "random_forest": 30.0, "hist_gradient_boosting": 3.0})
-    monkeypatch.setattr(train, "fold_rmse", clock.timed_fold(train.fold_rmse))
-    policy = dataclasses.replace(fast_policy(config), search_budget_seconds=100.0)
-
-    table = train.cross_validate_families(demo_frame, config.dataset, policy, clock=clock)
+    clock, table = search_on_fold_clock(config, demo_frame, monkeypatch, budget=100.0, fold_seconds={
+        "ridge": 10.0, "random_forest": 30.0, "hist_gradient_boosting": 3.0})
 
     # ridge: 3 folds, 30 s. forest: folds end at 60 and 90; a third would end at 120 > 100.
     # gradient boosting: its folds end at 93, 96 and 99, within.
@@ -310,11 +316,8 @@ def test_the_budget_stops_a_family_before_a_fold_that_would_end_past_it(
 def test_the_first_family_finishes_however_long_its_folds_take(
     config: PipelineConfig, demo_frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = FoldClock({"ridge": 500.0, "random_forest": 1.0, "hist_gradient_boosting": 1.0})
-    monkeypatch.setattr(train, "fold_rmse", clock.timed_fold(train.fold_rmse))
-    policy = dataclasses.replace(fast_policy(config), search_budget_seconds=100.0)
-
-    table = train.cross_validate_families(demo_frame, config.dataset, policy, clock=clock)
+    clock, table = search_on_fold_clock(config, demo_frame, monkeypatch, budget=100.0, fold_seconds={
+        "ridge": 500.0, "random_forest": 1.0, "hist_gradient_boosting": 1.0})
 
     assert clock.folds_run == {"ridge": 3}
     assert "cv_rmse_mean" in table["ridge"]
