@@ -8,7 +8,7 @@ RUN_LOG := .artifacts/last-retrain.log
 CONF ?= {}
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo retrain airflow airflow-db test test-unit lint bench status clean
+.PHONY: help install demo retrain airflow airflow-db test test-unit lint bench status db-stop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,5 +56,8 @@ lint: install ## ruff (with Airflow rules) and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-clean: ## remove the embedded database, artifacts and local Airflow home (keeps .venv)
+db-stop: ## stop the embedded PostgreSQL (its data stays in .pgdata; the next command starts it)
+	@if test -x $(PY); then $(PY) -m pipeline db-stop; else echo "no .venv: nothing was started"; fi
+
+clean: db-stop ## stop the embedded database, then remove it, the artifacts and the local Airflow home (keeps .venv)
 	rm -rf .pgdata .artifacts .airflow

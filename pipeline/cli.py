@@ -207,6 +207,15 @@ def exec_airflow(settings: Settings, airflow_args: list[str]) -> None:
     os.execvpe(binary, [binary, *airflow_args], env)
 
 
+def stop_embedded(settings: Settings) -> int:
+    """`db-stop`: stop the embedded server without starting one first."""
+    stopped = db.stop_embedded_postgres(settings.pgdata_dir)
+    where = settings.pgdata_dir
+    print(f"stopped embedded PostgreSQL (pid {stopped}) on {where}" if stopped
+          else f"no embedded PostgreSQL running on {where}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -262,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("reproduce", cmd_reproduce, "rebuild a version from its snapshot; compare predictions bit for bit")
     p.add_argument("version", type=int)
     add("db-url", cmd_db_url, "print the database URL in use (starts the embedded server if needed)")
+    sub.add_parser("db-stop", help="stop the embedded PostgreSQL (PIPELINE_PGDATA); data is kept")
     p = sub.add_parser("airflow", help="run the airflow CLI configured for this project")
     p.add_argument("airflow_args", nargs=argparse.REMAINDER)
     return parser
@@ -275,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     if args.command == "airflow":
         exec_airflow(settings, args.airflow_args)
+    if args.command == "db-stop":
+        return stop_embedded(settings)
     ws = stages.Workspace.open(settings)
     try:
         result = args.handler(ws, args)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import time
 import warnings
 from pathlib import Path
 
@@ -26,6 +29,27 @@ def start_embedded_postgres(pgdata: Path) -> str:
     # task processes reuse it instead of starting their own.
     server = get_server(pgdata, cleanup_mode=None)
     return server.get_uri(driver="psycopg2")
+
+
+def stop_embedded_postgres(pgdata: Path, timeout: float = 30.0) -> int | None:
+    """Stop the embedded PostgreSQL serving `pgdata` (a fast shutdown: sessions are rolled back);
+    its pid, or None when none was running."""
+    pid_file = pgdata / "postmaster.pid"
+    if not pid_file.is_file():
+        return None
+    pid = int(pid_file.read_text().split()[0])
+    try:
+        os.kill(pid, signal.SIGINT)  # PostgreSQL's "fast" shutdown
+    except ProcessLookupError:
+        return None  # a stale pid file: the server died without removing it
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        time.sleep(0.05)
+    raise TimeoutError(f"embedded PostgreSQL (pid {pid}, data {pgdata}) did not stop within {timeout:g} s")
 
 
 def database_url(settings: Settings) -> str:
