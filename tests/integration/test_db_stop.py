@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipeline import db
+from pipeline.settings import ENV_DATABASE_URL, ENV_PGDATA
 from tests.integration.stage_runs import cli_runner
 
 
@@ -38,7 +39,9 @@ def test_db_stop_stops_the_embedded_server_and_keeps_its_data(own_pgdata: Path) 
         conn.execute(sa.text("CREATE TABLE kept (n int); INSERT INTO kept VALUES (7)"))
     engine.dispose()
     pid = int((own_pgdata / "postmaster.pid").read_text().split()[0])
-    run = cli_runner({**os.environ, "PIPELINE_PGDATA": str(own_pgdata)})
+    # The embedded server only: earlier tests in the session may have exported a database URL.
+    env = {k: v for k, v in os.environ.items() if k != ENV_DATABASE_URL}
+    run = cli_runner({**env, ENV_PGDATA: str(own_pgdata)})
 
     stopped = run("db-stop")
 
