@@ -7,13 +7,21 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-from pipeline import registry, stages
+from pipeline import demo, registry, stages
 from pipeline.settings import PROJECT_ROOT
+
+DEMO_WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)  # after every demo row (the last is 2026-06)
+LATER_WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after arrivals too, which are recorded now
+
+
+def make_run(run_id: str, watermark: datetime = LATER_WATERMARK) -> stages.Run:
+    return stages.Run(run_id=run_id, watermark=watermark, triggered_by="test")
 
 
 def fetch(ws: stages.Workspace, sql: str, **params: Any) -> list[dict[str, Any]]:
@@ -39,6 +47,17 @@ def retrain_through_stages(ws: stages.Workspace, run: stages.Run, margin: float 
     outcome = stages.promote_candidate(ws, run, actor="test")
     return {"snapshot": snapshot, "checked": checked, "clean_snapshot_hash": checked["clean_snapshot_hash"],
             "candidate": candidate, "evaluation": evaluation, "outcome": outcome}
+
+
+def promote_demo_champion(ws: stages.Workspace,
+                          retrain: Callable[[stages.Workspace, stages.Run], dict[str, Any]] | None = None
+                          ) -> dict[str, Any]:
+    """The demo study loaded and retrained up to DEMO_WATERMARK (through every stage, or `retrain`):
+    version 1 is the champion."""
+    demo.seed_demo(ws.engine)
+    result = (retrain or retrain_through_stages)(ws, make_run("first", DEMO_WATERMARK))
+    assert result["outcome"]["status"] == "promoted"
+    return result
 
 
 def champion_state(ws: stages.Workspace) -> dict[str, Any]:

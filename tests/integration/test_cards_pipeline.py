@@ -10,23 +10,22 @@ from __future__ import annotations
 import base64
 import html
 import re
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipeline import cards, demo, stages
-from tests.integration.stage_runs import fetch, quick_workspace, retrain_through_stages
+from tests.integration.stage_runs import (
+    fetch,
+    make_run,
+    promote_demo_champion,
+    quick_workspace,
+    retrain_through_stages,
+)
 
-DEMO_WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)  # after every demo row (the last is 2026-06)
-LATER_WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after arrivals too, which are recorded now
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMAGE = re.compile(r"<img alt='[^']*' src='data:image/png;base64,([^']*)'>")
-
-
-def make_run(run_id: str, watermark: datetime = LATER_WATERMARK) -> stages.Run:
-    return stages.Run(run_id=run_id, watermark=watermark, triggered_by="test")
 
 
 
@@ -60,10 +59,7 @@ def assert_every_slice_group_listed(document: str, evidence: dict[str, Any]) -> 
 @pytest.fixture
 def first(quick_ws: stages.Workspace) -> dict[str, Any]:
     """The demo study loaded and retrained up to DEMO_WATERMARK: version 1 is the champion."""
-    demo.seed_demo(quick_ws.engine)
-    result = retrain_through_stages(quick_ws, make_run("first", DEMO_WATERMARK))
-    assert result["outcome"]["status"] == "promoted"
-    return result
+    return promote_demo_champion(quick_ws)
 
 
 def test_model_card_of_the_first_version(quick_ws: stages.Workspace, first: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ import os
 import stat
 import subprocess
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,8 @@ import yaml
 from pipeline import artifacts, demo, registry, stages
 from pipeline.artifacts import ArtifactIntegrityError
 from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT, Settings
-from tests.integration.stage_runs import cli_runner, output
+from tests.integration.stage_runs import DEMO_WATERMARK, cli_runner, fetch, make_run, output, promote_demo_champion
 
-DEMO_WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)  # after every demo row (the last is 2026-06)
-LATER_WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after arrivals too, which are recorded now
 WEAK_ALPHA = 800.0
 PROMOTE_ANY = -1.0  # margin: a candidate up to twice the champion's RMSE clears the margin test
 SLICE_GROUPS = {("sex", "F"), ("sex", "M"), ("age", "<40"), ("age", "40-60"), ("age", ">=60"),
@@ -75,10 +73,6 @@ def cli(database_url: str, settings: Settings, config_path: Path) -> Cli:
     return cli_runner(env)
 
 
-def make_run(run_id: str, watermark: datetime = LATER_WATERMARK) -> stages.Run:
-    return stages.Run(run_id=run_id, watermark=watermark, triggered_by="test")
-
-
 def with_alpha(ws: stages.Workspace, alpha: float) -> stages.Workspace:
     training = dataclasses.replace(ws.config.training, families={"ridge": {"alpha": alpha}})
     return dataclasses.replace(ws, config=dataclasses.replace(ws.config, training=training))
@@ -97,11 +91,6 @@ def retrain(ws: stages.Workspace, run: stages.Run, margin: float | None = None) 
     evaluation = stages.evaluate_candidate(ws, run, candidate["version"], margin)
     outcome = stages.promote_candidate(ws, run, actor="test")
     return {"candidate": candidate, "evaluation": evaluation, "outcome": outcome}
-
-
-def fetch(ws: stages.Workspace, sql: str, **params: Any) -> list[dict[str, Any]]:
-    with ws.engine.connect() as conn:
-        return [dict(row) for row in conn.execute(sa.text(sql), params).mappings()]
 
 
 def events(ws: stages.Workspace) -> list[dict[str, Any]]:
@@ -133,10 +122,7 @@ def overwrite(path: Path, data: bytes) -> None:
 @pytest.fixture
 def champion(gws: stages.Workspace) -> dict[str, Any]:
     """The demo study retrained with the configured ridge: version 1 is the champion."""
-    demo.seed_demo(gws.engine)
-    result = retrain(gws, make_run("first", DEMO_WATERMARK))
-    assert result["outcome"]["status"] == "promoted"
-    return result
+    return promote_demo_champion(gws, retrain)
 
 
 @pytest.fixture

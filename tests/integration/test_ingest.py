@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -12,9 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipeline import demo, ingest, stages
-
-DEMO_WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)  # after every demo row (the last is 2026-06)
-LATER_WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after arrivals too, which are recorded now
+from tests.integration.stage_runs import DEMO_WATERMARK, LATER_WATERMARK
 
 
 def snapshot(ws: stages.Workspace, watermark: datetime) -> tuple[ingest.Snapshot, pd.DataFrame]:

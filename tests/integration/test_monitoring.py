@@ -8,7 +8,7 @@ per test.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +16,19 @@ import pytest
 import sqlalchemy as sa
 
 from pipeline import demo, registry, stages
-from tests.integration.stage_runs import fetch, quick_workspace, retrain_through_stages
+from tests.integration.stage_runs import (
+    DEMO_WATERMARK,
+    LATER_WATERMARK,
+    fetch,
+    make_run,
+    promote_demo_champion,
+    quick_workspace,
+)
 
-DEMO_WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)  # after every demo row (the last is 2026-06)
-LATER_WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after arrivals too, which are recorded now
 MONITORED_FEATURES = {"sex", "bmi", "bp_mean", "tc", "ldl", "hdl", "tch", "ltg", "glucose", "age_years"}
 # 100 undrifted arrivals with this seed stay under the major PSI mark on every feature; PSI over
 # 10 bins on 100 rows is noisy, and some seeds (7, for one) push a feature past it by chance.
 STABLE_SEED = 1
-
-
-def make_run(run_id: str, watermark: datetime = LATER_WATERMARK) -> stages.Run:
-    return stages.Run(run_id=run_id, watermark=watermark, triggered_by="test")
 
 
 
@@ -45,10 +46,7 @@ def newest_recorded_at(ws: stages.Workspace) -> datetime:
 @pytest.fixture
 def champion(quick_ws: stages.Workspace) -> dict[str, Any]:
     """The demo study loaded and retrained up to DEMO_WATERMARK: version 1 is the champion."""
-    demo.seed_demo(quick_ws.engine)
-    result = retrain_through_stages(quick_ws, make_run("first", DEMO_WATERMARK))
-    assert result["outcome"]["status"] == "promoted"
-    return result
+    return promote_demo_champion(quick_ws)
 
 
 def test_no_champion(ws: stages.Workspace) -> None:

@@ -11,7 +11,7 @@ import math
 import os
 import subprocess
 import sys
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +22,18 @@ import sqlalchemy as sa
 from pipeline import demo, ingest, stages
 from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT
 from pipeline.validate import ValidationFailed
-from tests.integration.stage_runs import champion_state, fetch, quick_workspace, retrain_through_stages
+from tests.integration.stage_runs import (
+    DEMO_WATERMARK,
+    champion_state,
+    fetch,
+    make_run,
+    promote_demo_champion,
+    quick_workspace,
+    retrain_through_stages,
+)
 
-DEMO_WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)  # after every demo row (the last is 2026-06)
-LATER_WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after arrivals too, which are recorded now
 FAULTY_ID = 10001
 ARRIVALS, ARRIVAL_SEED, BAD_ROWS = 120, 5, 12
-
-
-def make_run(run_id: str, watermark: datetime = LATER_WATERMARK) -> stages.Run:
-    return stages.Run(run_id=run_id, watermark=watermark, triggered_by="test")
 
 
 
@@ -62,10 +64,7 @@ def as_stored(value: Any) -> Any:
 @pytest.fixture
 def champion(quick: stages.Workspace) -> dict[str, Any]:
     """The demo study loaded and a first retrain over it: version 1 is the champion."""
-    demo.seed_demo(quick.engine)
-    result = retrain_through_stages(quick, make_run("first", DEMO_WATERMARK))
-    assert result["outcome"]["status"] == "promoted"
-    return result
+    return promote_demo_champion(quick)
 
 
 # --- one faulty row of each kind ------------------------------------------------------------------

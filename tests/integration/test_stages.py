@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -22,17 +21,18 @@ import sqlalchemy as sa
 from pipeline import artifacts, demo, registry, stages
 from pipeline.config import PipelineConfig
 from pipeline.validate import ValidationFailed
-from tests.integration.stage_runs import champion_state, fetch, quick_workspace
+from tests.integration.stage_runs import (
+    DEMO_WATERMARK,
+    champion_state,
+    fetch,
+    make_run,
+    promote_demo_champion,
+    quick_workspace,
+)
 
-DEMO_WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)  # after every demo row (the last is 2026-06)
-LATER_WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after arrivals too, which are recorded now
 # With this margin a candidate up to twice the champion's RMSE "beats" it: the tests that need
 # a would-be promotion use it, so they exercise the promotion mechanics, not model quality.
 PROMOTE_ANY = -1.0  # a margin any candidate clears (significance still decides)
-
-
-def make_run(run_id: str, watermark: datetime = LATER_WATERMARK) -> stages.Run:
-    return stages.Run(run_id=run_id, watermark=watermark, triggered_by="test")
 
 
 def train_and_evaluate(ws: stages.Workspace, run: stages.Run, margin: float | None = None) -> dict[str, Any]:
@@ -76,10 +76,7 @@ def run_row(ws: stages.Workspace, run_id: str) -> dict[str, Any]:
 @pytest.fixture
 def first_retrain(ws: stages.Workspace) -> dict[str, Any]:
     """The demo study loaded and a first retrain run over it: version 1 is the champion."""
-    demo.seed_demo(ws.engine)
-    result = retrain(ws, make_run("first", DEMO_WATERMARK))
-    assert result["outcome"]["status"] == "promoted"
-    return result
+    return promote_demo_champion(ws, retrain)
 
 
 def test_first_retrain_promotes_version_1(ws: stages.Workspace, config: PipelineConfig,
