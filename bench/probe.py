@@ -96,10 +96,14 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def proc_stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (which may hold spaces): state, ppid, ..."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def process_cpu_seconds(pid: int, children: bool = False) -> float:
     """CPU seconds of a process (/proc/PID/stat), with its reaped children's if asked."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    utime, stime, cutime, cstime = map(int, fields[11:15])
+    utime, stime, cutime, cstime = map(int, proc_stat_fields(pid)[11:15])
     return (utime + stime + ((cutime + cstime) if children else 0)) / os.sysconf("SC_CLK_TCK")
 
 
@@ -110,7 +114,7 @@ def server_pid(engine: Any) -> int | None:
     try:
         if Path(f"/proc/{backend}/comm").read_text().strip() != "postgres":
             return None  # a process of this machine that happens to have the remote backend's pid
-        return int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        return int(proc_stat_fields(backend)[1])
     except (OSError, ValueError, IndexError):
         return None  # another machine's server
 
@@ -120,7 +124,7 @@ def server_cpu_seconds(postmaster: int) -> float:
     live = 0.0
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+            if entry.name.isdigit() and int(proc_stat_fields(int(entry.name))[1]) == postmaster:
                 live += process_cpu_seconds(int(entry.name))
         except (OSError, ValueError, IndexError):
             continue  # gone meanwhile: its time is now in the postmaster's children's

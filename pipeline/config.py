@@ -59,7 +59,7 @@ class TrainingPolicy:
     cv_folds: int
     n_jobs: int
     families: dict[str, dict[str, Any]] = field(default_factory=dict)
-    search_budget_seconds: float | None = None  # stop cross-validating further families past this
+    search_budget_seconds: float | None = None  # no CV fold of a later family may end past this
     search_max_rows: int | None = None  # cross-validate on a seeded sample of at most this many rows
 
 
@@ -185,13 +185,14 @@ def _parse_training(raw: dict[str, Any], path: Path) -> TrainingPolicy:
         raise ConfigError(f"{where}: 'families' must map family names to parameter mappings")
     if not families:
         raise ConfigError(f"{where}: families must name at least one model family")
+    cv_folds = _number(raw, "cv_folds", where, int)
     max_rows = _optional(raw, "search_max_rows", where, int)
-    if max_rows is not None and max_rows < 2 * _number(raw, "cv_folds", where, int):
+    if max_rows is not None and max_rows < 2 * cv_folds:
         raise ConfigError(f"{where}: search_max_rows must be at least 2 x cv_folds, got {max_rows}")
     return TrainingPolicy(
         seed=_number(raw, "seed", where, int),
         holdout_fraction=holdout,
-        cv_folds=_number(raw, "cv_folds", where, int),
+        cv_folds=cv_folds,
         n_jobs=_number({"n_jobs": raw.get("n_jobs", 1)}, "n_jobs", where, int),
         families={str(k): dict(v or {}) for k, v in families.items()},
         search_budget_seconds=_optional(raw, "search_budget_seconds", where, float),
