@@ -1,11 +1,12 @@
 """
 ### monitor_drift
 
-Hourly: compares the records that arrived since the champion's training snapshot (labelled or
+Hourly, for one model (`monitor_drift` for the primary config, `monitor_drift__<model>` for
+each other): compares the records that arrived since the champion's training snapshot (labelled or
 not) with that snapshot, feature by feature (PSI and Kolmogorov-Smirnov for numeric features,
 PSI and chi-squared for categorical ones; thresholds under `monitoring.drift` in pipeline.yaml).
 The result is stored in `pipeline.drift_reports` with an HTML report. Drift starts a retrain
-through the `labelled_patient_records` asset, and the retrain run records that drift started it.
+through the model's asset (`labelled_patient_records` for the primary one), and the retrain run records that drift started it.
 """
 
 from __future__ import annotations
@@ -14,36 +15,44 @@ from datetime import datetime
 from typing import Any
 
 from airflow.sdk import dag, get_current_context, task
-from retrain_assets import LABELLED_RECORDS
+from retrain_assets import labelled_records, models
+
+from pipeline.config import ModelEntry
 
 
-@dag(schedule="@hourly", start_date=datetime(2026, 1, 1), catchup=False, max_active_runs=1,
-     tags=["monitoring"], doc_md=__doc__)
-def monitor_drift() -> None:
-    @task(retries=2)
-    def check_drift() -> dict[str, Any]:
-        from pipeline.settings import Settings
-        from pipeline.stages import Run, Workspace, monitor_drift
+def monitor_drift_dag(model: ModelEntry) -> Any:
+    """The drift monitor of one model config."""
+    asset = labelled_records(model)
 
-        context = get_current_context()
-        dag_run = context["dag_run"]
-        run = Run(run_id=dag_run.run_id, watermark=context.get("data_interval_end") or dag_run.run_after,
-                  triggered_by="monitor_drift")
-        result = monitor_drift(Workspace.open(Settings.from_env()), run)
-        return {k: result[k] for k in ("run_id", "verdict", "drifted_features", "recent_rows", "report_path")}
+    @dag(dag_id=model.dag_id("monitor_drift"), schedule="@hourly", start_date=datetime(2026, 1, 1), catchup=False,
+         max_active_runs=1, tags=["monitoring", model.name], doc_md=__doc__)
+    def monitor_drift() -> None:
+        @task(retries=2)
+        def check_drift() -> dict[str, Any]:
+            from pipeline.stages import Run, Workspace, monitor_drift
 
-    @task.short_circuit
-    def drift_found(result: dict[str, Any]) -> bool:
-        return bool(result["verdict"] == "drift")
+            context = get_current_context()
+            dag_run = context["dag_run"]
+            run = Run(run_id=model.run_id(dag_run.run_id),
+                      watermark=context.get("data_interval_end") or dag_run.run_after, triggered_by="monitor_drift")
+            result = monitor_drift(Workspace.for_config(model.config_path), run)
+            return {k: result[k] for k in ("run_id", "verdict", "drifted_features", "recent_rows", "report_path")}
 
-    @task(outlets=[LABELLED_RECORDS])
-    def request_retrain(result: dict[str, Any]) -> None:
-        get_current_context()["outlet_events"][LABELLED_RECORDS].extra = {
-            "source": "drift", "drift_run_id": result["run_id"], "drifted_features": result["drifted_features"],
-        }
+        @task.short_circuit
+        def drift_found(result: dict[str, Any]) -> bool:
+            return bool(result["verdict"] == "drift")
 
-    result = check_drift()
-    drift_found(result) >> request_retrain(result)
+        @task(outlets=[asset])
+        def request_retrain(result: dict[str, Any]) -> None:
+            get_current_context()["outlet_events"][asset].extra = {
+                "source": "drift", "drift_run_id": result["run_id"], "drifted_features": result["drifted_features"],
+            }
+
+        result = check_drift()
+        drift_found(result) >> request_retrain(result)
+
+    return monitor_drift()
 
 
-monitor_drift()
+for _model in models():
+    monitor_drift_dag(_model)

@@ -1,9 +1,11 @@
 """
 ### retrain
 
-Continuous training of the diabetes-progression model. Starts nightly at 02:00 UTC, when an
-operator presses Trigger, and when the `labelled_patient_records` asset gets an event: new
-labelled rows landed (the arrival watcher) or the drift monitor found drift.
+Continuous training of one model (`model:` in its config; `retrain` is the one PIPELINE_CONFIG
+names, `retrain__<model>` each config in PIPELINE_MODELS_DIR). Starts nightly at 02:00 UTC, when
+an operator presses Trigger, and when the model's asset (`labelled_patient_records` for the
+primary model) gets an event: new labelled rows landed (the arrival watcher) or the drift
+monitor found drift.
 
 1. **ingest_snapshot** - labelled rows up to the run's watermark, frozen into a snapshot named
    by its SHA-256; how the run was started is recorded with it.
@@ -25,13 +27,16 @@ Every step is a function in `pipeline.stages`; `python -m pipeline <stage>` runs
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
-from retrain_assets import LABELLED_RECORDS
+from retrain_assets import labelled_records, models
+
+from pipeline.config import ModelEntry
 
 
-def _run() -> Any:
+def _run(model: ModelEntry) -> Any:
     """The pipeline's view of this DAG run: id, watermark, and how it was started."""
     from pipeline.stages import Run, describe_trigger
 
@@ -41,98 +46,110 @@ def _run() -> Any:
     run_type = getattr(dag_run.run_type, "value", str(dag_run.run_type))
     label, event = describe_trigger(run_type, getattr(dag_run, "triggering_user_name", None), events)
     watermark = context.get("data_interval_end") or dag_run.run_after
-    return Run(run_id=dag_run.run_id, watermark=watermark, triggered_by=label, trigger_event=event)
+    return Run(run_id=model.run_id(dag_run.run_id), watermark=watermark, triggered_by=label, trigger_event=event)
 
 
-def _workspace() -> Any:
-    from pipeline.settings import Settings
+def _workspace(model: ModelEntry) -> Any:
     from pipeline.stages import Workspace
 
-    return Workspace.open(Settings.from_env())
+    return Workspace.for_config(model.config_path)
 
 
-def _record_failure(context: Any) -> None:
+def _record_failure(model: ModelEntry, context: Any) -> None:
     from pipeline.stages import mark_run_failed
 
     error = context.get("exception")
-    mark_run_failed(_workspace(), context["dag_run"].run_id, f"{context['task_instance'].task_id}: {error}")
+    mark_run_failed(_workspace(model), model.run_id(context["dag_run"].run_id),
+                    f"{context['task_instance'].task_id}: {error}")
 
 
-@dag(
-    schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"), assets=LABELLED_RECORDS
+PARAMS = {
+    "margin": Param(
+        None,
+        type=["null", "number"],
+        minimum=0,
+        maximum=0.5,
+        title="Promotion margin",
+        description="Relative RMSE improvement the candidate needs over the champion "
+        "(0.01 = 1%, at most 0.5). Empty: the value in the model's config.",
     ),
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    tags=["training"],
-    doc_md=__doc__,
-    default_args={"retries": 0, "on_failure_callback": _record_failure},
-    params={
-        "margin": Param(
-            None,
-            type=["null", "number"],
-            minimum=0,
-            maximum=0.5,
-            title="Promotion margin",
-            description="Relative RMSE improvement the candidate needs over the champion "
-            "(0.01 = 1%, at most 0.5). Empty: the value in pipeline.yaml.",
+    "dry_run": Param(
+        False,
+        type="boolean",
+        title="Dry run",
+        description="Train and evaluate, record the decision, but never promote.",
+    ),
+    "force": Param(
+        False,
+        type="boolean",
+        title="Force",
+        description="Retrain even when no labelled rows arrived since the newest model's snapshot.",
+    ),
+}
+
+
+def retrain_dag(model: ModelEntry) -> Any:
+    """The retrain DAG of one model config."""
+
+    @dag(
+        dag_id=model.dag_id("retrain"),
+        schedule=AssetOrTimeSchedule(
+            timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"), assets=labelled_records(model)
         ),
-        "dry_run": Param(
-            False,
-            type="boolean",
-            title="Dry run",
-            description="Train and evaluate, record the decision, but never promote.",
-        ),
-        "force": Param(
-            False,
-            type="boolean",
-            title="Force",
-            description="Retrain even when no labelled rows arrived since the newest model's snapshot.",
-        ),
-    },
-)
-def retrain() -> None:
-    @task(retries=2, retry_delay=timedelta(seconds=30))
-    def ingest_snapshot(params: dict[str, Any] | None = None) -> dict[str, Any]:
-        from pipeline.stages import ingest_snapshot
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        tags=["training", model.name],
+        doc_md=__doc__,
+        default_args={"retries": 0, "on_failure_callback": partial(_record_failure, model)},
+        params=PARAMS,
+    )
+    def retrain() -> None:
+        @task(retries=2, retry_delay=timedelta(seconds=30))
+        def ingest_snapshot(params: dict[str, Any] | None = None) -> dict[str, Any]:
+            from pipeline.stages import ingest_snapshot
 
-        return ingest_snapshot(_workspace(), _run(), dict(params or {}))
+            return ingest_snapshot(_workspace(model), _run(model), dict(params or {}))
 
-    @task.short_circuit
-    def has_new_data(snapshot: dict[str, Any], params: dict[str, Any] | None = None) -> bool:
-        from pipeline.stages import has_new_data
+        @task.short_circuit
+        def has_new_data(snapshot: dict[str, Any], params: dict[str, Any] | None = None) -> bool:
+            from pipeline.stages import has_new_data
 
-        return has_new_data(_workspace(), _run(), snapshot["snapshot_hash"], bool((params or {}).get("force")))
+            force = bool((params or {}).get("force"))
+            return has_new_data(_workspace(model), _run(model), snapshot["snapshot_hash"], force)
 
-    @task
-    def validate_snapshot(snapshot: dict[str, Any]) -> str:
-        from pipeline.stages import validate_snapshot
+        @task
+        def validate_snapshot(snapshot: dict[str, Any]) -> str:
+            from pipeline.stages import validate_snapshot
 
-        return validate_snapshot(_workspace(), _run(), snapshot["snapshot_hash"])["clean_snapshot_hash"]
+            checked = validate_snapshot(_workspace(model), _run(model), snapshot["snapshot_hash"])
+            return str(checked["clean_snapshot_hash"])
 
-    @task(retries=1)
-    def train_candidate(snapshot_hash: str) -> int:
-        from pipeline.stages import train_candidate
+        @task(retries=1)
+        def train_candidate(snapshot_hash: str) -> int:
+            from pipeline.stages import train_candidate
 
-        return int(train_candidate(_workspace(), _run(), snapshot_hash)["version"])
+            return int(train_candidate(_workspace(model), _run(model), snapshot_hash)["version"])
 
-    @task(retries=1)
-    def evaluate_candidate(version: int, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        from pipeline.stages import evaluate_candidate
+        @task(retries=1)
+        def evaluate_candidate(version: int, params: dict[str, Any] | None = None) -> dict[str, Any]:
+            from pipeline.stages import evaluate_candidate
 
-        return evaluate_candidate(_workspace(), _run(), version, (params or {}).get("margin"))
+            return evaluate_candidate(_workspace(model), _run(model), version, (params or {}).get("margin"))
 
-    @task(retries=2, retry_delay=timedelta(seconds=30))
-    def promote_candidate(evaluation: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
-        from pipeline.stages import promote_candidate
+        @task(retries=2, retry_delay=timedelta(seconds=30))
+        def promote_candidate(evaluation: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+            from pipeline.stages import promote_candidate
 
-        return promote_candidate(_workspace(), _run(), dry_run=bool((params or {}).get("dry_run")))
+            return promote_candidate(_workspace(model), _run(model), dry_run=bool((params or {}).get("dry_run")))
 
-    snapshot = ingest_snapshot()
-    checked = validate_snapshot(snapshot)
-    has_new_data(snapshot) >> checked
-    promote_candidate(evaluate_candidate(train_candidate(checked)))
+        snapshot = ingest_snapshot()
+        checked = validate_snapshot(snapshot)
+        has_new_data(snapshot) >> checked
+        promote_candidate(evaluate_candidate(train_candidate(checked)))
+
+    return retrain()
 
 
-retrain()
+for _model in models():
+    retrain_dag(_model)

@@ -1,7 +1,8 @@
 """
 ### rollback
 
-Manual only: make an earlier model version champion again, in one transaction, recorded in
+Manual only (`rollback` for the primary model config, `rollback__<model>` for each other):
+make an earlier version of the model champion again, in one transaction, recorded in
 `pipeline.promotion_events`. The version's artifact is checked against its registered SHA-256
 before it becomes champion. Leave `to_version` empty to go back to the version the current
 champion replaced. The same as `python -m pipeline rollback [--to VERSION] --reason TEXT`.
@@ -13,34 +14,44 @@ from datetime import datetime
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
+from retrain_assets import models
+
+from pipeline.config import ModelEntry
 
 
-@dag(
-    schedule=None,
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    tags=["governance"],
-    doc_md=__doc__,
-    params={
-        "to_version": Param(None, type=["null", "integer"], minimum=1, title="Version",
-                            description="The model version to make champion. Empty: the previous champion."),
-        "reason": Param("", type="string", minLength=3, title="Reason",
-                        description="Why: recorded with the event in the promotion history."),
-    },
-)
-def rollback() -> None:
-    @task
-    def rollback_champion(params: dict[str, Any] | None = None) -> dict[str, Any]:
-        from pipeline.settings import Settings
-        from pipeline.stages import Workspace, rollback_champion
+def rollback_dag(model: ModelEntry) -> Any:
+    """The rollback DAG of one model config."""
 
-        dag_run = get_current_context()["dag_run"]
-        user = getattr(dag_run, "triggering_user_name", None) or "operator"
-        return rollback_champion(Workspace.open(Settings.from_env()), dag_run.run_id, (params or {})["reason"],
-                                 (params or {}).get("to_version"), actor=f"airflow:{user}")
+    @dag(
+        dag_id=model.dag_id("rollback"),
+        schedule=None,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        tags=["governance", model.name],
+        doc_md=__doc__,
+        params={
+            "to_version": Param(None, type=["null", "integer"], minimum=1, title="Version",
+                                description="The model version to make champion. Empty: the previous champion."),
+            "reason": Param("", type="string", minLength=3, title="Reason",
+                            description="Why: recorded with the event in the promotion history."),
+        },
+    )
+    def rollback() -> None:
+        @task
+        def rollback_champion(params: dict[str, Any] | None = None) -> dict[str, Any]:
+            from pipeline.stages import Workspace, rollback_champion
 
-    rollback_champion()
+            dag_run = get_current_context()["dag_run"]
+            user = getattr(dag_run, "triggering_user_name", None) or "operator"
+            return rollback_champion(Workspace.for_config(model.config_path), model.run_id(dag_run.run_id),
+                                     (params or {})["reason"], (params or {}).get("to_version"),
+                                     actor=f"airflow:{user}")
+
+        rollback_champion()
+
+    return rollback()
 
 
-rollback()
+for _model in models():
+    rollback_dag(_model)

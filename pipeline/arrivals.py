@@ -14,9 +14,10 @@ from pipeline.ingest import source_table
 _SIGNAL_LOCK_ID = 72_410_003  # pg_advisory_xact_lock key: one signal decision at a time
 
 
-def last_seen_watermark(conn: Connection) -> Any:
-    """The latest watermark any training run read up to (None before the first run)."""
-    return conn.scalar(sa.text("SELECT max(watermark) FROM pipeline.training_runs"))
+def last_seen_watermark(conn: Connection, model: str) -> Any:
+    """The latest watermark any run of the model read up to (None before its first run)."""
+    return conn.scalar(sa.text("SELECT max(watermark) FROM pipeline.training_runs WHERE model = :model"),
+                       {"model": model})
 
 
 def count_new_labelled_rows(conn: Connection, contract: DatasetContract, since: Any) -> tuple[int, Any]:
@@ -30,17 +31,17 @@ def count_new_labelled_rows(conn: Connection, contract: DatasetContract, since: 
     return int(count), newest
 
 
-def _signal_pending(conn: Connection, since: Any, resignal_after: timedelta) -> bool:
-    """A recent signal that no run has answered yet (no run has read up to the signal's time)."""
+def _signal_pending(conn: Connection, model: str, since: Any, resignal_after: timedelta) -> bool:
+    """A recent signal for the model that no run has answered yet (no run has read up to the signal's time)."""
     return bool(conn.scalar(sa.text("""
         SELECT EXISTS (
             SELECT 1 FROM pipeline.arrival_signals
-             WHERE at > coalesce(CAST(:since AS timestamptz), '-infinity')
+             WHERE model = :model AND at > coalesce(CAST(:since AS timestamptz), '-infinity')
                AND at > now() - :resignal_after)
-    """), {"since": since, "resignal_after": resignal_after}))
+    """), {"model": model, "since": since, "resignal_after": resignal_after}))
 
 
-def claim_arrival_signal(engine: Engine, contract: DatasetContract, min_new_rows: int,
+def claim_arrival_signal(engine: Engine, model: str, contract: DatasetContract, min_new_rows: int,
                          resignal_after: timedelta = timedelta(minutes=30)) -> dict[str, Any] | None:
     """Record and return a signal when enough new labelled rows wait and none is pending.
 
@@ -48,14 +49,14 @@ def claim_arrival_signal(engine: Engine, contract: DatasetContract, min_new_rows
     a signal that started no run within `resignal_after` is sent again.
     """
     with engine.begin() as conn:
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SIGNAL_LOCK_ID})
-        since = last_seen_watermark(conn)
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k, hashtext(:model))"), {"k": _SIGNAL_LOCK_ID, "model": model})
+        since = last_seen_watermark(conn, model)
         count, newest = count_new_labelled_rows(conn, contract, since)
-        if count < min_new_rows or _signal_pending(conn, since, resignal_after):
+        if count < min_new_rows or _signal_pending(conn, model, since, resignal_after):
             return None
         signal_id, at = conn.execute(sa.text("""
-            INSERT INTO pipeline.arrival_signals (since, up_to, new_rows) VALUES (:since, :up_to, :n)
+            INSERT INTO pipeline.arrival_signals (model, since, up_to, new_rows) VALUES (:model, :since, :up_to, :n)
             RETURNING signal_id, at
-        """), {"since": since, "up_to": newest, "n": count}).one()
-    return {"signal_id": int(signal_id), "at": at.isoformat(), "new_rows": count,
+        """), {"model": model, "since": since, "up_to": newest, "n": count}).one()
+    return {"model": model, "signal_id": int(signal_id), "at": at.isoformat(), "new_rows": count,
             "since": since.isoformat() if since else None, "up_to": newest.isoformat()}

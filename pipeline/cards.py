@@ -415,7 +415,7 @@ def _evaluation_of(conn: Connection, run_id: str) -> dict[str, Any] | None:
 def render_model_card(ws: Workspace, version: int) -> Path:
     """Write the model card of a registered version, record it, and return the file's path."""
     with ws.engine.connect() as conn:
-        model = registry.get_model(conn, version)
+        model = registry.get_model(conn, version, ws.config.model)
         snapshot = registry.get_snapshot(conn, model["snapshot_hash"])
         evaluation = _evaluation_of(conn, model["run_id"])
     path = _store_page(ws, model_card_html(card_content(ws, model, snapshot, evaluation)))

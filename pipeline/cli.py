@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pipeline import db, demo, registry, stages
@@ -49,6 +51,10 @@ def cmd_init_db(ws: stages.Workspace, args: argparse.Namespace) -> Any:
 def cmd_seed_demo(ws: stages.Workspace, args: argparse.Namespace) -> Any:
     db.apply_schema(ws.engine)
     return {"inserted": demo.seed_demo(ws.engine), "table": demo.DEMO_TABLE}
+
+
+def cmd_seed_clinic_export(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    return {"inserted": demo.seed_clinic_export(ws.engine), "table": demo.CLINIC_TABLE}
 
 
 def cmd_simulate_arrivals(ws: stages.Workspace, args: argparse.Namespace) -> Any:
@@ -107,19 +113,21 @@ def cmd_drift(ws: stages.Workspace, args: argparse.Namespace) -> Any:
 def cmd_quality(ws: stages.Workspace, args: argparse.Namespace) -> Any:
     """The last validations: rows read, valid, quarantined by reason."""
     with ws.engine.connect() as conn:
-        history = registry.quality_history(conn, args.runs)
+        history = registry.quality_history(conn, ws.model, args.runs)
     if args.json:
         return history
     for v in history:
         print(f"{v['run_id']}: read {v['rows_read']}, valid {v['rows_valid']}, quarantined {v['rows_quarantined']}"
-              f" {v['reason_counts'] or {}}{'' if v['success'] else '  FAILED'}")
+              f" {v['reason_counts'] or {}}; awaiting outcome {v['rows_unlabelled'] or 0}"
+              f" ({v['unlabelled_faulty'] or 0} with faults {v['unlabelled_reason_counts'] or {}})"
+              f"{'' if v['success'] else '  FAILED'}")
     return None
 
 
 def cmd_history(ws: stages.Workspace, args: argparse.Namespace) -> Any:
     """Every change of champion: when, from which version to which, by what, and why."""
     with ws.engine.connect() as conn:
-        events = registry.promotion_history(conn)
+        events = registry.promotion_history(conn, ws.model)
     if args.json:
         return events
     for e in events:
@@ -152,8 +160,8 @@ def cmd_reproduce(ws: stages.Workspace, args: argparse.Namespace) -> Any:
 def status_report(ws: stages.Workspace, runs: int = 5) -> dict[str, Any]:
     """The champion (version, metrics, snapshot, when promoted) and the latest runs."""
     with ws.engine.connect() as conn:
-        champion = registry.current_champion(conn)
-        recent = registry.recent_runs(conn, runs)
+        champion = registry.current_champion(conn, ws.model)
+        recent = registry.recent_runs(conn, ws.model, runs)
         evaluation = registry.get_evaluation(conn, champion["promoted_by_run"]) if champion else None
     summary = None
     if champion:
@@ -164,7 +172,7 @@ def status_report(ws: stages.Workspace, runs: int = 5) -> dict[str, Any]:
             "promoted_at": champion["promoted_at"], "promoted_by_run": champion["promoted_by_run"],
             "code_version": champion["code_version"],
         }
-    return {"champion": summary, "recent_runs": recent}
+    return {"model": ws.model, "champion": summary, "recent_runs": recent}
 
 
 def cmd_status(ws: stages.Workspace, args: argparse.Namespace) -> Any:
@@ -172,6 +180,7 @@ def cmd_status(ws: stages.Workspace, args: argparse.Namespace) -> Any:
     if args.json:
         return report
     champion = report["champion"]
+    print(f"model {report['model']} ({ws.config.path})")
     if champion is None:
         print("no champion yet")
     else:
@@ -218,6 +227,8 @@ def stop_embedded(settings: Settings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    parser.add_argument("--config", metavar="PATH", help="the model's config file (default: PIPELINE_CONFIG, "
+                        "else pipeline.yaml); every command works on the model it names")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, handler: Any, help_text: str, run: bool = False) -> argparse.ArgumentParser:
@@ -230,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("init-db", cmd_init_db, "apply the SQL files in sql/ (safe twice)")
     add("seed-demo", cmd_seed_demo, "load the 442-patient diabetes study into the source table")
+    add("seed-clinic-export", cmd_seed_clinic_export, "load the worked example's clinic export into clinic.visits "
+        "(its own column names, d/m/Y text dates, a few faults; see examples/clinic/)")
     p = add("simulate-arrivals", cmd_simulate_arrivals, "append new plausible labelled records")
     p.add_argument("--rows", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -283,12 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     settings = Settings.from_env()
+    if args.config:
+        settings = dataclasses.replace(settings, config_path=Path(args.config))
     if args.command == "airflow":
         exec_airflow(settings, args.airflow_args)
     if args.command == "db-stop":
         return stop_embedded(settings)
-    ws = stages.Workspace.open(settings)
     try:
+        ws = stages.Workspace.open(settings)
         result = args.handler(ws, args)
     except Exception as exc:  # noqa: BLE001 - the CLI reports every failure as one clear line
         print(f"error: {exc}", file=sys.stderr)

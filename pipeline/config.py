@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,10 +12,18 @@ import yaml
 
 FEATURE_ROLES = ("numeric", "categorical", "birth_date", "event_date")
 COLUMN_TYPES = ("float", "integer", "text", "date", "timestamp")
+FEATURE_KEYS = {"name", "role", "type", "format", "decimal"}
+AGE_COLUMN = "age_years"  # derived inside the model from the birth_date / event_date pair
+DEFAULT_MODEL = "diabetes_progression"
+MODEL_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")  # it becomes part of DAG ids and asset names
+SUITE_COLUMN_KEYS = ("column", "column_A", "column_B", "column_list", "column_set")
 
 
 class ConfigError(ValueError):
     """The configuration file is missing a key or holds a value the pipeline cannot use."""
+
+
+DECIMAL_MARKS = (".", ",")  # a number held as text declares which one it uses; thousands separators never pass
 
 
 @dataclass(frozen=True)
@@ -21,6 +31,8 @@ class Feature:
     name: str
     role: str
     type: str
+    format: str | None = None  # date / timestamp held as text: its strftime pattern, e.g. "%d/%m/%Y"
+    decimal: str | None = None  # float / integer held as text: its decimal mark, "." or ","
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,7 @@ class DatasetContract:
     target_type: str
     features: tuple[Feature, ...]
     expectation_suite: Path
+    target_decimal: str | None = None  # the target held as text: its decimal mark
 
     def columns(self) -> list[str]:
         """Every column the pipeline reads, in snapshot order."""
@@ -50,6 +63,22 @@ class DatasetContract:
         types[self.target_column] = self.target_type
         types[self.timestamp_column] = "timestamp"
         return types
+
+    def derived_columns(self) -> list[str]:
+        """Columns the model computes from others: age in years from the birth and event dates."""
+        return [AGE_COLUMN] if self.names_with_role("birth_date") and self.names_with_role("event_date") else []
+
+    def monitored_columns(self) -> list[str]:
+        """The features as the model sees them: numerics, categoricals, and derived columns."""
+        return self.names_with_role("numeric") + self.names_with_role("categorical") + self.derived_columns()
+
+    def column_formats(self) -> dict[str, str]:
+        """The declared text format of each column that has one: a strftime pattern for a date or
+        timestamp, the decimal mark for a number. A text cell is only ever read by its declared format."""
+        formats = {f.name: f.format or f.decimal for f in self.features if f.format or f.decimal}
+        if self.target_decimal:
+            formats[self.target_column] = self.target_decimal
+        return {k: str(v) for k, v in formats.items()}
 
 
 @dataclass(frozen=True)
@@ -118,6 +147,7 @@ class QualityPolicy:
 @dataclass(frozen=True)
 class PipelineConfig:
     path: Path
+    model: str  # the registry, the champion, runs, reports and DAG ids are all scoped by this name
     dataset: DatasetContract
     training: TrainingPolicy
     promotion: PromotionPolicy
@@ -144,16 +174,37 @@ def _number(section: dict[str, Any], key: str, where: str, kind: type[float] | t
 
 def _parse_feature(raw: dict[str, Any], index: int, path: Path) -> Feature:
     where = f"{path}: dataset.features[{index}]"
+    unknown = sorted(set(raw) - FEATURE_KEYS) if isinstance(raw, dict) else []
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; a feature takes {sorted(FEATURE_KEYS)}")
     feature = Feature(
         name=str(_require(raw, "name", where)),
         role=str(_require(raw, "role", where)),
         type=str(_require(raw, "type", where)),
+        format=None if raw.get("format") is None else str(raw["format"]),
+        decimal=None if raw.get("decimal") is None else str(raw["decimal"]),
     )
     if feature.role not in FEATURE_ROLES:
         raise ConfigError(f"{where} ({feature.name}): role '{feature.role}' is not one of {FEATURE_ROLES}")
     if feature.type not in COLUMN_TYPES:
         raise ConfigError(f"{where} ({feature.name}): type '{feature.type}' is not one of {COLUMN_TYPES}")
+    check_text_format(feature.name, feature.type, feature.format, feature.decimal, where)
     return feature
+
+
+def check_text_format(column: str, kind: str, pattern: str | None, decimal: str | None, where: str) -> None:
+    """A format fits its type: a strftime pattern for dates and timestamps, a decimal mark for numbers."""
+    if pattern is not None:
+        if kind not in ("date", "timestamp"):
+            raise ConfigError(f"{where} ({column}): 'format' is for date and timestamp columns; "
+                              f"a {kind} column held as text declares its 'decimal' mark instead")
+        if "%" not in pattern:
+            raise ConfigError(f"{where} ({column}): format {pattern!r} has no strftime directive (e.g. '%d/%m/%Y')")
+    if decimal is not None:
+        if kind not in ("float", "integer"):
+            raise ConfigError(f"{where} ({column}): 'decimal' is for float and integer columns, not {kind}")
+        if decimal not in DECIMAL_MARKS:
+            raise ConfigError(f"{where} ({column}): decimal mark {decimal!r} is not one of {DECIMAL_MARKS}")
 
 
 def _parse_dataset(raw: dict[str, Any], path: Path) -> DatasetContract:
@@ -161,15 +212,26 @@ def _parse_dataset(raw: dict[str, Any], path: Path) -> DatasetContract:
     features = tuple(
         _parse_feature(f, i, path) for i, f in enumerate(_require(raw, "features", where))
     )
+    columns = [str(_require(raw, k, where)) for k in ("id_column", "target_column", "timestamp_column")]
+    names = columns + [f.name for f in features]
+    repeated = sorted({c for c in names if names.count(c) > 1})
+    if repeated:
+        raise ConfigError(f"{where}: column(s) {repeated} named twice among id_column, target_column, "
+                          "timestamp_column and features: each column has one role")
+    if AGE_COLUMN in [f.name for f in features]:
+        raise ConfigError(f"{where}.features: '{AGE_COLUMN}' is derived from the date pair; name the source column otherwise")
     roles = [f.role for f in features]
     if roles.count("birth_date") != roles.count("event_date") or roles.count("birth_date") > 1:
         raise ConfigError(f"{where}: give both a birth_date and an event_date feature, or neither")
+    check_text_format(str(raw.get("target_column")), str(raw.get("target_type", "float")), None,
+                      None if raw.get("target_decimal") is None else str(raw["target_decimal"]), where)
     return DatasetContract(
         table=str(_require(raw, "table", where)),
         id_column=str(_require(raw, "id_column", where)),
         timestamp_column=str(_require(raw, "timestamp_column", where)),
         target_column=str(_require(raw, "target_column", where)),
         target_type=str(raw.get("target_type", "float")),
+        target_decimal=None if raw.get("target_decimal") is None else str(raw["target_decimal"]),
         features=features,
         expectation_suite=(path.parent / str(_require(raw, "expectation_suite", where))).resolve(),
     )
@@ -268,21 +330,117 @@ def _parse_quality(raw: dict[str, Any], path: Path) -> QualityPolicy:
     return QualityPolicy(share)
 
 
-def load_config(path: Path) -> PipelineConfig:
-    """Read and check the pipeline configuration file."""
+def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"configuration file not found: {path} (set PIPELINE_CONFIG)")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with sections 'dataset', 'training', 'promotion', 'monitoring', 'quality'")
+    return raw
+
+
+def model_name(path: Path) -> str:
+    """The `model:` a configuration file names (default diabetes_progression); reads nothing else."""
+    raw = _read_yaml(path)
+    name = str(raw.get("model") or DEFAULT_MODEL)
+    if not MODEL_NAME.fullmatch(name):
+        raise ConfigError(f"{path}: model {name!r} must be lower-case letters, digits and _ (at most 40, "
+                          "starting with a letter): it becomes part of DAG ids")
+    return name
+
+
+def load_config(path: Path) -> PipelineConfig:
+    """Read and check the pipeline configuration file, and every column it names against the contract."""
+    raw = _read_yaml(path)
     for section in ("dataset", "training", "promotion", "monitoring", "quality"):
         if not isinstance(raw.get(section), dict):
             raise ConfigError(f"{path}: missing section '{section}'")
-    return PipelineConfig(
+    config = PipelineConfig(
         path=path.resolve(),
+        model=model_name(path),
         dataset=_parse_dataset(raw["dataset"], path),
         training=_parse_training(raw["training"], path),
         promotion=_parse_promotion(raw["promotion"], path),
         monitoring=_parse_monitoring(raw["monitoring"], path),
         quality=_parse_quality(raw["quality"], path),
     )
+    check_column_names(config)
+    check_suite_columns(config.dataset)
+    return config
+
+
+def check_column_names(config: PipelineConfig) -> None:
+    """Every column a key outside `dataset:` names is a contract feature or a derived column."""
+    contract, where = config.dataset, f"{config.path}: promotion"
+    monitored = contract.monitored_columns()
+    numeric = contract.names_with_role("numeric") + contract.derived_columns()
+    for i, spec in enumerate(config.promotion.slices):
+        if spec.column not in monitored:
+            raise ConfigError(f"{where}.slices[{i}].column: '{spec.column}' is not a feature of the contract "
+                              f"(dataset.features) nor derived; slices can use {monitored}")
+        if spec.edges and spec.column not in numeric:
+            raise ConfigError(f"{where}.slices[{i}].edges: '{spec.column}' is not numeric; give edges only "
+                              f"for {numeric}, or leave them out for one slice per category")
+    for feature in config.promotion.directions:
+        if feature not in contract.names_with_role("numeric"):
+            raise ConfigError(f"{where}.behaviour.directions.{feature}: '{feature}' is not a numeric feature of "
+                              f"the contract; directions can raise {contract.names_with_role('numeric')}")
+
+
+def suite_columns(expectation: dict[str, Any]) -> list[str]:
+    """The columns one expectation of a suite names, whatever its kind."""
+    kwargs = expectation.get("kwargs") or {}
+    names: list[str] = []
+    for key in SUITE_COLUMN_KEYS:
+        value = kwargs.get(key)
+        names += [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)] if value else []
+    return names
+
+
+def check_suite_columns(contract: DatasetContract) -> None:
+    """Refuse a suite that checks a column the contract does not have: the snapshot would not hold it."""
+    path = contract.expectation_suite
+    try:
+        suite = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"dataset.expectation_suite: cannot read {path}: {exc}") from exc
+    known = set(contract.columns())
+    for i, expectation in enumerate(suite.get("expectations") or [] if isinstance(suite, dict) else []):
+        unknown = [c for c in suite_columns(expectation) if c not in known]
+        if unknown:
+            raise ConfigError(f"{path}: expectations[{i}] ({expectation.get('type')}) names column(s) {unknown}, "
+                              f"which the contract (dataset: in the config) does not have: {sorted(known)}")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model config the DAGs are made for. The primary one (PIPELINE_CONFIG) keeps the plain DAG ids."""
+
+    name: str
+    config_path: Path
+    primary: bool
+
+    def dag_id(self, base: str) -> str:
+        """`retrain` for the primary model, `retrain__<model>` for the others."""
+        return base if self.primary else f"{base}__{self.name}"
+
+    def run_id(self, airflow_run_id: str) -> str:
+        """The registry's run id: Airflow's run ids repeat across DAGs, the registry's may not."""
+        return airflow_run_id if self.primary else f"{self.name}:{airflow_run_id}"
+
+
+def model_entries(primary: Path, models_dir: Path) -> list[ModelEntry]:
+    """The primary config, then every *.yaml in `models_dir`; reads only each file's `model:` name."""
+    entries = [ModelEntry(model_name(primary), primary, True)]
+    paths = sorted(models_dir.glob("*.yaml")) if models_dir.is_dir() else []
+    for path in (p for p in paths if p.resolve() != primary.resolve()):
+        entry = ModelEntry(model_name(path), path, False)
+        clash = next((e for e in entries if e.name == entry.name), None)
+        if clash:
+            raise ConfigError(f"{path}: model {entry.name!r} is already named by {clash.config_path}; "
+                              "each model config needs a name of its own")
+        entries.append(entry)
+    return entries

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -97,6 +98,11 @@ def sql_files(sql_dir: Path = SQL_DIR) -> list[Path]:
     return sorted(sql_dir.glob("[0-9][0-9][0-9]_*.sql"))
 
 
+def schema_fingerprint(sql_dir: Path = SQL_DIR) -> dict[str, str]:
+    """Each schema file's name and the SHA-256 of its text."""
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sql_files(sql_dir)}
+
+
 def apply_schema(engine: Engine, sql_dir: Path = SQL_DIR) -> list[str]:
     """Apply every numbered SQL file in one transaction; safe to run twice or concurrently."""
     applied = []
@@ -106,4 +112,31 @@ def apply_schema(engine: Engine, sql_dir: Path = SQL_DIR) -> list[str]:
         for path in sql_files(sql_dir):
             cursor.execute(path.read_text())  # no parameters: '%' in the SQL stays literal
             applied.append(path.name)
+        conn.execute(sa.text("""
+            INSERT INTO pipeline.schema_files (name, sha256) VALUES (:name, :sha256)
+            ON CONFLICT (name) DO UPDATE SET sha256 = EXCLUDED.sha256, applied_at = now()
+        """), [{"name": k, "sha256": v} for k, v in schema_fingerprint(sql_dir).items()])
     return applied
+
+
+def schema_is_current(engine: Engine, sql_dir: Path = SQL_DIR) -> bool:
+    """True when the database has had every schema file, as it reads now."""
+    with engine.connect() as conn:
+        if conn.scalar(sa.text("SELECT to_regclass('pipeline.schema_files')")) is None:
+            return False
+        applied: dict[str, str] = dict(conn.execute(sa.text("SELECT name, sha256 FROM pipeline.schema_files")).tuples().all())
+    return all(applied.get(name) == digest for name, digest in schema_fingerprint(sql_dir).items())
+
+
+def ensure_schema(engine: Engine, sql_dir: Path = SQL_DIR) -> list[str]:
+    """Bring the database's pipeline schema up to date (a new database, or files added since); the files
+    applied, none when it was current. Fails naming the command to run when this user may not apply it."""
+    if schema_is_current(engine, sql_dir):
+        return []
+    try:
+        return apply_schema(engine, sql_dir)
+    except sa.exc.DBAPIError as exc:
+        raise RuntimeError(
+            f"database {engine.url.render_as_string(hide_password=True)} lacks the current pipeline schema "
+            f"and it could not be applied ({str(exc.orig).strip()}); run `python -m pipeline init-db` as a "
+            "user who may create schemas and tables there") from exc

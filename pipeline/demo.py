@@ -12,6 +12,8 @@ import sqlalchemy as sa
 from sklearn.datasets import load_diabetes
 from sqlalchemy.engine import Connection, Engine
 
+from pipeline.settings import PROJECT_ROOT
+
 DEMO_TABLE = "public.patient_records"
 FIRST_VISIT = pd.Timestamp("2023-01-02")
 ARRIVAL_VISITS_FROM = pd.Timestamp("2025-06-01")
@@ -145,3 +147,57 @@ def simulate_arrivals(engine: Engine, rows: int, seed: int, drift: dict[str, flo
         records.insert(0, "patient_id", np.arange(first, first + rows))
         copy_into(conn, DEMO_TABLE, records)
     return [int(i) for i in records["patient_id"]]
+
+
+# The worked example of a second source table (examples/clinic/): the same study as a clinic's own
+# export, with its own column names, dates as d/m/Y text, and a few faults a real export has.
+CLINIC_TABLE = "clinic.visits"
+CLINIC_SQL = PROJECT_ROOT / "examples" / "clinic" / "visits.sql"
+CLINIC_FIRST_ID = 10_001
+CLINIC_COLUMNS = {"patient_id": "visit_id", "birth_date": "dob", "visit_date": "seen_on", "sex": "gender",
+                  "bmi": "body_mass", "bp_mean": "bp", "tc": "chol_total", "ldl": "ldl_c", "hdl": "hdl_c",
+                  "tch": "chol_ratio", "ltg": "log_trig", "glucose": "fasting_glucose",
+                  "progression_12m": "outcome_score", "recorded_at": "entered_at"}
+CLINIC_KEPT_DATE = pd.Timestamp("2024-01-03")  # its row stays clean: '3/01/2024' must read as 3 January
+CLINIC_DUPLICATES = 3  # visits entered a second time under a new id, three days later
+CLINIC_IMPOSSIBLE_DATE = "31/02/2024"
+
+
+def clinic_date_text(dates: pd.Series) -> pd.Series:
+    """Dates as the clinic's system writes them: day/month/year, the day not zero-padded ('3/01/2024')."""
+    stamps = pd.to_datetime(dates)
+    return stamps.dt.day.astype(str) + stamps.dt.strftime("/%m/%Y")
+
+
+def clinic_export(seed: int = 11) -> pd.DataFrame:
+    """The study as a clinic's export, with its faults: 3 visits entered twice under new ids, one
+    unknown gender ('X'), one outcome not known yet (NULL), one impossible date. Deterministic."""
+    records = demo_records()
+    visits = pd.to_datetime(records["visit_date"])
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(np.flatnonzero(visits != CLINIC_KEPT_DATE), CLINIC_DUPLICATES + 3, replace=False)
+    copies = records.iloc[picks[:CLINIC_DUPLICATES]].copy()
+    copies["recorded_at"] = copies["recorded_at"] + pd.Timedelta(days=3)
+    records = pd.concat([records, copies], ignore_index=True)
+    records["patient_id"] = np.arange(CLINIC_FIRST_ID, CLINIC_FIRST_ID + len(records))
+    unknown_gender, unlabelled, impossible = picks[CLINIC_DUPLICATES:]
+    records.loc[unknown_gender, "sex"] = "X"
+    records.loc[unlabelled, "progression_12m"] = np.nan
+    for column in ("birth_date", "visit_date"):
+        records[column] = clinic_date_text(records[column])
+    records.loc[impossible, "visit_date"] = CLINIC_IMPOSSIBLE_DATE
+    return records.rename(columns=CLINIC_COLUMNS)[list(CLINIC_COLUMNS.values())]
+
+
+def seed_clinic_export(engine: Engine) -> int:
+    """Create clinic.visits (examples/clinic/visits.sql) and load the export; rows already there are left as they are."""
+    records = clinic_export()
+    with engine.begin() as conn:
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute(CLINIC_SQL.read_text())  # no parameters: '%' in the SQL stays literal
+        conn.execute(sa.text(f"CREATE TEMP TABLE clinic_seed (LIKE {CLINIC_TABLE}) ON COMMIT DROP"))
+        copy_into(conn, "clinic_seed", records)
+        inserted = conn.execute(sa.text(
+            f"INSERT INTO {CLINIC_TABLE} SELECT * FROM clinic_seed ON CONFLICT (visit_id) DO NOTHING"
+        )).rowcount
+    return int(inserted)

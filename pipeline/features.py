@@ -17,6 +17,22 @@ from pipeline.config import DatasetContract
 DAYS_PER_YEAR = 365.25
 
 
+TYPED_DATES = ("date", "datetime", "datetime64", "empty")  # what pandas' infer_dtype calls date-typed values
+
+
+def typed_dates(column: pd.Series, position: int) -> pd.Series:
+    """A date column as datetimes; text (or anything else) is refused: a model never guesses a date format."""
+    values = column.dropna()
+    if not pd.api.types.is_datetime64_any_dtype(column.dtype) and len(values):
+        kind = pd.api.types.infer_dtype(values)
+        if kind not in TYPED_DATES:
+            raise TypeError(
+                f"AgeFromDates: input column {position} holds {kind} values (e.g. {values.iloc[0]!r}), not dates; "
+                "dates must be typed (datetime64 or date objects) before they reach the model: cast them with "
+                "casting.cast_column, which reads text only by its declared format")
+    return pd.to_datetime(column, errors="coerce")
+
+
 class AgeFromDates(TransformerMixin, BaseEstimator):  # type: ignore[misc]
     """Age in years at the event, from a (birth date, event date) column pair."""
 
@@ -26,8 +42,7 @@ class AgeFromDates(TransformerMixin, BaseEstimator):  # type: ignore[misc]
 
     def transform(self, X: Any) -> np.ndarray:
         frame = pd.DataFrame(X)
-        birth = pd.to_datetime(frame.iloc[:, 0], errors="coerce")
-        event = pd.to_datetime(frame.iloc[:, 1], errors="coerce")
+        birth, event = typed_dates(frame.iloc[:, 0], 0), typed_dates(frame.iloc[:, 1], 1)
         days = (event - birth).dt.days.astype("float64")
         ages: np.ndarray = (days / DAYS_PER_YEAR).to_numpy().reshape(-1, 1)
         return ages

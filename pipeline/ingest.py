@@ -11,7 +11,7 @@ import io
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
 from pipeline.artifacts import store_bytes, verify_file
-from pipeline.config import DatasetContract
+from pipeline.casting import cast_strict
+from pipeline.config import ConfigError, DatasetContract
 
 ROW_GROUP_ROWS = 1 << 17  # fixed, so a snapshot's bytes never depend on how the driver batched the rows
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd"}
@@ -44,6 +45,10 @@ class Snapshot:
     watermark: str
     source_table: str
     query: str
+    unlabelled_rows: int = 0  # recorded up to the watermark, outcome not known yet: left out of training
+    unlabelled_hash: str | None = None  # those rows, frozen beside the snapshot so validation can check them
+    unlabelled_path: str | None = None
+    unlabelled_query: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,25 +66,59 @@ def labelled_rows_query(contract: DatasetContract, watermark: datetime) -> sa.Se
 
 
 def recorded_rows_query(contract: DatasetContract, until: datetime, since: datetime | None = None,
-                        labelled_only: bool = False) -> sa.Select[Any]:
-    """Rows recorded in (since, until], oldest first; only those with a label if asked."""
+                        labelled_only: bool = False, unlabelled_only: bool = False) -> sa.Select[Any]:
+    """Rows recorded in (since, until], oldest first; only those with (or without) a label if asked."""
     table = source_table(contract)
-    ts = table.c[contract.timestamp_column]
+    ts, target = table.c[contract.timestamp_column], table.c[contract.target_column]
     query = sa.select(*table.c).where(ts <= sa.bindparam("watermark", until))
     if since is not None:
         query = query.where(ts > sa.bindparam("since", since))
     if labelled_only:
-        query = query.where(table.c[contract.target_column].is_not(None))
+        query = query.where(target.is_not(None))
+    if unlabelled_only:
+        query = query.where(target.is_(None))
     return query.order_by(ts, table.c[contract.id_column])
+
+
+def unlabelled_rows_query(contract: DatasetContract, watermark: datetime) -> sa.Select[Any]:
+    """Rows recorded up to the watermark whose outcome is not known yet, oldest first."""
+    return recorded_rows_query(contract, watermark, unlabelled_only=True)
+
+
+def source_column_types(engine: Engine, contract: DatasetContract) -> dict[str, Any] | None:
+    """The source table's SQL column types by name, or None when the table does not exist."""
+    schema, _, name = contract.table.rpartition(".")
+    inspector = sa.inspect(engine)
+    if not inspector.has_table(name, schema=schema or None):
+        return None
+    return {c["name"]: c["type"] for c in inspector.get_columns(name, schema=schema or None)}
+
+
+def check_declared_formats(contract: DatasetContract, present: dict[str, Any]) -> None:
+    """A date, timestamp or number the source holds as text must declare its format: it is never guessed."""
+    formats = contract.column_formats()
+    for column, kind in contract.column_types().items():
+        if not isinstance(present.get(column), sa.String) or kind == "text":
+            continue
+        if column == contract.id_column:
+            raise ConfigError(f"dataset.id_column: '{column}' of {contract.table} is text; ids are read as integers "
+                              "(a view that casts it, or a numeric key, will do)")
+        if column == contract.timestamp_column:
+            raise ConfigError(f"dataset.timestamp_column: '{column}' of {contract.table} is text; the watermark is "
+                              "compared in SQL, so it must be a date or timestamp column")
+        if column not in formats:
+            key = "target_decimal" if column == contract.target_column else (
+                "features[].format (e.g. format: '%d/%m/%Y')" if kind in ("date", "timestamp")
+                else "features[].decimal ('.' or ',')")
+            raise ConfigError(f"dataset: column '{column}' of {contract.table} holds {kind} values as text; declare "
+                              f"how to read them with dataset.{key} for '{column}', never guessed")
 
 
 def check_source_columns(engine: Engine, contract: DatasetContract) -> None:
     """Fail with the missing column names when the source table lacks contract columns."""
-    schema, _, name = contract.table.rpartition(".")
-    inspector = sa.inspect(engine)
-    if not inspector.has_table(name, schema=schema or None):
+    present = source_column_types(engine, contract)
+    if present is None:
         raise SchemaError(f"source table {contract.table} does not exist (dataset.table in the config)")
-    present = {c["name"]: c["type"] for c in inspector.get_columns(name, schema=schema or None)}
     missing = [c for c in contract.columns() if c not in present]
     if missing:
         raise SchemaError(
@@ -92,6 +131,7 @@ def check_source_columns(engine: Engine, contract: DatasetContract) -> None:
                 f"column '{column}' of {contract.table} is {present[column]}, but the contract expects "
                 f"{kind} (SQL types {[t.__name__ for t in COMPATIBLE_SQL_TYPES[kind]]})"
             )
+    check_declared_formats(contract, present)
 
 
 # SQL column types each contract type can be read from; text columns are cast row by row in
@@ -105,24 +145,12 @@ COMPATIBLE_SQL_TYPES: dict[str, tuple[type[Any], ...]] = {
 }
 
 
-def _cast_column(values: pd.Series, kind: str) -> pd.Series:
-    if kind == "float":
-        return pd.to_numeric(values, errors="raise").astype("float64")
-    if kind == "integer":
-        return pd.to_numeric(values, errors="raise").astype("Int64")
-    if kind == "text":
-        return values.astype("string")
-    if kind == "date":
-        return pd.to_datetime(values, errors="raise").astype("datetime64[us]")
-    return pd.to_datetime(values, utc=True, errors="raise").astype("datetime64[us, UTC]")
-
-
 def cast_to_contract(frame: pd.DataFrame, contract: DatasetContract) -> pd.DataFrame:
-    """Give every column the dtype its contract type names, or fail naming the column."""
-    out = {}
+    """Give every column the dtype its contract type names (text by its declared format), or fail naming it."""
+    out, formats = {}, contract.column_formats()
     for column, kind in contract.column_types().items():
         try:
-            out[column] = _cast_column(frame[column], kind)
+            out[column] = cast_strict(frame[column], kind, formats.get(column), column)
         except (ValueError, TypeError) as exc:
             raise SchemaError(f"column '{column}' does not hold {kind} values: {exc}") from exc
     return pd.DataFrame(out, columns=contract.columns())
@@ -195,15 +223,30 @@ def _normalised(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> Iterato
 
 
 @contextmanager
+def arrow_cursor(engine: Engine, contract: DatasetContract, consistent: bool = False) -> Iterator[Any]:
+    """An Arrow (ADBC) cursor on the source database, after checking its columns; `consistent`: every
+    query on it sees the same committed rows (one read-only REPEATABLE READ transaction)."""
+    check_source_columns(engine, contract)
+    with adbc.connect(arrow_uri(engine), autocommit=not consistent) as conn, conn.cursor() as cursor:
+        if consistent:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield cursor
+
+
+def cursor_batches(cursor: Any, query: sa.Select[Any]) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """Run a query on an Arrow cursor; its rows as record batches over COPY (binary), typed by `frame_schema`."""
+    cursor.execute(query_sql(query))
+    reader = cursor.fetch_record_batch()
+    schema = frame_schema(reader.schema)
+    return schema, _normalised(reader, schema)
+
+
+@contextmanager
 def arrow_batches(engine: Engine, contract: DatasetContract, query: sa.Select[Any]) -> Iterator[
         tuple[pa.Schema, Iterator[pa.RecordBatch]]]:
     """Stream a query's rows as Arrow record batches over COPY (binary), typed by `frame_schema`."""
-    check_source_columns(engine, contract)
-    with adbc.connect(arrow_uri(engine), autocommit=True) as conn, conn.cursor() as cursor:
-        cursor.execute(query_sql(query))
-        reader = cursor.fetch_record_batch()
-        schema = frame_schema(reader.schema)
-        yield schema, _normalised(reader, schema)
+    with arrow_cursor(engine, contract) as cursor:
+        yield cursor_batches(cursor, query)
 
 
 def _row_groups(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> Iterator[pa.Table]:
@@ -256,8 +299,14 @@ def snapshot_table_bytes(table: pa.Table) -> memoryview:
 
 def read_snapshot_table(engine: Engine, contract: DatasetContract, query: sa.Select[Any]) -> tuple[pa.Table, memoryview]:
     """Run a query over the source table into an Arrow table and its Parquet bytes, in one pass."""
-    with arrow_batches(engine, contract, query) as (schema, batches):
-        table, data = _write_parquet(_row_groups(batches, schema), schema)
+    with arrow_cursor(engine, contract) as cursor:
+        return cursor_snapshot_table(cursor, query)
+
+
+def cursor_snapshot_table(cursor: Any, query: sa.Select[Any]) -> tuple[pa.Table, memoryview]:
+    """A query's rows on an Arrow cursor as an Arrow table and its Parquet bytes, in one pass."""
+    schema, batches = cursor_batches(cursor, query)
+    table, data = _write_parquet(_row_groups(batches, schema), schema)
     typed = _with_null_columns(table)
     if typed.schema != table.schema:  # rare: a column holds no value at all; write it as nulls
         data = snapshot_table_bytes(typed)
@@ -298,10 +347,16 @@ def take_snapshot(
     """Read the labelled rows, unchanged, and store them as an immutable snapshot named by its hash.
     The rows come back as Arrow; `arrow_to_frame` makes the pandas copy for a caller that needs one."""
     watermark = datetime.fromisoformat(watermark.isoformat())  # plain datetime (Airflow passes pendulum)
-    query = labelled_rows_query(contract, watermark)
-    table, data = read_snapshot_table(engine, contract, query)
+    query, waiting_query = labelled_rows_query(contract, watermark), unlabelled_rows_query(contract, watermark)
+    with arrow_cursor(engine, contract, consistent=True) as cursor:  # no row is in both, or in neither
+        table, data = cursor_snapshot_table(cursor, query)
+        waiting, waiting_data = cursor_snapshot_table(cursor, waiting_query)
     digest, path = store_bytes(artifact_dir, "snapshots", data, ".parquet")
     snapshot = Snapshot(digest, str(path), table.num_rows, watermark.isoformat(), contract.table, query_sql(query))
+    if waiting.num_rows:
+        waiting_digest, waiting_path = store_bytes(artifact_dir, "snapshots", waiting_data, ".parquet")
+        snapshot = replace(snapshot, unlabelled_rows=waiting.num_rows, unlabelled_hash=waiting_digest,
+                           unlabelled_path=str(waiting_path), unlabelled_query=query_sql(waiting_query))
     return snapshot, table
 
 

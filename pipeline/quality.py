@@ -13,19 +13,35 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.casting import cast_column, describe_cast
 from pipeline.config import DatasetContract
-from pipeline.validate import SAMPLE_IDS, run_suite
+from pipeline.validate import (
+    SAMPLE_IDS,
+    batch_failure,
+    column_of,
+    describe_failure,
+    domain_columns,
+    exception_message,
+    run_suite,
+)
 
 ROW_COLUMN = "__row__"  # position of a row in the snapshot: ids can repeat, positions cannot
 
+# Readable reason codes for the common row-level expectations; any other gets one from its name.
 REASON_CODES = {
     "expect_column_values_to_not_be_null": "missing_required",
     "expect_column_values_to_be_between": "out_of_range",
     "expect_column_values_to_be_in_set": "unknown_category",
+    "expect_column_values_to_not_be_in_set": "forbidden_value",
     "expect_column_values_to_be_unique": "duplicate_id",
+    "expect_compound_columns_to_be_unique": "duplicate_record",
     "expect_column_pair_values_a_to_be_greater_than_b": "impossible_dates",
     "expect_column_values_to_be_in_type_list": "wrong_type",
+    "expect_column_values_to_be_of_type": "wrong_type",
 }
+# Families of expectations sharing a reason, by a fragment of their name.
+REASON_FAMILIES = (("match_regex", "bad_format"), ("like_pattern", "bad_format"), ("strftime_format", "bad_format"),
+                   ("_parseable", "bad_format"), ("json_schema", "bad_format"), ("value_lengths_", "bad_length"))
 
 
 class QualityError(RuntimeError):
@@ -108,40 +124,70 @@ def coerce_types(frame: pd.DataFrame, contract: DatasetContract) -> tuple[pd.Dat
     """Cast each column to its contract type; a cell that will not cast becomes missing, with a reason."""
     out = frame.copy()
     reasons: dict[int, list[dict[str, Any]]] = {}
+    formats = contract.column_formats()
     for column, kind in contract.column_types().items():
         before = out[column]
-        if kind == "float":
-            after = pd.to_numeric(before, errors="coerce").astype("float64")
-        elif kind == "integer":  # a fraction or a number past int64 is not an integer: wrong_type
-            number = pd.to_numeric(before, errors="coerce").astype("float64")
-            whole = (number == number.round()) & (number.abs() < 2.0**63)
-            after = number.where(whole).astype("Int64")
-        elif kind == "date":
-            after = pd.to_datetime(before, errors="coerce").astype("datetime64[us]")
-        elif kind == "timestamp":
-            after = pd.to_datetime(before, errors="coerce", utc=True).astype("datetime64[us, UTC]")
-        else:
-            after = before.astype("string")
-        failed = before.notna() & after.isna()
+        out[column], failed = cast_column(before, kind, formats.get(column), column)
+        rule = describe_cast(kind, formats.get(column))
         for position in out.index[failed]:
             reasons.setdefault(int(out.at[position, ROW_COLUMN]), []).append(
-                {"code": "wrong_type", "column": column, "rule": f"cast to {kind}",
-                 "value": str(before.at[position])})
-        out[column] = after
+                {"code": "wrong_type", "column": column, "rule": rule, "value": str(before.at[position])})
     return out, reasons
 
 
+def reason_code(expectation: str) -> str:
+    """The reason code a failed row-level expectation gives its rows: readable, else from its name."""
+    if expectation in REASON_CODES:
+        return REASON_CODES[expectation]
+    family = next((code for fragment, code in REASON_FAMILIES if fragment in expectation), None)
+    return family or "not_" + expectation.removeprefix("expect_")
+
+
+def _position(row: Any) -> int:
+    """A failing row's position: GX names it by its index label, or by ROW_COLUMN when asked to."""
+    return int(row[ROW_COLUMN] if isinstance(row, dict) else row)
+
+
 def _row_reasons(entry: dict[str, Any]) -> tuple[list[int], dict[str, Any]] | None:
-    """The rows one failed row-level expectation flags, and the reason it gives them."""
-    config = entry["expectation_config"]
-    code = REASON_CODES.get(config["type"])
-    rows = (entry.get("result") or {}).get("unexpected_index_list")
-    if code is None or rows is None:
+    """The rows one failed row-level expectation flags, and the reason it gives them; None if table-level."""
+    config, result = entry["expectation_config"], entry.get("result") or {}
+    rows = result.get("unexpected_index_list")
+    if not rows or exception_message(entry.get("exception_info") or {}):  # an aggregate, or an error: the batch
         return None
-    kwargs = config["kwargs"]
-    column = kwargs.get("column") or f"{kwargs.get('column_A')}/{kwargs.get('column_B')}"
-    positions = [int(r[ROW_COLUMN]) for r in rows if isinstance(r, dict) and ROW_COLUMN in r]
-    return positions, {"code": code, "column": column, "rule": config["type"]}
+    kind, kwargs = config["type"], config["kwargs"]
+    reason = {"code": reason_code(kind), "column": column_of(kind, kwargs), "rule": kind}
+    return [_position(r) for r in rows], reason
+
+
+def _cell_text(value: Any) -> str | None:
+    return None if pd.isna(value) else str(value)
+
+
+def _values(typed: pd.DataFrame, position: int, columns: list[str]) -> str | None:
+    """The value a reason quotes: the cell itself, or 'a=1, b=2' for an expectation on several columns."""
+    present = [c for c in columns if c in typed]
+    if len(present) == 1:
+        return _cell_text(typed.at[position, present[0]])
+    return ", ".join(f"{c}={_cell_text(typed.at[position, c]) or 'missing'}" for c in present) or None
+
+
+def _suite_reasons(result: dict[str, Any], typed: pd.DataFrame, unreadable: set[tuple[int, str]]) -> tuple[
+        dict[int, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Reasons per row from GX's row-level results, and the failures that judge the whole batch."""
+    reasons: dict[int, list[dict[str, Any]]] = {}
+    batch_failures = []
+    for entry in (e for e in result["results"] if not e["success"]):
+        flagged = _row_reasons(entry)
+        if flagged is None:
+            batch_failures.append(batch_failure(entry))
+            continue
+        positions, reason = flagged
+        columns = domain_columns(reason["rule"], entry["expectation_config"]["kwargs"])
+        for position in positions:
+            if columns and all((position, c) in unreadable for c in columns):
+                continue  # GX saw a cell that would not cast as missing: its reason is wrong_type, already given
+            reasons.setdefault(position, []).append({**reason, "value": _values(typed, position, columns)})
+    return reasons, batch_failures
 
 
 def classify_rows(frame: pd.DataFrame, contract: DatasetContract, suite: dict[str, Any]) -> QualityResult:
@@ -150,22 +196,12 @@ def classify_rows(frame: pd.DataFrame, contract: DatasetContract, suite: dict[st
     raw[ROW_COLUMN] = range(len(raw))
     normalised, normalisations = normalise(raw, contract, suite)
     typed, reasons = coerce_types(normalised, contract)
-    result = run_suite(typed, suite, ROW_COLUMN)
-    schema_failures = []
-    for entry in result["results"]:
-        if entry["success"]:
-            continue
-        flagged = _row_reasons(entry)
-        if flagged is None:  # a table-level or erroring expectation: not a row's fault
-            schema_failures.append({"expectation": entry["expectation_config"]["type"],
-                                    "kwargs": entry["expectation_config"]["kwargs"],
-                                    "observed": (entry.get("result") or {}).get("details")
-                                    or (entry.get("result") or {}).get("observed_value")})
-            continue
-        positions, reason = flagged
-        for position in positions:
-            value = typed.at[position, reason["column"]] if reason["column"] in typed else None
-            reasons.setdefault(position, []).append({**reason, "value": None if pd.isna(value) else str(value)})
+    # GX sees the batch's own columns only (a table-level rule may count them); it names rows by index = position.
+    result = run_suite(typed.drop(columns=ROW_COLUMN), suite, None)
+    unreadable = {(p, r["column"]) for p, cast_reasons in reasons.items() for r in cast_reasons}
+    suite_reasons, schema_failures = _suite_reasons(result, typed, unreadable)
+    for position, found in suite_reasons.items():
+        reasons.setdefault(position, []).extend(found)
     bad = typed[ROW_COLUMN].isin(list(reasons))
     return QualityResult(
         rows_read=len(raw),
@@ -178,7 +214,36 @@ def classify_rows(frame: pd.DataFrame, contract: DatasetContract, suite: dict[st
     )
 
 
-def render_report(result: QualityResult, contract: DatasetContract, title: str) -> str:
+def _awaiting_faults(reasons: list[dict[str, Any]], target: str) -> list[dict[str, Any]]:
+    """A row awaiting its outcome is missing it by definition; its other faults stand."""
+    return [r for r in reasons if not (r["code"] == "missing_required" and r["column"] == target)]
+
+
+def classify_with_awaiting(labelled: pd.DataFrame, awaiting: pd.DataFrame | None, contract: DatasetContract,
+                           suite: dict[str, Any]) -> tuple[QualityResult, QualityResult]:
+    """Classify the labelled rows and, in the same pass (so a duplicate across the two is caught), the rows
+    awaiting their outcome. The second result counts the awaiting rows and holds those with faults in
+    `quarantined`, for a data steward; it keeps no valid rows. Positions are each frame's own."""
+    n = len(labelled)
+    both = labelled if awaiting is None or awaiting.empty else pd.concat([labelled, awaiting], ignore_index=True)
+    result = classify_rows(both, contract, suite)
+    later = {p - n: _awaiting_faults(r, contract.target_column) for p, r in result.reasons.items() if p >= n}
+    faulty = {p: r for p, r in later.items() if r}
+    quarantined = result.quarantined[result.quarantined[ROW_COLUMN] >= n].copy()
+    quarantined[ROW_COLUMN] -= n
+    first_valid = n - sum(1 for p in result.reasons if p < n)  # valid rows keep the batch's order
+    waiting = QualityResult(
+        rows_read=len(both) - n, valid=result.valid.iloc[:0],  # awaiting rows are never trained on, so none kept
+        quarantined=quarantined[quarantined[ROW_COLUMN].isin(list(faulty))].reset_index(drop=True),
+        reasons=faulty, normalisations=[], gx_result={}, schema_failures=result.schema_failures)
+    result.rows_read, result.valid = n, result.valid.iloc[:first_valid].reset_index(drop=True)
+    result.quarantined = result.quarantined[result.quarantined[ROW_COLUMN] < n].reset_index(drop=True)
+    result.reasons = {p: r for p, r in result.reasons.items() if p < n}
+    return result, waiting
+
+
+def render_report(result: QualityResult, contract: DatasetContract, title: str,
+                  awaiting: QualityResult | None = None) -> str:
     """A human-readable page: counts, reasons, normalisations and the quarantined rows."""
     def table(headers: list[str], rows: list[list[Any]]) -> str:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
@@ -194,7 +259,15 @@ def render_report(result: QualityResult, contract: DatasetContract, title: str) 
         [row[id_col], "; ".join(f"{r['code']}({r['column']}={r.get('value')})" for r in result.reasons[row[ROW_COLUMN]])]
         for row in result.quarantined.head(200).to_dict("records")
     ]
-    schema_rows = [[f["expectation"], f["kwargs"], f["observed"]] for f in result.schema_failures]
+    if awaiting is not None:
+        counts += [["awaiting their outcome (not trained on)", awaiting.rows_read],
+                   ["  of which with other faults", len(awaiting.quarantined)]]
+        quarantine_rows += [
+            [row[id_col], "awaiting outcome; " + "; ".join(f"{r['code']}({r['column']}={r.get('value')})"
+                                                        for r in awaiting.reasons[row[ROW_COLUMN]])]
+            for row in awaiting.quarantined.head(200).to_dict("records")]
+    schema_rows = [[describe_failure(f)] for f in result.schema_failures]
+    schema_head = ["expectation, column(s), observed, expected"]
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         "<style>body{font-family:sans-serif}td,th{padding:2px 8px;border-bottom:1px solid #ddd}</style>"
@@ -202,7 +275,7 @@ def render_report(result: QualityResult, contract: DatasetContract, title: str) 
         f"<h2>Rows</h2>{table(['', 'count'], counts)}"
         f"<h2>Quarantined by reason</h2>{table(['reason', 'rows'], reason_rows)}"
         f"<h2>Normalised</h2>{table(['column', 'rule', 'rows', 'example ids'], norm_rows)}"
-        f"<h2>Schema problems</h2>{table(['expectation', 'arguments', 'observed'], schema_rows)}"
+        f"<h2>Batch-level failures (the batch is not usable)</h2>{table(schema_head, schema_rows)}"
         f"<h2>Quarantined rows (first 200)</h2>{table([id_col, 'reasons'], quarantine_rows)}"
         "</body></html>"
     )
@@ -215,13 +288,11 @@ def failure_summary(result: QualityResult, id_column: str) -> list[dict[str, Any
     for position, reasons in sorted(result.reasons.items()):
         for reason in reasons:
             groups.setdefault((reason["rule"], reason["column"]), []).append(position)
-    summary = [{"expectation": f["expectation"], "column": str(f["kwargs"].get("column") or "(table)"),
-                "unexpected_count": 0, "sample_ids": [], "observed": f["observed"], "error": None}
-               for f in result.schema_failures]
+    summary = [dict(f) for f in result.schema_failures]
     for (rule, column), positions in groups.items():
         summary.append({"expectation": rule, "column": column, "unexpected_count": len(positions),
                         "sample_ids": [source_id(ids.get(p)) for p in positions[:SAMPLE_IDS]],
-                        "observed": None, "error": None})
+                        "observed": None, "mismatched": None, "bound": {}, "error": None})
     return summary
 
 

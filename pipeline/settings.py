@@ -12,6 +12,7 @@ ENV_DATABASE_URL = "PIPELINE_DATABASE_URL"
 ENV_CONFIG = "PIPELINE_CONFIG"
 ENV_ARTIFACT_DIR = "PIPELINE_ARTIFACT_DIR"
 ENV_PGDATA = "PIPELINE_PGDATA"
+ENV_MODELS_DIR = "PIPELINE_MODELS_DIR"
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Settings:
     config_path: Path
     artifact_dir: Path
     pgdata_dir: Path
+    models_dir: Path = PROJECT_ROOT / "models"  # more model configs (*.yaml), each with DAGs of its own
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -35,4 +37,5 @@ class Settings:
             config_path=Path(env.get(ENV_CONFIG) or PROJECT_ROOT / "pipeline.yaml"),
             artifact_dir=Path(env.get(ENV_ARTIFACT_DIR) or PROJECT_ROOT / ".artifacts"),
             pgdata_dir=Path(env.get(ENV_PGDATA) or PROJECT_ROOT / ".pgdata"),
+            models_dir=Path(env.get(ENV_MODELS_DIR) or PROJECT_ROOT / "models"),
         )

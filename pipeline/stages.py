@@ -35,7 +35,21 @@ class Workspace:
     def open(cls, settings: Settings) -> Workspace:
         """Load the configuration and connect to the database (starting the embedded one if needed)."""
         config = load_config(settings.config_path)
-        return cls(settings, config, db.create_engine(db.database_url(settings)))
+        engine = db.create_engine(db.database_url(settings))
+        db.ensure_schema(engine)
+        present = ingest.source_column_types(engine, config.dataset)
+        if present is not None:  # a table still to be created is named when ingest first reads it
+            ingest.check_declared_formats(config.dataset, present)
+        return cls(settings, config, engine)
+
+    @classmethod
+    def for_config(cls, config_path: Path) -> Workspace:
+        """A Workspace from the environment's settings, for the model config at `config_path`."""
+        return cls.open(replace(Settings.from_env(), config_path=Path(config_path)))
+
+    @property
+    def model(self) -> str:
+        return self.config.model
 
 
 @dataclass(frozen=True)
@@ -76,18 +90,24 @@ def _load_snapshot(ws: Workspace, snapshot_hash: str) -> Any:
 def ingest_snapshot(ws: Workspace, run: Run, params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Snapshot the labelled rows up to the run's watermark and register it."""
     with ws.engine.begin() as conn:
-        registry.start_run(conn, run.run_id, run.triggered_by, run.watermark, params or {}, run.trigger_event)
+        registry.start_run(conn, ws.model, run.run_id, run.triggered_by, run.watermark, params or {},
+                           run.trigger_event)
     snapshot, _ = ingest.take_snapshot(ws.engine, ws.config.dataset, run.watermark, ws.settings.artifact_dir)
     with ws.engine.begin() as conn:
         registry.record_snapshot(conn, snapshot, run.run_id)
-    log.info("snapshot %s: %d labelled rows up to %s", snapshot.snapshot_hash, snapshot.row_count, run.watermark)
+        if snapshot.unlabelled_hash and snapshot.unlabelled_hash != snapshot.snapshot_hash:
+            registry.record_derived_snapshot(conn, "unlabelled", snapshot.unlabelled_hash, str(snapshot.unlabelled_path),
+                                             {**snapshot.as_dict(), "snapshot_hash": snapshot.snapshot_hash},
+                                             snapshot.unlabelled_rows, run.run_id, snapshot.unlabelled_query)
+    log.info("snapshot %s: %d labelled rows up to %s; %d more await their outcome (not trained on)",
+             snapshot.snapshot_hash, snapshot.row_count, run.watermark, snapshot.unlabelled_rows)
     return snapshot.as_dict()
 
 
 def has_new_data(ws: Workspace, run: Run, snapshot_hash: str, force: bool = False) -> bool:
     """False (and the run recorded as skipped) when the latest model was trained on these very rows."""
     with ws.engine.connect() as conn:
-        last = registry.last_trained_snapshot(conn, exclude_run=run.run_id)
+        last = registry.last_trained_snapshot(conn, ws.model, exclude_run=run.run_id)
     if force or last is None or last["snapshot_hash"] != snapshot_hash:
         return True
     reason = (f"no new data: snapshot {snapshot_hash[:12]} is the one version {last['version']} "
@@ -98,15 +118,26 @@ def has_new_data(ws: Workspace, run: Run, snapshot_hash: str, force: bool = Fals
     return False
 
 
+def _awaiting_rows(ws: Workspace, raw_hash: str) -> tuple[Any, str | None]:
+    """The rows recorded with a raw snapshot that await their outcome (empty for a snapshot without them)."""
+    with ws.engine.connect() as conn:
+        row = registry.unlabelled_snapshot(conn, raw_hash)
+    if row is None:
+        return None, None
+    return ingest.load_snapshot(Path(row["path"]), row["snapshot_hash"]), str(row["snapshot_hash"])
+
+
 def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, Any]:
     """Classify every row of the snapshot as valid or quarantined; store the clean rows and the report.
 
-    The run stops (champion untouched) on a schema problem, or when the quarantined share is
-    over `quality.max_quarantine_share`.
+    The rows recorded with it that await their outcome are checked in the same pass and reported
+    (never trained on). The run stops (champion untouched) on a schema problem, or when the
+    quarantined share of the labelled rows is over `quality.max_quarantine_share`.
     """
     contract, limit = ws.config.dataset, ws.config.quality.max_quarantine_share
     suite = validate.load_suite(contract.expectation_suite)
-    result = quality.classify_rows(_load_snapshot(ws, snapshot_hash), contract, suite)
+    awaiting_frame, awaiting_hash = _awaiting_rows(ws, snapshot_hash)
+    result, awaiting = quality.classify_with_awaiting(_load_snapshot(ws, snapshot_hash), awaiting_frame, contract, suite)
     result.check_reconciles()
     failures = quality.failure_summary(result, contract.id_column)
     share = len(result.quarantined) / max(result.rows_read, 1)
@@ -116,29 +147,35 @@ def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, 
     elif share > limit:
         problem = (f"{len(result.quarantined)} of {result.rows_read} rows quarantined ({share:.1%}), over the "
                    f"limit of {limit:.1%} (quality.max_quarantine_share):")
-    page = quality.render_report(result, contract, f"Validation {run.run_id}")
+    page = quality.render_report(result, contract, f"Validation {run.run_id}", awaiting)
     _, report_path = artifacts.store_bytes(ws.settings.artifact_dir, "reports", page.encode(), ".html")
     clean_hash, clean_path = ingest.store_clean_snapshot(result.valid, ws.settings.artifact_dir)
+    quarantined = [{**r, "snapshot_hash": snapshot_hash, "labelled": True}
+                   for r in quality.quarantine_records(result, contract.id_column)]
+    quarantined += [{**r, "snapshot_hash": awaiting_hash, "labelled": False}
+                    for r in quality.quarantine_records(awaiting, contract.id_column)]
+    summary = {"snapshot_hash": snapshot_hash, "clean_snapshot_hash": clean_hash, "rows_read": result.rows_read,
+               "rows_valid": len(result.valid), "rows_quarantined": len(result.quarantined),
+               "reason_counts": result.reason_counts(), "rows_unlabelled": awaiting.rows_read,
+               "unlabelled_faulty": len(awaiting.quarantined), "unlabelled_reason_counts": awaiting.reason_counts(),
+               "report_path": str(report_path)}
     with ws.engine.begin() as conn:
         raw = registry.get_snapshot(conn, snapshot_hash)
-        registry.record_clean_snapshot(conn, clean_hash, str(clean_path), raw, len(result.valid), run.run_id)
-        registry.record_quarantine(conn, run.run_id, snapshot_hash, quality.quarantine_records(result, contract.id_column))
+        registry.record_derived_snapshot(conn, "clean", clean_hash, str(clean_path), raw, len(result.valid), run.run_id)
+        registry.record_quarantine(conn, run.run_id, quarantined)
         registry.record_validation(conn, run.run_id, snapshot_hash, {
-            "suite_name": suite["name"], "success": problem is None, "statistics": result.gx_result["statistics"],
-            "failures": failures, "result": result.gx_result, "rows_read": result.rows_read,
-            "rows_valid": len(result.valid), "rows_quarantined": len(result.quarantined),
-            "reason_counts": result.reason_counts(), "normalisations": result.normalisations,
-            "clean_snapshot_hash": clean_hash, "report_path": str(report_path)})
+            **{k: v for k, v in summary.items() if k != "snapshot_hash"}, "suite_name": suite["name"],
+            "success": problem is None, "statistics": result.gx_result["statistics"], "failures": failures,
+            "result": result.gx_result, "normalisations": result.normalisations})
         if problem:
             error = validate.ValidationFailed(suite["name"], failures, headline=problem)
             registry.finish_run(conn, run.run_id, "validation_failed", str(error))
     if problem:
         raise error
-    log.info("validation: %d rows read, %d valid, %d quarantined %s", result.rows_read, len(result.valid),
-             len(result.quarantined), result.reason_counts())
-    return {"snapshot_hash": snapshot_hash, "clean_snapshot_hash": clean_hash, "rows_read": result.rows_read,
-            "rows_valid": len(result.valid), "rows_quarantined": len(result.quarantined),
-            "reason_counts": result.reason_counts(), "report_path": str(report_path)}
+    log.info("validation: %d rows read, %d valid, %d quarantined %s; %d await their outcome (%d with faults %s)",
+             result.rows_read, len(result.valid), len(result.quarantined), result.reason_counts(),
+             awaiting.rows_read, len(awaiting.quarantined), awaiting.reason_counts())
+    return summary
 
 
 def train_candidate(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, Any]:
@@ -154,7 +191,7 @@ def train_candidate(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, An
     artifact_hash, path = artifacts.store_model(ws.settings.artifact_dir, model)
     first_holdout = holdout_rows.iloc[0]
     record = {
-        "run_id": run.run_id, "snapshot_hash": snapshot_hash, "artifact_hash": artifact_hash,
+        "model": ws.model, "run_id": run.run_id, "snapshot_hash": snapshot_hash, "artifact_hash": artifact_hash,
         "artifact_path": str(path), "model_family": family,
         "params": {"family_params": policy.families[family], "seed": policy.seed,
                    "cv_folds": policy.cv_folds, "holdout_fraction": policy.holdout_fraction},
@@ -225,8 +262,8 @@ def evaluate_candidate(ws: Workspace, run: Run, version: int, margin: float | No
     """Score candidate and champion on the same held-out rows, check behaviour, record the decision."""
     policy = replace(ws.config.promotion, margin=ws.config.promotion.margin if margin is None else margin)
     with ws.engine.connect() as conn:
-        candidate = registry.get_model(conn, version)
-        champion = registry.current_champion(conn)
+        candidate = registry.get_model(conn, version, ws.model)
+        champion = registry.current_champion(conn, ws.model)
         already_promoted = registry.promoted_by_run(conn, run.run_id) == version
         recorded = registry.get_evaluation(conn, run.run_id) if already_promoted else None
     if recorded is not None:  # a retried task after this run promoted: the record stands
@@ -280,7 +317,7 @@ def promote_candidate(ws: Workspace, run: Run, dry_run: bool = False, actor: str
         status, outcome = "kept", f"dry run: would promote version {version} ({reason})"
     else:
         try:
-            registry.promote(ws.engine, run.run_id, version, evaluation["champion_version"], actor, reason)
+            registry.promote(ws.engine, ws.model, run.run_id, version, evaluation["champion_version"], actor, reason)
             status, outcome = "promoted", f"version {version} promoted: {reason}"  # now, or by an earlier try
         except registry.StaleChampionError as exc:
             status, outcome = "kept", str(exc)
@@ -300,9 +337,9 @@ def monitor_drift(ws: Workspace, run: Run) -> dict[str, Any]:
     """Compare rows recorded since the champion's training watermark with its training snapshot."""
     contract, policy = ws.config.dataset, ws.config.monitoring.drift
     with ws.engine.connect() as conn:
-        champion = registry.current_champion(conn)
+        champion = registry.current_champion(conn, ws.model)
         reference_info = registry.get_snapshot(conn, champion["snapshot_hash"]) if champion else None
-    report: dict[str, Any] = {"run_id": run.run_id, "window_end": run.watermark, "features": [],
+    report: dict[str, Any] = {"model": ws.model, "run_id": run.run_id, "window_end": run.watermark, "features": [],
                               "champion_version": None, "reference_snapshot": None, "window_start": None,
                               "reference_rows": 0, "recent_rows": 0, "report_path": None}
     if champion is None or reference_info is None:
@@ -337,12 +374,12 @@ def rollback_champion(ws: Workspace, run_id: str, reason: str, to_version: int |
     if not reason or not reason.strip():
         raise ValueError("a rollback needs a reason (--reason)")
     with ws.engine.connect() as conn:
-        target = to_version if to_version is not None else registry.previous_champion(conn)
+        target = to_version if to_version is not None else registry.previous_champion(conn, ws.model)
         if target is None:
-            raise ValueError("no earlier champion to roll back to; name one with --to VERSION")
-        model = registry.get_model(conn, target)
+            raise ValueError(f"no earlier champion of {ws.model} to roll back to; name one with --to VERSION")
+        model = registry.get_model(conn, target, ws.model)
     artifacts.verify_file(Path(model["artifact_path"]), model["artifact_hash"])
-    replaced = registry.rollback(ws.engine, target, run_id, actor, reason.strip())
+    replaced = registry.rollback(ws.engine, ws.model, target, run_id, actor, reason.strip())
     log.info("rolled back: version %s is champion again (replacing %s): %s", target, replaced, reason)
     return {"champion": target, "replaced": replaced, "reason": reason.strip(), "run_id": run_id}
 
@@ -351,7 +388,7 @@ def reproduce_version(ws: Workspace, version: int) -> dict[str, Any]:
     """Rebuild a version from its recorded snapshot and parameters; compare predictions bit for bit."""
     contract = ws.config.dataset
     with ws.engine.connect() as conn:
-        model = registry.get_model(conn, version)
+        model = registry.get_model(conn, version, ws.model)
     recorded = model["params"]
     policy = replace(ws.config.training, seed=recorded["seed"], holdout_fraction=recorded["holdout_fraction"],
                      families={model["model_family"]: recorded["family_params"]})

@@ -43,53 +43,97 @@ def load_suite(path: Path) -> dict[str, Any]:
 
 
 def describe_failure(failure: dict[str, Any]) -> str:
-    """One line per failed expectation: which rule, on which column, for which rows."""
+    """One line per failed expectation: which rule, on which column(s), for which rows or with what observed."""
     text = f"{failure['expectation']} on {failure['column']}"
     if failure.get("unexpected_count"):
         text += f": {failure['unexpected_count']} row(s), e.g. ids {failure['sample_ids']}"
-    if failure.get("observed"):
-        text += f": observed {failure['observed']}"
+    facts = []
+    if failure.get("observed") is not None:
+        facts.append(f"observed {failure['observed']!r}")
+    if failure.get("mismatched"):
+        facts.append(f"mismatched {failure['mismatched']}")
+    if failure.get("bound"):
+        facts.append("expected " + ", ".join(f"{k}={v!r}" for k, v in failure["bound"].items()))
     if failure.get("error"):
-        text += f": error {failure['error']}"
-    return text
+        facts.append(f"error {failure['error']}")
+    return f"{text}: {'; '.join(facts)}" if facts else text
 
 
-def _column_of(kwargs: dict[str, Any]) -> str:
+def domain_columns(expectation: str, kwargs: dict[str, Any]) -> list[str]:
+    """The column(s) an expectation judges row by row; none for a table-level one."""
+    if expectation.startswith("expect_table_"):
+        return []
     if "column" in kwargs:
-        return str(kwargs["column"])
+        return [str(kwargs["column"])]
     if "column_A" in kwargs:
-        return f"{kwargs['column_A']}/{kwargs['column_B']}"
-    return "(table)"
+        return [str(kwargs["column_A"]), str(kwargs["column_B"])]
+    return [str(c) for c in kwargs.get("column_list") or []]
 
 
-def _exception_message(info: dict[str, Any]) -> str | None:
+def column_of(expectation: str, kwargs: dict[str, Any]) -> str:
+    """The column(s) as reported: 'A/B' for a pair, 'a+b+c' for a list, '(table)' for the table."""
+    columns = domain_columns(expectation, kwargs)
+    if not columns:
+        return "(table)"
+    return "/".join(columns) if "column_A" in kwargs else "+".join(columns)
+
+
+def bound_of(expectation: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What the expectation asked for (min_value, value_set, column_set...): its arguments but the columns."""
+    domain = set() if expectation.startswith("expect_table_") else {"column", "column_A", "column_B", "column_list"}
+    return {k: v for k, v in kwargs.items() if k not in domain | {"batch_id"} and v is not None}
+
+
+def exception_message(info: dict[str, Any]) -> str | None:
     """GX nests exception info by metric id; return the first message found."""
     if info.get("raised_exception"):
         return str(info.get("exception_message"))
-    nested = (_exception_message(v) for v in info.values() if isinstance(v, dict))
+    nested = (exception_message(v) for v in info.values() if isinstance(v, dict))
     return next((m for m in nested if m), None)
 
 
-def _failure(entry: dict[str, Any], id_column: str) -> dict[str, Any]:
+def batch_failure(entry: dict[str, Any]) -> dict[str, Any]:
+    """A failed expectation that judges the whole batch: what it checked, what it saw, what it expected."""
     config, result = entry["expectation_config"], entry.get("result") or {}
+    kind, kwargs = config["type"], config["kwargs"]
+    return {"expectation": kind, "column": column_of(kind, kwargs), "unexpected_count": 0, "sample_ids": [],
+            "observed": result.get("observed_value"),
+            "mismatched": (result.get("details") or {}).get("mismatched"),
+            "bound": bound_of(kind, kwargs), "error": exception_message(entry.get("exception_info") or {})}
+
+
+def _failure(entry: dict[str, Any], id_column: str) -> dict[str, Any]:
+    result = entry.get("result") or {}
     rows = result.get("unexpected_index_list") or []
     ids = sorted({row[id_column] for row in rows if isinstance(row, dict) and id_column in row})
-    details = result.get("details") or {}
-    return {
-        "expectation": config["type"],
-        "column": _column_of(config["kwargs"]),
-        "unexpected_count": result.get("unexpected_count", 0),
-        "sample_ids": [int(i) for i in ids[:SAMPLE_IDS]],
-        "observed": details.get("mismatched") or None,
-        "error": _exception_message(entry.get("exception_info") or {}),
-    }
+    failure = batch_failure(entry)
+    if rows:
+        failure.update(unexpected_count=result.get("unexpected_count", 0), observed=None, bound={},
+                       sample_ids=[int(i) for i in ids[:SAMPLE_IDS]])
+    return failure
 
 
-def run_suite(frame: pd.DataFrame, suite: dict[str, Any], id_column: str) -> dict[str, Any]:
-    """Validate a DataFrame with Great Expectations and return the JSON result."""
+def check_expectations(suite: dict[str, Any]) -> None:
+    """Refuse an expectation GX cannot build: GX itself would drop it from the suite with only a log line."""
+    from great_expectations.exceptions.exceptions import GreatExpectationsError
+    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+    for index, raw in enumerate(suite["expectations"]):
+        try:
+            ExpectationConfiguration(**raw).to_domain_obj()
+        except (GreatExpectationsError, ValueError, TypeError) as exc:
+            kind = raw.get("type") if isinstance(raw, dict) else raw
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"expectation {index} ({kind}) of suite '{suite['name']}' cannot run: {reason}; "
+                             "fix it in the suite file") from exc
+
+
+def run_suite(frame: pd.DataFrame, suite: dict[str, Any], id_column: str | None) -> dict[str, Any]:
+    """Validate a DataFrame with Great Expectations; failing rows are named by `id_column`, else by index."""
     import great_expectations as gx  # heavy: seconds to import, so only when validating
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    check_expectations(suite)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     batch = (
@@ -98,10 +142,10 @@ def run_suite(frame: pd.DataFrame, suite: dict[str, Any], id_column: str) -> dic
         .add_batch_definition_whole_dataframe("all_rows")
         .get_batch(batch_parameters={"dataframe": frame})
     )
-    result = batch.validate(
-        gx.ExpectationSuite(**suite),
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [id_column]},
-    )
+    result_format: dict[str, Any] = {"result_format": "COMPLETE"}
+    if id_column is not None:
+        result_format["unexpected_index_column_names"] = [id_column]
+    result = batch.validate(gx.ExpectationSuite(**suite), result_format=result_format)
     as_json = result.to_json_dict()  # type: ignore[no-untyped-call]
     return dict(json.loads(json.dumps(as_json, default=str)))
 

@@ -1,11 +1,29 @@
-"""The Asset that starts a retrain, shared by the `retrain` and `monitor_drift` DAGs."""
+"""The models the DAGs are made for, and the Asset that starts each one's retrain.
+
+Each model config (PIPELINE_CONFIG, plus every *.yaml in PIPELINE_MODELS_DIR) gets its own
+`retrain`, `monitor_drift` and `rollback` DAGs and its own asset; the primary config's keep the
+plain ids (`retrain`, `labelled_patient_records`), the others carry the model name.
+Parsing reads only each file's `model:` name: pipeline.config and pipeline.settings import no
+heavy library.
+"""
 
 from __future__ import annotations
 
 from airflow.sdk import Asset, AssetWatcher
 from arrival_trigger import NewLabelledRowsTrigger
 
-LABELLED_RECORDS = Asset(
-    name="labelled_patient_records",
-    watchers=[AssetWatcher(name="new_labelled_rows", trigger=NewLabelledRowsTrigger())],
-)
+from pipeline.config import ModelEntry, model_entries
+from pipeline.settings import Settings
+
+
+def models() -> list[ModelEntry]:
+    """Every model config, the primary one first."""
+    settings = Settings.from_env()
+    return model_entries(settings.config_path, settings.models_dir)
+
+
+def labelled_records(model: ModelEntry) -> Asset:
+    """The asset whose events start the model's retrain: arrivals (watched) and drift."""
+    name = "labelled_patient_records" if model.primary else f"labelled_records__{model.name}"
+    trigger = NewLabelledRowsTrigger(config_path=None if model.primary else str(model.config_path))
+    return Asset(name=name, watchers=[AssetWatcher(name=f"new_labelled_rows__{model.name}", trigger=trigger)])

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipeline import db, demo, registry
+from pipeline.config import DEFAULT_MODEL
 from pipeline.settings import Settings
 
 
@@ -18,7 +19,7 @@ def _engine(settings: Settings) -> sa.engine.Engine:
 
 def _champion_state(engine: sa.engine.Engine) -> tuple[dict[str, Any] | None, bytes | None]:
     with engine.connect() as conn:
-        champion = registry.current_champion(conn)
+        champion = registry.current_champion(conn, DEFAULT_MODEL)
     artifact = Path(champion["artifact_path"]).read_bytes() if champion else None
     return champion, artifact
 

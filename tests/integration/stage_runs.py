@@ -63,7 +63,7 @@ def promote_demo_champion(ws: stages.Workspace,
 def champion_state(ws: stages.Workspace) -> dict[str, Any]:
     """Everything that makes up the champion, to compare before and after a run."""
     with ws.engine.connect() as conn:
-        model = registry.current_champion(conn)
+        model = registry.current_champion(conn, ws.model)
     assert model is not None
     return {
         "champion": fetch(ws, "SELECT * FROM pipeline.champion"),

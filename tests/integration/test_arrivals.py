@@ -17,7 +17,7 @@ DEMO_ROWS = 442
 
 
 def claim(ws: stages.Workspace, resignal_after: timedelta = timedelta(minutes=30)) -> dict[str, Any] | None:
-    return claim_arrival_signal(ws.engine, ws.config.dataset, MIN_NEW_ROWS, resignal_after)
+    return claim_arrival_signal(ws.engine, ws.model, ws.config.dataset, MIN_NEW_ROWS, resignal_after)
 
 
 def signal_rows(ws: stages.Workspace) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pipeline import db, demo, registry
+from pipeline.config import DEFAULT_MODEL
 from pipeline.ingest import Snapshot
 
 WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)
@@ -55,17 +56,17 @@ def register_champion(engine: Engine) -> int:
     snapshot = Snapshot("a" * 64, "/nowhere/a.parquet", 442, WATERMARK.isoformat(), "public.patient_records",
                         "SELECT 1")
     record = {
-        "run_id": "run-1", "snapshot_hash": snapshot.snapshot_hash, "artifact_hash": "b" * 64,
+        "model": DEFAULT_MODEL, "run_id": "run-1", "snapshot_hash": snapshot.snapshot_hash, "artifact_hash": "b" * 64,
         "artifact_path": "/nowhere/b.joblib", "model_family": "ridge", "params": {"alpha": 1.0},
         "cv_metrics": {"ridge": {"cv_rmse_mean": 55.0, "cv_rmse_std": 3.0}}, "train_rows": 354,
         "holdout_rows": 88, "holdout_start": {"patient_id": 355}, "library_versions": {"scikit-learn": "x"},
         "code_version": "test",
     }
     with engine.begin() as conn:
-        registry.start_run(conn, "run-1", "test", WATERMARK, {})
+        registry.start_run(conn, DEFAULT_MODEL, "run-1", "test", WATERMARK, {})
         registry.record_snapshot(conn, snapshot, "run-1")
         version = registry.register_model(conn, record)
-    assert registry.promote(engine, "run-1", version, None, "test", "first model")
+    assert registry.promote(engine, DEFAULT_MODEL, "run-1", version, None, "test", "first model")
     return version
 
 

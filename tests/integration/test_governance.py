@@ -104,13 +104,13 @@ def champion_rows(ws: stages.Workspace) -> dict[str, Any]:
 
 def champion_version(ws: stages.Workspace) -> int | None:
     with ws.engine.connect() as conn:
-        champion = registry.current_champion(conn)
+        champion = registry.current_champion(conn, ws.model)
     return None if champion is None else int(champion["version"])
 
 
 def model(ws: stages.Workspace, version: int) -> dict[str, Any]:
     with ws.engine.connect() as conn:
-        return registry.get_model(conn, version)
+        return registry.get_model(conn, version, ws.model)
 
 
 def overwrite(path: Path, data: bytes) -> None:
@@ -316,8 +316,8 @@ def register_nan_candidate(ws: stages.Workspace, run: stages.Run) -> int:
     record = {k: champion_model[k] for k in ("snapshot_hash", "model_family", "params", "cv_metrics", "train_rows",
                                              "holdout_rows", "holdout_start", "library_versions", "code_version")}
     with ws.engine.begin() as conn:
-        registry.start_run(conn, run.run_id, run.triggered_by, run.watermark, {})
-        return registry.register_model(conn, {**record, "run_id": run.run_id, "artifact_hash": artifact_hash,
+        registry.start_run(conn, ws.model, run.run_id, run.triggered_by, run.watermark, {})
+        return registry.register_model(conn, {**record, "model": ws.model, "run_id": run.run_id, "artifact_hash": artifact_hash,
                                               "artifact_path": str(path)})
 
 

@@ -67,6 +67,21 @@ def test_unlabelled_rows_are_excluded(ws: stages.Workspace) -> None:
     assert snap.row_count == 442 - len(unlabelled)
     assert not set(unlabelled) & set(frame["patient_id"])
     assert frame["progression_12m"].notna().all()
+    # Left out of training, but counted and frozen beside the snapshot for validation to check.
+    assert snap.unlabelled_rows == len(unlabelled)
+    waiting = pd.read_parquet(str(snap.unlabelled_path))
+    assert hashlib.sha256(Path(str(snap.unlabelled_path)).read_bytes()).hexdigest() == snap.unlabelled_hash
+    assert list(waiting["patient_id"]) == unlabelled and waiting["progression_12m"].isna().all()
+
+
+def test_a_label_filled_in_between_is_in_exactly_one_of_the_two(ws: stages.Workspace) -> None:
+    demo.seed_demo(ws.engine)
+    with ws.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE public.patient_records SET progression_12m = NULL WHERE patient_id <= 40"))
+    snap, frame = snapshot(ws, DEMO_WATERMARK)
+    waiting = pd.read_parquet(str(snap.unlabelled_path))
+    assert snap.row_count + snap.unlabelled_rows == 442
+    assert set(frame["patient_id"]).isdisjoint(waiting["patient_id"])
 
 
 def test_arrivals_change_the_snapshot(ws: stages.Workspace) -> None:

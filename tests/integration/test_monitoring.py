@@ -204,7 +204,7 @@ def test_a_retried_check_does_not_count_its_own_model(quick_ws: stages.Workspace
     # Rerunning has_new_data for the run that trained the newest model compares with the model
     # before it (none here), not with its own: a retried task must not skip its own run.
     with quick_ws.engine.connect() as conn:
-        assert registry.last_trained_snapshot(conn, exclude_run="first") is None
+        assert registry.last_trained_snapshot(conn, quick_ws.model, exclude_run="first") is None
     run = make_run("first", DEMO_WATERMARK)
 
     assert stages.has_new_data(quick_ws, run, champion["snapshot"]["snapshot_hash"]) is True

@@ -6,6 +6,7 @@ with the champion (row, model, promotion history and artifact bytes) exactly as 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -46,6 +47,14 @@ def ingest_and_validate(ws: stages.Workspace, run: stages.Run) -> dict[str, Any]
     snapshot = stages.ingest_snapshot(ws, run)
     return stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
 
+
+
+def declaring(ws: stages.Workspace, column: str, **text_format: str) -> stages.Workspace:
+    """The workspace whose contract declares how `column`, held as text, is written (format= or decimal=)."""
+    contract = ws.config.dataset
+    features = tuple(dataclasses.replace(f, **text_format) if f.name == column else f for f in contract.features)
+    dataset = dataclasses.replace(contract, features=features)
+    return dataclasses.replace(ws, config=dataclasses.replace(ws.config, dataset=dataset))
 
 
 def quarantined(ws: stages.Workspace, run_id: str) -> dict[int, dict[str, Any]]:
@@ -231,13 +240,14 @@ def test_text_numeric_column_quarantines_only_the_row_that_will_not_cast(ws: sta
     execute(ws, "ALTER TABLE public.patient_records ALTER COLUMN bmi TYPE text")
     execute(ws, "UPDATE public.patient_records SET bmi = 'abc' WHERE patient_id = 17")
 
-    checked = ingest_and_validate(ws, make_run("text-bmi", DEMO_WATERMARK))
+    checked = ingest_and_validate(declaring(ws, "bmi", decimal="."), make_run("text-bmi", DEMO_WATERMARK))
 
     assert (checked["rows_read"], checked["rows_valid"], checked["rows_quarantined"]) == (442, 441, 1)
     assert checked["reason_counts"] == {"wrong_type": 1}
     [(source_id, record)] = quarantined(ws, "text-bmi").items()
     assert source_id == 17
-    assert record["reasons"] == [{"code": "wrong_type", "column": "bmi", "rule": "cast to float", "value": "abc"}]
+    assert record["reasons"] == [{"code": "wrong_type", "column": "bmi", "rule": "cast to float with decimal mark '.'",
+                                  "value": "abc"}]
     assert record["original"]["bmi"] == "abc"
     [snapshot] = fetch(ws, "SELECT path FROM pipeline.snapshots WHERE snapshot_hash = :h",
                        h=checked["clean_snapshot_hash"])
@@ -247,6 +257,42 @@ def test_text_numeric_column_quarantines_only_the_row_that_will_not_cast(ws: sta
     assert clean["bmi"].to_dict() == study["bmi"].to_dict()  # text and back loses nothing
     page = Path(checked["report_path"]).read_text()
     assert "<tr><td>17</td><td>wrong_type(bmi=abc)</td></tr>" in page
+
+
+def test_text_date_column_is_read_by_its_declared_format(ws: stages.Workspace) -> None:
+    demo.seed_demo(ws.engine)
+    # Day first, day not zero-padded ('3/01/1970'), as a European CRM export writes it.
+    execute(ws, "ALTER TABLE public.patient_records ALTER COLUMN birth_date TYPE text "
+                "USING to_char(birth_date, 'FMDD/MM/YYYY')")
+    execute(ws, "UPDATE public.patient_records SET birth_date = '31/02/1970' WHERE patient_id = 17")
+
+    day_first = declaring(ws, "birth_date", format="%d/%m/%Y")
+    checked = ingest_and_validate(day_first, make_run("text-birth", DEMO_WATERMARK))
+
+    assert (checked["rows_read"], checked["rows_valid"], checked["rows_quarantined"]) == (442, 441, 1)
+    [(source_id, record)] = quarantined(ws, "text-birth").items()
+    assert (source_id, record["reasons"]) == (17, [{"code": "wrong_type", "column": "birth_date", "value": "31/02/1970",
+                                                    "rule": "cast to date with format %d/%m/%Y"}])
+    [snapshot] = fetch(ws, "SELECT path FROM pipeline.snapshots WHERE snapshot_hash = :h",
+                       h=checked["clean_snapshot_hash"])
+    clean = pd.read_parquet(snapshot["path"]).set_index("patient_id")
+    study = demo.demo_records().set_index("patient_id").drop(index=17)
+    assert clean["birth_date"].dt.date.to_dict() == study["birth_date"].to_dict()  # no day read as a month
+
+
+def test_the_same_visit_under_two_ids_quarantines_both(ws: stages.Workspace) -> None:
+    demo.seed_demo(ws.engine)
+    execute(ws, "INSERT INTO public.patient_records SELECT 10001, birth_date, visit_date, sex, bmi, bp_mean, tc, ldl, "
+                "hdl, tch, ltg, glucose, progression_12m + 20, recorded_at FROM public.patient_records "
+                "WHERE patient_id = 17")
+
+    checked = ingest_and_validate(ws, make_run("twice", DEMO_WATERMARK))
+
+    assert (checked["rows_read"], checked["rows_valid"], checked["rows_quarantined"]) == (443, 441, 2)
+    assert checked["reason_counts"] == {"duplicate_record": 2}
+    records = quarantined(ws, "twice")
+    assert sorted(records) == [17, 10001]
+    assert all([r["code"] for r in record["reasons"]] == ["duplicate_record"] for record in records.values())
 
 
 @pytest.fixture

@@ -90,7 +90,7 @@ def test_first_retrain_promotes_version_1(ws: stages.Workspace, config: Pipeline
     assert outcome["reason"].startswith("version 1 promoted: first model")
 
     with ws.engine.connect() as conn:
-        champion = registry.current_champion(conn)
+        champion = registry.current_champion(conn, ws.model)
     assert champion is not None
     assert champion["version"] == 1 and champion["promoted_by_run"] == "first"
     events = fetch(ws, "SELECT * FROM pipeline.promotion_events")
@@ -103,7 +103,7 @@ def test_first_retrain_promotes_version_1(ws: stages.Workspace, config: Pipeline
 
 def test_champion_lineage(ws: stages.Workspace, first_retrain: dict[str, Any]) -> None:
     with ws.engine.connect() as conn:
-        champion = registry.current_champion(conn)
+        champion = registry.current_champion(conn, ws.model)
     assert champion is not None
     [snapshot] = fetch(ws, "SELECT * FROM pipeline.snapshots WHERE snapshot_hash = :h", h=champion["snapshot_hash"])
     path = Path(snapshot["path"])
@@ -139,7 +139,7 @@ def test_second_run_scores_champion_on_the_candidates_holdout(ws: stages.Workspa
     holdout = pd.read_parquet(snapshot["path"]).sort_values(["recorded_at", "patient_id"]).tail(n)
     assert set(arrivals) <= set(holdout["patient_id"])
     with ws.engine.connect() as conn:
-        champion = registry.current_champion(conn)
+        champion = registry.current_champion(conn, ws.model)
     assert champion is not None
     model = artifacts.load_model(Path(champion["artifact_path"]), champion["artifact_hash"])
     predicted = model.predict(holdout[ws.config.dataset.feature_names()])

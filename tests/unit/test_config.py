@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, PipelineConfig, load_config
+from pipeline.config import ConfigError, PipelineConfig, load_config, model_entries, suite_columns
 from pipeline.settings import PROJECT_ROOT
 
 SHIPPED = PROJECT_ROOT / "pipeline.yaml"
@@ -26,6 +26,7 @@ def shipped_raw() -> dict[str, Any]:
 def write_variant(tmp_path: Path, mutate: Mutation) -> Path:
     """The shipped configuration, changed by `mutate`, written to tmp_path/pipeline.yaml."""
     raw = shipped_raw()
+    raw["dataset"]["expectation_suite"] = str(PROJECT_ROOT / raw["dataset"]["expectation_suite"])
     mutate(raw)
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -232,10 +233,21 @@ def test_two_date_pairs_are_refused(tmp_path: Path) -> None:
         load_config(write_variant(tmp_path, add_second_pair))
 
 
+def suite_without(tmp_path: Path, columns: set[str]) -> str:
+    """The shipped suite without the expectations on `columns`, written beside the variant."""
+    suite = json.loads((PROJECT_ROOT / "expectations" / "patient_records.json").read_text())
+    suite["expectations"] = [e for e in suite["expectations"] if not set(suite_columns(e)) & columns]
+    path = tmp_path / "suite.json"
+    path.write_text(json.dumps(suite))
+    return str(path)
+
+
 def test_neither_date_role_is_accepted(tmp_path: Path) -> None:
     def drop_both(raw: dict[str, Any]) -> None:
         drop_role("birth_date")(raw)
         drop_role("event_date")(raw)
+        raw["promotion"]["slices"] = [s for s in raw["promotion"]["slices"] if s["column"] != "age_years"]
+        raw["dataset"]["expectation_suite"] = suite_without(tmp_path, {"birth_date", "visit_date"})
     contract = load_config(write_variant(tmp_path, drop_both)).dataset
     assert contract.names_with_role("birth_date") == contract.names_with_role("event_date") == []
 
@@ -265,3 +277,106 @@ def test_a_file_that_is_not_a_mapping_is_a_config_error(tmp_path: Path) -> None:
     path.write_text("- dataset\n- training\n")
     with pytest.raises(ConfigError, match=quoted("dataset")):
         load_config(path)
+
+
+# --- every column a key names is a contract column --------------------------------------------------
+
+
+def rename_feature(old: str, new: str) -> Mutation:
+    """Rename a column in `dataset:` only, as a user pointing the pipeline at another table would."""
+    def mutate(raw: dict[str, Any]) -> None:
+        feature_named(raw, old)["name"] = new
+        raw["dataset"]["expectation_suite"] = str(PROJECT_ROOT / "expectations" / "patient_records.json")
+    return mutate
+
+
+@pytest.mark.parametrize(("mutate", "key", "column"), [
+    (lambda raw: raw["promotion"]["slices"].append({"name": "x", "column": "bmii"}), "promotion.slices[3].column", "bmii"),
+    (lambda raw: raw["promotion"]["behaviour"]["directions"].update(glucse=5), "promotion.behaviour.directions.glucse", "glucse"),
+    (lambda raw: raw["promotion"]["behaviour"]["directions"].update(sex=1), "promotion.behaviour.directions.sex", "sex"),
+    (lambda raw: raw["promotion"]["slices"].append({"name": "s", "column": "sex", "edges": [1]}), "promotion.slices[3].edges", "sex"),
+])
+def test_every_column_naming_key_is_checked_against_the_contract(tmp_path: Path, mutate: Mutation, key: str,
+                                                                   column: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(key) + ".*" + quoted(column)):
+        load_config(write_variant(tmp_path, mutate))
+
+
+def test_renaming_a_column_in_dataset_alone_is_refused_where_it_is_still_named(tmp_path: Path) -> None:
+    """The first real table: `dataset:` changed, the slices still name the demo's column."""
+    with pytest.raises(ConfigError, match=r"promotion\.slices\[2\]\.column: 'bmi'"):
+        load_config(write_variant(tmp_path, rename_feature("bmi", "body_mass")))
+
+
+def test_the_derived_age_column_can_be_sliced_only_with_its_date_pair(config: PipelineConfig) -> None:
+    assert "age_years" in config.dataset.monitored_columns()
+    assert [s.column for s in config.promotion.slices] == ["sex", "age_years", "bmi"]
+
+
+def test_a_suite_expectation_on_a_column_the_contract_lacks_is_refused(tmp_path: Path) -> None:
+    suite = json.loads((PROJECT_ROOT / "expectations" / "patient_records.json").read_text())
+    suite["expectations"].append({"type": "expect_column_values_to_be_between",
+                                  "kwargs": {"column": "hba1c", "min_value": 3, "max_value": 20}})
+    (tmp_path / "suite.json").write_text(json.dumps(suite))
+    index = len(suite["expectations"]) - 1
+
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["dataset"]["expectation_suite"] = str(tmp_path / "suite.json")
+    with pytest.raises(ConfigError, match=rf"expectations\[{index}\] \(expect_column_values_to_be_between\) "
+                                          r"names column\(s\) \['hba1c'\]"):
+        load_config(write_variant(tmp_path, mutate))
+
+
+def test_a_column_named_twice_is_refused(tmp_path: Path) -> None:
+    def mutate(raw: dict[str, Any]) -> None:
+        feature_named(raw, "ldl")["name"] = "patient_id"
+    with pytest.raises(ConfigError, match=r"\['patient_id'\] named twice"):
+        load_config(write_variant(tmp_path, mutate))
+
+
+# --- formats of values held as text --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("feature", "entry", "message"), [
+    ("bmi", {"format": "%d/%m/%Y"}, "'format' is for date and timestamp columns"),
+    ("visit_date", {"decimal": ","}, "'decimal' is for float and integer columns"),
+    ("bmi", {"decimal": ";"}, "decimal mark ';' is not one of"),
+    ("visit_date", {"format": "dd/mm/yyyy"}, "has no strftime directive"),
+    ("visit_date", {"fromat": "%d/%m/%Y"}, r"unknown key\(s\) \['fromat'\]"),
+])
+def test_a_declared_format_must_fit_its_column(tmp_path: Path, feature: str, entry: dict[str, str],
+                                               message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_variant(tmp_path, lambda raw: feature_named(raw, feature).update(entry)))
+
+
+def test_declared_formats_are_kept_per_column(tmp_path: Path) -> None:
+    def mutate(raw: dict[str, Any]) -> None:
+        feature_named(raw, "visit_date")["format"] = "%d/%m/%Y"
+        feature_named(raw, "bmi")["decimal"] = ","
+        raw["dataset"]["target_decimal"] = "."
+    contract = load_config(write_variant(tmp_path, mutate)).dataset
+    assert contract.column_formats() == {"visit_date": "%d/%m/%Y", "bmi": ",", "progression_12m": "."}
+
+
+# --- model names ---------------------------------------------------------------------------------
+
+
+def test_the_model_name_defaults_and_must_fit_a_dag_id(tmp_path: Path) -> None:
+    assert load_config(write_variant(tmp_path, lambda raw: raw.pop("model", None))).model == "diabetes_progression"
+    assert load_config(write_variant(tmp_path, lambda raw: raw.update(model="clinic_2"))).model == "clinic_2"
+    with pytest.raises(ConfigError, match="model 'Clinic Export' must be lower-case"):
+        load_config(write_variant(tmp_path, lambda raw: raw.update(model="Clinic Export")))
+
+
+def test_each_model_config_gets_its_own_dag_ids_and_run_ids(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "clinic.yaml").write_text("model: clinic\n")
+    entries = model_entries(SHIPPED, models)
+    assert [(e.name, e.dag_id("retrain"), e.run_id("manual__1")) for e in entries] == [
+        ("diabetes_progression", "retrain", "manual__1"), ("clinic", "retrain__clinic", "clinic:manual__1")]
+    (models / "again.yaml").write_text("model: clinic\n")
+    with pytest.raises(ConfigError, match=r"clinic.yaml: model .clinic. is already named by .*again.yaml"):
+        model_entries(SHIPPED, models)
+    assert [e.name for e in model_entries(SHIPPED, tmp_path / "absent")] == ["diabetes_progression"]

@@ -7,6 +7,8 @@ classified once per module and shared.
 
 from __future__ import annotations
 
+import dataclasses
+import html
 from datetime import date
 from typing import Any
 
@@ -16,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import demo, quality
-from pipeline.config import DatasetContract
+from pipeline.casting import FormatError
+from pipeline.config import DatasetContract, Feature
 from pipeline.quality import REASON_CODES, ROW_COLUMN
-from pipeline.validate import load_suite
+from pipeline.validate import describe_failure, load_suite
 
 KNOWN_CODES = set(REASON_CODES.values())
 
@@ -38,9 +41,26 @@ FAULTS: dict[int, tuple[str, Any, list[tuple[str, str]]]] = {
 MESSY = {0: " f ", 1: "m", 80: " m "}  # position -> sex as typed; each has one obvious meaning
 
 
+def declaring(contract: DatasetContract, formats: dict[str, str], target_decimal: str | None = None) -> DatasetContract:
+    """The contract with the text format of some features declared, as a config for a text column must."""
+    def declared(feature: Feature) -> Feature:
+        if feature.name not in formats:
+            return feature
+        key = "format" if feature.type in ("date", "timestamp") else "decimal"
+        return dataclasses.replace(feature, **{key: formats[feature.name]})
+    features = tuple(declared(f) for f in contract.features)
+    return dataclasses.replace(contract, features=features, target_decimal=target_decimal)
+
+
 @pytest.fixture(scope="module")
 def suite(contract: DatasetContract) -> dict[str, Any]:
     return load_suite(contract.expectation_suite)
+
+
+@pytest.fixture(scope="module")
+def text_bmi(contract: DatasetContract) -> DatasetContract:
+    """The faulty frame holds text in bmi (row 70), so bmi declares its decimal mark."""
+    return declaring(contract, {"bmi": "."})
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +85,8 @@ def faulty_frame(raw_records: pd.DataFrame) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def classified(faulty_frame: pd.DataFrame, contract: DatasetContract, suite: dict[str, Any]) -> quality.QualityResult:
-    return quality.classify_rows(faulty_frame, contract, suite)
+def classified(faulty_frame: pd.DataFrame, text_bmi: DatasetContract, suite: dict[str, Any]) -> quality.QualityResult:
+    return quality.classify_rows(faulty_frame, text_bmi, suite)
 
 
 def reasons_by_position(result: quality.QualityResult) -> dict[int, list[tuple[str, str]]]:
@@ -120,7 +140,7 @@ def test_reason_values_name_what_was_wrong(classified: quality.QualityResult) ->
     assert values[70] == ["abc"]
     assert values[40] == [None] and values[50] == [None]
     assert values[10] == values[11] == ["12"]
-    assert classified.reasons[70][0]["rule"] == "cast to float"
+    assert classified.reasons[70][0]["rule"] == "cast to float with decimal mark '.'"
 
 
 def test_every_other_row_is_valid_and_counts_reconcile(classified: quality.QualityResult,
@@ -177,7 +197,7 @@ def test_failure_summary_groups_rows_by_rule_and_column(classified: quality.Qual
     summary = {(f["expectation"], f["column"]): f for f in quality.failure_summary(classified, "patient_id")}
     assert summary[("expect_column_values_to_be_unique", "patient_id")]["unexpected_count"] == 2
     assert summary[("expect_column_values_to_be_between", "bmi")]["unexpected_count"] == 2
-    assert summary[("cast to float", "bmi")]["unexpected_count"] == 1
+    assert summary[("cast to float with decimal mark '.'", "bmi")]["unexpected_count"] == 1
     assert sum(f["unexpected_count"] for f in summary.values()) == len(FAULTS)
 
 
@@ -245,10 +265,22 @@ CORRUPTIONS: dict[str, Any] = {
     "date string": "2021-03-04", "wrong case": str.lower,
 }
 PROPERTY_COLUMNS = [*demo.SOURCE_COLUMNS, "recorded_at"]
+# Text can only reach a column that declares how to read it (config refuses the others); the id and the
+# timestamp column have no format to declare, so they get typed corruptions only.
+TEXT_CORRUPTIONS = {"n/a", "blank", "date string"}
+UNDECLARED = {"patient_id", "recorded_at"}
 corruption_triples = st.lists(
-    st.tuples(st.integers(0, SLICE_ROWS - 1), st.sampled_from(PROPERTY_COLUMNS), st.sampled_from(list(CORRUPTIONS))),
+    st.tuples(st.integers(0, SLICE_ROWS - 1), st.sampled_from(PROPERTY_COLUMNS), st.sampled_from(list(CORRUPTIONS)))
+    .filter(lambda t: not (t[1] in UNDECLARED and t[2] in TEXT_CORRUPTIONS)),
     min_size=1, max_size=4,
 )
+
+
+@pytest.fixture(scope="module")
+def all_declared(contract: DatasetContract) -> DatasetContract:
+    """Every feature and the target declare the format their text would use."""
+    formats = {f.name: "%Y-%m-%d" if f.type == "date" else "." for f in contract.features if f.type != "text"}
+    return declaring(contract, formats, target_decimal=".")
 
 
 def corrupt(frame: pd.DataFrame, triples: list[tuple[int, str, str]]) -> tuple[pd.DataFrame, dict[tuple[int, str], str]]:
@@ -279,17 +311,19 @@ def assert_rows_meet_the_suite(valid: pd.DataFrame, suite: dict[str, Any]) -> No
         elif kind == "expect_column_pair_values_a_to_be_greater_than_b":
             pair = valid[[kwargs["column_A"], kwargs["column_B"]]].dropna()
             assert (pair[kwargs["column_A"]] > pair[kwargs["column_B"]]).all(), kwargs
+        elif kind == "expect_compound_columns_to_be_unique":
+            assert not valid[kwargs["column_list"]].dropna(how="all").duplicated().any(), kwargs
 
 
 @settings(max_examples=15, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(triples=corruption_triples)
-def test_any_corruption_classifies_every_row_exactly_once(raw_records: pd.DataFrame, contract: DatasetContract,
+def test_any_corruption_classifies_every_row_exactly_once(raw_records: pd.DataFrame, all_declared: DatasetContract,
                                                           suite: dict[str, Any],
                                                           triples: list[tuple[int, str, str]]) -> None:
     batch = raw_records.head(SLICE_ROWS).reset_index(drop=True)
     frame, applied = corrupt(batch, triples)
 
-    result = quality.classify_rows(frame, contract, suite)
+    result = quality.classify_rows(frame, all_declared, suite)
 
     result.check_reconciles()
     position_of = {int(i): p for p, i in enumerate(batch["patient_id"])}
@@ -309,3 +343,237 @@ def test_any_corruption_classifies_every_row_exactly_once(raw_records: pd.DataFr
     assert emptied <= quarantined_positions
     untouched = set(range(SLICE_ROWS)) - {row for row, _ in applied}
     assert untouched <= valid_positions
+
+
+# --- text dates are read by their declared format only ---------------------------------------------
+
+
+AMBIGUOUS = {3: "3/01/1970", 4: "13/01/1970"}  # position -> birth date as typed in the source
+
+
+@pytest.mark.parametrize(("fmt", "landed", "refused"), [
+    ("%d/%m/%Y", {3: date(1970, 1, 3), 4: date(1970, 1, 13)}, {}),
+    ("%m/%d/%Y", {3: date(1970, 3, 1)}, {4: "13/01/1970"}),
+])
+def test_text_dates_land_as_declared_or_quarantine_as_wrong_type(
+        raw_records: pd.DataFrame, contract: DatasetContract, suite: dict[str, Any],
+        fmt: str, landed: dict[int, date], refused: dict[int, str]) -> None:
+    frame = raw_records.head(20).copy()
+    frame["birth_date"] = [d.strftime(fmt) for d in frame["birth_date"]]
+    for position, text in AMBIGUOUS.items():
+        frame.at[position, "birth_date"] = text
+
+    result = quality.classify_rows(frame, declaring(contract, {"birth_date": fmt}), suite)
+
+    assert result.reasons == {p: [{"code": "wrong_type", "column": "birth_date", "value": text,
+                                   "rule": f"cast to date with format {fmt}"}] for p, text in refused.items()}
+    births = dict(zip(result.valid["patient_id"], result.valid["birth_date"].dt.date, strict=True))
+    assert {p: births[int(frame.at[p, "patient_id"])] for p in landed} == landed
+    untouched = [p for p in range(20) if p not in AMBIGUOUS]
+    assert [births[int(frame.at[p, "patient_id"])] for p in untouched] == list(raw_records["birth_date"][untouched])
+
+
+def test_text_dates_without_a_declared_format_fail_the_batch(raw_records: pd.DataFrame, contract: DatasetContract,
+                                                              suite: dict[str, Any]) -> None:
+    frame = raw_records.head(5).copy()
+    frame["visit_date"] = [d.strftime("%d/%m/%Y") for d in frame["visit_date"]]
+    with pytest.raises(FormatError, match="column 'visit_date'"):
+        quality.classify_rows(frame, contract, suite)
+
+
+# --- numbers as text, with either decimal mark -----------------------------------------------------
+
+
+@pytest.mark.parametrize(("mark", "other"), [(".", ","), (",", ".")])
+def test_numbers_as_text_follow_the_declared_mark(raw_records: pd.DataFrame, contract: DatasetContract,
+                                                  suite: dict[str, Any], mark: str, other: str) -> None:
+    frame = raw_records.head(20).copy()
+    frame["bmi"] = [repr(v).replace(".", mark) for v in frame["bmi"]]
+    frame.at[5, "bmi"] = f"27{other}5"       # the other mark
+    frame.at[6, "bmi"] = f"1{other}027{mark}5"  # a thousands separator: never read
+    frame.at[7, "bmi"] = "NaN"
+
+    result = quality.classify_rows(frame, declaring(contract, {"bmi": mark}), suite)
+
+    rule = f"cast to float with decimal mark '{mark}'"
+    assert {p: [(r["code"], r["rule"], r["value"]) for r in reasons] for p, reasons in result.reasons.items()} == {
+        5: [("wrong_type", rule, f"27{other}5")], 6: [("wrong_type", rule, f"1{other}027{mark}5")],
+        7: [("wrong_type", rule, "NaN")]}
+    kept = raw_records.head(20).drop(index=[5, 6, 7])
+    assert result.valid["bmi"].tolist() == kept["bmi"].tolist()
+
+
+# --- duplicate records: the same visit under two ids ------------------------------------------------
+
+KEY = ["birth_date", "visit_date", "sex", "bmi", "bp_mean", "tc", "ldl", "hdl", "tch", "ltg", "glucose"]
+
+
+def test_shipped_suite_quarantines_every_copy_of_a_duplicate_record(raw_records: pd.DataFrame,
+                                                                   contract: DatasetContract,
+                                                                   suite: dict[str, Any]) -> None:
+    copy = raw_records.iloc[[7]].assign(patient_id=int(raw_records["patient_id"].max()) + 1,
+                                        progression_12m=raw_records.at[7, "progression_12m"] + 40)
+    frame = pd.concat([raw_records, copy], ignore_index=True)
+    last = len(frame) - 1
+
+    result = quality.classify_rows(frame, contract, suite)
+
+    assert result.schema_failures == []
+    assert sorted(result.reasons) == [7, last]
+    [reason] = result.reasons[7]
+    assert result.reasons[last] == [reason]
+    assert (reason["code"], reason["column"], reason["rule"]) == (
+        "duplicate_record", "+".join(KEY), "expect_compound_columns_to_be_unique")
+    assert reason["value"].startswith(f"birth_date={pd.Timestamp(raw_records.at[7, 'birth_date'])}, visit_date=")
+    assert f"sex={raw_records.at[7, 'sex']}" in reason["value"]
+    assert len(result.valid) == len(raw_records) - 1
+    assert result.reason_counts() == {"duplicate_record": 2}
+
+
+def test_shipped_suite_keys_duplicates_on_the_visit_not_the_id_or_outcome(suite: dict[str, Any]) -> None:
+    [compound] = [e["kwargs"] for e in suite["expectations"] if e["type"] == "expect_compound_columns_to_be_unique"]
+    assert compound["column_list"] == KEY
+
+
+def test_demo_data_has_no_duplicate_records(raw_records: pd.DataFrame) -> None:
+    arrivals = [demo.arrival_records(500, seed) for seed in (3, 5, 7, 11)]
+    assert not raw_records.duplicated(KEY).any()
+    assert not pd.concat([raw_records[KEY], *(a[KEY] for a in arrivals)]).duplicated().any()
+
+
+# --- any row-level expectation gives row-level reasons; table-level ones judge the batch --------------
+
+
+GENERIC = [
+    {"type": "expect_column_values_to_match_regex", "kwargs": {"column": "sex", "regex": "^[FM]$"}},
+    {"type": "expect_column_value_lengths_to_be_between", "kwargs": {"column": "sex", "min_value": 1, "max_value": 1}},
+    {"type": "expect_select_column_values_to_be_unique_within_record", "kwargs": {"column_list": ["tc", "ldl"]}},
+    {"type": "expect_column_values_to_be_increasing", "kwargs": {"column": "visit_date"}},
+]
+
+
+@pytest.fixture(scope="module")
+def generic(raw_records: pd.DataFrame, contract: DatasetContract) -> tuple[pd.DataFrame, quality.QualityResult]:
+    frame = raw_records.head(12).copy()
+    frame.at[2, "sex"] = "Male"
+    frame.at[4, "ldl"] = frame.at[4, "tc"]
+    frame.at[6, "visit_date"] = frame.at[5, "visit_date"] - pd.Timedelta(days=1)
+    return frame, quality.classify_rows(frame, contract, {"name": "generic", "expectations": GENERIC})
+
+
+def test_any_row_level_expectation_gives_its_rows_a_reason(generic: tuple[pd.DataFrame, quality.QualityResult]) -> None:
+    frame, result = generic
+    tc = frame.at[4, "tc"]
+    assert result.schema_failures == []
+    assert {p: sorted((r["code"], r["column"], r["rule"], r["value"]) for r in reasons)
+            for p, reasons in result.reasons.items()} == {
+        2: [("bad_format", "sex", "expect_column_values_to_match_regex", "Male"),
+            ("bad_length", "sex", "expect_column_value_lengths_to_be_between", "Male")],
+        4: [("not_select_column_values_to_be_unique_within_record", "tc+ldl",
+             "expect_select_column_values_to_be_unique_within_record", f"tc={tc}, ldl={tc}")],
+        6: [("not_column_values_to_be_increasing", "visit_date", "expect_column_values_to_be_increasing",
+             str(pd.Timestamp(frame.at[6, "visit_date"])))],
+    }
+    assert len(result.valid) == 9
+
+
+@pytest.mark.parametrize(("expectation", "code"), [
+    ("expect_column_values_to_be_in_set", "unknown_category"),
+    ("expect_compound_columns_to_be_unique", "duplicate_record"),
+    ("expect_column_values_to_not_match_regex_list", "bad_format"),
+    ("expect_column_values_to_match_strftime_format", "bad_format"),
+    ("expect_column_value_lengths_to_equal", "bad_length"),
+    ("expect_column_pair_values_to_be_equal", "not_column_pair_values_to_be_equal"),
+])
+def test_reason_codes_are_readable_or_derived_from_the_expectation(expectation: str, code: str) -> None:
+    assert quality.reason_code(expectation) == code
+
+
+TABLE_LEVEL = [
+    {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 1000, "max_value": 5000}},
+    {"type": "expect_column_mean_to_be_between", "kwargs": {"column": "bmi", "min_value": 40, "max_value": 60}},
+    {"type": "expect_table_columns_to_match_set", "kwargs": {"column_set": ["patient_id", "bmi"], "exact_match": True}},
+]
+
+
+@pytest.fixture(scope="module")
+def table_level(raw_records: pd.DataFrame, contract: DatasetContract) -> quality.QualityResult:
+    return quality.classify_rows(raw_records.head(30), contract, {"name": "table", "expectations": TABLE_LEVEL})
+
+
+def test_table_level_failures_judge_the_batch_not_a_row(table_level: quality.QualityResult) -> None:
+    assert table_level.reasons == {} and len(table_level.valid) == 30
+    assert sorted((f["expectation"], f["column"]) for f in table_level.schema_failures) == [
+        ("expect_column_mean_to_be_between", "bmi"), ("expect_table_columns_to_match_set", "(table)"),
+        ("expect_table_row_count_to_be_between", "(table)")]
+
+
+def test_a_batch_failure_names_expectation_columns_observed_and_bound(table_level: quality.QualityResult,
+                                                                      raw_records: pd.DataFrame,
+                                                                      contract: DatasetContract) -> None:
+    lines = {f["expectation"]: describe_failure(f) for f in quality.failure_summary(table_level, "patient_id")}
+    mean = float(raw_records.head(30)["bmi"].mean())
+    assert lines["expect_table_row_count_to_be_between"] == (
+        "expect_table_row_count_to_be_between on (table): observed 30; expected min_value=1000, max_value=5000")
+    assert lines["expect_column_mean_to_be_between"] == (
+        f"expect_column_mean_to_be_between on bmi: observed {mean!r}; expected min_value=40.0, max_value=60.0")
+    columns_line = lines["expect_table_columns_to_match_set"]
+    assert columns_line.startswith("expect_table_columns_to_match_set on (table): observed [")
+    assert "'unexpected': [" in columns_line
+    assert columns_line.endswith("expected column_set=['patient_id', 'bmi']")  # GX drops exact_match: its default
+    assert ROW_COLUMN not in columns_line  # GX sees the batch's own columns, not the row position
+    page = quality.render_report(table_level, contract, "Validation")
+    assert all(html.escape(line) in page for line in lines.values())
+
+
+def test_an_erroring_expectation_judges_the_batch_with_its_error(raw_records: pd.DataFrame,
+                                                                 contract: DatasetContract) -> None:
+    broken = {"name": "broken", "expectations": [
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "no_such_column", "min_value": 1}}]}
+    result = quality.classify_rows(raw_records.head(5), contract, broken)
+    [line] = [describe_failure(f) for f in result.schema_failures]
+    assert line.startswith("expect_column_values_to_be_between on no_such_column: expected min_value=1.0; error ")
+    assert "no_such_column" in line.split("error ", 1)[1]
+
+
+# --- rows awaiting their outcome -------------------------------------------------------------------
+
+
+def awaiting_rows(raw_records: pd.DataFrame) -> pd.DataFrame:
+    """Five new visits whose outcome is not known yet: three clean, one with an unknown sex, and one
+    the same visit as labelled row 0 under a new id."""
+    rows = raw_records.iloc[10:15].copy()
+    rows["patient_id"] = range(9001, 9006)
+    rows["progression_12m"] = None
+    rows["visit_date"] = rows["visit_date"] + pd.Timedelta(days=1)  # later visits of the same patients
+    rows.iloc[3, rows.columns.get_loc("sex")] = "X"
+    measured = [c for c in rows.columns if c not in ("patient_id", "progression_12m", "recorded_at")]
+    rows.iloc[4, [rows.columns.get_loc(c) for c in measured]] = raw_records.iloc[0][measured].to_numpy()
+    return rows
+
+
+def test_awaiting_rows_are_counted_checked_and_never_trained_on(raw_records: pd.DataFrame, contract: DatasetContract,
+                                                                 suite: dict[str, Any]) -> None:
+    labelled = raw_records.copy()
+    result, awaiting = quality.classify_with_awaiting(labelled, awaiting_rows(raw_records), contract, suite)
+
+    result.check_reconciles()
+    assert result.rows_read == len(labelled)
+    assert 9001 not in set(result.valid["patient_id"])  # never trained on
+    # The labelled copy of the duplicated visit is caught because the awaiting rows were checked with it.
+    assert result.reason_counts() == {"duplicate_record": 1}
+    assert list(result.quarantined["patient_id"]) == [labelled.iloc[0]["patient_id"]]
+    assert awaiting.rows_read == 5
+    assert awaiting.reason_counts() == {"duplicate_record": 1, "unknown_category": 1}  # no missing outcome
+    assert sorted(awaiting.quarantined["patient_id"]) == [9004, 9005]
+    assert {r["row_number"] for r in quality.quarantine_records(awaiting, "patient_id")} == {3, 4}
+    page = quality.render_report(result, contract, "t", awaiting)
+    assert "awaiting their outcome (not trained on)</td><td>5" in page
+
+
+def test_without_awaiting_rows_the_labelled_result_is_unchanged(raw_records: pd.DataFrame, contract: DatasetContract,
+                                                                suite: dict[str, Any]) -> None:
+    alone = quality.classify_rows(raw_records, contract, suite)
+    result, awaiting = quality.classify_with_awaiting(raw_records, None, contract, suite)
+    pd.testing.assert_frame_equal(result.valid, alone.valid)
+    assert (awaiting.rows_read, awaiting.reasons) == (0, {})

@@ -25,6 +25,16 @@ def at_victim(frame: pd.DataFrame, column: str, value: Any) -> pd.DataFrame:
     return out
 
 
+VISIT = ["birth_date", "visit_date", "sex", "bmi", "bp_mean", "tc", "ldl", "hdl", "tch", "ltg", "glucose"]
+
+
+def twin_visit(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of `frame` where the victim's row records the twin's visit again, under its own id and outcome."""
+    out = frame.copy()
+    out.loc[out["patient_id"] == VICTIM, VISIT] = out.loc[out["patient_id"] == TWIN, VISIT].to_numpy()
+    return out
+
+
 CORRUPTIONS: dict[str, tuple[Corruption, str, str, int]] = {
     # name: (corruption, expectation type, column as reported, id expected in sample_ids)
     "duplicate id": (
@@ -36,6 +46,7 @@ CORRUPTIONS: dict[str, tuple[Corruption, str, str, int]] = {
         lambda f: at_victim(f, "progression_12m", float("nan")),
         "expect_column_values_to_not_be_null", "progression_12m", VICTIM,
     ),
+    "same visit twice": (twin_visit, "expect_compound_columns_to_be_unique", "+".join(VISIT), VICTIM),
     "visit before birth": (
         lambda f: at_victim(f, "visit_date", pd.Timestamp("1900-01-01")),
         "expect_column_pair_values_a_to_be_greater_than_b", "visit_date/birth_date", VICTIM,
@@ -171,3 +182,34 @@ def test_load_suite_names_a_file_holding_a_json_list(tmp_path: Path) -> None:
     listed.write_text('[{"type": "expect_column_values_to_not_be_null"}]')
     with pytest.raises(ValueError, match="listed.json"):
         load_suite(listed)
+
+
+# --- table-level failures and suites GX cannot run -----------------------------------------------
+
+
+def test_table_level_failure_names_expectation_observed_and_bound(valid_frame: pd.DataFrame,
+                                                                   contract: DatasetContract) -> None:
+    suite = {"name": "volume", "expectations": [
+        {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 1000, "max_value": 5000}},
+        {"type": "expect_column_max_to_be_between", "kwargs": {"column": "glucose", "max_value": 100}}]}
+    report = validate_frame(valid_frame, suite, contract.id_column)
+
+    message = str(ValidationFailed(report.suite_name, report.failures))
+    top = float(valid_frame["glucose"].max())
+    assert ("  - expect_table_row_count_to_be_between on (table): observed 442; expected min_value=1000, "
+            "max_value=5000") in message.splitlines()
+    assert f"  - expect_column_max_to_be_between on glucose: observed {top!r}; expected max_value=100.0" in (
+        message.splitlines())
+
+
+@pytest.mark.parametrize(("expectation", "kwargs"), [
+    ("expect_multicolumn_values_to_be_unique", {"column_list": ["tc", "ldl"]}),  # not in GX 1.x
+    ("expect_column_values_to_be_between", {"min_value": 1}),  # no column
+])
+def test_an_expectation_gx_cannot_build_is_refused_not_dropped(valid_frame: pd.DataFrame, contract: DatasetContract,
+                                                                expectation: str, kwargs: dict[str, Any]) -> None:
+    suite = {"name": "typo", "expectations": [
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "bmi"}},
+        {"type": expectation, "kwargs": kwargs}]}
+    with pytest.raises(ValueError, match=f"expectation 1 \\({expectation}\\) of suite 'typo' cannot run"):
+        validate_frame(valid_frame, suite, contract.id_column)
