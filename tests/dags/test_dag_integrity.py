@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from typing import Any
 
-from pipeline.settings import PROJECT_ROOT
+from pipeline.settings import ENV_MODELS_DIR, PROJECT_ROOT
 
 HEAVY_MODULES = ("great_expectations", "sklearn", "pandas", "pyarrow", "pipeline.stages")
 
@@ -75,3 +76,25 @@ def test_monitor_drift_runs_hourly_and_feeds_the_retrain_asset(dag_bag: Any) -> 
     assert dag.timetable.expression == "0 * * * *"
     assert [a.name for a in dag.get_task("request_retrain").outlets] == ["labelled_patient_records"]
     assert "request_retrain" in dag.get_task("drift_found").downstream_task_ids
+
+
+def test_each_model_config_gets_dags_of_its_own() -> None:
+    """A config in PIPELINE_MODELS_DIR gets retrain/monitor_drift/rollback DAGs and an asset named after its model."""
+    probe = (
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        "bag = DagBag(dag_folder='dags', include_examples=False)\n"
+        "assert not bag.import_errors, bag.import_errors\n"
+        "retrain = bag.dags['retrain__clinic_progression']\n"
+        "print(sorted(bag.dags))\n"
+        "print(retrain.timetable.asset_condition.name, sorted(retrain.tags))\n"
+        "print(bag.dags['retrain'].timetable.asset_condition.name)\n"
+    )
+    env = {**os.environ, ENV_MODELS_DIR: str(PROJECT_ROOT / "examples" / "clinic")}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                            check=False, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    dags, clinic_asset, primary_asset = result.stdout.strip().splitlines()[-3:]
+    assert dags == str(["monitor_drift", "monitor_drift__clinic_progression", "retrain",
+                        "retrain__clinic_progression", "rollback", "rollback__clinic_progression"])
+    assert clinic_asset == "labelled_records__clinic_progression ['clinic_progression', 'training']"
+    assert primary_asset == "labelled_patient_records"

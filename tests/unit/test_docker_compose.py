@@ -15,7 +15,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL
+from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, ENV_MODELS_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
@@ -29,7 +29,7 @@ AIRFLOW_COMMANDS = {
     "airflow-triggerer": "triggerer",
 }
 AIRFLOW_SERVICES = ["airflow-init", *AIRFLOW_COMMANDS]
-PIPELINE_ENV_NAMES = {ENV_DATABASE_URL, ENV_CONFIG, ENV_ARTIFACT_DIR}
+PIPELINE_ENV_NAMES = {ENV_DATABASE_URL, ENV_CONFIG, ENV_ARTIFACT_DIR, ENV_MODELS_DIR}
 
 
 @pytest.fixture(scope="module")
