@@ -82,7 +82,7 @@ def test_each_model_config_gets_dags_of_its_own() -> None:
     """A config in PIPELINE_MODELS_DIR gets retrain/monitor_drift/rollback DAGs and an asset named after its model."""
     probe = (
         "from airflow.dag_processing.dagbag import DagBag\n"
-        "bag = DagBag(dag_folder='dags', include_examples=False)\n"
+        "bag = DagBag(dag_folder='dags')\n"
         "assert not bag.import_errors, bag.import_errors\n"
         "retrain = bag.dags['retrain__clinic_progression']\n"
         "print(sorted(bag.dags))\n"
