@@ -116,10 +116,13 @@ def cmd_quality(ws: stages.Workspace, args: argparse.Namespace) -> Any:
         history = registry.quality_history(conn, ws.model, args.runs)
     if args.json:
         return history
+    def by_reason(counts: dict[str, int] | None) -> dict[str, int]:
+        return dict(sorted((counts or {}).items()))  # jsonb keeps its own key order
+
     for v in history:
         print(f"{v['run_id']}: read {v['rows_read']}, valid {v['rows_valid']}, quarantined {v['rows_quarantined']}"
-              f" {v['reason_counts'] or {}}; awaiting outcome {v['rows_unlabelled'] or 0}"
-              f" ({v['unlabelled_faulty'] or 0} with faults {v['unlabelled_reason_counts'] or {}})"
+              f" {by_reason(v['reason_counts'])}; awaiting outcome {v['rows_unlabelled'] or 0}"
+              f" ({v['unlabelled_faulty'] or 0} with faults {by_reason(v['unlabelled_reason_counts'])})"
               f"{'' if v['success'] else '  FAILED'}")
     return None
 

@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
 from pipeline.artifacts import store_bytes, verify_file
-from pipeline.casting import cast_strict
+from pipeline.casting import cast_column, cast_strict
 from pipeline.config import ConfigError, DatasetContract
 
 ROW_GROUP_ROWS = 1 << 17  # fixed, so a snapshot's bytes never depend on how the driver batched the rows
@@ -331,9 +331,16 @@ def read_raw_rows(engine: Engine, contract: DatasetContract, query: sa.Select[An
     return arrow_to_frame(read_arrow_rows(engine, contract, query))
 
 
-def read_rows(engine: Engine, contract: DatasetContract, query: sa.Select[Any]) -> pd.DataFrame:
-    """Run a query over the source table and type the result by the contract."""
-    return cast_to_contract(read_raw_rows(engine, contract, query), contract)
+def read_readable_rows(engine: Engine, contract: DatasetContract, query: sa.Select[Any]) -> tuple[pd.DataFrame, int]:
+    """Run a query over the source table; the rows whose every cell reads by the contract, typed, and
+    how many rows held a cell that did not (left out, never reinterpreted)."""
+    raw, formats = read_raw_rows(engine, contract, query), contract.column_formats()
+    out, unreadable = {}, pd.Series(False, index=raw.index)
+    for column, kind in contract.column_types().items():
+        out[column], failed = cast_column(raw[column], kind, formats.get(column), column)
+        unreadable |= failed
+    frame = pd.DataFrame(out, columns=contract.columns())
+    return frame.loc[~unreadable].reset_index(drop=True), int(unreadable.sum())
 
 
 def read_labelled_rows(engine: Engine, contract: DatasetContract, watermark: datetime) -> pd.DataFrame:

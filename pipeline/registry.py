@@ -322,13 +322,14 @@ def record_drift_report(conn: Connection, report: dict[str, Any]) -> None:
     """Store one drift check; a retried task replaces its own row."""
     conn.execute(sa.text("""
         INSERT INTO pipeline.drift_reports (model, run_id, champion_version, reference_snapshot, window_start, window_end,
-               reference_rows, recent_rows, verdict, features, report_path)
+               reference_rows, recent_rows, unreadable_rows, verdict, features, report_path)
         VALUES (:model, :run_id, :champion_version, :reference_snapshot, :window_start, :window_end,
-                :reference_rows, :recent_rows, :verdict, CAST(:features AS jsonb), :report_path)
+                :reference_rows, :recent_rows, :unreadable_rows, :verdict, CAST(:features AS jsonb), :report_path)
         ON CONFLICT (run_id) DO UPDATE SET
                champion_version = EXCLUDED.champion_version, reference_snapshot = EXCLUDED.reference_snapshot,
                window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end,
                reference_rows = EXCLUDED.reference_rows, recent_rows = EXCLUDED.recent_rows,
+               unreadable_rows = EXCLUDED.unreadable_rows,
                verdict = EXCLUDED.verdict, features = EXCLUDED.features, report_path = EXCLUDED.report_path,
                created_at = now()
     """), {**report, "features": _json(report["features"])})

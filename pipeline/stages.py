@@ -341,16 +341,18 @@ def monitor_drift(ws: Workspace, run: Run) -> dict[str, Any]:
         reference_info = registry.get_snapshot(conn, champion["snapshot_hash"]) if champion else None
     report: dict[str, Any] = {"model": ws.model, "run_id": run.run_id, "window_end": run.watermark, "features": [],
                               "champion_version": None, "reference_snapshot": None, "window_start": None,
-                              "reference_rows": 0, "recent_rows": 0, "report_path": None}
+                              "reference_rows": 0, "recent_rows": 0, "unreadable_rows": 0, "report_path": None}
     if champion is None or reference_info is None:
         report["verdict"] = "no_champion"
     else:
         reference = ingest.load_snapshot(Path(reference_info["path"]), reference_info["snapshot_hash"])
         since = reference_info["watermark"]
         until = datetime.fromisoformat(run.watermark.isoformat())
-        recent = ingest.read_rows(ws.engine, contract, ingest.recorded_rows_query(contract, until, since))
+        recent, unreadable = ingest.read_readable_rows(ws.engine, contract,
+                                                       ingest.recorded_rows_query(contract, until, since))
         report.update(champion_version=champion["version"], reference_snapshot=reference_info["snapshot_hash"],
-                      window_start=since, reference_rows=len(reference), recent_rows=len(recent))
+                      window_start=since, reference_rows=len(reference), recent_rows=len(recent),
+                      unreadable_rows=unreadable)
         if len(recent) < policy.min_rows:
             report["verdict"] = "insufficient_data"
         else:
@@ -362,9 +364,11 @@ def monitor_drift(ws: Workspace, run: Run) -> dict[str, Any]:
     with ws.engine.begin() as conn:
         registry.record_drift_report(conn, report)
     drifted = [f["feature"] for f in report["features"] if f["drifted"]]
-    log.info("drift verdict %s (%d recent rows); drifted features: %s", report["verdict"], report["recent_rows"], drifted)
+    log.info("drift verdict %s (%d recent rows, %d left out as unreadable by the contract); drifted features: %s",
+             report["verdict"], report["recent_rows"], report["unreadable_rows"], drifted)
     return {"run_id": run.run_id, "verdict": report["verdict"], "drifted_features": drifted,
-            "recent_rows": report["recent_rows"], "report_path": report["report_path"],
+            "recent_rows": report["recent_rows"], "unreadable_rows": report["unreadable_rows"],
+            "report_path": report["report_path"],
             "features": report["features"]}
 
 

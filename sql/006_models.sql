@@ -41,6 +41,9 @@ DO $$ BEGIN
     END IF;
 END $$;
 
+-- Recent rows a drift check left out because a cell did not read by the contract (never reinterpreted).
+ALTER TABLE pipeline.drift_reports ADD COLUMN IF NOT EXISTS unreadable_rows integer NOT NULL DEFAULT 0;
+
 -- Which schema files a database has had, so any command can bring an older database up to date.
 CREATE TABLE IF NOT EXISTS pipeline.schema_files (
     name        text PRIMARY KEY,

@@ -13,7 +13,13 @@ import yaml
 from pipeline import demo, ingest, stages
 from pipeline.config import ConfigError
 from pipeline.settings import PROJECT_ROOT, Settings
-from tests.integration.stage_runs import DEMO_WATERMARK, make_run
+from tests.integration.stage_runs import (
+    DEMO_WATERMARK,
+    LATER_WATERMARK,
+    make_run,
+    quick_workspace,
+    retrain_through_stages,
+)
 
 
 def hold_as_text(settings: Settings) -> None:
@@ -73,3 +79,24 @@ def test_declared_formats_read_every_value_as_it_was(settings: Settings, tmp_pat
     assert early_days.sum() > 100
     assert (clean["visit_date"].to_numpy() == pd.to_datetime(original["visit_date"]).to_numpy()).all()
     assert (clean["bmi"].to_numpy() == original["bmi"].to_numpy()).all()
+
+
+def test_drift_leaves_out_rows_that_do_not_read_and_counts_them(settings: Settings, tmp_path: Path) -> None:
+    hold_as_text(settings)
+    path = config_with(tmp_path, visit_date={"format": "%d/%m/%Y"}, bmi={"decimal": ","})
+    ws = quick_workspace(stages.Workspace.open(dataclasses.replace(settings, config_path=path)))
+    assert retrain_through_stages(ws, make_run("first", DEMO_WATERMARK))["outcome"]["status"] == "promoted"
+    arrivals = demo.arrival_records(40, seed=3, drift=None, labelled=False)
+    arrivals.insert(0, "patient_id", range(5001, 5041))
+    arrivals["visit_date"] = [f"{d.day}/{d.month:02d}/{d.year}" for d in pd.to_datetime(arrivals["visit_date"])]
+    arrivals["bmi"] = arrivals["bmi"].map(lambda v: str(v).replace(".", ","))
+    arrivals.loc[0, "visit_date"] = "31/02/2024"  # no such day: left out, not read as 2 or 3 March
+    arrivals.loc[1, "bmi"] = "27.5"  # the other decimal mark: left out, not read as 275 or 27.5
+    with ws.engine.begin() as conn:
+        demo.copy_into(conn, "public.patient_records", arrivals)
+
+    result = stages.monitor_drift(ws, make_run("drift-text", LATER_WATERMARK))
+    ws.engine.dispose()
+
+    assert (result["recent_rows"], result["unreadable_rows"]) == (38, 2)
+    assert result["verdict"] in ("stable", "drift")
