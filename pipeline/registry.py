@@ -293,7 +293,7 @@ def promote(engine: Engine, model: str, run_id: str, to_version: int, expected_c
             return False  # this run already promoted it (a retried task); later promotions stand
         if current != expected_champion:
             raise StaleChampionError(
-                f"champion of {model} is now version {current}, but run {run_id} was evaluated against "
+                f"champion is now version {current} of {model}, but run {run_id} was evaluated against "
                 f"{expected_champion}; not promoting. Re-run the evaluation.")
         _set_champion(conn, model, current, to_version, run_id, actor, reason)
     return True
