@@ -181,8 +181,8 @@ def _parse_feature(raw: dict[str, Any], index: int, path: Path) -> Feature:
         name=str(_require(raw, "name", where)),
         role=str(_require(raw, "role", where)),
         type=str(_require(raw, "type", where)),
-        format=None if raw.get("format") is None else str(raw["format"]),
-        decimal=None if raw.get("decimal") is None else str(raw["decimal"]),
+        format=_text(raw, "format"),
+        decimal=_text(raw, "decimal"),
     )
     if feature.role not in FEATURE_ROLES:
         raise ConfigError(f"{where} ({feature.name}): role '{feature.role}' is not one of {FEATURE_ROLES}")
@@ -190,6 +190,11 @@ def _parse_feature(raw: dict[str, Any], index: int, path: Path) -> Feature:
         raise ConfigError(f"{where} ({feature.name}): type '{feature.type}' is not one of {COLUMN_TYPES}")
     check_text_format(feature.name, feature.type, feature.format, feature.decimal, where)
     return feature
+
+
+def _text(section: dict[str, Any], key: str) -> str | None:
+    """An optional text value: None when the key is absent or empty."""
+    return None if section.get(key) is None else str(section[key])
 
 
 def check_text_format(column: str, kind: str, pattern: str | None, decimal: str | None, where: str) -> None:
@@ -224,14 +229,14 @@ def _parse_dataset(raw: dict[str, Any], path: Path) -> DatasetContract:
     if roles.count("birth_date") != roles.count("event_date") or roles.count("birth_date") > 1:
         raise ConfigError(f"{where}: give both a birth_date and an event_date feature, or neither")
     check_text_format(str(raw.get("target_column")), str(raw.get("target_type", "float")), None,
-                      None if raw.get("target_decimal") is None else str(raw["target_decimal"]), where)
+                      _text(raw, "target_decimal"), where)
     return DatasetContract(
         table=str(_require(raw, "table", where)),
         id_column=str(_require(raw, "id_column", where)),
         timestamp_column=str(_require(raw, "timestamp_column", where)),
         target_column=str(_require(raw, "target_column", where)),
         target_type=str(raw.get("target_type", "float")),
-        target_decimal=None if raw.get("target_decimal") is None else str(raw["target_decimal"]),
+        target_decimal=_text(raw, "target_decimal"),
         features=features,
         expectation_suite=(path.parent / str(_require(raw, "expectation_suite", where))).resolve(),
     )
@@ -342,10 +347,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
-def model_name(path: Path) -> str:
+def model_name(path: Path, raw: dict[str, Any] | None = None) -> str:
     """The `model:` a configuration file names (default diabetes_progression); reads nothing else."""
-    raw = _read_yaml(path)
-    name = str(raw.get("model") or DEFAULT_MODEL)
+    name = str((_read_yaml(path) if raw is None else raw).get("model") or DEFAULT_MODEL)
     if not MODEL_NAME.fullmatch(name):
         raise ConfigError(f"{path}: model {name!r} must be lower-case letters, digits and _ (at most 40, "
                           "starting with a letter): it becomes part of DAG ids")
@@ -360,7 +364,7 @@ def load_config(path: Path) -> PipelineConfig:
             raise ConfigError(f"{path}: missing section '{section}'")
     config = PipelineConfig(
         path=path.resolve(),
-        model=model_name(path),
+        model=model_name(path, raw),
         dataset=_parse_dataset(raw["dataset"], path),
         training=_parse_training(raw["training"], path),
         promotion=_parse_promotion(raw["promotion"], path),

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pipeline.config import DatasetContract, DriftPolicy
+from pipeline.config import AGE_COLUMN, DatasetContract, DriftPolicy
 from pipeline.features import DAYS_PER_YEAR
 
 EPSILON = 1e-4  # floor for empty bins, so PSI stays finite
@@ -94,10 +94,10 @@ def categorical_drift(name: str, reference: pd.Series, recent: pd.Series, policy
 def monitored_columns(frame: pd.DataFrame, contract: DatasetContract) -> pd.DataFrame:
     """The features as the model sees them: numerics, categoricals, and age instead of two dates."""
     out = frame[contract.names_with_role("numeric") + contract.names_with_role("categorical")].copy()
-    birth, event = contract.names_with_role("birth_date"), contract.names_with_role("event_date")
-    if birth and event:
-        days = (pd.to_datetime(frame[event[0]]) - pd.to_datetime(frame[birth[0]])).dt.days
-        out["age_years"] = days / DAYS_PER_YEAR
+    if contract.derived_columns():
+        birth, event = contract.names_with_role("birth_date")[0], contract.names_with_role("event_date")[0]
+        days = (pd.to_datetime(frame[event]) - pd.to_datetime(frame[birth])).dt.days
+        out[AGE_COLUMN] = days / DAYS_PER_YEAR
     return out
 
 

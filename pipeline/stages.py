@@ -95,10 +95,10 @@ def ingest_snapshot(ws: Workspace, run: Run, params: dict[str, Any] | None = Non
     snapshot, _ = ingest.take_snapshot(ws.engine, ws.config.dataset, run.watermark, ws.settings.artifact_dir)
     with ws.engine.begin() as conn:
         registry.record_snapshot(conn, snapshot, run.run_id)
-        if snapshot.unlabelled_hash and snapshot.unlabelled_hash != snapshot.snapshot_hash:
+        if snapshot.unlabelled_hash:  # frozen only when some rows await their outcome
             registry.record_derived_snapshot(conn, "unlabelled", snapshot.unlabelled_hash, str(snapshot.unlabelled_path),
-                                             {**snapshot.as_dict(), "snapshot_hash": snapshot.snapshot_hash},
-                                             snapshot.unlabelled_rows, run.run_id, snapshot.unlabelled_query)
+                                             snapshot.as_dict(), snapshot.unlabelled_rows, run.run_id,
+                                             snapshot.unlabelled_query)
     log.info("snapshot %s: %d labelled rows up to %s; %d more await their outcome (not trained on)",
              snapshot.snapshot_hash, snapshot.row_count, run.watermark, snapshot.unlabelled_rows)
     return snapshot.as_dict()
@@ -119,7 +119,8 @@ def has_new_data(ws: Workspace, run: Run, snapshot_hash: str, force: bool = Fals
 
 
 def _awaiting_rows(ws: Workspace, raw_hash: str) -> tuple[Any, str | None]:
-    """The rows recorded with a raw snapshot that await their outcome (empty for a snapshot without them)."""
+    """The rows frozen with a raw snapshot that await their outcome, and their snapshot's hash; None, None
+    when there were none."""
     with ws.engine.connect() as conn:
         row = registry.unlabelled_snapshot(conn, raw_hash)
     if row is None:
