@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import joblib
+
+log = logging.getLogger(__name__)
 
 
 class ArtifactIntegrityError(RuntimeError):
@@ -29,28 +32,58 @@ def sha256_file(path: Path) -> str:
 
 
 def store_bytes(root: Path, kind: str, data: bytes | memoryview, suffix: str) -> tuple[str, Path]:
-    """Write `data` under root/kind/<sha256><suffix> once; never overwrite. Returns (hash, path)."""
+    """Write `data` under root/kind/<sha256><suffix> once; never overwrite good bytes. Returns (hash, path).
+
+    A stored copy whose bytes no longer match its name is moved aside (kept as evidence, named by what
+    it hashes to now) and replaced atomically by these bytes, which do: the name says what belongs there.
+    """
     digest = sha256_bytes(data)
     path = root / kind / f"{digest}{suffix}"
     if path.exists():
-        verify_file(path, digest)
-        return digest, path
+        actual = sha256_file(path)
+        if actual == digest:
+            return digest, path
+        aside = path.with_name(f"{path.name}.corrupt-{actual[:16]}")
+        os.replace(path, aside)
+        log.warning("artifact %s hashed to %s, not its name: moved to %s and rewritten", path, actual, aside)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(tmp, 0o444)
-    os.replace(tmp, path)  # atomic: readers see the whole file or none
+    write_atomically(path, data)
     return digest, path
+
+
+def write_atomically(path: Path, data: bytes | memoryview) -> None:
+    """Write a read-only file that readers see whole or not at all; no temporary file outlives a failure."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def verify_file(path: Path, expected_hash: str) -> None:
     """Raise unless the file exists and its bytes hash to `expected_hash`."""
     if not path.is_file():
         raise ArtifactIntegrityError(f"artifact missing: {path} (registered as {expected_hash})")
-    actual = sha256_file(path)
+    _check_hash(path, sha256_file(path), expected_hash)
+
+
+def read_verified(path: Path, expected_hash: str) -> bytes:
+    """The file's bytes, read once and checked against `expected_hash`: callers use exactly what was checked."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ArtifactIntegrityError(f"artifact missing: {path} (registered as {expected_hash})") from None
+    _check_hash(path, sha256_bytes(data), expected_hash)
+    return data
+
+
+def _check_hash(path: Path, actual: str, expected_hash: str) -> None:
     if actual != expected_hash:
         raise ArtifactIntegrityError(
             f"artifact {path} hashes to {actual}, but the registry says {expected_hash}: "
@@ -71,6 +104,6 @@ def store_model(root: Path, model: Any) -> tuple[str, Path]:
 
 
 def load_model(path: Path, expected_hash: str) -> Any:
-    """Load a model only after its file matches the hash the registry holds for it."""
-    verify_file(path, expected_hash)
-    return joblib.load(path)
+    """Unpickle a model from the very bytes that matched the hash the registry holds for it (the file is
+    read once: a file swapped after the check is never what gets loaded)."""
+    return joblib.load(io.BytesIO(read_verified(path, expected_hash)))

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
-from pipeline.artifacts import store_bytes, verify_file
+from pipeline.artifacts import read_verified, store_bytes
 from pipeline.casting import cast_column, cast_strict
 from pipeline.config import ConfigError, DatasetContract
 
@@ -374,5 +374,4 @@ def store_clean_snapshot(frame: pd.DataFrame, artifact_dir: Path) -> tuple[str, 
 
 def load_snapshot(path: Path, snapshot_hash: str) -> pd.DataFrame:
     """Read a stored snapshot after checking its bytes against its name."""
-    verify_file(path, snapshot_hash)
-    return pd.read_parquet(path)
+    return pd.read_parquet(io.BytesIO(read_verified(path, snapshot_hash)))  # exactly the bytes checked

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import pickle
+import shutil
 import stat
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -68,13 +73,27 @@ def test_different_bytes_get_different_files(tmp_path: Path) -> None:
     assert one.read_bytes() == PAYLOAD
 
 
-def test_store_bytes_never_overwrites_a_tampered_file(tmp_path: Path) -> None:
+def test_storing_the_right_bytes_repairs_a_corrupted_copy_and_keeps_the_evidence(tmp_path: Path) -> None:
     digest, path = store_bytes(tmp_path, "snapshots", PAYLOAD, ".parquet")
     tamper(path)
-    with pytest.raises(ArtifactIntegrityError) as caught:
+
+    again = store_bytes(tmp_path, "snapshots", PAYLOAD, ".parquet")  # a retrain producing the same bytes
+
+    assert again == (digest, path)
+    assert path.read_bytes() == PAYLOAD and not path.stat().st_mode & stat.S_IWUSR
+    aside = path.with_name(f"{path.name}.corrupt-{hashlib.sha256(b'tampered').hexdigest()[:16]}")
+    assert aside.read_bytes() == b"tampered"  # the evidence is left for a human to look at
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, aside.name])
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk, injected at the fsync: the error surfaces, and the store holds nothing half-written."""
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
         store_bytes(tmp_path, "snapshots", PAYLOAD, ".parquet")
-    assert_names_path_and_hashes(caught.value, path, digest, hashlib.sha256(b"tampered").hexdigest())
-    assert path.read_bytes() == b"tampered"  # the evidence is left for a human to look at
+    assert list((tmp_path / "snapshots").iterdir()) == []
 
 
 # --- verify_file / load_model --------------------------------------------------------------------
@@ -127,3 +146,50 @@ def test_load_model_refuses_a_tampered_file(tmp_path: Path) -> None:
     with pytest.raises(ArtifactIntegrityError) as caught:
         load_model(path, digest)
     assert_names_path_and_hashes(caught.value, path, digest, sha256_file(path))
+
+
+class Payload:
+    """A pickle that, when loaded, creates a file: proof that swapped bytes were unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_file_swapped_during_loading_is_never_unpickled(tmp_path: Path) -> None:
+    """A second thread swaps the stored model for a malicious pickle and back, as fast as it can, while
+    loads run: every load either gets the checked model or is refused; the payload never runs."""
+    model = fitted_model()
+    digest, path = store_model(tmp_path, model)
+    good, marker = tmp_path / "good.joblib", tmp_path / "payload-ran"
+    good.write_bytes(path.read_bytes())
+    evil = tmp_path / "evil.joblib"
+    evil.write_bytes(pickle.dumps(Payload(marker)))
+    stop = threading.Event()
+
+    def swap() -> None:
+        for _ in range(20_000):  # bounded, and stops with the loads
+            if stop.is_set():
+                return
+            shutil.copyfile(evil, tmp_path / "next")
+            os.replace(tmp_path / "next", path)
+            shutil.copyfile(good, tmp_path / "next")
+            os.replace(tmp_path / "next", path)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    loaded = refused = 0
+    try:
+        for _ in range(2_000):
+            try:
+                load_model(path, digest)
+                loaded += 1
+            except ArtifactIntegrityError:
+                refused += 1
+    finally:
+        stop.set()
+        swapper.join()
+    assert not marker.exists()
+    assert loaded + refused == 2_000 and refused > 0  # the race really happened
