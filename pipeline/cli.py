@@ -21,16 +21,47 @@ def _print(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
-def _watermark(text: str | None) -> datetime:
-    if not text:
-        return datetime.now(UTC)
-    stamp = datetime.fromisoformat(text)
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+MAX_MARGIN = 0.5  # the same bound as the retrain DAG's `margin` param
+
+
+def watermark_arg(text: str) -> datetime:
+    """--watermark: an ISO timestamp (UTC unless it says otherwise), not in the future."""
+    try:
+        stamp = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO timestamp, e.g. 2026-07-01T00:00:00+00:00") from None
+    stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+    if stamp > datetime.now(UTC):
+        raise argparse.ArgumentTypeError(f"{text} is in the future: a run reads rows recorded up to its watermark, "
+                                         "and rows not recorded yet cannot be read")
+    return stamp
+
+
+def margin_arg(text: str) -> float:
+    """--margin: a relative RMSE improvement between 0 and MAX_MARGIN, as the DAG's param allows."""
+    try:
+        margin = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= margin <= MAX_MARGIN:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, {MAX_MARGIN}] (0.01 means 1 %)")
+    return margin
+
+
+def count_arg(text: str) -> int:
+    """A count of at least 1."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return count
 
 
 def _run(args: argparse.Namespace) -> stages.Run:
     run_id = args.run_id or f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
-    return stages.Run(run_id=run_id, watermark=_watermark(args.watermark), triggered_by="cli")
+    return stages.Run(run_id=run_id, watermark=args.watermark or datetime.now(UTC), triggered_by="cli")
 
 
 def _drift(pairs: list[str]) -> dict[str, float]:
@@ -160,12 +191,22 @@ def cmd_reproduce(ws: stages.Workspace, args: argparse.Namespace) -> Any:
     return result
 
 
+def _evaluation_of_version(conn: Any, champion: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The evaluation of the run that trained the champion (a rollback's run has none), if recorded."""
+    if champion is None:
+        return None
+    try:
+        return registry.get_evaluation(conn, champion["run_id"])
+    except LookupError:
+        return None
+
+
 def status_report(ws: stages.Workspace, runs: int = 5) -> dict[str, Any]:
     """The champion (version, metrics, snapshot, when promoted) and the latest runs."""
     with ws.engine.connect() as conn:
         champion = registry.current_champion(conn, ws.model)
         recent = registry.recent_runs(conn, ws.model, runs)
-        evaluation = registry.get_evaluation(conn, champion["promoted_by_run"]) if champion else None
+        evaluation = _evaluation_of_version(conn, champion)
     summary = None
     if champion:
         summary = {
@@ -239,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         if run:
             p.add_argument("--run-id", help="the run to record under (the DAG passes its run id)")
-            p.add_argument("--watermark", help="ISO timestamp: read rows recorded up to here (default now)")
+            p.add_argument("--watermark", type=watermark_arg,
+                           help="ISO timestamp: read rows recorded up to here (default now; never in the future)")
         return p
 
     add("init-db", cmd_init_db, "apply the SQL files in sql/ (safe twice)")
@@ -260,21 +302,21 @@ def build_parser() -> argparse.ArgumentParser:
         add(name, handler, text, run=True).add_argument("--snapshot", required=True, help="snapshot hash")
     p = add("evaluate", cmd_evaluate, "score candidate and champion on the holdout, record the decision", run=True)
     p.add_argument("--version", type=int, required=True, help="candidate model version")
-    p.add_argument("--margin", type=float, help="relative RMSE improvement needed (default: config)")
+    p.add_argument("--margin", type=margin_arg, help="relative RMSE improvement needed, 0 to 0.5 (default: config)")
     p = add("promote", cmd_promote, "apply the run's recorded decision", run=True)
     p.add_argument("--dry-run", action="store_true")
     p = add("retrain", cmd_retrain, "every stage in order, without Airflow", run=True)
-    p.add_argument("--margin", type=float)
+    p.add_argument("--margin", type=margin_arg, help="relative RMSE improvement needed, 0 to 0.5 (default: config)")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--force", action="store_true", help="retrain even when no new labelled rows arrived")
     p = add("drift", cmd_drift, "compare recent records with the champion's training snapshot", run=True)
     p.add_argument("--json", action="store_true", help="print the full per-feature result as JSON")
     p = add("status", cmd_status, "the champion and the latest runs")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--runs", type=count_arg, default=5)
     p = add("quality", cmd_quality, "the last validations: rows read, valid, quarantined by reason")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--runs", type=count_arg, default=10)
     p = add("history", cmd_history, "every change of champion (append-only)")
     p.add_argument("--json", action="store_true")
     p = add("rollback", cmd_rollback, "make an earlier version champion again, as a recorded event")

@@ -167,6 +167,9 @@ def test_rollback_round_trip(gws: stages.Workspace, two_champions: dict[str, Any
     assert champion_version(gws) == 1
     [slot] = fetch(gws, "SELECT * FROM pipeline.champion")
     assert (slot["version"], slot["run_id"]) == (1, "rollback-1")
+    status = output(cli("status", "--json"))["champion"]  # a rollback's run has no evaluation of its own
+    assert (status["version"], status["promoted_by_run"]) == (1, "rollback-1")
+    assert status["holdout_metrics"]["rmse"] > 0  # the metrics version 1 was promoted on
     rolled_back = events(gws)[-1]
     assert (rolled_back["from_version"], rolled_back["to_version"], rolled_back["run_id"], rolled_back["actor"],
             rolled_back["reason"]) == (2, 1, "rollback-1", "operator", "rollback: v2 over-predicts for new patients")
