@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from pipeline import db, demo, registry, stages
 from pipeline.settings import Settings
 
@@ -335,6 +337,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def database_error(exc: sa.exc.DBAPIError, settings: Settings) -> str:
+    """One line: which database, what failed, what to check; never the password, the SQL or its values."""
+    if settings.database_url:
+        where = f"database {sa.engine.make_url(settings.database_url).render_as_string(hide_password=True)} " \
+                f"(PIPELINE_DATABASE_URL)"
+    else:
+        where = f"the embedded PostgreSQL in {settings.pgdata_dir}"
+    detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+    hint = "; is it running and reachable?" if isinstance(exc, sa.exc.OperationalError) else ""
+    return f"{where}: {detail}{hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pipeline").setLevel(logging.INFO)
@@ -350,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ws = stages.Workspace.open(settings)
         result = args.handler(ws, args)
+    except sa.exc.DBAPIError as exc:  # the driver's text carries the SQL and parameters: debug detail only
+        logging.getLogger("pipeline").debug("database error", exc_info=exc)
+        print(f"error: {database_error(exc, settings)}", file=sys.stderr)
+        return 1
     except Exception as exc:  # noqa: BLE001 - the CLI reports every failure as one clear line
         print(f"error: {exc}", file=sys.stderr)
         return 1

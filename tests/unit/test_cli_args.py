@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from pipeline.cli import build_parser
+from pipeline.settings import ENV_DATABASE_URL, PROJECT_ROOT
 
 
 def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -52,3 +56,15 @@ def test_a_naive_watermark_is_utc() -> None:
 @pytest.mark.parametrize("runs", ["-1", "0", "x"])
 def test_status_needs_a_positive_number_of_runs(capsys: pytest.CaptureFixture[str], runs: str) -> None:
     assert "argument --runs" in refused(capsys, "status", "--runs", runs)
+
+
+def test_an_unreachable_database_is_one_line_without_the_password() -> None:
+    """Port 1 on loopback refuses at once: the command fails in one line naming the database."""
+    env = {**os.environ, ENV_DATABASE_URL: "postgresql+psycopg2://crm:s3cret-pw@127.0.0.1:1/patients"}
+    result = subprocess.run([sys.executable, "-m", "pipeline", "status"], cwd=PROJECT_ROOT, env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: database postgresql+psycopg2://crm:***@127.0.0.1:1/patients (PIPELINE_DATABASE_URL)")
+    assert "Connection refused" in line and "is it running and reachable?" in line
+    assert "s3cret-pw" not in result.stderr + result.stdout
