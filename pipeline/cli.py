@@ -62,8 +62,9 @@ def count_arg(text: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> stages.Run:
-    run_id = args.run_id or f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
-    return stages.Run(run_id=run_id, watermark=args.watermark or datetime.now(UTC), triggered_by="cli")
+    """The run a command works on; a new id is kept on `args`, so a failure can be recorded against it."""
+    args.run_id = args.run_id or f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
+    return stages.Run(run_id=args.run_id, watermark=args.watermark or datetime.now(UTC), triggered_by="cli")
 
 
 def _drift(pairs: list[str]) -> dict[str, float]:
@@ -349,6 +350,22 @@ def database_error(exc: sa.exc.DBAPIError, settings: Settings) -> str:
     return f"{where}: {detail}{hint}"
 
 
+def error_line(exc: Exception, settings: Settings) -> str:
+    """A failure as one line; a database error's SQL and parameters go to the debug log only."""
+    if isinstance(exc, sa.exc.DBAPIError):
+        logging.getLogger("pipeline").debug("database error", exc_info=exc)
+        return database_error(exc, settings)
+    return str(exc)
+
+
+def end_failed_run(ws: stages.Workspace, run_id: str, reason: str) -> None:
+    """Record the command's run as failed, so it never stays 'running'; a database that is gone is said so."""
+    try:
+        stages.mark_run_failed(ws, run_id, reason)
+    except sa.exc.DBAPIError:
+        print(f"warning: run {run_id} could not be marked failed: the database is unreachable", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pipeline").setLevel(logging.INFO)
@@ -361,15 +378,15 @@ def main(argv: list[str] | None = None) -> int:
         exec_airflow(settings, args.airflow_args)
     if args.command == "db-stop":
         return stop_embedded(settings)
+    ws = None
     try:
         ws = stages.Workspace.open(settings)
         result = args.handler(ws, args)
-    except sa.exc.DBAPIError as exc:  # the driver's text carries the SQL and parameters: debug detail only
-        logging.getLogger("pipeline").debug("database error", exc_info=exc)
-        print(f"error: {database_error(exc, settings)}", file=sys.stderr)
-        return 1
     except Exception as exc:  # noqa: BLE001 - the CLI reports every failure as one clear line
-        print(f"error: {exc}", file=sys.stderr)
+        line = error_line(exc, settings)
+        if ws is not None and getattr(args, "run_id", None):
+            end_failed_run(ws, args.run_id, f"{args.command}: {line}")
+        print(f"error: {line}", file=sys.stderr)
         return 1
     if result is not None:
         _print(result)

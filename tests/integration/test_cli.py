@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import yaml
 
 from pipeline import db, demo
-from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL
+from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT
 from tests.integration.stage_runs import cli_runner, output
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
@@ -82,3 +83,24 @@ def test_validate_unknown_snapshot_is_one_error_line(cli: Cli) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error:") and "deadbeef" in lines[0]
+
+
+def test_a_failed_cli_run_ends_as_failed_not_running(cli: Cli, database_url: str, tmp_path: Path) -> None:
+    raw = yaml.safe_load((PROJECT_ROOT / "pipeline.yaml").read_text())
+    raw["dataset"]["expectation_suite"] = str(PROJECT_ROOT / raw["dataset"]["expectation_suite"])
+    raw["dataset"]["table"] = "public.no_such_visits"
+    config = tmp_path / "missing.yaml"
+    config.write_text(yaml.safe_dump(raw))
+
+    result = cli("--config", str(config), "retrain", "--run-id", "broken")
+
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("error: source table public.no_such_visits does not exist "
+                                     "(dataset.table in the config)")
+    engine = db.create_engine(database_url)
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT status, reason, finished_at FROM pipeline.training_runs")).mappings().one()
+    engine.dispose()
+    assert (row["status"], row["reason"]) == ("failed", "retrain: source table public.no_such_visits does not exist "
+                                                        "(dataset.table in the config)")
+    assert row["finished_at"] is not None
