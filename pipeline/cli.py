@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from pipeline import db, demo, registry, stages
+from pipeline.config import ConfigError, load_config
 from pipeline.settings import Settings
 
 
@@ -263,6 +264,17 @@ def exec_airflow(settings: Settings, airflow_args: list[str]) -> None:
     os.execvpe(binary, [binary, *airflow_args], env)
 
 
+def check_config(settings: Settings) -> int:
+    """`check-config`: load and check the config (and its suite) alone, touching no database."""
+    try:
+        config = load_config(settings.config_path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    _print({"config": str(config.path), "model": config.model, "ok": True})
+    return 0
+
+
 def stop_embedded(settings: Settings) -> int:
     """`db-stop`: stop the embedded server without starting one first."""
     stopped = db.stop_embedded_postgres(settings.pgdata_dir)
@@ -333,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version", type=int)
     add("db-url", cmd_db_url, "print the database URL in use (starts the embedded server if needed)")
     sub.add_parser("db-stop", help="stop the embedded PostgreSQL (PIPELINE_PGDATA); data is kept")
+    sub.add_parser("check-config", help="check the config and its expectation suite, without a database")
     p = sub.add_parser("airflow", help="run the airflow CLI configured for this project")
     p.add_argument("airflow_args", nargs=argparse.REMAINDER)
     return parser
@@ -378,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         exec_airflow(settings, args.airflow_args)
     if args.command == "db-stop":
         return stop_embedded(settings)
+    if args.command == "check-config":
+        return check_config(settings)
     ws = None
     try:
         ws = stages.Workspace.open(settings)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ COLUMN_TYPES = ("float", "integer", "text", "date", "timestamp")
 FEATURE_KEYS = {"name", "role", "type", "format", "decimal"}
 AGE_COLUMN = "age_years"  # derived inside the model from the birth_date / event_date pair
 DEFAULT_MODEL = "diabetes_progression"
+MODEL_FAMILIES = ("ridge", "random_forest", "hist_gradient_boosting")  # what pipeline.train can build
 MODEL_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")  # it becomes part of DAG ids and asset names
 SUITE_COLUMN_KEYS = ("column", "column_A", "column_B", "column_list", "column_set")
 
@@ -165,11 +168,17 @@ def _require(section: dict[str, Any], key: str, where: str) -> Any:
 
 def _number(section: dict[str, Any], key: str, where: str, kind: type[float] | type[int]) -> Any:
     """A required numeric value, or a ConfigError naming the key and the bad value."""
-    value = _require(section, key, where)
+    return _as_number(_require(section, key, where), f"{where}: '{key}'", kind)
+
+
+def _as_number(value: Any, what: str, kind: type[float] | type[int] = float) -> Any:
+    """A finite number (a bool is not one), or a ConfigError naming `what` and the bad value."""
     try:
+        if isinstance(value, bool) or not math.isfinite(float(value)):
+            raise ValueError(value)
         return kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{what} must be a number, got {value!r}") from None
 
 
 def _parse_feature(raw: dict[str, Any], index: int, path: Path) -> Feature:
@@ -252,6 +261,9 @@ def _parse_training(raw: dict[str, Any], path: Path) -> TrainingPolicy:
         raise ConfigError(f"{where}: 'families' must map family names to parameter mappings")
     if not families:
         raise ConfigError(f"{where}: families must name at least one model family")
+    unknown = sorted(set(families) - set(MODEL_FAMILIES))
+    if unknown:
+        raise ConfigError(f"{where}.families: unknown model family {unknown}; use {list(MODEL_FAMILIES)}")
     cv_folds = _number(raw, "cv_folds", where, int)
     max_rows = _optional(raw, "search_max_rows", where, int)
     if max_rows is not None and max_rows < 2 * cv_folds:
@@ -279,7 +291,7 @@ def _parse_slices(raw: list[Any], where: str) -> tuple[SliceSpec, ...]:
     slices = []
     for i, item in enumerate(raw or []):
         spot = f"{where}.slices[{i}]"
-        edges = tuple(float(e) for e in (item.get("edges") or [])) if isinstance(item, dict) else ()
+        edges = tuple(_as_number(e, f"{spot}.edges") for e in (item.get("edges") or [])) if isinstance(item, dict) else ()
         slices.append(SliceSpec(str(_require(item, "name", spot)), str(_require(item, "column", spot)), edges))
     return tuple(slices)
 
@@ -302,8 +314,9 @@ def _parse_promotion(raw: dict[str, Any], path: Path) -> PromotionPolicy:
         slice_tolerance=_optional(raw, "slice_tolerance", where, float),
         min_slice_rows=_default(_optional(raw, "min_slice_rows", where, int), 10),
         slices=_parse_slices(raw.get("slices") or [], where),
-        prediction_range=(float(bounds[0]), float(bounds[1])) if bounds else None,
-        directions={str(k): float(v) for k, v in (behaviour.get("directions") or {}).items()},
+        prediction_range=tuple(_as_number(b, f"{where}.prediction_range") for b in bounds) if bounds else None,
+        directions={str(k): _as_number(v, f"{where}.behaviour.directions.{k}")
+                    for k, v in (behaviour.get("directions") or {}).items()},
         max_drop=_optional(behaviour, "max_drop", f"{where}.behaviour", float),
     )
 
@@ -341,7 +354,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with sections 'dataset', 'training', 'promotion', 'monitoring', 'quality'")
     return raw
@@ -371,9 +387,39 @@ def load_config(path: Path) -> PipelineConfig:
         monitoring=_parse_monitoring(raw["monitoring"], path),
         quality=_parse_quality(raw["quality"], path),
     )
+    check_ranges(config)
     check_column_names(config)
     check_suite_columns(config.dataset)
     return config
+
+
+def check_ranges(config: PipelineConfig) -> None:
+    """Every number inside the range where it means something; else the key path and the value.
+    A threshold left out (None) is not checked here: promotion fails closed on it."""
+    t, p, m = config.training, config.promotion, config.monitoring
+    rules: list[tuple[str, Any, Callable[[float], bool], str]] = [
+        ("training.cv_folds", t.cv_folds, lambda v: v >= 2, "at least 2"),
+        ("training.n_jobs", t.n_jobs, lambda v: v >= 1, "at least 1"),
+        ("training.search_budget_seconds", t.search_budget_seconds, lambda v: v > 0, "more than 0"),
+        ("promotion.confidence", p.confidence, lambda v: 0 < v < 1, "between 0 and 1, both excluded"),
+        ("promotion.bootstrap_samples", p.bootstrap_samples, lambda v: v >= 100, "at least 100"),
+        ("promotion.margin", p.margin, lambda v: 0 <= v <= 0.5, "between 0 and 0.5 (0.01 means 1 %)"),
+        ("promotion.min_r2", p.min_r2, lambda v: v <= 1, "at most 1"),
+        ("promotion.slice_tolerance", p.slice_tolerance, lambda v: v >= 0, "at least 0"),
+        ("promotion.min_slice_rows", p.min_slice_rows, lambda v: v >= 0, "at least 0"),
+        ("promotion.behaviour.max_drop", p.max_drop, lambda v: v >= 0, "at least 0"),
+        ("monitoring.poll_seconds", m.poll_seconds, lambda v: v > 0, "more than 0"),
+        ("monitoring.drift.p_value", m.drift.p_value, lambda v: 0 < v < 1, "between 0 and 1, both excluded"),
+        ("monitoring.drift.bins", m.drift.bins, lambda v: v >= 2, "at least 2"),
+        ("monitoring.drift.min_rows", m.drift.min_rows, lambda v: v >= 1, "at least 1"),
+        *((f"promotion.behaviour.directions.{k}", v, lambda v: v > 0, "more than 0") for k, v in p.directions.items()),
+    ]
+    for key, value, holds, meaning in rules:
+        if value is not None and not holds(value):
+            raise ConfigError(f"{config.path}: {key} must be {meaning}, got {value!r}")
+    if p.prediction_range and not p.prediction_range[0] < p.prediction_range[1]:
+        raise ConfigError(f"{config.path}: promotion.prediction_range must be [low, high] with low < high, "
+                          f"got {list(p.prediction_range)}")
 
 
 def check_column_names(config: PipelineConfig) -> None:

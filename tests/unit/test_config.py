@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, PipelineConfig, load_config, model_entries, suite_columns
-from pipeline.settings import PROJECT_ROOT
+from pipeline.settings import ENV_DATABASE_URL, PROJECT_ROOT
 
 SHIPPED = PROJECT_ROOT / "pipeline.yaml"
 
@@ -380,3 +383,57 @@ def test_each_model_config_gets_its_own_dag_ids_and_run_ids(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match=r"clinic.yaml: model .clinic. is already named by .*again.yaml"):
         model_entries(SHIPPED, models)
     assert [e.name for e in model_entries(SHIPPED, tmp_path / "absent")] == ["diabetes_progression"]
+
+
+# --- ranges, and values that are no numbers --------------------------------------------------------
+
+
+def set_key(path: str, value: Any) -> Mutation:
+    """Set a dotted key path of the raw config."""
+    def mutate(raw: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node = raw
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return mutate
+
+
+@pytest.mark.parametrize(("path", "value", "message"), [
+    ("promotion.confidence", 1.5, "promotion.confidence must be between 0 and 1, both excluded, got 1.5"),
+    ("promotion.bootstrap_samples", 0, "promotion.bootstrap_samples must be at least 100, got 0"),
+    ("promotion.margin", -1, "promotion.margin must be between 0 and 0.5 (0.01 means 1 %), got -1.0"),
+    ("promotion.margin", ".nan", "'margin' must be a number, got '.nan'"),
+    ("promotion.prediction_range", ["zero", 500], "promotion.prediction_range must be a number, got 'zero'"),
+    ("promotion.prediction_range", [500, 0], "prediction_range must be [low, high] with low < high, got [500.0, 0.0]"),
+    ("promotion.behaviour.directions", {"bmi": "up"}, "promotion.behaviour.directions.bmi must be a number, got 'up'"),
+    ("promotion.behaviour.directions", {"bmi": -10}, "promotion.behaviour.directions.bmi must be more than 0, got -10.0"),
+    ("quality.max_quarantine_share", "lots", "'max_quarantine_share' must be a number, got 'lots'"),
+    ("training.cv_folds", 1, "training.cv_folds must be at least 2, got 1"),
+    ("training.families", {"ridge": {}, "xgboost": {}}, "unknown model family ['xgboost']"),
+    ("monitoring.drift.p_value", 0, "monitoring.drift.p_value must be between 0 and 1, both excluded, got 0.0"),
+    ("monitoring.poll_seconds", True, "'poll_seconds' must be a number, got True"),
+])
+def test_out_of_range_and_non_numeric_values_are_refused_by_key(tmp_path: Path, path: str, value: Any,
+                                                                 message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(write_variant(tmp_path, set_key(path, value)))
+
+
+def test_a_yaml_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("model: x\ndataset:\n  table: [a\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML at line 4, column 1: expected ',' or ']'"):
+        load_config(path)
+
+
+def test_check_config_runs_the_checks_alone_without_a_database(tmp_path: Path) -> None:
+    good = subprocess.run([sys.executable, "-m", "pipeline", "check-config"], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=120, check=False, env={**os.environ, ENV_DATABASE_URL: "postgresql://x@127.0.0.1:1/none"})
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout) == {"config": str(SHIPPED), "model": "diabetes_progression", "ok": True}
+    bad = write_variant(tmp_path, set_key("promotion.confidence", 1.5))
+    refused = subprocess.run([sys.executable, "-m", "pipeline", "--config", str(bad), "check-config"],
+                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == f"error: {bad}: promotion.confidence must be between 0 and 1, both excluded, got 1.5"
