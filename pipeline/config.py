@@ -15,6 +15,7 @@ import yaml
 FEATURE_ROLES = ("numeric", "categorical", "birth_date", "event_date")
 COLUMN_TYPES = ("float", "integer", "text", "date", "timestamp")
 FEATURE_KEYS = {"name", "role", "type", "format", "decimal"}
+ID_TYPES = ("integer", "text")
 AGE_COLUMN = "age_years"  # derived inside the model from the birth_date / event_date pair
 DEFAULT_MODEL = "diabetes_progression"
 MODEL_FAMILIES = ("ridge", "random_forest", "hist_gradient_boosting")  # what pipeline.train can build
@@ -48,6 +49,7 @@ class DatasetContract:
     features: tuple[Feature, ...]
     expectation_suite: Path
     target_decimal: str | None = None  # the target held as text: its decimal mark
+    id_type: str = "integer"  # or "text", for ids such as 'P-0001'
 
     def columns(self) -> list[str]:
         """Every column the pipeline reads, in snapshot order."""
@@ -62,7 +64,7 @@ class DatasetContract:
     def column_types(self) -> dict[str, str]:
         """Contract type of every column, keyed by column name."""
         types = {f.name: f.type for f in self.features}
-        types[self.id_column] = "integer"
+        types[self.id_column] = self.id_type
         types[self.target_column] = self.target_type
         types[self.timestamp_column] = "timestamp"
         return types
@@ -201,6 +203,14 @@ def _parse_feature(raw: dict[str, Any], index: int, path: Path) -> Feature:
     return feature
 
 
+def _id_type(raw: dict[str, Any], where: str) -> str:
+    """How ids are read: integers (the default), or text such as 'P-0001'."""
+    kind = str(raw.get("id_type") or "integer")
+    if kind not in ID_TYPES:
+        raise ConfigError(f"{where}.id_type: '{kind}' is not one of {ID_TYPES}")
+    return kind
+
+
 def _text(section: dict[str, Any], key: str) -> str | None:
     """An optional text value: None when the key is absent or empty."""
     return None if section.get(key) is None else str(section[key])
@@ -246,6 +256,7 @@ def _parse_dataset(raw: dict[str, Any], path: Path) -> DatasetContract:
         target_column=str(_require(raw, "target_column", where)),
         target_type=str(raw.get("target_type", "float")),
         target_decimal=_text(raw, "target_decimal"),
+        id_type=_id_type(raw, where),
         features=features,
         expectation_suite=(path.parent / str(_require(raw, "expectation_suite", where))).resolve(),
     )

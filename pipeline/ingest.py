@@ -101,8 +101,8 @@ def check_declared_formats(contract: DatasetContract, present: dict[str, Any]) -
         if not isinstance(present.get(column), sa.String) or kind == "text":
             continue
         if column == contract.id_column:
-            raise ConfigError(f"dataset.id_column: '{column}' of {contract.table} is text; ids are read as integers "
-                              "(a view that casts it, or a numeric key, will do)")
+            raise ConfigError(f"dataset.id_column: '{column}' of {contract.table} is text; set dataset.id_type: text "
+                              "to read ids such as 'P-0001' as they are")
         if column == contract.timestamp_column:
             raise ConfigError(f"dataset.timestamp_column: '{column}' of {contract.table} is text; the watermark is "
                               "compared in SQL, so it must be a date or timestamp column")

@@ -198,7 +198,7 @@ def train_candidate(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, An
                    "cv_folds": policy.cv_folds, "holdout_fraction": policy.holdout_fraction},
         "cv_metrics": cv_table, "train_rows": len(train_rows), "holdout_rows": len(holdout_rows),
         "holdout_start": {contract.timestamp_column: str(first_holdout[contract.timestamp_column]),
-                          contract.id_column: int(first_holdout[contract.id_column])},
+                          contract.id_column: quality.source_id(first_holdout[contract.id_column])},
         "library_versions": train.library_versions(), "code_version": train.code_version(),
     }
     with ws.engine.begin() as conn:

@@ -100,3 +100,35 @@ def test_drift_leaves_out_rows_that_do_not_read_and_counts_them(settings: Settin
 
     assert (result["recent_rows"], result["unreadable_rows"]) == (38, 2)
     assert result["verdict"] in ("stable", "drift")
+
+
+def text_ids(settings: Settings) -> None:
+    """The demo table with ids as a CRM may write them: 'P-0001'."""
+    engine = sa.create_engine(str(settings.database_url))
+    demo.seed_demo(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE public.patient_records ALTER COLUMN patient_id TYPE text "
+                             "USING 'P-' || lpad(patient_id::text, 4, '0')"))
+        conn.execute(sa.text("UPDATE public.patient_records SET sex = 'X' WHERE patient_id = 'P-0007'"))
+    engine.dispose()
+
+
+def test_text_ids_are_refused_unless_declared_then_kept_as_they_are(settings: Settings, tmp_path: Path) -> None:
+    text_ids(settings)
+    with pytest.raises(ConfigError, match="'patient_id' of public.patient_records is text; set dataset.id_type: text"):
+        stages.Workspace.open(dataclasses.replace(settings, config_path=config_with(tmp_path)))
+
+    raw = yaml.safe_load(config_with(tmp_path).read_text())
+    raw["dataset"]["id_type"] = "text"
+    path = tmp_path / "text_ids.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    ws = quick_workspace(stages.Workspace.open(dataclasses.replace(settings, config_path=path)))
+    result = retrain_through_stages(ws, make_run("text-ids", DEMO_WATERMARK))
+    with ws.engine.connect() as conn:
+        quarantined = conn.execute(sa.text("SELECT source_id FROM pipeline.quarantine")).scalars().all()
+        holdout_start = conn.scalar(sa.text("SELECT holdout_start FROM pipeline.model_versions"))
+    ws.engine.dispose()
+
+    assert result["outcome"]["status"] == "promoted"
+    assert quarantined == ["P-0007"]
+    assert holdout_start["patient_id"].startswith("P-")

@@ -437,3 +437,11 @@ def test_check_config_runs_the_checks_alone_without_a_database(tmp_path: Path) -
                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert refused.returncode == 1
     assert refused.stderr.strip() == f"error: {bad}: promotion.confidence must be between 0 and 1, both excluded, got 1.5"
+
+
+def test_ids_are_integers_unless_declared_text(tmp_path: Path, config: PipelineConfig) -> None:
+    assert config.dataset.column_types()["patient_id"] == "integer"
+    declared = load_config(write_variant(tmp_path, set_key("dataset.id_type", "text"))).dataset
+    assert declared.column_types()["patient_id"] == "text"
+    with pytest.raises(ConfigError, match=r"dataset\.id_type: 'uuid' is not one of \('integer', 'text'\)"):
+        load_config(write_variant(tmp_path, set_key("dataset.id_type", "uuid")))
