@@ -150,6 +150,15 @@ class QualityPolicy:
 
 
 @dataclass(frozen=True)
+class DatabasePolicy:
+    """How long the pipeline waits on PostgreSQL before it gives up with an error, in seconds."""
+
+    connect_timeout_seconds: int = 10  # a server that does not answer (down, frozen, unreachable)
+    statement_timeout_seconds: int = 900  # one statement: the largest is ingest's COPY (6 s at 10^7 rows)
+    lock_timeout_seconds: int = 60  # waiting for a lock: promotion, schema apply, arrival signals
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     path: Path
     model: str  # the registry, the champion, runs, reports and DAG ids are all scoped by this name
@@ -158,6 +167,7 @@ class PipelineConfig:
     promotion: PromotionPolicy
     monitoring: MonitoringPolicy
     quality: QualityPolicy
+    database: DatabasePolicy = field(default_factory=DatabasePolicy)
 
 
 def _require(section: dict[str, Any], key: str, where: str) -> Any:
@@ -351,6 +361,20 @@ def _parse_monitoring(raw: dict[str, Any], path: Path) -> MonitoringPolicy:
     return MonitoringPolicy(min_new_rows, _number(raw, "poll_seconds", where, float), drift)
 
 
+def _parse_database(raw: dict[str, Any], path: Path) -> DatabasePolicy:
+    """The optional `database:` section: each timeout at least 1 s; a key left out keeps its default."""
+    where, defaults = f"{path}: database", DatabasePolicy()
+    unknown = sorted(set(raw) - set(DatabasePolicy.__dataclass_fields__)) if isinstance(raw, dict) else []
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; it takes {sorted(DatabasePolicy.__dataclass_fields__)}")
+    values = {key: _default(_optional(raw, key, where, int), getattr(defaults, key))
+              for key in DatabasePolicy.__dataclass_fields__}
+    for key, value in values.items():
+        if value < 1:
+            raise ConfigError(f"{where}.{key} must be at least 1 (seconds), got {value}")
+    return DatabasePolicy(**values)
+
+
 def _parse_quality(raw: dict[str, Any], path: Path) -> QualityPolicy:
     where = f"{path}: quality"
     share = _number(raw, "max_quarantine_share", where, float)
@@ -397,6 +421,7 @@ def load_config(path: Path) -> PipelineConfig:
         promotion=_parse_promotion(raw["promotion"], path),
         monitoring=_parse_monitoring(raw["monitoring"], path),
         quality=_parse_quality(raw["quality"], path),
+        database=_parse_database(raw.get("database") or {}, path),
     )
     check_ranges(config)
     check_column_names(config)

@@ -13,6 +13,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
+from pipeline.config import DatabasePolicy
 from pipeline.settings import PROJECT_ROOT, Settings
 
 SQL_DIR = PROJECT_ROOT / "sql"
@@ -60,8 +61,22 @@ def database_url(settings: Settings) -> str:
     return start_embedded_postgres(settings.pgdata_dir)
 
 
-def create_engine(url: str) -> Engine:
-    return sa.create_engine(url, pool_pre_ping=True)
+def create_engine(url: str, timeouts: DatabasePolicy | None = None) -> Engine:
+    """An engine on `url`; with `timeouts`, every connection (and the Arrow reads, which take the same
+    URL) gives up after them instead of waiting on a frozen server or a held lock for ever."""
+    return sa.create_engine(with_timeouts(url, timeouts) if timeouts else url, pool_pre_ping=True)
+
+
+def with_timeouts(url: str, timeouts: DatabasePolicy) -> str:
+    """The URL with libpq's connect_timeout and the server's statement and lock timeouts as options."""
+    parsed = make_url(url)
+    settings = (f"-c statement_timeout={timeouts.statement_timeout_seconds * 1000} "
+                f"-c lock_timeout={timeouts.lock_timeout_seconds * 1000}")
+    own = parsed.query.get("options")
+    own_text = " ".join(own) if isinstance(own, tuple) else own
+    options = f"{own_text} {settings}" if own_text else settings  # the URL's own options first
+    query = {"connect_timeout": str(timeouts.connect_timeout_seconds), "options": options}
+    return parsed.update_query_dict(query).render_as_string(hide_password=False)
 
 
 def with_database(url: str, name: str) -> str:

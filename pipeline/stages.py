@@ -35,7 +35,7 @@ class Workspace:
     def open(cls, settings: Settings) -> Workspace:
         """Load the configuration and connect to the database (starting the embedded one if needed)."""
         config = load_config(settings.config_path)
-        engine = db.create_engine(db.database_url(settings))
+        engine = db.create_engine(db.database_url(settings), config.database)
         db.ensure_schema(engine)
         present = ingest.source_column_types(engine, config.dataset)
         if present is not None:  # a table still to be created is named when ingest first reads it

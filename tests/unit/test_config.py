@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, PipelineConfig, load_config, model_entries, suite_columns
+from pipeline.config import ConfigError, DatabasePolicy, PipelineConfig, load_config, model_entries, suite_columns
 from pipeline.settings import ENV_DATABASE_URL, PROJECT_ROOT
 
 SHIPPED = PROJECT_ROOT / "pipeline.yaml"
@@ -445,3 +445,13 @@ def test_ids_are_integers_unless_declared_text(tmp_path: Path, config: PipelineC
     assert declared.column_types()["patient_id"] == "text"
     with pytest.raises(ConfigError, match=r"dataset\.id_type: 'uuid' is not one of \('integer', 'text'\)"):
         load_config(write_variant(tmp_path, set_key("dataset.id_type", "uuid")))
+
+
+def test_database_timeouts_default_and_are_checked(tmp_path: Path, config: PipelineConfig) -> None:
+    assert (config.database.connect_timeout_seconds, config.database.statement_timeout_seconds,
+            config.database.lock_timeout_seconds) == (10, 900, 60)
+    assert load_config(write_variant(tmp_path, lambda raw: raw.pop("database"))).database == DatabasePolicy()
+    with pytest.raises(ConfigError, match=r"database\.lock_timeout_seconds must be at least 1 \(seconds\), got 0"):
+        load_config(write_variant(tmp_path, set_key("database.lock_timeout_seconds", 0)))
+    with pytest.raises(ConfigError, match=r"database: unknown key\(s\) \['timeout'\]"):
+        load_config(write_variant(tmp_path, set_key("database.timeout", 5)))
