@@ -13,6 +13,7 @@ import os
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,16 +120,41 @@ def server_pid(engine: Any) -> int | None:
         return None  # another machine's server
 
 
-def server_cpu_seconds(postmaster: int) -> float:
-    """CPU seconds of the server: the postmaster, its reaped backends, and the live ones."""
-    live = 0.0
+def server_backends(postmaster: int) -> dict[int, float]:
+    """The server's live processes (the postmaster's children: backends, workers) and their CPU seconds."""
+    backends: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
         try:
             if entry.name.isdigit() and int(proc_stat_fields(int(entry.name))[1]) == postmaster:
-                live += process_cpu_seconds(int(entry.name))
+                backends[int(entry.name)] = process_cpu_seconds(int(entry.name))
         except (OSError, ValueError, IndexError):
             continue  # gone meanwhile: its time is now in the postmaster's children's
-    return process_cpu_seconds(postmaster, children=True) + live
+    return backends
+
+
+def server_cpu_seconds(postmaster: int) -> float:
+    """CPU seconds of the server: the postmaster, its reaped backends, and the live ones."""
+    live = sum(server_backends(postmaster).values())  # live ones first: one that exits meanwhile counts twice,
+    return process_cpu_seconds(postmaster, children=True) + live  # never not at all
+
+
+@dataclass(frozen=True)
+class LoadBreakdown:
+    """Seconds over an interval: wall clock, every core's busy time, this process's and the server's CPU."""
+
+    wall: float
+    busy: float
+    own: float
+    server: float
+
+    @property
+    def other(self) -> float:
+        """CPU seconds of everything else: busy time that is neither this process's nor the server's."""
+        return max(0.0, self.busy - self.own - self.server)
+
+    @property
+    def cores(self) -> float:
+        return self.other / self.wall if self.wall > 0 else 0.0
 
 
 class OtherLoad:
@@ -139,16 +165,22 @@ class OtherLoad:
         self.postmaster = server_pid(engine)
         self.started = self.reading()
 
-    def reading(self) -> tuple[float, float, float, float]:
-        own = resource.getrusage(resource.RUSAGE_SELF)
+    def reading(self) -> LoadBreakdown:
+        """The totals now: since boot for the machine, since each process started for the others."""
         server = server_cpu_seconds(self.postmaster) if self.postmaster else 0.0
-        return time.perf_counter(), machine_busy_seconds(), own.ru_utime + own.ru_stime, server
+        own = resource.getrusage(resource.RUSAGE_SELF)  # next to the machine's: the scan above is in both or neither
+        return LoadBreakdown(time.perf_counter(), machine_busy_seconds(), own.ru_utime + own.ru_stime, server)
 
-    def cores(self) -> float | None:
+    def breakdown(self) -> LoadBreakdown | None:
+        """What each part spent since this OtherLoad was made; None when the server is not on this machine."""
         if self.postmaster is None:
             return None
-        wall, busy, own, server = (b - a for a, b in zip(self.started, self.reading(), strict=True))
-        return max(0.0, busy - own - server) / wall
+        now, then = self.reading(), self.started
+        return LoadBreakdown(now.wall - then.wall, now.busy - then.busy, now.own - then.own, now.server - then.server)
+
+    def cores(self) -> float | None:
+        breakdown = self.breakdown()
+        return None if breakdown is None else breakdown.cores
 
 
 class Nothing:
@@ -197,14 +229,12 @@ def run_read_floor(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_fit_floor(spec: dict[str, Any]) -> dict[str, Any]:
     """Each configured family's bare estimator fitted on the training rows, held as a float array."""
-    from pipeline import ingest, registry, train
+    from pipeline import train
     from pipeline.features import build_preprocessor, model_inputs
 
     ws = workspace(spec)
     contract, policy = ws.config.dataset, ws.config.training
-    with ws.engine.connect() as conn:
-        row = registry.get_snapshot(conn, spec["clean_snapshot_hash"])
-    frame = ingest.load_snapshot(Path(row["path"]), spec["clean_snapshot_hash"])
+    frame = ws.load_snapshot(spec["clean_snapshot_hash"])
     train_rows, _ = train.split_holdout(frame, contract, policy.holdout_fraction)
     X = build_preprocessor(contract).fit_transform(model_inputs(train_rows, contract))
     y = train_rows[contract.target_column].to_numpy(dtype="float64")

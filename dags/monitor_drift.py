@@ -11,7 +11,7 @@ through the model's asset (`labelled_patient_records` for the primary one), and 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import dag, get_current_context, task
@@ -27,15 +27,16 @@ def monitor_drift_dag(model: ModelEntry) -> Any:
     @dag(dag_id=model.dag_id("monitor_drift"), schedule="@hourly", start_date=datetime(2026, 1, 1), catchup=False,
          max_active_runs=1, tags=["monitoring", model.name], doc_md=__doc__)
     def monitor_drift() -> None:
-        @task(retries=2)
+        @task(retries=2, retry_delay=timedelta(seconds=30), retry_exponential_backoff=2.0)
         def check_drift() -> dict[str, Any]:
-            from pipeline.stages import Run, Workspace, monitor_drift
+            from pipeline.runs import in_airflow
+            from pipeline.stages import Run, monitor_drift
 
             context = get_current_context()
             dag_run = context["dag_run"]
             run = Run(run_id=model.run_id(dag_run.run_id),
                       watermark=context.get("data_interval_end") or dag_run.run_after, triggered_by="monitor_drift")
-            result = monitor_drift(Workspace.for_config(model.config_path), run)
+            result = in_airflow(model.config_path, lambda ws: monitor_drift(ws, run))
             return {k: result[k] for k in ("run_id", "verdict", "drifted_features", "recent_rows", "report_path")}
 
         @task.short_circuit

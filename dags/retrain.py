@@ -22,6 +22,13 @@ monitor found drift.
    champion and records why.
 
 Every step is a function in `pipeline.stages`; `python -m pipeline <stage>` runs the same by hand.
+
+**When a step fails**, the run is marked failed with a one-line reason. A failure of the
+infrastructure (database unreachable or timed out, disk full or read-only, an artifact missing)
+is retried twice, after 30 s and 60 s; its arrivals signal again. A failure of the data, the
+contract or the config (validation, a bad value, a refused retry) fails at once: waiting would
+not change it. A task whose process is killed leaves its run marked `failed (abandoned)` by the
+next command that looks.
 """
 
 from __future__ import annotations
@@ -34,6 +41,11 @@ from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, g
 from retrain_assets import labelled_records, models
 
 from pipeline.config import ModelEntry
+
+# Every stage task: an infrastructure failure is retried after 30 s, then 60 s (`pipeline.runs.airflow_task`
+# turns any other failure into AirflowFailException, which is never retried).
+RETRY: dict[str, Any] = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": 2.0,
+                         "max_retry_delay": timedelta(minutes=10)}
 
 
 def _run(model: ModelEntry) -> Any:
@@ -55,12 +67,22 @@ def _workspace(model: ModelEntry) -> Any:
     return Workspace.for_config(model.config_path)
 
 
+def _stage(model: ModelEntry, name: str, *args: Any, **kwargs: Any) -> Any:
+    """Run `pipeline.stages.<name>` for this DAG run; a failure is one line, retried only when infrastructure
+    failed (`pipeline.runs.airflow_task`)."""
+    from pipeline import stages
+    from pipeline.runs import in_airflow
+
+    return in_airflow(model.config_path, lambda ws: getattr(stages, name)(ws, _run(model), *args, **kwargs))
+
+
 def _record_failure(model: ModelEntry, context: Any) -> None:
+    from pipeline.runs import failure_kind
     from pipeline.stages import mark_run_failed
 
     error = context.get("exception")
     mark_run_failed(_workspace(model), model.run_id(context["dag_run"].run_id),
-                    f"{context['task_instance'].task_id}: {error}")
+                    f"{context['task_instance'].task_id}: {error}", failure_kind(error) if error else "data")
 
 
 PARAMS = {
@@ -105,43 +127,29 @@ def retrain_dag(model: ModelEntry) -> Any:
         params=PARAMS,
     )
     def retrain() -> None:
-        @task(retries=2, retry_delay=timedelta(seconds=30))
+        @task(**RETRY)
         def ingest_snapshot(params: dict[str, Any] | None = None) -> dict[str, Any]:
-            from pipeline.stages import ingest_snapshot
+            return _stage(model, "ingest_snapshot", dict(params or {}))
 
-            return ingest_snapshot(_workspace(model), _run(model), dict(params or {}))
-
-        @task.short_circuit
+        @task.short_circuit(**RETRY)
         def has_new_data(snapshot: dict[str, Any], params: dict[str, Any] | None = None) -> bool:
-            from pipeline.stages import has_new_data
+            return bool(_stage(model, "has_new_data", snapshot["snapshot_hash"], bool((params or {}).get("force"))))
 
-            force = bool((params or {}).get("force"))
-            return has_new_data(_workspace(model), _run(model), snapshot["snapshot_hash"], force)
-
-        @task
+        @task(**RETRY)
         def validate_snapshot(snapshot: dict[str, Any]) -> str:
-            from pipeline.stages import validate_snapshot
+            return str(_stage(model, "validate_snapshot", snapshot["snapshot_hash"])["clean_snapshot_hash"])
 
-            checked = validate_snapshot(_workspace(model), _run(model), snapshot["snapshot_hash"])
-            return str(checked["clean_snapshot_hash"])
-
-        @task(retries=1)
+        @task(**RETRY)
         def train_candidate(snapshot_hash: str) -> int:
-            from pipeline.stages import train_candidate
+            return int(_stage(model, "train_candidate", snapshot_hash)["version"])
 
-            return int(train_candidate(_workspace(model), _run(model), snapshot_hash)["version"])
-
-        @task(retries=1)
+        @task(**RETRY)
         def evaluate_candidate(version: int, params: dict[str, Any] | None = None) -> dict[str, Any]:
-            from pipeline.stages import evaluate_candidate
+            return _stage(model, "evaluate_candidate", version, (params or {}).get("margin"))
 
-            return evaluate_candidate(_workspace(model), _run(model), version, (params or {}).get("margin"))
-
-        @task(retries=2, retry_delay=timedelta(seconds=30))
+        @task(**RETRY)
         def promote_candidate(evaluation: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
-            from pipeline.stages import promote_candidate
-
-            return promote_candidate(_workspace(model), _run(model), dry_run=bool((params or {}).get("dry_run")))
+            return _stage(model, "promote_candidate", dry_run=bool((params or {}).get("dry_run")))
 
         snapshot = ingest_snapshot()
         checked = validate_snapshot(snapshot)

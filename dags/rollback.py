@@ -5,7 +5,9 @@ Manual only (`rollback` for the primary model config, `rollback__<model>` for ea
 make an earlier version of the model champion again, in one transaction, recorded in
 `pipeline.promotion_events`. The version's artifact is checked against its registered SHA-256
 before it becomes champion. Leave `to_version` empty to go back to the version the current
-champion replaced. The same as `python -m pipeline rollback [--to VERSION] --reason TEXT`.
+champion replaced. A version that failed its policy checks when it was evaluated (behaviour,
+prediction range, R² floor) is refused unless `force` is set; the checks are then recorded in
+the event. The same as `python -m pipeline rollback [--to VERSION] --reason TEXT [--force]`.
 """
 
 from __future__ import annotations
@@ -35,18 +37,23 @@ def rollback_dag(model: ModelEntry) -> Any:
                                 description="The model version to make champion. Empty: the previous champion."),
             "reason": Param("", type="string", minLength=3, title="Reason",
                             description="Why: recorded with the event in the promotion history."),
+            "force": Param(False, type="boolean", title="Force",
+                           description="Roll back even to a version that failed its policy checks when evaluated "
+                           "(they are named in the error, and recorded with the event)."),
         },
     )
     def rollback() -> None:
         @task
         def rollback_champion(params: dict[str, Any] | None = None) -> dict[str, Any]:
-            from pipeline.stages import Workspace, rollback_champion
+            from pipeline.runs import in_airflow
+            from pipeline.stages import rollback_champion
 
             dag_run = get_current_context()["dag_run"]
             user = getattr(dag_run, "triggering_user_name", None) or "operator"
-            return rollback_champion(Workspace.for_config(model.config_path), model.run_id(dag_run.run_id),
-                                     (params or {})["reason"], (params or {}).get("to_version"),
-                                     actor=f"airflow:{user}")
+            chosen = params or {}
+            return in_airflow(model.config_path, lambda ws: rollback_champion(
+                ws, model.run_id(dag_run.run_id), chosen["reason"], chosen.get("to_version"),
+                actor=f"airflow:{user}", force=bool(chosen.get("force"))))
 
         rollback_champion()
 

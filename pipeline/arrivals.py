@@ -15,16 +15,24 @@ _SIGNAL_LOCK_ID = 72_410_003  # pg_advisory_xact_lock key: one signal decision a
 
 
 def last_seen_watermark(conn: Connection, model: str) -> Any:
-    """The latest watermark any run of the model read up to (None before its first run)."""
-    return conn.scalar(sa.text("SELECT max(watermark) FROM pipeline.training_runs WHERE model = :model"),
-                       {"model": model})
+    """The latest time up to which a run of the model read the rows (None before its first run).
+
+    A run that failed on infrastructure (database, disk, artifact store) or died did not consume its
+    arrivals: they signal again. One that failed on the data did: the same rows would fail the same way.
+    No watermark counts past the moment its run started, so no run can silence the watcher for good.
+    """
+    return conn.scalar(sa.text("""
+        SELECT max(least(watermark, started_at)) FROM pipeline.training_runs
+         WHERE model = :model AND NOT (status = 'failed' AND failure_kind IN ('infrastructure', 'abandoned'))
+    """), {"model": model})
 
 
 def count_new_labelled_rows(conn: Connection, contract: DatasetContract, since: Any) -> tuple[int, Any]:
-    """Labelled rows recorded after `since` (all when None), and the newest such timestamp."""
+    """Labelled rows recorded after `since` (all when None) and up to now, and the newest such timestamp.
+    A row stamped in the future is not readable by a run yet, so it is not counted until its time comes."""
     table = source_table(contract)
     ts, target = table.c[contract.timestamp_column], table.c[contract.target_column]
-    query = sa.select(sa.func.count(), sa.func.max(ts)).where(target.is_not(None))
+    query = sa.select(sa.func.count(), sa.func.max(ts)).where(target.is_not(None), ts <= sa.func.now())
     if since is not None:
         query = query.where(ts > since)
     count, newest = conn.execute(query).one()

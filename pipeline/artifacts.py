@@ -31,6 +31,20 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+SUFFIXES = {"snapshots": ".parquet", "models": ".joblib", "reports": ".html"}
+
+
+def stored_path(root: Path, kind: str, digest: str) -> Path:
+    """Where the store keeps the file of `kind` whose bytes hash to `digest`: found by its hash under the
+    configured store, never by a path saved when it was written (the store may have moved since)."""
+    return root / kind / f"{digest}{SUFFIXES[kind]}"
+
+
+def relative_path(root: Path, path: Path) -> str:
+    """A stored file's path relative to its store, as the registry records it."""
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
 def store_bytes(root: Path, kind: str, data: bytes | memoryview, suffix: str) -> tuple[str, Path]:
     """Write `data` under root/kind/<sha256><suffix> once; never overwrite good bytes. Returns (hash, path).
 
@@ -61,15 +75,18 @@ def write_atomically(path: Path, data: bytes | memoryview) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o444)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # a failed write names no file: name the one
+            raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 
 def verify_file(path: Path, expected_hash: str) -> None:
     """Raise unless the file exists and its bytes hash to `expected_hash`."""
     if not path.is_file():
-        raise ArtifactIntegrityError(f"artifact missing: {path} (registered as {expected_hash})")
+        raise ArtifactIntegrityError(f"artifact missing: {path} (registered as {expected_hash}); is "
+                                     "PIPELINE_ARTIFACT_DIR the store it was written to?")
     _check_hash(path, sha256_file(path), expected_hash)
 
 
@@ -78,7 +95,8 @@ def read_verified(path: Path, expected_hash: str) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ArtifactIntegrityError(f"artifact missing: {path} (registered as {expected_hash})") from None
+        raise ArtifactIntegrityError(f"artifact missing: {path} (registered as {expected_hash}); is "
+                                     "PIPELINE_ARTIFACT_DIR the store it was written to?") from None
     _check_hash(path, sha256_bytes(data), expected_hash)
     return data
 

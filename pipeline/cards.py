@@ -24,7 +24,7 @@ from sklearn.inspection import permutation_importance
 from sklearn.linear_model import Ridge
 from sqlalchemy.engine import Connection
 
-from pipeline import artifacts, evaluate, ingest, registry, train
+from pipeline import artifacts, evaluate, registry, train
 from pipeline.config import DatasetContract
 from pipeline.features import model_inputs
 
@@ -322,11 +322,11 @@ def card_content(ws: Workspace, model: Mapping[str, Any], snapshot: Mapping[str,
                  evaluation: dict[str, Any] | None) -> CardContent:
     """Score a model version on its own holdout and collect what its card shows."""
     contract, params = ws.config.dataset, model["params"]
-    frame = ingest.load_snapshot(Path(snapshot["path"]), snapshot["snapshot_hash"])
+    frame = ws.load_snapshot(snapshot["snapshot_hash"])
     # The fraction the version was trained with, so train and holdout rows are the ones it saw.
     fraction = float(params.get("holdout_fraction", ws.config.training.holdout_fraction))
     train_rows, holdout = train.split_holdout(frame, contract, fraction)
-    fitted = artifacts.load_model(Path(model["artifact_path"]), model["artifact_hash"])
+    fitted = ws.load_model(model["artifact_hash"])
     observed = holdout[contract.target_column].to_numpy(float)
     predicted = fitted.predict(model_inputs(holdout, contract))
     train_mean = float(train_rows[contract.target_column].mean())

@@ -8,6 +8,7 @@ numbers. Nothing is inferred, so a day is never read as a month and "1.234" neve
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import date
 
 import numpy as np
@@ -22,6 +23,42 @@ EXAMPLES = 5  # failing values quoted in an error
 
 class FormatError(ValueError):
     """A column holds text for a date or number type but declares no format to read it by."""
+
+
+# Reason codes for a value the source holds but no contract type can carry (the row is quarantined).
+OUT_OF_RANGE_DATE = "out_of_range_date"  # a date or time outside years 1 to 9999 (PostgreSQL's infinity, too)
+NOT_FINITE = "not_finite"  # NaN or an infinity in a number column: NULL, not NaN, is how a source says missing
+UNREADABLE_RULES = {OUT_OF_RANGE_DATE: "a date or time between the years 1 and 9999",
+                    NOT_FINITE: "a finite number (a missing value is NULL, not NaN)"}
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A cell holding a value pandas cannot carry faithfully (a date outside years 1 to 9999; NaN, which
+    pandas cannot tell from NULL), as the database printed it: it never casts, so its row is quarantined
+    with `code` and this text instead of the batch failing or the value silently becoming missing."""
+
+    code: str
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def unreadable_reason(value: object) -> tuple[str, str, str] | None:
+    """The reason code, rule and value text (as PostgreSQL prints it) for a cell that did not cast because
+    no contract type can carry its value (an Unreadable, an infinite number); None for any other cell."""
+    if isinstance(value, Unreadable):
+        return value.code, UNREADABLE_RULES[value.code], value.text
+    if isinstance(value, float | np.floating) and np.isinf(value):
+        return NOT_FINITE, UNREADABLE_RULES[NOT_FINITE], "Infinity" if value > 0 else "-Infinity"
+    return None
+
+
+def _unreadable_cells(values: pd.Series) -> pd.Series:
+    if values.dtype != object:
+        return pd.Series(False, index=values.index)
+    return values.map(lambda v: isinstance(v, Unreadable)).astype(bool)
 
 
 def describe_cast(kind: str, fmt: str | None) -> str:
@@ -119,7 +156,10 @@ def _cast_integers(values: pd.Series, text: pd.Series, fmt: str | None) -> pd.Se
 
 
 def cast_column(values: pd.Series, kind: str, fmt: str | None, column: str) -> tuple[pd.Series, pd.Series]:
-    """The column cast to its contract type, and which cells held a value that did not cast."""
+    """The column cast to its contract type, and which cells held a value that did not cast (an
+    Unreadable or an infinite number among them: they never cast)."""
+    marked = _unreadable_cells(values)
+    source, values = values, values.where(~marked) if marked.any() else values
     if kind == "text":
         cast = values.astype("string")
     else:
@@ -131,7 +171,9 @@ def cast_column(values: pd.Series, kind: str, fmt: str | None, column: str) -> t
             cast = _cast_integers(values, text, fmt)
         else:
             cast = _cast_numbers(values, text, fmt)
-    failed = (values.notna() & cast.isna()).astype(bool)
+        if kind == "float":
+            cast = cast.where(~np.isinf(cast))  # Infinity is no measurement (an integer cast has none)
+    failed = (source.notna() & cast.isna()).astype(bool)
     return cast, failed
 
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from pipeline import db, demo, registry, stages
+from pipeline import db, demo, registry, runs, stages
 from pipeline.config import ConfigError, load_config
+from pipeline.runs import error_line
 from pipeline.settings import Settings
 
 
@@ -122,6 +123,11 @@ def cmd_promote(ws: stages.Workspace, args: argparse.Namespace) -> Any:
 def cmd_retrain(ws: stages.Workspace, args: argparse.Namespace) -> Any:
     """All stages in order, outside Airflow (the DAG runs the same functions)."""
     run = _run(args)
+    with runs.running(ws.engine, ws.settings, run.run_id, "retrain"):  # one lock for the whole command
+        return _retrain(ws, run, args)
+
+
+def _retrain(ws: stages.Workspace, run: stages.Run, args: argparse.Namespace) -> Any:
     params = {"margin": args.margin, "dry_run": args.dry_run, "force": args.force}
     snapshot = stages.ingest_snapshot(ws, run, params)
     if not stages.has_new_data(ws, run, snapshot["snapshot_hash"], force=args.force):
@@ -176,7 +182,8 @@ def cmd_history(ws: stages.Workspace, args: argparse.Namespace) -> Any:
 
 def cmd_rollback(ws: stages.Workspace, args: argparse.Namespace) -> Any:
     run_id = args.run_id or f"rollback__{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
-    return stages.rollback_champion(ws, run_id, args.reason, args.to, actor=f"cli:{os.environ.get('USER', 'operator')}")
+    return stages.rollback_champion(ws, run_id, args.reason, args.to, actor=f"cli:{os.environ.get('USER', 'operator')}",
+                                    force=args.force)
 
 
 def cmd_card(ws: stages.Workspace, args: argparse.Namespace) -> Any:
@@ -223,6 +230,16 @@ def status_report(ws: stages.Workspace, runs: int = 5) -> dict[str, Any]:
     return {"model": ws.model, "champion": summary, "recent_runs": recent}
 
 
+def run_state(run: dict[str, Any]) -> str:
+    """A run's status as an operator reads it: which stage a live run is in, why a failed one failed."""
+    if run["status"] == "running":
+        return f"running (stage {run['active_stage']}, {run['owner']})" if run["active_stage"] else \
+            "running (between stages)"
+    if run["status"] == "failed" and run["failure_kind"]:
+        return f"failed ({run['failure_kind']})"
+    return str(run["status"])
+
+
 def cmd_status(ws: stages.Workspace, args: argparse.Namespace) -> Any:
     report = status_report(ws, args.runs)
     if args.json:
@@ -239,7 +256,7 @@ def cmd_status(ws: stages.Workspace, args: argparse.Namespace) -> Any:
               f"R² {m.get('r2', float('nan')):.3f}  on {m.get('n')} rows")
         print(f"  snapshot {champion['snapshot_hash'][:16]}…  artifact {champion['artifact_hash'][:16]}…")
     for run in report["recent_runs"]:
-        print(f"run {run['run_id']}: {run['status']} - {run['reason'] or ''}")
+        print(f"run {run['run_id']}: {run_state(run)} - {run['reason'] or ''}")
     return None
 
 
@@ -304,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("seed-clinic-export", cmd_seed_clinic_export, "load the worked example's clinic export into clinic.visits "
         "(its own column names, d/m/Y text dates, a few faults; see examples/clinic/)")
     p = add("simulate-arrivals", cmd_simulate_arrivals, "append new plausible labelled records")
-    p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--rows", type=count_arg, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--drift", action="append", default=[], metavar="COLUMN=SHIFT",
                    help="shift a numeric column, e.g. bmi=+4 (repeatable)")
@@ -316,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("train", cmd_train, "train the candidate on a clean snapshot (validate's output)")):
         add(name, handler, text, run=True).add_argument("--snapshot", required=True, help="snapshot hash")
     p = add("evaluate", cmd_evaluate, "score candidate and champion on the holdout, record the decision", run=True)
-    p.add_argument("--version", type=int, required=True, help="candidate model version")
+    p.add_argument("--version", type=count_arg, required=True, help="candidate model version")
     p.add_argument("--margin", type=margin_arg, help="relative RMSE improvement needed, 0 to 0.5 (default: config)")
     p = add("promote", cmd_promote, "apply the run's recorded decision", run=True)
     p.add_argument("--dry-run", action="store_true")
@@ -335,14 +352,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("history", cmd_history, "every change of champion (append-only)")
     p.add_argument("--json", action="store_true")
     p = add("rollback", cmd_rollback, "make an earlier version champion again, as a recorded event")
-    p.add_argument("--to", type=int, help="the version (default: the one the champion replaced)")
+    p.add_argument("--to", type=count_arg, help="the version (default: the one the champion replaced)")
     p.add_argument("--reason", required=True)
+    p.add_argument("--force", action="store_true",
+                   help="roll back even to a version that failed its policy checks (recorded with the event)")
     p.add_argument("--run-id", help="the id to record the rollback under")
     p = add("card", cmd_card, "write a version's model card (and a decision's comparison page); prints the paths")
-    p.add_argument("version", type=int)
+    p.add_argument("version", type=count_arg)
     p.add_argument("--comparison", metavar="RUN_ID", help="also the champion/challenger page of this run's decision")
     p = add("reproduce", cmd_reproduce, "rebuild a version from its snapshot; compare predictions bit for bit")
-    p.add_argument("version", type=int)
+    p.add_argument("version", type=count_arg)
     add("db-url", cmd_db_url, "print the database URL in use (starts the embedded server if needed)")
     sub.add_parser("db-stop", help="stop the embedded PostgreSQL (PIPELINE_PGDATA); data is kept")
     sub.add_parser("check-config", help="check the config and its expectation suite, without a database")
@@ -351,30 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def database_error(exc: sa.exc.DBAPIError, settings: Settings) -> str:
-    """One line: which database, what failed, what to check; never the password, the SQL or its values."""
-    if settings.database_url:
-        where = f"database {sa.engine.make_url(settings.database_url).render_as_string(hide_password=True)} " \
-                f"(PIPELINE_DATABASE_URL)"
-    else:
-        where = f"the embedded PostgreSQL in {settings.pgdata_dir}"
-    detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
-    hint = "; is it running and reachable?" if isinstance(exc, sa.exc.OperationalError) else ""
-    return f"{where}: {detail}{hint}"
-
-
-def error_line(exc: Exception, settings: Settings) -> str:
-    """A failure as one line; a database error's SQL and parameters go to the debug log only."""
-    if isinstance(exc, sa.exc.DBAPIError):
-        logging.getLogger("pipeline").debug("database error", exc_info=exc)
-        return database_error(exc, settings)
-    return str(exc)
-
-
-def end_failed_run(ws: stages.Workspace, run_id: str, reason: str) -> None:
+def end_failed_run(ws: stages.Workspace, run_id: str, reason: str, kind: str) -> None:
     """Record the command's run as failed, so it never stays 'running'; a database that is gone is said so."""
     try:
-        stages.mark_run_failed(ws, run_id, reason)
+        stages.mark_run_failed(ws, run_id, reason, kind)
     except sa.exc.DBAPIError:
         print(f"warning: run {run_id} could not be marked failed: the database is unreachable", file=sys.stderr)
 
@@ -400,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the CLI reports every failure as one clear line
         line = error_line(exc, settings)
         if ws is not None and getattr(args, "run_id", None):
-            end_failed_run(ws, args.run_id, f"{args.command}: {line}")
+            end_failed_run(ws, args.run_id, f"{args.command}: {line}", runs.failure_kind(exc))
         print(f"error: {line}", file=sys.stderr)
         return 1
     if result is not None:

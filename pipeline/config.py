@@ -21,6 +21,7 @@ DEFAULT_MODEL = "diabetes_progression"
 MODEL_FAMILIES = ("ridge", "random_forest", "hist_gradient_boosting")  # what pipeline.train can build
 MODEL_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")  # it becomes part of DAG ids and asset names
 SUITE_COLUMN_KEYS = ("column", "column_A", "column_B", "column_list", "column_set")
+DEFAULT_AGE_AT_EVENT_YEARS = (0.0, 120.0)  # quality.age_at_event_years left out: any human age
 
 
 class ConfigError(ValueError):
@@ -147,6 +148,8 @@ class MonitoringPolicy:
 @dataclass(frozen=True)
 class QualityPolicy:
     max_quarantine_share: float
+    # Plausible age in years at the event (from the birth_date / event_date pair): a row outside is quarantined.
+    age_at_event_years: tuple[float, float] = DEFAULT_AGE_AT_EVENT_YEARS
 
 
 @dataclass(frozen=True)
@@ -380,7 +383,20 @@ def _parse_quality(raw: dict[str, Any], path: Path) -> QualityPolicy:
     share = _number(raw, "max_quarantine_share", where, float)
     if not 0.0 <= share <= 1.0:
         raise ConfigError(f"{where}: max_quarantine_share must be between 0 and 1, got {share}")
-    return QualityPolicy(share)
+    return QualityPolicy(share, _age_bounds(raw.get("age_at_event_years"), path))
+
+
+def _age_bounds(bounds: Any, path: Path) -> tuple[float, float]:
+    """quality.age_at_event_years: [low, high] in years with 0 <= low < high, or the default when left out."""
+    key = f"{path}: quality.age_at_event_years"
+    if bounds is None:
+        return DEFAULT_AGE_AT_EVENT_YEARS
+    if not isinstance(bounds, list) or len(bounds) != 2:
+        raise ConfigError(f"{key} must be [low, high] in years, got {bounds!r}")
+    low, high = (_as_number(b, key) for b in bounds)
+    if not 0 <= low < high:
+        raise ConfigError(f"{key} must be [low, high] with 0 <= low < high, got {bounds!r}")
+    return float(low), float(high)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -33,6 +33,17 @@ def typed_dates(column: pd.Series, position: int) -> pd.Series:
     return pd.to_datetime(column, errors="coerce")
 
 
+def age_in_years(birth: pd.Series, event: pd.Series) -> pd.Series:
+    """Age in years at the event, from typed birth and event dates: the one formula the model and
+    the quality checks share (missing where either date is)."""
+    return (_naive(event) - _naive(birth)).dt.days.astype("float64") / DAYS_PER_YEAR
+
+
+def _naive(dates: pd.Series) -> pd.Series:
+    """Dates with a time zone as UTC wall-clock times, so a date and a timestamp can be subtracted."""
+    return dates.dt.tz_convert(None) if isinstance(dates.dtype, pd.DatetimeTZDtype) else dates
+
+
 class AgeFromDates(TransformerMixin, BaseEstimator):  # type: ignore[misc]
     """Age in years at the event, from a (birth date, event date) column pair."""
 
@@ -43,8 +54,7 @@ class AgeFromDates(TransformerMixin, BaseEstimator):  # type: ignore[misc]
     def transform(self, X: Any) -> np.ndarray:
         frame = pd.DataFrame(X)
         birth, event = typed_dates(frame.iloc[:, 0], 0), typed_dates(frame.iloc[:, 1], 1)
-        days = (event - birth).dt.days.astype("float64")
-        ages: np.ndarray = (days / DAYS_PER_YEAR).to_numpy().reshape(-1, 1)
+        ages: np.ndarray = age_in_years(birth, event).to_numpy().reshape(-1, 1)
         return ages
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:

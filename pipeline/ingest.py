@@ -18,17 +18,30 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import adbc_driver_postgresql.dbapi as adbc
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
 from pipeline.artifacts import read_verified, store_bytes
-from pipeline.casting import cast_column, cast_strict
+from pipeline.casting import NOT_FINITE, OUT_OF_RANGE_DATE, Unreadable, cast_column, cast_strict
 from pipeline.config import ConfigError, DatasetContract
 
+# Python's dates and times (years 1 to 9999), as days and as microseconds since 1970-01-01.
+FIRST_DAY, LAST_DAY = -719_162, 2_932_896
+FIRST_MICROSECOND, LAST_MICROSECOND = -62_135_596_800_000_000, 253_402_300_799_999_999
+# PostgreSQL's infinities: its own sentinels, and those shifted from its 2000 epoch (wrapping around) as the
+# ADBC driver hands them on; both are far outside years 1 to 9999 whichever way it goes.
+_I32, _I64 = 2**31, 2**63
+DAY_INFINITIES = {_I32 - 1: "infinity", -_I32: "-infinity",
+                  _I32 - 1 + 10_957 - 2 * _I32: "infinity", -_I32 + 10_957: "-infinity"}
+MICROSECOND_INFINITIES = {_I64 - 1: "infinity", -_I64: "-infinity",
+                          _I64 - 1 + 946_684_800_000_000 - 2 * _I64: "infinity",
+                          -_I64 + 946_684_800_000_000: "-infinity"}
 ROW_GROUP_ROWS = 1 << 17  # fixed, so a snapshot's bytes never depend on how the driver batched the rows
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd"}
 
@@ -320,10 +333,55 @@ def read_arrow_rows(engine: Engine, contract: DatasetContract, query: sa.Select[
     return _with_null_columns(table)
 
 
+def _out_of_range_texts(column: pa.ChunkedArray) -> dict[int, str]:
+    """Positions of dates and times outside years 1 to 9999, with their text: 'infinity', '-infinity',
+    or the date as numpy writes it (e.g. '-4713-11-24')."""
+    days = pa.types.is_date32(column.type)
+    if days:
+        counts, low, high, infinities = column.cast(pa.int32()), FIRST_DAY, LAST_DAY, DAY_INFINITIES
+    elif pa.types.is_timestamp(column.type) and column.type.unit == "us":  # frame_schema reads every time in us
+        counts, low, high, infinities = column.cast(pa.int64()), FIRST_MICROSECOND, LAST_MICROSECOND, MICROSECOND_INFINITIES
+    else:
+        return {}
+    outside = pc.fill_null(pc.or_(pc.less(counts, low), pc.greater(counts, high)), False)
+    positions = np.flatnonzero(outside.to_numpy(zero_copy_only=False))
+    values = counts.take(pa.array(positions, pa.int64())).to_pylist()
+    return {int(p): infinities.get(v) or str(np.datetime64(v, "D") if days else np.datetime64(v, "us"))
+            for p, v in zip(positions, values, strict=True)}
+
+
+def _nan_texts(column: pa.ChunkedArray) -> dict[int, str]:
+    """Positions of NaN in a float column: pandas would hold it as it holds NULL, a missing value."""
+    if not pa.types.is_floating(column.type):
+        return {}
+    positions = np.flatnonzero(pc.fill_null(pc.is_nan(column), False).to_numpy(zero_copy_only=False))
+    return {int(p): "NaN" for p in positions}
+
+
 def arrow_to_frame(table: pa.Table) -> pd.DataFrame:
     """The pandas form of an Arrow read: the dtypes `pandas.read_sql` gives (int64, or float64 with
-    missing values; float64; str; dates as objects; datetime64[us, UTC]; None for columns with no value)."""
-    return table.to_pandas()
+    missing values; float64; str; dates as objects; datetime64[us, UTC]; None for columns with no value).
+
+    Two kinds of value pandas cannot carry as the database holds them arrive as `Unreadable` cells
+    (the column then holds objects): a date or time outside years 1 to 9999 (PostgreSQL's infinities
+    among them: pandas cannot hold it, read_sql fails on it), and NaN in a float column (pandas cannot
+    tell it from NULL). Casting quarantines their rows, naming the column and the value."""
+    marked: dict[str, dict[int, Unreadable]] = {}
+    for index, name in enumerate(table.column_names):
+        column = table.column(index)
+        cells = {p: Unreadable(OUT_OF_RANGE_DATE, t) for p, t in _out_of_range_texts(column).items()}
+        cells |= {p: Unreadable(NOT_FINITE, t) for p, t in _nan_texts(column).items()}
+        if cells:
+            keep = np.ones(table.num_rows, dtype=bool)
+            keep[list(cells)] = False
+            table = table.set_column(index, name, pc.if_else(pa.array(keep), column, pa.nulls(1, column.type)[0]))
+            marked[name] = cells
+    frame = table.to_pandas()
+    for name, cells in marked.items():
+        values = frame[name].astype(object)
+        values.iloc[list(cells)] = list(cells.values())
+        frame[name] = values
+    return frame
 
 
 def read_raw_rows(engine: Engine, contract: DatasetContract, query: sa.Select[Any]) -> pd.DataFrame:
@@ -374,4 +432,5 @@ def store_clean_snapshot(frame: pd.DataFrame, artifact_dir: Path) -> tuple[str, 
 
 def load_snapshot(path: Path, snapshot_hash: str) -> pd.DataFrame:
     """Read a stored snapshot after checking its bytes against its name."""
-    return pd.read_parquet(io.BytesIO(read_verified(path, snapshot_hash)))  # exactly the bytes checked
+    data = read_verified(path, snapshot_hash)  # exactly the bytes checked
+    return arrow_to_frame(pq.read_table(pa.BufferReader(data)))

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.casting import cast_column, describe_cast
-from pipeline.config import DatasetContract
+from pipeline.casting import cast_column, describe_cast, unreadable_reason
+from pipeline.config import DEFAULT_AGE_AT_EVENT_YEARS, DatasetContract, QualityPolicy
+from pipeline.features import age_in_years
 from pipeline.validate import (
     SAMPLE_IDS,
     batch_failure,
@@ -26,6 +27,7 @@ from pipeline.validate import (
 )
 
 ROW_COLUMN = "__row__"  # position of a row in the snapshot: ids can repeat, positions cannot
+ZONE_AHEAD = pd.Timedelta(hours=14)  # the furthest any time zone is ahead of UTC (Kiribati, UTC+14)
 
 # Readable reason codes for the common row-level expectations; any other gets one from its name.
 REASON_CODES = {
@@ -130,9 +132,72 @@ def coerce_types(frame: pd.DataFrame, contract: DatasetContract) -> tuple[pd.Dat
         out[column], failed = cast_column(before, kind, formats.get(column), column)
         rule = describe_cast(kind, formats.get(column))
         for position in out.index[failed]:
+            value = before.at[position]
+            code, why, text = unreadable_reason(value) or ("wrong_type", rule, str(value))
             reasons.setdefault(int(out.at[position, ROW_COLUMN]), []).append(
-                {"code": "wrong_type", "column": column, "rule": rule, "value": str(before.at[position])})
+                {"code": code, "column": column, "rule": why, "value": text})
     return out, reasons
+
+
+def _judged_pairs(reasons: dict[int, list[dict[str, Any]]]) -> set[tuple[int, frozenset[str]]]:
+    """(row, column pair) a reason already names, e.g. the suite's visit-after-birth rule: not judged twice."""
+    return {(p, frozenset(r["column"].split("/"))) for p, found in reasons.items() for r in found
+            if r["column"].count("/") == 1}
+
+
+def _after_recording(dates: pd.Series, recorded: pd.Series) -> pd.Series:
+    """Which dates lie after their row's recording: a calendar date may be as late as the date anywhere
+    on Earth at that instant (UTC+14); a date with a time zone is compared instant to instant."""
+    if isinstance(dates.dtype, pd.DatetimeTZDtype):
+        return (dates > recorded).fillna(False).astype(bool)
+    latest_day = (recorded + ZONE_AHEAD).dt.tz_convert(None).dt.normalize()
+    return (dates.dt.normalize() > latest_day).fillna(False).astype(bool)
+
+
+Flag = tuple[list[str], pd.Series, str, str, pd.Series | None]  # columns, rows, code, rule, ages (if judged)
+
+
+def _future_flags(typed: pd.DataFrame, contract: DatasetContract) -> list[Flag]:
+    """Birth and event dates after the row was recorded: the recording is at most the run's watermark,
+    so such a date has not happened yet (`future_date`)."""
+    recorded = contract.timestamp_column
+    return [([column, recorded], _after_recording(typed[column], typed[recorded]), "future_date",
+             f"{column} not after {recorded}, the time the row was recorded", None)
+            for column in contract.names_with_role("birth_date") + contract.names_with_role("event_date")]
+
+
+def _age_flags(typed: pd.DataFrame, contract: DatasetContract, bounds: tuple[float, float],
+               future: pd.Series) -> list[Flag]:
+    """Ages at the event outside `bounds` (`implausible_age`); an age at an event still to come says nothing more."""
+    birth, event = contract.names_with_role("birth_date"), contract.names_with_role("event_date")
+    if not (birth and event):
+        return []
+    (low, high), ages = bounds, age_in_years(typed[birth[0]], typed[event[0]])
+    outside = ((ages < low) | (ages > high)).fillna(False).astype(bool) & ~future
+    rule = f"age at {event[0]} between {low:g} and {high:g} years (quality.age_at_event_years)"
+    return [([birth[0], event[0]], outside, "implausible_age", rule, ages)]
+
+
+def plausibility_reasons(typed: pd.DataFrame, contract: DatasetContract, bounds: tuple[float, float],
+                         reasons: dict[int, list[dict[str, Any]]]) -> dict[int, list[dict[str, Any]]]:
+    """Reasons the suite cannot give, found by contract role (so any table with the roles gets them):
+    `future_date` and `implausible_age`. A column pair a reason already names for a row is not judged again."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    judged = _judged_pairs(reasons)
+    future_flags = _future_flags(typed, contract)
+    future = pd.Series(False, index=typed.index)
+    for flag in future_flags:
+        future |= flag[1]
+    for columns, rows, code, rule, ages in future_flags + _age_flags(typed, contract, bounds, future):
+        for position in typed.index[rows]:
+            row = int(typed.at[position, ROW_COLUMN])
+            if (row, frozenset(columns)) in judged:
+                continue
+            value = _values(typed, position, columns)
+            if ages is not None:
+                value = f"age {ages.at[position]:.1f} years ({value})"
+            found.setdefault(row, []).append({"code": code, "column": "/".join(columns), "rule": rule, "value": value})
+    return found
 
 
 def reason_code(expectation: str) -> str:
@@ -190,8 +255,10 @@ def _suite_reasons(result: dict[str, Any], typed: pd.DataFrame, unreadable: set[
     return reasons, batch_failures
 
 
-def classify_rows(frame: pd.DataFrame, contract: DatasetContract, suite: dict[str, Any]) -> QualityResult:
-    """Normalise, cast and validate a raw batch; split it into valid and quarantined rows."""
+def classify_rows(frame: pd.DataFrame, contract: DatasetContract, suite: dict[str, Any],
+                  policy: QualityPolicy | None = None) -> QualityResult:
+    """Normalise, cast and validate a raw batch (the suite, then the plausibility checks by role, with
+    `policy`'s age bounds, by default any human age); split it into valid and quarantined rows."""
     raw = frame.reset_index(drop=True)
     raw[ROW_COLUMN] = range(len(raw))
     normalised, normalisations = normalise(raw, contract, suite)
@@ -201,6 +268,9 @@ def classify_rows(frame: pd.DataFrame, contract: DatasetContract, suite: dict[st
     unreadable = {(p, r["column"]) for p, cast_reasons in reasons.items() for r in cast_reasons}
     suite_reasons, schema_failures = _suite_reasons(result, typed, unreadable)
     for position, found in suite_reasons.items():
+        reasons.setdefault(position, []).extend(found)
+    bounds = policy.age_at_event_years if policy else DEFAULT_AGE_AT_EVENT_YEARS
+    for position, found in plausibility_reasons(typed, contract, bounds, reasons).items():
         reasons.setdefault(position, []).extend(found)
     bad = typed[ROW_COLUMN].isin(list(reasons))
     return QualityResult(
@@ -220,13 +290,14 @@ def _awaiting_faults(reasons: list[dict[str, Any]], target: str) -> list[dict[st
 
 
 def classify_with_awaiting(labelled: pd.DataFrame, awaiting: pd.DataFrame | None, contract: DatasetContract,
-                           suite: dict[str, Any]) -> tuple[QualityResult, QualityResult]:
+                           suite: dict[str, Any], policy: QualityPolicy | None = None
+                           ) -> tuple[QualityResult, QualityResult]:
     """Classify the labelled rows and, in the same pass (so a duplicate across the two is caught), the rows
     awaiting their outcome. The second result counts the awaiting rows and holds those with faults in
     `quarantined`, for a data steward; it keeps no valid rows. Positions are each frame's own."""
     n = len(labelled)
     both = labelled if awaiting is None or awaiting.empty else pd.concat([labelled, awaiting], ignore_index=True)
-    result = classify_rows(both, contract, suite)
+    result = classify_rows(both, contract, suite, policy)
     later = {p - n: _awaiting_faults(r, contract.target_column) for p, r in result.reasons.items() if p >= n}
     faulty = {p: r for p, r in later.items() if r}
     quarantined = result.quarantined[result.quarantined[ROW_COLUMN] >= n].copy()

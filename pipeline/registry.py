@@ -81,12 +81,18 @@ def finish_run(conn: Connection, run_id: str, status: str, reason: str) -> None:
     """), {"run_id": run_id, "status": status, "reason": reason})
 
 
-def fail_run(conn: Connection, run_id: str, reason: str) -> None:
-    """Mark a still-running run failed; a status already recorded (validation_failed) stays."""
-    conn.execute(sa.text("""
-        UPDATE pipeline.training_runs SET status = 'failed', reason = :reason, finished_at = now()
-         WHERE run_id = :run_id AND status = 'running'
-    """), {"run_id": run_id, "reason": reason})
+def run_snapshot(conn: Connection, run_id: str) -> dict[str, Any] | None:
+    """The raw snapshot a run recorded at its ingest, if it got that far."""
+    return _row(conn.execute(sa.text("""
+        SELECT s.* FROM pipeline.training_runs r JOIN pipeline.snapshots s USING (snapshot_hash)
+         WHERE r.run_id = :run_id
+    """), {"run_id": run_id}))
+
+
+def model_of_run(conn: Connection, run_id: str) -> dict[str, Any] | None:
+    """The candidate a run registered, if any (one per run)."""
+    return _row(conn.execute(sa.text("SELECT * FROM pipeline.model_versions WHERE run_id = :run_id"),
+                             {"run_id": run_id}))
 
 
 def record_snapshot(conn: Connection, snapshot: Snapshot, run_id: str) -> None:
@@ -302,8 +308,8 @@ def promote(engine: Engine, model: str, run_id: str, to_version: int, expected_c
 def recent_runs(conn: Connection, model: str, limit: int = 10) -> list[dict[str, Any]]:
     """The model's latest runs, newest first, with their decisions."""
     rows = conn.execute(sa.text("""
-        SELECT r.run_id, r.triggered_by, r.status, r.reason, r.watermark, r.snapshot_hash,
-               r.started_at, r.finished_at, e.candidate_version, e.decision,
+        SELECT r.run_id, r.triggered_by, r.status, r.reason, r.failure_kind, r.active_stage, r.owner,
+               r.watermark, r.snapshot_hash, r.started_at, r.finished_at, e.candidate_version, e.decision,
                e.candidate_metrics, e.champion_metrics
           FROM pipeline.training_runs r LEFT JOIN pipeline.evaluations e USING (run_id)
          WHERE r.model = :model ORDER BY r.started_at DESC LIMIT :n

@@ -7,17 +7,19 @@ Each is idempotent: running it twice for the same run gives the same records.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from pipeline import artifacts, cards, db, drift, evaluate, ingest, quality, registry, train, validate
+from pipeline import artifacts, cards, db, drift, evaluate, ingest, quality, registry, runs, train, validate
 from pipeline.config import PipelineConfig, PromotionPolicy, load_config
 from pipeline.features import model_inputs
 from pipeline.settings import Settings
@@ -40,6 +42,7 @@ class Workspace:
         present = ingest.source_column_types(engine, config.dataset)
         if present is not None:  # a table still to be created is named when ingest first reads it
             ingest.check_declared_formats(config.dataset, present)
+        runs.reap_abandoned(engine, config.model)  # runs whose process died are never shown as running
         return cls(settings, config, engine)
 
     @classmethod
@@ -50,6 +53,21 @@ class Workspace:
     @property
     def model(self) -> str:
         return self.config.model
+
+    def snapshot_path(self, snapshot_hash: str) -> Path:
+        return artifacts.stored_path(self.settings.artifact_dir, "snapshots", snapshot_hash)
+
+    def load_snapshot(self, snapshot_hash: str) -> Any:
+        """A stored snapshot as a frame, found by its hash in the configured store and checked against it."""
+        return ingest.load_snapshot(self.snapshot_path(snapshot_hash), snapshot_hash)
+
+    def load_model(self, artifact_hash: str) -> Any:
+        """A stored model, found by its hash in the configured store; unpickled from the very bytes checked."""
+        return artifacts.load_model(artifacts.stored_path(self.settings.artifact_dir, "models", artifact_hash),
+                                    artifact_hash)
+
+    def relative(self, path: Path | str) -> str:
+        return artifacts.relative_path(self.settings.artifact_dir, Path(path))
 
 
 @dataclass(frozen=True)
@@ -81,29 +99,81 @@ def describe_trigger(run_type: str, user: str | None, asset_events: list[dict[st
     return label, {"run_type": run_type, "user": user, "asset_events": asset_events}
 
 
+class LineageError(ValueError):
+    """A retried stage would mix a run's recorded inputs with new ones."""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def stage(name: str) -> Callable[[F], F]:
+    """A stage of a run: while it works, its process holds the run's lock and names the stage; any
+    exception marks the run failed with the reason and its kind (`pipeline.runs`), then propagates."""
+    def wrap(function: F) -> F:
+        @functools.wraps(function)
+        def staged(ws: Workspace, run: Run, *args: Any, **kwargs: Any) -> Any:
+            with runs.running(ws.engine, ws.settings, run.run_id, name):
+                return function(ws, run, *args, **kwargs)
+        return staged  # type: ignore[return-value]
+    return wrap
+
+
 def _load_snapshot(ws: Workspace, snapshot_hash: str) -> Any:
     with ws.engine.connect() as conn:
-        row = registry.get_snapshot(conn, snapshot_hash)
-    return ingest.load_snapshot(Path(row["path"]), snapshot_hash)
+        registry.get_snapshot(conn, snapshot_hash)  # registered, or a clear error naming it
+    return ws.load_snapshot(snapshot_hash)
 
 
 def ingest_snapshot(ws: Workspace, run: Run, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Snapshot the labelled rows up to the run's watermark and register it."""
+    """Snapshot the labelled rows up to the run's watermark and register it; a retried run reuses the
+    snapshot it recorded (see `_recorded_snapshot`)."""
     with ws.engine.begin() as conn:
+        recorded = registry.run_snapshot(conn, run.run_id)
         registry.start_run(conn, ws.model, run.run_id, run.triggered_by, run.watermark, params or {},
                            run.trigger_event)
+    return _ingest(ws, run, recorded)
+
+
+@stage("ingest")
+def _ingest(ws: Workspace, run: Run, recorded: dict[str, Any] | None) -> dict[str, Any]:
+    if recorded is not None and ws.snapshot_path(recorded["snapshot_hash"]).is_file():
+        return _recorded_snapshot(ws, run, recorded)
     snapshot, _ = ingest.take_snapshot(ws.engine, ws.config.dataset, run.watermark, ws.settings.artifact_dir)
+    if recorded is not None and snapshot.snapshot_hash != recorded["snapshot_hash"]:
+        raise LineageError(
+            f"run {run.run_id} recorded snapshot {recorded['snapshot_hash'][:16]}… ({recorded['row_count']} rows up to "
+            f"{recorded['watermark']}), whose file is gone from the store {ws.settings.artifact_dir}; the source now "
+            f"gives {snapshot.snapshot_hash[:16]}… ({snapshot.row_count} rows). A retried run never mixes its recorded "
+            "inputs with new ones: restore the file, or start a new run to train on the rows as they are now")
     with ws.engine.begin() as conn:
-        registry.record_snapshot(conn, snapshot, run.run_id)
+        registry.record_snapshot(conn, replace(snapshot, path=ws.relative(snapshot.path)), run.run_id)
         if snapshot.unlabelled_hash:  # frozen only when some rows await their outcome
-            registry.record_derived_snapshot(conn, "unlabelled", snapshot.unlabelled_hash, str(snapshot.unlabelled_path),
-                                             snapshot.as_dict(), snapshot.unlabelled_rows, run.run_id,
-                                             snapshot.unlabelled_query)
+            registry.record_derived_snapshot(conn, "unlabelled", snapshot.unlabelled_hash,
+                                             ws.relative(str(snapshot.unlabelled_path)), snapshot.as_dict(),
+                                             snapshot.unlabelled_rows, run.run_id, snapshot.unlabelled_query)
     log.info("snapshot %s: %d labelled rows up to %s; %d more await their outcome (not trained on)",
              snapshot.snapshot_hash, snapshot.row_count, run.watermark, snapshot.unlabelled_rows)
     return snapshot.as_dict()
 
 
+def _recorded_snapshot(ws: Workspace, run: Run, recorded: dict[str, Any]) -> dict[str, Any]:
+    """A retried run's ingest: the snapshot the run recorded, checked against its hash, never a new read
+    (the source may have changed since, and the run's later stages were computed from these rows)."""
+    artifacts.verify_file(ws.snapshot_path(recorded["snapshot_hash"]), recorded["snapshot_hash"])
+    with ws.engine.connect() as conn:
+        waiting = registry.unlabelled_snapshot(conn, recorded["snapshot_hash"])
+    log.info("run %s was ingested before: reusing its snapshot %s (%d rows up to %s), not reading the source again",
+             run.run_id, recorded["snapshot_hash"], recorded["row_count"], recorded["watermark"])
+    return ingest.Snapshot(
+        recorded["snapshot_hash"], str(ws.snapshot_path(recorded["snapshot_hash"])), recorded["row_count"],
+        recorded["watermark"].isoformat(), recorded["source_table"], recorded["query"],
+        unlabelled_rows=recorded["unlabelled_rows"] or 0,
+        unlabelled_hash=waiting["snapshot_hash"] if waiting else None,
+        unlabelled_path=str(ws.snapshot_path(waiting["snapshot_hash"])) if waiting else None,
+        unlabelled_query=waiting["query"] if waiting else None).as_dict()
+
+
+@stage("has_new_data")
 def has_new_data(ws: Workspace, run: Run, snapshot_hash: str, force: bool = False) -> bool:
     """False (and the run recorded as skipped) when the latest model was trained on these very rows."""
     with ws.engine.connect() as conn:
@@ -125,9 +195,10 @@ def _awaiting_rows(ws: Workspace, raw_hash: str) -> tuple[Any, str | None]:
         row = registry.unlabelled_snapshot(conn, raw_hash)
     if row is None:
         return None, None
-    return ingest.load_snapshot(Path(row["path"]), row["snapshot_hash"]), str(row["snapshot_hash"])
+    return ws.load_snapshot(row["snapshot_hash"]), str(row["snapshot_hash"])
 
 
+@stage("validate")
 def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, Any]:
     """Classify every row of the snapshot as valid or quarantined; store the clean rows and the report.
 
@@ -138,7 +209,8 @@ def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, 
     contract, limit = ws.config.dataset, ws.config.quality.max_quarantine_share
     suite = validate.load_suite(contract.expectation_suite)
     awaiting_frame, awaiting_hash = _awaiting_rows(ws, snapshot_hash)
-    result, awaiting = quality.classify_with_awaiting(_load_snapshot(ws, snapshot_hash), awaiting_frame, contract, suite)
+    result, awaiting = quality.classify_with_awaiting(_load_snapshot(ws, snapshot_hash), awaiting_frame, contract,
+                                                      suite, ws.config.quality)
     result.check_reconciles()
     failures = quality.failure_summary(result, contract.id_column)
     share = len(result.quarantined) / max(result.rows_read, 1)
@@ -151,6 +223,7 @@ def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, 
     page = quality.render_report(result, contract, f"Validation {run.run_id}", awaiting)
     _, report_path = artifacts.store_bytes(ws.settings.artifact_dir, "reports", page.encode(), ".html")
     clean_hash, clean_path = ingest.store_clean_snapshot(result.valid, ws.settings.artifact_dir)
+    clean_path = Path(ws.relative(clean_path))
     quarantined = [{**r, "snapshot_hash": snapshot_hash, "labelled": True}
                    for r in quality.quarantine_records(result, contract.id_column)]
     quarantined += [{**r, "snapshot_hash": awaiting_hash, "labelled": False}
@@ -179,13 +252,18 @@ def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, 
     return summary
 
 
+@stage("train")
 def train_candidate(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, Any]:
-    """Cross-validate the model families on the training rows, fit the best, register it."""
+    """Cross-validate the model families on the training rows, fit the best, register it. A retried run
+    that registered its candidate already gets it back, if it was trained on this very snapshot."""
     contract, policy = ws.config.dataset, ws.config.training
     with ws.engine.connect() as conn:
         if registry.get_snapshot(conn, snapshot_hash)["kind"] != "clean":
             raise ValueError(f"snapshot {snapshot_hash} is not a validated clean snapshot: train on the "
                              "clean_snapshot_hash that validate_snapshot returns")
+        registered = registry.model_of_run(conn, run.run_id)
+    if registered is not None:
+        return _registered_candidate(ws, run, registered, snapshot_hash)
     frame = _load_snapshot(ws, snapshot_hash)
     train_rows, holdout_rows = train.split_holdout(frame, contract, policy.holdout_fraction)
     model, family, cv_table = train.fit_best_family(train_rows, contract, policy)
@@ -193,7 +271,7 @@ def train_candidate(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, An
     first_holdout = holdout_rows.iloc[0]
     record = {
         "model": ws.model, "run_id": run.run_id, "snapshot_hash": snapshot_hash, "artifact_hash": artifact_hash,
-        "artifact_path": str(path), "model_family": family,
+        "artifact_path": ws.relative(path), "model_family": family,
         "params": {"family_params": policy.families[family], "seed": policy.seed,
                    "cv_folds": policy.cv_folds, "holdout_fraction": policy.holdout_fraction},
         "cv_metrics": cv_table, "train_rows": len(train_rows), "holdout_rows": len(holdout_rows),
@@ -206,6 +284,17 @@ def train_candidate(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, An
     return {"version": version, "model_family": family, "artifact_hash": artifact_hash, "cv_metrics": cv_table}
 
 
+def _registered_candidate(ws: Workspace, run: Run, registered: dict[str, Any], snapshot_hash: str) -> dict[str, Any]:
+    if registered["snapshot_hash"] != snapshot_hash:
+        raise LineageError(
+            f"run {run.run_id} already registered version {registered['version']}, trained on snapshot "
+            f"{registered['snapshot_hash'][:16]}…; it is now asked to train on {snapshot_hash[:16]}…. One run has one "
+            "candidate from one snapshot: start a new run to train on other rows")
+    log.info("run %s registered version %s from this snapshot before: reusing it", run.run_id, registered["version"])
+    return {"version": registered["version"], "model_family": registered["model_family"],
+            "artifact_hash": registered["artifact_hash"], "cv_metrics": registered["cv_metrics"]}
+
+
 def _render_page(render: Any, ws: Workspace, key: Any) -> str | None:
     """Write a model card or comparison page; a page that fails to render never fails the run."""
     try:
@@ -215,12 +304,13 @@ def _render_page(render: Any, ws: Workspace, key: Any) -> str | None:
         return None
 
 
-def _champion_predictions(champion: dict[str, Any] | None, holdout: Any, contract: Any) -> tuple[Any, str | None]:
+def _champion_predictions(champion: dict[str, Any] | None, holdout: Any, contract: Any,
+                          load_model: Callable[[str], Any]) -> tuple[Any, str | None]:
     """The champion's holdout predictions; an unreadable champion yields an error, never a guess."""
     if champion is None:
         return None, None
     try:
-        model = artifacts.load_model(Path(champion["artifact_path"]), champion["artifact_hash"])
+        model = load_model(champion["artifact_hash"])
         predicted = model.predict(model_inputs(holdout, contract))
         if not np.all(np.isfinite(predicted)):
             raise ValueError("non-finite predictions")
@@ -236,9 +326,9 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
     frame = _load_snapshot(ws, candidate["snapshot_hash"])
     train_rows, holdout = train.split_holdout(frame, contract, ws.config.training.holdout_fraction)
     observed = holdout[contract.target_column].to_numpy()
-    model = artifacts.load_model(Path(candidate["artifact_path"]), candidate["artifact_hash"])
+    model = ws.load_model(candidate["artifact_hash"])
     predicted = model.predict(model_inputs(holdout, contract))
-    champion_predicted, champion_error = _champion_predictions(champion, holdout, contract)
+    champion_predicted, champion_error = _champion_predictions(champion, holdout, contract, ws.load_model)
     train_mean = float(train_rows[contract.target_column].mean())
     finite = bool(np.all(np.isfinite(predicted)))
     evidence: dict[str, Any] = {
@@ -259,6 +349,7 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
     return evidence
 
 
+@stage("evaluate")
 def evaluate_candidate(ws: Workspace, run: Run, version: int, margin: float | None = None) -> dict[str, Any]:
     """Score candidate and champion on the same held-out rows, check behaviour, record the decision."""
     policy = replace(ws.config.promotion, margin=ws.config.promotion.margin if margin is None else margin)
@@ -307,6 +398,7 @@ def _evaluation_summary(evaluation: dict[str, Any]) -> dict[str, Any]:
     return {k: evaluation[k] for k in keys}
 
 
+@stage("promote")
 def promote_candidate(ws: Workspace, run: Run, dry_run: bool = False, actor: str = "retrain") -> dict[str, Any]:
     """Apply the recorded decision: promote in one transaction, or keep the champion and say why."""
     with ws.engine.connect() as conn:
@@ -328,10 +420,10 @@ def promote_candidate(ws: Workspace, run: Run, dry_run: bool = False, actor: str
     return {"status": status, "candidate_version": version, "reason": outcome}
 
 
-def mark_run_failed(ws: Workspace, run_id: str, reason: str) -> None:
-    """Record a failed run, keeping a more specific status (e.g. validation_failed) if set."""
+def mark_run_failed(ws: Workspace, run_id: str, reason: str, kind: str = "data") -> None:
+    """Record a failed run and the kind of its failure, keeping a more specific status (e.g. validation_failed)."""
     with ws.engine.begin() as conn:
-        registry.fail_run(conn, run_id, reason)
+        runs.fail_run(conn, run_id, reason, kind)
 
 
 def monitor_drift(ws: Workspace, run: Run) -> dict[str, Any]:
@@ -346,7 +438,7 @@ def monitor_drift(ws: Workspace, run: Run) -> dict[str, Any]:
     if champion is None or reference_info is None:
         report["verdict"] = "no_champion"
     else:
-        reference = ingest.load_snapshot(Path(reference_info["path"]), reference_info["snapshot_hash"])
+        reference = ws.load_snapshot(reference_info["snapshot_hash"])
         since = reference_info["watermark"]
         until = datetime.fromisoformat(run.watermark.isoformat())
         recent, unreadable = ingest.read_readable_rows(ws.engine, contract,
@@ -373,9 +465,34 @@ def monitor_drift(ws: Workspace, run: Run) -> dict[str, Any]:
             "features": report["features"]}
 
 
+def failed_policy_checks(conn: Any, model: dict[str, Any]) -> list[str]:
+    """The policy checks a version failed when it was evaluated (behaviour, prediction range, R² floor, an
+    evaluation that failed closed), or why it was never judged; empty when it passed them all. Losing to
+    the champion of the day is not a failed check: that is what a rollback may undo."""
+    try:
+        evaluation = registry.get_evaluation(conn, model["run_id"])
+    except LookupError:
+        return [f"version {model['version']} has no recorded evaluation (run {model['run_id']})"]
+    if evaluation["candidate_version"] != model["version"]:
+        return [f"run {model['run_id']} evaluated version {evaluation['candidate_version']}, not {model['version']}"]
+    evidence = evaluation.get("evidence") or {}
+    behaviour = evidence.get("behaviour") or {}
+    failed = [f"behaviour: {f}" for f in behaviour.get("failures") or []]
+    if behaviour and not behaviour.get("passed", False) and not failed:
+        failed.append("behaviour checks did not pass")
+    floor = (evaluation.get("policy") or {}).get("min_r2")
+    r2 = (evaluation.get("candidate_metrics") or {}).get("r2")
+    if floor is not None and (r2 is None or not r2 >= floor):
+        failed.append(f"holdout R² {r2} is under the floor {floor}")
+    if evaluation["reason"].startswith("fail closed"):
+        failed.append(evaluation["reason"])
+    return failed
+
+
 def rollback_champion(ws: Workspace, run_id: str, reason: str, to_version: int | None = None,
-                      actor: str = "operator") -> dict[str, Any]:
-    """Make an earlier version champion again (default: the one the champion replaced), hash-checked first."""
+                      actor: str = "operator", force: bool = False) -> dict[str, Any]:
+    """Make an earlier version champion again (default: the one the champion replaced), hash-checked first.
+    A version that failed policy checks when evaluated needs `force`; the checks go into the event."""
     if not reason or not reason.strip():
         raise ValueError("a rollback needs a reason (--reason)")
     with ws.engine.connect() as conn:
@@ -383,10 +500,17 @@ def rollback_champion(ws: Workspace, run_id: str, reason: str, to_version: int |
         if target is None:
             raise ValueError(f"no earlier champion of {ws.model} to roll back to; name one with --to VERSION")
         model = registry.get_model(conn, target, ws.model)
-    artifacts.verify_file(Path(model["artifact_path"]), model["artifact_hash"])
-    replaced = registry.rollback(ws.engine, ws.model, target, run_id, actor, reason.strip())
-    log.info("rolled back: version %s is champion again (replacing %s): %s", target, replaced, reason)
-    return {"champion": target, "replaced": replaced, "reason": reason.strip(), "run_id": run_id}
+        failed = failed_policy_checks(conn, model)
+    if failed and not force:
+        raise ValueError(f"version {target} failed its policy checks: {'; '.join(failed)}. Roll back to it only "
+                         "with --force (the checks are recorded in the promotion event)")
+    artifacts.verify_file(artifacts.stored_path(ws.settings.artifact_dir, "models", model["artifact_hash"]),
+                          model["artifact_hash"])
+    recorded = reason.strip() + (f" [forced past failed checks: {'; '.join(failed)}]" if failed else "")
+    replaced = registry.rollback(ws.engine, ws.model, target, run_id, actor, recorded)
+    log.info("rolled back: version %s is champion again (replacing %s): %s", target, replaced, recorded)
+    return {"champion": target, "replaced": replaced, "reason": reason.strip(), "run_id": run_id,
+            "forced_past": failed}
 
 
 def reproduce_version(ws: Workspace, version: int) -> dict[str, Any]:
@@ -402,7 +526,7 @@ def reproduce_version(ws: Workspace, version: int) -> dict[str, Any]:
     rebuilt = train.build_model(contract, model["model_family"], policy, n_jobs=policy.n_jobs)
     rebuilt.fit(model_inputs(train_rows, contract), train_rows[contract.target_column].to_numpy())
     train.freeze_threads(rebuilt)
-    original = artifacts.load_model(Path(model["artifact_path"]), model["artifact_hash"])
+    original = ws.load_model(model["artifact_hash"])
     X = model_inputs(frame, contract)
     same = bool(np.array_equal(original.predict(X), rebuilt.predict(X)))
     libraries_now = train.library_versions()

@@ -57,6 +57,7 @@ class LiveAirflow:
     token: str
     engine: sa.engine.Engine
     log_path: Path
+    artifact_dir: Path
 
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {self.token}"}
@@ -145,7 +146,7 @@ def live_airflow(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
         password = json.loads((tmp / "airflow-home" / "passwords.json").read_text())["admin"]
         token = requests.post(f"{base_url}/auth/token", json={"username": "admin", "password": password},
                               timeout=30).json()["access_token"]
-        live = LiveAirflow(base_url, token, engine, log_path)
+        live = LiveAirflow(base_url, token, engine, log_path, tmp / "artifacts")
         _wait_for(lambda: live.call("GET", "/dags/retrain").status_code == 200, 60, "retrain to be parsed")
         yield live
     finally:
@@ -244,7 +245,7 @@ def test_batches_landing_during_a_run_are_trained_on_by_the_next(live_airflow: L
                                         h=record["snapshot_hash"])
     import pandas as pd
 
-    trained_ids = set(pd.read_parquet(snapshot_path)["patient_id"])
+    trained_ids = set(pd.read_parquet(live_airflow.artifact_dir / snapshot_path)["patient_id"])
     assert set(first) | set(second) <= trained_ids
     assert not (set(first) | set(second)) & set(range(busy_rows + 1, 0))  # sanity: ids are new
     assert len(trained_ids) == busy_rows + len(first) + len(second)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,10 +16,10 @@ def _engine(settings: Settings) -> sa.engine.Engine:
     return db.create_engine(db.database_url(settings))
 
 
-def _champion_state(engine: sa.engine.Engine) -> tuple[dict[str, Any] | None, bytes | None]:
+def _champion_state(engine: sa.engine.Engine, settings: Settings) -> tuple[dict[str, Any] | None, bytes | None]:
     with engine.connect() as conn:
         champion = registry.current_champion(conn, DEFAULT_MODEL)
-    artifact = Path(champion["artifact_path"]).read_bytes() if champion else None
+    artifact = (settings.artifact_dir / champion["artifact_path"]).read_bytes() if champion else None
     return champion, artifact
 
 
@@ -31,7 +30,7 @@ def test_first_run_promotes_and_second_run_challenges(airflow_db: None, dag_bag:
 
     first = dag.test()
     assert first.state == "success"
-    champion, _ = _champion_state(engine)
+    champion, _ = _champion_state(engine, pipeline_env)
     assert champion is not None and champion["promoted_by_run"] == first.run_id
 
     demo.simulate_arrivals(engine, rows=60, seed=7)
@@ -54,14 +53,14 @@ def test_failed_validation_fails_the_run_and_keeps_the_champion(airflow_db: None
     demo.seed_demo(engine)
     dag = dag_bag.dags["retrain"]
     assert dag.test().state == "success"
-    before = _champion_state(engine)
+    before = _champion_state(engine, pipeline_env)
 
     with engine.begin() as conn:  # 10 % of the rows get an unknown sex: over the 5 % quarantine limit
         conn.execute(sa.text("UPDATE public.patient_records SET sex = 'X' WHERE patient_id % 10 = 0"))
     failed = dag.test()
 
     assert failed.state == "failed"
-    assert _champion_state(engine) == before
+    assert _champion_state(engine, pipeline_env) == before
     with engine.connect() as conn:
         stored = conn.execute(sa.text(
             "SELECT success, failures FROM pipeline.validation_results WHERE run_id = :r"), {"r": failed.run_id}).one()

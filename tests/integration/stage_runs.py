@@ -8,7 +8,6 @@ import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -69,7 +68,7 @@ def champion_state(ws: stages.Workspace) -> dict[str, Any]:
         "champion": fetch(ws, "SELECT * FROM pipeline.champion"),
         "model": model,
         "events": fetch(ws, "SELECT * FROM pipeline.promotion_events ORDER BY event_id"),
-        "artifact": Path(model["artifact_path"]).read_bytes(),
+        "artifact": (ws.settings.artifact_dir / model["artifact_path"]).read_bytes(),
     }
 
 

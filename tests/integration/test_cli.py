@@ -101,6 +101,6 @@ def test_a_failed_cli_run_ends_as_failed_not_running(cli: Cli, database_url: str
     with engine.connect() as conn:
         row = conn.execute(sa.text("SELECT status, reason, finished_at FROM pipeline.training_runs")).mappings().one()
     engine.dispose()
-    assert (row["status"], row["reason"]) == ("failed", "retrain: source table public.no_such_visits does not exist "
+    assert (row["status"], row["reason"]) == ("failed", "ingest: source table public.no_such_visits does not exist "
                                                         "(dataset.table in the config)")
     assert row["finished_at"] is not None

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from pipeline import demo, ingest, registry, stages
+from pipeline import demo, registry, stages
 from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT, Settings
 from tests.integration.stage_runs import (
     cli_runner,
@@ -74,8 +74,8 @@ def quarantined_ids(ws: stages.Workspace, run_id: str) -> dict[str, list[str]]:
 
 def clean_rows(ws: stages.Workspace, clean_hash: str) -> pd.DataFrame:
     with ws.engine.connect() as conn:
-        path = registry.get_snapshot(conn, clean_hash)["path"]
-    return ingest.load_snapshot(Path(path), clean_hash)
+        assert registry.get_snapshot(conn, clean_hash)["kind"] == "clean"
+    return ws.load_snapshot(clean_hash)
 
 
 def own_runs_and_versions(cli: Cli, *config: str) -> dict[str, Any]:

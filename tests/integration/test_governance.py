@@ -163,7 +163,7 @@ def test_rollback_round_trip(gws: stages.Workspace, two_champions: dict[str, Any
     result = stages.rollback_champion(gws, "rollback-1", "  v2 over-predicts for new patients  ")
 
     assert result == {"champion": 1, "replaced": 2, "reason": "v2 over-predicts for new patients",
-                      "run_id": "rollback-1"}
+                      "run_id": "rollback-1", "forced_past": []}
     assert champion_version(gws) == 1
     [slot] = fetch(gws, "SELECT * FROM pipeline.champion")
     assert (slot["version"], slot["run_id"]) == (1, "rollback-1")
@@ -214,7 +214,7 @@ def test_rollback_with_no_earlier_champion_is_refused(gws: stages.Workspace, cha
 
 
 def test_rollback_to_a_tampered_artifact_is_refused(gws: stages.Workspace, two_champions: dict[str, Any]) -> None:
-    overwrite(Path(model(gws, 1)["artifact_path"]), b"not the model that was registered")
+    overwrite(gws.settings.artifact_dir / model(gws, 1)["artifact_path"], b"not the model that was registered")
     before = champion_rows(gws)
 
     with pytest.raises(ArtifactIntegrityError, match="the registry says"):
@@ -252,7 +252,7 @@ def test_reproduce_refuses_a_tampered_snapshot(gws: stages.Workspace, champion: 
     recorded = model(gws, 1)
     [snapshot] = fetch(gws, "SELECT path FROM pipeline.snapshots WHERE snapshot_hash = :h",
                        h=recorded["snapshot_hash"])
-    path = Path(snapshot["path"])
+    path = gws.settings.artifact_dir / snapshot["path"]
     # A readable parquet with different outcomes: only the hash check can tell it is not the snapshot.
     frame = pd.read_parquet(path)
     frame["progression_12m"] = frame["progression_12m"] + 50.0
@@ -270,8 +270,8 @@ def test_an_evaluation_error_fails_closed(gws: stages.Workspace, champion: dict[
     demo.simulate_arrivals(gws.engine, rows=30, seed=7)
     run = make_run("second")
     candidate = train_candidate(gws, run)
-    artifact = Path(model(gws, candidate["version"])["artifact_path"])
-    assert artifact != Path(model(gws, 1)["artifact_path"])
+    artifact = gws.settings.artifact_dir / model(gws, candidate["version"])["artifact_path"]
+    assert artifact != gws.settings.artifact_dir / model(gws, 1)["artifact_path"]
     artifact.unlink()
     before = champion_rows(gws)
 
@@ -287,7 +287,7 @@ def test_an_evaluation_error_fails_closed(gws: stages.Workspace, champion: dict[
     assert "ArtifactIntegrityError" in stored["evidence"]["error"]
     assert outcome["status"] == "kept"
     assert champion_rows(gws) == before
-    assert Path(model(gws, 1)["artifact_path"]).is_file()
+    assert (gws.settings.artifact_dir / model(gws, 1)["artifact_path"]).is_file()
 
 
 def test_a_config_without_confidence_promotes_nothing(settings: Settings, tmp_path: Path) -> None:
@@ -312,7 +312,7 @@ def test_a_config_without_confidence_promotes_nothing(settings: Settings, tmp_pa
 def register_nan_candidate(ws: stages.Workspace, run: stages.Run) -> int:
     """Register the champion's model with NaN coefficients as this run's candidate."""
     champion_model = model(ws, 1)
-    fitted = artifacts.load_model(Path(champion_model["artifact_path"]), champion_model["artifact_hash"])
+    fitted = ws.load_model(champion_model["artifact_hash"])
     ridge = fitted.named_steps["model"]
     ridge.coef_ = np.full_like(ridge.coef_, np.nan)
     artifact_hash, path = artifacts.store_model(ws.settings.artifact_dir, fitted)

@@ -132,7 +132,7 @@ def test_ingest_stage_records_snapshot_and_run(ws: stages.Workspace) -> None:
     assert "progression_12m IS NOT NULL" in row["query"] and "2026-07-01 00:00:00+00:00" in row["query"]
     assert row["source_table"] == "public.patient_records"
     assert row["first_run_id"] == "ingest-1"
-    assert hashlib.sha256(Path(row["path"]).read_bytes()).hexdigest() == row["snapshot_hash"]
+    assert hashlib.sha256((ws.settings.artifact_dir / row["path"]).read_bytes()).hexdigest() == row["snapshot_hash"]
     assert run_row["run_id"] == "ingest-1"
     assert run_row["triggered_by"] == "test"
     assert run_row["watermark"] == DEMO_WATERMARK

@@ -103,7 +103,7 @@ def test_each_bad_row_kind_is_quarantined_with_its_reason(ws: stages.Workspace, 
                                   **{c: as_stored(v) for c, v in row.items()}}
     [snapshot] = fetch(ws, "SELECT path FROM pipeline.snapshots WHERE snapshot_hash = :h",
                        h=checked["clean_snapshot_hash"])
-    assert FAULTY_ID not in set(pd.read_parquet(snapshot["path"])["patient_id"])
+    assert FAULTY_ID not in set(pd.read_parquet(ws.settings.artifact_dir / snapshot["path"])["patient_id"])
 
 
 # --- a retrain over a batch with bad rows: every row accounted for ---------------------------------
@@ -142,7 +142,7 @@ def test_rows_reconcile_through_a_retrain(ws: stages.Workspace, faulty_retrain: 
     [clean] = fetch(ws, "SELECT * FROM pipeline.snapshots WHERE snapshot_hash = :h", h=model["snapshot_hash"])
     assert (clean["kind"], clean["parent_hash"], clean["row_count"]) == ("clean", raw["snapshot_hash"], rows_valid)
     assert clean["snapshot_hash"] == validation["clean_snapshot_hash"]
-    frame = ingest.load_snapshot(Path(clean["path"]), clean["snapshot_hash"])
+    frame = ws.load_snapshot(clean["snapshot_hash"])
     assert len(frame) == rows_valid and frame["patient_id"].is_unique
     assert not set(expected) & set(frame["patient_id"])
     assert set(frame["sex"]) == {"F", "M"}
@@ -251,7 +251,7 @@ def test_text_numeric_column_quarantines_only_the_row_that_will_not_cast(ws: sta
     assert record["original"]["bmi"] == "abc"
     [snapshot] = fetch(ws, "SELECT path FROM pipeline.snapshots WHERE snapshot_hash = :h",
                        h=checked["clean_snapshot_hash"])
-    clean = pd.read_parquet(snapshot["path"]).set_index("patient_id")
+    clean = pd.read_parquet(ws.settings.artifact_dir / snapshot["path"]).set_index("patient_id")
     assert clean["bmi"].dtype == "float64"
     study = demo.demo_records().set_index("patient_id").drop(index=17)
     assert clean["bmi"].to_dict() == study["bmi"].to_dict()  # text and back loses nothing
@@ -275,7 +275,7 @@ def test_text_date_column_is_read_by_its_declared_format(ws: stages.Workspace) -
                                                     "rule": "cast to date with format %d/%m/%Y"}])
     [snapshot] = fetch(ws, "SELECT path FROM pipeline.snapshots WHERE snapshot_hash = :h",
                        h=checked["clean_snapshot_hash"])
-    clean = pd.read_parquet(snapshot["path"]).set_index("patient_id")
+    clean = pd.read_parquet(ws.settings.artifact_dir / snapshot["path"]).set_index("patient_id")
     study = demo.demo_records().set_index("patient_id").drop(index=17)
     assert clean["birth_date"].dt.date.to_dict() == study["birth_date"].to_dict()  # no day read as a month
 

@@ -10,7 +10,6 @@ import hashlib
 import os
 import stat
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from pipeline import artifacts, demo, registry, stages
+from pipeline import demo, registry, stages
 from pipeline.config import PipelineConfig
 from pipeline.validate import ValidationFailed
 from tests.integration.stage_runs import (
@@ -106,7 +105,7 @@ def test_champion_lineage(ws: stages.Workspace, first_retrain: dict[str, Any]) -
         champion = registry.current_champion(conn, ws.model)
     assert champion is not None
     [snapshot] = fetch(ws, "SELECT * FROM pipeline.snapshots WHERE snapshot_hash = :h", h=champion["snapshot_hash"])
-    path = Path(snapshot["path"])
+    path = ws.settings.artifact_dir / snapshot["path"]
     assert path.is_file()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == snapshot["snapshot_hash"]
     frame = pd.read_parquet(path)
@@ -115,7 +114,7 @@ def test_champion_lineage(ws: stages.Workspace, first_retrain: dict[str, Any]) -
     first_held_out = frame.sort_values(["recorded_at", "patient_id"]).iloc[champion["train_rows"]]
     assert champion["holdout_start"]["patient_id"] == first_held_out["patient_id"]
     assert champion["library_versions"]["scikit-learn"] == metadata.version("scikit-learn")
-    artifact = Path(champion["artifact_path"])
+    artifact = ws.settings.artifact_dir / champion["artifact_path"]
     assert artifact.name == f"{champion['artifact_hash']}.joblib"
     assert hashlib.sha256(artifact.read_bytes()).hexdigest() == champion["artifact_hash"]
 
@@ -136,12 +135,12 @@ def test_second_run_scores_champion_on_the_candidates_holdout(ws: stages.Workspa
 
     # Recompute the champion's RMSE on the candidate's holdout: the latest rows of its snapshot.
     [snapshot] = fetch(ws, "SELECT path FROM pipeline.snapshots WHERE snapshot_hash = :h", h=candidate["snapshot_hash"])
-    holdout = pd.read_parquet(snapshot["path"]).sort_values(["recorded_at", "patient_id"]).tail(n)
+    holdout = pd.read_parquet(ws.settings.artifact_dir / snapshot["path"]).sort_values(["recorded_at", "patient_id"]).tail(n)
     assert set(arrivals) <= set(holdout["patient_id"])
     with ws.engine.connect() as conn:
         champion = registry.current_champion(conn, ws.model)
     assert champion is not None
-    model = artifacts.load_model(Path(champion["artifact_path"]), champion["artifact_hash"])
+    model = ws.load_model(champion["artifact_hash"])
     predicted = model.predict(holdout[ws.config.dataset.feature_names()])
     rmse = float(np.sqrt(np.mean((holdout["progression_12m"].to_numpy() - predicted) ** 2)))
     assert evaluation["champion_metrics"]["rmse"] == pytest.approx(rmse)
@@ -230,7 +229,7 @@ def test_too_many_bad_rows_fail_the_run_and_leave_the_champion(ws: stages.Worksp
 
 
 def test_corrupt_champion_artifact_fails_closed(ws: stages.Workspace, first_retrain: dict[str, Any]) -> None:
-    artifact = Path(champion_state(ws)["model"]["artifact_path"])
+    artifact = ws.settings.artifact_dir / champion_state(ws)["model"]["artifact_path"]
     os.chmod(artifact, artifact.stat().st_mode | stat.S_IWUSR)
     artifact.write_bytes(b"not a joblib file")
     before = champion_state(ws)

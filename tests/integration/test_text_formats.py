@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from pipeline import demo, ingest, stages
+from pipeline import demo, stages
 from pipeline.config import ConfigError
 from pipeline.settings import PROJECT_ROOT, Settings
 from tests.integration.stage_runs import (
@@ -67,10 +67,7 @@ def test_declared_formats_read_every_value_as_it_was(settings: Settings, tmp_pat
 
     snapshot = stages.ingest_snapshot(ws, run)
     checked = stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
-    with ws.engine.connect() as conn:
-        clean_path = conn.scalar(sa.text("SELECT path FROM pipeline.snapshots WHERE snapshot_hash = :h"),
-                                 {"h": checked["clean_snapshot_hash"]})
-    clean = ingest.load_snapshot(Path(clean_path), checked["clean_snapshot_hash"]).set_index("patient_id")
+    clean = ws.load_snapshot(checked["clean_snapshot_hash"]).set_index("patient_id")
     ws.engine.dispose()
 
     assert checked["rows_quarantined"] == 0

@@ -1,0 +1,389 @@
+"""The bad day, reproduced for real: a killed process, a read-only or full artifact store, a retried run
+whose rows changed, a moved store, a future timestamp, a rollback to a version that failed its checks.
+
+Each test checks that the champion is unchanged, that no run is left running, that no row is lost,
+and that the message names what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from pipeline import arrivals, db, demo, registry, runs, stages
+from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT, Settings
+from pipeline.validate import ValidationFailed
+from tests.integration.stage_runs import (
+    DEMO_WATERMARK,
+    champion_state,
+    cli_runner,
+    fetch,
+    make_run,
+    output,
+    promote_demo_champion,
+    quick_workspace,
+)
+
+DEADLINE_SECONDS = 180  # generous: only a broken pipeline gets near it, however busy the machine
+
+
+def run_row(ws: stages.Workspace, run_id: str) -> dict[str, Any]:
+    [row] = fetch(ws, "SELECT * FROM pipeline.training_runs WHERE run_id = :r", r=run_id)
+    return row
+
+
+def source_rows(ws: stages.Workspace) -> int:
+    [row] = fetch(ws, "SELECT count(*) AS n FROM public.patient_records")
+    return int(row["n"])
+
+
+def arrivals_waiting(ws: stages.Workspace) -> int:
+    """Labelled rows the arrival watcher counts as not read by any run yet."""
+    with ws.engine.connect() as conn:
+        return arrivals.count_new_labelled_rows(conn, ws.config.dataset,
+                                                arrivals.last_seen_watermark(conn, ws.model))[0]
+
+
+def wait_for(condition: Callable[[], Any], what: str) -> Any:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+@pytest.fixture
+def champion(ws: stages.Workspace) -> stages.Workspace:
+    """The demo loaded, version 1 champion (trained with one quick family); the quick workspace."""
+    quick = quick_workspace(ws)
+    promote_demo_champion(quick)
+    return quick
+
+
+def cli_env(settings: Settings) -> dict[str, str]:
+    env = {**os.environ, ENV_DATABASE_URL: str(settings.database_url), ENV_ARTIFACT_DIR: str(settings.artifact_dir),
+           "OMP_NUM_THREADS": "1"}
+    env.pop(ENV_CONFIG, None)
+    return env
+
+
+def test_a_killed_run_is_marked_abandoned_by_the_next_command(champion: stages.Workspace) -> None:
+    ws = champion
+    demo.simulate_arrivals(ws.engine, rows=60, seed=3)
+    before, rows = champion_state(ws), source_rows(ws)
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", "retrain", "--run-id", "killed"], cwd=PROJECT_ROOT,
+                               env=cli_env(ws.settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        stage = wait_for(lambda: fetch(ws, "SELECT active_stage FROM pipeline.training_runs WHERE run_id = 'killed' "
+                                           "AND active_stage IN ('validate', 'train', 'evaluate')"), "a stage to start")
+        os.kill(process.pid, signal.SIGSTOP)  # held mid-stage: alive, its lock held, however fast the stage
+        assert runs.reap_abandoned(ws.engine, ws.model) == []  # a live run is never taken for dead
+        assert run_row(ws, "killed")["status"] == "running"
+        with pytest.raises(runs.RunBusy, match=rf"run killed is being worked on by \S+:{process.pid}"):
+            with runs.running(ws.engine, ws.settings, "killed", "evaluate"):
+                pass
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+
+    report = wait_for(lambda: [r for r in output(cli_runner(cli_env(ws.settings))("status", "--json"))["recent_runs"]
+                               if r["run_id"] == "killed" and r["status"] != "running"], "the run to be reaped")
+    [killed] = report
+    assert (killed["status"], killed["failure_kind"]) == ("failed", "abandoned")
+    assert killed["reason"].startswith(f"abandoned: the process {run_row(ws, 'killed')['owner']} running stage "
+                                       f"{stage[0]['active_stage']}")
+    assert champion_state(ws) == before
+    assert source_rows(ws) == rows
+    assert arrivals_waiting(ws) == 60  # a run that died did not consume the rows it came for
+    text = cli_runner(cli_env(ws.settings))("status")
+    assert "run killed: failed (abandoned) - abandoned: the process" in text.stdout
+
+
+@pytest.fixture
+def breakable_store(tmp_path: Path) -> Iterator[tuple[Path, dict[str, Callable[[], None]]]]:
+    """An artifact store on a small tmpfs of its own where the machine allows mounting one (made read-only
+    or filled up on demand); else a plain folder whose writes are made to fail (its subfolders replaced
+    by files), named as such in the test id's output."""
+    store = tmp_path / "store"
+    store.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(store)],
+                             capture_output=True, check=False).returncode == 0
+    filler = store / "filler"
+
+    def read_only() -> None:
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,ro", str(store)], check=True)
+        else:
+            break_writes()
+
+    def full() -> None:
+        if mounted:
+            with filler.open("wb") as handle:
+                try:
+                    while True:
+                        handle.write(b"\0" * (1 << 16))
+                except OSError:  # ENOSPC: the disk is full
+                    pass
+        else:
+            break_writes()
+
+    def break_writes() -> None:
+        for kind in ("models", "reports", "snapshots"):
+            shutil.rmtree(store / kind, ignore_errors=True)
+            (store / kind).write_text("not a folder: every write here fails")
+
+    def repair() -> None:
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,rw", str(store)], check=True)
+            filler.unlink(missing_ok=True)
+        else:
+            for kind in ("models", "reports", "snapshots"):
+                if (store / kind).is_file():
+                    (store / kind).unlink()
+
+    try:
+        yield store, {"read_only": read_only, "full": full, "repair": repair}
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(store)], check=False)
+
+
+@pytest.mark.parametrize("fault", ["read_only", "full"])
+def test_an_unwritable_store_fails_the_stage_keeps_the_champion_and_the_arrivals(
+        ws: stages.Workspace, breakable_store: tuple[Path, dict[str, Callable[[], None]]], fault: str) -> None:
+    store, make = breakable_store
+    ws = quick_workspace(dataclasses.replace(ws, settings=dataclasses.replace(ws.settings, artifact_dir=store)))
+    promote_demo_champion(ws)
+    demo.simulate_arrivals(ws.engine, rows=60, seed=4)
+    before, rows = champion_state(ws), source_rows(ws)
+    run = make_run("unwritable")
+    snapshot = stages.ingest_snapshot(ws, run)
+    checked = stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
+
+    make[fault]()
+    with pytest.raises(OSError) as raised:
+        stages.train_candidate(ws, run, checked["clean_snapshot_hash"])
+
+    failed = run_row(ws, "unwritable")
+    assert (failed["status"], failed["failure_kind"], failed["active_stage"]) == ("failed", "infrastructure", None)
+    assert failed["reason"].startswith("train: ") and str(store) in failed["reason"]
+    assert str(store) in str(raised.value)
+    assert champion_state(ws) == before
+    assert source_rows(ws) == rows
+    assert list(store.rglob(".tmp-*")) == []  # no partial file is left behind
+    assert arrivals_waiting(ws) == 60  # the rows signal again
+
+    make["repair"]()
+    candidate = stages.train_candidate(ws, run, checked["clean_snapshot_hash"])  # the retry, as Airflow's
+    assert run_row(ws, "unwritable")["status"] == "running"
+    stages.evaluate_candidate(ws, run, candidate["version"], margin=0.0)
+    outcome = stages.promote_candidate(ws, run, actor="test")
+    assert run_row(ws, "unwritable")["status"] == outcome["status"] != "running"
+    assert arrivals_waiting(ws) == 0
+
+
+def test_a_failure_on_the_data_consumes_its_arrivals(champion: stages.Workspace) -> None:
+    ws = champion
+    demo.simulate_arrivals(ws.engine, rows=60, seed=5)
+    with ws.engine.begin() as conn:  # every new row gets an unknown sex: far over the quarantine limit
+        conn.execute(sa.text("UPDATE public.patient_records SET sex = 'X' WHERE recorded_at > :t"), {"t": DEMO_WATERMARK})
+    run = make_run("bad-rows", datetime.now(UTC))
+    snapshot = stages.ingest_snapshot(ws, run)
+    with pytest.raises(ValidationFailed, match="sex"):
+        stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
+
+    assert run_row(ws, "bad-rows")["status"] == "validation_failed"
+    assert arrivals_waiting(ws) == 0  # the same rows would fail the same way: no signal loop
+
+
+def test_a_future_timestamp_neither_loops_the_watcher_nor_silences_it(champion: stages.Workspace) -> None:
+    ws = champion
+    with ws.engine.begin() as conn:
+        conn.execute(sa.text("""
+            INSERT INTO public.patient_records (patient_id, birth_date, visit_date, sex, bmi, bp_mean, tc, ldl, hdl, tch,
+                                                ltg, glucose, progression_12m, recorded_at)
+            SELECT 900001, birth_date, visit_date, sex, bmi, bp_mean, tc, ldl, hdl, tch, ltg, glucose, progression_12m,
+                   '2100-01-01'
+              FROM public.patient_records WHERE patient_id = 1
+        """))
+    assert arrivals.claim_arrival_signal(ws.engine, ws.model, ws.config.dataset, min_new_rows=1) is None
+
+    with ws.engine.begin() as conn:  # a run recorded with a watermark in 2100 (an older version allowed it)
+        registry.start_run(conn, ws.model, "from-the-future", "test", datetime(2100, 1, 1, tzinfo=UTC), {})
+    demo.simulate_arrivals(ws.engine, rows=5, seed=6)
+
+    signal_ = arrivals.claim_arrival_signal(ws.engine, ws.model, ws.config.dataset, min_new_rows=5)
+    assert signal_ is not None and signal_["new_rows"] == 5  # the five readable rows, not the one from 2100
+
+
+def test_a_retried_run_reuses_its_snapshot_after_the_rows_changed(champion: stages.Workspace) -> None:
+    ws = champion
+    demo.simulate_arrivals(ws.engine, rows=30, seed=8)
+    run = make_run("retried", datetime.now(UTC))
+    first = stages.ingest_snapshot(ws, run)
+    clean = stages.validate_snapshot(ws, run, first["snapshot_hash"])["clean_snapshot_hash"]
+    version = stages.train_candidate(ws, run, clean)["version"]
+    with ws.engine.begin() as conn:  # a CRM correction lands before the retry
+        conn.execute(sa.text("UPDATE public.patient_records SET bmi = bmi + 1 WHERE recorded_at > :t"),
+                     {"t": DEMO_WATERMARK})
+
+    again = stages.ingest_snapshot(ws, run)
+    again_clean = stages.validate_snapshot(ws, run, again["snapshot_hash"])["clean_snapshot_hash"]
+    again_version = stages.train_candidate(ws, run, again_clean)["version"]
+
+    assert (again["snapshot_hash"], again_clean, again_version) == (first["snapshot_hash"], clean, version)
+    [model] = fetch(ws, "SELECT * FROM pipeline.model_versions WHERE run_id = 'retried'")
+    assert model["snapshot_hash"] == clean and run_row(ws, "retried")["snapshot_hash"] == first["snapshot_hash"]
+
+
+def test_a_retried_run_whose_snapshot_is_gone_refuses_to_mix_inputs(champion: stages.Workspace) -> None:
+    ws = champion
+    before = champion_state(ws)
+    demo.simulate_arrivals(ws.engine, rows=30, seed=9)
+    run = make_run("lost-input", datetime.now(UTC))
+    first = stages.ingest_snapshot(ws, run)
+    ws.snapshot_path(first["snapshot_hash"]).unlink()
+    with ws.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE public.patient_records SET bmi = bmi + 1 WHERE recorded_at > :t"),
+                     {"t": DEMO_WATERMARK})
+
+    with pytest.raises(stages.LineageError, match=r"run lost-input recorded snapshot .* start a new run"):
+        stages.ingest_snapshot(ws, run)
+
+    failed = run_row(ws, "lost-input")
+    assert (failed["status"], failed["failure_kind"]) == ("failed", "data")
+    assert failed["snapshot_hash"] == first["snapshot_hash"]  # the record still names what the run read
+    assert champion_state(ws) == before
+
+
+def test_a_moved_store_is_read_by_hash_not_by_the_path_written(champion: stages.Workspace, tmp_path: Path) -> None:
+    ws = champion
+    old_store = ws.settings.artifact_dir
+    moved = dataclasses.replace(ws, settings=dataclasses.replace(ws.settings, artifact_dir=tmp_path / "moved"))
+    shutil.copytree(old_store, moved.settings.artifact_dir)
+    shutil.rmtree(old_store)
+
+    demo.simulate_arrivals(ws.engine, rows=30, seed=10)
+    run = make_run("after-move", datetime.now(UTC))
+    snapshot = stages.ingest_snapshot(moved, run)
+    checked = stages.validate_snapshot(moved, run, snapshot["snapshot_hash"])
+    candidate = stages.train_candidate(moved, run, checked["clean_snapshot_hash"])
+    evaluation = stages.evaluate_candidate(moved, run, candidate["version"])
+
+    assert evaluation["champion_metrics"] is not None  # the champion was found in the moved store
+    stored = fetch(ws, "SELECT path FROM pipeline.snapshots UNION ALL SELECT artifact_path FROM pipeline.model_versions")
+    assert all(not Path(r["path"]).is_absolute() for r in stored)  # recorded relative to the store
+
+
+def test_rolling_back_to_a_version_that_failed_its_checks_needs_force(champion: stages.Workspace) -> None:
+    ws = champion
+    narrow = dataclasses.replace(ws.config.promotion, prediction_range=(0.0, 50.0))
+    strict = dataclasses.replace(ws, config=dataclasses.replace(ws.config, promotion=narrow))
+    demo.simulate_arrivals(ws.engine, rows=30, seed=11)
+    run = make_run("out-of-range", datetime.now(UTC))
+    snapshot = stages.ingest_snapshot(strict, run)
+    checked = stages.validate_snapshot(strict, run, snapshot["snapshot_hash"])
+    bad = stages.train_candidate(strict, run, checked["clean_snapshot_hash"])["version"]
+    assert stages.evaluate_candidate(strict, run, bad)["decision"] == "keep"
+    before = champion_state(ws)
+    cli = cli_runner(cli_env(ws.settings))
+
+    refused = cli("rollback", "--to", str(bad), "--reason", "try it")
+
+    assert refused.returncode == 1
+    assert f"version {bad} failed its policy checks: behaviour:" in refused.stderr
+    assert "--force" in refused.stderr
+    assert champion_state(ws) == before
+
+    forced = output(cli("rollback", "--to", str(bad), "--reason", "the operator knows", "--force"))
+    assert forced["champion"] == bad and forced["forced_past"]
+    [event] = fetch(ws, "SELECT reason FROM pipeline.promotion_events WHERE to_version = :v", v=bad)
+    assert "the operator knows [forced past failed checks: behaviour:" in event["reason"]
+
+
+def test_a_stage_that_raises_marks_its_run_failed_with_the_reason(champion: stages.Workspace) -> None:
+    ws = champion
+    run = make_run("wrong-input", datetime.now(UTC))
+    snapshot = stages.ingest_snapshot(ws, run)
+
+    with pytest.raises(ValueError, match="not a validated clean snapshot"):
+        stages.train_candidate(ws, run, snapshot["snapshot_hash"])
+
+    failed = run_row(ws, "wrong-input")
+    assert (failed["status"], failed["failure_kind"], failed["active_stage"]) == ("failed", "data", None)
+    assert failed["reason"].startswith(f"train: snapshot {snapshot['snapshot_hash']} is not a validated clean")
+
+
+def test_a_missing_suite_file_is_refused_before_any_run_is_recorded(ws: stages.Workspace, tmp_path: Path) -> None:
+    config = tmp_path / "no-suite.yaml"
+    config.write_text((PROJECT_ROOT / "pipeline.yaml").read_text().replace(
+        "expectations/patient_records.json", str(tmp_path / "gone.json")))
+
+    result = cli_runner(cli_env(ws.settings))("--config", str(config), "retrain", "--run-id", "no-suite")
+
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"error: dataset.expectation_suite: cannot read {tmp_path / 'gone.json'}: "
+                                     f"[Errno 2] No such file or directory: '{tmp_path / 'gone.json'}'")
+    assert fetch(ws, "SELECT * FROM pipeline.training_runs") == []
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A PostgreSQL server of this test's own, which the test may stop and start again; stopped afterwards."""
+    pgdata = tmp_path / "pgdata"
+    url = db.start_embedded_postgres(pgdata)
+    try:
+        yield pgdata, url
+    finally:
+        db.stop_embedded_postgres(pgdata)
+
+
+def test_a_run_that_loses_its_database_mid_stage_ends_abandoned(own_server: tuple[Path, str], tmp_path: Path) -> None:
+    pgdata, url = own_server
+    settings = dataclasses.replace(Settings.from_env(), database_url=url, artifact_dir=tmp_path / "artifacts")
+    ws = quick_workspace(stages.Workspace.open(settings))
+    promote_demo_champion(ws)
+    demo.simulate_arrivals(ws.engine, rows=60, seed=12)
+    before, rows = champion_state(ws), source_rows(ws)
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", "retrain", "--run-id", "lost-db"], cwd=PROJECT_ROOT,
+                               env=cli_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: fetch(ws, "SELECT 1 FROM pipeline.training_runs WHERE run_id = 'lost-db' "
+                                   "AND active_stage IN ('validate', 'train', 'evaluate')"), "a stage to start")
+        os.kill(process.pid, signal.SIGSTOP)  # mid-stage when the server goes
+        ws.engine.dispose()
+        assert db.stop_embedded_postgres(pgdata) is not None
+        os.kill(process.pid, signal.SIGCONT)
+        _, stderr = process.communicate(timeout=DEADLINE_SECONDS)
+    finally:
+        process.kill()
+        process.wait()
+
+    assert process.returncode == 1
+    assert stderr.strip().splitlines()[-1].startswith("error: database postgresql")  # one line, naming it
+    restart = "import sys; from pathlib import Path; from pipeline import db; print(db.start_embedded_postgres(Path(sys.argv[1])))"
+    restarted = subprocess.run([sys.executable, "-c", restart, str(pgdata)], cwd=PROJECT_ROOT, capture_output=True,
+                               text=True, check=True)  # a fresh process: this one remembers the server as running
+    assert restarted.stdout.strip() == url
+    [run] = [r for r in output(cli_runner(cli_env(settings))("status", "--json"))["recent_runs"]
+             if r["run_id"] == "lost-db"]
+    assert (run["status"], run["failure_kind"]) == ("failed", "abandoned")
+    assert champion_state(ws) == before
+    assert source_rows(ws) == rows
+    assert arrivals_waiting(ws) == 60
+    ws.engine.dispose()
