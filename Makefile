@@ -8,7 +8,7 @@ RUN_LOG := .artifacts/last-retrain.log
 CONF ?= {}
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo retrain airflow airflow-db test test-unit lint bench status db-stop clean
+.PHONY: help install demo retrain airflow airflow-db serve test test-unit lint bench status db-stop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,10 +20,12 @@ $(INSTALLED): requirements.txt
 
 install: $(INSTALLED) ## create .venv and install the pinned requirements
 
-demo: install ## seed the demo data, run the retrain DAG through Airflow, print the champion
+demo: install ## seed the demo data, run the retrain DAG through Airflow, print the champion, score waiting patients
 	$(PY) -m pipeline seed-demo
 	@$(MAKE) --no-print-directory retrain
 	$(PY) -m pipeline status
+	@$(PY) -m pipeline simulate-arrivals --rows 20 --seed 1 --unlabelled > /dev/null
+	$(PY) -m pipeline score
 
 airflow-db: install
 	@mkdir -p $(dir $(RUN_LOG))
@@ -39,6 +41,9 @@ retrain: airflow-db ## one more `retrain` DAG run through Airflow (CONF='{"margi
 airflow: airflow-db ## start Airflow (scheduler, API server, UI) on this database
 	$(PY) -m pipeline init-db > /dev/null
 	$(PY) -m pipeline airflow standalone
+
+serve: install ## the REST API on http://127.0.0.1:8000 (tokens: PIPELINE_API_TOKEN_FILE; ARGS=--insecure-local without)
+	$(PY) -m pipeline serve $(ARGS)
 
 status: install ## the champion and the latest runs
 	$(PY) -m pipeline status

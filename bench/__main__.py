@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import report, workload
+from bench import report, rest, scoring, workload
 from pipeline import db
 from pipeline.settings import PROJECT_ROOT, Settings
 
@@ -40,6 +40,9 @@ vs floor    floor seconds / step seconds (1.00 = as fast as the floor); reading 
 peak MB     getrusage high-water mark of the step's own process (interpreter and imports included;
             the JSON also has ready_mb, resident memory just before the call). The whole DAG's peak is
             its largest stage's, since each task runs in its own process.
+scoring     score_batch over every row of the table (serving.score_records: all) in a fresh process, after
+            the measured retrain; its floor: COPY of the same rows TO STDOUT into nothing (binary) plus
+            the champion's bare predict on them already typed in memory, best of {repeats} each.
 training    {config}."""
 
 
@@ -148,6 +151,7 @@ def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, ke
             + f" on {fit['shape'][0]:,} x {fit['shape'][1]}")
         evaluated = run_stage(base, label, "evaluate_candidate", version=trained["result"]["version"])
         promoted = run_stage(base, label, "promote_candidate")
+        score_step, score_floor = scoring.measure(probe, say, base, label)
     finally:
         shutil.rmtree(artifacts, ignore_errors=True)
         if not keep:
@@ -164,12 +168,13 @@ def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, ke
             steps.append(report.step(report.READ_ROW, best["arrow_read"], n, copy_floor, None,
                                      all_seconds=reads["times"]["arrow_read"], other_cores=reads["other_cores"]))
     steps.append(report.whole_dag(steps, n, copy_floor + fit["seconds"]))
+    steps.append(score_step)
     steps.append(report.step(report.FIRST_ROW, first["seconds"], rows, None, first["peak_mb"],
                              ready_mb=first["ready_mb"], stages=first["stages"], result=first["result"]))
     return {"rows": rows, "snapshot_rows": n, "arrivals": added, "generate_seconds": generated, "steps": steps,
             "floors": {name: {"seconds": s, **({"all_seconds": reads["times"]} if "COPY" in name else
                                                {k: fit[k] for k in ("peak_mb", "shape", "per_family")})}
-                       for name, s in floors.items()}}
+                       for name, s in floors.items()} | {scoring.FLOOR: score_floor}}
 
 
 BUSY_CORES = 0.2  # other processes' load during the read measurement that makes its ratio unreliable
@@ -206,6 +211,7 @@ def verdicts(sizes: list[dict[str, Any]], dag_parse: list[dict[str, Any]]) -> li
     if len(growth) > 1:
         lines.append("memory above imports, largest stage: " + ", ".join(
             f"{report.fmt(r, 'rows')} {mb:,.0f} MB ({mb * 1024 / r:,.1f} KB per row)" for r, mb in growth))
+    lines += scoring.verdicts(sizes)
     for d in dag_parse:
         lines.append(f"DAG parse {d['file']}: {d['dag_seconds']:.3f} s on top of airflow.sdk (target < "
                      f"{DAG_PARSE_LIMIT}) {'OK' if d['ok'] else 'MISSED'}"
@@ -252,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{workload.describe_config(config_path)}")
     clock = time.perf_counter()
     dag_parse = measure_dag_parsing()
+    try:
+        rest_api: dict[str, Any] = rest.measure(server_url, say)
+    except Exception as exc:  # noqa: BLE001 - the stage measurements still run; say what broke
+        rest_api = {"error": str(exc)}
     results = []
     for rows in sizes:
         try:
@@ -267,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         "training_config": workload.describe_config(config_path), "config_path": str(config_path),
         "method": METHOD.format(
             repeats=args.repeats, fits=min(args.repeats, 3), config=workload.describe_config(config_path)),
-        "dag_parse": dag_parse, "sizes": results,
+        "dag_parse": dag_parse, "rest_api": rest_api, "sizes": results,
     }
     say("")
     say(report.table(results, previous))
@@ -280,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     say("")
     for line in verdicts(results, dag_parse):
         say(line)
+    say(rest.verdict(rest_api) if "error" not in rest_api else f"REST API: not measured: {rest_api['error']}")
     say("")
     say(document["method"])
     for name in (f"{stamp}.json", "latest.json"):

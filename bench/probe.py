@@ -274,8 +274,10 @@ PROBES = {"stage": run_stage, "retrain": run_retrain, "read_floor": run_read_flo
 
 
 def main() -> None:
+    from bench import scoring
+
     spec = json.loads(Path(sys.argv[1]).read_text())
-    result = PROBES[spec["probe"]](spec)
+    result = {**PROBES, **scoring.PROBES}[spec["probe"]](spec)
     Path(spec["out"]).write_text(json.dumps(result, default=str))
 
 

@@ -53,7 +53,7 @@ def table(sizes: list[dict[str, Any]], previous: dict[tuple[int, str], float]) -
                           fmt(previous.get((size["rows"], s["step"])), "s")])
         for name, floor in size["floors"].items():
             lines.append([fmt(size["rows"], "rows"), f"  floor: {name}", fmt(floor["seconds"], "s"),
-                          fmt(size["snapshot_rows"] / floor["seconds"], "rate"), "", "",
+                          fmt(floor.get("rows", size["snapshot_rows"]) / floor["seconds"], "rate"), "", "",
                           fmt(floor.get("peak_mb"), "mb"), fmt(previous.get((size["rows"], f"floor: {name}")), "s")])
     widths = [max(len(str(c)) for c in col) for col in zip(COLUMNS, *lines, strict=False)]
     render = ["  ".join(str(c).rjust(w) if i != 1 else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths,

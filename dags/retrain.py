@@ -20,6 +20,8 @@ monitor found drift.
 5. **evaluate_candidate** - candidate and champion on the same most-recent held-out rows.
 6. **promote_candidate** - promotes in one transaction when the policy says so; else keeps the
    champion and records why.
+7. **champion_changed** / **announce_champion** - after a promotion (only then), an event on the
+   asset `champion_model` (`champion_model__<model>`), which starts `score_patients`.
 
 Every step is a function in `pipeline.stages`; `python -m pipeline <stage>` runs the same by hand.
 
@@ -38,7 +40,7 @@ from functools import partial
 from typing import Any
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
-from retrain_assets import labelled_records, models
+from retrain_assets import champion_model, labelled_records, models
 
 from pipeline.config import ModelEntry
 
@@ -112,6 +114,7 @@ PARAMS = {
 
 def retrain_dag(model: ModelEntry) -> Any:
     """The retrain DAG of one model config."""
+    champion = champion_model(model)
 
     @dag(
         dag_id=model.dag_id("retrain"),
@@ -151,10 +154,20 @@ def retrain_dag(model: ModelEntry) -> Any:
         def promote_candidate(evaluation: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
             return _stage(model, "promote_candidate", dry_run=bool((params or {}).get("dry_run")))
 
+        @task.short_circuit(**RETRY)
+        def champion_changed(result: dict[str, Any]) -> bool:
+            return bool(result["status"] == "promoted")
+
+        @task(outlets=[champion], **RETRY)
+        def announce_champion(result: dict[str, Any]) -> None:
+            get_current_context()["outlet_events"][champion].extra = {
+                "source": "promotion", "version": result["candidate_version"], "reason": result["reason"]}
+
         snapshot = ingest_snapshot()
         checked = validate_snapshot(snapshot)
         has_new_data(snapshot) >> checked
-        promote_candidate(evaluate_candidate(train_candidate(checked)))
+        promoted = promote_candidate(evaluate_candidate(train_candidate(checked)))
+        champion_changed(promoted) >> announce_champion(promoted)
 
     return retrain()
 

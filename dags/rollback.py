@@ -8,6 +8,7 @@ before it becomes champion. Leave `to_version` empty to go back to the version t
 champion replaced. A version that failed its policy checks when it was evaluated (behaviour,
 prediction range, R² floor) is refused unless `force` is set; the checks are then recorded in
 the event. The same as `python -m pipeline rollback [--to VERSION] --reason TEXT [--force]`.
+A rollback emits the asset `champion_model` (`champion_model__<model>`), which starts `score_patients`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
-from retrain_assets import models
+from retrain_assets import champion_model, models
 
 from pipeline.config import ModelEntry
 
@@ -43,7 +44,7 @@ def rollback_dag(model: ModelEntry) -> Any:
         },
     )
     def rollback() -> None:
-        @task
+        @task(outlets=[champion_model(model)])  # a new champion: score_patients runs
         def rollback_champion(params: dict[str, Any] | None = None) -> dict[str, Any]:
             from pipeline.runs import in_airflow
             from pipeline.stages import rollback_champion

@@ -12,6 +12,7 @@ import base64
 import html
 import io
 import json
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +25,14 @@ from sklearn.inspection import permutation_importance
 from sklearn.linear_model import Ridge
 from sqlalchemy.engine import Connection
 
-from pipeline import artifacts, evaluate, registry, train
+from pipeline import artifacts, evaluate, intervals, registry, train
 from pipeline.config import DatasetContract
 from pipeline.features import model_inputs
 
 if TYPE_CHECKING:  # stages will call into this module: importing it at run time would be circular
     from pipeline.stages import Workspace
 
+log = logging.getLogger(__name__)
 PERMUTATION_ROWS = 20_000  # a 10^6-row holdout took a minute at full size; a seeded sample is plenty
 PERMUTATION_REPEATS = 5
 SCATTER_POINTS = 10_000  # points drawn in a scatter plot: more are a blob, and 2M took seconds to draw
@@ -63,6 +65,7 @@ class CardContent:
     importance: Importance
     behaviour: dict[str, Any]
     evaluation: dict[str, Any] | None
+    interval: Any = None  # intervals.Interval of the version at the configured coverage
 
 
 # --- plots: each returns a base64 PNG --------------------------------------------------------
@@ -273,9 +276,22 @@ def model_card_html(card: CardContent) -> str:
                 f"<p>{html.escape(card.importance.kind)}</p>"
                 + image(plot_importance(card.importance), "Feature importance by feature")
                 + table(["feature", "importance"], importance_rows)),
+        section("interval", "Prediction interval", interval_html(card)),
         section("behaviour", "Behaviour checks", behaviour_html(card.behaviour)),
         section("decision", "Promotion decision", decision_html(card.evaluation, run_id)),
     ])
+
+
+def interval_html(card: CardContent) -> str:
+    """The interval every forecast carries, and the share of holdout outcomes it held (no residual behind
+    the interval comes from the holdout)."""
+    if card.interval is None:
+        return "<p>No interval recorded.</p>"
+    inside = intervals.holdout_coverage(card.observed, card.predicted, card.interval.half_width)
+    return table([], [("stated coverage", f"{card.interval.coverage:.0%}"),
+                      ("forecast ± half-width", f"± {card.interval.half_width:.2f}"),
+                      ("empirical coverage on the holdout", f"{inside:.1%} of {len(card.observed)} outcomes"),
+                      ("method", card.interval.method)])
 
 
 def lineage_rows(model: Mapping[str, Any], snapshot: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -338,7 +354,15 @@ def card_content(ws: Workspace, model: Mapping[str, Any], snapshot: Mapping[str,
         slices=evaluate.slice_table(holdout, contract, ws.config.promotion, predicted, None),
         importance=feature_importance(fitted, holdout, contract, int(params.get("seed", ws.config.training.seed))),
         behaviour=evaluate.behaviour_checks(fitted, holdout, contract, ws.config.promotion),
-        evaluation=evaluation)
+        evaluation=evaluation, interval=_interval(ws, int(model["version"])))
+
+
+def _interval(ws: Workspace, version: int) -> intervals.Interval | None:
+    try:
+        return intervals.for_version(ws, version)
+    except Exception:  # noqa: BLE001 - the card says so instead
+        log.warning("no interval for version %s", version, exc_info=True)
+        return None
 
 
 # --- the champion/challenger page ----------------------------------------------------------

@@ -186,6 +186,19 @@ def cmd_rollback(ws: stages.Workspace, args: argparse.Namespace) -> Any:
                                     force=args.force)
 
 
+def cmd_score(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    """Forecast the records that need one with the champion (the score_patients DAG runs the same)."""
+    from pipeline import scoring
+
+    result = scoring.score_batch(ws, args.scoring_run_id or f"score__{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}")
+    if args.json:
+        return result
+    print(f"scoring run {result['run_id']}: {result['rows_selected']} records selected ({result['score_records']}), "
+          f"{result['rows_scored']} scored by version {result['version']} of {result['model']} "
+          f"(interval {result['coverage']:.0%}), {result['rows_refused']} refused {result['reason_counts']}")
+    return None
+
+
 def cmd_card(ws: stages.Workspace, args: argparse.Namespace) -> Any:
     from pipeline import cards
 
@@ -257,6 +270,14 @@ def cmd_status(ws: stages.Workspace, args: argparse.Namespace) -> Any:
         print(f"  snapshot {champion['snapshot_hash'][:16]}…  artifact {champion['artifact_hash'][:16]}…")
     for run in report["recent_runs"]:
         print(f"run {run['run_id']}: {run_state(run)} - {run['reason'] or ''}")
+    return None
+
+
+def cmd_serve(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    """`serve`: the REST API on the champion, until interrupted; refuses to start without API tokens."""
+    from pipeline import serving
+
+    serving.serve(ws, serving.tokens_from_environment(os.environ), args.host, args.port, args.insecure_local)
     return None
 
 
@@ -357,11 +378,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="roll back even to a version that failed its policy checks (recorded with the event)")
     p.add_argument("--run-id", help="the id to record the rollback under")
+    p = add("score", cmd_score, "forecast every record that needs one with the champion, into pipeline.predictions")
+    p.add_argument("--run-id", dest="scoring_run_id", help="the scoring run's id (again: its rows are replaced)")
+    p.add_argument("--json", action="store_true")
     p = add("card", cmd_card, "write a version's model card (and a decision's comparison page); prints the paths")
     p.add_argument("version", type=count_arg)
     p.add_argument("--comparison", metavar="RUN_ID", help="also the champion/challenger page of this run's decision")
     p = add("reproduce", cmd_reproduce, "rebuild a version from its snapshot; compare predictions bit for bit")
     p.add_argument("version", type=count_arg)
+    p = add("serve", cmd_serve, "the REST API: forecasts from the champion, hot-swapped when it changes "
+            "(tokens from the file PIPELINE_API_TOKEN_FILE names)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--insecure-local", action="store_true",
+                   help="serve without authentication when no tokens are configured (this machine only)")
     add("db-url", cmd_db_url, "print the database URL in use (starts the embedded server if needed)")
     sub.add_parser("db-stop", help="stop the embedded PostgreSQL (PIPELINE_PGDATA); data is kept")
     sub.add_parser("check-config", help="check the config and its expectation suite, without a database")

@@ -6,7 +6,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +152,21 @@ class QualityPolicy:
     age_at_event_years: tuple[float, float] = DEFAULT_AGE_AT_EVENT_YEARS
 
 
+SCORE_RECORDS = ("awaiting_outcome", "all")
+
+
+@dataclass(frozen=True)
+class ServingPolicy:
+    """How the champion's forecasts reach the CRM: which records the batch scores, and the interval."""
+
+    interval_coverage: float = 0.9  # share of outcomes a forecast's interval should hold (split conformal)
+    score_records: str = "awaiting_outcome"  # the batch scores these: target NULL ('awaiting_outcome') or 'all'
+    batch_rows: int = 100_000  # rows per chunk read, checked, scored and written by the batch
+    max_request_records: int = 1000  # records one REST request may carry
+    max_request_bytes: int = 1_000_000  # bytes one REST request body may carry
+    reload_seconds: float = 2.0  # how often the REST service looks for a new champion
+
+
 @dataclass(frozen=True)
 class DatabasePolicy:
     """How long the pipeline waits on PostgreSQL before it gives up with an error, in seconds."""
@@ -171,6 +186,7 @@ class PipelineConfig:
     monitoring: MonitoringPolicy
     quality: QualityPolicy
     database: DatabasePolicy = field(default_factory=DatabasePolicy)
+    serving: ServingPolicy = field(default_factory=ServingPolicy)
 
 
 def _require(section: dict[str, Any], key: str, where: str) -> Any:
@@ -399,6 +415,26 @@ def _age_bounds(bounds: Any, path: Path) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def _parse_serving(raw: dict[str, Any], path: Path) -> ServingPolicy:
+    where = f"{path}: serving"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {raw!r}")
+    defaults = ServingPolicy()
+    unknown = sorted(set(raw) - {f.name for f in fields(ServingPolicy)})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {[f.name for f in fields(ServingPolicy)]}")
+    records = raw.get("score_records", defaults.score_records)
+    if records not in SCORE_RECORDS:
+        raise ConfigError(f"{where}.score_records must be one of {list(SCORE_RECORDS)}, got {records!r}")
+    numbers = {name: _as_number(raw.get(name, getattr(defaults, name)), f"{where}.{name}")
+               for name in ("interval_coverage", "batch_rows", "max_request_records", "max_request_bytes",
+                            "reload_seconds")}
+    return ServingPolicy(interval_coverage=float(numbers["interval_coverage"]), score_records=str(records),
+                         batch_rows=int(numbers["batch_rows"]), max_request_records=int(numbers["max_request_records"]),
+                         max_request_bytes=int(numbers["max_request_bytes"]),
+                         reload_seconds=float(numbers["reload_seconds"]))
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"configuration file not found: {path} (set PIPELINE_CONFIG)")
@@ -438,6 +474,7 @@ def load_config(path: Path) -> PipelineConfig:
         monitoring=_parse_monitoring(raw["monitoring"], path),
         quality=_parse_quality(raw["quality"], path),
         database=_parse_database(raw.get("database") or {}, path),
+        serving=_parse_serving(raw.get("serving") or {}, path),
     )
     check_ranges(config)
     check_column_names(config)
@@ -464,6 +501,12 @@ def check_ranges(config: PipelineConfig) -> None:
         ("monitoring.drift.p_value", m.drift.p_value, lambda v: 0 < v < 1, "between 0 and 1, both excluded"),
         ("monitoring.drift.bins", m.drift.bins, lambda v: v >= 2, "at least 2"),
         ("monitoring.drift.min_rows", m.drift.min_rows, lambda v: v >= 1, "at least 1"),
+        ("serving.interval_coverage", config.serving.interval_coverage, lambda v: 0 < v < 1,
+         "between 0 and 1, both excluded"),
+        ("serving.batch_rows", config.serving.batch_rows, lambda v: v >= 1, "at least 1"),
+        ("serving.max_request_records", config.serving.max_request_records, lambda v: v >= 1, "at least 1"),
+        ("serving.max_request_bytes", config.serving.max_request_bytes, lambda v: v >= 1024, "at least 1024"),
+        ("serving.reload_seconds", config.serving.reload_seconds, lambda v: v > 0, "more than 0"),
         *((f"promotion.behaviour.directions.{k}", v, lambda v: v > 0, "more than 0") for k, v in p.directions.items()),
     ]
     for key, value, holds, meaning in rules:

@@ -173,6 +173,24 @@ def fail_run(conn: Connection, run_id: str, reason: str, kind: str) -> None:
     """), {"run_id": run_id, "reason": reason, "kind": kind})
 
 
+def fail_if_idle(engine: Engine, run_id: str, reason: str, kind: str) -> bool:
+    """Mark a run failed from outside its stages (the CLI's last word, Airflow's failure callback), unless
+    another live process is working on it: that one records its own outcome. True when marked."""
+    if run_id in _held:
+        with engine.begin() as conn:
+            fail_run(conn, run_id, reason, kind)
+        return True
+    with _autocommit(engine) as conn:
+        if not _try_lock(conn, run_id):
+            log.warning("run %s is being worked on by another process: not marked failed here", run_id)
+            return False
+        try:
+            fail_run(conn, run_id, reason, kind)
+        finally:
+            _unlock(conn, run_id)
+    return True
+
+
 @contextmanager
 def running(engine: Engine, settings: Settings, run_id: str, stage: str) -> Iterator[None]:
     """Work on a run as `stage`: hold its lock, name the stage, and on any exception mark the run failed
@@ -241,6 +259,22 @@ def reap_abandoned(engine: Engine, model: str) -> list[dict[str, Any]]:
             if done:
                 log.warning("run %s: %s", run["run_id"], reason)
                 reaped.append({**run, "reason": reason})
+        for run_id in conn.scalars(sa.text(
+                "SELECT run_id FROM pipeline.scoring_runs WHERE model = :model AND status = 'running'"),
+                {"model": model}).all():
+            if run_id in _held or not _try_lock(conn, run_id):
+                continue  # a scoring run is one piece of work: running and unlocked means its process is gone
+            try:
+                done = conn.execute(sa.text("""
+                    UPDATE pipeline.scoring_runs SET status = 'failed', finished_at = now(),
+                           reason = 'abandoned: its process ended without recording an outcome (killed, out of '
+                                    'memory, or the database lost); its forecasts were rolled back'
+                     WHERE run_id = :run_id AND status = 'running'
+                """), {"run_id": run_id}).rowcount
+            finally:
+                _unlock(conn, run_id)
+            if done:
+                reaped.append({"run_id": run_id, "reason": "abandoned scoring run"})
     return reaped
 
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from pipeline import artifacts, cards, db, drift, evaluate, ingest, quality, registry, runs, train, validate
+from pipeline import artifacts, cards, db, drift, evaluate, ingest, intervals, quality, registry, runs, train, validate
 from pipeline.config import PipelineConfig, PromotionPolicy, load_config
 from pipeline.features import model_inputs
 from pipeline.settings import Settings
@@ -266,22 +266,28 @@ def train_candidate(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, An
         return _registered_candidate(ws, run, registered, snapshot_hash)
     frame = _load_snapshot(ws, snapshot_hash)
     train_rows, holdout_rows = train.split_holdout(frame, contract, policy.holdout_fraction)
-    model, family, cv_table = train.fit_best_family(train_rows, contract, policy)
+    residuals: dict[str, Any] = {}
+    model, family, cv_table = train.fit_best_family(train_rows, contract, policy, residuals)
     artifact_hash, path = artifacts.store_model(ws.settings.artifact_dir, model)
     first_holdout = holdout_rows.iloc[0]
     record = {
         "model": ws.model, "run_id": run.run_id, "snapshot_hash": snapshot_hash, "artifact_hash": artifact_hash,
         "artifact_path": ws.relative(path), "model_family": family,
         "params": {"family_params": policy.families[family], "seed": policy.seed,
-                   "cv_folds": policy.cv_folds, "holdout_fraction": policy.holdout_fraction},
+                   "cv_folds": policy.cv_folds, "holdout_fraction": policy.holdout_fraction,
+                   "search_max_rows": policy.search_max_rows},
         "cv_metrics": cv_table, "train_rows": len(train_rows), "holdout_rows": len(holdout_rows),
         "holdout_start": {contract.timestamp_column: str(first_holdout[contract.timestamp_column]),
                           contract.id_column: quality.source_id(first_holdout[contract.id_column])},
         "library_versions": train.library_versions(), "code_version": train.code_version(),
     }
+    interval = intervals.conformal_record(residuals[family], ws.config.serving.interval_coverage,
+                                         intervals.search_inputs(family, policy, len(train_rows)))
     with ws.engine.begin() as conn:
         version = registry.register_model(conn, record)
-    return {"version": version, "model_family": family, "artifact_hash": artifact_hash, "cv_metrics": cv_table}
+        intervals.record(conn, version, interval)
+    return {"version": version, "model_family": family, "artifact_hash": artifact_hash, "cv_metrics": cv_table,
+            "interval": {"coverage": interval["coverage"], "half_width": interval["half_width"]}}
 
 
 def _registered_candidate(ws: Workspace, run: Run, registered: dict[str, Any], snapshot_hash: str) -> dict[str, Any]:
@@ -333,6 +339,7 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
     finite = bool(np.all(np.isfinite(predicted)))
     evidence: dict[str, Any] = {
         "holdout_rows": len(holdout),
+        "interval": _interval_evidence(ws, candidate["version"], observed, predicted) if finite else None,
         "behaviour": evaluate.behaviour_checks(model, holdout, contract, policy),
         "candidate": evaluate.regression_metrics(observed, predicted) if finite else None,
         "champion": None if champion_predicted is None else evaluate.regression_metrics(observed, champion_predicted),
@@ -347,6 +354,18 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
             observed, champion_predicted, predicted, policy.bootstrap_samples, policy.confidence,
             seed=ws.config.training.seed)
     return evidence
+
+
+def _interval_evidence(ws: Workspace, version: int, observed: Any, predicted: Any) -> dict[str, Any]:
+    """The version's interval and the share of holdout outcomes inside it; informative, never a reason to
+    fail an evaluation."""
+    try:
+        interval = intervals.for_version(ws, version)
+    except Exception as exc:  # noqa: BLE001 - reported in the evidence and on the card
+        log.warning("no interval for version %s: %s", version, exc)
+        return {"error": str(exc)}
+    return {"coverage": interval.coverage, "half_width": interval.half_width, "method": interval.method,
+            "holdout_coverage": intervals.holdout_coverage(observed, predicted, interval.half_width)}
 
 
 @stage("evaluate")
@@ -422,8 +441,7 @@ def promote_candidate(ws: Workspace, run: Run, dry_run: bool = False, actor: str
 
 def mark_run_failed(ws: Workspace, run_id: str, reason: str, kind: str = "data") -> None:
     """Record a failed run and the kind of its failure, keeping a more specific status (e.g. validation_failed)."""
-    with ws.engine.begin() as conn:
-        runs.fail_run(conn, run_id, reason, kind)
+    runs.fail_if_idle(ws.engine, run_id, reason, kind)
 
 
 def monitor_drift(ws: Workspace, run: Run) -> dict[str, Any]:

@@ -91,44 +91,57 @@ class SearchBudget:
         return None
 
 
-def fold_rmse(contract: DatasetContract, family: str, policy: TrainingPolicy, X: pd.DataFrame, y: np.ndarray,
-              fold: tuple[np.ndarray, np.ndarray]) -> float:
-    """RMSE on one fold's test rows of the family fitted on its other rows; fitted on `n_jobs`
+def fold_predictions(contract: DatasetContract, family: str, policy: TrainingPolicy, X: pd.DataFrame,
+                     y: np.ndarray, fold: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Predictions for one fold's test rows of the family fitted on its other rows; fitted on `n_jobs`
     threads (a forest's trees are seeded one by one, so the fit does not depend on them), predicted on one."""
     fit_rows, test_rows = fold
     model = build_model(contract, family, policy, n_jobs=policy.n_jobs)
     model.fit(X.iloc[fit_rows], y[fit_rows])
     freeze_threads(model)
-    return float(root_mean_squared_error(y[test_rows], model.predict(X.iloc[test_rows])))
+    return np.asarray(model.predict(X.iloc[test_rows]), dtype="float64")
 
 
 def cross_validate_family(contract: DatasetContract, family: str, policy: TrainingPolicy, X: pd.DataFrame,
                           y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
-                          budget: SearchBudget) -> dict[str, Any]:
+                          budget: SearchBudget, residuals: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """CV RMSE of one family, fold by fold; with a budget, it stops before a fold that would end
-    past the budget (judged by its slowest fold so far) and is recorded as skipped."""
+    past the budget (judged by its slowest fold so far) and is recorded as skipped. A family that
+    finishes leaves its out-of-fold |residuals| in `residuals` (for its prediction interval)."""
     scores: list[float] = []
     fold_seconds: list[float] = []
+    out_of_fold = np.full(len(y), np.nan)
     for fold in folds:
         refusal = budget.refusal(max(fold_seconds, default=0.0))
         if refusal:
             return {"skipped": f"{refusal} ({len(scores)} of {len(folds)} folds done)",
                     "seconds": sum(fold_seconds)}
         started = budget.clock()
-        scores.append(fold_rmse(contract, family, policy, X, y, fold))
+        predicted = fold_predictions(contract, family, policy, X, y, fold)
+        out_of_fold[fold[1]] = predicted
+        scores.append(float(root_mean_squared_error(y[fold[1]], predicted)))
         fold_seconds.append(budget.clock() - started)
+    if residuals is not None:
+        residuals[family] = np.abs(y - out_of_fold)
     return {"cv_rmse_mean": float(np.mean(scores)), "cv_rmse_std": float(np.std(scores)),
             "seconds": sum(fold_seconds), "rows": len(X)}
 
 
+def search_data(train: pd.DataFrame, contract: DatasetContract, policy: TrainingPolicy) -> tuple[
+        pd.DataFrame, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """The rows, targets and seeded folds every family is cross-validated on."""
+    rows = selection_rows(train, policy)
+    X, y = model_inputs(rows, contract), rows[contract.target_column].to_numpy(dtype="float64")
+    return X, y, list(KFold(n_splits=policy.cv_folds, shuffle=True, random_state=policy.seed).split(X))
+
+
 def cross_validate_families(train: pd.DataFrame, contract: DatasetContract, policy: TrainingPolicy,
-                            clock: Callable[[], float] = time.perf_counter) -> dict[str, dict[str, Any]]:
+                            clock: Callable[[], float] = time.perf_counter,
+                            residuals: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, Any]]:
     """Mean and spread of CV RMSE for each configured family, in order, on the same seeded folds
     of `selection_rows`. Within `search_budget_seconds`: the first family always finishes (there
     must be a candidate); a later one stops before a fold that would end past the budget."""
-    rows = selection_rows(train, policy)
-    X, y = model_inputs(rows, contract), rows[contract.target_column].to_numpy(dtype="float64")
-    folds = list(KFold(n_splits=policy.cv_folds, shuffle=True, random_state=policy.seed).split(X))
+    X, y, folds = search_data(train, contract, policy)
     budget = SearchBudget(policy.search_budget_seconds, clock)
     table: dict[str, dict[str, Any]] = {}
     for family in policy.families:
@@ -136,20 +149,31 @@ def cross_validate_families(train: pd.DataFrame, contract: DatasetContract, poli
         # each fit uses the cores itself (forest trees over n_jobs, HistGradientBoosting's OpenMP, BLAS).
         finished = any("cv_rmse_mean" in row for row in table.values())
         table[family] = cross_validate_family(contract, family, policy, X, y, folds,
-                                              budget if finished else budget.unlimited())
+                                              budget if finished else budget.unlimited(), residuals)
         log.info("%s: %s", family, table[family])
     return table
 
 
-def fit_best_family(train: pd.DataFrame, contract: DatasetContract, policy: TrainingPolicy) -> tuple[Pipeline, str, dict[str, dict[str, Any]]]:
-    """Pick the family with the lowest CV RMSE and fit it on all training rows."""
-    cv_table = cross_validate_families(train, contract, policy)
+def fit_best_family(train: pd.DataFrame, contract: DatasetContract, policy: TrainingPolicy,
+                    residuals: dict[str, np.ndarray] | None = None) -> tuple[Pipeline, str, dict[str, dict[str, Any]]]:
+    """Pick the family with the lowest CV RMSE and fit it on all training rows; `residuals` gets each
+    searched family's out-of-fold |residuals|."""
+    cv_table = cross_validate_families(train, contract, policy, residuals=residuals)
     searched = {family: row for family, row in cv_table.items() if "cv_rmse_mean" in row}
     best = min(searched, key=lambda family: searched[family]["cv_rmse_mean"])
     model = build_model(contract, best, policy, n_jobs=policy.n_jobs)
     model.fit(model_inputs(train, contract), train[contract.target_column].to_numpy())
     freeze_threads(model)
     return model, best, cv_table
+
+
+def out_of_fold_residuals(train: pd.DataFrame, contract: DatasetContract, policy: TrainingPolicy,
+                          family: str) -> np.ndarray:
+    """One family's out-of-fold |residuals| on the search's rows and folds, as the search computed them."""
+    X, y, folds = search_data(train, contract, policy)
+    residuals: dict[str, np.ndarray] = {}
+    cross_validate_family(contract, family, policy, X, y, folds, SearchBudget(None), residuals)
+    return residuals[family]
 
 
 def freeze_threads(model: Pipeline) -> None:

@@ -1,8 +1,9 @@
-"""The models the DAGs are made for, and the Asset that starts each one's retrain.
+"""The models the DAGs are made for, the Asset that starts each one's retrain, and the one its champion
+changes emit.
 
 Each model config (PIPELINE_CONFIG, plus every *.yaml in PIPELINE_MODELS_DIR) gets its own
-`retrain`, `monitor_drift` and `rollback` DAGs and its own asset; the primary config's keep the
-plain ids (`retrain`, `labelled_patient_records`), the others carry the model name.
+`retrain`, `monitor_drift`, `rollback` and `score_patients` DAGs and its own assets; the primary config's
+keep the plain ids (`retrain`, `labelled_patient_records`, `champion_model`), the others carry the model name.
 Parsing reads only each file's `model:` name: pipeline.config and pipeline.settings import no
 heavy library.
 """
@@ -27,3 +28,8 @@ def labelled_records(model: ModelEntry) -> Asset:
     name = "labelled_patient_records" if model.primary else f"labelled_records__{model.name}"
     trigger = NewLabelledRowsTrigger(config_path=None if model.primary else str(model.config_path))
     return Asset(name=name, watchers=[AssetWatcher(name=f"new_labelled_rows__{model.name}", trigger=trigger)])
+
+
+def champion_model(model: ModelEntry) -> Asset:
+    """The asset a promotion or a rollback of the model's champion emits; it starts the batch scoring."""
+    return Asset(name="champion_model" if model.primary else f"champion_model__{model.name}")

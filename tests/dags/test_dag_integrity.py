@@ -31,7 +31,7 @@ def test_retrain_schedule_and_run_limits(dag_bag: Any) -> None:
 def test_retrain_tasks_in_order(dag_bag: Any) -> None:
     dag = dag_bag.dags["retrain"]
     chain = ["ingest_snapshot", "has_new_data", "validate_snapshot", "train_candidate", "evaluate_candidate",
-             "promote_candidate"]
+             "promote_candidate", "champion_changed", "announce_champion"]
     assert set(dag.task_ids) == set(chain)
     for upstream, downstream in zip(chain, chain[1:], strict=False):
         assert downstream in dag.get_task(upstream).downstream_task_ids
@@ -97,6 +97,7 @@ def test_each_model_config_gets_dags_of_its_own() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     dags, clinic_asset, primary_asset = result.stdout.strip().splitlines()[-3:]
     assert dags == str(["monitor_drift", "monitor_drift__clinic_progression", "retrain",
-                        "retrain__clinic_progression", "rollback", "rollback__clinic_progression"])
+                        "retrain__clinic_progression", "rollback", "rollback__clinic_progression", "score_patients",
+                        "score_patients__clinic_progression"])
     assert clinic_asset == "labelled_records__clinic_progression ['clinic_progression', 'training']"
     assert primary_asset == "labelled_patient_records"

@@ -96,6 +96,9 @@ def test_a_killed_run_is_marked_abandoned_by_the_next_command(champion: stages.W
         with pytest.raises(runs.RunBusy, match=rf"run killed is being worked on by \S+:{process.pid}"):
             with runs.running(ws.engine, ws.settings, "killed", "evaluate"):
                 pass
+        second = cli_runner(cli_env(ws.settings))("retrain", "--run-id", "killed")  # the same run, twice at once
+        assert second.returncode == 1 and f":{process.pid} (stage " in second.stderr
+        assert run_row(ws, "killed")["status"] == "running"  # the refused second never marks the first failed
         os.kill(process.pid, signal.SIGKILL)
     finally:
         process.kill()
@@ -387,3 +390,25 @@ def test_a_run_that_loses_its_database_mid_stage_ends_abandoned(own_server: tupl
     assert source_rows(ws) == rows
     assert arrivals_waiting(ws) == 60
     ws.engine.dispose()
+
+
+def test_a_killed_scoring_run_is_marked_abandoned_and_leaves_no_forecast(champion: stages.Workspace) -> None:
+    ws = champion
+    demo.simulate_arrivals(ws.engine, rows=20_000, seed=13, labelled=False)  # seconds of checking to kill it in
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", "score", "--run-id", "killed-score"],
+                               cwd=PROJECT_ROOT, env=cli_env(ws.settings), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: fetch(ws, "SELECT 1 FROM pipeline.scoring_runs WHERE run_id = 'killed-score' "
+                                   "AND status = 'running'"), "the scoring run to start")
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+
+    wait_for(lambda: stages.Workspace.open(ws.settings).engine.dispose() or fetch(
+        ws, "SELECT 1 FROM pipeline.scoring_runs WHERE run_id = 'killed-score' AND status = 'failed'"),
+        "the scoring run to be reaped")
+    [run] = fetch(ws, "SELECT status, reason FROM pipeline.scoring_runs WHERE run_id = 'killed-score'")
+    assert run["reason"].startswith("abandoned:")
+    assert fetch(ws, "SELECT * FROM pipeline.predictions WHERE run_id = 'killed-score'") == []  # rolled back whole

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from pipeline.serving import ENV_API_TOKEN_FILE
 from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, ENV_MODELS_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +30,8 @@ AIRFLOW_COMMANDS = {
     "airflow-triggerer": "triggerer",
 }
 AIRFLOW_SERVICES = ["airflow-init", *AIRFLOW_COMMANDS]
-PIPELINE_ENV_NAMES = {ENV_DATABASE_URL, ENV_CONFIG, ENV_ARTIFACT_DIR, ENV_MODELS_DIR}
+PIPELINE_ENV_NAMES = {ENV_DATABASE_URL, ENV_CONFIG, ENV_ARTIFACT_DIR, ENV_MODELS_DIR, ENV_API_TOKEN_FILE}
+SCORING = "scoring"
 
 
 @pytest.fixture(scope="module")
@@ -366,3 +368,49 @@ def test_airflow_image_version_matches_requirements_pin(compose: dict) -> None:
     )
     assert len(pins) == 1, f"expected one apache-airflow== pin in requirements.txt, found {pins}"
     assert base.group(1) == pins[0]
+
+
+# --- REST API (scoring) --------------------------------------------------------------------------
+
+
+def test_scoring_service_runs_the_rest_api_on_its_published_port(compose: dict) -> None:
+    from pipeline.cli import build_parser
+
+    service = compose["services"][SCORING]
+    words = command_words(service)
+    assert words[:4] == ["python", "-m", "pipeline", "serve"]
+    args = build_parser().parse_args(words[3:])  # the CLI knows every flag compose passes
+    assert args.host == "0.0.0.0" and not args.insecure_local
+    assert args.port in published_container_ports(service)
+    url = urlsplit(re.search(r"https?://\S+", " ".join(service["healthcheck"]["test"])).group(0))
+    assert (url.port, url.path) == (args.port, "/healthz")
+
+
+def test_scoring_service_shares_the_image_and_pipeline_environment(compose: dict, common_env: dict[str, str]) -> None:
+    service = compose["services"][SCORING]
+    assert service.get("image") == compose[COMMON_KEY]["image"]
+    assert service.get("build") == compose[COMMON_KEY]["build"]
+    env = environment(service)
+    for name, value in common_env.items():
+        if name.startswith("PIPELINE_") or name == "PYTHONPATH":
+            assert env.get(name) == value, f"scoring: {name} differs from the other services"
+    assert mount_for(service, common_env[ENV_ARTIFACT_DIR])[0] == "artifacts"  # the models the DAGs write
+
+
+def test_scoring_tokens_come_from_a_declared_secret(compose: dict) -> None:
+    service = compose["services"][SCORING]
+    path = PurePosixPath(environment(service)[ENV_API_TOKEN_FILE])
+    names = [s["source"] if isinstance(s, dict) else s for s in service.get("secrets") or []]
+    targets = {PurePosixPath("/run/secrets") / (s.get("target", s["source"]) if isinstance(s, dict) else s)
+               for s in service.get("secrets") or []}
+    assert path in targets, f"{ENV_API_TOKEN_FILE}={path} is not where a secret of the service is mounted"
+    declared = compose.get("secrets") or {}
+    for name in names:
+        assert name in declared and "file" in declared[name], f"secret {name!r} undeclared"
+    assert all(ENV_API_TOKEN_FILE not in environment(compose["services"][n]) for n in AIRFLOW_SERVICES)
+
+
+def test_scoring_service_waits_for_postgres_and_init(compose: dict) -> None:
+    depends_on = compose["services"][SCORING]["depends_on"]
+    assert depends_on["postgres"]["condition"] == "service_healthy"
+    assert depends_on["airflow-init"]["condition"] == "service_completed_successfully"

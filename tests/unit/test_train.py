@@ -138,7 +138,7 @@ def test_fit_best_family_follows_the_table_not_the_family_order(
     table = {"ridge": 60.0, "random_forest": 55.0, "hist_gradient_boosting": 58.0}
     monkeypatch.setattr(
         train, "cross_validate_families",
-        lambda *_: {family: {"cv_rmse_mean": rmse, "cv_rmse_std": 1.0} for family, rmse in table.items()},
+        lambda *_, **__: {family: {"cv_rmse_mean": rmse, "cv_rmse_std": 1.0} for family, rmse in table.items()},
     )
     model, best, _ = train.fit_best_family(demo_frame, config.dataset, fast_policy(config))
     assert best == "random_forest"
@@ -281,10 +281,10 @@ class FoldClock:
         return self.now
 
     def timed_fold(self, real_fold: Any) -> Any:
-        def fold(contract: DatasetContract, family: str, *args: Any) -> float:
+        def fold(contract: DatasetContract, family: str, *args: Any) -> Any:
             self.folds_run[family] += 1
             self.now += self.fold_seconds[family]
-            return float(real_fold(contract, family, *args))
+            return real_fold(contract, family, *args)
         return fold
 
 
@@ -292,7 +292,7 @@ def search_on_fold_clock(config: PipelineConfig, frame: pd.DataFrame, monkeypatc
                          fold_seconds: dict[str, float], budget: float) -> tuple[FoldClock, dict[str, dict[str, Any]]]:
     """Cross-validate the fast families within `budget` seconds of a clock that folds alone move."""
     clock = FoldClock(fold_seconds)
-    monkeypatch.setattr(train, "fold_rmse", clock.timed_fold(train.fold_rmse))
+    monkeypatch.setattr(train, "fold_predictions", clock.timed_fold(train.fold_predictions))
     policy = dataclasses.replace(fast_policy(config), search_budget_seconds=budget)
     return clock, train.cross_validate_families(frame, config.dataset, policy, clock=clock)
 

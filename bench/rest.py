@@ -1,0 +1,173 @@
+"""The REST API's latency and throughput beside a bare FastAPI endpoint, measured in the same run.
+
+A scratch database gets the demo study and a ridge champion; `pipeline.serving.create_app` and a bare
+app whose one endpoint returns a constant run in real uvicorn servers on free ports, and several client
+threads send the same bodies (1 and 100 records) to both over HTTP. `python -m bench.rest` runs it alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+from fastapi import FastAPI, Request
+
+from pipeline import db, demo, serving, stages
+from pipeline.settings import PROJECT_ROOT, Settings
+
+CLIENTS = 4
+TOKEN = "bench-token"
+# Requests per shape: the API judges every request with the Great Expectations suite (about 0.3 s of
+# CPU each), so a handful gives the median; the bare endpoint is cheap enough for many more.
+REQUESTS = {"api": {1: 16, 100: 8}, "bare": {1: 400, 100: 200}}
+TARGET_RATIO = 2.0  # single-record p50: the API within this factor of the bare endpoint
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def _served(app: Any) -> Iterator[str]:
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def bare_app() -> Any:
+    """The floor: FastAPI reading the same JSON body and returning a constant."""
+    app = FastAPI()
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict[str, float]:
+        await request.json()
+        return {"prediction": 150.0}
+
+    return app
+
+
+def _champion(server_url: str, artifacts: Path) -> tuple[str, stages.Workspace]:
+    """A scratch database with the demo study and a ridge champion (three folds: quick)."""
+    url = db.with_database(server_url, f"bench_rest_{int(time.time())}")
+    db.ensure_database(url)
+    settings = Settings(url, PROJECT_ROOT / "pipeline.yaml", artifacts, Settings.from_env().pgdata_dir)
+    ws = stages.Workspace.open(settings)
+    training = dataclasses.replace(ws.config.training, families={"ridge": ws.config.training.families["ridge"]},
+                                   cv_folds=3)
+    ws = dataclasses.replace(ws, config=dataclasses.replace(ws.config, training=training))
+    demo.seed_demo(ws.engine)
+    run = stages.Run("bench-rest", datetime(2100, 1, 1, tzinfo=UTC), "bench")
+    snapshot = stages.ingest_snapshot(ws, run)
+    checked = stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
+    candidate = stages.train_candidate(ws, run, checked["clean_snapshot_hash"])
+    stages.evaluate_candidate(ws, run, candidate["version"])
+    stages.promote_candidate(ws, run, actor="bench")
+    return url, ws
+
+
+def _records(ws: stages.Workspace, n: int) -> list[dict[str, Any]]:
+    contract = ws.config.dataset
+    fields = [contract.id_column, *contract.feature_names()]
+    with ws.engine.connect() as conn:
+        import sqlalchemy as sa
+
+        rows = conn.execute(sa.text(f"SELECT {', '.join(fields)} FROM {contract.table} ORDER BY 1 LIMIT :n"),
+                            {"n": n}).mappings().all()
+    return [{k: v.isoformat() if isinstance(v, date) else v if isinstance(v, str | int) or v is None else float(v)
+             for k, v in row.items()} for row in rows]
+
+
+def _load(url: str, body: bytes, headers: dict[str, str], requests_total: int) -> dict[str, Any]:
+    """`requests_total` POSTs from CLIENTS threads; latency percentiles and requests per second."""
+    latencies: list[float] = []
+    failures = [0]
+    lock = threading.Lock()
+    remaining = [requests_total]
+
+    def client() -> None:
+        with requests.Session() as session:
+            while True:
+                with lock:
+                    if remaining[0] == 0:
+                        return
+                    remaining[0] -= 1
+                started = time.perf_counter()
+                answer = session.post(url, data=body, headers=headers, timeout=120)
+                elapsed = time.perf_counter() - started
+                with lock:
+                    latencies.append(elapsed)
+                    failures[0] += answer.status_code != 200
+
+    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    ordered = sorted(latencies)
+    return {"requests": len(ordered), "failed": failures[0], "p50_ms": 1000 * statistics.median(ordered),
+            "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+            "requests_per_second": len(ordered) / wall}
+
+
+def measure(server_url: str, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Latency and throughput of the API and the bare endpoint for 1- and 100-record bodies."""
+    with tempfile.TemporaryDirectory(prefix="bench-rest-") as folder:
+        url, ws = _champion(server_url, Path(folder))
+        try:
+            records = _records(ws, 100)
+            results: dict[str, Any] = {"clients": CLIENTS}
+            headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+            with _served(serving.create_app(ws, [TOKEN])) as api, _served(bare_app()) as bare:
+                endpoints = {"api": f"{api}/v1/models/{ws.model}/predict", "bare": f"{bare}/predict"}
+                for size in (1, 100):
+                    body = json.dumps(records[0] if size == 1 else records[:size]).encode()
+                    for name, endpoint in endpoints.items():
+                        _load(endpoint, body, headers, CLIENTS)  # warm-up
+                        results[f"{name}_{size}"] = _load(endpoint, body, headers, REQUESTS[name][size])
+                        m = results[f"{name}_{size}"]
+                        say(f"REST {name:>4} {size:>3} record(s): p50 {m['p50_ms']:8.1f} ms  p99 {m['p99_ms']:8.1f} ms"
+                            f"  {m['requests_per_second']:7.1f} req/s  ({m['requests']} requests, {m['failed']} failed)")
+        finally:
+            ws.engine.dispose()
+            db.drop_database(url)
+    for size in (1, 100):
+        results[f"p50_ratio_{size}"] = results[f"api_{size}"]["p50_ms"] / results[f"bare_{size}"]["p50_ms"]
+    return results
+
+
+def verdict(results: dict[str, Any]) -> str:
+    ratio = results["p50_ratio_1"]
+    return (f"REST single-record p50: {ratio:.1f}x the bare FastAPI endpoint (target <= {TARGET_RATIO:g}x) "
+            f"{'OK' if ratio <= TARGET_RATIO else 'MISSED'}; 100 records: {results['p50_ratio_100']:.1f}x, "
+            f"{results['api_100']['requests_per_second'] * 100:.0f} records/s with {results['clients']} clients")
+
+
+if __name__ == "__main__":
+    measured = measure(db.database_url(Settings.from_env()))
+    print(verdict(measured))

@@ -1,0 +1,93 @@
+"""Batch scoring in the bench: `score_batch` over every row of the table, beside its floor.
+
+The floor is what scoring cannot avoid: reading the same rows (COPY of the selection's SQL into
+nothing, binary, best of `repeats`) plus the champion's bare `predict` on those rows already typed in
+memory (best of `repeats`). Scoring also checks every row against the contract, computes intervals
+and input hashes, and writes the forecasts with COPY, chunk by chunk in bounded memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from bench import report
+
+STEP = "score_batch (every row)"
+FLOOR = "COPY + bare predict"
+TARGET = 0.5  # score_batch's share of its floor's throughput
+
+
+def _every_row(ws: Any) -> Any:
+    """The workspace scoring every record (serving.score_records: all), so each size scores its whole table."""
+    serving = dataclasses.replace(ws.config.serving, score_records="all")
+    return dataclasses.replace(ws, config=dataclasses.replace(ws.config, serving=serving))
+
+
+def run_score(spec: dict[str, Any]) -> dict[str, Any]:
+    """`score_batch` in this process, as the score_patients task runs it."""
+    from bench.probe import peak_mb, rss_mb, timed, workspace
+    from pipeline.scoring import score_batch
+
+    ws = _every_row(workspace(spec))
+    ready = rss_mb()
+    result, seconds = timed(score_batch, ws, spec["run_id"])
+    return {"seconds": seconds, "ready_mb": ready, "peak_mb": peak_mb(), "result": result}
+
+
+def run_score_floor(spec: dict[str, Any]) -> dict[str, Any]:
+    """COPY of the rows scoring selects into nothing, and the champion's bare predict on them in memory."""
+    from bench.probe import copy_into_nothing, peak_mb, timed, workspace
+    from pipeline import ingest, registry
+    from pipeline.features import model_inputs
+    from pipeline.scoring import selection_query
+
+    ws = _every_row(workspace(spec))
+    contract = ws.config.dataset
+    query = selection_query(contract, ws.config.serving.score_records)
+    sql = ingest.query_sql(query)
+    copy_into_nothing(ws.engine, sql, binary=True)  # warm the cache, as the read floor does
+    copies = [timed(copy_into_nothing, ws.engine, sql, True)[1] for _ in range(spec["repeats"])]
+    with ws.engine.connect() as conn:
+        champion = registry.current_champion(conn, ws.model)
+    assert champion is not None, "the bench's first retrain makes a champion"
+    model = ws.load_model(champion["artifact_hash"])
+    frame, _ = ingest.read_readable_rows(ws.engine, contract, query)
+    inputs = model_inputs(frame, contract)
+    predicts = [timed(model.predict, inputs)[1] for _ in range(spec["repeats"])]
+    return {"seconds": min(copies) + min(predicts), "copy_seconds": min(copies), "predict_seconds": min(predicts),
+            "rows": len(frame), "peak_mb": peak_mb()}
+
+
+PROBES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"score": run_score, "score_floor": run_score_floor}
+
+
+def measure(probe: Callable[[dict[str, Any]], dict[str, Any]], say: Callable[..., None], base: dict[str, Any],
+            label: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Score every row in a fresh process, then measure its floor; (the step's row, the floor's entry)."""
+    say(f"{label} score_batch, every row ...", end=" ")
+    scored = probe({**base, "probe": "score", "run_id": f"{base['run_id']}-score"})
+    result = scored["result"]
+    say(f"{scored['seconds']:.2f} s for {result['rows_selected']:,} rows ({result['rows_refused']:,} refused), "
+        f"peak {scored['peak_mb']:,.0f} MB")
+    say(f"{label} floor: COPY of the same rows into nothing + a bare predict ...", end=" ")
+    floor = probe({**base, "probe": "score_floor"})
+    say(f"{floor['copy_seconds']:.2f} s + {floor['predict_seconds']:.2f} s")
+    step = report.step(STEP, scored["seconds"], result["rows_selected"], floor["seconds"], scored["peak_mb"],
+                       ready_mb=scored["ready_mb"], result=result)
+    return step, {"seconds": floor["seconds"], "rows": floor["rows"], "peak_mb": floor["peak_mb"],
+                  "copy_seconds": floor["copy_seconds"], "predict_seconds": floor["predict_seconds"]}
+
+
+def verdicts(sizes: list[dict[str, Any]]) -> list[str]:
+    """Scoring's throughput against its floor, per size measured."""
+    lines = []
+    for size in sizes:
+        step = next((s for s in size["steps"] if s["step"] == STEP), None)
+        if step is None or step["vs_floor"] is None:
+            continue
+        lines.append(f"batch scoring at {report.fmt(size['rows'], 'rows')}: {step['rows_per_second']:,.0f} rows/s, "
+                     f"{step['vs_floor']:.2f} of its floor ({FLOOR}) (target >= {TARGET}) "
+                     f"{'OK' if step['vs_floor'] >= TARGET else 'MISSED'}")
+    return lines
