@@ -43,6 +43,7 @@ class Interval:
     coverage: float
     half_width: float
     method: str
+    bounds: tuple[float, float] | None = None  # outcomes outside are impossible (promotion.prediction_range)
 
 
 def conformal_record(abs_residuals: np.ndarray, coverage: float, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -106,14 +107,18 @@ def for_version(ws: Workspace, version: int, coverage: float | None = None) -> I
         found = recompute(ws, version, coverage)
         with ws.engine.begin() as conn:
             record(conn, version, found)
-    return Interval(version, float(found["coverage"]), float(found["half_width"]), str(found["method"]))
+    return Interval(version, float(found["coverage"]), float(found["half_width"]), str(found["method"]),
+                    ws.config.promotion.prediction_range)
 
 
 def forecast(model: Any, frame: pd.DataFrame, contract: DatasetContract, interval: Interval) -> pd.DataFrame:
-    """Each record's forecast and the interval around it."""
+    """Each record's forecast and the interval around it, cut to the outcomes that are possible (which
+    loses no coverage: no outcome lies outside them)."""
     predicted = np.asarray(model.predict(model_inputs(frame, contract)), dtype="float64")
-    return pd.DataFrame({"prediction": predicted, "lower": predicted - interval.half_width,
-                         "upper": predicted + interval.half_width}, index=frame.index)
+    lower, upper = predicted - interval.half_width, predicted + interval.half_width
+    if interval.bounds is not None:
+        lower, upper = np.clip(lower, *interval.bounds), np.clip(upper, *interval.bounds)
+    return pd.DataFrame({"prediction": predicted, "lower": lower, "upper": upper}, index=frame.index)
 
 
 def holdout_coverage(observed: np.ndarray, predicted: np.ndarray, half_width: float) -> float:

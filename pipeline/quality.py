@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline import rowchecks
 from pipeline.casting import cast_column, describe_cast, unreadable_reason
 from pipeline.config import DEFAULT_AGE_AT_EVENT_YEARS, DatasetContract, QualityPolicy
 from pipeline.features import age_in_years
@@ -256,15 +257,17 @@ def _suite_reasons(result: dict[str, Any], typed: pd.DataFrame, unreadable: set[
 
 
 def classify_rows(frame: pd.DataFrame, contract: DatasetContract, suite: dict[str, Any],
-                  policy: QualityPolicy | None = None) -> QualityResult:
+                  policy: QualityPolicy | None = None, fast: bool = False) -> QualityResult:
     """Normalise, cast and validate a raw batch (the suite, then the plausibility checks by role, with
-    `policy`'s age bounds, by default any human age); split it into valid and quarantined rows."""
+    `policy`'s age bounds, by default any human age); split it into valid and quarantined rows. `fast`
+    (scoring): the suite's rules through `pipeline.rowchecks` where it handles them all, else GX."""
     raw = frame.reset_index(drop=True)
     raw[ROW_COLUMN] = range(len(raw))
     normalised, normalisations = normalise(raw, contract, suite)
     typed, reasons = coerce_types(normalised, contract)
     # GX sees the batch's own columns only (a table-level rule may count them); it names rows by index = position.
-    result = run_suite(typed.drop(columns=ROW_COLUMN), suite, None)
+    checked = typed.drop(columns=ROW_COLUMN)
+    result = (rowchecks.suite_result(checked, suite) if fast else None) or run_suite(checked, suite, None)
     unreadable = {(p, r["column"]) for p, cast_reasons in reasons.items() for r in cast_reasons}
     suite_reasons, schema_failures = _suite_reasons(result, typed, unreadable)
     for position, found in suite_reasons.items():
@@ -290,14 +293,14 @@ def _awaiting_faults(reasons: list[dict[str, Any]], target: str) -> list[dict[st
 
 
 def classify_with_awaiting(labelled: pd.DataFrame, awaiting: pd.DataFrame | None, contract: DatasetContract,
-                           suite: dict[str, Any], policy: QualityPolicy | None = None
+                           suite: dict[str, Any], policy: QualityPolicy | None = None, fast: bool = False
                            ) -> tuple[QualityResult, QualityResult]:
     """Classify the labelled rows and, in the same pass (so a duplicate across the two is caught), the rows
     awaiting their outcome. The second result counts the awaiting rows and holds those with faults in
     `quarantined`, for a data steward; it keeps no valid rows. Positions are each frame's own."""
     n = len(labelled)
     both = labelled if awaiting is None or awaiting.empty else pd.concat([labelled, awaiting], ignore_index=True)
-    result = classify_rows(both, contract, suite, policy)
+    result = classify_rows(both, contract, suite, policy, fast)
     later = {p - n: _awaiting_faults(r, contract.target_column) for p, r in result.reasons.items() if p >= n}
     faulty = {p: r for p, r in later.items() if r}
     quarantined = result.quarantined[result.quarantined[ROW_COLUMN] >= n].copy()

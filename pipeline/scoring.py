@@ -104,7 +104,7 @@ def judge(frame: pd.DataFrame, contract: DatasetContract, suite: dict[str, Any],
     """The chunk's rows fit to score (normalised and typed as validation makes them, index = position in
     the chunk) and its refused rows with their reasons. Every row is checked as a record awaiting its
     outcome, and a fault of the target alone refuses nothing: the forecast does not read the target."""
-    _, verdicts = quality.classify_with_awaiting(frame.iloc[:0], frame, contract, suite, policy)
+    _, verdicts = quality.classify_with_awaiting(frame.iloc[:0], frame, contract, suite, policy, fast=True)
     if verdicts.schema_failures:
         raise ContractUnusable("\n".join(
             [f"the records to score broke a table-level expectation of suite '{suite['name']}' (not scored):"]

@@ -1,8 +1,9 @@
 """The REST API: the champion's forecasts, with their intervals, for the CRM one request at a time.
 
 `python -m pipeline serve` runs `create_app` under uvicorn. A record is judged by the same contract
-as training (types by `pipeline.casting`, then the Great Expectations suite and the plausibility
-checks through `quality.classify_with_awaiting`) and scored by the champion's own artifact, loaded
+as training (types by `pipeline.casting`, then the suite's rules, by `pipeline.rowchecks` where it
+handles them all and else by Great Expectations, and the plausibility checks, through
+`quality.classify_with_awaiting`) and scored by the champion's own artifact, loaded
 through `Workspace.load_model` (hash-checked). A background thread looks for a new champion every
 `serving.reload_seconds` and swaps it in with one reference assignment; another writes every forecast
 to `pipeline.predictions` (source 'api') in batches, off the request path. Logs carry counts,
@@ -381,7 +382,8 @@ def judge(frame: pd.DataFrame, contract: DatasetContract, suite: dict[str, Any],
     """The records normalised as training normalises them, and every record's errors: its shape and type
     errors, then the suite's and the plausibility checks' reasons (the records await their outcome)."""
     normalised, _ = quality.normalise(frame, contract, suite)
-    _, awaiting = quality.classify_with_awaiting(normalised.iloc[:0], normalised, contract, suite, ws.config.quality)
+    _, awaiting = quality.classify_with_awaiting(normalised.iloc[:0], normalised, contract, suite,
+                                               ws.config.quality, fast=True)
     errors = {i: list(found) for i, found in cast_errors.items()}
     for i, reasons in awaiting.reasons.items():
         unreadable = {e["field"] for e in errors.get(i, [])}
@@ -415,7 +417,7 @@ def score_records(records: list[Any], served: Served, ws: Workspace, suite: dict
     """Judge the records by the contract and score the valid ones with the served version."""
     contract = ws.config.dataset
     frame, cast_errors = records_frame(records, contract, datetime.now(UTC))
-    with judging:  # Great Expectations keeps state of its own; one judgement at a time
+    with judging:  # Great Expectations (a suite the fast checks do not cover) keeps state: one at a time
         normalised, errors = judge(frame, contract, suite, ws, cast_errors)
     valid = [i for i in range(len(records)) if i not in errors]
     rows = normalised.iloc[valid]

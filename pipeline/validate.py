@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,8 @@ def run_suite(frame: pd.DataFrame, suite: dict[str, Any], id_column: str | None)
     """Validate a DataFrame with Great Expectations; failing rows are named by `id_column`, else by index."""
     import great_expectations as gx  # heavy: seconds to import, so only when validating
     from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)  # its own INFO
 
     check_expectations(suite)
     context = gx.get_context(mode="ephemeral")

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -84,3 +85,14 @@ def output(result: subprocess.CompletedProcess[str]) -> Any:
     """The command's JSON output, after checking it succeeded."""
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def wait_until(condition: Callable[[], Any], what: str, deadline: float = 180.0) -> Any:
+    """Poll `condition` until it gives something truthy (returned); a generous deadline, for a loaded machine."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +33,7 @@ from tests.integration.stage_runs import (
     output,
     promote_demo_champion,
     quick_workspace,
+    wait_until,
 )
 
 DEADLINE_SECONDS = 180  # generous: only a broken pipeline gets near it, however busy the machine
@@ -54,16 +54,6 @@ def arrivals_waiting(ws: stages.Workspace) -> int:
     with ws.engine.connect() as conn:
         return arrivals.count_new_labelled_rows(conn, ws.config.dataset,
                                                 arrivals.last_seen_watermark(conn, ws.model))[0]
-
-
-def wait_for(condition: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 @pytest.fixture
@@ -88,7 +78,7 @@ def test_a_killed_run_is_marked_abandoned_by_the_next_command(champion: stages.W
     process = subprocess.Popen([sys.executable, "-m", "pipeline", "retrain", "--run-id", "killed"], cwd=PROJECT_ROOT,
                                env=cli_env(ws.settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        stage = wait_for(lambda: fetch(ws, "SELECT active_stage FROM pipeline.training_runs WHERE run_id = 'killed' "
+        stage = wait_until(lambda: fetch(ws, "SELECT active_stage FROM pipeline.training_runs WHERE run_id = 'killed' "
                                            "AND active_stage IN ('validate', 'train', 'evaluate')"), "a stage to start")
         os.kill(process.pid, signal.SIGSTOP)  # held mid-stage: alive, its lock held, however fast the stage
         assert runs.reap_abandoned(ws.engine, ws.model) == []  # a live run is never taken for dead
@@ -104,7 +94,7 @@ def test_a_killed_run_is_marked_abandoned_by_the_next_command(champion: stages.W
         process.kill()
         process.wait()
 
-    report = wait_for(lambda: [r for r in output(cli_runner(cli_env(ws.settings))("status", "--json"))["recent_runs"]
+    report = wait_until(lambda: [r for r in output(cli_runner(cli_env(ws.settings))("status", "--json"))["recent_runs"]
                                if r["run_id"] == "killed" and r["status"] != "running"], "the run to be reaped")
     [killed] = report
     assert (killed["status"], killed["failure_kind"]) == ("failed", "abandoned")
@@ -366,7 +356,7 @@ def test_a_run_that_loses_its_database_mid_stage_ends_abandoned(own_server: tupl
     process = subprocess.Popen([sys.executable, "-m", "pipeline", "retrain", "--run-id", "lost-db"], cwd=PROJECT_ROOT,
                                env=cli_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: fetch(ws, "SELECT 1 FROM pipeline.training_runs WHERE run_id = 'lost-db' "
+        wait_until(lambda: fetch(ws, "SELECT 1 FROM pipeline.training_runs WHERE run_id = 'lost-db' "
                                    "AND active_stage IN ('validate', 'train', 'evaluate')"), "a stage to start")
         os.kill(process.pid, signal.SIGSTOP)  # mid-stage when the server goes
         ws.engine.dispose()
@@ -399,14 +389,14 @@ def test_a_killed_scoring_run_is_marked_abandoned_and_leaves_no_forecast(champio
                                cwd=PROJECT_ROOT, env=cli_env(ws.settings), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: fetch(ws, "SELECT 1 FROM pipeline.scoring_runs WHERE run_id = 'killed-score' "
+        wait_until(lambda: fetch(ws, "SELECT 1 FROM pipeline.scoring_runs WHERE run_id = 'killed-score' "
                                    "AND status = 'running'"), "the scoring run to start")
         os.kill(process.pid, signal.SIGKILL)
     finally:
         process.kill()
         process.wait()
 
-    wait_for(lambda: stages.Workspace.open(ws.settings).engine.dispose() or fetch(
+    wait_until(lambda: stages.Workspace.open(ws.settings).engine.dispose() or fetch(
         ws, "SELECT 1 FROM pipeline.scoring_runs WHERE run_id = 'killed-score' AND status = 'failed'"),
         "the scoring run to be reaped")
     [run] = fetch(ws, "SELECT status, reason FROM pipeline.scoring_runs WHERE run_id = 'killed-score'")

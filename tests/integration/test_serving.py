@@ -16,8 +16,7 @@ import stat
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -29,7 +28,7 @@ import requests
 from pipeline import db, demo, registry, serving, stages
 from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT, Settings
 from tests.conftest import create_scratch_database
-from tests.integration.stage_runs import fetch, make_run, promote_demo_champion, quick_workspace
+from tests.integration.stage_runs import fetch, make_run, promote_demo_champion, quick_workspace, wait_until
 
 TOKEN, OTHER_TOKEN = "s3cret-token-for-tests", "a-second-token"
 DEADLINE = 90.0  # seconds any wait may take on a loaded machine
@@ -63,16 +62,6 @@ def running(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(DEADLINE)
-
-
-def wait_until(condition: Callable[[], Any], what: str, deadline: float = DEADLINE) -> Any:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def auth(token: str = TOKEN) -> dict[str, str]:

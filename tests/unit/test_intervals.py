@@ -10,6 +10,7 @@ from sklearn.linear_model import Ridge
 from sklearn.model_selection import KFold
 
 from pipeline import intervals
+from pipeline.config import PipelineConfig
 
 
 def simulated(rows: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -53,3 +54,17 @@ def test_the_record_names_its_rank_and_hashes_its_residuals() -> None:
 
 def test_too_few_residuals_give_no_finite_interval() -> None:
     assert intervals.conformal_record(np.array([1.0, 2.0]), 0.9, {})["half_width"] == math.inf
+
+
+def test_bounds_cut_the_interval_to_possible_outcomes(config: PipelineConfig) -> None:
+    from sklearn.dummy import DummyRegressor
+
+    from pipeline import demo
+
+    frame = demo.demo_records().head(3)
+    model = DummyRegressor(strategy="constant", constant=10.0).fit(frame[config.dataset.feature_names()], [0, 0, 0])
+    interval = intervals.Interval(1, 0.9, 25.0, intervals.METHOD, bounds=(0.0, 500.0))
+
+    forecast = intervals.forecast(model, frame, config.dataset, interval)
+
+    assert forecast.to_dict("list") == {"prediction": [10.0] * 3, "lower": [0.0] * 3, "upper": [35.0] * 3}

@@ -577,3 +577,55 @@ def test_without_awaiting_rows_the_labelled_result_is_unchanged(raw_records: pd.
     result, awaiting = quality.classify_with_awaiting(raw_records, None, contract, suite)
     pd.testing.assert_frame_equal(result.valid, alone.valid)
     assert (awaiting.rows_read, awaiting.reasons) == (0, {})
+
+
+# --- the fast row checks scoring uses: the same verdicts as Great Expectations ---------------------
+
+def both_ways(frame: pd.DataFrame, contract: DatasetContract, suite: dict[str, Any]) -> tuple[
+        quality.QualityResult, quality.QualityResult]:
+    by_gx = quality.classify_rows(frame, contract, suite)
+    fast = quality.classify_rows(frame, contract, suite, fast=True)
+    assert fast.gx_result.get("checked_by") == "pipeline.rowchecks"  # the fast path ran, not GX again
+    assert "checked_by" not in by_gx.gx_result
+    return by_gx, fast
+
+
+def same_reasons(result: quality.QualityResult) -> dict[int, list[tuple[str, str, str, str | None]]]:
+    """Each row's reasons in one order (GX lists its results by domain, the fast checks by the suite's order)."""
+    return {p: sorted((r["code"], r["column"], r["rule"], r.get("value")) for r in reasons)
+            for p, reasons in result.reasons.items()}
+
+
+def test_fast_row_checks_give_each_row_the_reasons_gx_gives(faulty_frame: pd.DataFrame, text_bmi: DatasetContract,
+                                                            suite: dict[str, Any]) -> None:
+    by_gx, fast = both_ways(faulty_frame, text_bmi, suite)
+
+    assert same_reasons(fast) == same_reasons(by_gx)
+    assert reasons_by_position(fast) == {p: sorted(r) for p, (_, _, r) in FAULTS.items()}
+    assert fast.valid.equals(by_gx.valid)
+
+
+@settings(max_examples=15, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(triples=corruption_triples, copies=st.lists(st.integers(0, SLICE_ROWS - 1), max_size=3))
+def test_fast_row_checks_agree_with_gx_on_any_corruption(raw_records: pd.DataFrame, all_declared: DatasetContract,
+                                                         suite: dict[str, Any], triples: list[tuple[int, str, str]],
+                                                         copies: list[int]) -> None:
+    batch = raw_records.head(SLICE_ROWS).reset_index(drop=True)
+    frame, _ = corrupt(batch, triples)
+    frame = pd.concat([frame, frame.iloc[copies]], ignore_index=True)  # whole rows entered twice
+
+    by_gx, fast = both_ways(frame, all_declared, suite)
+
+    assert same_reasons(fast) == same_reasons(by_gx)
+
+
+def test_fast_row_checks_agree_with_gx_on_the_clinic_export() -> None:
+    from pipeline.config import load_config
+    from pipeline.settings import PROJECT_ROOT
+
+    config = load_config(PROJECT_ROOT / "examples" / "clinic" / "clinic.yaml")
+    frame = demo.clinic_export()
+
+    by_gx, fast = both_ways(frame, config.dataset, load_suite(config.dataset.expectation_suite))
+
+    assert by_gx.reasons and same_reasons(fast) == same_reasons(by_gx)
