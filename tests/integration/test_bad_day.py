@@ -384,17 +384,23 @@ def test_a_run_that_loses_its_database_mid_stage_ends_abandoned(own_server: tupl
 
 def test_a_killed_scoring_run_is_marked_abandoned_and_leaves_no_forecast(champion: stages.Workspace) -> None:
     ws = champion
-    demo.simulate_arrivals(ws.engine, rows=20_000, seed=13, labelled=False)  # seconds of checking to kill it in
+    demo.simulate_arrivals(ws.engine, rows=200, seed=13, labelled=False)
+    blocker = ws.engine.connect()  # holds the refusals table: the scorer waits there, mid-run, until killed
+    blocker.execute(sa.text("LOCK TABLE pipeline.scoring_refusals IN ACCESS EXCLUSIVE MODE"))
     process = subprocess.Popen([sys.executable, "-m", "pipeline", "score", "--run-id", "killed-score"],
                                cwd=PROJECT_ROOT, env=cli_env(ws.settings), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
-        wait_until(lambda: fetch(ws, "SELECT 1 FROM pipeline.scoring_runs WHERE run_id = 'killed-score' "
-                                   "AND status = 'running'"), "the scoring run to start")
+        wait_until(lambda: fetch(ws, "SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                                     "WHERE c.relname = 'scoring_refusals' AND NOT l.granted"), "the scorer to wait")
+        assert fetch(ws, "SELECT status FROM pipeline.scoring_runs WHERE run_id = 'killed-score'") == [
+            {"status": "running"}]
         os.kill(process.pid, signal.SIGKILL)
     finally:
         process.kill()
         process.wait()
+        blocker.rollback()
+        blocker.close()
 
     wait_until(lambda: stages.Workspace.open(ws.settings).engine.dispose() or fetch(
         ws, "SELECT 1 FROM pipeline.scoring_runs WHERE run_id = 'killed-score' AND status = 'failed'"),
