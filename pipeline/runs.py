@@ -37,6 +37,7 @@ from pipeline.settings import Settings
 log = logging.getLogger(__name__)
 
 _RUN_LOCK_ID = 72_410_004  # pg_advisory_lock(key, hashtext(run_id)): one process works on a run at a time
+IDLE_RUN_HOURS = 24  # a run no stage has worked on for this long (between stages, say its scheduler gone) is dead
 LOCK_WAIT_SECONDS = 5.0  # a reaper holds a run's lock for a moment; a live stage holds it for its length
 
 class InfrastructureFailure(RuntimeError):
@@ -233,8 +234,9 @@ def _release(held: _Held, run_id: str) -> None:
 
 
 def reap_abandoned(engine: Engine, model: str) -> list[dict[str, Any]]:
-    """Mark failed (abandoned) every running run of `model` whose stage's process is gone: a stage is
-    named, and nobody holds the run's lock. Returns the runs marked."""
+    """Mark failed (abandoned) every running run of `model` whose stage's process is gone (a stage is
+    named, and nobody holds the run's lock), or that no stage has worked on for IDLE_RUN_HOURS; and every
+    running scoring run nobody holds. Returns the runs marked."""
     reaped = []
     with _autocommit(engine) as conn:
         candidates = conn.execute(sa.text("""
@@ -259,6 +261,18 @@ def reap_abandoned(engine: Engine, model: str) -> list[dict[str, Any]]:
             if done:
                 log.warning("run %s: %s", run["run_id"], reason)
                 reaped.append({**run, "reason": reason})
+        for run in conn.execute(sa.text("""
+                UPDATE pipeline.training_runs
+                   SET status = 'failed', failure_kind = 'abandoned', finished_at = now(),
+                       reason = 'abandoned: no stage worked on it for ' || :hours || ' hours (last at '
+                                || to_char(coalesce(heartbeat_at, started_at), 'YYYY-MM-DD HH24:MI:SS TZ')
+                                || '); its scheduler or operator left it between stages'
+                 WHERE model = :model AND status = 'running' AND active_stage IS NULL
+                   AND coalesce(heartbeat_at, started_at) < now() - make_interval(hours => :hours)
+                RETURNING run_id, reason
+        """), {"model": model, "hours": IDLE_RUN_HOURS}).mappings():
+            log.warning("run %s: %s", run["run_id"], run["reason"])
+            reaped.append(dict(run))
         for run_id in conn.scalars(sa.text(
                 "SELECT run_id FROM pipeline.scoring_runs WHERE model = :model AND status = 'running'"),
                 {"model": model}).all():

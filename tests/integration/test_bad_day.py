@@ -408,3 +408,20 @@ def test_a_killed_scoring_run_is_marked_abandoned_and_leaves_no_forecast(champio
     [run] = fetch(ws, "SELECT status, reason FROM pipeline.scoring_runs WHERE run_id = 'killed-score'")
     assert run["reason"].startswith("abandoned:")
     assert fetch(ws, "SELECT * FROM pipeline.predictions WHERE run_id = 'killed-score'") == []  # rolled back whole
+
+
+def test_a_run_left_between_stages_for_a_day_is_marked_abandoned(champion: stages.Workspace) -> None:
+    ws = champion
+    run = make_run("left-behind", datetime.now(UTC))
+    stages.ingest_snapshot(ws, run)  # then nothing: its scheduler went away between two tasks
+    assert runs.reap_abandoned(ws.engine, ws.model) == []  # an hour between stages is nothing unusual
+    with ws.engine.begin() as conn:  # a day and a bit later
+        conn.execute(sa.text("UPDATE pipeline.training_runs SET heartbeat_at = now() - interval '25 hours', "
+                             "started_at = now() - interval '25 hours' WHERE run_id = 'left-behind'"))
+
+    [reaped] = runs.reap_abandoned(ws.engine, ws.model)
+
+    failed = run_row(ws, "left-behind")
+    assert reaped["run_id"] == "left-behind"
+    assert (failed["status"], failed["failure_kind"]) == ("failed", "abandoned")
+    assert failed["reason"].startswith(f"abandoned: no stage worked on it for {runs.IDLE_RUN_HOURS} hours")
