@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -127,9 +129,13 @@ def holdout_coverage(observed: np.ndarray, predicted: np.ndarray, half_width: fl
 
 
 def input_hashes(frame: pd.DataFrame, contract: DatasetContract) -> list[str]:
-    """SHA-256 of each record's model input values (column=value, in the contract's order), as text."""
-    inputs = model_inputs(frame, contract)
-    text = pd.Series("", index=inputs.index, dtype=object)
-    for column in inputs.columns:
-        text = text + f"{column}=" + inputs[column].astype(str) + "\x1f"
-    return [hashlib.sha256(value.encode()).hexdigest() for value in text]
+    """SHA-256 of each record's model input values as text (`column=value` in the contract's order, a
+    missing value empty), built by Arrow; the same values always give the same hash."""
+    inputs = pa.Table.from_pandas(model_inputs(frame, contract), preserve_index=False)
+    parts = []
+    for column in inputs.column_names:
+        values = inputs.column(column)
+        text = values.cast(pa.string()) if not pa.types.is_null(values.type) else pa.nulls(len(values), pa.string())
+        parts.append(pc.binary_join_element_wise(f"{column}=", pc.fill_null(text, ""), ""))
+    joined = pc.binary_join_element_wise(*parts, "\x1f") if parts else pa.array([""] * len(inputs))
+    return [hashlib.sha256(value.encode()).hexdigest() for value in joined.to_pylist()]

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 
 from pipeline import ingest, intervals, quality, registry, runs, validate
@@ -129,11 +130,13 @@ def _id_texts(ids: pd.Series) -> list[str]:
 
 
 def _copy(cursor: Any, table: str, frame: pd.DataFrame) -> None:
-    """Bulk-load a frame into `table` with COPY (CSV); NaN and infinities as PostgreSQL reads them."""
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, header=False, na_rep="\\N")
-    buffer.seek(0)
-    cursor.copy_expert(f"COPY {table} ({', '.join(frame.columns)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buffer)
+    """Bulk-load a frame into `table` with COPY (CSV written by Arrow); NaN and infinities as PostgreSQL
+    reads them ('nan', 'inf'), a missing value as an empty field, text always quoted."""
+    buffer = pa.BufferOutputStream()
+    pa_csv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), buffer,
+                     pa_csv.WriteOptions(include_header=False, quoting_style="all_valid"))
+    cursor.copy_expert(f"COPY {table} ({', '.join(frame.columns)}) FROM STDIN WITH (FORMAT csv)",
+                       io.BytesIO(buffer.getvalue().to_pybytes()))
 
 
 class _Writer:

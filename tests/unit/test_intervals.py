@@ -68,3 +68,22 @@ def test_bounds_cut_the_interval_to_possible_outcomes(config: PipelineConfig) ->
     forecast = intervals.forecast(model, frame, config.dataset, interval)
 
     assert forecast.to_dict("list") == {"prediction": [10.0] * 3, "lower": [0.0] * 3, "upper": [35.0] * 3}
+
+
+def test_input_hashes_follow_the_values_only(config: PipelineConfig) -> None:
+    from pipeline import demo
+
+    frame = demo.demo_records().head(3)
+    again = frame.iloc[[2, 1, 0]].set_index(frame.index[[0, 1, 2]] + 100)  # other order, other index
+    changed = frame.copy()
+    changed.loc[1, "bmi"] += 0.1
+    missing = frame.copy()
+    missing.loc[1, "bmi"] = None
+
+    hashes = intervals.input_hashes(frame, config.dataset)
+
+    assert len(set(hashes)) == 3 and all(len(h) == 64 for h in hashes)
+    assert intervals.input_hashes(again, config.dataset) == hashes[::-1]
+    assert intervals.input_hashes(changed, config.dataset)[1] != hashes[1]
+    assert intervals.input_hashes(missing, config.dataset)[1] not in hashes
+    assert intervals.input_hashes(changed, config.dataset)[::2] == hashes[::2]
