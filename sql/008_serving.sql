@@ -35,12 +35,14 @@ CREATE TABLE IF NOT EXISTS pipeline.predictions (
 CREATE INDEX IF NOT EXISTS predictions_record_idx ON pipeline.predictions (model, source_id, made_at DESC);
 CREATE INDEX IF NOT EXISTS predictions_run_idx ON pipeline.predictions (run_id);
 
--- One current forecast per record, from the model's current champion: what the CRM reads.
+-- One current forecast per record, from the model's current champion: what the CRM reads. An API
+-- request for a record without an id is logged with an empty source_id, and is no record of the CRM's.
 CREATE OR REPLACE VIEW pipeline.latest_forecasts AS
 SELECT DISTINCT ON (p.model, p.source_id)
        p.model, p.source_id, p.version, p.prediction, p.lower, p.upper, p.coverage, p.made_at, p.source, p.run_id
   FROM pipeline.predictions p
   JOIN pipeline.champion c ON c.model = p.model AND c.version = p.version
+ WHERE p.source IN ('batch', 'api') AND p.source_id <> ''
  ORDER BY p.model, p.source_id, p.made_at DESC, p.prediction_id DESC;
 
 -- A batch scoring run: what it selected, scored and refused.

@@ -304,6 +304,18 @@ def test_forecasts_are_recorded_as_api_predictions(service: Service) -> None:
         assert len(row["input_hash"]) == 64
 
 
+def test_a_record_without_an_id_is_logged_but_not_offered_to_the_crm(service: Service) -> None:
+    [record] = patient_records(service.ws, 1)
+    del record["patient_id"]
+
+    assert post(service.base, record, request_id="no-id").status_code == 200
+
+    [row] = wait_until(lambda: fetch(service.ws, "SELECT * FROM pipeline.predictions WHERE run_id = 'no-id'"),
+                       "the forecast to be recorded")
+    assert row["source_id"] == ""
+    assert fetch(service.ws, "SELECT * FROM pipeline.latest_forecasts WHERE source_id = ''") == []
+
+
 def test_patient_values_never_reach_the_log(service: Service) -> None:
     records = patient_records(service.ws, 2)
     records[0].update(patient_id=98765431, bmi=33.3317, glucose=123.4567, birth_date="1957-03-29")
