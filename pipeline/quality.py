@@ -60,6 +60,8 @@ class QualityResult:
     normalisations: list[dict[str, Any]]
     gx_result: dict[str, Any]
     schema_failures: list[dict[str, Any]] = field(default_factory=list)
+    # Every row read, normalised and cast (ROW_COLUMN = its position), faulty or not: what scoring scores.
+    typed: pd.DataFrame | None = None
 
     def reason_counts(self) -> dict[str, int]:
         """How many rows carry each reason code (a row with two reasons counts under both)."""
@@ -284,6 +286,7 @@ def classify_rows(frame: pd.DataFrame, contract: DatasetContract, suite: dict[st
         normalisations=normalisations,
         gx_result=result,
         schema_failures=schema_failures,
+        typed=typed,
     )
 
 
@@ -297,7 +300,8 @@ def classify_with_awaiting(labelled: pd.DataFrame, awaiting: pd.DataFrame | None
                            ) -> tuple[QualityResult, QualityResult]:
     """Classify the labelled rows and, in the same pass (so a duplicate across the two is caught), the rows
     awaiting their outcome. The second result counts the awaiting rows and holds those with faults in
-    `quarantined`, for a data steward; it keeps no valid rows. Positions are each frame's own."""
+    `quarantined`, for a data steward; it keeps no valid rows, but all of them `typed`. Positions are each
+    frame's own."""
     n = len(labelled)
     both = labelled if awaiting is None or awaiting.empty else pd.concat([labelled, awaiting], ignore_index=True)
     result = classify_rows(both, contract, suite, policy, fast)
@@ -306,10 +310,14 @@ def classify_with_awaiting(labelled: pd.DataFrame, awaiting: pd.DataFrame | None
     quarantined = result.quarantined[result.quarantined[ROW_COLUMN] >= n].copy()
     quarantined[ROW_COLUMN] -= n
     first_valid = n - sum(1 for p in result.reasons if p < n)  # valid rows keep the batch's order
+    typed = result.typed.iloc[n:].reset_index(drop=True) if result.typed is not None else None
+    if typed is not None:
+        typed[ROW_COLUMN] -= n
     waiting = QualityResult(
         rows_read=len(both) - n, valid=result.valid.iloc[:0],  # awaiting rows are never trained on, so none kept
         quarantined=quarantined[quarantined[ROW_COLUMN].isin(list(faulty))].reset_index(drop=True),
-        reasons=faulty, normalisations=[], gx_result={}, schema_failures=result.schema_failures)
+        reasons=faulty, normalisations=[], gx_result={}, schema_failures=result.schema_failures, typed=typed)
+    result.typed = None  # the labelled rows' valid ones are in `valid`; the rest need not stay in memory
     result.rows_read, result.valid = n, result.valid.iloc[:first_valid].reset_index(drop=True)
     result.quarantined = result.quarantined[result.quarantined[ROW_COLUMN] < n].reset_index(drop=True)
     result.reasons = {p: r for p, r in result.reasons.items() if p < n}

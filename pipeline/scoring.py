@@ -115,9 +115,8 @@ def judge(frame: pd.DataFrame, contract: DatasetContract, suite: dict[str, Any],
         faults = [r for r in record["reasons"] if not _names_target(r, contract.target_column)]
         if faults:
             refusals.append({"row": record["row_number"], "source_id": record["source_id"], "reasons": faults})
-    raw = frame.reset_index(drop=True)
-    raw[quality.ROW_COLUMN] = range(len(raw))
-    typed, _ = quality.coerce_types(quality.normalise(raw, contract, suite)[0], contract)
+    typed = verdicts.typed
+    assert typed is not None  # classify_with_awaiting keeps every awaiting row typed
     refused = [r["row"] for r in refusals]
     return typed.loc[~typed[quality.ROW_COLUMN].isin(refused), contract.columns()], refusals
 

@@ -381,9 +381,9 @@ def judge(frame: pd.DataFrame, contract: DatasetContract, suite: dict[str, Any],
           cast_errors: dict[int, list[dict[str, Any]]]) -> tuple[pd.DataFrame, dict[int, list[dict[str, Any]]]]:
     """The records normalised as training normalises them, and every record's errors: its shape and type
     errors, then the suite's and the plausibility checks' reasons (the records await their outcome)."""
-    normalised, _ = quality.normalise(frame, contract, suite)
-    _, awaiting = quality.classify_with_awaiting(normalised.iloc[:0], normalised, contract, suite,
-                                               ws.config.quality, fast=True)
+    _, awaiting = quality.classify_with_awaiting(frame.iloc[:0], frame, contract, suite, ws.config.quality, fast=True)
+    assert awaiting.typed is not None  # classify_with_awaiting keeps every awaiting row typed
+    normalised = awaiting.typed.drop(columns=quality.ROW_COLUMN)
     errors = {i: list(found) for i, found in cast_errors.items()}
     for i, reasons in awaiting.reasons.items():
         unreadable = {e["field"] for e in errors.get(i, [])}
