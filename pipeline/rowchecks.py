@@ -13,6 +13,7 @@ A suite with any rule, argument or column type not handled here (`mostly`, a dat
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable
 from typing import Any
 
@@ -98,10 +99,7 @@ def _a_greater_than_b(frame: pd.DataFrame, kwargs: dict[str, Any]) -> np.ndarray
 
 
 def _all_dates(values: pd.Series) -> bool:
-    import datetime
-
-    present = values.dropna()
-    return all(type(v) is datetime.date for v in present)  # plain dates, as the contract's date columns hold them
+    return all(type(v) is datetime.date for v in values.dropna())  # plain dates, as the contract's date columns hold them
 
 
 def _type_list(frame: pd.DataFrame, kwargs: dict[str, Any]) -> np.ndarray | None:

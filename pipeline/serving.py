@@ -41,6 +41,7 @@ from pipeline import intervals, quality, registry, validate
 from pipeline.casting import cast_column
 from pipeline.config import DatasetContract
 from pipeline.runs import error_line
+from pipeline.scoring import PREDICTION_COLUMNS
 from pipeline.settings import Settings
 from pipeline.stages import Workspace
 
@@ -189,9 +190,7 @@ class Champion:
 
 # --- the prediction log --------------------------------------------------------------------------
 
-_PREDICTIONS = sa.table("predictions", *(sa.column(c) for c in (
-    "model", "version", "source_id", "prediction", "lower", "upper", "coverage", "run_id", "source", "input_hash")),
-    schema="pipeline")
+_PREDICTIONS = sa.table("predictions", *(sa.column(c) for c in PREDICTION_COLUMNS), schema="pipeline")
 
 
 class PredictionLog:
