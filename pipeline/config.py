@@ -51,10 +51,18 @@ class DatasetContract:
     expectation_suite: Path
     target_decimal: str | None = None  # the target held as text: its decimal mark
     id_type: str = "integer"  # or "text", for ids such as 'P-0001'
+    # When the target became known (an outcome filled in a year later). None: a row's label counts as
+    # known when the row was recorded (timestamp_column), so a late UPDATE of the target goes unseen.
+    label_timestamp_column: str | None = None
 
     def columns(self) -> list[str]:
         """Every column the pipeline reads, in snapshot order."""
-        return [self.id_column, *self.feature_names(), self.target_column, self.timestamp_column]
+        label_time = [self.label_timestamp_column] if self.label_timestamp_column else []
+        return [self.id_column, *self.feature_names(), self.target_column, self.timestamp_column, *label_time]
+
+    def labelled_at_column(self) -> str:
+        """The column that says when a row's label became known: the label timestamp, else the record time."""
+        return self.label_timestamp_column or self.timestamp_column
 
     def feature_names(self) -> list[str]:
         return [f.name for f in self.features]
@@ -68,6 +76,8 @@ class DatasetContract:
         types[self.id_column] = self.id_type
         types[self.target_column] = self.target_type
         types[self.timestamp_column] = "timestamp"
+        if self.label_timestamp_column:
+            types[self.label_timestamp_column] = "timestamp"
         return types
 
     def derived_columns(self) -> list[str]:
@@ -139,10 +149,26 @@ class DriftPolicy:
 
 
 @dataclass(frozen=True)
+class PerformancePolicy:
+    """When the champion's live performance (forecasts judged on outcomes that arrived) counts as degraded.
+    A threshold left out disables the performance trigger (with a warning); the report is still made."""
+
+    max_ratio: float | None = None  # degraded: live RMSE > holdout RMSE x this ...
+    min_outcomes: int | None = None  # ... on at least this many judged forecasts ...
+    confidence: float | None = None  # ... and the bootstrap interval of the ratio lies above max_ratio
+    bootstrap_samples: int = 2000
+
+    def missing_thresholds(self) -> list[str]:
+        needed = {"max_ratio": self.max_ratio, "min_outcomes": self.min_outcomes, "confidence": self.confidence}
+        return [name for name, value in needed.items() if value is None]
+
+
+@dataclass(frozen=True)
 class MonitoringPolicy:
     min_new_rows: int
     poll_seconds: float
     drift: DriftPolicy
+    performance: PerformancePolicy = field(default_factory=PerformancePolicy)
 
 
 @dataclass(frozen=True)
@@ -165,6 +191,7 @@ class ServingPolicy:
     max_request_records: int = 1000  # records one REST request may carry
     max_request_bytes: int = 1_000_000  # bytes one REST request body may carry
     reload_seconds: float = 2.0  # how often the REST service looks for a new champion
+    max_shadows: int = 2  # versions the batch also scores in shadow (stored, never shown to the CRM)
 
 
 @dataclass(frozen=True)
@@ -266,11 +293,12 @@ def _parse_dataset(raw: dict[str, Any], path: Path) -> DatasetContract:
         _parse_feature(f, i, path) for i, f in enumerate(_require(raw, "features", where))
     )
     columns = [str(_require(raw, k, where)) for k in ("id_column", "target_column", "timestamp_column")]
-    names = columns + [f.name for f in features]
+    label_time = _text(raw, "label_timestamp_column")
+    names = columns + [f.name for f in features] + ([label_time] if label_time else [])
     repeated = sorted({c for c in names if names.count(c) > 1})
     if repeated:
         raise ConfigError(f"{where}: column(s) {repeated} named twice among id_column, target_column, "
-                          "timestamp_column and features: each column has one role")
+                          "timestamp_column, label_timestamp_column and features: each column has one role")
     if AGE_COLUMN in [f.name for f in features]:
         raise ConfigError(f"{where}.features: '{AGE_COLUMN}' is derived from the date pair; name the source column otherwise")
     roles = [f.role for f in features]
@@ -286,6 +314,7 @@ def _parse_dataset(raw: dict[str, Any], path: Path) -> DatasetContract:
         target_type=str(raw.get("target_type", "float")),
         target_decimal=_text(raw, "target_decimal"),
         id_type=_id_type(raw, where),
+        label_timestamp_column=label_time,
         features=features,
         expectation_suite=(path.parent / str(_require(raw, "expectation_suite", where))).resolve(),
     )
@@ -377,7 +406,23 @@ def _parse_monitoring(raw: dict[str, Any], path: Path) -> MonitoringPolicy:
     min_new_rows = _number(raw, "min_new_rows", where, int)
     if min_new_rows < 1:
         raise ConfigError(f"{where}: min_new_rows must be at least 1, got {min_new_rows}")
-    return MonitoringPolicy(min_new_rows, _number(raw, "poll_seconds", where, float), drift)
+    return MonitoringPolicy(min_new_rows, _number(raw, "poll_seconds", where, float), drift,
+                            _parse_performance(raw.get("performance") or {}, f"{where}.performance"))
+
+
+def _parse_performance(raw: dict[str, Any], where: str) -> PerformancePolicy:
+    """The optional `monitoring.performance:` section; a threshold left out disables the trigger."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {raw!r}")
+    unknown = sorted(set(raw) - {f.name for f in fields(PerformancePolicy)})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {[f.name for f in fields(PerformancePolicy)]}")
+    return PerformancePolicy(
+        max_ratio=_optional(raw, "max_ratio", where, float),
+        min_outcomes=_optional(raw, "min_outcomes", where, int),
+        confidence=_optional(raw, "confidence", where, float),
+        bootstrap_samples=_default(_optional(raw, "bootstrap_samples", where, int), 2000),
+    )
 
 
 def _parse_database(raw: dict[str, Any], path: Path) -> DatabasePolicy:
@@ -428,11 +473,11 @@ def _parse_serving(raw: dict[str, Any], path: Path) -> ServingPolicy:
         raise ConfigError(f"{where}.score_records must be one of {list(SCORE_RECORDS)}, got {records!r}")
     numbers = {name: _as_number(raw.get(name, getattr(defaults, name)), f"{where}.{name}")
                for name in ("interval_coverage", "batch_rows", "max_request_records", "max_request_bytes",
-                            "reload_seconds")}
+                            "reload_seconds", "max_shadows")}
     return ServingPolicy(interval_coverage=float(numbers["interval_coverage"]), score_records=str(records),
                          batch_rows=int(numbers["batch_rows"]), max_request_records=int(numbers["max_request_records"]),
                          max_request_bytes=int(numbers["max_request_bytes"]),
-                         reload_seconds=float(numbers["reload_seconds"]))
+                         reload_seconds=float(numbers["reload_seconds"]), max_shadows=int(numbers["max_shadows"]))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -507,6 +552,12 @@ def check_ranges(config: PipelineConfig) -> None:
         ("serving.max_request_records", config.serving.max_request_records, lambda v: v >= 1, "at least 1"),
         ("serving.max_request_bytes", config.serving.max_request_bytes, lambda v: v >= 1024, "at least 1024"),
         ("serving.reload_seconds", config.serving.reload_seconds, lambda v: v > 0, "more than 0"),
+        ("serving.max_shadows", config.serving.max_shadows, lambda v: v >= 0, "at least 0"),
+        ("monitoring.performance.max_ratio", m.performance.max_ratio, lambda v: v >= 1, "at least 1 (1.2 means 20 % worse)"),
+        ("monitoring.performance.min_outcomes", m.performance.min_outcomes, lambda v: v >= 2, "at least 2"),
+        ("monitoring.performance.confidence", m.performance.confidence, lambda v: 0 < v < 1,
+         "between 0 and 1, both excluded"),
+        ("monitoring.performance.bootstrap_samples", m.performance.bootstrap_samples, lambda v: v >= 100, "at least 100"),
         *((f"promotion.behaviour.directions.{k}", v, lambda v: v > 0, "more than 0") for k, v in p.directions.items()),
     ]
     for key, value, holds, meaning in rules:

@@ -62,8 +62,10 @@ def test_shipped_config_matches_the_yaml_it_was_read_from(config: PipelineConfig
     assert contract.feature_names() == [f["name"] for f in raw["features"]]
     assert {f.name: f.role for f in contract.features} == {f["name"]: f["role"] for f in raw["features"]}
     assert contract.columns() == [
-        raw["id_column"], *(f["name"] for f in raw["features"]), raw["target_column"], raw["timestamp_column"]
+        raw["id_column"], *(f["name"] for f in raw["features"]), raw["target_column"], raw["timestamp_column"],
+        raw["label_timestamp_column"],
     ]
+    assert contract.labelled_at_column() == raw["label_timestamp_column"]
 
 
 def test_shipped_config_has_one_date_pair_and_keeps_id_and_timestamp_out_of_features(
