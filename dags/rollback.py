@@ -1,14 +1,22 @@
 """
-### rollback
+### rollback: set the champion
 
-Manual only (`rollback` for the primary model config, `rollback__<model>` for each other):
-make an earlier version of the model champion again, in one transaction, recorded in
-`pipeline.promotion_events`. The version's artifact is checked against its registered SHA-256
-before it becomes champion. Leave `to_version` empty to go back to the version the current
-champion replaced. A version that failed its policy checks when it was evaluated (behaviour,
-prediction range, R² floor) is refused unless `force` is set; the checks are then recorded in
-the event. The same as `python -m pipeline rollback [--to VERSION] --reason TEXT [--force]`.
-A rollback emits the asset `champion_model` (`champion_model__<model>`), which starts `score_patients`.
+Manual only (`rollback` for the primary model config, `rollback__<model>` for each other; shown as
+"Set champion"): make a chosen version of the model champion, in one transaction, recorded in
+`pipeline.promotion_events` with the operator and the reason. The version's artifact is checked
+against its registered SHA-256 before it becomes champion. A version that failed its policy checks
+when it was evaluated (behaviour, prediction range, R² floor), or never was, is refused unless
+`force` is set; the checks are then recorded in the event.
+
+- `mode: rollback` - back to an earlier version; leave `to_version` empty to go back to the version
+  the current champion replaced. The same as `python -m pipeline rollback [--to VERSION] --reason TEXT
+  [--force]`.
+- `mode: promote` - any registered version, typically one in shadow (`python -m pipeline shadow`):
+  `to_version` is needed, and the event records the version's live evidence (its shadow forecasts,
+  and how many have their outcome known). The same as `python -m pipeline promote --to VERSION
+  --reason TEXT [--force]`. A version in shadow that becomes champion leaves the shadow set.
+
+Either emits the asset `champion_model` (`champion_model__<model>`), which starts `score_patients`.
 """
 
 from __future__ import annotations
@@ -23,10 +31,12 @@ from pipeline.config import ModelEntry
 
 
 def rollback_dag(model: ModelEntry) -> Any:
-    """The rollback DAG of one model config."""
+    """The set-champion (rollback) DAG of one model config."""
+    champion = champion_model(model)
 
     @dag(
         dag_id=model.dag_id("rollback"),
+        dag_display_name="Set champion" + ("" if model.primary else f" ({model.name})"),
         schedule=None,
         start_date=datetime(2026, 1, 1),
         catchup=False,
@@ -34,29 +44,39 @@ def rollback_dag(model: ModelEntry) -> Any:
         tags=["governance", model.name],
         doc_md=__doc__,
         params={
+            "mode": Param("rollback", type="string", enum=["rollback", "promote"], title="Mode",
+                          description="rollback: back to an earlier version (by default the previous champion). "
+                          "promote: make the named version champion, a shadow say, with its live evidence."),
             "to_version": Param(None, type=["null", "integer"], minimum=1, title="Version",
-                                description="The model version to make champion. Empty: the previous champion."),
+                                description="The model version to make champion. Empty (rollback only): the "
+                                "previous champion."),
             "reason": Param("", type="string", minLength=3, title="Reason",
                             description="Why: recorded with the event in the promotion history."),
             "force": Param(False, type="boolean", title="Force",
-                           description="Roll back even to a version that failed its policy checks when evaluated "
+                           description="Even a version that failed its policy checks when evaluated, or never was "
                            "(they are named in the error, and recorded with the event)."),
         },
     )
     def rollback() -> None:
-        @task(outlets=[champion_model(model)])  # a new champion: score_patients runs
-        def rollback_champion(params: dict[str, Any] | None = None) -> dict[str, Any]:
+        @task(outlets=[champion])  # a new champion: score_patients runs
+        def set_champion(params: dict[str, Any] | None = None) -> dict[str, Any]:
+            from pipeline.champion import promote_version
             from pipeline.runs import in_airflow
             from pipeline.stages import rollback_champion
 
-            dag_run = get_current_context()["dag_run"]
-            user = getattr(dag_run, "triggering_user_name", None) or "operator"
-            chosen = params or {}
-            return in_airflow(model.config_path, lambda ws: rollback_champion(
-                ws, model.run_id(dag_run.run_id), chosen["reason"], chosen.get("to_version"),
-                actor=f"airflow:{user}", force=bool(chosen.get("force"))))
+            context = get_current_context()
+            dag_run = context["dag_run"]
+            actor = f"airflow:{getattr(dag_run, 'triggering_user_name', None) or 'operator'}"
+            chosen, run_id = params or {}, model.run_id(dag_run.run_id)
+            change = promote_version if chosen.get("mode") == "promote" else rollback_champion
+            result: dict[str, Any] = in_airflow(model.config_path, lambda ws: change(
+                ws, run_id, to_version=chosen.get("to_version"), reason=chosen["reason"], actor=actor,
+                force=bool(chosen.get("force"))))
+            context["outlet_events"][champion].extra = {
+                "source": chosen.get("mode") or "rollback", "version": result["champion"], "reason": result["reason"]}
+            return result
 
-        rollback_champion()
+        set_champion()
 
     return rollback()
 

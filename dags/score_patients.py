@@ -3,15 +3,18 @@
 
 The champion's forecast for every record that needs one, for the CRM (`score_patients` for the
 primary model config, `score_patients__<model>` for each other). Runs nightly at 03:30 UTC, after
-the 02:00 retrain, and whenever the model's champion changes: a promotion or a rollback emits the
-asset `champion_model` (`champion_model__<model>`).
+the 02:00 retrain, and whenever the model's champion changes: a promotion, or the `rollback`
+(set champion) DAG, emits the asset `champion_model` (`champion_model__<model>`).
 
 **score_records** - reads the records `serving.score_records` selects (awaiting their outcome, or
 all) in chunks of `serving.batch_rows`, checks each against the data contract as training does,
 writes each valid record's forecast and interval to `pipeline.predictions` and each invalid one to
 `pipeline.scoring_refusals` with its reasons. `pipeline.latest_forecasts` is what the CRM reads:
-one current forecast per record, from the current champion. A retried run replaces its own rows.
-The same as `python -m pipeline score --run-id ID`.
+one current forecast per record, from the current champion. Each version in shadow
+(`python -m pipeline shadow`) scores the same records beside it, as source `shadow`: stored for the
+live comparison, never shown to the CRM; a shadow that cannot be loaded or cannot score is stopped,
+named in `pipeline.scoring_runs.shadows`, and the champion's forecasts go on. A retried run replaces
+its own rows, shadow ones too. The same as `python -m pipeline score --run-id ID`.
 
 A failure of the infrastructure (database, disk, a missing artifact) is retried twice, after 30 s
 and 60 s; any other (no champion yet, a schema problem) fails at once in one line.

@@ -1,4 +1,4 @@
-"""Arrivals: how many labelled rows have landed since the last run looked, and when to signal."""
+"""Arrivals: how many outcomes have become known since the last run looked, and when to signal."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline.config import DatasetContract
-from pipeline.ingest import source_table
+from pipeline.ingest import labelled_at, source_table
 
 _SIGNAL_LOCK_ID = 72_410_003  # pg_advisory_xact_lock key: one signal decision at a time
 
@@ -28,13 +28,18 @@ def last_seen_watermark(conn: Connection, model: str) -> Any:
 
 
 def count_new_labelled_rows(conn: Connection, contract: DatasetContract, since: Any) -> tuple[int, Any]:
-    """Labelled rows recorded after `since` (all when None) and up to now, and the newest such timestamp.
-    A row stamped in the future is not readable by a run yet, so it is not counted until its time comes."""
+    """Outcomes that became known after `since` (all when None) and up to now, and when the newest did.
+    With a label time in the contract an outcome counts when it was filled in, so a late UPDATE of an old
+    row counts; without one, when its row was recorded. A row stamped in the future is not readable by a
+    run yet, so it is not counted until its time comes."""
     table = source_table(contract)
     ts, target = table.c[contract.timestamp_column], table.c[contract.target_column]
-    query = sa.select(sa.func.count(), sa.func.max(ts)).where(target.is_not(None), ts <= sa.func.now())
+    known_at = labelled_at(contract, table)
+    query = sa.select(sa.func.count(), sa.func.max(known_at)).where(target.is_not(None), ts <= sa.func.now())
+    if contract.label_timestamp_column:
+        query = query.where(known_at <= sa.func.now())
     if since is not None:
-        query = query.where(ts > since)
+        query = query.where(known_at > since)
     count, newest = conn.execute(query).one()
     return int(count), newest
 

@@ -378,6 +378,10 @@ def comparison_metrics_html(evaluation: Mapping[str, Any], evidence: Mapping[str
     baseline = evidence.get("baseline")
     note = "" if not baseline else (f"<p>Baseline, predicting the training mean ({baseline['train_mean']:.3f}): "
                                     f"RMSE {baseline['rmse']:.3f}</p>")
+    excluded = evidence.get("holdout_rows_excluded_champion_trained")
+    if excluded:
+        note += (f"<p>{int(excluded)} holdout rows the champion trained on were left out: candidate and champion "
+                 f"are compared on the other {evidence.get('holdout_rows')}.</p>")
     for key in ("champion_error", "error"):
         if evidence.get(key):
             note += f"<p class='fail'>{html.escape(str(evidence[key]))}</p>"

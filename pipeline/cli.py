@@ -69,13 +69,13 @@ def _run(args: argparse.Namespace) -> stages.Run:
     return stages.Run(run_id=args.run_id, watermark=args.watermark or datetime.now(UTC), triggered_by="cli")
 
 
-def _drift(pairs: list[str]) -> dict[str, float]:
+def _drift(pairs: list[str], flag: str = "--drift", example: str = "bmi=+4") -> dict[str, float]:
     """Parse `column=+shift` pairs."""
     drift = {}
     for pair in pairs:
         column, sep, shift = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--drift expects column=shift (e.g. bmi=+4), got '{pair}'")
+            raise SystemExit(f"{flag} expects column=shift (e.g. {example}), got '{pair}'")
         drift[column.strip()] = float(shift)
     return drift
 
@@ -116,8 +116,47 @@ def cmd_evaluate(ws: stages.Workspace, args: argparse.Namespace) -> Any:
     return stages.evaluate_candidate(ws, _run(args), args.version, args.margin)
 
 
+def _operator() -> str:
+    return f"cli:{os.environ.get('USER', 'operator')}"
+
+
 def cmd_promote(ws: stages.Workspace, args: argparse.Namespace) -> Any:
-    return stages.promote_candidate(ws, _run(args), dry_run=args.dry_run, actor="cli")
+    """Apply the run's recorded decision; with --to, make that version champion by the operator's choice."""
+    if args.to is None:
+        if args.reason is not None or args.force:
+            raise ValueError("--reason and --force go with --to VERSION (making a version champion by hand)")
+        return stages.promote_candidate(ws, _run(args), dry_run=args.dry_run, actor="cli")
+    if args.dry_run or args.watermark:
+        raise ValueError("--dry-run and --watermark apply a run's recorded decision; they do not go with --to")
+    from pipeline import champion
+
+    run_id = args.run_id or f"promote__{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
+    return champion.promote_version(ws, run_id, args.to, args.reason or "", actor=_operator(), force=args.force)
+
+
+def cmd_shadow(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    """The shadow set: list it, or add or remove one version, as an event."""
+    from pipeline import champion
+
+    added = champion.last_kept_candidate(ws) if args.add_rejected else args.add
+    if added is not None:
+        result = champion.add_shadow(ws, added, _operator(), args.reason)
+    elif args.remove is not None:
+        result = champion.remove_shadow(ws, args.remove, _operator(), args.reason)
+    else:
+        result = champion.shadows(ws)
+    if args.json:
+        return result
+    print(f"model {result['model']}: champion version {result['champion']}; in shadow "
+          f"({len(result['shadows'])} of at most {result['max_shadows']}):")
+    for shadow in result["shadows"]:
+        e = shadow["evidence"]
+        print(f"  v{shadow['version']}  added {shadow['added_at']:%Y-%m-%d %H:%M:%S} by {shadow['added_by']}: "
+              f"{shadow['reason']}  ({e['shadow_forecasts']} shadow forecasts in {e['shadow_runs']} runs, "
+              f"{e['shadow_forecasts_with_outcome']} with their outcome known)")
+    if not result["shadows"]:
+        print("  none")
+    return None
 
 
 def cmd_retrain(ws: stages.Workspace, args: argparse.Namespace) -> Any:
@@ -149,6 +188,40 @@ def cmd_drift(ws: stages.Workspace, args: argparse.Namespace) -> Any:
     if result["report_path"]:
         print(f"report: {result['report_path']}")
     return None
+
+
+def cmd_performance(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    """The forecasts judged on the outcomes known now, per version; the champion's verdict. Sends no retrain
+    signal: the monitor_performance DAG does (an event on the retrain asset)."""
+    from pipeline import performance
+
+    result = performance.monitor_performance(ws, _run(args), send_signal=False)
+    if args.json:
+        return result
+    print(f"performance of {result['model']} as of {result['as_of']:%Y-%m-%d %H:%M:%S %Z}: {result['verdict']}")
+    print(f"  {result['reason']}")
+    for warning in result["warnings"]:
+        print(f"  warning: {warning}")
+    for v in result["versions"]:
+        holdout = "—" if v["holdout_rmse"] is None else f"{v['holdout_rmse']:.2f} (x{v['ratio']:.2f})"
+        print(f"  v{v['version']} {v['source']:<6} {v['outcomes']:>6} outcomes  live RMSE {v['live_rmse']:.2f}  "
+              f"holdout {holdout}  MAE {v['mae']:.2f}  bias {v['bias']:+.2f}  coverage {v['coverage']:.0%} "
+              f"(nominal {v['nominal_coverage']:.0%}){'  champion' if v['champion'] else ''}"
+              f"{'  DEGRADED' if v['degraded'] else ''}")
+    for s in result["shadows"]:
+        shown = "" if s["rows"] == 0 else (f": RMSE {s['shadow_rmse']:.2f} vs {s['champion_rmse']:.2f}, squared "
+                                          f"error {s['mean_difference']:+.1f} [{s['low']:+.1f}, {s['high']:+.1f}]")
+        print(f"  shadow v{s['shadow_version']} vs champion v{s['champion_version']} on {s['rows']} shared records"
+              f"{shown}: {s['verdict']}")
+    print(f"report: {result['report_path']}")
+    return None
+
+
+def cmd_simulate_outcomes(ws: stages.Workspace, args: argparse.Namespace) -> Any:
+    from pipeline import outcomes
+
+    return outcomes.fill_outcomes(ws.engine, ws.model, args.months, args.seed,
+                                  _drift(args.shift, "--shift", "glucose=+30"))
 
 
 def cmd_quality(ws: stages.Workspace, args: argparse.Namespace) -> Any:
@@ -196,6 +269,9 @@ def cmd_score(ws: stages.Workspace, args: argparse.Namespace) -> Any:
     print(f"scoring run {result['run_id']}: {result['rows_selected']} records selected ({result['score_records']}), "
           f"{result['rows_scored']} scored by version {result['version']} of {result['model']} "
           f"(interval {result['coverage']:.0%}), {result['rows_refused']} refused {result['reason_counts']}")
+    for shadow in result["shadows"]:
+        print(f"  shadow version {shadow['version']}: " + (f"{shadow['rows_scored']} scored" if shadow["status"] == "done"
+                                                           else f"stopped: {shadow['reason']}"))
     return None
 
 
@@ -356,14 +432,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("evaluate", cmd_evaluate, "score candidate and champion on the holdout, record the decision", run=True)
     p.add_argument("--version", type=count_arg, required=True, help="candidate model version")
     p.add_argument("--margin", type=margin_arg, help="relative RMSE improvement needed, 0 to 0.5 (default: config)")
-    p = add("promote", cmd_promote, "apply the run's recorded decision", run=True)
+    p = add("promote", cmd_promote, "apply the run's recorded decision; or, with --to, make a version champion by "
+            "hand", run=True)
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--to", type=count_arg, metavar="VERSION", help="make this registered version champion (a shadow, "
+                   "say): hash-checked, recorded as an event with its live evidence")
+    p.add_argument("--reason", help="why (needed with --to): recorded with the event")
+    p.add_argument("--force", action="store_true",
+                   help="with --to: even a version that failed its policy checks (recorded with the event)")
+    p = add("shadow", cmd_shadow, "the versions the batch also scores beside the champion, never shown to the CRM: "
+            "list them, or add or remove one (at most serving.max_shadows)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--add", type=count_arg, metavar="VERSION")
+    which.add_argument("--add-rejected", action="store_true",
+                       help="add the candidate of the latest run that was evaluated and kept the champion")
+    which.add_argument("--remove", type=count_arg, metavar="VERSION")
+    p.add_argument("--reason", default="", help="why: recorded with the event")
+    p.add_argument("--json", action="store_true")
     p = add("retrain", cmd_retrain, "every stage in order, without Airflow", run=True)
     p.add_argument("--margin", type=margin_arg, help="relative RMSE improvement needed, 0 to 0.5 (default: config)")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--force", action="store_true", help="retrain even when no new labelled rows arrived")
     p = add("drift", cmd_drift, "compare recent records with the champion's training snapshot", run=True)
     p.add_argument("--json", action="store_true", help="print the full per-feature result as JSON")
+    p = add("performance", cmd_performance, "judge the forecasts on the outcomes known now: per version live "
+            "against holdout RMSE, MAE, bias, coverage; the champion's verdict (sends no retrain signal)", run=True)
+    p.add_argument("--json", action="store_true", help="the full result, every metric row included, as JSON")
+    p = add("simulate-outcomes", cmd_simulate_outcomes, "fill in the outcomes of forecast records whose visit was "
+            "--months ago or earlier (demo table), by UPDATE: the trigger stamps label_recorded_at")
+    p.add_argument("--months", type=int, default=12, help="the outcome is known this many months after the visit: "
+                   "visits on or before today minus MONTHS get theirs (0: every forecast record; default 12)")
+    p.add_argument("--shift", action="append", default=[], metavar="COLUMN=SHIFT",
+                   help="concept shift: outcomes computed as if COLUMN were SHIFT higher (stored value unchanged), "
+                   "e.g. glucose=+30 (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
     p = add("status", cmd_status, "the champion and the latest runs")
     p.add_argument("--json", action="store_true")
     p.add_argument("--runs", type=count_arg, default=5)

@@ -74,27 +74,56 @@ def source_table(contract: DatasetContract) -> sa.TableClause:
 
 
 def labelled_rows_query(contract: DatasetContract, watermark: datetime) -> sa.Select[Any]:
-    """Rows with a known label recorded up to the watermark, oldest first."""
+    """Rows recorded up to the watermark whose label was known by then, oldest first."""
     return recorded_rows_query(contract, watermark, labelled_only=True)
+
+
+def labelled_at(contract: DatasetContract, table: sa.TableClause) -> sa.ColumnElement[Any]:
+    """When a row's label became known, in SQL: its label time (a row labelled but never stamped counts as
+    labelled when recorded), or its record time when the contract has no label time."""
+    ts = table.c[contract.timestamp_column]
+    if not contract.label_timestamp_column:
+        return ts
+    return sa.func.coalesce(table.c[contract.label_timestamp_column], ts)
+
+
+def label_known(contract: DatasetContract, table: sa.TableClause, at: Any) -> sa.ColumnElement[bool]:
+    """A row's label was known at `at`: it has one and, with a label time in the contract, got it by then."""
+    target = table.c[contract.target_column]
+    if not contract.label_timestamp_column:
+        return target.is_not(None)
+    return sa.and_(target.is_not(None), labelled_at(contract, table) <= at)
+
+
+def _columns_as_known(contract: DatasetContract, table: sa.TableClause, known: sa.ColumnElement[bool]) -> list[Any]:
+    """The contract's columns, the label and its time blanked where they were not known yet: an outcome
+    filled in after the watermark never changes what a read as of the watermark gives."""
+    if not contract.label_timestamp_column:
+        return list(table.c)
+    hidden = {contract.target_column, contract.label_timestamp_column}
+    return [sa.case((known, column), else_=None).label(column.name) if column.name in hidden else column
+            for column in table.c]
 
 
 def recorded_rows_query(contract: DatasetContract, until: datetime, since: datetime | None = None,
                         labelled_only: bool = False, unlabelled_only: bool = False) -> sa.Select[Any]:
-    """Rows recorded in (since, until], oldest first; only those with (or without) a label if asked."""
+    """Rows recorded in (since, until] as known at `until`, oldest first; only those whose label was
+    (or was not) known by then if asked."""
     table = source_table(contract)
-    ts, target = table.c[contract.timestamp_column], table.c[contract.target_column]
-    query = sa.select(*table.c).where(ts <= sa.bindparam("watermark", until))
+    ts, watermark = table.c[contract.timestamp_column], sa.bindparam("watermark", until, type_=sa.DateTime)
+    known = label_known(contract, table, watermark)
+    query = sa.select(*_columns_as_known(contract, table, known)).where(ts <= watermark)
     if since is not None:
         query = query.where(ts > sa.bindparam("since", since))
     if labelled_only:
-        query = query.where(target.is_not(None))
+        query = query.where(known)
     if unlabelled_only:
-        query = query.where(target.is_(None))
+        query = query.where(sa.not_(known))
     return query.order_by(ts, table.c[contract.id_column])
 
 
 def unlabelled_rows_query(contract: DatasetContract, watermark: datetime) -> sa.Select[Any]:
-    """Rows recorded up to the watermark whose outcome is not known yet, oldest first."""
+    """Rows recorded up to the watermark whose outcome was not known by then, oldest first."""
     return recorded_rows_query(contract, watermark, unlabelled_only=True)
 
 
@@ -116,8 +145,9 @@ def check_declared_formats(contract: DatasetContract, present: dict[str, Any]) -
         if column == contract.id_column:
             raise ConfigError(f"dataset.id_column: '{column}' of {contract.table} is text; set dataset.id_type: text "
                               "to read ids such as 'P-0001' as they are")
-        if column == contract.timestamp_column:
-            raise ConfigError(f"dataset.timestamp_column: '{column}' of {contract.table} is text; the watermark is "
+        if column in (contract.timestamp_column, contract.label_timestamp_column):
+            key = "timestamp_column" if column == contract.timestamp_column else "label_timestamp_column"
+            raise ConfigError(f"dataset.{key}: '{column}' of {contract.table} is text; the watermark is "
                               "compared in SQL, so it must be a date or timestamp column")
         if column not in formats:
             key = "target_decimal" if column == contract.target_column else (
@@ -137,6 +167,13 @@ def check_source_columns(engine: Engine, contract: DatasetContract) -> None:
         raise SchemaError(
             f"source table {contract.table} lacks contract column(s) {missing}; "
             f"it has {sorted(present)}. Fix the table or the dataset section of the config."
+        )
+    label_time = contract.label_timestamp_column
+    if label_time and not isinstance(present[label_time], sa.DateTime):
+        raise SchemaError(
+            f"dataset.label_timestamp_column: column '{label_time}' of {contract.table} is {present[label_time]}; "
+            "it must be a timestamp column (timestamptz, as sql/009_outcome_time.sql adds it), because the time "
+            "an outcome became known is compared with the watermark in SQL"
         )
     for column, kind in contract.column_types().items():
         if not isinstance(present[column], COMPATIBLE_SQL_TYPES[kind]):

@@ -271,8 +271,9 @@ def _lock_promotions(conn: Connection, model: str) -> int | None:
 
 
 def _set_champion(conn: Connection, model: str, from_version: int | None, to_version: int, run_id: str,
-                  actor: str, reason: str) -> None:
-    """Point the model's champion at a version and append the event, inside the caller's transaction."""
+                  actor: str, reason: str, evidence: dict[str, Any] | None = None) -> None:
+    """Point the model's champion at a version and append the event, inside the caller's transaction.
+    A version in shadow that becomes champion leaves the shadow set, as an event too."""
     conn.execute(sa.text("""
         INSERT INTO pipeline.champion (model, slot, version, run_id, promoted_at)
         VALUES (:model, 'production', :v, :run_id, now())
@@ -280,10 +281,12 @@ def _set_champion(conn: Connection, model: str, from_version: int | None, to_ver
                                                 promoted_at = EXCLUDED.promoted_at
     """), {"model": model, "v": to_version, "run_id": run_id})
     conn.execute(sa.text("""
-        INSERT INTO pipeline.promotion_events (model, from_version, to_version, run_id, actor, reason)
-        VALUES (:model, :from_v, :to_v, :run_id, :actor, :reason)
+        INSERT INTO pipeline.promotion_events (model, from_version, to_version, run_id, actor, reason, evidence)
+        VALUES (:model, :from_v, :to_v, :run_id, :actor, :reason, CAST(:evidence AS jsonb))
     """), {"model": model, "from_v": from_version, "to_v": to_version, "run_id": run_id, "actor": actor,
-           "reason": reason})
+           "reason": reason, "evidence": _json(evidence) if evidence is not None else None})
+    if to_version in shadow_versions(conn, model):
+        _shadow_event(conn, model, to_version, "remove", actor, f"became champion (run {run_id})")
 
 
 def promote(engine: Engine, model: str, run_id: str, to_version: int, expected_champion: int | None, actor: str,
@@ -352,12 +355,87 @@ def previous_champion(conn: Connection, model: str) -> int | None:
     return int(version) if version is not None else None
 
 
-def rollback(engine: Engine, model: str, to_version: int, run_id: str, actor: str, reason: str) -> int | None:
-    """Make an earlier version champion again in one transaction, as an event; returns the version replaced."""
+def set_champion(engine: Engine, model: str, to_version: int, run_id: str, actor: str, reason: str,
+                 evidence: dict[str, Any] | None = None) -> int | None:
+    """Make a registered version of `model` champion in one transaction, as an event (an operator's
+    choice, not a run's decision: no expected champion); returns the version replaced."""
     with engine.begin() as conn:
         get_model(conn, to_version, model)  # a version of another model never becomes this one's champion
         current = _lock_promotions(conn, model)
         if current == to_version:
             raise ValueError(f"version {to_version} is already the champion of {model}")
-        _set_champion(conn, model, current, to_version, run_id, actor, f"rollback: {reason}")
+        _set_champion(conn, model, current, to_version, run_id, actor, reason, evidence)
     return current
+
+
+def rollback(engine: Engine, model: str, to_version: int, run_id: str, actor: str, reason: str) -> int | None:
+    """Make an earlier version champion again in one transaction, as an event; returns the version replaced."""
+    return set_champion(engine, model, to_version, run_id, actor, f"rollback: {reason}")
+
+
+# --- the shadow set --------------------------------------------------------------------------------
+
+
+def shadow_set(conn: Connection, model: str) -> list[dict[str, Any]]:
+    """The model's versions in shadow, oldest version first, with who added them, when and why."""
+    rows = conn.execute(sa.text("SELECT * FROM pipeline.shadows WHERE model = :model ORDER BY version"),
+                        {"model": model}).mappings()
+    return [dict(r) for r in rows]
+
+
+def shadow_versions(conn: Connection, model: str) -> list[int]:
+    return [int(r["version"]) for r in shadow_set(conn, model)]
+
+
+def shadow_history(conn: Connection, model: str) -> list[dict[str, Any]]:
+    """Every change of the model's shadow set, oldest first."""
+    rows = conn.execute(sa.text("SELECT * FROM pipeline.shadow_events WHERE model = :model ORDER BY event_id"),
+                        {"model": model}).mappings()
+    return [dict(r) for r in rows]
+
+
+def _shadow_event(conn: Connection, model: str, version: int, action: str, actor: str, reason: str) -> None:
+    conn.execute(sa.text("""
+        INSERT INTO pipeline.shadow_events (model, version, action, actor, reason)
+        VALUES (:model, :version, :action, :actor, :reason)
+    """), {"model": model, "version": version, "action": action, "actor": actor, "reason": reason})
+
+
+def add_shadow(engine: Engine, model: str, version: int, actor: str, reason: str, max_shadows: int) -> None:
+    """Put a version of `model` in shadow, as an event; under the promotion lock, so the champion cannot
+    change meanwhile. Refuses the champion, a version already in shadow, and a set already full."""
+    with engine.begin() as conn:
+        get_model(conn, version, model)
+        champion = _lock_promotions(conn, model)
+        if version == champion:
+            raise ValueError(f"version {version} is the champion of {model}: it is scored as the champion, "
+                             "not in shadow")
+        current = shadow_versions(conn, model)
+        if version in current:
+            raise ValueError(f"version {version} of {model} is already in shadow")
+        if len(current) >= max_shadows:
+            raise ValueError(f"{model} already has {len(current)} version(s) in shadow {current}, and "
+                             f"serving.max_shadows is {max_shadows}: remove one first (shadow --remove VERSION), "
+                             "or raise serving.max_shadows in the config")
+        _shadow_event(conn, model, version, "add", actor, reason)
+
+
+def remove_shadow(engine: Engine, model: str, version: int, actor: str, reason: str) -> None:
+    """Take a version of `model` out of shadow, as an event; refuses one that is not in shadow."""
+    with engine.begin() as conn:
+        get_model(conn, version, model)
+        _lock_promotions(conn, model)
+        current = shadow_versions(conn, model)
+        if version not in current:
+            raise ValueError(f"version {version} of {model} is not in shadow (in shadow: {current or 'none'})")
+        _shadow_event(conn, model, version, "remove", actor, reason)
+
+
+def last_kept_candidate(conn: Connection, model: str) -> int | None:
+    """The candidate of the model's latest run that was evaluated and kept the champion (by the policy's
+    decision, a dry run, or a champion that changed meanwhile)."""
+    version = conn.scalar(sa.text("""
+        SELECT e.candidate_version FROM pipeline.evaluations e JOIN pipeline.training_runs r USING (run_id)
+         WHERE r.model = :model AND r.status = 'kept' ORDER BY e.created_at DESC, e.candidate_version DESC LIMIT 1
+    """), {"model": model})
+    return int(version) if version is not None else None

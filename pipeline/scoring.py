@@ -7,9 +7,16 @@ Each chunk is checked against the data contract by the code training uses (`qual
 rows, normalised and typed as validation makes them, are scored by the champion
 (`intervals.forecast`); the others go to `pipeline.scoring_refusals` with their reasons.
 
+Each version in the model's shadow set (`pipeline.shadows`, see `pipeline.champion`) scores the same
+records as the champion, chunk by chunk, into `pipeline.predictions` with source 'shadow', which the
+CRM's view never shows. A shadow that cannot be loaded (its artifact fails the hash check) or cannot
+score a chunk is stopped for the run, its rows of the run taken back, the reason logged and recorded
+with the run: the champion's forecasts go on regardless.
+
 A run's rows are written with COPY in one transaction that first deletes what the same run id wrote
-before: re-running a run replaces its rows, never duplicates them, and a reader never sees half a run.
-`pipeline.scoring_runs` says what the run selected, scored and refused, or why it failed.
+before (batch and shadow alike): re-running a run replaces its rows, never duplicates them, and a
+reader never sees half a run. `pipeline.scoring_runs` says what the run selected, scored and refused
+(and, per shadow, scored or why it stopped), or why it failed.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -138,6 +146,22 @@ def _copy(cursor: Any, table: str, frame: pd.DataFrame) -> None:
                        io.BytesIO(buffer.getvalue().to_pybytes()))
 
 
+@dataclass
+class Shadow:
+    """A version scored in shadow during one run: its model and interval, its tally, or why it stopped."""
+
+    version: int
+    model: Any = None
+    interval: intervals.Interval | None = None
+    scored: int = 0
+    not_finite: int = 0
+    failure: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {"version": self.version, "status": "failed" if self.failure else "done", "rows_scored": self.scored,
+                "rows_not_finite": self.not_finite, "reason": self.failure}
+
+
 class _Writer:
     """Writes one chunk's forecasts and refusals on the run's transaction, and keeps the tally."""
 
@@ -146,14 +170,23 @@ class _Writer:
         self.selected = self.scored = self.refused = 0
         self.reason_counts: Counter[str] = Counter()
 
-    def forecasts(self, valid: pd.DataFrame, forecast: pd.DataFrame, hashes: list[str], id_column: str) -> None:
+    def _copy_forecasts(self, valid: pd.DataFrame, forecast: pd.DataFrame, hashes: list[str], id_column: str,
+                        interval: intervals.Interval, source: str) -> int:
         frame = pd.DataFrame({
-            "model": self.model, "version": self.interval.version, "source_id": _id_texts(valid[id_column]),
+            "model": self.model, "version": interval.version, "source_id": _id_texts(valid[id_column]),
             "prediction": forecast["prediction"].to_numpy(), "lower": forecast["lower"].to_numpy(),
-            "upper": forecast["upper"].to_numpy(), "coverage": self.interval.coverage, "run_id": self.run_id,
-            "source": "batch", "input_hash": hashes})
+            "upper": forecast["upper"].to_numpy(), "coverage": interval.coverage, "run_id": self.run_id,
+            "source": source, "input_hash": hashes})
         _copy(self.cursor, "pipeline.predictions", frame[list(PREDICTION_COLUMNS)])
-        self.scored += len(frame)
+        return len(frame)
+
+    def forecasts(self, valid: pd.DataFrame, forecast: pd.DataFrame, hashes: list[str], id_column: str) -> None:
+        self.scored += self._copy_forecasts(valid, forecast, hashes, id_column, self.interval, "batch")
+
+    def shadow_forecasts(self, shadow: Shadow, valid: pd.DataFrame, forecast: pd.DataFrame, hashes: list[str],
+                         id_column: str) -> None:
+        assert shadow.interval is not None  # a shadow scores only once loaded
+        shadow.scored += self._copy_forecasts(valid, forecast, hashes, id_column, shadow.interval, "shadow")
 
     def refusals(self, refusals: list[dict[str, Any]], first_row: int) -> None:
         """Refused rows, one line per source id (copies of one id share it; a missing id gets its row)."""
@@ -170,23 +203,61 @@ class _Writer:
         self.refused += len(refusals)
 
 
+def _finite(forecast: pd.DataFrame) -> np.ndarray:
+    """Which forecasts are a finite number with bounds (a bound is NaN, infinite, with too few residuals)."""
+    bounds = forecast[["lower", "upper"]].notna().all(axis=1).to_numpy(dtype=bool)
+    return np.asarray(np.isfinite(forecast["prediction"].to_numpy(dtype="float64")) & bounds, dtype=bool)
+
+
 def _score_chunk(table: pa.Table, writer: _Writer, model: Any, contract: DatasetContract, suite: dict[str, Any],
-                 policy: QualityPolicy) -> None:
+                 policy: QualityPolicy, shadows: list[Shadow]) -> None:
     frame = ingest.arrow_to_frame(ingest._with_null_columns(table))
     valid, refusals = judge(frame, contract, suite, policy)
     forecast = intervals.forecast(model, valid, contract, writer.interval) if len(valid) else None
     if forecast is not None:
-        bounds = forecast[["lower", "upper"]].notna().all(axis=1).to_numpy()  # infinite: too few residuals
-        finite = np.isfinite(forecast["prediction"].to_numpy()) & bounds
+        finite = _finite(forecast)
         for position in valid.index[~finite]:  # no NaN forecast reaches the CRM
             value = str(forecast.at[position, "prediction"])
             refusals.append({"row": int(position), "source_id": str(quality.source_id(valid.at[position,
                                                                                              contract.id_column])),
                              "reasons": [{**NOT_FINITE_FORECAST, "value": value}]})
         valid, forecast = valid.loc[finite], forecast.loc[finite]
-        writer.forecasts(valid, forecast, intervals.input_hashes(valid, contract), contract.id_column)
+        hashes = intervals.input_hashes(valid, contract)
+        writer.forecasts(valid, forecast, hashes, contract.id_column)
+        for shadow in shadows:  # the records the champion scored, and only those
+            if shadow.failure is None:
+                _shadow_chunk(writer, shadow, valid, hashes, contract)
     writer.refusals(refusals, writer.selected)
     writer.selected += len(frame)
+
+
+def _stop_shadow(writer: _Writer, shadow: Shadow, reason: str) -> None:
+    """Stop a shadow for the rest of the run: its rows of the run taken back, the reason logged and kept."""
+    writer.cursor.execute("DELETE FROM pipeline.predictions WHERE run_id = %s AND model = %s AND version = %s "
+                          "AND source = 'shadow'", (writer.run_id, writer.model, shadow.version))
+    shadow.failure, shadow.scored, shadow.not_finite = reason, 0, 0
+    log.warning("scoring run %s: shadow version %s of %s stopped, the champion's forecasts go on: %s",
+                writer.run_id, shadow.version, writer.model, reason)
+
+
+def _shadow_chunk(writer: _Writer, shadow: Shadow, valid: pd.DataFrame, hashes: list[str],
+                  contract: DatasetContract) -> None:
+    """The shadow's forecasts of the chunk's scored records, inside a savepoint: a failure takes back only its own."""
+    writer.cursor.execute("SAVEPOINT shadow_chunk")
+    try:
+        assert shadow.interval is not None
+        forecast = intervals.forecast(shadow.model, valid, contract, shadow.interval)
+        finite = _finite(forecast)
+        shadow.not_finite += int((~finite).sum())
+        writer.shadow_forecasts(shadow, valid.loc[finite], forecast.loc[finite],
+                                [h for h, keep in zip(hashes, finite, strict=True) if keep], contract.id_column)
+    except Exception as exc:  # noqa: BLE001 - a shadow never breaks the champion's batch; the reason is kept
+        writer.cursor.execute("ROLLBACK TO SAVEPOINT shadow_chunk")
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        _stop_shadow(writer, shadow, f"could not score the chunk from record {writer.selected + 1} of the selection: "
+                                     f"{type(exc).__name__}: {first_line}")
+    else:
+        writer.cursor.execute("RELEASE SAVEPOINT shadow_chunk")
 
 
 def start_run(ws: Workspace, run_id: str) -> None:
@@ -196,7 +267,7 @@ def start_run(ws: Workspace, run_id: str) -> None:
             INSERT INTO pipeline.scoring_runs (run_id, model, status) VALUES (:run_id, :model, 'running')
             ON CONFLICT (run_id) DO UPDATE
                SET status = 'running', reason = NULL, version = NULL, rows_selected = NULL, rows_scored = NULL,
-                   rows_refused = NULL, reason_counts = NULL, started_at = now(), finished_at = NULL
+                   rows_refused = NULL, reason_counts = NULL, shadows = NULL, started_at = now(), finished_at = NULL
              WHERE pipeline.scoring_runs.model = EXCLUDED.model
             RETURNING run_id
         """), {"run_id": run_id, "model": ws.model}).scalar()
@@ -226,24 +297,45 @@ def _champion(ws: Workspace) -> dict[str, Any]:
     return champion
 
 
+def load_shadows(ws: Workspace, champion_version: int) -> list[Shadow]:
+    """The model's shadow versions, each loaded (hash-checked) with its interval, or with why it could not be."""
+    with ws.engine.connect() as conn:
+        versions = [v for v in registry.shadow_versions(conn, ws.model) if v != champion_version]
+    shadows = []
+    for version in versions:
+        shadow = Shadow(version)
+        try:
+            with ws.engine.connect() as conn:
+                row = registry.get_model(conn, version, ws.model)
+            shadow.model = ws.load_model(row["artifact_hash"])
+            shadow.interval = intervals.for_version(ws, version)
+        except Exception as exc:  # noqa: BLE001 - a shadow never breaks the champion's batch; the reason is kept
+            shadow.failure = f"could not be loaded: {error_line(exc, ws.settings)}"
+            log.warning("shadow version %s of %s not scored, the champion's forecasts go on: %s", version, ws.model,
+                        shadow.failure)
+        shadows.append(shadow)
+    return shadows
+
+
 def _write_run(ws: Workspace, run_id: str, champion: dict[str, Any]) -> dict[str, Any]:
     """Score every selected record on one transaction: the run's earlier rows deleted, the new ones copied."""
     contract, serving = ws.config.dataset, ws.config.serving
     suite = scoring_suite(validate.load_suite(contract.expectation_suite), contract)
     model = ws.load_model(champion["artifact_hash"])  # hash-checked
     interval = intervals.for_version(ws, champion["version"])
+    shadows = load_shadows(ws, champion["version"])
     raw = ws.engine.raw_connection()
     try:
         cursor = raw.cursor()
         cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_SCORING_LOCK_ID, run_id))
-        cursor.execute("DELETE FROM pipeline.predictions WHERE run_id = %s AND model = %s AND source = 'batch'",
-                       (run_id, ws.model))
+        cursor.execute("DELETE FROM pipeline.predictions WHERE run_id = %s AND model = %s "
+                       "AND source IN ('batch', 'shadow')", (run_id, ws.model))
         cursor.execute("DELETE FROM pipeline.scoring_refusals WHERE run_id = %s", (run_id,))
         writer = _Writer(cursor, run_id, ws.model, interval)
         with ingest.arrow_cursor(ws.engine, contract) as source:
             schema, batches = ingest.cursor_batches(source, selection_query(contract, serving.score_records))
             for table in chunks(batches, schema, serving.batch_rows, contract.id_column):
-                _score_chunk(table, writer, model, contract, suite, ws.config.quality)
+                _score_chunk(table, writer, model, contract, suite, ws.config.quality, shadows)
         if writer.selected != writer.scored + writer.refused:
             raise RuntimeError(f"scoring run {run_id}: {writer.selected} records selected, but {writer.scored} "
                                f"scored and {writer.refused} refused")
@@ -251,14 +343,15 @@ def _write_run(ws: Workspace, run_id: str, champion: dict[str, Any]) -> dict[str
                    "coverage": interval.coverage, "half_width": interval.half_width,
                    "score_records": serving.score_records, "rows_selected": writer.selected,
                    "rows_scored": writer.scored, "rows_refused": writer.refused,
-                   "reason_counts": dict(sorted(writer.reason_counts.items()))}
+                   "reason_counts": dict(sorted(writer.reason_counts.items())),
+                   "shadows": [s.record() for s in shadows]}
         cursor.execute("""
             UPDATE pipeline.scoring_runs
                SET status = 'done', version = %s, rows_selected = %s, rows_scored = %s, rows_refused = %s,
-                   reason_counts = %s::jsonb, finished_at = now()
+                   reason_counts = %s::jsonb, shadows = %s::jsonb, finished_at = now()
              WHERE run_id = %s
         """, (champion["version"], writer.selected, writer.scored, writer.refused,
-              json.dumps(summary["reason_counts"]), run_id))
+              json.dumps(summary["reason_counts"]), json.dumps(summary["shadows"]), run_id))
         raw.commit()
     except BaseException:
         raw.rollback()
@@ -281,4 +374,7 @@ def score_batch(ws: Workspace, run_id: str) -> dict[str, Any]:
     log.info("scoring run %s: %d records selected (%s), %d scored by version %d of %s, %d refused %s",
              run_id, summary["rows_selected"], summary["score_records"], summary["rows_scored"], summary["version"],
              ws.model, summary["rows_refused"], summary["reason_counts"])
+    for shadow in summary["shadows"]:
+        log.info("scoring run %s: shadow version %d %s", run_id, shadow["version"],
+                 f"scored {shadow['rows_scored']}" if shadow["status"] == "done" else f"stopped: {shadow['reason']}")
     return summary

@@ -277,7 +277,7 @@ def train_candidate(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, An
                    "cv_folds": policy.cv_folds, "holdout_fraction": policy.holdout_fraction,
                    "search_max_rows": policy.search_max_rows},
         "cv_metrics": cv_table, "train_rows": len(train_rows), "holdout_rows": len(holdout_rows),
-        "holdout_start": {contract.timestamp_column: str(first_holdout[contract.timestamp_column]),
+        "holdout_start": {contract.labelled_at_column(): str(train.labelled_at(holdout_rows, contract).iloc[0]),
                           contract.id_column: quality.source_id(first_holdout[contract.id_column])},
         "library_versions": train.library_versions(), "code_version": train.code_version(),
     }
@@ -325,20 +325,71 @@ def _champion_predictions(champion: dict[str, Any] | None, holdout: Any, contrac
         return None, f"champion version {champion['version']} could not be scored: {exc}"
 
 
+class ChampionRowsUnknown(ValueError):
+    """The rows the champion trained on cannot be told, so they cannot be kept out of a comparison."""
+
+
+def _champion_training_ids(ws: Workspace, champion: dict[str, Any]) -> Any:
+    """The ids of the rows the champion was trained on: its own snapshot, split as when it was trained (with
+    its recorded holdout fraction, and by record time if its holdout started by record time). A snapshot that
+    cannot be read, or that no longer splits as recorded, is an error naming the file."""
+    contract, path = ws.config.dataset, ws.snapshot_path(champion["snapshot_hash"])
+    started = champion.get("holdout_start") or {}
+    if contract.label_timestamp_column and contract.timestamp_column in started:
+        contract = replace(contract, label_timestamp_column=None)  # trained before the holdout followed label time
+    fraction = float((champion.get("params") or {}).get("holdout_fraction", ws.config.training.holdout_fraction))
+    try:
+        trained_on, held_out = train.split_holdout(_load_snapshot(ws, champion["snapshot_hash"]), contract, fraction)
+    except Exception as exc:
+        raise ChampionRowsUnknown(
+            f"champion version {champion['version']}'s training snapshot {path} could not be read ({exc}); "
+            "without it the rows it trained on cannot be kept out of the holdout, and comparing on them would "
+            "flatter the champion. Restore the file (PIPELINE_ARTIFACT_DIR) or roll back to a version whose "
+            "snapshot is in the store") from exc
+    first_held_out = quality.source_id(held_out[contract.id_column].iloc[0])
+    if len(trained_on) != champion["train_rows"] or started.get(contract.id_column, first_held_out) != first_held_out:
+        raise ChampionRowsUnknown(
+            f"champion version {champion['version']}'s training snapshot {path} splits into {len(trained_on)} "
+            f"training rows and a holdout starting at id {first_held_out}, but the version records "
+            f"{champion['train_rows']} and {started}: the rows it trained on are unknown")
+    return trained_on[contract.id_column]
+
+
+def comparison_holdout(ws: Workspace, holdout: Any, champion: dict[str, Any] | None) -> tuple[Any, int, str | None]:
+    """The holdout rows candidate and champion are compared on: the candidate's holdout without the rows the
+    champion trained on; how many were left out; and why no comparison is possible, if it is not."""
+    if champion is None:
+        return holdout, 0, None
+    try:
+        trained_on = _champion_training_ids(ws, champion)
+    except ChampionRowsUnknown as exc:
+        return holdout, 0, str(exc)
+    seen = holdout[ws.config.dataset.id_column].isin(trained_on).to_numpy()
+    kept = holdout.loc[~seen]
+    if len(kept) < 2:
+        raise ValueError(f"{int(seen.sum())} of the {len(holdout)} holdout rows are rows champion version "
+                         f"{champion['version']} trained on: too few are left to compare the two")
+    return kept, int(seen.sum()), None
+
+
 def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str, Any] | None,
                     policy: PromotionPolicy) -> dict[str, Any]:
-    """Everything a promotion decision rests on, computed on the candidate's held-out rows."""
+    """Everything a promotion decision rests on, computed on the candidate's held-out rows less those the
+    champion trained on (a champion judged on its own training rows would look better than it is)."""
     contract = ws.config.dataset
     frame = _load_snapshot(ws, candidate["snapshot_hash"])
     train_rows, holdout = train.split_holdout(frame, contract, ws.config.training.holdout_fraction)
+    holdout, excluded, rows_unknown = comparison_holdout(ws, holdout, champion)
     observed = holdout[contract.target_column].to_numpy()
     model = ws.load_model(candidate["artifact_hash"])
     predicted = model.predict(model_inputs(holdout, contract))
-    champion_predicted, champion_error = _champion_predictions(champion, holdout, contract, ws.load_model)
+    champion_predicted, champion_error = ((None, rows_unknown) if rows_unknown else
+                                          _champion_predictions(champion, holdout, contract, ws.load_model))
     train_mean = float(train_rows[contract.target_column].mean())
     finite = bool(np.all(np.isfinite(predicted)))
     evidence: dict[str, Any] = {
         "holdout_rows": len(holdout),
+        "holdout_rows_excluded_champion_trained": excluded,
         "interval": _interval_evidence(ws, candidate["version"], observed, predicted) if finite else None,
         "behaviour": evaluate.behaviour_checks(model, holdout, contract, policy),
         "candidate": evaluate.regression_metrics(observed, predicted) if finite else None,
@@ -387,6 +438,10 @@ def evaluate_candidate(ws: Workspace, run: Run, version: int, margin: float | No
             decision = evaluate.Decision(False, "fail closed: the candidate's holdout predictions are not finite")
         else:
             decision = evaluate.decide_promotion(evidence, policy)
+        if evidence["holdout_rows_excluded_champion_trained"]:
+            decision = replace(decision, reason=f"{decision.reason} [compared on {evidence['holdout_rows']} holdout "
+                               f"rows: {evidence['holdout_rows_excluded_champion_trained']} the champion trained "
+                               "on were left out]")
     except Exception as exc:  # noqa: BLE001 - an evaluation that errored promotes nothing, and says why
         evidence = {"holdout_rows": 0, "candidate": None, "champion": None, "error": repr(exc)}
         decision = evaluate.Decision(False, f"fail closed: evaluation error: {exc}")

@@ -47,9 +47,20 @@ def build_model(contract: DatasetContract, family: str, policy: TrainingPolicy, 
     return Pipeline([("features", build_preprocessor(contract)), ("model", estimator)])
 
 
+def labelled_at(frame: pd.DataFrame, contract: DatasetContract) -> pd.Series:
+    """When each row's label became known: its label time, or its record time where it has none (and for
+    every row of a contract without one, or of a snapshot taken before the contract had one)."""
+    recorded = frame[contract.timestamp_column]
+    column = contract.labelled_at_column()
+    if column == contract.timestamp_column or column not in frame.columns:
+        return recorded
+    return frame[column].where(frame[column].notna(), recorded)
+
+
 def split_holdout(frame: pd.DataFrame, contract: DatasetContract, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Hold out the most recent labelled rows (by timestamp, then id) for evaluation."""
-    ordered = frame.sort_values([contract.timestamp_column, contract.id_column], kind="stable")
+    """Hold out the most recently labelled rows (by `labelled_at`, then id) for evaluation."""
+    keys = pd.DataFrame({"at": labelled_at(frame, contract), "id": frame[contract.id_column]}).reset_index(drop=True)
+    ordered = frame.iloc[keys.sort_values(["at", "id"], kind="stable").index]
     n_holdout = max(1, int(round(len(ordered) * fraction)))
     if len(ordered) - n_holdout < 2:
         raise ValueError(f"only {len(ordered)} labelled rows: too few to hold out {fraction:.0%} and train")

@@ -96,7 +96,8 @@ def test_each_model_config_gets_dags_of_its_own() -> None:
                             check=False, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     dags, clinic_asset, primary_asset = result.stdout.strip().splitlines()[-3:]
-    assert dags == str(["monitor_drift", "monitor_drift__clinic_progression", "retrain",
+    assert dags == str(["monitor_drift", "monitor_drift__clinic_progression", "monitor_performance",
+                        "monitor_performance__clinic_progression", "retrain",
                         "retrain__clinic_progression", "rollback", "rollback__clinic_progression", "score_patients",
                         "score_patients__clinic_progression"])
     assert clinic_asset == "labelled_records__clinic_progression ['clinic_progression', 'training']"

@@ -33,6 +33,10 @@ from tests.conftest import create_scratch_database
 START_TIMEOUT = 150
 RUN_TIMEOUT = 240
 MIN_NEW_ROWS = 20
+# The performance test fills in two batches of outcomes; together fewer than MIN_NEW_ROWS, so only the
+# performance monitor (not the arrival watcher) can start a retrain.
+OUTCOMES = 9
+MIN_OUTCOMES = 8
 
 
 def _free_port() -> int:
@@ -58,6 +62,7 @@ class LiveAirflow:
     engine: sa.engine.Engine
     log_path: Path
     artifact_dir: Path
+    env: dict[str, str]
 
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {self.token}"}
@@ -99,12 +104,20 @@ class LiveAirflow:
         with self.engine.connect() as conn:
             return conn.scalar(sa.text(sql), params)
 
+    def cli(self, *args: str) -> str:
+        """`python -m pipeline ARGS` against this Airflow's pipeline database and config."""
+        done = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=PROJECT_ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=RUN_TIMEOUT)
+        assert done.returncode == 0, f"pipeline {' '.join(args)} failed:\n{done.stderr[-3000:]}"
+        return done.stdout
+
 
 def _test_config(tmp: Path) -> Path:
     """The shipped configuration with a fast watcher and a small arrival threshold."""
     raw = yaml.safe_load((PROJECT_ROOT / "pipeline.yaml").read_text())
     raw["dataset"]["expectation_suite"] = str(PROJECT_ROOT / raw["dataset"]["expectation_suite"])
     raw["monitoring"].update(poll_seconds=1, min_new_rows=MIN_NEW_ROWS)
+    raw["monitoring"]["performance"]["min_outcomes"] = MIN_OUTCOMES
     path = tmp / "pipeline.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -146,7 +159,7 @@ def live_airflow(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
         password = json.loads((tmp / "airflow-home" / "passwords.json").read_text())["admin"]
         token = requests.post(f"{base_url}/auth/token", json={"username": "admin", "password": password},
                               timeout=30).json()["access_token"]
-        live = LiveAirflow(base_url, token, engine, log_path, tmp / "artifacts")
+        live = LiveAirflow(base_url, token, engine, log_path, tmp / "artifacts", env)
         _wait_for(lambda: live.call("GET", "/dags/retrain").status_code == 200, 60, "retrain to be parsed")
         yield live
     finally:
@@ -249,6 +262,56 @@ def test_batches_landing_during_a_run_are_trained_on_by_the_next(live_airflow: L
     assert set(first) | set(second) <= trained_ids
     assert not (set(first) | set(second)) & set(range(busy_rows + 1, 0))  # sanity: ids are new
     assert len(trained_ids) == busy_rows + len(first) + len(second)
+
+
+def _judge_new_outcomes(live: LiveAirflow, seed: int, shift: list[str]) -> tuple[dict[str, Any], datetime]:
+    """OUTCOMES new records scored by the champion, their outcomes filled in a year later (shifted or not),
+    then the performance monitor run as its daily schedule would; returns its finished run and the landing time."""
+    demo.simulate_arrivals(live.engine, rows=OUTCOMES, seed=seed, labelled=False)
+    live.cli("score")
+    live.cli("simulate-outcomes", "--months", "0", "--seed", str(seed), *shift)
+    landed = datetime.now(UTC)
+    response = live.trigger("monitor_performance", {})
+    assert response.status_code == 200, response.text
+    return live.wait_until_finished("monitor_performance", response.json()["dag_run_id"]), landed
+
+
+def _performance_report(live: LiveAirflow, run_id: str) -> dict[str, Any]:
+    with live.engine.connect() as conn:
+        return dict(conn.execute(sa.text("SELECT * FROM pipeline.performance_reports WHERE run_id = :r"),
+                                 {"r": run_id}).mappings().one())
+
+
+def test_a_concept_shift_starts_a_performance_retrain_and_stable_outcomes_do_not(live_airflow: LiveAirflow) -> None:
+    live_airflow.wait_until_idle("retrain")
+    live_airflow.unpause("monitor_performance")  # its last daily run starts at once
+    _wait_for(lambda: live_airflow.runs("monitor_performance"), 60, "a monitor_performance run")
+    live_airflow.wait_until_idle("monitor_performance")
+
+    stable, _ = _judge_new_outcomes(live_airflow, seed=41, shift=[])
+    report = _performance_report(live_airflow, stable["dag_run_id"])
+    emit = live_airflow.call("GET", f"/dags/monitor_performance/dagRuns/{stable['dag_run_id']}"
+                                    "/taskInstances/request_retrain").json()
+    assert stable["state"] == "success"
+    assert report["outcomes"] == OUTCOMES and report["degraded"] is False, report
+    assert emit["state"] == "skipped"
+
+    before = _run_ids(live_airflow, "retrain")
+    shifted, landed = _judge_new_outcomes(live_airflow, seed=42, shift=["--shift", "ltg=+2"])
+    report = _performance_report(live_airflow, shifted["dag_run_id"])
+    assert shifted["state"] == "success"
+    assert report["outcomes"] == 2 * OUTCOMES and report["degraded"] is True, report
+
+    run = _new_run(live_airflow, "retrain", before, run_type="asset_triggered")
+    finished = live_airflow.wait_until_finished("retrain", run["dag_run_id"])
+    record = live_airflow.training_run(run["dag_run_id"])
+    assert finished["state"] == "success"
+    assert record["triggered_by"] == "performance"
+    assert record["trigger_event"]["asset_events"][0]["extra"]["performance_run_id"] == shifted["dag_run_id"]
+    assert record["status"] in ("promoted", "kept")  # the new outcomes are new data: it trains
+    print(f"\noutcomes landed -> performance retrain start: "
+          f"{(_parse_time(finished['start_date']) - landed).total_seconds():.1f} s; live RMSE "
+          f"{report['live_rmse']:.1f} against holdout {report['holdout_rmse']:.1f}")
 
 
 def test_drift_is_flagged_and_starts_a_retrain(live_airflow: LiveAirflow) -> None:

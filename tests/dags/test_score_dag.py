@@ -81,6 +81,6 @@ def test_promotion_and_rollback_emit_the_asset_scoring_is_scheduled_on(dag_bag: 
     assert score.catchup is False and score.max_active_runs == 1
     assert [a.name for a in dag_bag.dags["retrain"].get_task("announce_champion").outlets] == ["champion_model"]
     assert "announce_champion" in dag_bag.dags["retrain"].get_task("champion_changed").downstream_task_ids
-    assert [a.name for a in dag_bag.dags["rollback"].get_task("rollback_champion").outlets] == ["champion_model"]
+    assert [a.name for a in dag_bag.dags["rollback"].get_task("set_champion").outlets] == ["champion_model"]
     for task in score.tasks:
         assert task.retries >= 1 and task.retry_exponential_backoff > 1, task.task_id

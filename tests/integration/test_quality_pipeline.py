@@ -99,8 +99,9 @@ def test_each_bad_row_kind_is_quarantined_with_its_reason(ws: stages.Workspace, 
     assert source_id == FAULTY_ID
     assert [r["code"] for r in record["reasons"]] == [reason]
     assert changed in record["reasons"][0]["column"].split("/")
-    assert record["original"] == {"patient_id": FAULTY_ID, "recorded_at": record["original"]["recorded_at"],
-                                  **{c: as_stored(v) for c, v in row.items()}}
+    stamps = {c: record["original"][c] for c in ("recorded_at", "label_recorded_at")}
+    assert stamps["label_recorded_at"] == stamps["recorded_at"]  # sql/009: inserted with its outcome, known then
+    assert record["original"] == {"patient_id": FAULTY_ID, **stamps, **{c: as_stored(v) for c, v in row.items()}}
     [snapshot] = fetch(ws, "SELECT path FROM pipeline.snapshots WHERE snapshot_hash = :h",
                        h=checked["clean_snapshot_hash"])
     assert FAULTY_ID not in set(pd.read_parquet(ws.settings.artifact_dir / snapshot["path"])["patient_id"])

@@ -73,10 +73,13 @@ def post(base: str, body: Any, token: str | None = TOKEN, request_id: str | None
     return requests.post(base + PREDICT, json=body, headers=headers, timeout=TIMEOUT)
 
 
-def patient_records(ws: stages.Workspace, n: int) -> list[dict[str, Any]]:
-    """`n` demo patients as the CRM would send them: the contract's names, dates as YYYY-MM-DD."""
+def patient_records(ws: stages.Workspace, n: int, ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """`n` demo patients (or those with these ids) as the CRM would send them: the contract's names, dates
+    as YYYY-MM-DD."""
     contract = ws.config.dataset
-    rows = fetch(ws, f"SELECT * FROM public.patient_records ORDER BY {contract.id_column} LIMIT :n", n=n)
+    chosen = "" if ids is None else f"WHERE {contract.id_column}::text = ANY(:ids)"
+    rows = fetch(ws, f"SELECT * FROM public.patient_records {chosen} ORDER BY {contract.id_column} LIMIT :n", n=n,
+                 ids=ids)
     records = []
     for row in rows:
         record = {k: v for k, v in row.items() if k in [contract.id_column, *contract.feature_names()]}

@@ -18,11 +18,12 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from pipeline import demo, ingest, quality
+from pipeline import ingest, quality
 from pipeline.casting import NOT_FINITE, OUT_OF_RANGE_DATE, Unreadable, cast_column
 from pipeline.config import DEFAULT_AGE_AT_EVENT_YEARS, ConfigError, DatasetContract, PipelineConfig, load_config
 from pipeline.settings import PROJECT_ROOT
 from pipeline.validate import load_suite
+from tests.unit.conftest import source_records
 
 # PostgreSQL's infinities as adbc-driver-postgresql hands them on: shifted from its 2000 epoch, wrapping.
 DATE_INFINITY, DATE_MINUS_INFINITY = -2_147_472_692, -2_147_472_691
@@ -79,7 +80,7 @@ def test_an_unreadable_or_infinite_cell_never_casts(kind: str, values: list[Any]
 
 
 def test_infinity_is_reported_as_postgresql_prints_it(demo_frame: pd.DataFrame, contract: DatasetContract) -> None:
-    frame = demo.demo_records().head(3).astype({"bmi": object, "glucose": object})
+    frame = source_records().head(3).astype({"bmi": object, "glucose": object})
     frame.at[0, "bmi"], frame.at[1, "glucose"] = float("inf"), Unreadable(NOT_FINITE, "NaN")
     frame[quality.ROW_COLUMN] = range(len(frame))
 
@@ -124,7 +125,7 @@ def test_bad_age_bounds_are_refused_by_key_and_value(tmp_path: Path, bounds: Any
 
 
 def with_dates(position: int, **dates: Any) -> pd.DataFrame:
-    frame = demo.demo_records().astype({"birth_date": object, "visit_date": object})
+    frame = source_records().astype({"birth_date": object, "visit_date": object})
     for column, value in dates.items():
         frame.at[position, column] = value
     return frame
@@ -136,13 +137,13 @@ def codes(result: quality.QualityResult) -> dict[int, list[tuple[str, str]]]:
 
 def test_every_demo_row_has_a_plausible_age_under_the_shipped_bounds(config: PipelineConfig,
                                                                      suite: dict[str, Any]) -> None:
-    result = quality.classify_rows(demo.demo_records(), config.dataset, suite, config.quality)
+    result = quality.classify_rows(source_records(), config.dataset, suite, config.quality)
 
     assert len(result.quarantined) == 0 and result.rows_read == len(result.valid) == 442
 
 
 def test_an_age_outside_the_configured_bounds_is_quarantined(config: PipelineConfig, suite: dict[str, Any]) -> None:
-    visit = demo.demo_records().at[5, "visit_date"]
+    visit = source_records().at[5, "visit_date"]
     frame = with_dates(5, birth_date=visit - pd.DateOffset(years=15))
 
     shipped = quality.classify_rows(frame, config.dataset, suite, config.quality)
@@ -157,7 +158,7 @@ def test_an_age_outside_the_configured_bounds_is_quarantined(config: PipelineCon
 
 def test_a_birth_after_the_visit_is_impossible_not_also_implausible(config: PipelineConfig,
                                                                     suite: dict[str, Any]) -> None:
-    visit = demo.demo_records().at[5, "visit_date"]
+    visit = source_records().at[5, "visit_date"]
     result = quality.classify_rows(with_dates(5, birth_date=visit + pd.Timedelta(days=30)), config.dataset, suite,
                                    config.quality)
 

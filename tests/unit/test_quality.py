@@ -22,6 +22,7 @@ from pipeline.casting import FormatError
 from pipeline.config import DatasetContract, Feature
 from pipeline.quality import REASON_CODES, ROW_COLUMN
 from pipeline.validate import describe_failure, load_suite
+from tests.unit.conftest import source_records
 
 KNOWN_CODES = set(REASON_CODES.values())
 
@@ -66,7 +67,7 @@ def text_bmi(contract: DatasetContract) -> DatasetContract:
 @pytest.fixture(scope="module")
 def raw_records() -> pd.DataFrame:
     """The demo study as the source table holds it: dates as date objects, sex as text."""
-    return demo.demo_records()
+    return source_records()
 
 
 @pytest.fixture(scope="module")

@@ -89,6 +89,21 @@ def test_holdout_is_the_most_recent_rows_by_timestamp_then_id(contract: DatasetC
     assert max(order_keys(train_rows, contract)) < min(order_keys(holdout, contract))
 
 
+def test_holdout_is_the_most_recently_labelled_rows_when_the_contract_has_a_label_time(
+        contract: DatasetContract) -> None:
+    label_time = contract.labelled_at_column()
+    assert label_time != contract.timestamp_column
+    frame = rows_with_times(contract, ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05"],
+                            [1, 2, 3, 4, 5])
+    # Row 1 was recorded first and labelled last; row 5 carries no label time: labelled when recorded.
+    frame[label_time] = pd.to_datetime(["2025-06-01", "2024-01-02", "2024-01-03", "2024-01-04", None], utc=True)
+    train_rows, holdout = train.split_holdout(frame, contract, 0.4)
+    assert holdout[contract.id_column].tolist() == [5, 1]
+    assert train_rows[contract.id_column].tolist() == [2, 3, 4]
+    plain = dataclasses.replace(contract, label_timestamp_column=None)
+    assert train.split_holdout(frame, plain, 0.4)[1][contract.id_column].tolist() == [4, 5]
+
+
 def test_holdout_and_train_partition_the_rows(contract: DatasetContract, demo_frame: pd.DataFrame) -> None:
     train_rows, holdout = train.split_holdout(demo_frame, contract, 0.2)
     train_ids, holdout_ids = set(train_rows[contract.id_column]), set(holdout[contract.id_column])

@@ -9,9 +9,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipeline import demo, ingest
+from pipeline import ingest
 from pipeline.config import DatasetContract
 from pipeline.validate import ValidationFailed, ValidationReport, load_suite, validate_frame
+from tests.unit.conftest import source_records
 
 Corruption = Callable[[pd.DataFrame], pd.DataFrame]
 VICTIM = 7  # the patient whose row each corruption breaks
@@ -62,7 +63,7 @@ def suite(contract: DatasetContract) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def valid_frame(contract: DatasetContract) -> pd.DataFrame:
     """The demo study as ingest types it, recorded_at included."""
-    return ingest.cast_to_contract(demo.demo_records(), contract)
+    return ingest.cast_to_contract(source_records(), contract)
 
 
 @pytest.fixture(scope="module")

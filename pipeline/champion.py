@@ -1,0 +1,124 @@
+"""An operator's say over the champion: promote any registered version, and keep challengers in shadow.
+
+`promote_version` is `python -m pipeline promote --to VERSION --reason TEXT` (and the rollback DAG's
+`mode: promote`): the version's artifact is checked against its registered SHA-256 and its policy
+checks are read as a rollback reads them, then it becomes champion in one transaction, recorded in
+`pipeline.promotion_events` with the actor, the reason and its live evidence (its shadow forecasts).
+
+The shadow set (`python -m pipeline shadow`) is the versions the batch also scores beside the champion
+(`pipeline.scoring`); its history is `pipeline.shadow_events`, append-only.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import sqlalchemy as sa
+
+from pipeline import artifacts, ingest, registry
+from pipeline.stages import Workspace, failed_policy_checks
+
+log = logging.getLogger(__name__)
+
+_PREDICTIONS = sa.table("predictions", sa.column("model"), sa.column("version"), sa.column("source"),
+                        sa.column("source_id"), sa.column("run_id"), sa.column("made_at"), schema="pipeline")
+
+
+def live_evidence(ws: Workspace, version: int) -> dict[str, Any]:
+    """What the version did in shadow: its forecasts, the scoring runs they came from, and how many of
+    them have their outcome known now (the rows a live comparison can judge)."""
+    contract = ws.config.dataset
+    source = ingest.source_table(contract)
+    p = _PREDICTIONS
+    outcome_known = sa.exists().where(sa.cast(source.c[contract.id_column], sa.Text) == p.c.source_id,
+                                      source.c[contract.target_column].is_not(None))
+    query = sa.select(sa.func.count().label("shadow_forecasts"),
+                      sa.func.count(sa.distinct(p.c.run_id)).label("shadow_runs"),
+                      sa.func.count().filter(outcome_known).label("shadow_forecasts_with_outcome"),
+                      sa.func.min(p.c.made_at).label("first_shadow_at"),
+                      sa.func.max(p.c.made_at).label("last_shadow_at")
+                      ).where(p.c.model == ws.model, p.c.version == version, p.c.source == "shadow")
+    with ws.engine.connect() as conn:
+        row = dict(conn.execute(query).mappings().one())
+    return {"version": version, **row, **_performance(ws, version)}
+
+
+def _performance(ws: Workspace, version: int) -> dict[str, Any]:
+    """The version's lines in the model's latest live performance report (`pipeline.performance`): its
+    outcomes, live and holdout RMSE per source, and its pairing with the champion on the same records."""
+    with ws.engine.connect() as conn:
+        report = conn.execute(sa.text("""
+            SELECT run_id, as_of, champion_version, versions, shadows FROM pipeline.performance_reports
+             WHERE model = :model ORDER BY created_at DESC LIMIT 1
+        """), {"model": ws.model}).mappings().first()
+    if report is None:
+        return {"performance": None}
+    return {"performance": {
+        "report_run_id": report["run_id"], "as_of": report["as_of"], "champion_version": report["champion_version"],
+        "versions": [v for v in report["versions"] or [] if v.get("version") == version],
+        "paired_with_champion": [s for s in report["shadows"] or [] if s.get("shadow_version") == version]}}
+
+
+def promote_version(ws: Workspace, run_id: str, to_version: int | None, reason: str, actor: str = "operator",
+                    force: bool = False) -> dict[str, Any]:
+    """Make a registered version champion by an operator's choice, hash-checked first, its live evidence in
+    the event. A version that failed its policy checks when evaluated (or never was) needs `force`."""
+    if not reason or not reason.strip():
+        raise ValueError("a promotion needs a reason (--reason)")
+    if to_version is None:
+        raise ValueError("a promotion needs the version to make champion (--to VERSION; to_version in the DAG)")
+    with ws.engine.connect() as conn:
+        model = registry.get_model(conn, to_version, ws.model)
+        current = registry.current_champion(conn, ws.model)
+        failed = failed_policy_checks(conn, model)
+    if current is not None and current["version"] == to_version:
+        raise ValueError(f"version {to_version} is already the champion of {ws.model}")
+    if failed and not force:
+        raise ValueError(f"version {to_version} failed its policy checks: {'; '.join(failed)}. Promote it only "
+                         "with --force (the checks are recorded in the promotion event)")
+    artifacts.verify_file(artifacts.stored_path(ws.settings.artifact_dir, "models", model["artifact_hash"]),
+                          model["artifact_hash"])
+    evidence = live_evidence(ws, to_version)
+    recorded = reason.strip() + (f" [forced past failed checks: {'; '.join(failed)}]" if failed else "")
+    replaced = registry.set_champion(ws.engine, ws.model, to_version, run_id, actor, f"promote: {recorded}",
+                                     evidence)
+    log.info("promoted: version %s is champion (replacing %s) on %d shadow forecasts (%d with their outcome): %s",
+             to_version, replaced, evidence["shadow_forecasts"], evidence["shadow_forecasts_with_outcome"], recorded)
+    return {"champion": to_version, "replaced": replaced, "reason": reason.strip(), "run_id": run_id,
+            "forced_past": failed, "evidence": evidence}
+
+
+def shadows(ws: Workspace) -> dict[str, Any]:
+    """The model's champion and shadow set, with each shadow's live evidence so far."""
+    with ws.engine.connect() as conn:
+        current = registry.current_champion(conn, ws.model)
+        shadow_set = registry.shadow_set(conn, ws.model)
+    return {"model": ws.model, "champion": None if current is None else int(current["version"]),
+            "max_shadows": ws.config.serving.max_shadows,
+            "shadows": [{**s, "evidence": live_evidence(ws, int(s["version"]))} for s in shadow_set]}
+
+
+def add_shadow(ws: Workspace, version: int, actor: str, reason: str) -> dict[str, Any]:
+    """Put a version in shadow (at most `serving.max_shadows`); the set afterwards."""
+    registry.add_shadow(ws.engine, ws.model, version, actor, reason.strip() or "(no reason given)",
+                        ws.config.serving.max_shadows)
+    log.info("version %s of %s is in shadow: the batch scores it beside the champion", version, ws.model)
+    return shadows(ws)
+
+
+def remove_shadow(ws: Workspace, version: int, actor: str, reason: str) -> dict[str, Any]:
+    """Take a version out of shadow; the set afterwards."""
+    registry.remove_shadow(ws.engine, ws.model, version, actor, reason.strip() or "(no reason given)")
+    log.info("version %s of %s is no longer in shadow", version, ws.model)
+    return shadows(ws)
+
+
+def last_kept_candidate(ws: Workspace) -> int:
+    """The candidate of the latest run that was evaluated and kept the champion; an error when there is none."""
+    with ws.engine.connect() as conn:
+        version = registry.last_kept_candidate(conn, ws.model)
+    if version is None:
+        raise LookupError(f"no evaluated candidate of {ws.model} was kept out (every one was promoted, or none "
+                          "was evaluated); name one with --add VERSION")
+    return version
