@@ -16,8 +16,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from pipeline import artifacts, ingest, registry
-from pipeline.stages import Workspace, failed_policy_checks
+from pipeline import ingest, registry
+from pipeline.stages import Workspace, vet_champion_to_be
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +69,11 @@ def promote_version(ws: Workspace, run_id: str, to_version: int | None, reason: 
     if to_version is None:
         raise ValueError("a promotion needs the version to make champion (--to VERSION; to_version in the DAG)")
     with ws.engine.connect() as conn:
-        model = registry.get_model(conn, to_version, ws.model)
+        registry.get_model(conn, to_version, ws.model)  # a version of this model, or an error naming it
         current = registry.current_champion(conn, ws.model)
-        failed = failed_policy_checks(conn, model)
     if current is not None and current["version"] == to_version:
         raise ValueError(f"version {to_version} is already the champion of {ws.model}")
-    if failed and not force:
-        raise ValueError(f"version {to_version} failed its policy checks: {'; '.join(failed)}. Promote it only "
-                         "with --force (the checks are recorded in the promotion event)")
-    artifacts.verify_file(artifacts.stored_path(ws.settings.artifact_dir, "models", model["artifact_hash"]),
-                          model["artifact_hash"])
+    failed = vet_champion_to_be(ws, to_version, force, "Promote it")
     evidence = live_evidence(ws, to_version)
     recorded = reason.strip() + (f" [forced past failed checks: {'; '.join(failed)}]" if failed else "")
     replaced = registry.set_champion(ws.engine, ws.model, to_version, run_id, actor, f"promote: {recorded}",

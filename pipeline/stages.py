@@ -562,6 +562,20 @@ def failed_policy_checks(conn: Any, model: dict[str, Any]) -> list[str]:
     return failed
 
 
+def vet_champion_to_be(ws: Workspace, version: int, force: bool, verb: str) -> list[str]:
+    """Before an operator makes `version` champion: it is a version of this model, its artifact matches its
+    registered SHA-256, and it passed its policy checks unless `force`; returns the checks it failed."""
+    with ws.engine.connect() as conn:
+        model = registry.get_model(conn, version, ws.model)
+        failed = failed_policy_checks(conn, model)
+    if failed and not force:
+        raise ValueError(f"version {version} failed its policy checks: {'; '.join(failed)}. {verb} only "
+                         "with --force (the checks are recorded in the promotion event)")
+    artifacts.verify_file(artifacts.stored_path(ws.settings.artifact_dir, "models", model["artifact_hash"]),
+                          model["artifact_hash"])
+    return failed
+
+
 def rollback_champion(ws: Workspace, run_id: str, reason: str, to_version: int | None = None,
                       actor: str = "operator", force: bool = False) -> dict[str, Any]:
     """Make an earlier version champion again (default: the one the champion replaced), hash-checked first.
@@ -570,15 +584,9 @@ def rollback_champion(ws: Workspace, run_id: str, reason: str, to_version: int |
         raise ValueError("a rollback needs a reason (--reason)")
     with ws.engine.connect() as conn:
         target = to_version if to_version is not None else registry.previous_champion(conn, ws.model)
-        if target is None:
-            raise ValueError(f"no earlier champion of {ws.model} to roll back to; name one with --to VERSION")
-        model = registry.get_model(conn, target, ws.model)
-        failed = failed_policy_checks(conn, model)
-    if failed and not force:
-        raise ValueError(f"version {target} failed its policy checks: {'; '.join(failed)}. Roll back to it only "
-                         "with --force (the checks are recorded in the promotion event)")
-    artifacts.verify_file(artifacts.stored_path(ws.settings.artifact_dir, "models", model["artifact_hash"]),
-                          model["artifact_hash"])
+    if target is None:
+        raise ValueError(f"no earlier champion of {ws.model} to roll back to; name one with --to VERSION")
+    failed = vet_champion_to_be(ws, target, force, "Roll back to it")
     recorded = reason.strip() + (f" [forced past failed checks: {'; '.join(failed)}]" if failed else "")
     replaced = registry.rollback(ws.engine, ws.model, target, run_id, actor, recorded)
     log.info("rolled back: version %s is champion again (replacing %s): %s", target, replaced, recorded)

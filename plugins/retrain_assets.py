@@ -2,7 +2,7 @@
 changes emit.
 
 Each model config (PIPELINE_CONFIG, plus every *.yaml in PIPELINE_MODELS_DIR) gets its own
-`retrain`, `monitor_drift`, `rollback` and `score_patients` DAGs and its own assets; the primary config's
+`retrain`, `monitor_drift`, `monitor_performance`, `rollback` and `score_patients` DAGs and its own assets; the primary config's
 keep the plain ids (`retrain`, `labelled_patient_records`, `champion_model`), the others carry the model name.
 Parsing reads only each file's `model:` name: pipeline.config and pipeline.settings import no
 heavy library.
