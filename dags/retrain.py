@@ -43,6 +43,7 @@ from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, g
 from retrain_assets import champion_model, labelled_records, models
 
 from pipeline.config import ModelEntry
+from pipeline.params import SPECS, json_schema
 
 # Every stage task: an infrastructure failure is retried after 30 s, then 60 s (`pipeline.runs.airflow_task`
 # turns any other failure into AirflowFailException, which is never retried).
@@ -51,7 +52,12 @@ RETRY: dict[str, Any] = {"retries": 2, "retry_delay": timedelta(seconds=30), "re
 
 
 def _run(model: ModelEntry) -> Any:
-    """The pipeline's view of this DAG run: id, watermark, and how it was started."""
+    """The pipeline's view of this DAG run: id, data cut-off, and how it was started.
+
+    The cut-off (watermark) of a manual run is its trigger time, never the form's Logical Date; an
+    `as_of` param asks for a past one (such a run never promotes). A scheduled or asset-triggered
+    run reads up to the end of its data interval."""
+    from pipeline.params import as_of, check_conf
     from pipeline.stages import Run, describe_trigger
 
     context = get_current_context()
@@ -59,8 +65,11 @@ def _run(model: ModelEntry) -> Any:
     events = [e.model_dump(mode="json") for e in getattr(dag_run, "consumed_asset_events", None) or []]
     run_type = getattr(dag_run.run_type, "value", str(dag_run.run_type))
     label, event = describe_trigger(run_type, getattr(dag_run, "triggering_user_name", None), events)
-    watermark = context.get("data_interval_end") or dag_run.run_after
-    return Run(run_id=model.run_id(dag_run.run_id), watermark=watermark, triggered_by=label, trigger_event=event)
+    cut_off = as_of(check_conf(dag_run.conf, dag_run.run_after), dag_run.run_after)  # this run's own conf
+    watermark = cut_off or (dag_run.run_after if run_type == "manual" else None) or context.get("data_interval_end") \
+        or dag_run.run_after
+    return Run(run_id=model.run_id(dag_run.run_id), watermark=watermark, triggered_by=label, trigger_event=event,
+               as_of=cut_off)
 
 
 def _workspace(model: ModelEntry) -> Any:
@@ -78,6 +87,27 @@ def _stage(model: ModelEntry, name: str, *args: Any, **kwargs: Any) -> Any:
     return in_airflow(model.config_path, lambda ws: getattr(stages, name)(ws, _run(model), *args, **kwargs))
 
 
+def _checked_params(model: ModelEntry) -> dict[str, Any]:
+    """The run's conf checked against `pipeline.params` before anything runs: an unknown key (Airflow's own
+    validation lets it through), a bad value or an `as_of` after the trigger time fails the run at once,
+    recorded with the reason."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from pipeline import params, runs
+    from pipeline.stages import describe_trigger
+
+    dag_run = get_current_context()["dag_run"]
+    try:
+        return params.check_conf(dag_run.conf, dag_run.run_after)
+    except params.ParamsRefused as exc:
+        reason = str(exc)
+    run_type = getattr(dag_run.run_type, "value", str(dag_run.run_type))
+    label, _ = describe_trigger(run_type, getattr(dag_run, "triggering_user_name", None), [])
+    runs.in_airflow(model.config_path, lambda ws: runs.refuse_run(
+        ws.engine, ws.model, model.run_id(dag_run.run_id), label, dag_run.run_after, dict(dag_run.conf or {}), reason))
+    raise AirflowFailException(reason)
+
+
 def _record_failure(model: ModelEntry, context: Any) -> None:
     from pipeline.runs import failure_kind
     from pipeline.stages import mark_run_failed
@@ -87,29 +117,7 @@ def _record_failure(model: ModelEntry, context: Any) -> None:
                     f"{context['task_instance'].task_id}: {error}", failure_kind(error) if error else "data")
 
 
-PARAMS = {
-    "margin": Param(
-        None,
-        type=["null", "number"],
-        minimum=0,
-        maximum=0.5,
-        title="Promotion margin",
-        description="Relative RMSE improvement the candidate needs over the champion "
-        "(0.01 = 1%, at most 0.5). Empty: the value in the model's config.",
-    ),
-    "dry_run": Param(
-        False,
-        type="boolean",
-        title="Dry run",
-        description="Train and evaluate, record the decision, but never promote.",
-    ),
-    "force": Param(
-        False,
-        type="boolean",
-        title="Force",
-        description="Retrain even when no labelled rows arrived since the newest model's snapshot.",
-    ),
-}
+PARAMS = {spec.name: Param(**json_schema(spec)) for spec in SPECS}  # one definition with the CLI's
 
 
 def retrain_dag(model: ModelEntry) -> Any:
@@ -131,8 +139,8 @@ def retrain_dag(model: ModelEntry) -> Any:
     )
     def retrain() -> None:
         @task(**RETRY)
-        def ingest_snapshot(params: dict[str, Any] | None = None) -> dict[str, Any]:
-            return _stage(model, "ingest_snapshot", dict(params or {}))
+        def ingest_snapshot() -> dict[str, Any]:
+            return _stage(model, "ingest_snapshot", _checked_params(model))
 
         @task.short_circuit(**RETRY)
         def has_new_data(snapshot: dict[str, Any], params: dict[str, Any] | None = None) -> bool:

@@ -13,6 +13,7 @@ import html
 import io
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +37,13 @@ log = logging.getLogger(__name__)
 PERMUTATION_ROWS = 20_000  # a 10^6-row holdout took a minute at full size; a seeded sample is plenty
 PERMUTATION_REPEATS = 5
 SCATTER_POINTS = 10_000  # points drawn in a scatter plot: more are a blob, and 2M took seconds to draw
-STYLE = ("body{font-family:sans-serif;max-width:60em;margin:auto}td,th{padding:2px 8px;text-align:left}"
+FIGURE_DPI = 110  # with the sizes below, a plot is 700-1000 px wide: readable without zooming
+STYLE = ("body{font-family:sans-serif;max-width:70em;margin:auto}td,th{padding:2px 8px;text-align:left}"
          "table{border-collapse:collapse}tr:nth-child(even){background:#f4f4f4}"
          ".worse{background:#f8c0c0}.worse-unjudged{background:#fbe7b5}.fail{color:#b00}"
-         "figure{display:inline-block;margin:4px}figcaption{font-size:small}")
+         ".convention{border-left:4px solid #888;padding-left:8px}"
+         "figure{display:inline-block;margin:4px;max-width:100%}figure img{max-width:100%}"
+         "figcaption{font-size:small}")
 
 
 @dataclass(frozen=True)
@@ -66,11 +70,14 @@ class CardContent:
     behaviour: dict[str, Any]
     evaluation: dict[str, Any] | None
     interval: Any = None  # intervals.Interval of the version at the configured coverage
+    slice_tolerance: float | None = None  # promotion.slice_tolerance the decision used (or the configured one)
+    min_slice_rows: int | None = None  # promotion.min_slice_rows, likewise
+    slice_source: str = ""  # where the slice numbers come from, in a sentence
 
 
-# --- plots: each returns a base64 PNG --------------------------------------------------------
+# --- plots: each returns a matplotlib Figure; `png` turns one into base64 -----------------------
 
-def _new_figure(columns: int = 1, width: float = 5.0, height: float = 3.2) -> tuple[Any, Any]:
+def _new_figure(columns: int = 1, width: float = 7.0, height: float = 4.5) -> tuple[Any, Any]:
     """An Agg figure and its axes, kept out of pyplot's global state (no figure to leak or close)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -80,11 +87,15 @@ def _new_figure(columns: int = 1, width: float = 5.0, height: float = 3.2) -> tu
     return figure, figure.subplots(1, columns)
 
 
-def _png(figure: Any) -> str:
+def png(figure: Any) -> str:
+    """A figure as a base64 PNG."""
     buffer = io.BytesIO()
     figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=80)
+    figure.savefig(buffer, format="png", dpi=FIGURE_DPI)
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+_png = png  # the name pipeline/performance.py's plots call it by
 
 
 def scatter_rows(rows: int, limit: int = SCATTER_POINTS) -> np.ndarray:
@@ -98,7 +109,7 @@ def scatter_note(rows: int) -> str:
     return "" if rows <= SCATTER_POINTS else f" ({SCATTER_POINTS:,} of {rows:,} rows)"
 
 
-def plot_predicted_vs_observed(observed: np.ndarray, predicted: np.ndarray) -> str:
+def plot_predicted_vs_observed(observed: np.ndarray, predicted: np.ndarray) -> Any:
     """Holdout predictions against the observed values, with the y = x line."""
     figure, ax = _new_figure()
     drawn = scatter_rows(len(observed))
@@ -108,13 +119,13 @@ def plot_predicted_vs_observed(observed: np.ndarray, predicted: np.ndarray) -> s
     ax.plot([low, high], [low, high], color="black", linewidth=1, label="y = x")
     ax.set(xlabel="observed", ylabel="predicted", title=f"Predicted vs observed (holdout){scatter_note(len(observed))}")
     ax.legend()
-    return _png(figure)
+    return figure
 
 
-def plot_residuals(observed: np.ndarray, predicted: np.ndarray) -> str:
+def plot_residuals(observed: np.ndarray, predicted: np.ndarray) -> Any:
     """Residuals as a histogram and against the prediction."""
     residuals = observed - predicted
-    figure, (hist, scatter) = _new_figure(columns=2, width=8.0)
+    figure, (hist, scatter) = _new_figure(columns=2, width=10.0)
     hist.hist(residuals, bins=20)
     hist.set(xlabel="observed - predicted", ylabel="rows", title="Residuals")
     drawn = scatter_rows(len(residuals))
@@ -122,12 +133,12 @@ def plot_residuals(observed: np.ndarray, predicted: np.ndarray) -> str:
     scatter.axhline(0.0, color="black", linewidth=1)
     scatter.set(xlabel="predicted", ylabel="observed - predicted",
                 title=f"Residual vs predicted{scatter_note(len(residuals))}")
-    return _png(figure)
+    return figure
 
 
-def plot_slice_rmse(slices: Sequence[Mapping[str, Any]]) -> str:
+def plot_slice_rmse(slices: Sequence[Mapping[str, Any]]) -> Any:
     """RMSE per slice group: the candidate's bars, and the champion's beside them when there is one."""
-    figure, ax = _new_figure(width=6.0, height=3.6)
+    figure, ax = _new_figure(width=max(7.0, 0.6 * len(slices) + 2.0), height=4.5)
     labels = [f"{row['slice']}={row['group']}" for row in slices]
     x = np.arange(len(labels))
     with_champion = any(row.get("champion_rmse") is not None for row in slices)
@@ -137,31 +148,38 @@ def plot_slice_rmse(slices: Sequence[Mapping[str, Any]]) -> str:
         champion = [np.nan if row.get("champion_rmse") is None else row["champion_rmse"] for row in slices]
         ax.bar(x + width / 2, champion, width, label="champion")
     ax.set_xticks(x, labels, rotation=45, ha="right")
-    ax.set(ylabel="RMSE", title="Holdout RMSE by slice" if slices else "No slices configured")
+    ax.set(xlabel="slice group", ylabel="holdout RMSE", title="Holdout RMSE by slice" if slices else "No slices configured")
     if slices:
         ax.legend()
-    return _png(figure)
+    return figure
 
 
-def plot_importance(importance: Importance) -> str:
+def plot_importance(importance: Importance) -> Any:
     """One horizontal bar per feature, largest magnitude on top."""
     ordered = sorted(importance.values.items(), key=lambda item: abs(item[1]))
-    figure, ax = _new_figure(width=6.0, height=max(2.5, 0.3 * len(ordered) + 1.0))
+    figure, ax = _new_figure(width=7.0, height=max(3.5, 0.35 * len(ordered) + 1.5))
     ax.barh([name for name, _ in ordered], [value for _, value in ordered])
     ax.axvline(0.0, color="black", linewidth=1)
-    ax.set(title="Feature importance", xlabel=importance.axis)
-    return _png(figure)
+    ax.set(title="Feature importance", xlabel=importance.axis, ylabel="feature")
+    return figure
 
 
-def plot_bootstrap(bootstrap: Mapping[str, float]) -> str:
-    """The bootstrap interval of the RMSE gain as a line, its mean as a dot, and the zero mark."""
-    figure, ax = _new_figure(height=1.8)
-    ax.hlines(0.0, bootstrap["low"], bootstrap["high"], linewidth=4, label=f"{bootstrap['confidence']:.0%} interval")
-    ax.plot([bootstrap["mean"]], [0.0], "o", color="black", label="mean")
-    ax.axvline(0.0, color="red", linestyle="--", linewidth=1, label="no gain")
-    ax.set(yticks=[], xlabel="RMSE(champion) - RMSE(candidate)", title="Bootstrap gain")
+def rmse_change_interval(bootstrap: Mapping[str, float]) -> dict[str, float]:
+    """The bootstrap of RMSE(champion) - RMSE(candidate), as the page's change: candidate - champion."""
+    return {"low": 0.0 - bootstrap["high"], "high": 0.0 - bootstrap["low"], "mean": 0.0 - bootstrap["mean"]}
+
+
+def plot_bootstrap(bootstrap: Mapping[str, float]) -> Any:
+    """The bootstrap interval of the RMSE change (candidate - champion) as a line, its mean as a dot, and zero."""
+    change = rmse_change_interval(bootstrap)
+    figure, ax = _new_figure(height=2.6)
+    ax.hlines(0.0, change["low"], change["high"], linewidth=6, label=f"{bootstrap['confidence']:.0%} interval")
+    ax.plot([change["mean"]], [0.0], "o", color="black", label="mean")
+    ax.axvline(0.0, color="red", linestyle="--", linewidth=1, label="no change")
+    ax.set(yticks=[], ylabel="bootstrap", xlabel="RMSE change, candidate − champion (negative: candidate better)",
+           title="Bootstrap of the RMSE change")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _png(figure)
+    return figure
 
 
 # --- HTML pieces ---------------------------------------------------------------------------
@@ -179,8 +197,10 @@ def text(value: Any) -> str:
     return html.escape(str(value))
 
 
-def image(data: str, alt: str) -> str:
-    """A base64 PNG as an inline <img>, captioned with its alt text."""
+def image(data: Any, alt: str) -> str:
+    """A base64 PNG (or a matplotlib figure) as an inline <img>, captioned with its alt text."""
+    if not isinstance(data, str):
+        data = png(data)
     return (f"<figure><img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
             f"<figcaption>{html.escape(alt)}</figcaption></figure>")
 
@@ -206,23 +226,49 @@ def page(title: str, sections: Iterable[str]) -> str:
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>")
 
 
-def behaviour_html(behaviour: Mapping[str, Any] | None) -> str:
-    """The behaviour checks as a table, with their failures listed."""
+def behaviour_html(behaviour: Mapping[str, Any] | None, max_drop: float | None = None) -> str:
+    """The behaviour checks as tables: the overall checks, then each direction with its increase, its
+    worst change, the limit and the verdict; `max_drop` is the limit when the record does not carry it."""
     if not behaviour:
         return "<p>The behaviour checks did not run.</p>"
+    allowed = behaviour.get("prediction_range")
     rows: list[tuple[Any, ...]] = [
         ("all checks passed", behaviour.get("passed")),
         ("predictions finite", behaviour.get("finite")),
-        ("predictions within the allowed range", behaviour.get("in_range")),
-        ("lowest / highest prediction", f"{behaviour.get('prediction_min', float('nan')):.1f} / "
-                                        f"{behaviour.get('prediction_max', float('nan')):.1f}"),
+        ("predictions within the allowed range" + (f" [{allowed[0]:g}, {allowed[1]:g}]" if allowed else ""),
+         behaviour.get("in_range")),
+        ("lowest / highest prediction", f"{_number(behaviour.get('prediction_min'))} / "
+                                        f"{_number(behaviour.get('prediction_max'))}"),
         ("predictions ignore the patient id", behaviour.get("id_invariant")),
     ]
-    for feature, check in (behaviour.get("directions") or {}).items():
-        rows.append((f"raising {feature} by {check['step']:g}: worst change of a prediction", check["worst_change"]))
     failures = behaviour.get("failures") or []
     listed = "".join(f"<li class='fail'>{html.escape(str(f))}</li>" for f in failures) or "<li>none</li>"
-    return table(["check", "result"], rows) + f"<p>Failures:</p><ul>{listed}</ul>"
+    return (table(["check", "result"], rows) + directions_html(behaviour.get("directions") or {},
+                                                              behaviour.get("max_drop", max_drop))
+            + f"<p>Failures:</p><ul>{listed}</ul>")
+
+
+def _number(value: Any) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def directions_html(directions: Mapping[str, Mapping[str, float]], max_drop: float | None) -> str:
+    """Each direction medicine is sure of: raise the feature on every holdout row, compare the predictions."""
+    if not directions:
+        return "<p>No directions configured (promotion.behaviour.directions).</p>"
+    limit = "not configured: promotion fails closed" if max_drop is None else f"change ≥ {-max_drop:g}"
+    words = ("Directions: each feature is raised by the increase on every holdout row, and the change of each "
+             "prediction is new − old. A positive change means the prediction rose, a negative one that it fell. "
+             "The worst change is the most negative one; the check passes when it is not below −max_drop "
+             f"(promotion.behaviour.max_drop = {'not set' if max_drop is None else f'{max_drop:g}'}).")
+    rows = []
+    for feature, check in directions.items():
+        worst = check["worst_change"]
+        passed = None if max_drop is None else bool(worst >= -max_drop)
+        rows.append((feature, "up: must not lower the prediction", f"+{check['step']:g}", worst, limit,
+                     "—" if passed is None else ("pass" if passed else "FAIL")))
+    return f"<p class='convention'>{html.escape(words)}</p>" + table(
+        ["feature", "direction", "increase applied", "worst change (new − old)", "limit", "result"], rows)
 
 
 def decision_html(evaluation: Mapping[str, Any] | None, run_id: str) -> str:
@@ -235,20 +281,43 @@ def decision_html(evaluation: Mapping[str, Any] | None, run_id: str) -> str:
     return table([], rows)
 
 
-def slice_rows_html(slices: Sequence[Mapping[str, Any]], tolerance: float | None) -> str:
-    """The slice table; a group worse than the champion by more than `tolerance` is highlighted."""
-    rows, classes = [], []
+def ordered_slices(slices: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Slice rows in the configured slice order, each slice's groups in their natural order (bands by value)."""
+    first_seen: dict[str, int] = {}
     for row in slices:
+        first_seen.setdefault(str(row["slice"]), len(first_seen))
+    return sorted(slices, key=lambda row: (first_seen[str(row["slice"])], evaluate.group_order(str(row["group"]))))
+
+
+def slice_rows_html(slices: Sequence[Mapping[str, Any]], tolerance: float | None,
+                    min_rows: int | None = None) -> str:
+    """The slice table; a group worse than the champion by more than `tolerance` is highlighted."""
+    with_champion = any(row.get("champion_rmse") is not None for row in slices)
+    judged = ("" if min_rows is None else
+              f" Groups with fewer than {min_rows} rows (promotion.min_slice_rows) are shown, not judged.")
+    if not with_champion:
+        sentence = "No champion to compare with: each group's RMSE is the model's own." + judged
+    elif tolerance is None:
+        sentence = ("No slice tolerance is configured (promotion.slice_tolerance), so no group is judged "
+                    "and promotion fails closed.")
+    else:
+        sentence = (f"Change = candidate RMSE ÷ champion RMSE − 1: negative is better. Highlighted: groups where "
+                    f"candidate RMSE is more than {tolerance:.0%} above champion RMSE (promotion.slice_tolerance = "
+                    f"{tolerance:g}).{judged}")
+    rows, classes = [], []
+    for row in ordered_slices(slices):
         change = row.get("change")
         over = change is not None and tolerance is not None and change > tolerance
         classes.append(("worse" if row.get("judged") else "worse-unjudged") if over else "")
-        rows.append((row["slice"], row["group"], row["n"], "yes" if row.get("judged") else "no (too few rows)",
-                     row["candidate_rmse"], row.get("champion_rmse"),
-                     None if change is None else f"{change:+.1%}"))
-    headers = ["slice", "group", "rows", "judged", "candidate RMSE", "champion RMSE", "change"]
-    limit = "no slice tolerance configured" if tolerance is None else f"slice tolerance {tolerance:.0%}"
-    return f"<p>Highlighted: worse than the champion by more than the {html.escape(limit)}.</p>" + table(
-        headers, rows, classes)
+        cells = [row["slice"], row["group"], row["n"], "yes" if row.get("judged") else "no (too few rows)",
+                 row["candidate_rmse"]]
+        if with_champion:
+            cells += [row.get("champion_rmse"), None if change is None else f"{change:+.1%}"]
+        rows.append(cells)
+    headers = ["slice", "group", "rows", "judged", "candidate RMSE"]
+    if with_champion:
+        headers += ["champion RMSE", "change"]
+    return f"<p>{html.escape(sentence)}</p>" + table(headers, rows, classes)
 
 
 # --- the model card ------------------------------------------------------------------------
@@ -262,6 +331,8 @@ def model_card_html(card: CardContent) -> str:
     """The model card page: lineage, holdout metrics, four plots, behaviour checks, the decision."""
     run_id = dict(card.lineage).get("run", "")
     importance_rows = sorted(card.importance.values.items(), key=lambda item: -abs(item[1]))
+    slices = ordered_slices(card.slices)
+    source = f"<p>{html.escape(card.slice_source)}</p>" if card.slice_source else ""
     return page(card.title, [
         section("lineage", "Lineage", table([], card.lineage)),
         section("metrics", "Holdout metrics", table(
@@ -270,8 +341,8 @@ def model_card_html(card: CardContent) -> str:
         section("fit", "Fit on the holdout",
                 image(plot_predicted_vs_observed(card.observed, card.predicted), "Predicted vs observed, with y = x")
                 + image(plot_residuals(card.observed, card.predicted), "Residuals: histogram and against prediction")),
-        section("slices", "Error by slice", image(plot_slice_rmse(card.slices), "Holdout RMSE per slice group")
-                + slice_rows_html(card.slices, None)),
+        section("slices", "Error by slice", image(plot_slice_rmse(slices), "Holdout RMSE per slice group")
+                + source + slice_rows_html(slices, card.slice_tolerance, card.min_slice_rows)),
         section("importance", "Feature importance",
                 f"<p>{html.escape(card.importance.kind)}</p>"
                 + image(plot_importance(card.importance), "Feature importance by feature")
@@ -347,14 +418,40 @@ def card_content(ws: Workspace, model: Mapping[str, Any], snapshot: Mapping[str,
     predicted = fitted.predict(model_inputs(holdout, contract))
     train_mean = float(train_rows[contract.target_column].mean())
     baseline = evaluate.regression_metrics(observed, np.full(len(observed), train_mean))
+    policy = ws.config.promotion
+    slices, source = card_slices(evaluate.slice_table(holdout, contract, policy, predicted, None), evaluation)
     return CardContent(
         title=f"Model card: version {model['version']} ({model['model_family']})",
         lineage=lineage_rows(model, snapshot), metrics=evaluate.regression_metrics(observed, predicted),
         baseline={**baseline, "train_mean": train_mean}, observed=observed, predicted=predicted,
-        slices=evaluate.slice_table(holdout, contract, ws.config.promotion, predicted, None),
+        slices=slices, slice_source=source,
+        slice_tolerance=policy_value(evaluation, "slice_tolerance", policy.slice_tolerance),
+        min_slice_rows=policy_value(evaluation, "min_slice_rows", policy.min_slice_rows),
         importance=feature_importance(fitted, holdout, contract, int(params.get("seed", ws.config.training.seed))),
-        behaviour=evaluate.behaviour_checks(fitted, holdout, contract, ws.config.promotion),
+        behaviour=evaluate.behaviour_checks(fitted, holdout, contract, policy),
         evaluation=evaluation, interval=_interval(ws, int(model["version"])))
+
+
+def policy_value(evaluation: Mapping[str, Any] | None, key: str, configured: Any) -> Any:
+    """A promotion threshold as the evaluation recorded it (the one its decision used), else as configured."""
+    recorded = (evaluation or {}).get("policy") or {}
+    return recorded[key] if key in recorded else configured
+
+
+def card_slices(own: list[dict[str, Any]], evaluation: Mapping[str, Any] | None) -> tuple[list[dict[str, Any]], str]:
+    """The slice rows a card shows, and where they come from: the decision's (this version beside the champion,
+    on the rows both were scored on) when there was a champion, else this version's own holdout."""
+    if evaluation is None:
+        return own, "No evaluation is recorded for this version's run: the RMSE of each group on its own holdout."
+    evidence, champion = evaluation.get("evidence") or {}, evaluation.get("champion_version")
+    compared = evidence.get("slices") or []
+    if champion is not None and any(row.get("champion_rmse") is not None for row in compared):
+        return compared, (f"As the decision of run {evaluation['run_id']} judged them: this version and champion "
+                          f"version {champion} scored on the same {evidence.get('holdout_rows')} holdout rows.")
+    if champion is not None:
+        return own, (f"Champion version {champion} could not be scored when this version was evaluated (see the "
+                     "decision): the RMSE of each group on this version's own holdout.")
+    return own, "There was no champion when this version was evaluated (first model)."
 
 
 def _interval(ws: Workspace, version: int) -> intervals.Interval | None:
@@ -367,14 +464,31 @@ def _interval(ws: Workspace, version: int) -> intervals.Interval | None:
 
 # --- the champion/challenger page ----------------------------------------------------------
 
+SIGN_CONVENTION = ("Every change on this page is candidate − champion. RMSE and MAE: a negative change is "
+                   "better (the candidate errs less); R²: a positive change is better. A slice's change is "
+                   "relative: candidate RMSE ÷ champion RMSE − 1, so negative is better there too.")
+
+
+GAIN_INTERVAL = re.compile(r"interval of the gain \[([-+]?[\d.]+), ([-+]?[\d.]+)\]")
+
+
+def reason_as_change(reason: str | None) -> str | None:
+    """A recorded reason in the page's convention: evaluate words the bootstrap as a gain (champion −
+    candidate), so its interval is flipped into the RMSE change (candidate − champion)."""
+    if reason is None:
+        return None
+    return GAIN_INTERVAL.sub(lambda m: f"interval of the RMSE change (candidate − champion) "
+                                       f"[{0.0 - float(m[2]):+.3f}, {0.0 - float(m[1]):+.3f}]", reason)
+
+
 def comparison_metrics_html(evaluation: Mapping[str, Any], evidence: Mapping[str, Any]) -> str:
-    """Candidate and champion metrics side by side, and the training-mean baseline."""
+    """Candidate and champion metrics side by side, their change (candidate − champion), and the baseline."""
     candidate, champion = evaluation.get("candidate_metrics") or {}, evaluation.get("champion_metrics") or {}
     rows = []
     for label, key in (("RMSE", "rmse"), ("MAE", "mae"), ("R²", "r2"), ("rows", "n")):
         ours, theirs = candidate.get(key), champion.get(key)
         change = ours - theirs if ours is not None and theirs is not None and key != "n" else None
-        rows.append((label, ours, theirs, change))
+        rows.append((label, ours, theirs, None if change is None else f"{change:+.3f}"))
     baseline = evidence.get("baseline")
     note = "" if not baseline else (f"<p>Baseline, predicting the training mean ({baseline['train_mean']:.3f}): "
                                     f"RMSE {baseline['rmse']:.3f}</p>")
@@ -385,37 +499,42 @@ def comparison_metrics_html(evaluation: Mapping[str, Any], evidence: Mapping[str
     for key in ("champion_error", "error"):
         if evidence.get(key):
             note += f"<p class='fail'>{html.escape(str(evidence[key]))}</p>"
-    return table(["metric", "candidate", "champion", "candidate - champion"], rows) + note
+    return table(["metric", "candidate", "champion", "change (candidate − champion)"], rows) + note
 
 
 def bootstrap_html(bootstrap: Mapping[str, float] | None) -> str:
-    """The paired bootstrap interval of the RMSE gain, in words and as a plot."""
+    """The paired bootstrap interval of the RMSE change (candidate − champion), in words and as a plot."""
     if not bootstrap:
         return "<p>No bootstrap: there was no scored champion to compare with.</p>"
-    words = (f"{bootstrap['confidence']:.0%} interval of RMSE(champion) - RMSE(candidate): "
-             f"[{bootstrap['low']:+.3f}, {bootstrap['high']:+.3f}], mean {bootstrap['mean']:+.3f}"
-             f" over {int(bootstrap.get('samples', 0))} resamples")
+    change = rmse_change_interval(bootstrap)
+    words = (f"{bootstrap['confidence']:.0%} interval of the RMSE change (candidate − champion): "
+             f"[{change['low']:+.3f}, {change['high']:+.3f}], mean {change['mean']:+.3f}"
+             f" over {int(bootstrap.get('samples', 0))} resamples of the holdout rows. The candidate is "
+             "significantly better only when the whole interval lies below zero.")
     return f"<p class='interval'>{html.escape(words)}</p>" + image(
-        plot_bootstrap(bootstrap), "Bootstrap interval of the RMSE gain, with the zero mark")
+        plot_bootstrap(bootstrap), "Bootstrap interval of the RMSE change, with the zero mark")
 
 
-def comparison_html(evaluation: Mapping[str, Any], slice_tolerance: float | None) -> str:
+def comparison_html(evaluation: Mapping[str, Any], slice_tolerance: float | None,
+                    min_slice_rows: int | None = None) -> str:
     """The champion/challenger page of one evaluation row (with its `evidence`)."""
     evidence = evaluation.get("evidence") or {}
-    slices = evidence.get("slices") or []
+    slices = ordered_slices(evidence.get("slices") or [])
     champion = evaluation.get("champion_version")
+    max_drop = ((evaluation.get("policy") or {}).get("max_drop"))
     title = (f"Run {evaluation['run_id']}: candidate version {evaluation['candidate_version']} vs "
              + (f"champion version {champion}" if champion is not None else "no champion (first model)"))
     return page(title, [
+        f"<p class='convention' id='convention'>{html.escape(SIGN_CONVENTION)}</p>",
         section("decision", "Decision", table([], [
-            ("decision", evaluation.get("decision")), ("reason", evaluation.get("reason")),
+            ("decision", evaluation.get("decision")), ("reason", reason_as_change(evaluation.get("reason"))),
             ("evaluated at", evaluation.get("created_at"))])),
         section("metrics", "Holdout metrics", comparison_metrics_html(evaluation, evidence)),
         section("bootstrap", "Bootstrap", bootstrap_html(evidence.get("bootstrap"))),
         section("slices", "Slices", (image(plot_slice_rmse(slices), "Candidate vs champion RMSE per slice group")
-                                     + slice_rows_html(slices, slice_tolerance)) if slices
+                                     + slice_rows_html(slices, slice_tolerance, min_slice_rows)) if slices
                 else "<p>No slice results recorded.</p>"),
-        section("behaviour", "Candidate behaviour checks", behaviour_html(evidence.get("behaviour"))),
+        section("behaviour", "Candidate behaviour checks", behaviour_html(evidence.get("behaviour"), max_drop)),
     ])
 
 
@@ -456,9 +575,9 @@ def render_comparison(ws: Workspace, run_id: str) -> Path:
     """Write the champion/challenger page of a run's evaluation, record it, and return the file's path."""
     with ws.engine.connect() as conn:
         evaluation = registry.get_evaluation(conn, run_id)
-    recorded = (evaluation.get("policy") or {}).get("slice_tolerance")  # the tolerance the decision used
-    tolerance = recorded if recorded is not None else ws.config.promotion.slice_tolerance
-    path = _store_page(ws, comparison_html(evaluation, tolerance))
+    policy = ws.config.promotion  # the thresholds the decision used, when it recorded them
+    path = _store_page(ws, comparison_html(evaluation, policy_value(evaluation, "slice_tolerance", policy.slice_tolerance),
+                                           policy_value(evaluation, "min_slice_rows", policy.min_slice_rows)))
     with ws.engine.begin() as conn:
         record_page(conn, evaluation["candidate_version"], "comparison", run_id, path)
     return path

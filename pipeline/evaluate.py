@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,15 +60,36 @@ def bootstrap_improvement(observed: np.ndarray, champion: np.ndarray, candidate:
             "high": float(np.quantile(gains, 1.0 - tail)), "confidence": confidence, "samples": samples}
 
 
+MISSING_GROUP = "(missing)"
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?"
+_BAND = re.compile(rf"^(?:<(?P<below>{_NUMBER})|>=(?P<above>{_NUMBER})|(?P<low>{_NUMBER})-(?P<high>{_NUMBER}))$")
+
+
+def group_order(group: str) -> tuple[int, float, int, str]:
+    """Sort key of a slice group in its natural order: bands ('<40', '40-60', '>=60') and numbers by value,
+    other categories alphabetically after them, '(missing)' last; never as text ('10' before '9')."""
+    band = _BAND.match(group)
+    if band:
+        if band["below"] is not None:
+            return 0, float(band["below"]), -1, group
+        if band["above"] is not None:
+            return 0, float(band["above"]), 1, group
+        return 0, float(band["low"]), 0, group
+    try:
+        return 0, float(group), 0, group
+    except ValueError:
+        return (2, 0.0, 0, group) if group == MISSING_GROUP else (1, 0.0, 0, group.casefold())
+
+
 def slice_labels(frame: pd.DataFrame, contract: DatasetContract, spec: SliceSpec) -> pd.Series:
     """Which group of a slice each row falls in: its category, or its band ('<40', '40-60', '>=60')."""
     values = monitored_columns(frame, contract)[spec.column]
     if not spec.edges:
-        return values.astype("string").fillna("(missing)")
+        return values.astype("string").fillna(MISSING_GROUP)
     edges = list(spec.edges)
     names = [f"<{edges[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(edges, edges[1:], strict=False)] + [f">={edges[-1]:g}"]
     bands = np.searchsorted(np.array(edges), values.to_numpy(float), side="right")
-    return pd.Series([names[b] for b in bands], index=frame.index).where(values.notna(), "(missing)")
+    return pd.Series([names[b] for b in bands], index=frame.index).where(values.notna(), MISSING_GROUP)
 
 
 def slice_table(holdout: pd.DataFrame, contract: DatasetContract, policy: PromotionPolicy,
@@ -77,7 +99,7 @@ def slice_table(holdout: pd.DataFrame, contract: DatasetContract, policy: Promot
     rows = []
     for spec in policy.slices:
         labels = slice_labels(holdout, contract, spec).to_numpy()
-        for group in sorted(set(labels)):
+        for group in sorted({str(label) for label in labels}, key=group_order):
             mask = labels == group
             row: dict[str, Any] = {"slice": spec.name, "group": str(group), "n": int(mask.sum()),
                    "judged": bool(mask.sum() >= policy.min_slice_rows),
@@ -119,7 +141,9 @@ def behaviour_checks(model: Any, holdout: pd.DataFrame, contract: DatasetContrac
     return {"finite": finite, "in_range": in_range,
             "prediction_min": float(shown.min()) if len(shown) else None,
             "prediction_max": float(shown.max()) if len(shown) else None, "id_invariant": id_invariant,
-            "directions": directions, "failures": failures, "passed": not failures}
+            "directions": directions, "max_drop": policy.max_drop,
+            "prediction_range": list(policy.prediction_range) if policy.prediction_range else None,
+            "failures": failures, "passed": not failures}
 
 
 def decide_promotion(evidence: dict[str, Any], policy: PromotionPolicy) -> Decision:

@@ -86,7 +86,7 @@ def judged_frame(forecasts: pd.DataFrame, rows: pd.DataFrame, contract: DatasetC
                  slices: Sequence[SliceSpec]) -> pd.DataFrame:
     """The judged forecasts with their outcome (typed by the contract), the month of its label time, and each
     slice's group, computed from the source row's features as the evaluation computes them."""
-    outcomes = pd.DataFrame({"source_id": id_texts(rows[contract.id_column]),
+    outcomes = pd.DataFrame({"source_id": pd.Series(id_texts(rows[contract.id_column]), dtype=object),
                              "outcome": rows[contract.target_column].astype("float64").to_numpy()})
     for spec in slices:
         outcomes[f"slice:{spec.name}"] = evaluate.slice_labels(rows, contract, spec).astype(str).to_numpy()

@@ -20,6 +20,7 @@ from pipeline.features import age_in_years
 from pipeline.validate import (
     SAMPLE_IDS,
     batch_failure,
+    bound_of,
     column_of,
     describe_failure,
     domain_columns,
@@ -324,41 +325,166 @@ def classify_with_awaiting(labelled: pd.DataFrame, awaiting: pd.DataFrame | None
     return result, waiting
 
 
-def render_report(result: QualityResult, contract: DatasetContract, title: str,
-                  awaiting: QualityResult | None = None) -> str:
-    """A human-readable page: counts, reasons, normalisations and the quarantined rows."""
-    def table(headers: list[str], rows: list[list[Any]]) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-        return f"<table><tr>{head}</tr>{body}</table>"
+REPORT_STYLE = ("body{font-family:sans-serif;max-width:80em;margin:auto}td,th{padding:2px 8px;"
+                "border-bottom:1px solid #ddd;text-align:left;vertical-align:top}table{border-collapse:collapse}"
+                ".fail{background:#f8c0c0}.pass{background:#d8f0d0}")
+QUARANTINE_ROWS_SHOWN = 200
 
-    counts = [["rows read", result.rows_read], ["valid", len(result.valid)],
-              ["quarantined", len(result.quarantined)]]
+
+def _html_table(headers: list[str], rows: list[list[Any]], classes: list[str] | None = None) -> str:
+    """A table of escaped cells; `classes` gives each row a CSS class."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join((f"<tr class='{html.escape(classes[i])}'>" if classes and classes[i] else "<tr>")
+                   + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for i, r in enumerate(rows))
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def share_verdict(result: QualityResult, policy: QualityPolicy | None) -> tuple[str, list[list[Any]]]:
+    """The quarantined share of the labelled rows against `quality.max_quarantine_share`: a sentence and rows."""
+    share = len(result.quarantined) / max(result.rows_read, 1)
+    rows: list[list[Any]] = [["quarantined share", f"{share:.2%}"]]
+    if result.schema_failures:
+        return "The batch is not usable: a batch-level expectation failed (below).", rows
+    if policy is None:
+        return f"{share:.2%} of the labelled rows quarantined; no limit was given to this report.", rows
+    limit = policy.max_quarantine_share
+    rows.append(["limit (quality.max_quarantine_share)", f"{limit:.2%}"])
+    if share > limit:
+        return (f"{len(result.quarantined)} of {result.rows_read} labelled rows quarantined ({share:.2%}): over the "
+                f"limit of {limit:.2%} (quality.max_quarantine_share), so the run stops.", rows)
+    return (f"{len(result.quarantined)} of {result.rows_read} labelled rows quarantined ({share:.2%}): within the "
+            f"limit of {limit:.2%} (quality.max_quarantine_share); the valid rows go on.", rows)
+
+
+WORDED_BOUNDS = {"expect_column_values_to_not_be_null": "no missing value",
+                 "expect_column_values_to_be_unique": "no value twice",
+                 "expect_compound_columns_to_be_unique": "no combination twice"}
+
+
+def _bound_text(kind: str, kwargs: dict[str, Any]) -> str:
+    """What an expectation asks for, in its own terms: its arguments, or a phrase where they say nothing."""
+    if kind == "expect_column_pair_values_a_to_be_greater_than_b":
+        ignored = kwargs.get("ignore_row_if", "both_values_are_missing")
+        return f"{kwargs['column_A']} {'>=' if kwargs.get('or_equal') else '>'} {kwargs['column_B']} ({ignored})"
+    bound = ", ".join(f"{k}={v}" for k, v in bound_of(kind, kwargs).items())
+    return bound or WORDED_BOUNDS.get(kind, "—")
+
+
+def _observed_text(outcome: dict[str, Any]) -> str:
+    """GX's observed value, or for a row-level expectation examples of the unexpected values it saw."""
+    if outcome.get("observed_value") is not None:
+        return str(outcome["observed_value"])
+    examples = outcome.get("partial_unexpected_list") or []
+    if examples:
+        return "unexpected, e.g. " + "; ".join(str(v) for v in examples[:5])
+    return "—" if outcome.get("unexpected_count") is None else "no unexpected value"
+
+
+def expectation_rows(gx_result: dict[str, Any]) -> tuple[list[list[Any]], list[str]]:
+    """One row per expectation of the suite, as GX Data Docs lists them: pass or fail, the column(s), the
+    observed value, the unexpected rows and their share, and the bound; with each row's CSS class."""
+    rows, classes = [], []
+    for entry in gx_result.get("results") or []:
+        config, outcome = entry["expectation_config"], entry.get("result") or {}
+        kind, kwargs = config["type"], config.get("kwargs") or {}
+        count, total = outcome.get("unexpected_count"), outcome.get("element_count")
+        share = outcome.get("unexpected_percent")
+        if share is None and count is not None and total:
+            share = 100.0 * count / total
+        error = exception_message(entry.get("exception_info") or {})
+        rows.append(["pass" if entry["success"] else "FAIL", kind, column_of(kind, kwargs),
+                     f"error: {error}" if error else _observed_text(outcome),
+                     "—" if count is None else f"{count} of {total}",
+                     "—" if share is None else f"{share:.2f}%", _bound_text(kind, kwargs)])
+        classes.append("pass" if entry["success"] else "fail")
+    return rows, classes
+
+
+def expectations_html(gx_result: dict[str, Any], with_awaiting: bool = False) -> str:
+    """The suite's verdict: its statistics, then every expectation."""
+    if not gx_result.get("results"):
+        return "<p>No expectation results were recorded.</p>"
+    stats = gx_result.get("statistics") or {}
+    rows, classes = expectation_rows(gx_result)
+    counted = max((r.get("result") or {}).get("element_count") or 0 for r in gx_result["results"])
+    checker = gx_result.get("checked_by", "Great Expectations")
+    rows_checked = f"{counted} rows" + (" (the labelled rows and those awaiting their outcome, in one pass)"
+                                        if with_awaiting else "")
+    summary = (f"Suite '{gx_result.get('suite_name') or '(unnamed)'}', checked by {checker} on {rows_checked}: "
+               f"{stats.get('evaluated_expectations', len(rows))} expectations, "
+               f"{stats.get('successful_expectations', classes.count('pass'))} passed, "
+               f"{stats.get('unsuccessful_expectations', classes.count('fail'))} failed. A row-level expectation "
+               "that fails quarantines its unexpected rows; a table-level one stops the batch.")
+    return f"<p>{html.escape(summary)}</p>" + _html_table(
+        ["result", "expectation", "column(s)", "observed value", "unexpected rows", "unexpected share", "bound"],
+        rows, classes)
+
+
+def _named_columns(reason: dict[str, Any], row: dict[str, Any]) -> list[str]:
+    return [c for c in reason["column"].replace("+", "/").split("/") if c in row]
+
+
+def _original_text(row: dict[str, Any], columns: list[str]) -> str:
+    return ", ".join(f"{c}={'missing' if _missing(row[c]) else row[c]}" for c in columns)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
+
+
+def _reason_text(reason: dict[str, Any], row: dict[str, Any]) -> str:
+    """'code(column=value)'; a reason without a value of its own quotes the original cells it names."""
+    value = reason.get("value")
+    if value is None:
+        columns = _named_columns(reason, row)
+        if len(columns) > 1:
+            value = _original_text(row, columns)
+        else:
+            value = "missing" if not columns or _missing(row[columns[0]]) else row[columns[0]]
+    return f"{reason['code']}({reason['column']}={value})"
+
+
+def quarantine_rows(result: QualityResult, id_column: str, prefix: str = "") -> list[list[Any]]:
+    """The first QUARANTINE_ROWS_SHOWN quarantined rows: id, reasons, and the original values (as the source
+    held them, before normalising or casting) of every column a reason names."""
+    rows = []
+    for row in result.quarantined.head(QUARANTINE_ROWS_SHOWN).to_dict("records"):
+        reasons = result.reasons[row[ROW_COLUMN]]
+        columns = list(dict.fromkeys(c for r in reasons for c in _named_columns(r, row)))
+        rows.append([row[id_column], prefix + "; ".join(_reason_text(r, row) for r in reasons),
+                     _original_text(row, columns)])
+    return rows
+
+
+def render_report(result: QualityResult, contract: DatasetContract, title: str,
+                  awaiting: QualityResult | None = None, policy: QualityPolicy | None = None) -> str:
+    """A self-contained page: the verdict against `quality.max_quarantine_share`, every expectation of the
+    suite, the reasons, the normalisations and the quarantined rows with their original values."""
+    verdict, share_rows = share_verdict(result, policy)
+    counts: list[list[Any]] = [["rows read", result.rows_read], ["valid", len(result.valid)],
+                               ["quarantined", len(result.quarantined)], *share_rows]
     reason_rows = [[code, n] for code, n in result.reason_counts().items()]
     norm_rows = [[n["column"], n["rule"], n["rows"], n["sample_ids"]] for n in result.normalisations]
     id_col = contract.id_column
-    quarantine_rows = [
-        [row[id_col], "; ".join(f"{r['code']}({r['column']}={r.get('value')})" for r in result.reasons[row[ROW_COLUMN]])]
-        for row in result.quarantined.head(200).to_dict("records")
-    ]
+    quarantined = quarantine_rows(result, id_col)
     if awaiting is not None:
         counts += [["awaiting their outcome (not trained on)", awaiting.rows_read],
                    ["  of which with other faults", len(awaiting.quarantined)]]
-        quarantine_rows += [
-            [row[id_col], "awaiting outcome; " + "; ".join(f"{r['code']}({r['column']}={r.get('value')})"
-                                                        for r in awaiting.reasons[row[ROW_COLUMN]])]
-            for row in awaiting.quarantined.head(200).to_dict("records")]
+        quarantined += quarantine_rows(awaiting, id_col, "awaiting outcome; ")
     schema_rows = [[describe_failure(f)] for f in result.schema_failures]
     schema_head = ["expectation, column(s), observed, expected"]
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        "<style>body{font-family:sans-serif}td,th{padding:2px 8px;border-bottom:1px solid #ddd}</style>"
-        f"</head><body><h1>{html.escape(title)}</h1>"
-        f"<h2>Rows</h2>{table(['', 'count'], counts)}"
-        f"<h2>Quarantined by reason</h2>{table(['reason', 'rows'], reason_rows)}"
-        f"<h2>Normalised</h2>{table(['column', 'rule', 'rows', 'example ids'], norm_rows)}"
-        f"<h2>Batch-level failures (the batch is not usable)</h2>{table(schema_head, schema_rows)}"
-        f"<h2>Quarantined rows (first 200)</h2>{table([id_col, 'reasons'], quarantine_rows)}"
+        f"<style>{REPORT_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<p class='verdict'>{html.escape(verdict)}</p>"
+        f"<h2>Rows</h2>{_html_table(['', 'count'], counts)}"
+        f"<h2 id='expectations'>Expectations</h2>{expectations_html(result.gx_result, awaiting is not None)}"
+        f"<h2>Quarantined by reason</h2>{_html_table(['reason', 'rows'], reason_rows)}"
+        f"<h2>Normalised</h2>{_html_table(['column', 'rule', 'rows', 'example ids'], norm_rows)}"
+        f"<h2>Batch-level failures (the batch is not usable)</h2>{_html_table(schema_head, schema_rows)}"
+        f"<h2 id='quarantined'>Quarantined rows (first {QUARANTINE_ROWS_SHOWN} of each part), "
+        "with their original values</h2>"
+        f"{_html_table([id_col, 'reasons', 'original values'], quarantined)}"
         "</body></html>"
     )
 

@@ -76,6 +76,7 @@ class Run:
     watermark: datetime
     triggered_by: str = "cli"
     trigger_event: dict[str, Any] | None = None
+    as_of: datetime | None = None  # a past cut-off asked for (the watermark): the run never promotes
 
 
 RUN_TYPE_NAMES = {"scheduled": "schedule", "manual": "operator", "backfill": "backfill"}
@@ -151,8 +152,9 @@ def _ingest(ws: Workspace, run: Run, recorded: dict[str, Any] | None) -> dict[st
             registry.record_derived_snapshot(conn, "unlabelled", snapshot.unlabelled_hash,
                                              ws.relative(str(snapshot.unlabelled_path)), snapshot.as_dict(),
                                              snapshot.unlabelled_rows, run.run_id, snapshot.unlabelled_query)
-    log.info("snapshot %s: %d labelled rows up to %s; %d more await their outcome (not trained on)",
-             snapshot.snapshot_hash, snapshot.row_count, run.watermark, snapshot.unlabelled_rows)
+    log.info("ingest: snapshot %s, %d labelled rows up to %s; %d more await their outcome (not trained on); "
+             "file %s", snapshot.snapshot_hash, snapshot.row_count, run.watermark, snapshot.unlabelled_rows,
+             snapshot.path)
     return snapshot.as_dict()
 
 
@@ -179,6 +181,9 @@ def has_new_data(ws: Workspace, run: Run, snapshot_hash: str, force: bool = Fals
     with ws.engine.connect() as conn:
         last = registry.last_trained_snapshot(conn, ws.model, exclude_run=run.run_id)
     if force or last is None or last["snapshot_hash"] != snapshot_hash:
+        log.info("new data: %s", "force=true" if force and last and last["snapshot_hash"] == snapshot_hash else
+                 "no model trained yet" if last is None else
+                 f"snapshot {snapshot_hash[:12]} differs from version {last['version']}'s {last['snapshot_hash'][:12]}")
         return True
     reason = (f"no new data: snapshot {snapshot_hash[:12]} is the one version {last['version']} "
               f"was trained on (run {last['run_id']}); trigger with force=true to retrain anyway")
@@ -220,7 +225,7 @@ def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, 
     elif share > limit:
         problem = (f"{len(result.quarantined)} of {result.rows_read} rows quarantined ({share:.1%}), over the "
                    f"limit of {limit:.1%} (quality.max_quarantine_share):")
-    page = quality.render_report(result, contract, f"Validation {run.run_id}", awaiting)
+    page = quality.render_report(result, contract, f"Validation {run.run_id}", awaiting, ws.config.quality)
     _, report_path = artifacts.store_bytes(ws.settings.artifact_dir, "reports", page.encode(), ".html")
     clean_hash, clean_path = ingest.store_clean_snapshot(result.valid, ws.settings.artifact_dir)
     clean_path = Path(ws.relative(clean_path))
@@ -246,9 +251,9 @@ def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, 
             registry.finish_run(conn, run.run_id, "validation_failed", str(error))
     if problem:
         raise error
-    log.info("validation: %d rows read, %d valid, %d quarantined %s; %d await their outcome (%d with faults %s)",
-             result.rows_read, len(result.valid), len(result.quarantined), result.reason_counts(),
-             awaiting.rows_read, len(awaiting.quarantined), awaiting.reason_counts())
+    log.info("validation: %d rows read, %d valid, %d quarantined %s; %d await their outcome (%d with faults %s); "
+             "report %s", result.rows_read, len(result.valid), len(result.quarantined), result.reason_counts(),
+             awaiting.rows_read, len(awaiting.quarantined), awaiting.reason_counts(), report_path)
     return summary
 
 
@@ -286,6 +291,9 @@ def train_candidate(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, An
     with ws.engine.begin() as conn:
         version = registry.register_model(conn, record)
         intervals.record(conn, version, interval)
+    log.info("train: version %s registered, %s won the cross-validation (CV RMSE %s) on %d rows, %d held out; "
+             "model %s", version, family, _metric(cv_table.get(family), "cv_rmse_mean"), len(train_rows), len(holdout_rows),
+             record["artifact_path"])
     return {"version": version, "model_family": family, "artifact_hash": artifact_hash, "cv_metrics": cv_table,
             "interval": {"coverage": interval["coverage"], "half_width": interval["half_width"]}}
 
@@ -454,7 +462,17 @@ def evaluate_candidate(ws: Workspace, run: Run, version: int, margin: float | No
     }
     with ws.engine.begin() as conn:
         registry.record_evaluation(conn, run.run_id, evaluation)
-    return {**_evaluation_summary(evaluation), **_render_pages(ws, version, run.run_id)}
+    pages = _render_pages(ws, version, run.run_id)
+    log.info("evaluate: decision %s for version %s against champion %s (RMSE %s vs %s on %d holdout rows): %s; "
+             "card %s, comparison %s", decision.label, version, evaluation["champion_version"],
+             _metric(evidence["candidate"]), _metric(evidence["champion"]), evidence["holdout_rows"], decision.reason,
+             pages["card"], pages["comparison"])
+    return {**_evaluation_summary(evaluation), **pages}
+
+
+def _metric(metrics: dict[str, Any] | None, name: str = "rmse") -> str:
+    value = (metrics or {}).get(name)
+    return f"{value:.3f}" if isinstance(value, int | float) else "n/a"
 
 
 def _render_pages(ws: Workspace, version: int, run_id: str) -> dict[str, str | None]:
@@ -480,6 +498,9 @@ def promote_candidate(ws: Workspace, run: Run, dry_run: bool = False, actor: str
     version, reason = evaluation["candidate_version"], evaluation["reason"]
     if evaluation["decision"] != "promote":
         status, outcome = "kept", f"champion kept: {reason}"
+    elif run.as_of is not None:  # judged on the rows of a past cut-off: evidence, never a champion of today
+        status, outcome = "kept", (f"as of {run.as_of.isoformat()}: would promote version {version} ({reason}); "
+                                   "never promoted, the cut-off is in the past")
     elif dry_run:
         status, outcome = "kept", f"dry run: would promote version {version} ({reason})"
     else:
@@ -490,7 +511,7 @@ def promote_candidate(ws: Workspace, run: Run, dry_run: bool = False, actor: str
             status, outcome = "kept", str(exc)
     with ws.engine.begin() as conn:
         registry.finish_run(conn, run.run_id, status, outcome)
-    log.info(outcome)
+    log.info("promote: %s", outcome)
     return {"status": status, "candidate_version": version, "reason": outcome}
 
 
@@ -525,7 +546,7 @@ def monitor_drift(ws: Workspace, run: Run) -> dict[str, Any]:
             results = drift.compare(reference, recent, contract, policy)
             report["features"] = drift.as_records(results)
             report["verdict"] = "drift" if any(r.drifted for r in results) else "stable"
-            page = drift.render_report(results, reference, recent, contract, f"Drift report {run.run_id}")
+            page = drift.render_report(results, reference, recent, contract, f"Drift report {run.run_id}", policy, report)
             report["report_path"] = str(artifacts.store_bytes(ws.settings.artifact_dir, "reports", page.encode(), ".html")[1])
     with ws.engine.begin() as conn:
         registry.record_drift_report(conn, report)

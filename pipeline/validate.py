@@ -131,10 +131,13 @@ def check_expectations(suite: dict[str, Any]) -> None:
 
 def run_suite(frame: pd.DataFrame, suite: dict[str, Any], id_column: str | None) -> dict[str, Any]:
     """Validate a DataFrame with Great Expectations; failing rows are named by `id_column`, else by index."""
+    # GX's own INFO lines (about 200 per run, most while it is first imported) bury the stage's summary in a
+    # task log: only its warnings and errors are kept. Set when validating, never at import time.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import great_expectations as gx  # heavy: seconds to import, so only when validating
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)  # its own INFO
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)  # set INFO by GX
 
     check_expectations(suite)
     context = gx.get_context(mode="ephemeral")

@@ -207,6 +207,7 @@ def test_arrival_of_new_labelled_rows_starts_a_retrain(live_airflow: LiveAirflow
     record = live_airflow.training_run(run["dag_run_id"])
 
     assert finished["state"] == "success"
+    assert finished["note"].startswith(record["status"])  # the scheduler's listener wrote the outcome
     assert record["triggered_by"] == "arrival"
     assert record["trigger_event"]["asset_events"][0]["extra"]["payload"]["new_rows"] >= len(ids)
     assert record["status"] in ("promoted", "kept")
@@ -224,6 +225,7 @@ def test_a_manual_run_without_new_data_is_skipped(live_airflow: LiveAirflow) -> 
 
     assert run["state"] == "success"
     assert record["status"] == "skipped" and record["reason"].startswith("no new data")
+    assert run["note"] == "skipped: no new data"
     assert record["triggered_by"].startswith("operator")
     assert live_airflow.scalar("SELECT count(*) FROM pipeline.model_versions WHERE run_id = :r", r=run["dag_run_id"]) == 0
     seconds = (_parse_time(run["end_date"]) - _parse_time(run["start_date"])).total_seconds()

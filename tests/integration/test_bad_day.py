@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -104,7 +105,8 @@ def test_a_killed_run_is_marked_abandoned_by_the_next_command(champion: stages.W
     assert source_rows(ws) == rows
     assert arrivals_waiting(ws) == 60  # a run that died did not consume the rows it came for
     text = cli_runner(cli_env(ws.settings))("status")
-    assert "run killed: failed (abandoned) - abandoned: the process" in text.stdout
+    [line] = [line for line in text.stdout.splitlines() if " killed " in line]  # the status table's row of the run
+    assert re.search(r" killed +cli +failed \(abandoned\) +abandoned: the process", line), text.stdout
 
 
 @pytest.fixture
@@ -303,7 +305,7 @@ def test_rolling_back_to_a_version_that_failed_its_checks_needs_force(champion: 
     assert "--force" in refused.stderr
     assert champion_state(ws) == before
 
-    forced = output(cli("rollback", "--to", str(bad), "--reason", "the operator knows", "--force"))
+    forced = output(cli("rollback", "--to", str(bad), "--reason", "the operator knows", "--force", "--json"))
     assert forced["champion"] == bad and forced["forced_past"]
     [event] = fetch(ws, "SELECT reason FROM pipeline.promotion_events WHERE to_version = :v", v=bad)
     assert "the operator knows [forced past failed checks: behaviour:" in event["reason"]

@@ -80,7 +80,15 @@ def test_model_card_of_the_first_version(quick_ws: stages.Workspace, first: dict
     metrics = first["evaluation"]["candidate_metrics"]
     assert f"<tr><td>RMSE</td><td>{metrics['rmse']:.3f}</td>" in section(document, "metrics")
     assert "<td>sex_F</td>" in section(document, "importance")  # Ridge: coefficients by prepared feature
-    assert "<tr><td>all checks passed</td><td>yes</td></tr>" in section(document, "behaviour")
+    behaviour = section(document, "behaviour")
+    assert "<tr><td>all checks passed</td><td>yes</td></tr>" in behaviour
+    max_drop = quick_ws.config.promotion.max_drop
+    for feature, step in quick_ws.config.promotion.directions.items():
+        assert f"<tr><td>{feature}</td><td>up: must not lower the prediction</td><td>+{step:g}</td>" in behaviour
+    assert f"<td>change ≥ {-max_drop:g}</td><td>pass</td>" in behaviour
+    slices = section(document, "slices")
+    assert "There was no champion when this version was evaluated (first model)." in slices
+    assert "<th>champion RMSE</th>" not in slices
     assert html.escape(first["evaluation"]["reason"]) in section(document, "decision")
     rows = fetch(quick_ws, "SELECT version, kind, run_id, path FROM pipeline.model_cards WHERE kind = 'card'")
     assert rows == [{"version": 1, "kind": "card", "run_id": "first", "path": str(path)}]
@@ -117,9 +125,17 @@ def test_comparisons_without_and_with_a_champion(quick_ws: stages.Workspace, fir
     second = evaluation_row(quick_ws, "second")
     assert second["champion_version"] == 1
     assert "candidate version 2 vs champion version 1" in document
-    assert html.escape(second["reason"]) in section(document, "decision")
+    assert "interval of the gain" in second["reason"]  # evaluate words it as a gain; the page as a change
+    assert html.escape(cards.reason_as_change(second["reason"]) or "") in section(document, "decision")
+    assert "interval of the gain" not in document
     boot = second["evidence"]["bootstrap"]
-    assert f"[{boot['low']:+.3f}, {boot['high']:+.3f}], mean {boot['mean']:+.3f}" in section(document, "bootstrap")
+    # one sign convention, stated once at the top: change = candidate − champion
+    assert document.count("Every change on this page is candidate − champion.") == 1
+    assert document.index("Every change on this page") < document.index("<section")
+    assert f"[{-boot['high']:+.3f}, {-boot['low']:+.3f}], mean {-boot['mean']:+.3f}" in section(document, "bootstrap")
+    change = second["candidate_metrics"]["rmse"] - second["champion_metrics"]["rmse"]
+    assert (f"<tr><td>RMSE</td><td>{second['candidate_metrics']['rmse']:.3f}</td>"
+            f"<td>{second['champion_metrics']['rmse']:.3f}</td><td>{change:+.3f}</td></tr>") in section(document, "metrics")
     assert f"<td>{second['champion_metrics']['rmse']:.3f}</td>" in section(document, "metrics")
     assert len(png_images(document)) == 2
     assert_every_slice_group_listed(document, second["evidence"])
@@ -131,6 +147,16 @@ def test_comparisons_without_and_with_a_champion(quick_ws: stages.Workspace, fir
     assert [(r["version"], r["kind"], r["run_id"]) for r in rows] == [(1, "comparison", "first"),
                                                                       (2, "comparison", "second")]
     assert rows[1]["path"] == str(path) and Path(rows[0]["path"]).read_text() == first_page
+
+    # the card of version 2 shows the champion's slice columns, and the tolerance the decision used
+    card = section(cards.render_model_card(quick_ws, 2).read_text(), "slices")
+    assert f"more than {tolerance:.0%} above champion RMSE (promotion.slice_tolerance = {tolerance:g})" in card
+    assert "<th>champion RMSE</th><th>change</th>" in card
+    for row in second["evidence"]["slices"]:
+        assert (f"<td>{row['candidate_rmse']:.3f}</td><td>{row['champion_rmse']:.3f}</td>"
+                f"<td>{row['change']:+.1%}</td>") in card
+    ages = re.findall(r"<td>age</td><td>([^<]*)</td>", card)
+    assert len(ages) >= 2 and ages == [g for g in ("&lt;40", "40-60", "&gt;=60") if g in ages]  # band order
 
 
 @pytest.fixture

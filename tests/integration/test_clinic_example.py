@@ -88,8 +88,8 @@ def own_runs_and_versions(cli: Cli, *config: str) -> dict[str, Any]:
 
 def test_seed_clinic_export_loads_the_export_once(cli: Cli, database_url: str) -> None:
     # On a fresh database, with the clinic's config named before its table exists.
-    assert output(cli("--config", CLINIC_CONFIG, "seed-clinic-export")) == {"inserted": 445, "table": "clinic.visits"}
-    assert output(cli("seed-clinic-export"))["inserted"] == 0
+    assert output(cli("--config", CLINIC_CONFIG, "seed-clinic-export", "--json")) == {"inserted": 445, "table": "clinic.visits"}
+    assert output(cli("seed-clinic-export", "--json"))["inserted"] == 0
 
     engine = sa.create_engine(database_url)
     with engine.connect() as conn:

@@ -174,7 +174,7 @@ def test_rollback_round_trip(gws: stages.Workspace, two_champions: dict[str, Any
     assert (rolled_back["from_version"], rolled_back["to_version"], rolled_back["run_id"], rolled_back["actor"],
             rolled_back["reason"]) == (2, 1, "rollback-1", "operator", "rollback: v2 over-predicts for new patients")
 
-    forward = output(cli("rollback", "--to", "2", "--reason", "fixed upstream", "--run-id", "rollback-2"))
+    forward = output(cli("rollback", "--to", "2", "--reason", "fixed upstream", "--run-id", "rollback-2", "--json"))
 
     assert (forward["champion"], forward["replaced"], forward["run_id"]) == (2, 1, "rollback-2")
     assert champion_version(gws) == 2
@@ -243,7 +243,7 @@ def test_reproduce_rebuilds_each_version_from_its_record(gws: stages.Workspace, 
         assert result["rows_compared"] == snapshot["row_count"]
         assert result["snapshot_hash"] == recorded["snapshot_hash"]
 
-    printed = output(cli("reproduce", "1"))
+    printed = output(cli("reproduce", "1", "--json"))
     assert (printed["version"], printed["predictions_identical"]) == (1, True)
     assert printed["train_rows"] == printed["recorded_train_rows"]
 

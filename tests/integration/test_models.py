@@ -191,7 +191,8 @@ def test_a_brand_new_database_works_through_the_cli(empty_database: str, tmp_pat
     cli = cli_runner(env)
 
     status = output(cli("status", "--json"))  # no init-db first: the schema is applied on the way
-    assert status == {"model": DEFAULT_MODEL, "champion": None, "recent_runs": []}
+    assert status == {"model": DEFAULT_MODEL, "config": str(PROJECT_ROOT / "pipeline.yaml"), "champion": None,
+                      "recent_runs": []}
     assert output(cli("quality", "--json")) == []
-    output(cli("seed-demo"))
-    assert output(cli("retrain", "--watermark", DEMO_WATERMARK.isoformat()))["status"] == "promoted"
+    output(cli("seed-demo", "--json"))
+    assert output(cli("retrain", "--watermark", DEMO_WATERMARK.isoformat(), "--json"))["status"] == "promoted"

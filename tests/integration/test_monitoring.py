@@ -108,7 +108,16 @@ def test_shifted_bmi_is_drift(quick_ws: stages.Workspace, champion: dict[str, An
     page = Path(result["report_path"]).read_text()
     assert page.count("<img ") == len(MONITORED_FEATURES)
     assert "<tr class='major'><td>bmi</td>" in page
-    assert "recent rows: 100" in page
+    assert "<tr><th>recent rows</th><td>100</td></tr>" in page
+    # what the report states: its verdict, the champion, the window and the thresholds it applied
+    assert f"<p class='verdict'>Drift: 1 of {len(MONITORED_FEATURES)} features drifted (bmi: PSI {bmi['psi']:.3f}" in page
+    assert "<tr><th>champion version</th><td>1</td></tr>" in page
+    assert f"its training snapshot {row['reference_snapshot']}: " in page
+    assert (f"records recorded after {row['window_start']} (the champion&#x27;s training watermark) up to "
+            f"{row['window_end']}") in page
+    policy = quick_ws.config.monitoring.drift
+    for name in ("psi_moderate", "psi_major", "p_value", "min_rows"):
+        assert f"<tr><th>{name}</th><td>{getattr(policy, name):g}: " in page
 
 
 def test_window_ends_at_the_runs_watermark(quick_ws: stages.Workspace, champion: dict[str, Any]) -> None:

@@ -7,9 +7,11 @@ with the champion (row, model, promotion history and artifact bytes) exactly as 
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from datetime import date
@@ -102,6 +104,12 @@ def test_each_bad_row_kind_is_quarantined_with_its_reason(ws: stages.Workspace, 
     stamps = {c: record["original"][c] for c in ("recorded_at", "label_recorded_at")}
     assert stamps["label_recorded_at"] == stamps["recorded_at"]  # sql/009: inserted with its outcome, known then
     assert record["original"] == {"patient_id": FAULTY_ID, **stamps, **{c: as_stored(v) for c, v in row.items()}}
+    page = Path(checked["report_path"]).read_text()
+    [shown] = re.findall(rf"<tr><td>{FAULTY_ID}</td><td>([^<]*)</td><td>([^<]*)</td></tr>", page)
+    assert shown[0].startswith(reason) and "None" not in shown[0]
+    named = record["reasons"][0]["column"].split("/")  # an impossible-dates row shows both its dates
+    assert shown[1] == html.escape(", ".join(
+        f"{c}={'missing' if as_stored(row[c]) is None else as_stored(row[c])}" for c in named))
     [snapshot] = fetch(ws, "SELECT path FROM pipeline.snapshots WHERE snapshot_hash = :h",
                        h=checked["clean_snapshot_hash"])
     assert FAULTY_ID not in set(pd.read_parquet(ws.settings.artifact_dir / snapshot["path"])["patient_id"])
@@ -165,6 +173,23 @@ def test_normalisations_and_report_are_recorded(ws: stages.Workspace, faulty_ret
         assert f"<tr><td>{source_id}</td><td>" in page
         assert f"<td>{reason}</td>" in page
     assert f"<td>rows read</td><td>{validation['rows_read']}</td>" in page
+    # the share against the limit, and every expectation of the suite with its result, as GX Data Docs shows them
+    share = validation["rows_quarantined"] / validation["rows_read"]
+    limit = ws.config.quality.max_quarantine_share
+    assert f"<td>quarantined share</td><td>{share:.2%}</td>" in page
+    assert f"<td>limit (quality.max_quarantine_share)</td><td>{limit:.2%}</td>" in page
+    assert f"within the limit of {limit:.2%} (quality.max_quarantine_share)" in page
+    results = validation["result"]["results"]
+    listed = page.split("<h2 id='expectations'>", 1)[1].split("</table>", 1)[0]
+    assert listed.count("<tr class='pass'>") + listed.count("<tr class='fail'>") == len(results)
+    for entry in results:
+        kind, outcome = entry["expectation_config"]["type"], entry["result"]
+        verdict = "pass" if entry["success"] else "FAIL"
+        assert f"<td>{verdict}</td><td>{kind}</td>" in listed
+        if "unexpected_count" in outcome:
+            share_text = f"<td>{outcome['unexpected_count']} of {outcome['element_count']}</td>"
+            assert f"{share_text}<td>{outcome['unexpected_percent']:.2f}%</td>" in listed
+    assert "<td>min_value=12.0, max_value=70.0</td>" in listed  # bmi's bound
 
 
 def test_cli_quality_summarises_the_run(ws: stages.Workspace, database_url: str,
@@ -257,7 +282,7 @@ def test_text_numeric_column_quarantines_only_the_row_that_will_not_cast(ws: sta
     study = demo.demo_records().set_index("patient_id").drop(index=17)
     assert clean["bmi"].to_dict() == study["bmi"].to_dict()  # text and back loses nothing
     page = Path(checked["report_path"]).read_text()
-    assert "<tr><td>17</td><td>wrong_type(bmi=abc)</td></tr>" in page
+    assert "<tr><td>17</td><td>wrong_type(bmi=abc)</td><td>bmi=abc</td></tr>" in page
 
 
 def test_text_date_column_is_read_by_its_declared_format(ws: stages.Workspace) -> None:

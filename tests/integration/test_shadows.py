@@ -221,7 +221,7 @@ def test_promote_to_round_trips_with_history_and_live_evidence(sws: stages.Works
         assert refused.returncode == 1 and message in refused.stderr, (args, refused.stderr)
     assert champion_rows(sws) == before
 
-    promoted = output(cli("promote", "--to", "2", "--reason", "better live", "--run-id", "promote-1"))
+    promoted = output(cli("promote", "--to", "2", "--reason", "better live", "--run-id", "promote-1", "--json"))
 
     assert (promoted["champion"], promoted["replaced"], promoted["run_id"], promoted["forced_past"]) == (
         2, 1, "promote-1", [])

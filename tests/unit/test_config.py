@@ -430,7 +430,7 @@ def test_a_yaml_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
 
 
 def test_check_config_runs_the_checks_alone_without_a_database(tmp_path: Path) -> None:
-    good = subprocess.run([sys.executable, "-m", "pipeline", "check-config"], cwd=PROJECT_ROOT, capture_output=True,
+    good = subprocess.run([sys.executable, "-m", "pipeline", "check-config", "--json"], cwd=PROJECT_ROOT, capture_output=True,
                           text=True, timeout=120, check=False, env={**os.environ, ENV_DATABASE_URL: "postgresql://x@127.0.0.1:1/none"})
     assert good.returncode == 0, good.stderr
     assert json.loads(good.stdout) == {"config": str(SHIPPED), "model": "diabetes_progression", "ok": True}

@@ -256,17 +256,21 @@ def test_compare_flags_a_shifted_bmi(contract: DatasetContract, policy: DriftPol
     assert not results["glucose"].drifted
 
 
+REPORT_ROW = {"champion_version": 3, "reference_snapshot": "abc123", "window_start": "2026-03-01 00:00:00+00:00",
+              "window_end": "2026-04-01 02:00:00+00:00", "unreadable_rows": 0}
+
+
 def test_render_report_has_a_row_and_a_plot_per_feature(contract: DatasetContract, policy: DriftPolicy) -> None:
     reference, recent = demo.demo_records(), demo.arrival_records(100, seed=3, drift={"bmi": 4})
     results = drift.compare(reference, recent, contract, policy)
 
-    page = drift.render_report(results, reference, recent, contract, "Drift report r1")
+    page = drift.render_report(results, reference, recent, contract, "Drift report r1", policy, REPORT_ROW)
 
     assert page.startswith("<!doctype html>") and page.endswith("</html>")
     assert len(re.findall(r"<img ", page)) == len(results) == 10
     assert len(re.findall(r"<tr class='(none|moderate|major)'>", page)) == len(results)
     assert "<tr class='major'><td>bmi</td>" in page
-    assert "reference rows: 442, recent rows: 100" in page
+    assert "its training snapshot abc123: 442 rows</td>" in page and "<th>recent rows</th><td>100</td>" in page
     assert page.count("src='data:image/png;base64,iVBORw0KGgo") == len(results)  # PNG signature
 
 
@@ -278,10 +282,68 @@ def test_render_report_escapes_feature_names_and_title(contract: DatasetContract
     recent = pd.DataFrame({"a<b": rng.normal(0, 1, 40), "sex": ["F", "M"] * 20})
     results = drift.compare(reference, recent, odd, policy)
 
-    page = drift.render_report(results, reference, recent, odd, "<script>x</script>")
+    page = drift.render_report(results, reference, recent, odd, "<script>x</script>", policy,
+                               {**REPORT_ROW, "reference_snapshot": "<b>"})
 
     assert [r.feature for r in results] == ["a<b", "sex"]
-    assert "<td>a&lt;b</td>" in page and "alt='a&lt;b distribution'" in page
+    assert "<td>a&lt;b</td>" in page and "alt='a&lt;b distribution, reference vs recent'" in page
+    assert "its training snapshot &lt;b&gt;" in page
     assert "a<b" not in page
     assert "<script>" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
     assert page.count("<img ") == 2
+
+
+# --- what the report states (issue 14): verdict, thresholds, window, champion, labelled plots ---------
+
+
+def test_report_states_verdict_thresholds_window_and_champion(contract: DatasetContract,
+                                                              policy: DriftPolicy) -> None:
+    reference, recent = demo.demo_records(), demo.arrival_records(100, seed=3, drift={"bmi": 4})
+    results = drift.compare(reference, recent, contract, policy)
+    bmi = next(r for r in results if r.feature == "bmi")
+
+    page = drift.render_report(results, reference, recent, contract, "Drift report r1", policy,
+                               {**REPORT_ROW, "unreadable_rows": 2})
+
+    drifted = [r for r in results if r.drifted]
+    verdict = re.search(r"<p class='verdict'>([^<]*)</p>", page)
+    assert verdict and verdict.group(1).startswith(f"Drift: {len(drifted)} of 10 features drifted (bmi: PSI "
+                                                   f"{bmi.psi:.3f}, major")
+    for name, value in (("psi_moderate", "0.1"), ("psi_major", "0.25"), ("p_value", "0.01"), ("bins", "10"),
+                        ("min_rows", "30")):
+        assert f"<tr><th>{name}</th><td>{value}: " in page
+    assert "<tr><th>champion version</th><td>3</td></tr>" in page
+    assert ("<tr><th>window</th><td>records recorded after 2026-03-01 00:00:00+00:00 (the champion&#x27;s "
+            "training watermark) up to 2026-04-01 02:00:00+00:00</td></tr>") in page
+    assert "100 (2 more left out as unreadable by the contract)" in page
+
+
+def test_a_stable_report_says_so(contract: DatasetContract, policy: DriftPolicy) -> None:
+    reference = demo.demo_records()
+    results = drift.compare(reference, reference, contract, policy)
+
+    page = drift.render_report(results, reference, reference, contract, "r", policy, REPORT_ROW)
+
+    assert "<p class='verdict'>Stable: none of the 10 features drifted (highest PSI 0.000" in page
+
+
+def test_a_moderate_drift_names_its_test_and_p_value(policy: DriftPolicy) -> None:
+    moderate = drift.FeatureDrift("glucose", "numeric", 0.15, "ks", 0.2, 0.001, "moderate", True)
+
+    assert drift.verdict_sentence([moderate], policy) == (
+        "Drift: 1 of 1 features drifted (glucose: PSI 0.150, moderate, ks p-value 0.001 under 0.01).")
+
+
+def test_every_distribution_plot_labels_both_axes(contract: DatasetContract) -> None:
+    reference, recent = demo.demo_records(), demo.arrival_records(100, seed=3)
+    ref, cur = drift.monitored_columns(reference, contract), drift.monitored_columns(recent, contract)
+
+    for name in ref.columns:
+        figure = drift.distribution_figure(name, ref[name], cur[name], categorical=name == "sex")
+        [axes] = figure.axes
+        assert axes.get_xlabel() and axes.get_ylabel(), name
+        assert {t.get_text() for t in axes.get_legend().get_texts()} == {"reference", "recent"}
+    age = drift.distribution_figure("age_years", ref["age_years"], cur["age_years"], categorical=False)
+    assert age.axes[0].get_xlabel() == "age at the visit (years)"
+    sex = drift.distribution_figure("sex", ref["sex"], cur["sex"], categorical=True)
+    assert (sex.axes[0].get_xlabel(), sex.axes[0].get_ylabel()) == ("sex (category)", "share of rows")

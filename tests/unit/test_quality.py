@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import re
 from datetime import date
 from typing import Any
 
@@ -21,7 +22,7 @@ from pipeline import demo, quality
 from pipeline.casting import FormatError
 from pipeline.config import DatasetContract, Feature
 from pipeline.quality import REASON_CODES, ROW_COLUMN
-from pipeline.validate import describe_failure, load_suite
+from pipeline.validate import column_of, describe_failure, load_suite
 from tests.unit.conftest import source_records
 
 KNOWN_CODES = set(REASON_CODES.values())
@@ -630,3 +631,79 @@ def test_fast_row_checks_agree_with_gx_on_the_clinic_export() -> None:
     by_gx, fast = both_ways(frame, config.dataset, load_suite(config.dataset.expectation_suite))
 
     assert by_gx.reasons and same_reasons(fast) == same_reasons(by_gx)
+
+
+# --- the report as GX Data Docs shows a validation (issue 14) ------------------------------------------
+
+
+def report_rows(page: str, heading_id: str) -> list[list[str]]:
+    """The cells of each body row of the table after the heading with `heading_id`."""
+    part = page.split(f"<h2 id='{heading_id}'>", 1)[1].split("</table>", 1)[0]
+    return [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr(?: class='\w+')?>(.*?)</tr>", part)
+            if "<td>" in row]
+
+
+def test_report_lists_every_expectation_with_result_observed_share_and_bound(
+        classified: quality.QualityResult, contract: DatasetContract, suite: dict[str, Any]) -> None:
+    page = quality.render_report(classified, contract, "Validation")
+
+    rows = report_rows(page, "expectations")
+    assert sorted((r[1], r[2]) for r in rows) == sorted(  # every expectation of the suite, once
+        (e["type"], html.escape(column_of(e["type"], e["kwargs"]))) for e in suite["expectations"])
+    by_rule = {(r[1], r[2]): r for r in rows}
+    total = classified.rows_read
+    assert by_rule[("expect_column_values_to_be_between", "bmi")] == [
+        "FAIL", "expect_column_values_to_be_between", "bmi", "unexpected, e.g. 500.0; 5.0", f"2 of {total}",
+        f"{200 / total:.2f}%", "min_value=12.0, max_value=70.0"]
+    assert by_rule[("expect_column_values_to_be_in_set", "sex")][3:] == [
+        "unexpected, e.g. Male", f"1 of {total}", f"{100 / total:.2f}%", "value_set=[&#x27;F&#x27;, &#x27;M&#x27;]"]
+    pair = by_rule[("expect_column_pair_values_a_to_be_greater_than_b", "visit_date/birth_date")]
+    assert pair[0] == "FAIL" and pair[6] == "visit_date &gt; birth_date (either_value_is_missing)"
+    assert by_rule[("expect_column_values_to_not_be_null", "patient_id")][0::3] == ["pass", "no unexpected value",
+                                                                                   "no missing value"]
+    stats = classified.gx_result["statistics"]
+    assert (f"{stats['evaluated_expectations']} expectations, {stats['successful_expectations']} passed, "
+            f"{stats['unsuccessful_expectations']} failed") in page
+    assert sum(r[0] == "FAIL" for r in rows) == stats["unsuccessful_expectations"]
+
+
+def test_report_shows_the_dates_of_an_impossible_dates_row(classified: quality.QualityResult,
+                                                           contract: DatasetContract,
+                                                           faulty_frame: pd.DataFrame) -> None:
+    page = quality.render_report(classified, contract, "Validation")
+
+    [row] = [r for r in report_rows(page, "quarantined") if r[0] == str(faulty_frame.at[60, "patient_id"])]
+    birth, visit = faulty_frame.at[60, "birth_date"], faulty_frame.at[60, "visit_date"]
+    assert row[1].startswith("impossible_dates(visit_date/birth_date=visit_date=")
+    assert row[2] == f"visit_date={visit}, birth_date={birth}"  # as the source held them
+    assert "None" not in row[1] + row[2]
+
+
+def test_a_reason_without_a_value_quotes_the_original_cells(classified: quality.QualityResult,
+                                                            contract: DatasetContract,
+                                                            faulty_frame: pd.DataFrame) -> None:
+    position = 60
+    blank = dataclasses.replace(classified, reasons={
+        **classified.reasons, position: [{**r, "value": None} for r in classified.reasons[position]]})
+
+    [row] = [r for r in report_rows(quality.render_report(blank, contract, "t"), "quarantined")
+             if r[0] == str(faulty_frame.at[position, "patient_id"])]
+
+    birth, visit = faulty_frame.at[position, "birth_date"], faulty_frame.at[position, "visit_date"]
+    assert row[1] == f"impossible_dates(visit_date/birth_date=visit_date={visit}, birth_date={birth})"
+
+
+def test_report_states_the_quarantined_share_against_the_limit(classified: quality.QualityResult,
+                                                               contract: DatasetContract, config: Any) -> None:
+    quarantined, read = len(classified.quarantined), classified.rows_read
+    share = quarantined / read
+
+    within = quality.render_report(classified, contract, "t", policy=config.quality)
+    over = quality.render_report(classified, contract, "t",
+                                 policy=dataclasses.replace(config.quality, max_quarantine_share=0.01))
+
+    assert f"<td>quarantined share</td><td>{share:.2%}</td>" in within
+    assert "<td>limit (quality.max_quarantine_share)</td><td>5.00%</td>" in within
+    assert (f"{quarantined} of {read} labelled rows quarantined ({share:.2%}): within the limit of 5.00% "
+            "(quality.max_quarantine_share)") in within
+    assert f"({share:.2%}): over the limit of 1.00% (quality.max_quarantine_share), so the run stops." in over

@@ -1,0 +1,137 @@
+"""The Models view in the Airflow UI: a FastAPI app on the API server at /models-view, and a nav entry.
+
+Routes only: every query and every page comes from `pipeline.models_view`. Access is Airflow's own:
+each request must carry the UI's session cookie or an API Bearer token that Airflow's auth manager
+accepts and that may read DAGs; anything else is refused (401 without a token, 403 for a bad one).
+The pipeline package (pandas, scikit-learn) is imported on the first request, not when Airflow
+loads plugins in every process.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from airflow.api_fastapi.core_api.security import requires_access_dag
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, Response
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from pipeline.config import ModelEntry
+    from pipeline.models_view import Links
+    from pipeline.settings import Settings
+
+URL_PREFIX = "/models-view"
+
+app = FastAPI(title="Models view", docs_url=None, redoc_url=None, openapi_url=None,
+              dependencies=[Depends(requires_access_dag("GET"))])
+
+
+@cache
+def _settings() -> Settings:
+    from pipeline.settings import Settings
+    return Settings.from_env()
+
+
+@cache
+def _engine() -> Engine:
+    from pipeline import db
+    return db.create_engine(db.database_url(_settings()))
+
+
+def _entries() -> dict[str, ModelEntry]:
+    from pipeline.config import model_entries
+    settings = _settings()
+    return {e.name: e for e in model_entries(settings.config_path, settings.models_dir)}
+
+
+def _entry(model: str) -> ModelEntry:
+    entry = _entries().get(model)
+    if entry is None:
+        raise HTTPException(404, f"no model {model!r}; the models are {', '.join(_entries())}")
+    return entry
+
+
+def _links(request: Request) -> Links:
+    from pipeline.models_view import Links
+    base = str(request.scope.get("root_path", "")).rstrip("/")  # where this app is mounted, behind any base_url
+    return Links(base=base, airflow=base.removesuffix(URL_PREFIX))
+
+
+@app.get("/", response_class=HTMLResponse)
+def index(request: Request) -> str:
+    from pipeline import models_view
+    with _engine().connect() as conn:
+        summaries = models_view.model_summaries(conn, list(_entries()))
+    return models_view.index_html(_links(request), summaries)
+
+
+@app.get("/{model}", response_class=HTMLResponse)
+def model_page(request: Request, model: str) -> str:
+    from pipeline import models_view
+    entry = _entry(model)
+    with _engine().connect() as conn:
+        overview = models_view.model_overview(conn, entry.name)
+    return models_view.model_html(_links(request), entry, overview)
+
+
+def _report(request: Request, model: str, kind: str, key: str | int) -> str:
+    from pipeline import artifacts, models_view
+    entry = _entry(model)
+    try:
+        with _engine().connect() as conn:
+            found = models_view.find_report(conn, entry.name, kind, key)
+        document = models_view.read_report(_settings().artifact_dir, found["path"])
+    except LookupError as error:
+        raise HTTPException(404, str(error)) from error
+    except artifacts.ArtifactIntegrityError as error:
+        raise HTTPException(409, str(error)) from error
+    return models_view.with_crumbs(document, models_view.report_crumbs(_links(request), entry.name, kind, found))
+
+
+@app.get("/{model}/versions/{version}/card", response_class=HTMLResponse)
+def card(request: Request, model: str, version: int) -> str:
+    return _report(request, model, "card", version)
+
+
+@app.get("/{model}/runs/{run_id}/{kind}", response_class=HTMLResponse)
+def run_report(request: Request, model: str, run_id: str, kind: str) -> str:
+    if kind == "card":
+        raise HTTPException(404, "a card belongs to a version: /{model}/versions/{version}/card")
+    return _report(request, model, kind, run_id)
+
+
+def _quarantine(model: str, run_id: str, code: str, limit: int | None) -> list[dict[str, Any]]:
+    from pipeline import models_view
+    with _engine().connect() as conn:
+        return models_view.quarantine_rows(conn, _entry(model).name, run_id or None, code or None, limit)
+
+
+@app.get("/{model}/quarantine", response_class=HTMLResponse)
+def quarantine(request: Request, model: str, run_id: str = "", code: str = "") -> str:
+    from pipeline import models_view
+    rows = _quarantine(model, run_id, code, models_view.QUARANTINE_PAGE_ROWS)
+    with _engine().connect() as conn:
+        codes = models_view.quarantine_codes(conn, model)
+    return models_view.quarantine_html(_links(request), model, rows, codes, run_id, code,
+                                       models_view.QUARANTINE_PAGE_ROWS)
+
+
+@app.get("/{model}/quarantine.csv")
+def quarantine_csv(model: str, run_id: str = "", code: str = "") -> Response:
+    from pipeline import models_view
+    body = models_view.quarantine_csv(_quarantine(model, run_id, code, None))
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(p for p in (model, "quarantine", run_id, code) if p))
+    return Response(body, media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
+
+
+class ModelsViewPlugin(AirflowPlugin):
+    name = "models_view"
+    fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "Models view"}]
+    external_views = [{"name": "Models", "href": f"{URL_PREFIX}/", "url_route": "models", "destination": "nav",
+                       "nav_top_level": True}]

@@ -1,0 +1,122 @@
+"""Each `retrain` run's note states its outcome; its params are checked before any stage runs (dag.test, real
+PostgreSQL, the project's plugins loaded as Airflow loads them)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from pipeline import db, demo, ingest, registry
+from pipeline.config import DEFAULT_MODEL, load_config
+from pipeline.settings import Settings
+
+
+def _engine(settings: Settings) -> sa.engine.Engine:
+    return db.create_engine(db.database_url(settings))
+
+
+def _note(run_id: str) -> str | None:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return session.scalar(sa.select(DagRun).where(DagRun.dag_id == "retrain", DagRun.run_id == run_id)).note
+
+
+def _training_run(engine: sa.engine.Engine, run_id: str) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT * FROM pipeline.training_runs WHERE run_id = :r"),
+                            {"r": run_id}).mappings().first()
+
+
+def _count(engine: sa.engine.Engine, table: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.scalar(sa.text(f"SELECT count(*) FROM pipeline.{table}")))
+
+
+def test_a_promotion_and_a_run_without_new_data_say_so(airflow_db: None, dag_bag: Any, pipeline_env: Settings) -> None:
+    engine = _engine(pipeline_env)
+    demo.seed_demo(engine)
+    dag = dag_bag.dags["retrain"]
+
+    first = dag.test()
+    assert first.state == "success"
+    assert re.fullmatch(r"promoted v1: RMSE \d+\.\d \(first champion\)", _note(first.run_id) or "")
+
+    # the form's Logical Date is no data cut-off: a manual run reads the rows recorded up to its trigger time
+    triggered = datetime.now(UTC)
+    second = dag.test(logical_date=datetime(2026, 1, 5, tzinfo=UTC), run_after=triggered)
+    assert second.state == "success"
+    assert _note(second.run_id) == "skipped: no new data"
+    assert _training_run(engine, second.run_id)["watermark"] == triggered
+
+
+def test_an_unknown_key_is_refused_before_any_stage_runs(airflow_db: None, dag_bag: Any, pipeline_env: Settings) -> None:
+    engine = _engine(pipeline_env)
+    demo.seed_demo(engine)
+
+    refused = dag_bag.dags["retrain"].test(run_conf={"marin": 5})
+
+    assert refused.state == "failed"
+    run = _training_run(engine, refused.run_id)
+    assert run["status"] == "failed" and run["failure_kind"] == "data"
+    assert run["reason"].startswith("params refused: unknown param 'marin': the retrain params are margin, dry_run")
+    assert _count(engine, "snapshots") == 0 and _count(engine, "model_versions") == 0
+    assert (_note(refused.run_id) or "").startswith("failed: params refused: unknown param 'marin'")
+
+
+def test_a_margin_out_of_range_is_refused_before_the_run_exists(airflow_db: None, dag_bag: Any,
+                                                                 pipeline_env: Settings) -> None:
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    engine = _engine(pipeline_env)
+    demo.seed_demo(engine)
+    with pytest.raises(ParamValidationError, match="5 is greater than the maximum of 0.5"):
+        dag_bag.dags["retrain"].test(run_conf={"margin": 5})
+    assert _count(engine, "training_runs") == 0
+
+
+def test_an_as_of_run_trains_on_the_rows_up_to_then_and_never_promotes(airflow_db: None, dag_bag: Any,
+                                                                        pipeline_env: Settings) -> None:
+    engine = _engine(pipeline_env)
+    demo.seed_demo(engine)
+    contract = load_config(pipeline_env.config_path).dataset
+    with engine.connect() as conn:
+        as_of = conn.scalar(sa.text("SELECT percentile_disc(0.8) WITHIN GROUP (ORDER BY recorded_at) "
+                                    "FROM public.patient_records"))
+        expected = conn.scalar(sa.select(sa.func.count()).select_from(
+            ingest.labelled_rows_query(contract, as_of).subquery()))
+        everything = conn.scalar(sa.text("SELECT count(*) FROM public.patient_records"))
+    assert 0 < expected < everything
+
+    past = dag_bag.dags["retrain"].test(run_conf={"as_of": as_of.isoformat()})
+
+    assert past.state == "success"
+    run = _training_run(engine, past.run_id)
+    with engine.connect() as conn:
+        snapshot = registry.run_snapshot(conn, past.run_id)
+        champion = registry.current_champion(conn, DEFAULT_MODEL)
+        evaluation = registry.get_evaluation(conn, past.run_id)
+    assert run["watermark"] == as_of and snapshot["row_count"] == expected
+    assert run["status"] == "kept" and champion is None  # a first model would be promoted by any other run
+    assert evaluation["decision"] == "promote" and "never promoted" in run["reason"]
+    assert _count(engine, "promotion_events") == 0
+    assert _note(past.run_id) == (f"as of {as_of.astimezone(UTC):%Y-%m-%d %H:%M} UTC: would promote "
+                                  f"v{evaluation['candidate_version']}: RMSE "
+                                  f"{evaluation['candidate_metrics']['rmse']:.1f} (first champion), never promoted")
+
+
+def test_an_as_of_in_the_future_is_refused(airflow_db: None, dag_bag: Any, pipeline_env: Settings) -> None:
+    engine = _engine(pipeline_env)
+    demo.seed_demo(engine)
+    triggered = datetime(2026, 6, 1, tzinfo=UTC)
+
+    refused = dag_bag.dags["retrain"].test(run_after=triggered, run_conf={"as_of": "2026-06-02T00:00:00+00:00"})
+
+    assert refused.state == "failed"
+    assert "param as_of: 2026-06-02T00:00:00+00:00 is in the future" in _training_run(engine, refused.run_id)["reason"]
+    assert _count(engine, "snapshots") == 0

@@ -1,0 +1,177 @@
+"""One real Airflow (standalone: scheduler, API server with the Models view, DAG processor, triggerer)
+on scratch databases, with a registry filled through it, shared by the API and the browser tests.
+
+The registry it leaves: v1 champion from a `retrain` run started by unpausing the DAG; a second
+`retrain` run, triggered through the REST API after labelled rows with faults arrived, whose rows
+were partly quarantined and whose candidate v2 was compared with v1; a drift check of the champion,
+made by the pipeline's own function. (No performance check: without served forecasts
+`performance.monitor_performance` fails today, see the test below.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import sqlalchemy as sa
+import yaml
+
+from pipeline import db, demo, stages
+from pipeline.settings import PROJECT_ROOT, Settings
+from tests.conftest import create_scratch_database
+
+START_TIMEOUT = 150
+RUN_TIMEOUT = 300
+BAD_ROWS = 4
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclass
+class ViewAirflow:
+    base_url: str
+    token: str
+    password: str
+    engine: sa.engine.Engine
+    env: dict[str, str]
+    log_path: Path
+    first_run: str = ""
+    second_run: str = ""
+
+    def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        return requests.request(method, f"{self.base_url}/api/v2{path}", headers=headers, timeout=30, **kwargs)
+
+    def view(self, path: str, token: str | None = None, **kwargs: Any) -> requests.Response:
+        """GET a Models view page; with the admin's token unless `token` says otherwise ('' = anonymous)."""
+        token = self.token if token is None else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return requests.get(f"{self.base_url}/models-view{path}", headers=headers, timeout=60, **kwargs)
+
+    def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(sa.text(sql), params).mappings()]
+
+    def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
+        response = self.api("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100})
+        response.raise_for_status()
+        return list(response.json()["dag_runs"])
+
+    def wait_until_idle(self, dag_id: str) -> None:
+        try:
+            wait_for(lambda: (runs := self.dag_runs(dag_id)) and all(r["state"] in ("success", "failed") for r in runs),
+                     RUN_TIMEOUT, f"every {dag_id} run to finish", interval=2)
+        except AssertionError as error:
+            raise AssertionError(f"{error}; the Airflow log's last errors:\n{self.log_errors()}") from None
+
+    def log_errors(self, lines: int = 12) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join([line for line in text if "Error" in line or "[error" in line][-lines:])
+
+
+def _view_config(tmp: Path) -> Path:
+    """The shipped config; the arrival watcher never fires (runs here start only when the test says)."""
+    raw = yaml.safe_load((PROJECT_ROOT / "pipeline.yaml").read_text())
+    raw["dataset"]["expectation_suite"] = str(PROJECT_ROOT / raw["dataset"]["expectation_suite"])
+    raw["monitoring"].update(poll_seconds=3600, min_new_rows=1_000_000)
+    path = tmp / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _fill_registry(live: ViewAirflow) -> None:
+    """v1 through an unpaused `retrain`; faulty arrivals and a triggered run for v2; a drift check."""
+    live.api("PATCH", "/dags/retrain", json={"is_paused": False}).raise_for_status()
+    wait_for(lambda: live.rows("SELECT version FROM pipeline.champion"), RUN_TIMEOUT, "a first champion", 2)
+    live.wait_until_idle("retrain")
+    live.first_run = live.rows("SELECT run_id FROM pipeline.training_runs WHERE status = 'promoted'")[0]["run_id"]
+
+    demo.simulate_arrivals(live.engine, rows=40, seed=7, bad_rows=BAD_ROWS)
+    response = live.api("POST", "/dags/retrain/dagRuns", json={"logical_date": None, "conf": {}})
+    assert response.status_code == 200, response.text
+    live.second_run = response.json()["dag_run_id"]
+    live.wait_until_idle("retrain")
+
+    demo.simulate_arrivals(live.engine, rows=60, seed=2, drift={"bmi": 4.0}, labelled=False)
+    ws = stages.Workspace.open(Settings.from_env(live.env))
+    stages.monitor_drift(ws, stages.Run(run_id="drift-check-1", watermark=datetime.now(UTC)))
+    ws.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def view_airflow(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewAirflow]:
+    tmp = tmp_path_factory.mktemp("models-view")
+    pipeline_url = create_scratch_database(server_url)
+    metadata_url = db.with_database(server_url, f"airflow_view_{uuid.uuid4().hex[:8]}")
+    db.ensure_database(metadata_url)
+    engine = db.create_engine(pipeline_url)
+    demo.seed_demo(engine)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update({
+        "PIPELINE_DATABASE_URL": pipeline_url, "PIPELINE_CONFIG": str(_view_config(tmp)),
+        "PIPELINE_ARTIFACT_DIR": str(tmp / "artifacts"), "PIPELINE_MODELS_DIR": str(tmp / "no-more-models"),
+        "AIRFLOW_HOME": str(tmp / "airflow-home"),
+        "AIRFLOW__API__PORT": str(port), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
+        "AIRFLOW__SCHEDULER__WORKER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__TRIGGERER__TRIGGERER_LOG_SERVER_PORT": str(free_port()),
+    })
+    log_path = tmp / "airflow.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "pipeline", "airflow", "standalone"], cwd=PROJECT_ROOT,
+                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        def healthy() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"airflow standalone exited; log:\n{log_path.read_text()[-3000:]}")
+            try:
+                health = requests.get(f"{base_url}/api/v2/monitor/health", timeout=5).json()
+            except (requests.RequestException, ValueError):
+                return False
+            return all(health.get(part, {}).get("status") == "healthy"
+                       for part in ("scheduler", "triggerer", "dag_processor"))
+        wait_for(healthy, START_TIMEOUT, "Airflow to report healthy", interval=2)
+        password = json.loads((tmp / "airflow-home" / "passwords.json").read_text())["admin"]
+        token = requests.post(f"{base_url}/auth/token", json={"username": "admin", "password": password},
+                              timeout=30).json()["access_token"]
+        live = ViewAirflow(base_url, token, password, engine, env, log_path)
+        wait_for(lambda: live.api("GET", "/dags/retrain").status_code == 200, 90, "retrain to be parsed")
+        _fill_registry(live)
+        yield live
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        engine.dispose()
+        db.drop_database(pipeline_url)
+        db.drop_database(metadata_url)

@@ -1,0 +1,70 @@
+"""The Models view's renderers on plain data, without Airflow or a database: escaping, links, the trend,
+the CSV, and the stored-page integrity check."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+
+from pipeline import artifacts, models_view
+from pipeline.config import ModelEntry
+
+LINKS = models_view.Links(base="/models-view", airflow="")
+HOSTILE = "<script>alert(1)</script>"
+
+
+def _overview(reason: str = "beats the champion") -> dict[str, object]:
+    version = {"version": 1, "run_id": "manual__2026-01-01T00:00:00+00:00", "model_family": "ridge",
+               "created_at": None, "train_rows": 10, "holdout_rows": 3, "holdout": {"rmse": 50.0, "mae": 40.0, "r2": 0.5},
+               "compared_with": None, "decision": "promote", "reason": reason, "run_status": "promoted",
+               "run_reason": None, "live_rmse": 55.0, "live_outcomes": 12, "live_coverage": 0.9,
+               "live_report": "perf-1", "has_card": True}
+    return {"model": "m", "champion": None, "versions": [version], "runs": [], "reports": {}, "promotions": [],
+            "shadows": [], "drift": [], "performance": []}
+
+
+def test_values_are_escaped_and_run_ids_quoted_in_links() -> None:
+    page = models_view.model_html(LINKS, ModelEntry("m", Path("m.yaml"), True), _overview(reason=HOSTILE))
+    assert HOSTILE not in page and "&lt;script&gt;" in page
+    assert "/models-view/m/runs/manual__2026-01-01T00%3A00%3A00%2B00%3A00/comparison" in page
+    assert "/models-view/m/runs/perf-1/performance" in page and "/dags/rollback" in page
+
+
+def test_the_trend_plots_holdout_and_live_rmse() -> None:
+    svg = models_view.trend_svg([{"version": 1, "holdout_rmse": 50.0, "live_rmse": 55.0},
+                                 {"version": 2, "holdout_rmse": 48.0, "live_rmse": None}])
+    assert svg.count("<polyline") == 2 and "v2 holdout RMSE: 48.000" in svg and "v1 live RMSE: 55.000" in svg
+    assert "model version" in svg and "RMSE (lower is better)" in svg
+    assert "No version" in models_view.trend_svg([])
+
+
+def test_the_csv_keeps_reasons_and_original_values() -> None:
+    rows = [{"run_id": "r", "snapshot_hash": "h", "row_number": 3, "source_id": "7", "labelled": True,
+             "reasons": [{"code": "out_of_range", "column": "bmi", "rule": "between 10 and 80", "value": "400"}],
+             "original": {"patient_id": 7, "bmi": 400.0, "sex": HOSTILE}}]
+    exported = list(csv.DictReader(io.StringIO(models_view.quarantine_csv(rows))))
+    assert exported == [{"run_id": "r", "snapshot_hash": "h", "row_number": "3", "source_id": "7", "labelled": "True",
+                         "reason_codes": "out_of_range", "reasons": "out_of_range (bmi: between 10 and 80; value 400)",
+                         "patient_id": "7", "bmi": "400.0", "sex": HOSTILE}]
+
+
+def test_a_stored_page_that_changed_on_disk_is_refused(tmp_path: Path) -> None:
+    digest, path = artifacts.store_bytes(tmp_path, "reports", b"<html><body>ok</body></html>", ".html")
+    assert models_view.read_report(tmp_path, str(path)) == b"<html><body>ok</body></html>"
+    assert models_view.read_report(tmp_path, f"/moved/store/reports/{digest}.html")  # found by its name
+    path.write_bytes(b"<html><body>changed</body></html>")
+    with pytest.raises(artifacts.ArtifactIntegrityError, match="does not hash to its name"):
+        models_view.read_report(tmp_path, str(path))
+    with pytest.raises(LookupError, match="not in the artifact store"):
+        models_view.read_report(tmp_path, "/nowhere/abc.html")
+
+
+def test_served_reports_get_the_view_links_after_body() -> None:
+    crumbs = models_view.report_crumbs(LINKS, "m", "comparison", {"run_id": "r1", "version": 2})
+    page = models_view.with_crumbs(b"<html><body><h1>x</h1></body></html>", crumbs)
+    assert page.index("<nav class='models-view'>") < page.index("<h1>x</h1>")
+    assert "/models-view/m/runs/r1/quality" in page and "/models-view/m/versions/2/card" in page
+    assert "/models-view/m/runs/r1/comparison" not in page
