@@ -6,16 +6,10 @@ The tests run in order against one Airflow: each leaves the system as the next e
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,33 +20,16 @@ import requests
 import sqlalchemy as sa
 import yaml
 
-from pipeline import db, demo
+from pipeline import demo
 from pipeline.settings import PROJECT_ROOT
-from tests.conftest import create_scratch_database
+from tests.standalone import standalone_airflow, wait_for
 
-START_TIMEOUT = 150
 RUN_TIMEOUT = 240
 MIN_NEW_ROWS = 20
 # The performance test fills in two batches of outcomes; together fewer than MIN_NEW_ROWS, so only the
 # performance monitor (not the arrival watcher) can start a retrain.
 OUTCOMES = 9
 MIN_OUTCOMES = 8
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @dataclass
@@ -88,10 +65,10 @@ class LiveAirflow:
         def finished() -> dict[str, Any] | None:
             run = self.run(dag_id, run_id)
             return run if run["state"] in ("success", "failed") else None
-        return dict(_wait_for(finished, RUN_TIMEOUT, f"{dag_id} run {run_id} to finish"))
+        return dict(wait_for(finished, RUN_TIMEOUT, f"{dag_id} run {run_id} to finish"))
 
     def wait_until_idle(self, dag_id: str) -> None:
-        _wait_for(lambda: all(r["state"] in ("success", "failed") for r in self.runs(dag_id)),
+        wait_for(lambda: all(r["state"] in ("success", "failed") for r in self.runs(dag_id)),
                   RUN_TIMEOUT, f"every {dag_id} run to finish")
 
     def training_run(self, run_id: str) -> dict[str, Any]:
@@ -126,51 +103,9 @@ def _test_config(tmp: Path) -> Path:
 @pytest.fixture(scope="module")
 def live_airflow(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveAirflow]:
     tmp = tmp_path_factory.mktemp("live-airflow")
-    pipeline_url = create_scratch_database(server_url)
-    metadata_url = db.with_database(server_url, f"airflow_live_{uuid.uuid4().hex[:8]}")
-    db.ensure_database(metadata_url)
-    engine = db.create_engine(pipeline_url)
-    demo.seed_demo(engine)
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update({
-        "PIPELINE_DATABASE_URL": pipeline_url, "PIPELINE_CONFIG": str(_test_config(tmp)),
-        "PIPELINE_ARTIFACT_DIR": str(tmp / "artifacts"), "AIRFLOW_HOME": str(tmp / "airflow-home"),
-        "AIRFLOW__API__PORT": str(port), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
-        "AIRFLOW__SCHEDULER__WORKER_LOG_SERVER_PORT": str(_free_port()),
-        "AIRFLOW__TRIGGERER__TRIGGERER_LOG_SERVER_PORT": str(_free_port()),
-    })
-    log_path = tmp / "airflow.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "pipeline", "airflow", "standalone"], cwd=PROJECT_ROOT,
-                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        def healthy() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"airflow standalone exited; log:\n{log_path.read_text()[-3000:]}")
-            try:
-                health = requests.get(f"{base_url}/api/v2/monitor/health", timeout=5).json()
-            except (requests.RequestException, ValueError):
-                return False
-            return all(health.get(part, {}).get("status") == "healthy"
-                       for part in ("scheduler", "triggerer", "dag_processor"))
-        _wait_for(healthy, START_TIMEOUT, "Airflow to report healthy", interval=2)
-        password = json.loads((tmp / "airflow-home" / "passwords.json").read_text())["admin"]
-        token = requests.post(f"{base_url}/auth/token", json={"username": "admin", "password": password},
-                              timeout=30).json()["access_token"]
-        live = LiveAirflow(base_url, token, engine, log_path, tmp / "artifacts", env)
-        _wait_for(lambda: live.call("GET", "/dags/retrain").status_code == 200, 60, "retrain to be parsed")
-        yield live
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        engine.dispose()
-        db.drop_database(pipeline_url)
-        db.drop_database(metadata_url)
+    with standalone_airflow(server_url, tmp, _test_config(tmp)) as airflow:
+        yield LiveAirflow(airflow.base_url, airflow.token, airflow.engine, airflow.log_path, airflow.artifact_dir,
+                          airflow.env)
 
 
 def _new_run(live: LiveAirflow, dag_id: str, after: set[str], run_type: str | None = None) -> dict[str, Any]:
@@ -178,7 +113,7 @@ def _new_run(live: LiveAirflow, dag_id: str, after: set[str], run_type: str | No
         fresh = [r for r in live.runs(dag_id) if r["dag_run_id"] not in after
                  and (run_type is None or r["run_type"] == run_type)]
         return fresh[0] if fresh else None
-    return dict(_wait_for(appeared, RUN_TIMEOUT, f"a new {run_type or ''} {dag_id} run"))
+    return dict(wait_for(appeared, RUN_TIMEOUT, f"a new {run_type or ''} {dag_id} run"))
 
 
 def _run_ids(live: LiveAirflow, dag_id: str) -> set[str]:
@@ -191,7 +126,7 @@ def _parse_time(text: str) -> datetime:
 
 def test_unpausing_trains_a_first_champion(live_airflow: LiveAirflow) -> None:
     live_airflow.unpause("retrain")
-    _wait_for(lambda: live_airflow.scalar("SELECT count(*) FROM pipeline.champion"), RUN_TIMEOUT, "a champion")
+    wait_for(lambda: live_airflow.scalar("SELECT count(*) FROM pipeline.champion"), RUN_TIMEOUT, "a champion")
     live_airflow.wait_until_idle("retrain")
     statuses = live_airflow.scalar("SELECT array_agg(DISTINCT status) FROM pipeline.training_runs")
     assert "promoted" in statuses and "failed" not in statuses
@@ -244,7 +179,7 @@ def test_batches_landing_during_a_run_are_trained_on_by_the_next(live_airflow: L
     response = live_airflow.trigger("retrain", {"force": True})
     assert response.status_code == 200, response.text
     busy_run = response.json()["dag_run_id"]
-    _wait_for(lambda: live_airflow.run("retrain", busy_run)["state"] == "running", 60, "the forced run to start")
+    wait_for(lambda: live_airflow.run("retrain", busy_run)["state"] == "running", 60, "the forced run to start")
     before = _run_ids(live_airflow, "retrain")
     first = demo.simulate_arrivals(live_airflow.engine, rows=MIN_NEW_ROWS // 2 + 2, seed=21)
     second = demo.simulate_arrivals(live_airflow.engine, rows=MIN_NEW_ROWS // 2 + 2, seed=22)
@@ -287,7 +222,7 @@ def _performance_report(live: LiveAirflow, run_id: str) -> dict[str, Any]:
 def test_a_concept_shift_starts_a_performance_retrain_and_stable_outcomes_do_not(live_airflow: LiveAirflow) -> None:
     live_airflow.wait_until_idle("retrain")
     live_airflow.unpause("monitor_performance")  # its last daily run starts at once
-    _wait_for(lambda: live_airflow.runs("monitor_performance"), 60, "a monitor_performance run")
+    wait_for(lambda: live_airflow.runs("monitor_performance"), 60, "a monitor_performance run")
     live_airflow.wait_until_idle("monitor_performance")
 
     stable, _ = _judge_new_outcomes(live_airflow, seed=41, shift=[])
@@ -319,7 +254,7 @@ def test_a_concept_shift_starts_a_performance_retrain_and_stable_outcomes_do_not
 def test_drift_is_flagged_and_starts_a_retrain(live_airflow: LiveAirflow) -> None:
     demo.simulate_arrivals(live_airflow.engine, rows=40, seed=31, drift={"bmi": 4.0}, labelled=False)
     live_airflow.unpause("monitor_drift")  # its last hourly run starts at once; its window ends on the hour
-    _wait_for(lambda: live_airflow.runs("monitor_drift"), 60, "a monitor_drift run")
+    wait_for(lambda: live_airflow.runs("monitor_drift"), 60, "a monitor_drift run")
     live_airflow.wait_until_idle("monitor_drift")
     live_airflow.wait_until_idle("retrain")
     before = _run_ids(live_airflow, "retrain")

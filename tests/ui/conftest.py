@@ -10,15 +10,7 @@ made by the pipeline's own function. (No performance check: without served forec
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,29 +21,12 @@ import requests
 import sqlalchemy as sa
 import yaml
 
-from pipeline import db, demo, stages
+from pipeline import demo, stages
 from pipeline.settings import PROJECT_ROOT, Settings
-from tests.conftest import create_scratch_database
+from tests.standalone import standalone_airflow, wait_for
 
-START_TIMEOUT = 150
 RUN_TIMEOUT = 300
 BAD_ROWS = 4
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @dataclass
@@ -128,50 +103,9 @@ def _fill_registry(live: ViewAirflow) -> None:
 @pytest.fixture(scope="session")
 def view_airflow(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewAirflow]:
     tmp = tmp_path_factory.mktemp("models-view")
-    pipeline_url = create_scratch_database(server_url)
-    metadata_url = db.with_database(server_url, f"airflow_view_{uuid.uuid4().hex[:8]}")
-    db.ensure_database(metadata_url)
-    engine = db.create_engine(pipeline_url)
-    demo.seed_demo(engine)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update({
-        "PIPELINE_DATABASE_URL": pipeline_url, "PIPELINE_CONFIG": str(_view_config(tmp)),
-        "PIPELINE_ARTIFACT_DIR": str(tmp / "artifacts"), "PIPELINE_MODELS_DIR": str(tmp / "no-more-models"),
-        "AIRFLOW_HOME": str(tmp / "airflow-home"),
-        "AIRFLOW__API__PORT": str(port), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
-        "AIRFLOW__SCHEDULER__WORKER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__TRIGGERER__TRIGGERER_LOG_SERVER_PORT": str(free_port()),
-    })
-    log_path = tmp / "airflow.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "pipeline", "airflow", "standalone"], cwd=PROJECT_ROOT,
-                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        def healthy() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"airflow standalone exited; log:\n{log_path.read_text()[-3000:]}")
-            try:
-                health = requests.get(f"{base_url}/api/v2/monitor/health", timeout=5).json()
-            except (requests.RequestException, ValueError):
-                return False
-            return all(health.get(part, {}).get("status") == "healthy"
-                       for part in ("scheduler", "triggerer", "dag_processor"))
-        wait_for(healthy, START_TIMEOUT, "Airflow to report healthy", interval=2)
-        password = json.loads((tmp / "airflow-home" / "passwords.json").read_text())["admin"]
-        token = requests.post(f"{base_url}/auth/token", json={"username": "admin", "password": password},
-                              timeout=30).json()["access_token"]
-        live = ViewAirflow(base_url, token, password, engine, env, log_path)
-        wait_for(lambda: live.api("GET", "/dags/retrain").status_code == 200, 90, "retrain to be parsed")
+    with standalone_airflow(server_url, tmp, _view_config(tmp),
+                            {"PIPELINE_MODELS_DIR": str(tmp / "no-more-models")}) as airflow:
+        live = ViewAirflow(airflow.base_url, airflow.token, airflow.password, airflow.engine, airflow.env,
+                           airflow.log_path)
         _fill_registry(live)
         yield live
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        engine.dispose()
-        db.drop_database(pipeline_url)
-        db.drop_database(metadata_url)

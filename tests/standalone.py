@@ -1,0 +1,108 @@
+"""A real Airflow (scheduler, triggerer, DAG processor, API server) from `airflow standalone`, on scratch
+databases of the test PostgreSQL with the demo study seeded: for the tests that need a live scheduler or the
+API server with its plugins (`tests/dags/test_live_scheduler.py`, `tests/ui/`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+import sqlalchemy as sa
+
+from pipeline import db, demo
+from pipeline.settings import PROJECT_ROOT
+from tests.conftest import create_scratch_database
+
+START_TIMEOUT = 150
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclass
+class Standalone:
+    base_url: str
+    token: str  # the admin's API token
+    password: str  # the admin's password, for the login page
+    engine: sa.engine.Engine  # the pipeline's scratch database
+    env: dict[str, str]  # what Airflow runs with: `python -m pipeline` with it talks to the same database
+    log_path: Path
+    artifact_dir: Path
+
+
+@contextmanager
+def standalone_airflow(server_url: str, tmp: Path, config_path: Path,
+                       extra_env: dict[str, str] | None = None) -> Iterator[Standalone]:
+    """Airflow healthy and `retrain` parsed, on new databases that are dropped afterwards."""
+    pipeline_url = create_scratch_database(server_url)
+    metadata_url = db.with_database(server_url, f"airflow_live_{uuid.uuid4().hex[:8]}")
+    db.ensure_database(metadata_url)
+    engine = db.create_engine(pipeline_url)
+    demo.seed_demo(engine)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update({
+        "PIPELINE_DATABASE_URL": pipeline_url, "PIPELINE_CONFIG": str(config_path),
+        "PIPELINE_ARTIFACT_DIR": str(tmp / "artifacts"), "AIRFLOW_HOME": str(tmp / "airflow-home"),
+        "AIRFLOW__API__PORT": str(port), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
+        "AIRFLOW__SCHEDULER__WORKER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__TRIGGERER__TRIGGERER_LOG_SERVER_PORT": str(free_port()),
+        **(extra_env or {}),
+    })
+    log_path = tmp / "airflow.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "pipeline", "airflow", "standalone"], cwd=PROJECT_ROOT,
+                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        def healthy() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"airflow standalone exited; log:\n{log_path.read_text()[-3000:]}")
+            try:
+                health = requests.get(f"{base_url}/api/v2/monitor/health", timeout=5).json()
+            except (requests.RequestException, ValueError):
+                return False
+            return all(health.get(part, {}).get("status") == "healthy"
+                       for part in ("scheduler", "triggerer", "dag_processor"))
+        wait_for(healthy, START_TIMEOUT, "Airflow to report healthy", interval=2)
+        password = json.loads((tmp / "airflow-home" / "passwords.json").read_text())["admin"]
+        token = requests.post(f"{base_url}/auth/token", json={"username": "admin", "password": password},
+                              timeout=30).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        wait_for(lambda: requests.get(f"{base_url}/api/v2/dags/retrain", headers=headers, timeout=30).status_code == 200,
+                 90, "retrain to be parsed")
+        yield Standalone(base_url, token, password, engine, env, log_path, tmp / "artifacts")
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        engine.dispose()
+        db.drop_database(pipeline_url)
+        db.drop_database(metadata_url)
