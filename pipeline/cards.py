@@ -77,7 +77,7 @@ class CardContent:
 
 # --- plots: each returns a matplotlib Figure; `png` turns one into base64 -----------------------
 
-def _new_figure(columns: int = 1, width: float = 7.0, height: float = 4.5) -> tuple[Any, Any]:
+def new_figure(columns: int = 1, width: float = 7.0, height: float = 4.5) -> tuple[Any, Any]:
     """An Agg figure and its axes, kept out of pyplot's global state (no figure to leak or close)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -95,7 +95,6 @@ def png(figure: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-_png = png  # the name pipeline/performance.py's plots call it by
 
 
 def scatter_rows(rows: int, limit: int = SCATTER_POINTS) -> np.ndarray:
@@ -111,7 +110,7 @@ def scatter_note(rows: int) -> str:
 
 def plot_predicted_vs_observed(observed: np.ndarray, predicted: np.ndarray) -> Any:
     """Holdout predictions against the observed values, with the y = x line."""
-    figure, ax = _new_figure()
+    figure, ax = new_figure()
     drawn = scatter_rows(len(observed))
     ax.scatter(observed[drawn], predicted[drawn], s=10, alpha=0.6)
     low = float(min(np.min(observed), np.min(predicted)))
@@ -125,7 +124,7 @@ def plot_predicted_vs_observed(observed: np.ndarray, predicted: np.ndarray) -> A
 def plot_residuals(observed: np.ndarray, predicted: np.ndarray) -> Any:
     """Residuals as a histogram and against the prediction."""
     residuals = observed - predicted
-    figure, (hist, scatter) = _new_figure(columns=2, width=10.0)
+    figure, (hist, scatter) = new_figure(columns=2, width=10.0)
     hist.hist(residuals, bins=20)
     hist.set(xlabel="observed - predicted", ylabel="rows", title="Residuals")
     drawn = scatter_rows(len(residuals))
@@ -138,7 +137,7 @@ def plot_residuals(observed: np.ndarray, predicted: np.ndarray) -> Any:
 
 def plot_slice_rmse(slices: Sequence[Mapping[str, Any]]) -> Any:
     """RMSE per slice group: the candidate's bars, and the champion's beside them when there is one."""
-    figure, ax = _new_figure(width=max(7.0, 0.6 * len(slices) + 2.0), height=4.5)
+    figure, ax = new_figure(width=max(7.0, 0.6 * len(slices) + 2.0), height=4.5)
     labels = [f"{row['slice']}={row['group']}" for row in slices]
     x = np.arange(len(labels))
     with_champion = any(row.get("champion_rmse") is not None for row in slices)
@@ -157,7 +156,7 @@ def plot_slice_rmse(slices: Sequence[Mapping[str, Any]]) -> Any:
 def plot_importance(importance: Importance) -> Any:
     """One horizontal bar per feature, largest magnitude on top."""
     ordered = sorted(importance.values.items(), key=lambda item: abs(item[1]))
-    figure, ax = _new_figure(width=7.0, height=max(3.5, 0.35 * len(ordered) + 1.5))
+    figure, ax = new_figure(width=7.0, height=max(3.5, 0.35 * len(ordered) + 1.5))
     ax.barh([name for name, _ in ordered], [value for _, value in ordered])
     ax.axvline(0.0, color="black", linewidth=1)
     ax.set(title="Feature importance", xlabel=importance.axis, ylabel="feature")
@@ -172,7 +171,7 @@ def rmse_change_interval(bootstrap: Mapping[str, float]) -> dict[str, float]:
 def plot_bootstrap(bootstrap: Mapping[str, float]) -> Any:
     """The bootstrap interval of the RMSE change (candidate - champion) as a line, its mean as a dot, and zero."""
     change = rmse_change_interval(bootstrap)
-    figure, ax = _new_figure(height=2.6)
+    figure, ax = new_figure(height=2.6)
     ax.hlines(0.0, change["low"], change["high"], linewidth=6, label=f"{bootstrap['confidence']:.0%} interval")
     ax.plot([change["mean"]], [0.0], "o", color="black", label="mean")
     ax.axvline(0.0, color="red", linestyle="--", linewidth=1, label="no change")

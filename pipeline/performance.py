@@ -242,7 +242,7 @@ def version_summaries(metrics: Sequence[Mapping[str, Any]], holdout: Mapping[int
 def _plot_trend(metrics: Sequence[Mapping[str, Any]], holdout: Mapping[int, float | None],
                 max_ratio: float | None, champion: int | None) -> str:
     """Live RMSE per month for each version and source, its holdout RMSE dashed, and the champion's limit."""
-    figure, ax = cards._new_figure(width=6.5, height=3.6)
+    figure, ax = cards.new_figure(width=7.0, height=4.5)
     monthly = [m for m in metrics if m["dimension"] == "month"]
     months = sorted({m["grp"] for m in monthly})
     for (version, source) in sorted({(m["version"], m["source"]) for m in monthly}):
@@ -260,12 +260,12 @@ def _plot_trend(metrics: Sequence[Mapping[str, Any]], holdout: Mapping[int, floa
     ax.set(ylabel="RMSE", xlabel="month of the outcome", title="Live RMSE against holdout RMSE")
     if monthly:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return cards._png(figure)
+    return cards.png(figure)
 
 
 def _plot_coverage(metrics: Sequence[Mapping[str, Any]]) -> str:
     """Interval coverage per month for each version and source, against the coverage the intervals promise."""
-    figure, ax = cards._new_figure(width=6.5, height=3.2)
+    figure, ax = cards.new_figure(width=7.0, height=4.0)
     monthly = [m for m in metrics if m["dimension"] == "month"]
     months = sorted({m["grp"] for m in monthly})
     for (version, source) in sorted({(m["version"], m["source"]) for m in monthly}):
@@ -279,18 +279,18 @@ def _plot_coverage(metrics: Sequence[Mapping[str, Any]]) -> str:
            title="Interval coverage")
     if monthly:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return cards._png(figure)
+    return cards.png(figure)
 
 
 def _plot_bias(metrics: Sequence[Mapping[str, Any]], version: int | None) -> str:
     """Bias (mean of outcome - forecast) per slice group of one version's served forecasts."""
-    figure, ax = cards._new_figure(width=6.0, height=3.2)
+    figure, ax = cards.new_figure(width=7.0, height=4.0)
     rows = [m for m in metrics if m["dimension"] == "slice" and m["version"] == version and m["source"] == "served"]
     ax.bar(range(len(rows)), [m["bias"] for m in rows])
     ax.axhline(0.0, color="black", linewidth=1)
     ax.set_xticks(range(len(rows)), [f"{m['slice']}={m['grp']}" for m in rows], rotation=45, ha="right")
     ax.set(ylabel="outcome - forecast", title=f"Bias by slice (v{version} served)" if rows else "No served outcomes")
-    return cards._png(figure)
+    return cards.png(figure)
 
 
 def report_html(report: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]],
