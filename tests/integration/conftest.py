@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from pipeline import stages
-from pipeline.settings import Settings
+from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, Settings
+from tests.integration.stage_runs import Cli, cli_runner
 
 
 @pytest.fixture
@@ -16,3 +19,13 @@ def ws(settings: Settings) -> Iterator[stages.Workspace]:
     workspace = stages.Workspace.open(settings)
     yield workspace
     workspace.engine.dispose()
+
+
+@pytest.fixture
+def cli(database_url: str, tmp_path: Path) -> Cli:
+    """`python -m pipeline ARGS` on the test's database and artifact folder (the `settings` fixture's), with
+    the shipped config."""
+    env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(tmp_path / "artifacts"),
+           "OMP_NUM_THREADS": "1"}  # the CLI shares two cores with the test run
+    env.pop(ENV_CONFIG, None)
+    return cli_runner(env)

@@ -73,7 +73,10 @@ def champion_state(ws: stages.Workspace) -> dict[str, Any]:
     }
 
 
-def cli_runner(env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+Cli = Callable[..., subprocess.CompletedProcess[str]]  # `python -m pipeline ARGS`, as cli_runner gives it
+
+
+def cli_runner(env: dict[str, str]) -> Cli:
     """`python -m pipeline ARGS` in the project, with this environment."""
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=PROJECT_ROOT, env=env,

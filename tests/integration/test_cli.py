@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,25 +16,13 @@ from pipeline import db, demo, outcomes, scoring, stages
 from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT
 from tests.integration.stage_runs import (
     DEMO_WATERMARK,
-    cli_runner,
+    Cli,
     fetch,
     output,
     promote_demo_champion,
     quick_workspace,
     retrain_through_stages,
 )
-
-Cli = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture
-def cli(database_url: str, tmp_path: Path) -> Cli:
-    """Run `python -m pipeline ARGS` against the test's database and artifact folder."""
-    env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(tmp_path / "artifacts"),
-           "OMP_NUM_THREADS": "1"}  # the CLI shares two cores with the test run
-    env.pop(ENV_CONFIG, None)
-
-    return cli_runner(env)
 
 
 def count_records(database_url: str) -> int:

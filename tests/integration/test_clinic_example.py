@@ -4,10 +4,7 @@ names, d/m/Y text dates and a few faults, trained as a second model beside the d
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
@@ -15,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from pipeline import demo, registry, stages
-from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT, Settings
+from pipeline.settings import PROJECT_ROOT, Settings
 from tests.integration.stage_runs import (
-    cli_runner,
+    Cli,
     fetch,
     make_run,
     output,
@@ -26,19 +23,9 @@ from tests.integration.stage_runs import (
     retrain_through_stages,
 )
 
-Cli = Callable[..., subprocess.CompletedProcess[str]]
 CLINIC_CONFIG = "examples/clinic/clinic.yaml"
 DUPLICATE_KEY = ["dob", "seen_on", "gender", "body_mass", "bp", "chol_total", "ldl_c", "hdl_c", "chol_ratio",
                  "log_trig", "fasting_glucose"]
-
-
-@pytest.fixture
-def cli(database_url: str, tmp_path: Path) -> Cli:
-    """`python -m pipeline ARGS` on the test's database and artifact folder (the `settings` fixture's)."""
-    env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(tmp_path / "artifacts"),
-           "OMP_NUM_THREADS": "1"}
-    env.pop(ENV_CONFIG, None)
-    return cli_runner(env)
 
 
 @pytest.fixture

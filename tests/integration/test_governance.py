@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
-import subprocess
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -29,14 +28,20 @@ import yaml
 from pipeline import artifacts, demo, registry, stages
 from pipeline.artifacts import ArtifactIntegrityError
 from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT, Settings
-from tests.integration.stage_runs import DEMO_WATERMARK, cli_runner, fetch, make_run, output, promote_demo_champion
+from tests.integration.stage_runs import (
+    DEMO_WATERMARK,
+    Cli,
+    cli_runner,
+    fetch,
+    make_run,
+    output,
+    promote_demo_champion,
+)
 
 WEAK_ALPHA = 800.0
 PROMOTE_ANY = -1.0  # margin: a candidate up to twice the champion's RMSE clears the margin test
 SLICE_GROUPS = {("sex", "F"), ("sex", "M"), ("age", "<40"), ("age", "40-60"), ("age", ">=60"),
                 ("bmi", "<25"), ("bmi", "25-30"), ("bmi", ">=30")}
-
-Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def write_config(folder: Path, change: Callable[[dict[str, Any]], None] | None = None) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,8 +18,7 @@ import sqlalchemy as sa
 
 from pipeline import demo, outcomes, performance, stages
 from pipeline.config import PerformancePolicy
-from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL
-from tests.integration.stage_runs import cli_runner, fetch, output
+from tests.integration.stage_runs import fetch, output
 
 AS_OF = datetime(2026, 11, 30, tzinfo=UTC)
 
@@ -222,13 +220,6 @@ def test_a_missing_threshold_disables_the_trigger_and_still_reports(ws: stages.W
 
 
 # --- by command line ---------------------------------------------------------------------------
-
-@pytest.fixture
-def cli(database_url: str, tmp_path: Path) -> Any:
-    env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(tmp_path / "artifacts"),
-           "OMP_NUM_THREADS": "1"}
-    env.pop(ENV_CONFIG, None)
-    return cli_runner(env)
 
 
 def record_rows(ws: stages.Workspace, ids: list[int]) -> pd.DataFrame:
