@@ -17,12 +17,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from pipeline import ingest, registry
+from pipeline.scoring import PREDICTIONS
 from pipeline.stages import Workspace, vet_champion_to_be
 
 log = logging.getLogger(__name__)
-
-_PREDICTIONS = sa.table("predictions", sa.column("model"), sa.column("version"), sa.column("source"),
-                        sa.column("source_id"), sa.column("run_id"), sa.column("made_at"), schema="pipeline")
 
 
 def live_evidence(ws: Workspace, version: int) -> dict[str, Any]:
@@ -30,7 +28,7 @@ def live_evidence(ws: Workspace, version: int) -> dict[str, Any]:
     them have their outcome known now (the rows a live comparison can judge)."""
     contract = ws.config.dataset
     source = ingest.source_table(contract)
-    p = _PREDICTIONS
+    p = PREDICTIONS
     outcome_known = sa.exists().where(sa.cast(source.c[contract.id_column], sa.Text) == p.c.source_id,
                                       source.c[contract.target_column].is_not(None))
     query = sa.select(sa.func.count().label("shadow_forecasts"),

@@ -31,6 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from pipeline import artifacts, cards, evaluate, ingest, quality, registry
 from pipeline.config import DatasetContract, PerformancePolicy, SliceSpec
+from pipeline.scoring import PREDICTIONS
 
 if TYPE_CHECKING:
     from pipeline.stages import Run, Workspace
@@ -41,9 +42,6 @@ _SIGNAL_LOCK_ID = 72_410_013  # pg_advisory_xact_lock(key, hashtext(model)): one
 BOOTSTRAP_CELLS = 4_000_000  # resampled rows drawn at once: bounds the bootstrap's memory (32 MB of indices)
 DEFAULT_CONFIDENCE = 0.95  # the shadow comparison's interval when monitoring.performance.confidence is not set
 RESIGNAL_AFTER = timedelta(minutes=30)  # a signal no retrain run answered within this is sent again
-PREDICTIONS = sa.table("predictions", *(sa.column(c) for c in (
-    "prediction_id", "model", "version", "source_id", "prediction", "lower", "upper", "coverage", "made_at",
-    "source")), schema="pipeline")
 JUDGED_COLUMNS = ["source_id", "version", "source", "prediction", "lower", "upper", "coverage", "made_at",
                   "labelled_at"]
 

@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 
 _SCORING_LOCK_ID = 72_410_008  # pg_advisory_xact_lock(key, hashtext(run_id)): one writer per scoring run
 PREDICTION_COLUMNS = ("model", "version", "source_id", "prediction", "lower", "upper", "coverage", "run_id",
-                      "source", "input_hash")
+                      "source", "input_hash")  # what a writer gives; the database adds prediction_id and made_at
+PREDICTIONS = sa.table("predictions", *(sa.column(c) for c in ("prediction_id", *PREDICTION_COLUMNS, "made_at")),
+                       schema="pipeline")  # every forecast made (sql/008_serving.sql), for queries and inserts
 NOT_FINITE_FORECAST = {"code": "not_finite_forecast", "column": "prediction",
                        "rule": "the champion's forecast is a finite number"}
 

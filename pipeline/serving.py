@@ -41,7 +41,7 @@ from pipeline import intervals, quality, registry, validate
 from pipeline.casting import cast_column
 from pipeline.config import DatasetContract
 from pipeline.runs import error_line
-from pipeline.scoring import PREDICTION_COLUMNS
+from pipeline.scoring import PREDICTIONS
 from pipeline.settings import Settings
 from pipeline.stages import Workspace
 
@@ -190,8 +190,6 @@ class Champion:
 
 # --- the prediction log --------------------------------------------------------------------------
 
-_PREDICTIONS = sa.table("predictions", *(sa.column(c) for c in PREDICTION_COLUMNS), schema="pipeline")
-
 
 class PredictionLog:
     """Forecasts queued by requests and written to `pipeline.predictions` in batches by one thread; a
@@ -235,7 +233,7 @@ class PredictionLog:
     def _write(self, batch: list[dict[str, Any]]) -> bool:
         try:
             with self.engine.begin() as conn:
-                conn.execute(sa.insert(_PREDICTIONS), batch)
+                conn.execute(sa.insert(PREDICTIONS), batch)
         except Exception as exc:  # noqa: BLE001 - a database hiccup never fails a response: retry later
             self.failures += 1
             log.warning("could not record %d forecasts (attempt %d failed, will retry): %s", len(batch),
