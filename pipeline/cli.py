@@ -151,14 +151,13 @@ def text_ingest(result: dict[str, Any]) -> str:
 def known_run(ws: stages.Workspace, run_id: str) -> dict[str, Any]:
     """The run `run_id` names, if it is a run of this model (an ingest started it); else UnknownTarget."""
     with ws.engine.connect() as conn:
-        row = conn.execute(sa.text("SELECT run_id, model, status FROM pipeline.training_runs WHERE run_id = :r"),
-                           {"r": run_id}).mappings().first()
+        row = registry.get_run(conn, run_id)
     if row is None:
         raise UnknownTarget(f"unknown run id {run_id!r}: no run has it (`python -m pipeline status --runs 50` lists "
                             "the latest; a run starts at its ingest)")
     if row["model"] != ws.model:
         raise UnknownTarget(f"run {run_id!r} is a run of model {row['model']!r}, not of {ws.model!r} (--config)")
-    return dict(row)
+    return row
 
 
 def registered_version(ws: stages.Workspace, version: int) -> dict[str, Any]:

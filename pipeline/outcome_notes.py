@@ -9,8 +9,9 @@ import re
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+
+from pipeline import registry
 
 MAX_REASON = 160
 
@@ -81,10 +82,4 @@ def _when(stamp: str | datetime) -> str:
 
 def note_of_run(conn: Connection, run_id: str) -> str:
     """The note of a run, read from the registry."""
-    run = conn.execute(sa.text("SELECT status, reason, params FROM pipeline.training_runs WHERE run_id = :r"),
-                       {"r": run_id}).mappings().first()
-    evaluation = conn.execute(sa.text("""
-        SELECT candidate_version, champion_version, candidate_metrics, champion_metrics, decision, reason
-          FROM pipeline.evaluations WHERE run_id = :r
-    """), {"r": run_id}).mappings().first()
-    return outcome_note(dict(run) if run else None, dict(evaluation) if evaluation else None)
+    return outcome_note(registry.get_run(conn, run_id), registry.evaluation_of_run(conn, run_id))

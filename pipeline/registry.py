@@ -89,6 +89,16 @@ def run_snapshot(conn: Connection, run_id: str) -> dict[str, Any] | None:
     """), {"run_id": run_id}))
 
 
+def get_run(conn: Connection, run_id: str) -> dict[str, Any] | None:
+    """The run's row in pipeline.training_runs, if a run has that id (any model's)."""
+    return _row(conn.execute(sa.text("SELECT * FROM pipeline.training_runs WHERE run_id = :r"), {"r": run_id}))
+
+
+def evaluation_of_run(conn: Connection, run_id: str) -> dict[str, Any] | None:
+    """The run's recorded evaluation, if it got that far."""
+    return _row(conn.execute(sa.text("SELECT * FROM pipeline.evaluations WHERE run_id = :r"), {"r": run_id}))
+
+
 def model_of_run(conn: Connection, run_id: str) -> dict[str, Any] | None:
     """The candidate a run registered, if any (one per run)."""
     return _row(conn.execute(sa.text("SELECT * FROM pipeline.model_versions WHERE run_id = :run_id"),
@@ -247,7 +257,7 @@ def record_evaluation(conn: Connection, run_id: str, evaluation: dict[str, Any])
 
 
 def get_evaluation(conn: Connection, run_id: str) -> dict[str, Any]:
-    row = _row(conn.execute(sa.text("SELECT * FROM pipeline.evaluations WHERE run_id = :r"), {"r": run_id}))
+    row = evaluation_of_run(conn, run_id)
     if row is None:
         raise LookupError(f"run {run_id} has no evaluation; run the evaluate stage first")
     return row
