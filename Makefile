@@ -38,9 +38,18 @@ retrain: airflow-db ## one more `retrain` DAG run through Airflow (CONF='{"margi
 		|| (grep -E "ERROR|Error|error:|failed" $(RUN_LOG) | tail -20; echo "retrain failed; full log: $(RUN_LOG)"; exit 1)
 	@grep -o "DagRun Finished: dag_id=retrain.*state=[a-z]*" $(RUN_LOG) | sed 's/, run_start_date.*state=/ -> /'
 
-airflow: airflow-db ## start Airflow (scheduler, API server, UI) on this database
+EXECUTOR ?= local
+WORKERS ?= 2
+
+airflow: airflow-db ## start Airflow (scheduler, API server, UI); EXECUTOR=celery: Redis and WORKERS=2 Celery workers
 	$(PY) -m pipeline init-db > /dev/null
+ifeq ($(EXECUTOR),celery)
+	$(PY) -m pipeline airflow-celery --workers $(WORKERS)
+else ifeq ($(EXECUTOR),local)
 	$(PY) -m pipeline airflow standalone
+else
+	@echo "EXECUTOR=$(EXECUTOR): use local (the default) or celery"; exit 2
+endif
 
 serve: install ## the REST API on http://127.0.0.1:8000 (tokens: PIPELINE_API_TOKEN_FILE; ARGS=--insecure-local without)
 	$(PY) -m pipeline serve $(ARGS)

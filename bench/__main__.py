@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import report, rest, scoring, workload
+from bench import busy, report, rest, scoring, workload
 from pipeline import db
 from pipeline.settings import PROJECT_ROOT, Settings
 
@@ -43,6 +43,10 @@ peak MB     getrusage high-water mark of the step's own process (interpreter and
 scoring     score_batch over every row of the table (serving.score_records: all) in a fresh process, after
             the measured retrain; its floor: COPY of the same rows TO STDOUT into nothing (binary) plus
             the champion's bare predict on them already typed in memory, best of {repeats} each.
+busy        'retrain with a busy process beside it': the measured retrain's stages again, each in a fresh
+            process, for a run of their own on the same rows, while `python -c 'while 1: pass'` keeps a
+            core busy; its floor is the quiet retrain (vs floor = quiet s / busy s; target >= 0.5).
+threads     each stage's BLAS, OpenMP and joblib pools are sized as a task's (pipeline.threads).
 training    {config}."""
 
 
@@ -152,6 +156,8 @@ def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, ke
         evaluated = run_stage(base, label, "evaluate_candidate", version=trained["result"]["version"])
         promoted = run_stage(base, label, "promote_candidate")
         score_step, score_floor = scoring.measure(probe, say, base, label)
+        quiet = sum(m["seconds"] for m in (ingest, checked, trained, evaluated, promoted))
+        busy_step = busy.measure(run_stage, base, label, n, quiet)
     finally:
         shutil.rmtree(artifacts, ignore_errors=True)
         if not keep:
@@ -168,6 +174,7 @@ def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, ke
             steps.append(report.step(report.READ_ROW, best["arrow_read"], n, copy_floor, None,
                                      all_seconds=reads["times"]["arrow_read"], other_cores=reads["other_cores"]))
     steps.append(report.whole_dag(steps, n, copy_floor + fit["seconds"]))
+    steps.append(busy_step)
     steps.append(score_step)
     steps.append(report.step(report.FIRST_ROW, first["seconds"], rows, None, first["peak_mb"],
                              ready_mb=first["ready_mb"], stages=first["stages"], result=first["result"]))
@@ -211,6 +218,7 @@ def verdicts(sizes: list[dict[str, Any]], dag_parse: list[dict[str, Any]]) -> li
     if len(growth) > 1:
         lines.append("memory above imports, largest stage: " + ", ".join(
             f"{report.fmt(r, 'rows')} {mb:,.0f} MB ({mb * 1024 / r:,.1f} KB per row)" for r, mb in growth))
+    lines += busy.verdicts(sizes)
     lines += scoring.verdicts(sizes)
     for d in dag_parse:
         lines.append(f"DAG parse {d['file']}: {d['dag_seconds']:.3f} s on top of airflow.sdk (target < "
@@ -249,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     previous, previous_commit = report.previous_seconds(args.results_dir / "latest.json")
+    previous_peak = report.previous_peaks(args.results_dir / "latest.json")
     server_url = db.database_url(Settings.from_env())
     config_path = workload.write_config(Settings.from_env().config_path, args.results_dir / f"{stamp}-pipeline.yaml",
                                         every_family=args.every_family)
@@ -280,11 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         "dag_parse": dag_parse, "rest_api": rest_api, "sizes": results,
     }
     say("")
-    say(report.table(results, previous))
+    say(report.table(results, previous, previous_peak))
     for failed in (size for size in results if "error" in size):
         say(f"{report.fmt(failed['rows'], 'rows')}: not measured: {failed['error'].splitlines()[0]}")
     if previous_commit:
-        say(f"(last run s: bench/results/latest.json before this run, commit {previous_commit})")
+        say(f"(last run s, last run MB: bench/results/latest.json before this run, commit {previous_commit})")
     say(f"load average before {document['machine']['load_average_before'][0]:.1f}, "
         f"after {document['machine']['load_average_after'][0]:.1f} on {os.cpu_count()} CPUs")
     say("")

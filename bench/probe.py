@@ -70,16 +70,25 @@ def kept(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_stage(spec: dict[str, Any]) -> dict[str, Any]:
-    """One stage of the retrain DAG in this process, as an Airflow task runs it."""
-    call = stage_calls(spec)[spec["stage"]]
-    ready = rss_mb()
-    result, seconds = timed(call, **spec["arguments"])
+    """One stage of the retrain DAG in this process, as an Airflow task runs it (its pools sized to its slot)."""
+    from pipeline import threads
+
+    with threads.for_task(Path(spec["config_path"])):
+        call = stage_calls(spec)[spec["stage"]]
+        ready = rss_mb()
+        result, seconds = timed(call, **spec["arguments"])
     return {"seconds": seconds, "ready_mb": ready, "peak_mb": peak_mb(), "result": kept(result)}
 
 
 def run_retrain(spec: dict[str, Any]) -> dict[str, Any]:
     """Every stage in this one process, in order, as `python -m pipeline retrain` runs them."""
-    calls = stage_calls(spec)
+    from pipeline import threads
+
+    with threads.for_task(Path(spec["config_path"])):
+        return _retrain(stage_calls(spec))
+
+
+def _retrain(calls: dict[str, Any]) -> dict[str, Any]:
     ready = rss_mb()
     seconds: dict[str, float] = {}
     snapshot, seconds["ingest_snapshot"] = timed(calls["ingest_snapshot"])
@@ -228,7 +237,15 @@ def run_read_floor(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_fit_floor(spec: dict[str, Any]) -> dict[str, Any]:
-    """Each configured family's bare estimator fitted on the training rows, held as a float array."""
+    """Each configured family's bare estimator fitted on the training rows, held as a float array, on the
+    threads a stage gets."""
+    from pipeline import threads
+
+    with threads.for_task(Path(spec["config_path"])):
+        return _fit_floor(spec)
+
+
+def _fit_floor(spec: dict[str, Any]) -> dict[str, Any]:
     from pipeline import train
     from pipeline.features import build_preprocessor, model_inputs
 

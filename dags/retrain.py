@@ -15,8 +15,11 @@ monitor found drift.
    Expectations suite in `expectations/`: valid rows go to a clean snapshot, the rest to
    `pipeline.quarantine` with reasons. A schema problem, or more quarantined rows than
    `quality.max_quarantine_share`, stops the run and names the expectations and columns.
-4. **train_candidate** - cross-validates every configured model family, fits the best one as a
-   single scikit-learn Pipeline and registers it.
+4. **plan_search** / **search_family** / **train_candidate** - the model search, fanned out: one
+   mapped `search_family` task per configured family cross-validates it on the same seeded rows
+   and folds (on any worker, within one shared `search_budget_seconds`); `train_candidate` picks
+   the lowest CV RMSE, fits it as a single scikit-learn Pipeline and registers it. Same winner,
+   CV table and predictions as the sequential search of `python -m pipeline train`.
 5. **evaluate_candidate** - candidate and champion on the same most-recent held-out rows.
 6. **promote_candidate** - promotes in one transaction when the policy says so; else keeps the
    champion and records why.
@@ -81,10 +84,13 @@ def _workspace(model: ModelEntry) -> Any:
 def _stage(model: ModelEntry, name: str, *args: Any, **kwargs: Any) -> Any:
     """Run `pipeline.stages.<name>` for this DAG run; a failure is one line, retried only when infrastructure
     failed (`pipeline.runs.airflow_task`)."""
-    from pipeline import stages
     from pipeline.runs import in_airflow
 
-    return in_airflow(model.config_path, lambda ws: getattr(stages, name)(ws, _run(model), *args, **kwargs))
+    def work(ws: Any) -> Any:
+        from pipeline import stages  # scikit-learn loads inside the task's thread sizing (pipeline.threads)
+
+        return getattr(stages, name)(ws, _run(model), *args, **kwargs)
+    return in_airflow(model.config_path, work)
 
 
 def _checked_params(model: ModelEntry) -> dict[str, Any]:
@@ -151,8 +157,23 @@ def retrain_dag(model: ModelEntry) -> Any:
             return str(_stage(model, "validate_snapshot", snapshot["snapshot_hash"])["clean_snapshot_hash"])
 
         @task(**RETRY)
-        def train_candidate(snapshot_hash: str) -> int:
-            return int(_stage(model, "train_candidate", snapshot_hash)["version"])
+        def plan_search(snapshot_hash: str) -> list[dict[str, Any]]:  # after validation: its rows are clean
+            from pipeline.runs import in_airflow
+
+            def plan(ws: Any) -> list[dict[str, Any]]:
+                from pipeline.stages import plan_search
+
+                return plan_search(ws)
+            return list(in_airflow(model.config_path, plan))
+
+        @task(map_index_template="{{ family }}", **RETRY)
+        def search_family(snapshot_hash: str, plan: dict[str, Any]) -> dict[str, Any]:
+            get_current_context()["family"] = plan["family"]  # type: ignore[typeddict-unknown-key]
+            return _stage(model, "search_family", snapshot_hash, plan["family"], plan["started_at"], plan["first"])
+
+        @task(**RETRY)
+        def train_candidate(snapshot_hash: str, searched: list[dict[str, Any]]) -> int:
+            return int(_stage(model, "train_candidate", snapshot_hash, list(searched))["version"])
 
         @task(**RETRY)
         def evaluate_candidate(version: int, params: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -174,7 +195,8 @@ def retrain_dag(model: ModelEntry) -> Any:
         snapshot = ingest_snapshot()
         checked = validate_snapshot(snapshot)
         has_new_data(snapshot) >> checked
-        promoted = promote_candidate(evaluate_candidate(train_candidate(checked)))
+        searched = search_family.partial(snapshot_hash=checked).expand(plan=plan_search(checked))
+        promoted = promote_candidate(evaluate_candidate(train_candidate(checked, searched)))
         champion_changed(promoted) >> announce_champion(promoted)
 
     return retrain()

@@ -1,4 +1,9 @@
-"""The content-addressed artifact store: files named by the SHA-256 of their bytes."""
+"""The content-addressed artifact store: files named by the SHA-256 of their bytes.
+
+With `PIPELINE_ARTIFACT_STORE=postgres` the files also live in the pipeline's PostgreSQL, one large object
+per digest (table pipeline.artifact_objects), and the local folder is this machine's cache of them: a
+worker that never wrote a file fetches it on first read, through the same hash checks as a local file.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,17 @@ import io
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import joblib
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +43,49 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-SUFFIXES = {"snapshots": ".parquet", "models": ".joblib", "reports": ".html"}
+SUFFIXES = {"snapshots": ".parquet", "models": ".joblib", "reports": ".html", "residuals": ".npy",
+            "cards": ".html"}
+TEAM_TABLE = "pipeline.artifact_objects"
+_CHUNK = 1 << 20  # large objects are written and read a MiB at a time, never whole in one message
+_SHARE_LOCK_ID = 72_410_021  # pg_advisory_xact_lock(key, hashtext(digest)): one writer per digest
+
+
+@dataclass(frozen=True)
+class ArtifactStore:
+    """One machine's artifact store: its folder `root` and, in a team (`engine` set), the PostgreSQL
+    store every worker shares, of which the folder is then a cache."""
+
+    root: Path
+    engine: Engine | None = None
+
+
+def artifact_store(settings: Settings, engine: Engine) -> ArtifactStore:
+    """The store the settings ask for: the local folder alone, or also the team store in `engine`'s database."""
+    return ArtifactStore(settings.artifact_dir, engine if settings.artifact_store == "postgres" else None)
+
+
+def store_root(store: Path | ArtifactStore) -> Path:
+    """The local folder of a store (a bare Path is a local store)."""
+    return store.root if isinstance(store, ArtifactStore) else store
+
+
+def local_copy(store: Path | ArtifactStore, kind: str, digest: str) -> Path:
+    """`stored_path` on this machine, fetched first from the team store when the file is not here yet
+    (only bytes that hash to `digest` are put in the cache). Callers check it as any stored file."""
+    path = stored_path(store_root(store), kind, digest)
+    if isinstance(store, ArtifactStore) and store.engine is not None and not path.is_file():
+        _fetch_shared(store.engine, digest, path)
+    return path
+
+
+def recorded_copy(store: Path | ArtifactStore, recorded: str) -> Path:
+    """The local file of a path the registry recorded (relative to the store, e.g. cards/<sha256>.html),
+    fetched from the team store when it is not here yet."""
+    path = store_root(store) / recorded  # an absolute recorded path stays itself
+    kind = Path(recorded).parent.name
+    if not path.is_file() and kind in SUFFIXES:
+        return local_copy(store, kind, Path(recorded).stem)
+    return path
 
 
 def stored_path(root: Path, kind: str, digest: str) -> Path:
@@ -45,12 +99,18 @@ def relative_path(root: Path, path: Path) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
-def store_bytes(root: Path, kind: str, data: bytes | memoryview, suffix: str) -> tuple[str, Path]:
+def store_bytes(root: Path | ArtifactStore, kind: str, data: bytes | memoryview, suffix: str) -> tuple[str, Path]:
     """Write `data` under root/kind/<sha256><suffix> once; never overwrite good bytes. Returns (hash, path).
 
     A stored copy whose bytes no longer match its name is moved aside (kept as evidence, named by what
     it hashes to now) and replaced atomically by these bytes, which do: the name says what belongs there.
+    In a team store the bytes also go to PostgreSQL (once per digest), before the call returns.
     """
+    if isinstance(root, ArtifactStore):
+        digest, path = store_bytes(root.root, kind, data, suffix)
+        if root.engine is not None:
+            _share(root.engine, kind, digest, suffix, data)
+        return digest, path
     digest = sha256_bytes(data)
     path = root / kind / f"{digest}{suffix}"
     if path.exists():
@@ -67,10 +127,18 @@ def store_bytes(root: Path, kind: str, data: bytes | memoryview, suffix: str) ->
 
 def write_atomically(path: Path, data: bytes | memoryview) -> None:
     """Write a read-only file that readers see whole or not at all; no temporary file outlives a failure."""
+    with _atomic_writer(path) as handle:
+        handle.write(data)
+
+
+@contextmanager
+def _atomic_writer(path: Path) -> Iterator[IO[bytes]]:
+    """A handle on a temporary file beside `path` that becomes `path`, read-only, when the block ends
+    without an exception; on any exception it is removed and `path` is left as it was."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o444)
@@ -116,7 +184,7 @@ def model_bytes(model: Any) -> bytes:
     return buffer.getvalue()
 
 
-def store_model(root: Path, model: Any) -> tuple[str, Path]:
+def store_model(root: Path | ArtifactStore, model: Any) -> tuple[str, Path]:
     """Serialise a fitted model with joblib into the store."""
     return store_bytes(root, "models", model_bytes(model), ".joblib")
 
@@ -125,3 +193,54 @@ def load_model(path: Path, expected_hash: str) -> Any:
     """Unpickle a model from the very bytes that matched the hash the registry holds for it (the file is
     read once: a file swapped after the check is never what gets loaded)."""
     return joblib.load(io.BytesIO(read_verified(path, expected_hash)))
+
+
+def _share(engine: Engine, kind: str, digest: str, suffix: str, data: bytes | memoryview) -> None:
+    """Put `data` in the team store as one large object and its index row, in one transaction; a digest
+    already there is left alone (writers of the same digest queue on an advisory lock, never fail)."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k, hashtext(:d))"), {"k": _SHARE_LOCK_ID, "d": digest})
+        if conn.scalar(sa.text(f"SELECT 1 FROM {TEAM_TABLE} WHERE digest = :d"), {"d": digest}):
+            return
+        target = _dbapi(conn, engine).lobject(0, "wb")
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), _CHUNK):
+            target.write(bytes(view[start:start + _CHUNK]))
+        oid = target.oid
+        target.close()
+        conn.execute(sa.text(f"""
+            INSERT INTO {TEAM_TABLE} (digest, kind, suffix, size_bytes, oid) VALUES (:d, :kind, :suffix, :size, :oid)
+        """), {"d": digest, "kind": kind, "suffix": suffix, "size": len(view), "oid": oid})
+    log.info("artifact %s (%s, %d bytes) put in the team store %s", digest, kind, len(view), TEAM_TABLE)
+
+
+def _fetch_shared(engine: Engine, digest: str, path: Path) -> None:
+    """Copy the team store's bytes of `digest` to `path` (atomically, streamed, a MiB at a time) when they
+    hash to `digest`; refuse them, leaving no file, when they do not. Nothing happens when it lacks them."""
+    with engine.begin() as conn:
+        oid = conn.scalar(sa.text(f"SELECT oid FROM {TEAM_TABLE} WHERE digest = :d"), {"d": digest})
+        if oid is None:
+            return
+        source = _dbapi(conn, engine).lobject(oid, "rb")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _atomic_writer(path) as handle:
+            hashed = hashlib.sha256()
+            for block in iter(lambda: source.read(_CHUNK), b""):
+                hashed.update(block)
+                handle.write(block)
+            if hashed.hexdigest() != digest:
+                raise ArtifactIntegrityError(
+                    f"artifact {digest} in the team store {TEAM_TABLE} (large object {oid}) of database "
+                    f"{engine.url.render_as_string(hide_password=True)} hashes to {hashed.hexdigest()}: it was "
+                    f"modified or corrupted there and was not copied to {path}; restore it or retrain")
+        source.close()
+    log.info("artifact %s fetched from the team store %s into %s", digest, TEAM_TABLE, path)
+
+
+def _dbapi(conn: Connection, engine: Engine) -> Any:
+    """The psycopg2 connection under `conn`, whose `lobject` streams large objects."""
+    raw = conn.connection.dbapi_connection
+    if not hasattr(raw, "lobject"):
+        raise RuntimeError(f"the postgres artifact store needs the psycopg2 driver, but {engine.url.drivername} "
+                           "is in use: write the database URL as postgresql:// or postgresql+psycopg2://")
+    return raw

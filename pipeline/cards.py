@@ -548,7 +548,7 @@ def record_page(conn: Connection, version: int, kind: str, run_id: str, path: Pa
 
 
 def _store_page(ws: Workspace, document: str) -> Path:
-    return artifacts.store_bytes(ws.settings.artifact_dir, "cards", document.encode(), ".html")[1]
+    return artifacts.store_bytes(ws.store, "cards", document.encode(), ".html")[1]
 
 
 def _evaluation_of(conn: Connection, run_id: str) -> dict[str, Any] | None:

@@ -5,7 +5,7 @@ prints one JSON document instead, for scripts (`status --json | jq .champion`). 
 history, drift, performance, shadow without --add/--remove, card, reproduce, check-config, db-url) show the
 state; write commands (init-db, seed-*, simulate-*, ingest, validate, train, evaluate, promote, retrain, score,
 rollback, shadow --add/--remove, db-stop) change it and print a short summary of what they did, or with
-`--json` everything they return. `serve` and `airflow` run until stopped and have no --json. A failure is one
+`--json` everything they return. `serve`, `airflow` and `airflow-celery` run until stopped and have no --json. A failure is one
 `error: ...` line on stderr and exit status 1, nothing on stdout; a run id or version that names nothing the
 command can work on is refused so before anything runs. Piped into `head`, a command stops quietly.
 """
@@ -18,14 +18,16 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-from pipeline import db, demo, params, registry, runs, stages
+from pipeline import db, demo, params, registry, runs, stages, threads
 from pipeline.config import load_config
 from pipeline.runs import error_line
 from pipeline.settings import Settings
@@ -575,6 +577,30 @@ def exec_airflow(settings: Settings, airflow_args: list[str]) -> None:
     os.execvpe(binary, [binary, *airflow_args], env)
 
 
+def run_celery_airflow(settings: Settings, workers: int, concurrency: int, broker_url: str | None) -> None:
+    """Airflow on the CeleryExecutor with `workers` Celery workers (`pipeline.cluster`), until Ctrl-C or until
+    a part stops (named, with its log's tail)."""
+    from pipeline.cluster import celery_airflow
+    from pipeline.localenv import ADMIN_USER, admin_password, airflow_environment, airflow_home
+
+    env = {**os.environ, **airflow_environment(settings, dict(os.environ))}
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    home = airflow_home(env)
+    stop = {"signal": 0}
+    signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))
+    with celery_airflow(env, home / "celery", workers, concurrency, broker_url) as cluster:
+        print(f"Airflow UI: {cluster.base_url}  user: {ADMIN_USER}  password: {admin_password(home)}\n"
+              f"CeleryExecutor, broker {cluster.env['AIRFLOW__CELERY__BROKER_URL']}, {workers} worker(s) of "
+              f"concurrency {concurrency}: {', '.join(cluster.workdirs)}; logs in {cluster.log_dir}", flush=True)
+        try:
+            while not stop["signal"] and not cluster.exited():
+                time.sleep(1)
+        except KeyboardInterrupt:
+            return
+        for name in cluster.exited():
+            print(f"{name} stopped; the end of its log:\n{cluster.log_tail(name)}", file=sys.stderr)
+
+
 def check_config(settings: Settings) -> dict[str, Any]:
     """`check-config`: load and check the config (and its suite) alone, touching no database."""
     config = load_config(settings.config_path)
@@ -731,6 +757,11 @@ def build_parser() -> argparse.ArgumentParser:
         text=text_check_config, json_help="{config, model, ok}").set_defaults(without_database=check_config)
     p = sub.add_parser("airflow", help="run the airflow CLI configured for this project")
     p.add_argument("airflow_args", nargs=argparse.REMAINDER)
+    p = sub.add_parser("airflow-celery", help="run Airflow on the CeleryExecutor: Redis, scheduler, API server, "
+                       "triggerer, DAG processor and Celery workers (until Ctrl-C)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--concurrency", type=int, default=1, help="task slots per worker")
+    p.add_argument("--broker-url", help="a running Redis (default: start redis-server on a free port)")
     return parser
 
 
@@ -749,7 +780,11 @@ def execute(args: argparse.Namespace, settings: Settings) -> Any:
         return args.without_database(settings)
     ws = stages.Workspace.open(settings)
     try:
-        return args.handler(ws, args)
+        if not hasattr(args, "run_id"):
+            return args.handler(ws, args)
+        # a stage, as a task runs it: pools sized to the slot (said at debug: stderr is for the error line)
+        with threads.sized(ws.config.training.n_jobs, logging.DEBUG):
+            return args.handler(ws, args)
     except Exception as exc:
         if getattr(args, "run_id", None) and not isinstance(exc, UnknownTarget):
             end_failed_run(ws, args.run_id, f"{args.command}: {error_line(exc, settings)}", runs.failure_kind(exc))
@@ -763,11 +798,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pipeline").setLevel(logging.INFO)
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # an environment variable with a value it does not allow: one line, as any failure
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if args.config:
         settings = dataclasses.replace(settings, config_path=Path(args.config))
     if args.command == "airflow":
         exec_airflow(settings, args.airflow_args)
+    if args.command == "airflow-celery":
+        run_celery_airflow(settings, args.workers, args.concurrency, args.broker_url)
+        return 0
     try:
         result = execute(args, settings)
     except Exception as exc:  # noqa: BLE001 - the CLI reports every failure as one clear line

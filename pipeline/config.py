@@ -102,7 +102,7 @@ class TrainingPolicy:
     seed: int
     holdout_fraction: float
     cv_folds: int
-    n_jobs: int
+    n_jobs: int | None  # threads per pool of a task; None: the worker's cores // its task slots (pipeline.threads)
     families: dict[str, dict[str, Any]] = field(default_factory=dict)
     search_budget_seconds: float | None = None  # no CV fold of a later family may end past this
     search_max_rows: int | None = None  # cross-validate on a seeded sample of at most this many rows
@@ -341,7 +341,7 @@ def _parse_training(raw: dict[str, Any], path: Path) -> TrainingPolicy:
         seed=_number(raw, "seed", where, int),
         holdout_fraction=holdout,
         cv_folds=cv_folds,
-        n_jobs=_number({"n_jobs": raw.get("n_jobs", 1)}, "n_jobs", where, int),
+        n_jobs=_optional(raw, "n_jobs", where, int),
         families={str(k): dict(v or {}) for k, v in families.items()},
         search_budget_seconds=_optional(raw, "search_budget_seconds", where, float),
         search_max_rows=max_rows,

@@ -8,6 +8,7 @@ never as Python objects. Values keep the shape `pandas.read_sql` gives them (see
 from __future__ import annotations
 
 import io
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
-from pipeline.artifacts import read_verified, store_bytes
+from pipeline.artifacts import ArtifactStore, read_verified, store_bytes
 from pipeline.casting import NOT_FINITE, OUT_OF_RANGE_DATE, Unreadable, cast_column, cast_strict
 from pipeline.config import ConfigError, DatasetContract
 
@@ -322,29 +323,53 @@ def _with_null_columns(table: pa.Table) -> pa.Table:
     return table
 
 
-def _write_parquet(groups: Iterable[pa.Table], schema: pa.Schema) -> tuple[pa.Table, memoryview]:
-    """Write row groups to Parquet on a second thread while the next ones are read; (table, bytes)."""
+WRITES_AHEAD = 2  # row groups read but not yet written: the read waits for the writer beyond that
+
+
+@dataclass
+class Written:
+    """What `_write_parquet` wrote: the Parquet bytes, the rows (when kept), how many, and each column's nulls."""
+
+    data: memoryview
+    table: pa.Table | None
+    rows: int
+    nulls: list[int]
+
+    def has_empty_column(self) -> bool:
+        """Some column holds no value at all (every column, when there is no row)."""
+        return any(n == self.rows for n in self.nulls)
+
+
+def _write_parquet(groups: Iterable[pa.Table], schema: pa.Schema, keep: bool = True) -> Written:
+    """Write row groups to Parquet on a second thread while the next ones are read; the rows are kept as
+    one table only if asked, else each group is dropped once written (memory: a few row groups)."""
     sink = pa.BufferOutputStream()
     kept: list[pa.Table] = []
-    pending: list[Future[None]] = []
+    pending: deque[Future[None]] = deque()
+    rows, nulls = 0, [0] * len(schema)
     writer = pq.ParquetWriter(sink, schema, **PARQUET_OPTIONS)
     with ThreadPoolExecutor(max_workers=1) as pool:  # one worker: row groups are written in order
         try:
             for group in groups:
-                kept.append(group)
+                rows += group.num_rows
+                nulls = [n + column.null_count for n, column in zip(nulls, group.columns, strict=True)]
+                if keep:
+                    kept.append(group)
                 pending.append(pool.submit(writer.write_table, group, row_group_size=ROW_GROUP_ROWS))
+                while len(pending) > WRITES_AHEAD:
+                    pending.popleft().result()  # raises a write's error, if any
         finally:
             wait(pending)
             writer.close()
     for written in pending:
-        written.result()  # raises a write's error, if any
-    table = pa.concat_tables(kept) if kept else schema.empty_table()
-    return table, memoryview(sink.getvalue())  # the writer's buffer itself, not a copy of it
+        written.result()
+    table = (pa.concat_tables(kept) if kept else schema.empty_table()) if keep else None
+    return Written(memoryview(sink.getvalue()), table, rows, nulls)  # the writer's buffer itself, not a copy
 
 
 def snapshot_table_bytes(table: pa.Table) -> memoryview:
     """Serialise an Arrow snapshot deterministically: the same rows give the same bytes."""
-    return _write_parquet(_row_groups(table.to_batches(), table.schema), table.schema)[1]
+    return _write_parquet(_row_groups(table.to_batches(), table.schema), table.schema, keep=False).data
 
 
 def read_snapshot_table(engine: Engine, contract: DatasetContract, query: sa.Select[Any]) -> tuple[pa.Table, memoryview]:
@@ -355,12 +380,23 @@ def read_snapshot_table(engine: Engine, contract: DatasetContract, query: sa.Sel
 
 def cursor_snapshot_table(cursor: Any, query: sa.Select[Any]) -> tuple[pa.Table, memoryview]:
     """A query's rows on an Arrow cursor as an Arrow table and its Parquet bytes, in one pass."""
+    written = cursor_snapshot(cursor, query, keep_table=True)
+    assert written.table is not None
+    return written.table, written.data
+
+
+def cursor_snapshot(cursor: Any, query: sa.Select[Any], keep_table: bool) -> Written:
+    """A query's rows on an Arrow cursor as Parquet bytes, in one pass, and as an Arrow table if asked
+    (without it the rows stream through: a few row groups in memory besides the bytes)."""
     schema, batches = cursor_batches(cursor, query)
-    table, data = _write_parquet(_row_groups(batches, schema), schema)
+    written = _write_parquet(_row_groups(batches, schema), schema, keep=keep_table)
+    if not written.has_empty_column():
+        return written
+    # rare: a column holds no value at all; it is written as nulls (a snapshot's rows, read back from the bytes)
+    table = written.table if written.table is not None else pq.read_table(pa.BufferReader(written.data))
     typed = _with_null_columns(table)
-    if typed.schema != table.schema:  # rare: a column holds no value at all; write it as nulls
-        data = snapshot_table_bytes(typed)
-    return typed, data
+    data = snapshot_table_bytes(typed) if typed.schema != table.schema else written.data
+    return Written(data, typed if keep_table else None, written.rows, written.nulls)
 
 
 def read_arrow_rows(engine: Engine, contract: DatasetContract, query: sa.Select[Any]) -> pa.Table:
@@ -444,27 +480,30 @@ def read_labelled_rows(engine: Engine, contract: DatasetContract, watermark: dat
 
 
 def take_snapshot(
-    engine: Engine, contract: DatasetContract, watermark: datetime, artifact_dir: Path
-) -> tuple[Snapshot, pa.Table]:
+    engine: Engine, contract: DatasetContract, watermark: datetime, store: Path | ArtifactStore,
+    keep_table: bool = True,
+) -> tuple[Snapshot, pa.Table | None]:
     """Read the labelled rows, unchanged, and store them as an immutable snapshot named by its hash.
-    The rows come back as Arrow; `arrow_to_frame` makes the pandas copy for a caller that needs one."""
+    The rows come back as Arrow (`arrow_to_frame` makes the pandas copy for a caller that needs one);
+    with `keep_table` False they only stream through to the snapshot's bytes, and None comes back."""
     watermark = datetime.fromisoformat(watermark.isoformat())  # plain datetime (Airflow passes pendulum)
     query, waiting_query = labelled_rows_query(contract, watermark), unlabelled_rows_query(contract, watermark)
     with arrow_cursor(engine, contract, consistent=True) as cursor:  # no row is in both, or in neither
-        table, data = cursor_snapshot_table(cursor, query)
-        waiting, waiting_data = cursor_snapshot_table(cursor, waiting_query)
-    digest, path = store_bytes(artifact_dir, "snapshots", data, ".parquet")
-    snapshot = Snapshot(digest, str(path), table.num_rows, watermark.isoformat(), contract.table, query_sql(query))
-    if waiting.num_rows:
-        waiting_digest, waiting_path = store_bytes(artifact_dir, "snapshots", waiting_data, ".parquet")
-        snapshot = replace(snapshot, unlabelled_rows=waiting.num_rows, unlabelled_hash=waiting_digest,
+        labelled = cursor_snapshot(cursor, query, keep_table)
+        waiting = cursor_snapshot(cursor, waiting_query, keep_table=False)
+    table, data, waiting_data = labelled.table, labelled.data, waiting.data
+    digest, path = store_bytes(store, "snapshots", data, ".parquet")
+    snapshot = Snapshot(digest, str(path), labelled.rows, watermark.isoformat(), contract.table, query_sql(query))
+    if waiting.rows:
+        waiting_digest, waiting_path = store_bytes(store, "snapshots", waiting_data, ".parquet")
+        snapshot = replace(snapshot, unlabelled_rows=waiting.rows, unlabelled_hash=waiting_digest,
                            unlabelled_path=str(waiting_path), unlabelled_query=query_sql(waiting_query))
     return snapshot, table
 
 
-def store_clean_snapshot(frame: pd.DataFrame, artifact_dir: Path) -> tuple[str, Path]:
+def store_clean_snapshot(frame: pd.DataFrame, store: Path | ArtifactStore) -> tuple[str, Path]:
     """Store the valid, normalised, typed rows a model trains on, named by their hash."""
-    return store_bytes(artifact_dir, "snapshots", snapshot_bytes(frame), ".parquet")
+    return store_bytes(store, "snapshots", snapshot_bytes(frame), ".parquet")
 
 
 def load_snapshot(path: Path, snapshot_hash: str) -> pd.DataFrame:

@@ -48,6 +48,7 @@ def airflow_environment(settings: Settings, environ: dict[str, str], metadata_db
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        "OMP_WAIT_POLICY": "PASSIVE",  # tasks' idle OpenMP threads sleep, never spin on a busy core (pipeline.threads)
     }
     env = {**defaults, **{k: v for k, v in environ.items() if k in defaults and v}}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), environ.get("PYTHONPATH")) if p)

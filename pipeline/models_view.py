@@ -151,13 +151,16 @@ def find_report(conn: Connection, model: str, kind: str, key: str | int) -> dict
     return dict(row)
 
 
-def read_report(artifact_dir: Path, recorded_path: str) -> bytes:
+def read_report(store: Path | artifacts.ArtifactStore, recorded_path: str) -> bytes:
     """A stored page's bytes, checked against the SHA-256 its name carries. A store that moved is
-    searched by name under `artifact_dir` (cards/, reports/) before giving up."""
-    recorded = Path(recorded_path)
+    searched by name under its folder (cards/, reports/), then in the team store, before giving up."""
+    recorded, artifact_dir = Path(recorded_path), artifacts.store_root(store)
     candidates = [recorded if recorded.is_absolute() else artifact_dir / recorded]
     candidates += [artifact_dir / folder / recorded.name for folder in ("cards", "reports")]
     path = next((p for p in candidates if p.is_file()), None)
+    if path is None and isinstance(store, artifacts.ArtifactStore) and store.engine is not None:
+        kinds = [recorded.parent.name] if recorded.parent.name in ("cards", "reports") else ["cards", "reports"]
+        path = next((p for p in (artifacts.local_copy(store, k, recorded.stem) for k in kinds) if p.is_file()), None)
     if path is None:
         raise LookupError(f"the page recorded at {recorded_path} is not in the artifact store {artifact_dir}; "
                           "is PIPELINE_ARTIFACT_DIR the store it was written to?")

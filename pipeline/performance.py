@@ -470,7 +470,7 @@ def monitor_performance(ws: Workspace, run: Run, send_signal: bool = True) -> di
         assert policy.min_outcomes is not None  # a degraded verdict needs every threshold
         report["signal"] = claim_signal(ws.engine, ws.model, run.run_id, verdict, policy.min_outcomes)
     page = report_html(report, metrics, holdout).encode()
-    report["report_sha256"], path = artifacts.store_bytes(ws.settings.artifact_dir, "reports", page, ".html")
+    report["report_sha256"], path = artifacts.store_bytes(ws.store, "reports", page, ".html")
     report["report_path"] = str(path)
     with ws.engine.begin() as conn:
         record_report(conn, report, metrics)

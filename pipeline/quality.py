@@ -63,6 +63,13 @@ class QualityResult:
     schema_failures: list[dict[str, Any]] = field(default_factory=list)
     # Every row read, normalised and cast (ROW_COLUMN = its position), faulty or not: what scoring scores.
     typed: pd.DataFrame | None = None
+    # How many rows are valid when they were written out chunk by chunk (`pipeline.chunked_quality`) and
+    # `valid` holds none of them; None: `valid` holds them all.
+    valid_rows: int | None = None
+
+    @property
+    def valid_count(self) -> int:
+        return len(self.valid) if self.valid_rows is None else self.valid_rows
 
     def reason_counts(self) -> dict[str, int]:
         """How many rows carry each reason code (a row with two reasons counts under both)."""
@@ -74,9 +81,9 @@ class QualityResult:
 
     def check_reconciles(self) -> None:
         """Every row read is either valid or quarantined, once."""
-        if len(self.valid) + len(self.quarantined) != self.rows_read:
+        if self.valid_count + len(self.quarantined) != self.rows_read:
             raise QualityError(
-                f"row counts do not reconcile: read {self.rows_read}, valid {len(self.valid)}, "
+                f"row counts do not reconcile: read {self.rows_read}, valid {self.valid_count}, "
                 f"quarantined {len(self.quarantined)}")
 
 
@@ -461,7 +468,7 @@ def render_report(result: QualityResult, contract: DatasetContract, title: str,
     """A self-contained page: the verdict against `quality.max_quarantine_share`, every expectation of the
     suite, the reasons, the normalisations and the quarantined rows with their original values."""
     verdict, share_rows = share_verdict(result, policy)
-    counts: list[list[Any]] = [["rows read", result.rows_read], ["valid", len(result.valid)],
+    counts: list[list[Any]] = [["rows read", result.rows_read], ["valid", result.valid_count],
                                ["quarantined", len(result.quarantined)], *share_rows]
     reason_rows = [[code, n] for code, n in result.reason_counts().items()]
     norm_rows = [[n["column"], n["rule"], n["rows"], n["sample_ids"]] for n in result.normalisations]

@@ -223,6 +223,36 @@ def running(engine: Engine, settings: Settings, run_id: str, stage: str) -> Iter
         _release(held, run_id)
 
 
+@contextmanager
+def sharing(engine: Engine, settings: Settings, run_id: str, stage: str) -> Iterator[None]:
+    """Work on a run beside siblings of the same stage (the tasks of a mapped model search): hold its lock
+    shared, so they run at once while an exclusive stage, and the reaper, see the run as alive; name the
+    stage; on any exception mark the run failed, then re-raise. Inside `running` (the CLI), the held lock
+    covers it."""
+    if run_id in _held:
+        yield
+        return
+    conn = _autocommit(engine)
+    try:
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while not conn.scalar(sa.text("SELECT pg_try_advisory_lock_shared(:k, hashtext(:r))"),
+                              {"k": _RUN_LOCK_ID, "r": run_id}):
+            if time.monotonic() > deadline:
+                raise RunBusy(f"run {run_id} is held by a stage that excludes others; wait for it to end")
+            time.sleep(0.2)
+        try:
+            _enter_stage(conn, run_id, stage)
+            yield
+            _leave_stage(conn, run_id, None)
+        except BaseException as exc:
+            _record_failure(conn, run_id, stage, exc, settings)
+            raise
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock_shared(:k, hashtext(:r))"), {"k": _RUN_LOCK_ID, "r": run_id})
+    finally:
+        conn.close()
+
+
 def _record_failure(conn: Connection, run_id: str, stage: str, exc: BaseException, settings: Settings) -> None:
     try:
         fail_run(conn, run_id, f"{stage}: {error_line(exc, settings)}", failure_kind(exc))
@@ -325,9 +355,17 @@ def airflow_task(settings: Settings, work: Callable[[], Any]) -> Any:
 
 
 def in_airflow(config_path: str | Path, work: Callable[[Any], Any]) -> Any:
-    """`work(workspace)` for the model config at `config_path`, as an Airflow task (`airflow_task`): opening
-    the workspace (the database) fails the same way as the work itself."""
-    from pipeline.stages import Workspace
+    """`work(workspace)` for the model config at `config_path`, as an Airflow task (`airflow_task`), its thread
+    pools sized to its slot on the worker (`threads.for_task`): opening the workspace (the database) fails the
+    same way as the work itself."""
+    from pipeline import threads
 
     settings = replace(Settings.from_env(), config_path=Path(config_path))
-    return airflow_task(settings, lambda: work(Workspace.open(settings)))
+
+    def task() -> Any:
+        with threads.for_task(settings.config_path):  # before the stages import OpenMP: see pipeline.threads
+            from pipeline.stages import Workspace
+
+            return work(Workspace.open(settings))
+
+    return airflow_task(settings, task)

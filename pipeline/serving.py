@@ -37,7 +37,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
-from pipeline import intervals, quality, registry, validate
+from pipeline import artifacts, intervals, quality, registry, validate
 from pipeline.casting import cast_column
 from pipeline.config import DatasetContract
 from pipeline.runs import error_line
@@ -560,7 +560,7 @@ def create_app(source: Workspace | Settings, tokens: Sequence[str] | None, insec
         found = model_summary(ws, served_now(), None)["model_card"]
         if found is None:
             raise HTTPException(404, "no model card was written for this version (python -m pipeline card VERSION)")
-        return FileResponse(ws.settings.artifact_dir / found["path"], media_type="text/html")
+        return FileResponse(artifacts.recorded_copy(ws.store, found["path"]), media_type="text/html")
 
     @app.post("/v1/models/{model}/predict", dependencies=[Depends(authenticated)],
               summary="forecast one record (an object) or many (a list); see the description for the rules",

@@ -11,6 +11,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_DATABASE_URL = "PIPELINE_DATABASE_URL"
 ENV_CONFIG = "PIPELINE_CONFIG"
 ENV_ARTIFACT_DIR = "PIPELINE_ARTIFACT_DIR"
+ENV_ARTIFACT_STORE = "PIPELINE_ARTIFACT_STORE"
+ARTIFACT_STORES = ("local", "postgres")  # postgres: the artifact dir is this machine's cache of the team store
 ENV_PGDATA = "PIPELINE_PGDATA"
 ENV_MODELS_DIR = "PIPELINE_MODELS_DIR"
 
@@ -28,6 +30,12 @@ class Settings:
     artifact_dir: Path
     pgdata_dir: Path
     models_dir: Path = PROJECT_ROOT / "models"  # more model configs (*.yaml), each with DAGs of its own
+    artifact_store: str = "local"  # see ARTIFACT_STORES and `pipeline.artifacts.ArtifactStore`
+
+    def __post_init__(self) -> None:
+        if self.artifact_store not in ARTIFACT_STORES:
+            raise ValueError(f"{ENV_ARTIFACT_STORE}={self.artifact_store!r} is not an artifact store; "
+                             f"set it to one of: {', '.join(ARTIFACT_STORES)} (unset means local)")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -38,4 +46,5 @@ class Settings:
             artifact_dir=Path(env.get(ENV_ARTIFACT_DIR) or PROJECT_ROOT / ".artifacts"),
             pgdata_dir=Path(env.get(ENV_PGDATA) or PROJECT_ROOT / ".pgdata"),
             models_dir=Path(env.get(ENV_MODELS_DIR) or PROJECT_ROOT / "models"),
+            artifact_store=env.get(ENV_ARTIFACT_STORE) or "local",
         )

@@ -8,8 +8,10 @@ Each is idempotent: running it twice for the same run gives the same records.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
@@ -20,6 +22,7 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 from pipeline import artifacts, cards, db, drift, evaluate, ingest, intervals, quality, registry, runs, train, validate
+from pipeline.chunked_quality import CHUNK_ROWS, NotStreamable, classify_snapshots, streamable
 from pipeline.config import PipelineConfig, PromotionPolicy, load_config
 from pipeline.features import model_inputs
 from pipeline.settings import Settings
@@ -54,8 +57,14 @@ class Workspace:
     def model(self) -> str:
         return self.config.model
 
+    @property
+    def store(self) -> artifacts.ArtifactStore:
+        """The artifact store: the local folder, and the team store in this database when configured."""
+        return artifacts.artifact_store(self.settings, self.engine)
+
     def snapshot_path(self, snapshot_hash: str) -> Path:
-        return artifacts.stored_path(self.settings.artifact_dir, "snapshots", snapshot_hash)
+        """A stored snapshot's file on this machine (fetched from the team store when it is not here yet)."""
+        return artifacts.local_copy(self.store, "snapshots", snapshot_hash)
 
     def load_snapshot(self, snapshot_hash: str) -> Any:
         """A stored snapshot as a frame, found by its hash in the configured store and checked against it."""
@@ -63,7 +72,7 @@ class Workspace:
 
     def load_model(self, artifact_hash: str) -> Any:
         """A stored model, found by its hash in the configured store; unpickled from the very bytes checked."""
-        return artifacts.load_model(artifacts.stored_path(self.settings.artifact_dir, "models", artifact_hash),
+        return artifacts.load_model(artifacts.local_copy(self.store, "models", artifact_hash),
                                     artifact_hash)
 
     def relative(self, path: Path | str) -> str:
@@ -139,7 +148,7 @@ def ingest_snapshot(ws: Workspace, run: Run, params: dict[str, Any] | None = Non
 def _ingest(ws: Workspace, run: Run, recorded: dict[str, Any] | None) -> dict[str, Any]:
     if recorded is not None and ws.snapshot_path(recorded["snapshot_hash"]).is_file():
         return _recorded_snapshot(ws, run, recorded)
-    snapshot, _ = ingest.take_snapshot(ws.engine, ws.config.dataset, run.watermark, ws.settings.artifact_dir)
+    snapshot, _ = ingest.take_snapshot(ws.engine, ws.config.dataset, run.watermark, ws.store, keep_table=False)
     if recorded is not None and snapshot.snapshot_hash != recorded["snapshot_hash"]:
         raise LineageError(
             f"run {run.run_id} recorded snapshot {recorded['snapshot_hash'][:16]}… ({recorded['row_count']} rows up to "
@@ -203,19 +212,44 @@ def _awaiting_rows(ws: Workspace, raw_hash: str) -> tuple[Any, str | None]:
     return ws.load_snapshot(row["snapshot_hash"]), str(row["snapshot_hash"])
 
 
+def _classify_snapshot(ws: Workspace, snapshot_hash: str, suite: dict[str, Any], chunk_rows: int | None) -> tuple[
+        quality.QualityResult, quality.QualityResult, str | None, memoryview | None]:
+    """The labelled rows' and the awaiting rows' results, the awaiting rows' snapshot hash, and the clean
+    snapshot's bytes when it was written chunk by chunk (`chunk_rows` at a time; None: the whole frame)."""
+    contract = ws.config.dataset
+    if chunk_rows and streamable(suite):
+        with ws.engine.connect() as conn:
+            registry.get_snapshot(conn, snapshot_hash)  # registered, or a clear error naming it
+            waiting = registry.unlabelled_snapshot(conn, snapshot_hash)
+        hashes = [snapshot_hash] + ([str(waiting["snapshot_hash"])] if waiting else [])
+        paths = [ws.snapshot_path(digest) for digest in hashes]
+        for path, digest in zip(paths, hashes, strict=True):
+            artifacts.verify_file(path, digest)
+        try:
+            done = classify_snapshots(paths, contract, suite, ws.config.quality, chunk_rows)
+            return done.result, done.awaiting, hashes[1] if waiting else None, done.clean
+        except NotStreamable as exc:
+            log.info("validation: the whole batch at once (%s)", exc)
+    awaiting_frame, awaiting_hash = _awaiting_rows(ws, snapshot_hash)
+    result, awaiting = quality.classify_with_awaiting(_load_snapshot(ws, snapshot_hash), awaiting_frame, contract,
+                                                      suite, ws.config.quality)
+    return result, awaiting, awaiting_hash, None
+
+
 @stage("validate")
-def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, Any]:
+def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str,
+                      chunk_rows: int | None = CHUNK_ROWS) -> dict[str, Any]:
     """Classify every row of the snapshot as valid or quarantined; store the clean rows and the report.
 
     The rows recorded with it that await their outcome are checked in the same pass and reported
     (never trained on). The run stops (champion untouched) on a schema problem, or when the
-    quarantined share of the labelled rows is over `quality.max_quarantine_share`.
+    quarantined share of the labelled rows is over `quality.max_quarantine_share`. The rows are read
+    `chunk_rows` at a time when the suite allows it (`pipeline.chunked_quality`; None: all at once),
+    with the same verdicts, result and clean snapshot either way.
     """
     contract, limit = ws.config.dataset, ws.config.quality.max_quarantine_share
     suite = validate.load_suite(contract.expectation_suite)
-    awaiting_frame, awaiting_hash = _awaiting_rows(ws, snapshot_hash)
-    result, awaiting = quality.classify_with_awaiting(_load_snapshot(ws, snapshot_hash), awaiting_frame, contract,
-                                                      suite, ws.config.quality)
+    result, awaiting, awaiting_hash, clean = _classify_snapshot(ws, snapshot_hash, suite, chunk_rows)
     result.check_reconciles()
     failures = quality.failure_summary(result, contract.id_column)
     share = len(result.quarantined) / max(result.rows_read, 1)
@@ -226,21 +260,25 @@ def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, 
         problem = (f"{len(result.quarantined)} of {result.rows_read} rows quarantined ({share:.1%}), over the "
                    f"limit of {limit:.1%} (quality.max_quarantine_share):")
     page = quality.render_report(result, contract, f"Validation {run.run_id}", awaiting, ws.config.quality)
-    _, report_path = artifacts.store_bytes(ws.settings.artifact_dir, "reports", page.encode(), ".html")
-    clean_hash, clean_path = ingest.store_clean_snapshot(result.valid, ws.settings.artifact_dir)
+    _, report_path = artifacts.store_bytes(ws.store, "reports", page.encode(), ".html")
+    if clean is None:
+        clean_hash, clean_path = ingest.store_clean_snapshot(result.valid, ws.store)
+    else:  # written chunk by chunk, with the bytes `store_clean_snapshot` gives the whole valid frame
+        clean_hash, clean_path = artifacts.store_bytes(ws.store, "snapshots", clean, ".parquet")
     clean_path = Path(ws.relative(clean_path))
     quarantined = [{**r, "snapshot_hash": snapshot_hash, "labelled": True}
                    for r in quality.quarantine_records(result, contract.id_column)]
     quarantined += [{**r, "snapshot_hash": awaiting_hash, "labelled": False}
                     for r in quality.quarantine_records(awaiting, contract.id_column)]
     summary = {"snapshot_hash": snapshot_hash, "clean_snapshot_hash": clean_hash, "rows_read": result.rows_read,
-               "rows_valid": len(result.valid), "rows_quarantined": len(result.quarantined),
+               "rows_valid": result.valid_count, "rows_quarantined": len(result.quarantined),
                "reason_counts": result.reason_counts(), "rows_unlabelled": awaiting.rows_read,
                "unlabelled_faulty": len(awaiting.quarantined), "unlabelled_reason_counts": awaiting.reason_counts(),
                "report_path": str(report_path)}
     with ws.engine.begin() as conn:
         raw = registry.get_snapshot(conn, snapshot_hash)
-        registry.record_derived_snapshot(conn, "clean", clean_hash, str(clean_path), raw, len(result.valid), run.run_id)
+        registry.record_derived_snapshot(conn, "clean", clean_hash, str(clean_path), raw, result.valid_count,
+                                         run.run_id)
         registry.record_quarantine(conn, run.run_id, quarantined)
         registry.record_validation(conn, run.run_id, snapshot_hash, {
             **{k: v for k, v in summary.items() if k != "snapshot_hash"}, "suite_name": suite["name"],
@@ -252,28 +290,88 @@ def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, 
     if problem:
         raise error
     log.info("validation: %d rows read, %d valid, %d quarantined %s; %d await their outcome (%d with faults %s); "
-             "report %s", result.rows_read, len(result.valid), len(result.quarantined), result.reason_counts(),
+             "report %s", result.rows_read, result.valid_count, len(result.quarantined), result.reason_counts(),
              awaiting.rows_read, len(awaiting.quarantined), awaiting.reason_counts(), report_path)
     return summary
 
 
-@stage("train")
-def train_candidate(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, Any]:
-    """Cross-validate the model families on the training rows, fit the best, register it. A retried run
-    that registered its candidate already gets it back, if it was trained on this very snapshot."""
-    contract, policy = ws.config.dataset, ws.config.training
+def plan_search(ws: Workspace) -> list[dict[str, Any]]:
+    """The tasks of a mapped model search: one per configured family, in order, sharing the search's start
+    (wall clock) so that one budget holds across them. The first family always finishes."""
+    started_at = time.time()
+    return [{"family": family, "started_at": started_at, "first": index == 0}
+            for index, family in enumerate(ws.config.training.families)]
+
+
+def _training_rows(ws: Workspace, snapshot_hash: str) -> tuple[Any, Any]:
+    """The clean snapshot's training and holdout rows, split as every stage splits them."""
     with ws.engine.connect() as conn:
         if registry.get_snapshot(conn, snapshot_hash)["kind"] != "clean":
             raise ValueError(f"snapshot {snapshot_hash} is not a validated clean snapshot: train on the "
                              "clean_snapshot_hash that validate_snapshot returns")
+    frame = _load_snapshot(ws, snapshot_hash)
+    return train.split_holdout(frame, ws.config.dataset, ws.config.training.holdout_fraction)
+
+
+def search_family(ws: Workspace, run: Run, snapshot_hash: str, family: str, started_at: float,
+                  first: bool = False) -> dict[str, Any]:
+    """Cross-validate one family on the search's seeded rows and folds: one task of the mapped search, run
+    beside its siblings (the run's lock held shared). Its out-of-fold |residuals| go to the artifact store,
+    so the selecting task, on any worker, reads what this one computed."""
+    contract, policy = ws.config.dataset, ws.config.training
+    if family not in policy.families:
+        raise ValueError(f"family '{family}' is not in training.families {list(policy.families)}")
+    with runs.sharing(ws.engine, ws.settings, run.run_id, "search"):
+        train_rows, _ = _training_rows(ws, snapshot_hash)
+        X, y, folds = train.search_data(train_rows, contract, policy)
+        budget = train.SearchBudget.since(None if first else policy.search_budget_seconds, started_at)
+        residuals: dict[str, Any] = {}
+        row = train.cross_validate_family(contract, family, policy, X, y, folds, budget, residuals)
+        stored = None
+        if family in residuals:
+            buffer = io.BytesIO()
+            np.save(buffer, residuals[family], allow_pickle=False)
+            stored, _ = artifacts.store_bytes(ws.store, "residuals", buffer.getvalue(), ".npy")
+    log.info("search %s: %s", family, row)
+    return {"family": family, "cv": row, "residuals_hash": stored}
+
+
+def _searched_table(ws: Workspace, searched: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The CV table (in configured order) and the residuals of each finished family, from the mapped search's
+    results; a family missing from them, or one not configured, is refused by name."""
+    by_family = {entry["family"]: entry for entry in searched}
+    configured = list(ws.config.training.families)
+    if sorted(by_family) != sorted(configured):
+        raise ValueError(f"the model search returned families {sorted(by_family)}, but training.families is "
+                         f"{configured}: every configured family is searched once")
+    residuals = {family: np.load(io.BytesIO(artifacts.read_verified(
+                     artifacts.local_copy(ws.store, "residuals", entry["residuals_hash"]),
+                     entry["residuals_hash"])), allow_pickle=False)
+                 for family, entry in by_family.items() if entry["residuals_hash"]}
+    return {family: by_family[family]["cv"] for family in configured}, residuals
+
+
+@stage("train")
+def train_candidate(ws: Workspace, run: Run, snapshot_hash: str,
+                    searched: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Pick the family with the lowest CV RMSE, fit it on all training rows and register it. `searched`
+    holds the results of a mapped search (`search_family` per family, as the DAG runs it); without it the
+    families are searched here, one after another, with the same seeds and folds. A retried run that
+    registered its candidate already gets it back, if it was trained on this very snapshot."""
+    contract, policy = ws.config.dataset, ws.config.training
+    with ws.engine.connect() as conn:
         registered = registry.model_of_run(conn, run.run_id)
     if registered is not None:
         return _registered_candidate(ws, run, registered, snapshot_hash)
-    frame = _load_snapshot(ws, snapshot_hash)
-    train_rows, holdout_rows = train.split_holdout(frame, contract, policy.holdout_fraction)
+    train_rows, holdout_rows = _training_rows(ws, snapshot_hash)
     residuals: dict[str, Any] = {}
-    model, family, cv_table = train.fit_best_family(train_rows, contract, policy, residuals)
-    artifact_hash, path = artifacts.store_model(ws.settings.artifact_dir, model)
+    if searched is None:
+        cv_table = train.cross_validate_families(train_rows, contract, policy, residuals=residuals)
+    else:
+        cv_table, residuals = _searched_table(ws, searched)
+    family = train.best_family(cv_table)
+    model = train.fit_family(train_rows, contract, policy, family)
+    artifact_hash, path = artifacts.store_model(ws.store, model)
     first_holdout = holdout_rows.iloc[0]
     record = {
         "model": ws.model, "run_id": run.run_id, "snapshot_hash": snapshot_hash, "artifact_hash": artifact_hash,
@@ -291,8 +389,9 @@ def train_candidate(ws: Workspace, run: Run, snapshot_hash: str) -> dict[str, An
     with ws.engine.begin() as conn:
         version = registry.register_model(conn, record)
         intervals.record(conn, version, interval)
-    log.info("train: version %s registered, %s won the cross-validation (CV RMSE %s) on %d rows, %d held out; "
-             "model %s", version, family, _metric(cv_table.get(family), "cv_rmse_mean"), len(train_rows), len(holdout_rows),
+    log.info("train: version %s registered, %s won the cross-validation (CV RMSE %s; %s search) on %d rows, "
+             "%d held out; model %s", version, family, _metric(cv_table.get(family), "cv_rmse_mean"),
+             "mapped" if searched is not None else "sequential", len(train_rows), len(holdout_rows),
              record["artifact_path"])
     return {"version": version, "model_family": family, "artifact_hash": artifact_hash, "cv_metrics": cv_table,
             "interval": {"coverage": interval["coverage"], "half_width": interval["half_width"]}}
@@ -337,6 +436,15 @@ class ChampionRowsUnknown(ValueError):
     """The rows the champion trained on cannot be told, so they cannot be kept out of a comparison."""
 
 
+def _holdout_split(frame: Any, contract: Any, fraction: float) -> tuple[Any, Any]:
+    """`train.split_holdout`'s training rows, of the columns a split reads and the outcome only, and its
+    holdout rows whole (the same rows in the same order): no ordered copy of every column is made."""
+    wanted = [contract.timestamp_column, contract.labelled_at_column(), contract.id_column, contract.target_column]
+    trained, held = train.split_holdout(frame[[c for c in dict.fromkeys(wanted) if c in frame.columns]], contract,
+                                        fraction)
+    return trained, frame.loc[held.index]
+
+
 def _champion_training_ids(ws: Workspace, champion: dict[str, Any]) -> Any:
     """The ids of the rows the champion was trained on: its own snapshot, split as when it was trained (with
     its recorded holdout fraction, and by record time if its holdout started by record time). A snapshot that
@@ -347,7 +455,7 @@ def _champion_training_ids(ws: Workspace, champion: dict[str, Any]) -> Any:
         contract = replace(contract, label_timestamp_column=None)  # trained before the holdout followed label time
     fraction = float((champion.get("params") or {}).get("holdout_fraction", ws.config.training.holdout_fraction))
     try:
-        trained_on, held_out = train.split_holdout(_load_snapshot(ws, champion["snapshot_hash"]), contract, fraction)
+        trained_on, held_out = _holdout_split(_load_snapshot(ws, champion["snapshot_hash"]), contract, fraction)
     except Exception as exc:
         raise ChampionRowsUnknown(
             f"champion version {champion['version']}'s training snapshot {path} could not be read ({exc}); "
@@ -386,14 +494,15 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
     champion trained on (a champion judged on its own training rows would look better than it is)."""
     contract = ws.config.dataset
     frame = _load_snapshot(ws, candidate["snapshot_hash"])
-    train_rows, holdout = train.split_holdout(frame, contract, ws.config.training.holdout_fraction)
+    train_rows, holdout = _holdout_split(frame, contract, ws.config.training.holdout_fraction)
+    train_mean = float(train_rows[contract.target_column].mean())
+    del frame, train_rows  # freed before the champion's snapshot is read
     holdout, excluded, rows_unknown = comparison_holdout(ws, holdout, champion)
     observed = holdout[contract.target_column].to_numpy()
     model = ws.load_model(candidate["artifact_hash"])
     predicted = model.predict(model_inputs(holdout, contract))
     champion_predicted, champion_error = ((None, rows_unknown) if rows_unknown else
                                           _champion_predictions(champion, holdout, contract, ws.load_model))
-    train_mean = float(train_rows[contract.target_column].mean())
     finite = bool(np.all(np.isfinite(predicted)))
     evidence: dict[str, Any] = {
         "holdout_rows": len(holdout),
@@ -547,7 +656,7 @@ def monitor_drift(ws: Workspace, run: Run) -> dict[str, Any]:
             report["features"] = drift.as_records(results)
             report["verdict"] = "drift" if any(r.drifted for r in results) else "stable"
             page = drift.render_report(results, reference, recent, contract, f"Drift report {run.run_id}", policy, report)
-            report["report_path"] = str(artifacts.store_bytes(ws.settings.artifact_dir, "reports", page.encode(), ".html")[1])
+            report["report_path"] = str(artifacts.store_bytes(ws.store, "reports", page.encode(), ".html")[1])
     with ws.engine.begin() as conn:
         registry.record_drift_report(conn, report)
     drifted = [f["feature"] for f in report["features"] if f["drifted"]]
@@ -592,7 +701,7 @@ def vet_champion_to_be(ws: Workspace, version: int, force: bool, verb: str) -> l
     if failed and not force:
         raise ValueError(f"version {version} failed its policy checks: {'; '.join(failed)}. {verb} only "
                          "with --force (the checks are recorded in the promotion event)")
-    artifacts.verify_file(artifacts.stored_path(ws.settings.artifact_dir, "models", model["artifact_hash"]),
+    artifacts.verify_file(artifacts.local_copy(ws.store, "models", model["artifact_hash"]),
                           model["artifact_hash"])
     return failed
 

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 TRACKED_LIBRARIES = ("scikit-learn", "numpy", "pandas", "pyarrow", "joblib", "scipy", "great-expectations")
 
 
-def make_estimator(family: str, params: dict[str, Any], seed: int, n_jobs: int) -> RegressorMixin:
+def make_estimator(family: str, params: dict[str, Any], seed: int, n_jobs: int | None) -> RegressorMixin:
     """The estimator of a model family, seeded."""
     if family == "ridge":
         return Ridge(**params)
@@ -41,7 +41,7 @@ def make_estimator(family: str, params: dict[str, Any], seed: int, n_jobs: int) 
     )
 
 
-def build_model(contract: DatasetContract, family: str, policy: TrainingPolicy, n_jobs: int = 1) -> Pipeline:
+def build_model(contract: DatasetContract, family: str, policy: TrainingPolicy, n_jobs: int | None = 1) -> Pipeline:
     """Feature preparation and estimator as one scikit-learn Pipeline."""
     estimator = make_estimator(family, policy.families[family], policy.seed, n_jobs)
     return Pipeline([("features", build_preprocessor(contract)), ("model", estimator)])
@@ -79,8 +79,16 @@ def selection_rows(train: pd.DataFrame, policy: TrainingPolicy) -> pd.DataFrame:
 class SearchBudget:
     """Seconds of model search left; `None` seconds is no limit."""
 
-    def __init__(self, seconds: float | None, clock: Callable[[], float] = time.perf_counter) -> None:
-        self.seconds, self.clock, self.started = seconds, clock, clock()
+    def __init__(self, seconds: float | None, clock: Callable[[], float] = time.perf_counter,
+                 started: float | None = None) -> None:
+        self.seconds, self.clock = seconds, clock
+        self.started = clock() if started is None else started
+
+    @classmethod
+    def since(cls, seconds: float | None, started_at: float) -> SearchBudget:
+        """The budget of a search that started at `started_at` (wall-clock seconds since the epoch) on
+        another machine: one deadline for every task of a mapped search."""
+        return cls(seconds, time.time, started_at)
 
     def unlimited(self) -> SearchBudget:
         """The same clock without a limit: for the family that must finish."""
@@ -165,17 +173,27 @@ def cross_validate_families(train: pd.DataFrame, contract: DatasetContract, poli
     return table
 
 
+def best_family(cv_table: dict[str, dict[str, Any]]) -> str:
+    """The family with the lowest CV RMSE among those searched to the end; ties go to the first configured."""
+    searched = {family: row for family, row in cv_table.items() if "cv_rmse_mean" in row}
+    return min(searched, key=lambda family: searched[family]["cv_rmse_mean"])
+
+
+def fit_family(train: pd.DataFrame, contract: DatasetContract, policy: TrainingPolicy, family: str) -> Pipeline:
+    """One family fitted on all training rows, ready to predict (one thread)."""
+    model = build_model(contract, family, policy, n_jobs=policy.n_jobs)
+    model.fit(model_inputs(train, contract), train[contract.target_column].to_numpy())
+    freeze_threads(model)
+    return model
+
+
 def fit_best_family(train: pd.DataFrame, contract: DatasetContract, policy: TrainingPolicy,
                     residuals: dict[str, np.ndarray] | None = None) -> tuple[Pipeline, str, dict[str, dict[str, Any]]]:
     """Pick the family with the lowest CV RMSE and fit it on all training rows; `residuals` gets each
     searched family's out-of-fold |residuals|."""
     cv_table = cross_validate_families(train, contract, policy, residuals=residuals)
-    searched = {family: row for family, row in cv_table.items() if "cv_rmse_mean" in row}
-    best = min(searched, key=lambda family: searched[family]["cv_rmse_mean"])
-    model = build_model(contract, best, policy, n_jobs=policy.n_jobs)
-    model.fit(model_inputs(train, contract), train[contract.target_column].to_numpy())
-    freeze_threads(model)
-    return model, best, cv_table
+    best = best_family(cv_table)
+    return fit_family(train, contract, policy, best), best, cv_table
 
 
 def out_of_fold_residuals(train: pd.DataFrame, contract: DatasetContract, policy: TrainingPolicy,

@@ -85,7 +85,7 @@ def _report(request: Request, model: str, kind: str, key: str | int) -> str:
     try:
         with _engine().connect() as conn:
             found = models_view.find_report(conn, entry.name, kind, key)
-        document = models_view.read_report(_settings().artifact_dir, found["path"])
+        document = models_view.read_report(artifacts.artifact_store(_settings(), _engine()), found["path"])
     except LookupError as error:
         raise HTTPException(404, str(error)) from error
     except artifacts.ArtifactIntegrityError as error:

@@ -55,10 +55,18 @@ class Standalone:
     artifact_dir: Path
 
 
+@dataclass
+class ScratchAirflow:
+    env: dict[str, str]  # Airflow's environment on the scratch databases
+    engine: sa.engine.Engine  # the pipeline's scratch database, the demo study seeded
+    base_url: str  # where the API server will listen
+
+
 @contextmanager
-def standalone_airflow(server_url: str, tmp: Path, config_path: Path,
-                       extra_env: dict[str, str] | None = None) -> Iterator[Standalone]:
-    """Airflow healthy and `retrain` parsed, on new databases that are dropped afterwards."""
+def scratch_airflow(server_url: str, tmp: Path, config_path: Path,
+                    extra_env: dict[str, str] | None = None) -> Iterator[ScratchAirflow]:
+    """New pipeline and metadata databases (dropped afterwards) and the environment every Airflow part of a
+    test runs with; the demo study is seeded."""
     pipeline_url = create_scratch_database(server_url)
     metadata_url = db.with_database(server_url, f"airflow_live_{uuid.uuid4().hex[:8]}")
     db.ensure_database(metadata_url)
@@ -74,35 +82,54 @@ def standalone_airflow(server_url: str, tmp: Path, config_path: Path,
         "AIRFLOW__TRIGGERER__TRIGGERER_LOG_SERVER_PORT": str(free_port()),
         **(extra_env or {}),
     })
-    log_path = tmp / "airflow.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "pipeline", "airflow", "standalone"], cwd=PROJECT_ROOT,
-                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base_url = f"http://127.0.0.1:{port}"
     try:
-        def healthy() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"airflow standalone exited; log:\n{log_path.read_text()[-3000:]}")
-            try:
-                health = requests.get(f"{base_url}/api/v2/monitor/health", timeout=5).json()
-            except (requests.RequestException, ValueError):
-                return False
-            return all(health.get(part, {}).get("status") == "healthy"
-                       for part in ("scheduler", "triggerer", "dag_processor"))
-        wait_for(healthy, START_TIMEOUT, "Airflow to report healthy", interval=2)
-        password = json.loads((tmp / "airflow-home" / "passwords.json").read_text())["admin"]
-        token = requests.post(f"{base_url}/auth/token", json={"username": "admin", "password": password},
-                              timeout=30).json()["access_token"]
-        headers = {"Authorization": f"Bearer {token}"}
-        wait_for(lambda: requests.get(f"{base_url}/api/v2/dags/retrain", headers=headers, timeout=30).status_code == 200,
-                 90, "retrain to be parsed")
-        yield Standalone(base_url, token, password, engine, env, log_path, tmp / "artifacts")
+        yield ScratchAirflow(env, engine, f"http://127.0.0.1:{port}")
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
         engine.dispose()
         db.drop_database(pipeline_url)
         db.drop_database(metadata_url)
+
+
+def wait_until_ready(base_url: str, home: Path, exited: Callable[[], str | None], timeout: float = START_TIMEOUT
+                     ) -> tuple[str, str]:
+    """Wait for Airflow to report healthy and `retrain` to be parsed; the admin's (token, password).
+    `exited` names a part that has stopped, with its log, to fail at once."""
+    def healthy() -> bool:
+        stopped = exited()
+        if stopped:
+            raise AssertionError(f"Airflow stopped while starting: {stopped}")
+        try:
+            health = requests.get(f"{base_url}/api/v2/monitor/health", timeout=5).json()
+        except (requests.RequestException, ValueError):
+            return False
+        return all(health.get(part, {}).get("status") == "healthy" for part in ("scheduler", "triggerer", "dag_processor"))
+    wait_for(healthy, timeout, "Airflow to report healthy", interval=2)
+    password = json.loads((home / "passwords.json").read_text())["admin"]
+    token = requests.post(f"{base_url}/auth/token", json={"username": "admin", "password": password},
+                          timeout=30).json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    wait_for(lambda: requests.get(f"{base_url}/api/v2/dags/retrain", headers=headers, timeout=30).status_code == 200,
+             90, "retrain to be parsed")
+    return token, password
+
+
+@contextmanager
+def standalone_airflow(server_url: str, tmp: Path, config_path: Path,
+                       extra_env: dict[str, str] | None = None) -> Iterator[Standalone]:
+    """Airflow healthy and `retrain` parsed, on new databases that are dropped afterwards."""
+    with scratch_airflow(server_url, tmp, config_path, extra_env) as scratch:
+        log_path = tmp / "airflow.log"
+        with log_path.open("w") as log:
+            process = subprocess.Popen([sys.executable, "-m", "pipeline", "airflow", "standalone"], cwd=PROJECT_ROOT,
+                                       env=scratch.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            token, password = wait_until_ready(
+                scratch.base_url, tmp / "airflow-home",
+                lambda: None if process.poll() is None else f"standalone; log:\n{log_path.read_text()[-3000:]}")
+            yield Standalone(scratch.base_url, token, password, scratch.engine, scratch.env, log_path, tmp / "artifacts")
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)

@@ -30,11 +30,19 @@ def test_retrain_schedule_and_run_limits(dag_bag: Any) -> None:
 
 def test_retrain_tasks_in_order(dag_bag: Any) -> None:
     dag = dag_bag.dags["retrain"]
-    chain = ["ingest_snapshot", "has_new_data", "validate_snapshot", "train_candidate", "evaluate_candidate",
-             "promote_candidate", "champion_changed", "announce_champion"]
+    chain = ["ingest_snapshot", "has_new_data", "validate_snapshot", "plan_search", "search_family",
+             "train_candidate", "evaluate_candidate", "promote_candidate", "champion_changed", "announce_champion"]
     assert set(dag.task_ids) == set(chain)
     for upstream, downstream in zip(chain, chain[1:], strict=False):
         assert downstream in dag.get_task(upstream).downstream_task_ids
+    assert "train_candidate" in dag.get_task("validate_snapshot").downstream_task_ids  # it trains on the clean rows
+
+
+def test_model_search_is_mapped_over_the_families(dag_bag: Any) -> None:
+    """One `search_family` task instance per configured family, expanded from `plan_search`'s list."""
+    search = dag_bag.dags["retrain"].get_task("search_family")
+    assert search.is_mapped and search.map_index_template == "{{ family }}"
+    assert search.upstream_task_ids == {"plan_search", "validate_snapshot"}
 
 
 def test_every_stage_retries_with_backoff(dag_bag: Any) -> None:

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipeline import db, demo, registry
-from pipeline.config import DEFAULT_MODEL
+from pipeline.config import DEFAULT_MODEL, load_config
 from pipeline.settings import Settings
 
 
@@ -30,6 +30,10 @@ def test_first_run_promotes_and_second_run_challenges(airflow_db: None, dag_bag:
 
     first = dag.test()
     assert first.state == "success"
+    searched = sorted((ti.map_index, ti.rendered_map_index, ti.state) for ti in first.get_task_instances()
+                      if ti.task_id == "search_family")
+    families = list(load_config(pipeline_env.config_path).training.families)
+    assert searched == [(index, family, "success") for index, family in enumerate(families)]
     champion, _ = _champion_state(engine, pipeline_env)
     assert champion is not None and champion["promoted_by_run"] == first.run_id
 

@@ -47,14 +47,15 @@ def test_whole_dag_sums_the_stages_and_keeps_the_largest_peak() -> None:
 
 
 def test_table_has_a_line_per_step_and_floor() -> None:
-    text = report.table([size(10**4, SECONDS, PEAKS)], {(10**4, "train_candidate"): 25.0})
+    text = report.table([size(10**4, SECONDS, PEAKS)], {(10**4, "train_candidate"): 25.0},
+                        {(10**4, "train_candidate"): 3600.0})
     lines = text.splitlines()
 
     assert lines[0].split() == ["rows", "step", "seconds", "rows/s", "floor", "s", "vs", "floor", "peak", "MB",
-                                "last", "run", "s"]
+                                "last", "run", "s", "last", "run", "MB"]
     assert len(lines) == 2 + len(report.STAGES) + 2 + 2
     train = next(line for line in lines if "train_candidate" in line)
-    assert train.split()[0] == "10^4" and train.split()[-1] == "25.00"
+    assert train.split()[0] == "10^4" and train.split()[-2:] == ["25.00", "3,600"]
     assert any("floor: COPY into nothing" in line for line in lines)
 
 
@@ -79,6 +80,8 @@ def test_previous_results_are_read_for_comparison(tmp_path: Path) -> None:
     assert seconds[(10**4, "validate_snapshot")] == 10.0
     assert seconds[(10**4, "floor: COPY into nothing")] == 1.0
     assert report.previous_seconds(tmp_path / "missing.json") == ({}, None)
+    assert report.previous_peaks(path)[(10**4, "validate_snapshot")] == PEAKS["validate_snapshot"]
+    assert report.previous_peaks(tmp_path / "missing.json") == {}
 
 
 def test_bench_config_trains_bounded_families_and_keeps_the_rest(tmp_path: Path) -> None:

@@ -16,7 +16,14 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from pipeline.serving import ENV_API_TOKEN_FILE
-from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, ENV_MODELS_DIR
+from pipeline.settings import (
+    ARTIFACT_STORES,
+    ENV_ARTIFACT_DIR,
+    ENV_ARTIFACT_STORE,
+    ENV_CONFIG,
+    ENV_DATABASE_URL,
+    ENV_MODELS_DIR,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
@@ -30,7 +37,9 @@ AIRFLOW_COMMANDS = {
     "airflow-triggerer": "triggerer",
 }
 AIRFLOW_SERVICES = ["airflow-init", *AIRFLOW_COMMANDS]
-PIPELINE_ENV_NAMES = {ENV_DATABASE_URL, ENV_CONFIG, ENV_ARTIFACT_DIR, ENV_MODELS_DIR, ENV_API_TOKEN_FILE}
+PIPELINE_ENV_NAMES = {ENV_DATABASE_URL, ENV_CONFIG, ENV_ARTIFACT_DIR, ENV_ARTIFACT_STORE, ENV_MODELS_DIR,
+                      ENV_API_TOKEN_FILE}
+WORKER = "airflow-worker"
 SCORING = "scoring"
 
 
@@ -158,7 +167,7 @@ def test_environment_values_are_strings(compose: dict) -> None:
 
 
 def test_airflow_core_settings(common_env: dict[str, str]) -> None:
-    assert common_env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert common_env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert common_env["AIRFLOW__CORE__LOAD_EXAMPLES"].lower() == "false"
     assert int(common_env["AIRFLOW__CORE__PARALLELISM"]) > 0
 
@@ -414,3 +423,38 @@ def test_scoring_service_waits_for_postgres_and_init(compose: dict) -> None:
     depends_on = compose["services"][SCORING]["depends_on"]
     assert depends_on["postgres"]["condition"] == "service_healthy"
     assert depends_on["airflow-init"]["condition"] == "service_completed_successfully"
+
+
+# --- CeleryExecutor ------------------------------------------------------------------------------
+
+
+def test_celery_broker_is_the_redis_service(compose: dict, common_env: dict[str, str]) -> None:
+    broker = urlsplit(common_env["AIRFLOW__CELERY__BROKER_URL"])
+    assert broker.scheme == "redis" and broker.hostname == "redis" and broker.port == 6379
+    redis = compose["services"]["redis"]
+    assert redis["image"].startswith("redis:") and "redis-cli" in " ".join(redis["healthcheck"]["test"])
+    for name in [*AIRFLOW_SERVICES, WORKER]:
+        assert compose["services"][name]["depends_on"]["redis"]["condition"] == "service_healthy", name
+
+
+def test_celery_results_go_to_the_airflow_metadata_database(common_env: dict[str, str]) -> None:
+    backend = common_env["AIRFLOW__CELERY__RESULT_BACKEND"]
+    assert backend.startswith("db+")
+    url, metadata = make_url(backend.removeprefix("db+")), make_url(common_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    assert (url.host, url.port, url.database, url.username) == (metadata.host, metadata.port, metadata.database,
+                                                                metadata.username)
+
+
+def test_worker_service_runs_celery_tasks_and_scales(compose: dict, common_env: dict[str, str]) -> None:
+    worker = compose["services"][WORKER]
+    assert command_words(worker) == ["celery", "worker"]
+    assert "container_name" not in worker and not worker.get("ports"), "a fixed name or port stops --scale"
+    assert {k: v for k, v in environment(worker).items() if k != "DUMB_INIT_SETSID"} == common_env
+    assert worker["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+
+
+def test_workers_share_artifacts_only_through_the_team_store(compose: dict, common_env: dict[str, str]) -> None:
+    """No artifact folder is shared with a worker: what one task writes, another reads from PostgreSQL."""
+    assert common_env[ENV_ARTIFACT_STORE] == "postgres" and "postgres" in ARTIFACT_STORES
+    worker = compose["services"][WORKER]
+    assert all(target != PurePosixPath(common_env[ENV_ARTIFACT_DIR]) for _, target in mounts(worker))

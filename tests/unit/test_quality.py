@@ -73,6 +73,10 @@ def raw_records() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def faulty_frame(raw_records: pd.DataFrame) -> pd.DataFrame:
+    return with_faults(raw_records)
+
+
+def with_faults(raw_records: pd.DataFrame) -> pd.DataFrame:
     """The demo records with one row per fault kind, and a few messy but fixable ones."""
     frame = raw_records.copy()
     for column in ("bmi", "sex", "birth_date", "visit_date"):
