@@ -18,8 +18,7 @@ from hypothesis import strategies as st
 
 from pipeline import chunked_quality, ingest, quality
 from pipeline.config import DatasetContract, QualityPolicy
-from pipeline.validate import load_suite
-from tests.unit.conftest import source_records
+from tests.unit.conftest import declaring
 from tests.unit.test_quality import (
     GENERIC,
     SLICE_ROWS,
@@ -27,26 +26,10 @@ from tests.unit.test_quality import (
     awaiting_rows,
     corrupt,
     corruption_triples,
-    declaring,
     with_faults,
 )
 
 CHUNK = 7  # rows per chunk: every table here spans several, with faults on both sides of a boundary
-
-
-@pytest.fixture(scope="module")
-def raw_records() -> pd.DataFrame:
-    return source_records()
-
-
-@pytest.fixture(scope="module")
-def suite(contract: DatasetContract) -> dict[str, Any]:
-    return load_suite(contract.expectation_suite)
-
-
-@pytest.fixture(scope="module")
-def text_bmi(contract: DatasetContract) -> DatasetContract:
-    return declaring(contract, {"bmi": "."})
 
 
 @pytest.fixture(scope="module")

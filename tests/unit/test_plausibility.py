@@ -22,17 +22,11 @@ from pipeline import ingest, quality
 from pipeline.casting import NOT_FINITE, OUT_OF_RANGE_DATE, Unreadable, cast_column
 from pipeline.config import DEFAULT_AGE_AT_EVENT_YEARS, ConfigError, DatasetContract, PipelineConfig, load_config
 from pipeline.settings import PROJECT_ROOT
-from pipeline.validate import load_suite
 from tests.unit.conftest import source_records
 
 # PostgreSQL's infinities as adbc-driver-postgresql hands them on: shifted from its 2000 epoch, wrapping.
 DATE_INFINITY, DATE_MINUS_INFINITY = -2_147_472_692, -2_147_472_691
 TIME_MINUS_INFINITY = -9_222_425_352_054_775_808
-
-
-@pytest.fixture(scope="module")
-def suite(contract: DatasetContract) -> dict[str, Any]:
-    return load_suite(contract.expectation_suite)
 
 
 # --- reading: Arrow to pandas ---------------------------------------------------------------------

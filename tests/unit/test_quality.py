@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 
 from pipeline import demo, quality
 from pipeline.casting import FormatError
-from pipeline.config import DatasetContract, Feature
+from pipeline.config import DatasetContract
 from pipeline.quality import REASON_CODES, ROW_COLUMN
 from pipeline.validate import column_of, describe_failure, load_suite
-from tests.unit.conftest import source_records
+from tests.unit.conftest import declaring
 
 KNOWN_CODES = set(REASON_CODES.values())
 
@@ -41,34 +41,6 @@ FAULTS: dict[int, tuple[str, Any, list[tuple[str, str]]]] = {
     80: ("bmi", 5.0, [("out_of_range", "bmi")]),
 }
 MESSY = {0: " f ", 1: "m", 80: " m "}  # position -> sex as typed; each has one obvious meaning
-
-
-def declaring(contract: DatasetContract, formats: dict[str, str], target_decimal: str | None = None) -> DatasetContract:
-    """The contract with the text format of some features declared, as a config for a text column must."""
-    def declared(feature: Feature) -> Feature:
-        if feature.name not in formats:
-            return feature
-        key = "format" if feature.type in ("date", "timestamp") else "decimal"
-        return dataclasses.replace(feature, **{key: formats[feature.name]})
-    features = tuple(declared(f) for f in contract.features)
-    return dataclasses.replace(contract, features=features, target_decimal=target_decimal)
-
-
-@pytest.fixture(scope="module")
-def suite(contract: DatasetContract) -> dict[str, Any]:
-    return load_suite(contract.expectation_suite)
-
-
-@pytest.fixture(scope="module")
-def text_bmi(contract: DatasetContract) -> DatasetContract:
-    """The faulty frame holds text in bmi (row 70), so bmi declares its decimal mark."""
-    return declaring(contract, {"bmi": "."})
-
-
-@pytest.fixture(scope="module")
-def raw_records() -> pd.DataFrame:
-    """The demo study as the source table holds it: dates as date objects, sex as text."""
-    return source_records()
 
 
 @pytest.fixture(scope="module")

@@ -56,11 +56,6 @@ CORRUPTIONS: dict[str, tuple[Corruption, str, str, int]] = {
 
 
 @pytest.fixture(scope="module")
-def suite(contract: DatasetContract) -> dict[str, Any]:
-    return load_suite(contract.expectation_suite)
-
-
-@pytest.fixture(scope="module")
 def valid_frame(contract: DatasetContract) -> pd.DataFrame:
     """The demo study as ingest types it, recorded_at included."""
     return ingest.cast_to_contract(source_records(), contract)
