@@ -26,7 +26,7 @@ from sklearn.inspection import permutation_importance
 from sklearn.linear_model import Ridge
 from sqlalchemy.engine import Connection
 
-from pipeline import artifacts, evaluate, intervals, registry, train
+from pipeline import artifacts, evaluate, intervals, memory, registry
 from pipeline.config import DatasetContract
 from pipeline.features import model_inputs
 
@@ -408,14 +408,15 @@ def card_content(ws: Workspace, model: Mapping[str, Any], snapshot: Mapping[str,
                  evaluation: dict[str, Any] | None) -> CardContent:
     """Score a model version on its own holdout and collect what its card shows."""
     contract, params = ws.config.dataset, model["params"]
-    frame = ws.load_snapshot(snapshot["snapshot_hash"])
     # The fraction the version was trained with, so train and holdout rows are the ones it saw.
     fraction = float(params.get("holdout_fraction", ws.config.training.holdout_fraction))
-    train_rows, holdout = train.split_holdout(frame, contract, fraction)
+    train_rows, holdout = ws.holdout_rows(snapshot["snapshot_hash"], fraction)
+    train_mean = float(train_rows[contract.target_column].mean())
+    del train_rows
+    memory.give_back()
     fitted = ws.load_model(model["artifact_hash"])
     observed = holdout[contract.target_column].to_numpy(float)
     predicted = fitted.predict(model_inputs(holdout, contract))
-    train_mean = float(train_rows[contract.target_column].mean())
     baseline = evaluate.regression_metrics(observed, np.full(len(observed), train_mean))
     policy = ws.config.promotion
     slices, source = card_slices(evaluate.slice_table(holdout, contract, policy, predicted, None), evaluation)

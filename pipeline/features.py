@@ -82,9 +82,10 @@ def build_preprocessor(contract: DatasetContract) -> ColumnTransformer:
     if birth and event:
         age = make_pipeline(AgeFromDates(), SimpleImputer(strategy="median"), StandardScaler())
         transformers.append(("age", age, [birth[0], event[0]]))
-    numeric = contract.names_with_role("numeric")
-    if numeric:
-        transformers.append(("numeric", numeric_steps(), numeric))
+    # One imputer and scaler per numeric column, the same statistics as one over them all: scikit-learn's
+    # median sorts a masked copy of its whole input with int64 indices, four times the columns in memory.
+    for index, name in enumerate(contract.names_with_role("numeric")):
+        transformers.append((f"numeric_{index}", numeric_steps(), [name]))
     categorical = contract.names_with_role("categorical")
     if categorical:
         encoder = make_pipeline(

@@ -431,14 +431,17 @@ def _nan_texts(column: pa.ChunkedArray) -> dict[int, str]:
     return {int(p): "NaN" for p in positions}
 
 
-def arrow_to_frame(table: pa.Table) -> pd.DataFrame:
+def arrow_to_frame(table: pa.Table, consume: bool = False) -> pd.DataFrame:
     """The pandas form of an Arrow read: the dtypes `pandas.read_sql` gives (int64, or float64 with
     missing values; float64; str; dates as objects; datetime64[us, UTC]; None for columns with no value).
 
     Two kinds of value pandas cannot carry as the database holds them arrive as `Unreadable` cells
     (the column then holds objects): a date or time outside years 1 to 9999 (PostgreSQL's infinities
     among them: pandas cannot hold it, read_sql fails on it), and NaN in a float column (pandas cannot
-    tell it from NULL). Casting quarantines their rows, naming the column and the value."""
+    tell it from NULL). Casting quarantines their rows, naming the column and the value.
+
+    `consume`: the caller hands the table over; each column's Arrow memory is freed as it is converted
+    (one column per block, not consolidated), so the read never holds the table and the frame whole."""
     marked: dict[str, dict[int, Unreadable]] = {}
     for index, name in enumerate(table.column_names):
         column = table.column(index)
@@ -449,7 +452,12 @@ def arrow_to_frame(table: pa.Table) -> pd.DataFrame:
             keep[list(cells)] = False
             table = table.set_column(index, name, pc.if_else(pa.array(keep), column, pa.nulls(1, column.type)[0]))
             marked[name] = cells
-    frame = table.to_pandas()
+    if consume:
+        frame = table.to_pandas(self_destruct=True, split_blocks=True)
+        del table
+        pa.default_memory_pool().release_unused()
+    else:
+        frame = table.to_pandas()
     for name, cells in marked.items():
         values = frame[name].astype(object)
         values.iloc[list(cells)] = list(cells.values())
@@ -506,7 +514,43 @@ def store_clean_snapshot(frame: pd.DataFrame, store: Path | ArtifactStore) -> tu
     return store_bytes(store, "snapshots", snapshot_bytes(frame), ".parquet")
 
 
-def load_snapshot(path: Path, snapshot_hash: str) -> pd.DataFrame:
-    """Read a stored snapshot after checking its bytes against its name."""
-    data = read_verified(path, snapshot_hash)  # exactly the bytes checked
-    return arrow_to_frame(pq.read_table(pa.BufferReader(data)))
+def load_snapshot(path: Path, snapshot_hash: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a stored snapshot after checking its bytes against its name: every column, or only `columns`
+    (those of them it has)."""
+    return SnapshotFile(path, snapshot_hash).read(columns)
+
+
+class SnapshotFile:
+    """A stored snapshot's bytes, checked against its name once, read as often as a stage needs: some
+    columns of every row, or every column of some rows."""
+
+    def __init__(self, path: Path, snapshot_hash: str) -> None:
+        self.data = read_verified(path, snapshot_hash)  # every read below parses exactly the bytes checked
+        self.parquet = pq.ParquetFile(pa.BufferReader(self.data))
+
+    def read(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """Every row, of every column or of those of `columns` the snapshot has."""
+        if columns is not None:
+            present = set(self.parquet.schema_arrow.names)
+            columns = [name for name in dict.fromkeys(columns) if name in present]
+        return arrow_to_frame(self.parquet.read(columns=columns), consume=True)
+
+    def rows(self, positions: np.ndarray) -> pd.DataFrame:
+        """The rows at `positions`, in that order, with every column: what `read().iloc[positions]` gives,
+        index included, read row group by row group so the whole snapshot is never in memory at once."""
+        index = (self.parquet.schema_arrow.pandas_metadata or {}).get("index_columns", [])
+        if any(not isinstance(entry, dict) or entry.get("start", 0) != 0 or entry.get("step", 1) != 1
+               for entry in index):  # labels other than the row positions: take them from the whole read
+            return self.read().iloc[positions]
+        order = np.argsort(positions, kind="stable")
+        wanted, parts, start = positions[order], [], 0
+        for group in range(self.parquet.num_row_groups):
+            rows = self.parquet.metadata.row_group(group).num_rows
+            low, high = np.searchsorted(wanted, [start, start + rows])
+            if high > low:
+                parts.append(self.parquet.read_row_group(group).take(pa.array(wanted[low:high] - start)))
+            start += rows
+        table = pa.concat_tables(parts) if parts else self.parquet.schema_arrow.empty_table()
+        frame = arrow_to_frame(table.take(pa.array(np.argsort(order))), consume=True)  # back to the order asked
+        frame.index = pd.Index(positions)
+        return frame

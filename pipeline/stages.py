@@ -21,7 +21,21 @@ from typing import Any, TypeVar
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from pipeline import artifacts, cards, db, drift, evaluate, ingest, intervals, quality, registry, runs, train, validate
+from pipeline import (
+    artifacts,
+    cards,
+    db,
+    drift,
+    evaluate,
+    ingest,
+    intervals,
+    memory,
+    quality,
+    registry,
+    runs,
+    train,
+    validate,
+)
 from pipeline.chunked_quality import CHUNK_ROWS, NotStreamable, classify_snapshots, streamable
 from pipeline.config import PipelineConfig, PromotionPolicy, load_config
 from pipeline.features import model_inputs
@@ -66,9 +80,22 @@ class Workspace:
         """A stored snapshot's file on this machine (fetched from the team store when it is not here yet)."""
         return artifacts.local_copy(self.store, "snapshots", snapshot_hash)
 
-    def load_snapshot(self, snapshot_hash: str) -> Any:
-        """A stored snapshot as a frame, found by its hash in the configured store and checked against it."""
-        return ingest.load_snapshot(self.snapshot_path(snapshot_hash), snapshot_hash)
+    def load_snapshot(self, snapshot_hash: str, columns: list[str] | None = None) -> Any:
+        """A stored snapshot as a frame (every column, or `columns`), found by its hash in the configured store
+        and checked against it."""
+        return ingest.load_snapshot(self.snapshot_path(snapshot_hash), snapshot_hash, columns)
+
+    def holdout_rows(self, snapshot_hash: str, fraction: float) -> tuple[Any, Any]:
+        """A snapshot's training rows, of the columns a split reads and the outcome only, and its holdout rows
+        with every column (`train.split_holdout`'s rows, in its order), read without holding the whole
+        snapshot."""
+        contract = self.config.dataset
+        with self.engine.connect() as conn:
+            registry.get_snapshot(conn, snapshot_hash)  # registered, or a clear error naming it
+        snapshot = ingest.SnapshotFile(self.snapshot_path(snapshot_hash), snapshot_hash)
+        keys = snapshot.read(_split_columns(contract))
+        trained, held = train.split_positions(keys, contract, fraction)
+        return keys.iloc[trained], snapshot.rows(held)
 
     def load_model(self, artifact_hash: str) -> Any:
         """A stored model, found by its hash in the configured store; unpickled from the very bytes checked."""
@@ -128,10 +155,10 @@ def stage(name: str) -> Callable[[F], F]:
     return wrap
 
 
-def _load_snapshot(ws: Workspace, snapshot_hash: str) -> Any:
+def _load_snapshot(ws: Workspace, snapshot_hash: str, columns: list[str] | None = None) -> Any:
     with ws.engine.connect() as conn:
         registry.get_snapshot(conn, snapshot_hash)  # registered, or a clear error naming it
-    return ws.load_snapshot(snapshot_hash)
+    return ws.load_snapshot(snapshot_hash, columns)
 
 
 def ingest_snapshot(ws: Workspace, run: Run, params: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -303,14 +330,22 @@ def plan_search(ws: Workspace) -> list[dict[str, Any]]:
             for index, family in enumerate(ws.config.training.families)]
 
 
-def _training_rows(ws: Workspace, snapshot_hash: str) -> tuple[Any, Any]:
-    """The clean snapshot's training and holdout rows, split as every stage splits them."""
+def _training_rows(ws: Workspace, snapshot_hash: str) -> tuple[Any, dict[str, Any]]:
+    """The clean snapshot's training rows, split as every stage splits them, of the model's inputs and outcome
+    only (the whole snapshot is freed before a fit); and the holdout's size and first row, as a version
+    records them."""
+    contract = ws.config.dataset
     with ws.engine.connect() as conn:
         if registry.get_snapshot(conn, snapshot_hash)["kind"] != "clean":
             raise ValueError(f"snapshot {snapshot_hash} is not a validated clean snapshot: train on the "
                              "clean_snapshot_hash that validate_snapshot returns")
     frame = _load_snapshot(ws, snapshot_hash)
-    return train.split_holdout(frame, ws.config.dataset, ws.config.training.holdout_fraction)
+    trained, held = train.split_positions(frame, contract, ws.config.training.holdout_fraction)
+    first = frame.iloc[held[:1]]
+    holdout = {"rows": len(held), "start": {
+        contract.labelled_at_column(): str(train.labelled_at(first, contract).iloc[0]),
+        contract.id_column: quality.source_id(first[contract.id_column].iloc[0])}}
+    return frame[list(dict.fromkeys([*contract.feature_names(), contract.target_column]))].iloc[trained], holdout
 
 
 def search_family(ws: Workspace, run: Run, snapshot_hash: str, family: str, started_at: float,
@@ -323,6 +358,7 @@ def search_family(ws: Workspace, run: Run, snapshot_hash: str, family: str, star
         raise ValueError(f"family '{family}' is not in training.families {list(policy.families)}")
     with runs.sharing(ws.engine, ws.settings, run.run_id, "search"):
         train_rows, _ = _training_rows(ws, snapshot_hash)
+        memory.give_back()
         X, y, folds = train.search_data(train_rows, contract, policy)
         budget = train.SearchBudget.since(None if first else policy.search_budget_seconds, started_at)
         residuals: dict[str, Any] = {}
@@ -363,25 +399,25 @@ def train_candidate(ws: Workspace, run: Run, snapshot_hash: str,
         registered = registry.model_of_run(conn, run.run_id)
     if registered is not None:
         return _registered_candidate(ws, run, registered, snapshot_hash)
-    train_rows, holdout_rows = _training_rows(ws, snapshot_hash)
+    train_rows, holdout = _training_rows(ws, snapshot_hash)
+    memory.give_back()  # the whole snapshot, before the fit allocates
     residuals: dict[str, Any] = {}
     if searched is None:
         cv_table = train.cross_validate_families(train_rows, contract, policy, residuals=residuals)
     else:
         cv_table, residuals = _searched_table(ws, searched)
     family = train.best_family(cv_table)
+    memory.give_back()  # what the search allocated, before the fit on every training row
     model = train.fit_family(train_rows, contract, policy, family)
     artifact_hash, path = artifacts.store_model(ws.store, model)
-    first_holdout = holdout_rows.iloc[0]
     record = {
         "model": ws.model, "run_id": run.run_id, "snapshot_hash": snapshot_hash, "artifact_hash": artifact_hash,
         "artifact_path": ws.relative(path), "model_family": family,
         "params": {"family_params": policy.families[family], "seed": policy.seed,
                    "cv_folds": policy.cv_folds, "holdout_fraction": policy.holdout_fraction,
                    "search_max_rows": policy.search_max_rows},
-        "cv_metrics": cv_table, "train_rows": len(train_rows), "holdout_rows": len(holdout_rows),
-        "holdout_start": {contract.labelled_at_column(): str(train.labelled_at(holdout_rows, contract).iloc[0]),
-                          contract.id_column: quality.source_id(first_holdout[contract.id_column])},
+        "cv_metrics": cv_table, "train_rows": len(train_rows), "holdout_rows": holdout["rows"],
+        "holdout_start": holdout["start"],
         "library_versions": train.library_versions(), "code_version": train.code_version(),
     }
     interval = intervals.conformal_record(residuals[family], ws.config.serving.interval_coverage,
@@ -391,7 +427,7 @@ def train_candidate(ws: Workspace, run: Run, snapshot_hash: str,
         intervals.record(conn, version, interval)
     log.info("train: version %s registered, %s won the cross-validation (CV RMSE %s; %s search) on %d rows, "
              "%d held out; model %s", version, family, _metric(cv_table.get(family), "cv_rmse_mean"),
-             "mapped" if searched is not None else "sequential", len(train_rows), len(holdout_rows),
+             "mapped" if searched is not None else "sequential", len(train_rows), holdout["rows"],
              record["artifact_path"])
     return {"version": version, "model_family": family, "artifact_hash": artifact_hash, "cv_metrics": cv_table,
             "interval": {"coverage": interval["coverage"], "half_width": interval["half_width"]}}
@@ -436,13 +472,17 @@ class ChampionRowsUnknown(ValueError):
     """The rows the champion trained on cannot be told, so they cannot be kept out of a comparison."""
 
 
+def _split_columns(contract: Any) -> list[str]:
+    """The columns a holdout split reads, and the outcome."""
+    return list(dict.fromkeys([contract.timestamp_column, contract.labelled_at_column(), contract.id_column,
+                               contract.target_column]))
+
+
 def _holdout_split(frame: Any, contract: Any, fraction: float) -> tuple[Any, Any]:
     """`train.split_holdout`'s training rows, of the columns a split reads and the outcome only, and its
     holdout rows whole (the same rows in the same order): no ordered copy of every column is made."""
-    wanted = [contract.timestamp_column, contract.labelled_at_column(), contract.id_column, contract.target_column]
-    trained, held = train.split_holdout(frame[[c for c in dict.fromkeys(wanted) if c in frame.columns]], contract,
-                                        fraction)
-    return trained, frame.loc[held.index]
+    trained, held = train.split_positions(frame, contract, fraction)
+    return frame[[c for c in _split_columns(contract) if c in frame.columns]].iloc[trained], frame.iloc[held]
 
 
 def _champion_training_ids(ws: Workspace, champion: dict[str, Any]) -> Any:
@@ -455,7 +495,8 @@ def _champion_training_ids(ws: Workspace, champion: dict[str, Any]) -> Any:
         contract = replace(contract, label_timestamp_column=None)  # trained before the holdout followed label time
     fraction = float((champion.get("params") or {}).get("holdout_fraction", ws.config.training.holdout_fraction))
     try:
-        trained_on, held_out = _holdout_split(_load_snapshot(ws, champion["snapshot_hash"]), contract, fraction)
+        trained_on, held_out = _holdout_split(_load_snapshot(ws, champion["snapshot_hash"], _split_columns(contract)),
+                                              contract, fraction)
     except Exception as exc:
         raise ChampionRowsUnknown(
             f"champion version {champion['version']}'s training snapshot {path} could not be read ({exc}); "
@@ -493,10 +534,10 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
     """Everything a promotion decision rests on, computed on the candidate's held-out rows less those the
     champion trained on (a champion judged on its own training rows would look better than it is)."""
     contract = ws.config.dataset
-    frame = _load_snapshot(ws, candidate["snapshot_hash"])
-    train_rows, holdout = _holdout_split(frame, contract, ws.config.training.holdout_fraction)
+    train_rows, holdout = ws.holdout_rows(candidate["snapshot_hash"], ws.config.training.holdout_fraction)
     train_mean = float(train_rows[contract.target_column].mean())
-    del frame, train_rows  # freed before the champion's snapshot is read
+    del train_rows  # freed before the champion's snapshot is read
+    memory.give_back()
     holdout, excluded, rows_unknown = comparison_holdout(ws, holdout, champion)
     observed = holdout[contract.target_column].to_numpy()
     model = ws.load_model(candidate["artifact_hash"])
@@ -571,6 +612,7 @@ def evaluate_candidate(ws: Workspace, run: Run, version: int, margin: float | No
     }
     with ws.engine.begin() as conn:
         registry.record_evaluation(conn, run.run_id, evaluation)
+    memory.give_back()  # the holdouts, before the pages read their own
     pages = _render_pages(ws, version, run.run_id)
     log.info("evaluate: decision %s for version %s against champion %s (RMSE %s vs %s on %d holdout rows): %s; "
              "card %s, comparison %s", decision.label, version, evaluation["champion_version"],

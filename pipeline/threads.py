@@ -88,6 +88,9 @@ def sized(n_jobs: int | None, level: int = logging.INFO) -> Iterator[int]:
     import sklearn  # noqa: F401 - loads OpenMP (and BLAS, through numpy) so the limits below reach them
     from threadpoolctl import threadpool_limits
 
+    from pipeline import memory
+
+    memory.system_arrow_pool()  # a task's freed snapshots go back to the machine (pipeline.memory)
     log.log(level, "threads: %d per pool (BLAS, OpenMP, joblib), from %s", threads, why)
     with threadpool_limits(limits=threads), joblib.parallel_config(n_jobs=threads):
         yield threads

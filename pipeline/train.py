@@ -29,8 +29,8 @@ TRACKED_LIBRARIES = ("scikit-learn", "numpy", "pandas", "pyarrow", "joblib", "sc
 
 def make_estimator(family: str, params: dict[str, Any], seed: int, n_jobs: int | None) -> RegressorMixin:
     """The estimator of a model family, seeded."""
-    if family == "ridge":
-        return Ridge(**params)
+    if family == "ridge":  # centred in place: its input is the pipeline's own copy (one copy of it fewer)
+        return Ridge(**{"copy_X": False, **params})
     if family == "random_forest":
         return RandomForestRegressor(random_state=seed, n_jobs=n_jobs, **params)
     if family == "hist_gradient_boosting":
@@ -59,12 +59,32 @@ def labelled_at(frame: pd.DataFrame, contract: DatasetContract) -> pd.Series:
 
 def split_holdout(frame: pd.DataFrame, contract: DatasetContract, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Hold out the most recently labelled rows (by `labelled_at`, then id) for evaluation."""
-    keys = pd.DataFrame({"at": labelled_at(frame, contract), "id": frame[contract.id_column]}).reset_index(drop=True)
-    ordered = frame.iloc[keys.sort_values(["at", "id"], kind="stable").index]
-    n_holdout = max(1, int(round(len(ordered) * fraction)))
-    if len(ordered) - n_holdout < 2:
-        raise ValueError(f"only {len(ordered)} labelled rows: too few to hold out {fraction:.0%} and train")
-    return ordered.iloc[:-n_holdout], ordered.iloc[-n_holdout:]
+    trained, held = split_positions(frame, contract, fraction)
+    return frame.iloc[trained], frame.iloc[held]
+
+
+def split_positions(frame: pd.DataFrame, contract: DatasetContract, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """The positions of `split_holdout`'s training rows and of its holdout rows, each in the split's order:
+    a caller can take only the columns it needs."""
+    order = labelled_order(labelled_at(frame, contract), frame[contract.id_column])
+    n_holdout = max(1, int(round(len(order) * fraction)))
+    if len(order) - n_holdout < 2:
+        raise ValueError(f"only {len(order)} labelled rows: too few to hold out {fraction:.0%} and train")
+    return order[:-n_holdout], order[-n_holdout:]
+
+
+def labelled_order(at: pd.Series, ids: pd.Series) -> np.ndarray:
+    """Row positions sorted by label time, then id, stably, missing times last: pandas' stable sort on both
+    columns. Dates with whole-number ids that all have a value sort as int64 pairs by numpy's lexsort, which
+    builds no hash table of every value (pandas factorizes each key); anything else goes through pandas."""
+    dated = isinstance(at.dtype, pd.DatetimeTZDtype) or at.dtype.kind == "M"
+    if dated and ids.dtype.kind == "i" and not ids.isna().any():
+        when = at.array.asi8.copy()
+        when[at.isna().to_numpy()] = np.iinfo(np.int64).max  # NaT sorts last, as in pandas
+        order: np.ndarray = np.lexsort((ids.to_numpy(dtype="int64"), when))
+        return order
+    keys = pd.DataFrame({"at": at, "id": ids}).reset_index(drop=True)
+    return np.asarray(keys.sort_values(["at", "id"], kind="stable").index, dtype=np.int64)
 
 
 def selection_rows(train: pd.DataFrame, policy: TrainingPolicy) -> pd.DataFrame:

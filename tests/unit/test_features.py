@@ -11,7 +11,7 @@ import pytest
 from sklearn.pipeline import Pipeline
 
 from pipeline.config import DatasetContract, PipelineConfig, TrainingPolicy
-from pipeline.features import AgeFromDates, build_preprocessor, model_inputs
+from pipeline.features import AgeFromDates, build_preprocessor, model_inputs, numeric_steps
 from pipeline.train import build_model
 
 BIRTH, EVENT = "birth_date", "visit_date"
@@ -85,6 +85,26 @@ def test_preprocessor_outputs_age_numerics_and_one_hot_categories(
     ]
     assert sorted(names) == sorted(["age_years", *contract.names_with_role("numeric"), *categories])
     assert preprocessor.transform(demo_frame).shape == (len(demo_frame), len(names))
+
+
+def test_numeric_columns_are_imputed_and_scaled_one_by_one_as_all_at_once(
+    contract: DatasetContract, demo_frame: pd.DataFrame
+) -> None:
+    """Each numeric column has its own imputer and scaler (a bounded median); the values are those of one
+    imputer and scaler over every numeric column, missing values included."""
+    numeric = contract.names_with_role("numeric")
+    frame = demo_frame.copy()
+    rng = np.random.default_rng(7)
+    for name in numeric:  # gaps in every column, at different rows
+        frame.loc[rng.random(len(frame)) < 0.1, name] = np.nan
+    preprocessor = build_preprocessor(contract).fit(frame)
+    names = list(preprocessor.get_feature_names_out())
+    ours = preprocessor.transform(frame)[:, [names.index(name) for name in numeric]]
+    together = numeric_steps().fit(frame[numeric]).transform(frame[numeric])
+    assert np.isnan(frame[numeric].to_numpy(dtype=float)).any()
+    np.testing.assert_allclose(ours, together, rtol=1e-12, atol=1e-12)
+    medians = [float(np.nanmedian(frame[name].to_numpy(dtype=float))) for name in numeric]
+    assert [preprocessor.named_transformers_[f"numeric_{i}"][0].statistics_[0] for i in range(len(numeric))] == medians
 
 
 def test_preprocessor_drops_id_timestamp_target_and_raw_dates(

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import sklearn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline
@@ -125,6 +127,31 @@ def test_split_leaves_the_input_frame_as_it_was(contract: DatasetContract) -> No
     before = frame.copy()
     train.split_holdout(frame, contract, 0.25)
     pd.testing.assert_frame_equal(frame, before)
+
+
+def pandas_order(at: pd.Series, ids: pd.Series) -> np.ndarray:
+    """The split's order as pandas' stable sort on both keys gives it (what `labelled_order` must equal)."""
+    keys = pd.DataFrame({"at": at, "id": ids}).reset_index(drop=True)
+    return keys.sort_values(["at", "id"], kind="stable").index.to_numpy()
+
+
+@settings(max_examples=200, deadline=None)
+@given(days=st.lists(st.one_of(st.none(), st.integers(0, 6)), min_size=1, max_size=60),
+       id_range=st.integers(1, 8), utc=st.booleans(), nullable=st.booleans(), data=st.data())
+def test_labelled_order_is_pandas_stable_sort_on_ties_and_missing_times(
+        days: list[int | None], id_range: int, utc: bool, nullable: bool, data: st.DataObject) -> None:
+    ids = data.draw(st.lists(st.integers(-id_range, id_range), min_size=len(days), max_size=len(days)))
+    at = pd.Series(pd.to_datetime([None if d is None else f"2024-01-0{d + 1}" for d in days], utc=utc))
+    at.index = at.index[::-1] + 100  # labels that are not positions: the order is of positions
+    id_series = pd.Series(ids, index=at.index, dtype="Int64" if nullable else "int64")
+    assert np.array_equal(train.labelled_order(at, id_series), pandas_order(at, id_series))
+
+
+@pytest.mark.parametrize("ids", [pd.array([3, None, 1, 2], dtype="Int64"), pd.array(["b", "a", "c", "a"], dtype="str")],
+                         ids=["missing-id", "text-ids"])
+def test_labelled_order_sorts_other_ids_through_pandas(ids: Any) -> None:
+    at = pd.Series(pd.to_datetime(["2024-01-02", "2024-01-01", "2024-01-02", "2024-01-01"], utc=True))
+    assert np.array_equal(train.labelled_order(at, pd.Series(ids)), pandas_order(at, pd.Series(ids)))
 
 
 @pytest.mark.parametrize(("rows", "fraction"), [(2, 0.2), (1, 0.5), (10, 0.9)])
