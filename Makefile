@@ -57,8 +57,10 @@ serve: install ## the REST API on http://127.0.0.1:8000 (tokens: PIPELINE_API_TO
 status: install ## the champion and the latest runs
 	$(PY) -m pipeline status
 
-test: install ## run every test (unit, integration on real PostgreSQL, DAGs through Airflow)
-	$(PY) -m pytest
+TEST_PROCESSES ?= 2
+
+test: install ## run every test (unit, integration on real PostgreSQL, DAGs through Airflow); TEST_PROCESSES=2
+	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadgroup
 
 test-unit: install ## the tests that need no database
 	$(PY) -m pytest tests/unit

@@ -13,6 +13,19 @@ from pipeline.config import PipelineConfig, load_config
 from pipeline.settings import PROJECT_ROOT, Settings
 
 
+# Tests that share a session-scoped Airflow must run in one process: `make test` runs on two
+# (pytest-xdist, --dist loadgroup), and starting that Airflow twice costs a minute of both cores.
+SHARED_AIRFLOW_GROUPS = {"tests/ui/test_browser.py": "view_airflow", "tests/ui/test_models_view.py": "view_airflow"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test file runs in one xdist process, in file order (module fixtures are made once, and the live
+    scheduler's tests build on each other); files sharing a session Airflow go to the same process."""
+    for item in items:
+        path = item.path.relative_to(PROJECT_ROOT).as_posix()
+        item.add_marker(pytest.mark.xdist_group(SHARED_AIRFLOW_GROUPS.get(path, path)))
+
+
 @pytest.fixture(scope="session")
 def server_url() -> str:
     """The PostgreSQL server under test: PIPELINE_DATABASE_URL, or the embedded one."""

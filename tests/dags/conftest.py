@@ -17,7 +17,8 @@ from pipeline import db
 from pipeline.localenv import airflow_environment
 from pipeline.settings import PROJECT_ROOT, Settings
 
-AIRFLOW_TEST_DATABASE = "airflow_test"
+# One metadata database per pytest process (`make test` runs two, pytest-xdist names them gw0, gw1).
+AIRFLOW_TEST_DATABASE = f"airflow_test_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 
 
 def _configure_airflow() -> None:
