@@ -240,7 +240,7 @@ def git_commit() -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--with-10m", action="store_true", help="also 10^7 rows (about 9 more minutes on 2 CPUs, peak 5.4 GB)")
+    parser.add_argument("--with-10m", action="store_true", help="also 10^7 rows (about 20 more minutes on 2 CPUs, peak 2.4 GB)")
     parser.add_argument("--every-family", action="store_true",
                         help="train every family pipeline.yaml ships (random forest too), not only ridge and HGB")
     parser.add_argument("--sizes", type=int, nargs="+", help="row counts to measure instead of 10^4 10^5 10^6")

@@ -12,18 +12,20 @@ from pipeline import db
 from pipeline.config import PipelineConfig, load_config
 from pipeline.settings import PROJECT_ROOT, Settings
 
-
-# Tests that share a session-scoped Airflow must run in one process: `make test` runs on two
-# (pytest-xdist, --dist loadgroup), and starting that Airflow twice costs a minute of both cores.
-SHARED_AIRFLOW_GROUPS = {"tests/ui/test_browser.py": "view_airflow", "tests/ui/test_models_view.py": "view_airflow"}
+# The files that start a whole Airflow (scheduler, API server, triggerer, workers) run one after another in
+# one process: `make test` runs on two (pytest-xdist, --dist loadgroup), and two such clusters at once on
+# 2 cores starve each other's runs, while the other process runs everything else. The UI files also share
+# one session-scoped Airflow, which would otherwise start once per process.
+LIVE_AIRFLOW_FILES = ("tests/dags/test_celery_workers.py", "tests/dags/test_live_scheduler.py",
+                      "tests/ui/test_browser.py", "tests/ui/test_models_view.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Each test file runs in one xdist process, in file order (module fixtures are made once, and the live
-    scheduler's tests build on each other); files sharing a session Airflow go to the same process."""
+    scheduler's tests build on each other); the files that start a live Airflow share one process."""
     for item in items:
         path = item.path.relative_to(PROJECT_ROOT).as_posix()
-        item.add_marker(pytest.mark.xdist_group(SHARED_AIRFLOW_GROUPS.get(path, path)))
+        item.add_marker(pytest.mark.xdist_group("live_airflow" if path in LIVE_AIRFLOW_FILES else path))
 
 
 @pytest.fixture(scope="session")
