@@ -60,7 +60,8 @@ status: install ## the champion and the latest runs
 TEST_PROCESSES ?= 2
 
 test: install ## run every test (unit, integration on real PostgreSQL, DAGs through Airflow); TEST_PROCESSES=2
-	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadgroup
+	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadgroup -m "not live_airflow"
+	$(PY) -m pytest -m live_airflow
 
 test-unit: install ## the tests that need no database
 	$(PY) -m pytest tests/unit

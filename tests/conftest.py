@@ -12,20 +12,19 @@ from pipeline import db
 from pipeline.config import PipelineConfig, load_config
 from pipeline.settings import PROJECT_ROOT, Settings
 
-# The files that start a whole Airflow (scheduler, API server, triggerer, workers) run one after another in
-# one process: `make test` runs on two (pytest-xdist, --dist loadgroup), and two such clusters at once on
-# 2 cores starve each other's runs, while the other process runs everything else. The UI files also share
-# one session-scoped Airflow, which would otherwise start once per process.
+# The files that start a whole Airflow (scheduler, API server, triggerer, workers) are marked `live_airflow`:
+# `make test` runs them in one process after the rest, which runs on two (pytest-xdist, --dist loadgroup).
+# Under xdist the live scheduler's module-scoped Airflow was set up twice, and its last test, which builds on
+# the earlier ones, then waited on a paused DAG.
 LIVE_AIRFLOW_FILES = ("tests/dags/test_celery_workers.py", "tests/dags/test_live_scheduler.py",
                       "tests/ui/test_browser.py", "tests/ui/test_models_view.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each test file runs in one xdist process, in file order (module fixtures are made once, and the live
-    scheduler's tests build on each other); the files that start a live Airflow share one process."""
+    """Mark the live-Airflow files; under xdist, keep every other file in one process, in file order."""
     for item in items:
         path = item.path.relative_to(PROJECT_ROOT).as_posix()
-        item.add_marker(pytest.mark.xdist_group("live_airflow" if path in LIVE_AIRFLOW_FILES else path))
+        item.add_marker(pytest.mark.live_airflow if path in LIVE_AIRFLOW_FILES else pytest.mark.xdist_group(path))
 
 
 @pytest.fixture(scope="session")
