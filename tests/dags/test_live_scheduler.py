@@ -24,7 +24,7 @@ from pipeline import demo
 from pipeline.settings import PROJECT_ROOT
 from tests.standalone import standalone_airflow, wait_for
 
-RUN_TIMEOUT = 420  # a guard against a hung run, not a timing: the other test process keeps the cores busy
+RUN_TIMEOUT = 420  # a guard against a hung run, not a timing: generous so that a busy machine does not trip it
 MIN_NEW_ROWS = 20
 # The performance test fills in two batches of outcomes; together fewer than MIN_NEW_ROWS, so only the
 # performance monitor (not the arrival watcher) can start a retrain.
