@@ -150,11 +150,15 @@ def _atomic_writer(path: Path) -> Iterator[IO[bytes]]:
         raise
 
 
+def _missing(path: Path, expected_hash: str) -> ArtifactIntegrityError:
+    return ArtifactIntegrityError(f"artifact missing: {path} (registered as {expected_hash}); is "
+                                  "PIPELINE_ARTIFACT_DIR the store it was written to?")
+
+
 def verify_file(path: Path, expected_hash: str) -> None:
     """Raise unless the file exists and its bytes hash to `expected_hash`."""
     if not path.is_file():
-        raise ArtifactIntegrityError(f"artifact missing: {path} (registered as {expected_hash}); is "
-                                     "PIPELINE_ARTIFACT_DIR the store it was written to?")
+        raise _missing(path, expected_hash)
     _check_hash(path, sha256_file(path), expected_hash)
 
 
@@ -163,10 +167,55 @@ def read_verified(path: Path, expected_hash: str) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ArtifactIntegrityError(f"artifact missing: {path} (registered as {expected_hash}); is "
-                                     "PIPELINE_ARTIFACT_DIR the store it was written to?") from None
+        raise _missing(path, expected_hash) from None
     _check_hash(path, sha256_bytes(data), expected_hash)
     return data
+
+
+@dataclass
+class VerifiedFile:
+    """An artifact file opened once and hashed through that open file, a MiB at a time (never whole in
+    memory). Reads then go through the same open file, so a file renamed over it is never what is read, and
+    `confirm_unchanged` refuses one rewritten in place since the check (its size or modification time moved)."""
+
+    path: Path
+    handle: IO[bytes]
+    checked: tuple[int, int]  # size and modification time (ns) when the hash was checked
+
+    def confirm_unchanged(self) -> None:
+        if _identity(self.handle) != self.checked:
+            raise ArtifactIntegrityError(
+                f"artifact {self.path} was rewritten while it was being read, after its hash was checked; "
+                "stored artifacts are never changed in place: find what wrote to it, then retry")
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _identity(handle: IO[bytes]) -> tuple[int, int]:
+    status = os.fstat(handle.fileno())
+    return status.st_size, status.st_mtime_ns
+
+
+def open_verified(path: Path, expected_hash: str) -> VerifiedFile:
+    """The file open for reading, its bytes checked against `expected_hash` (see VerifiedFile)."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise _missing(path, expected_hash) from None
+    try:
+        checked = _identity(handle)
+        digest = hashlib.sha256()
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+        _check_hash(path, digest.hexdigest(), expected_hash)
+        handle.seek(0)
+        verified = VerifiedFile(path, handle, checked)
+        verified.confirm_unchanged()
+    except BaseException:
+        handle.close()
+        raise
+    return verified
 
 
 def _check_hash(path: Path, actual: str, expected_hash: str) -> None:

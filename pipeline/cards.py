@@ -26,7 +26,7 @@ from sklearn.inspection import permutation_importance
 from sklearn.linear_model import Ridge
 from sqlalchemy.engine import Connection
 
-from pipeline import artifacts, evaluate, intervals, memory, registry
+from pipeline import artifacts, evaluate, intervals, registry
 from pipeline.config import DatasetContract
 from pipeline.features import model_inputs
 
@@ -410,10 +410,7 @@ def card_content(ws: Workspace, model: Mapping[str, Any], snapshot: Mapping[str,
     contract, params = ws.config.dataset, model["params"]
     # The fraction the version was trained with, so train and holdout rows are the ones it saw.
     fraction = float(params.get("holdout_fraction", ws.config.training.holdout_fraction))
-    train_rows, holdout = ws.holdout_rows(snapshot["snapshot_hash"], fraction)
-    train_mean = float(train_rows[contract.target_column].mean())
-    del train_rows
-    memory.give_back()
+    train_mean, holdout = ws.holdout_rows(snapshot["snapshot_hash"], fraction)
     fitted = ws.load_model(model["artifact_hash"])
     observed = holdout[contract.target_column].to_numpy(float)
     predicted = fitted.predict(model_inputs(holdout, contract))

@@ -20,8 +20,6 @@ not streamable: the caller classifies the whole frame instead.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pandas.core.dtypes.cast import find_common_type
 
-from pipeline import ingest
+from pipeline import ingest, memory
 from pipeline.config import DEFAULT_AGE_AT_EVENT_YEARS, DatasetContract, QualityPolicy
 from pipeline.quality import (
     ROW_COLUMN,
@@ -99,19 +97,7 @@ def give_back_memory() -> None:
     """Return the memory a chunk freed to the system: Arrow's pool and glibc's heap keep freed memory for
     reuse otherwise, and the process's resident size then grows with the chunks it has seen."""
     pa.default_memory_pool().release_unused()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _libc() -> Any:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:  # not glibc (macOS, musl): nothing to trim
-        return None
-
-
-_LIBC = _libc()
+    memory.trim()
 
 
 # --- chunk sources ---------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
-from pipeline.artifacts import ArtifactStore, read_verified, store_bytes
+from pipeline.artifacts import ArtifactStore, open_verified, store_bytes
 from pipeline.casting import NOT_FINITE, OUT_OF_RANGE_DATE, Unreadable, cast_column, cast_strict
 from pipeline.config import ConfigError, DatasetContract
 
@@ -517,27 +517,45 @@ def store_clean_snapshot(frame: pd.DataFrame, store: Path | ArtifactStore) -> tu
 def load_snapshot(path: Path, snapshot_hash: str, columns: list[str] | None = None) -> pd.DataFrame:
     """Read a stored snapshot after checking its bytes against its name: every column, or only `columns`
     (those of them it has)."""
-    return SnapshotFile(path, snapshot_hash).read(columns)
+    with SnapshotFile(path, snapshot_hash) as snapshot:
+        return snapshot.read(columns)
+
+
+BATCH_ROWS = ROW_GROUP_ROWS  # rows decoded at a time when only some rows of a row group are wanted
 
 
 class SnapshotFile:
-    """A stored snapshot's bytes, checked against its name once, read as often as a stage needs: some
-    columns of every row, or every column of some rows."""
+    """A stored snapshot, checked against its name once (streamed through, never whole in memory), then
+    read as often as a stage needs through the same open file: some columns of every row, or every column
+    of some rows. Every read is refused if the file was rewritten since the check."""
 
     def __init__(self, path: Path, snapshot_hash: str) -> None:
-        self.data = read_verified(path, snapshot_hash)  # every read below parses exactly the bytes checked
-        self.parquet = pq.ParquetFile(pa.BufferReader(self.data))
+        self.file = open_verified(path, snapshot_hash)
+        self.parquet = pq.ParquetFile(self.file.handle)
+
+    def __enter__(self) -> SnapshotFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.parquet.close()
+        self.file.close()
 
     def read(self, columns: list[str] | None = None) -> pd.DataFrame:
         """Every row, of every column or of those of `columns` the snapshot has."""
         if columns is not None:
             present = set(self.parquet.schema_arrow.names)
             columns = [name for name in dict.fromkeys(columns) if name in present]
-        return arrow_to_frame(self.parquet.read(columns=columns), consume=True)
+        table = self.parquet.read(columns=columns)
+        self.file.confirm_unchanged()
+        return arrow_to_frame(table, consume=True)
 
     def rows(self, positions: np.ndarray) -> pd.DataFrame:
         """The rows at `positions`, in that order, with every column: what `read().iloc[positions]` gives,
-        index included, read row group by row group so the whole snapshot is never in memory at once."""
+        index included, decoded BATCH_ROWS at a time (row groups without a wanted row are skipped), so
+        neither the whole snapshot nor a whole row group is ever in memory at once."""
         index = (self.parquet.schema_arrow.pandas_metadata or {}).get("index_columns", [])
         if any(not isinstance(entry, dict) or entry.get("start", 0) != 0 or entry.get("step", 1) != 1
                for entry in index):  # labels other than the row positions: take them from the whole read
@@ -548,9 +566,15 @@ class SnapshotFile:
             rows = self.parquet.metadata.row_group(group).num_rows
             low, high = np.searchsorted(wanted, [start, start + rows])
             if high > low:
-                parts.append(self.parquet.read_row_group(group).take(pa.array(wanted[low:high] - start)))
-            start += rows
-        table = pa.concat_tables(parts) if parts else self.parquet.schema_arrow.empty_table()
+                for batch in self.parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=[group]):
+                    first, last = np.searchsorted(wanted, [start, start + batch.num_rows])
+                    if last > first:
+                        parts.append(batch.take(pa.array(wanted[first:last] - start)))
+                    start += batch.num_rows
+            else:
+                start += rows
+        self.file.confirm_unchanged()
+        table = pa.Table.from_batches(parts, schema=self.parquet.schema_arrow)
         frame = arrow_to_frame(table.take(pa.array(np.argsort(order))), consume=True)  # back to the order asked
         frame.index = pd.Index(positions)
         return frame

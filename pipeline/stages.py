@@ -85,17 +85,20 @@ class Workspace:
         and checked against it."""
         return ingest.load_snapshot(self.snapshot_path(snapshot_hash), snapshot_hash, columns)
 
-    def holdout_rows(self, snapshot_hash: str, fraction: float) -> tuple[Any, Any]:
-        """A snapshot's training rows, of the columns a split reads and the outcome only, and its holdout rows
-        with every column (`train.split_holdout`'s rows, in its order), read without holding the whole
-        snapshot."""
+    def holdout_rows(self, snapshot_hash: str, fraction: float) -> tuple[float, Any]:
+        """The mean outcome of a snapshot's training rows, and its holdout rows with every column
+        (`train.split_holdout`'s rows, in its order), read without holding the whole snapshot: the split's
+        keys are dropped before the holdout is read."""
         contract = self.config.dataset
         with self.engine.connect() as conn:
             registry.get_snapshot(conn, snapshot_hash)  # registered, or a clear error naming it
-        snapshot = ingest.SnapshotFile(self.snapshot_path(snapshot_hash), snapshot_hash)
-        keys = snapshot.read(_split_columns(contract))
-        trained, held = train.split_positions(keys, contract, fraction)
-        return keys.iloc[trained], snapshot.rows(held)
+        with ingest.SnapshotFile(self.snapshot_path(snapshot_hash), snapshot_hash) as snapshot:
+            keys = snapshot.read(_split_columns(contract))
+            trained, held = train.split_positions(keys, contract, fraction)
+            train_mean = float(keys[contract.target_column].iloc[trained].mean())
+            del keys, trained
+            memory.give_back()
+            return train_mean, snapshot.rows(held)
 
     def load_model(self, artifact_hash: str) -> Any:
         """A stored model, found by its hash in the configured store; unpickled from the very bytes checked."""
@@ -478,13 +481,6 @@ def _split_columns(contract: Any) -> list[str]:
                                contract.target_column]))
 
 
-def _holdout_split(frame: Any, contract: Any, fraction: float) -> tuple[Any, Any]:
-    """`train.split_holdout`'s training rows, of the columns a split reads and the outcome only, and its
-    holdout rows whole (the same rows in the same order): no ordered copy of every column is made."""
-    trained, held = train.split_positions(frame, contract, fraction)
-    return frame[[c for c in _split_columns(contract) if c in frame.columns]].iloc[trained], frame.iloc[held]
-
-
 def _champion_training_ids(ws: Workspace, champion: dict[str, Any]) -> Any:
     """The ids of the rows the champion was trained on: its own snapshot, split as when it was trained (with
     its recorded holdout fraction, and by record time if its holdout started by record time). A snapshot that
@@ -495,21 +491,30 @@ def _champion_training_ids(ws: Workspace, champion: dict[str, Any]) -> Any:
         contract = replace(contract, label_timestamp_column=None)  # trained before the holdout followed label time
     fraction = float((champion.get("params") or {}).get("holdout_fraction", ws.config.training.holdout_fraction))
     try:
-        trained_on, held_out = _holdout_split(_load_snapshot(ws, champion["snapshot_hash"], _split_columns(contract)),
-                                              contract, fraction)
+        keys = _load_snapshot(ws, champion["snapshot_hash"], _split_columns(contract)[:-1])
+        trained, held = train.split_positions(keys, contract, fraction)
     except Exception as exc:
         raise ChampionRowsUnknown(
             f"champion version {champion['version']}'s training snapshot {path} could not be read ({exc}); "
             "without it the rows it trained on cannot be kept out of the holdout, and comparing on them would "
             "flatter the champion. Restore the file (PIPELINE_ARTIFACT_DIR) or roll back to a version whose "
             "snapshot is in the store") from exc
-    first_held_out = quality.source_id(held_out[contract.id_column].iloc[0])
-    if len(trained_on) != champion["train_rows"] or started.get(contract.id_column, first_held_out) != first_held_out:
+    ids = keys[contract.id_column]
+    first_held_out = quality.source_id(ids.iloc[held[0]])
+    if len(trained) != champion["train_rows"] or started.get(contract.id_column, first_held_out) != first_held_out:
         raise ChampionRowsUnknown(
-            f"champion version {champion['version']}'s training snapshot {path} splits into {len(trained_on)} "
+            f"champion version {champion['version']}'s training snapshot {path} splits into {len(trained)} "
             f"training rows and a holdout starting at id {first_held_out}, but the version records "
             f"{champion['train_rows']} and {started}: the rows it trained on are unknown")
-    return trained_on[contract.id_column]
+    return ids.iloc[trained]
+
+
+def _among(values: Any, known: Any) -> np.ndarray:
+    """Which of `values` are in `known`, as pandas' `isin` says; whole-number ids without a missing one go
+    through numpy, which marks them in a table over their range instead of hashing every known id."""
+    if values.dtype.kind in "iu" and known.dtype.kind in "iu" and not values.isna().any() and not known.isna().any():
+        return np.isin(values.to_numpy(dtype="int64"), known.to_numpy(dtype="int64"))
+    return np.asarray(values.isin(known))
 
 
 def comparison_holdout(ws: Workspace, holdout: Any, champion: dict[str, Any] | None) -> tuple[Any, int, str | None]:
@@ -521,7 +526,7 @@ def comparison_holdout(ws: Workspace, holdout: Any, champion: dict[str, Any] | N
         trained_on = _champion_training_ids(ws, champion)
     except ChampionRowsUnknown as exc:
         return holdout, 0, str(exc)
-    seen = holdout[ws.config.dataset.id_column].isin(trained_on).to_numpy()
+    seen = _among(holdout[ws.config.dataset.id_column], trained_on)
     kept = holdout.loc[~seen]
     if len(kept) < 2:
         raise ValueError(f"{int(seen.sum())} of the {len(holdout)} holdout rows are rows champion version "
@@ -534,10 +539,7 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
     """Everything a promotion decision rests on, computed on the candidate's held-out rows less those the
     champion trained on (a champion judged on its own training rows would look better than it is)."""
     contract = ws.config.dataset
-    train_rows, holdout = ws.holdout_rows(candidate["snapshot_hash"], ws.config.training.holdout_fraction)
-    train_mean = float(train_rows[contract.target_column].mean())
-    del train_rows  # freed before the champion's snapshot is read
-    memory.give_back()
+    train_mean, holdout = ws.holdout_rows(candidate["snapshot_hash"], ws.config.training.holdout_fraction)
     holdout, excluded, rows_unknown = comparison_holdout(ws, holdout, champion)
     observed = holdout[contract.target_column].to_numpy()
     model = ws.load_model(candidate["artifact_hash"])

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import artifacts, train
+from pipeline import artifacts, ingest, train
 from pipeline.config import DatasetContract
 from pipeline.ingest import SnapshotFile
 
@@ -26,8 +26,11 @@ def stored(folder: Path, frame: pd.DataFrame, row_group_rows: int, preserve_inde
 
 
 @pytest.mark.parametrize("row_group_rows", [1, 37, 100, 10_000])
+@pytest.mark.parametrize("batch_rows", [5, ingest.BATCH_ROWS])  # several batches to a row group, or one
 def test_rows_are_the_whole_reads_rows_in_the_order_asked(
-        tmp_path: Path, demo_frame: pd.DataFrame, contract: DatasetContract, row_group_rows: int) -> None:
+        tmp_path: Path, demo_frame: pd.DataFrame, contract: DatasetContract, row_group_rows: int, batch_rows: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ingest, "BATCH_ROWS", batch_rows)
     snapshot = stored(tmp_path, demo_frame, row_group_rows)
     whole = snapshot.read()
     trained, held = train.split_positions(whole, contract, 0.2)
@@ -58,8 +61,32 @@ def test_read_of_some_columns_keeps_those_the_snapshot_has(
 
 def test_a_snapshot_whose_bytes_changed_is_refused_before_any_read(tmp_path: Path, demo_frame: pd.DataFrame) -> None:
     snapshot = stored(tmp_path, demo_frame, 100)
-    path = artifacts.stored_path(tmp_path, "snapshots", artifacts.sha256_bytes(snapshot.data))
+    path, digest = snapshot.file.path, artifacts.sha256_file(snapshot.file.path)
+    snapshot.close()
     other = stored(tmp_path / "other", demo_frame.iloc[:-1], 100)
-    path.write_bytes(other.data)
+    path.chmod(0o644)
+    path.write_bytes(other.file.path.read_bytes())
     with pytest.raises(artifacts.ArtifactIntegrityError, match="registry says"):
-        SnapshotFile(path, artifacts.sha256_bytes(snapshot.data))
+        SnapshotFile(path, digest)
+
+
+def test_a_snapshot_rewritten_after_its_check_is_refused_on_read(tmp_path: Path, demo_frame: pd.DataFrame,
+                                                                 contract: DatasetContract) -> None:
+    snapshot = stored(tmp_path, demo_frame, 100)
+    before = snapshot.read([contract.id_column])
+    assert len(before) == len(demo_frame)
+    path = snapshot.file.path
+    path.chmod(0o644)
+    with path.open("r+b") as handle:  # in place, as a careless tool would: same file, new bytes
+        handle.seek(0, 2)
+        handle.write(b"appended")
+    with pytest.raises(artifacts.ArtifactIntegrityError, match="rewritten while it was being read"):
+        snapshot.read([contract.id_column])
+    with pytest.raises(artifacts.ArtifactIntegrityError, match="rewritten while it was being read"):
+        snapshot.rows(np.array([0, 1]))
+
+
+def test_a_missing_snapshot_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "snapshots" / "ab.parquet"
+    with pytest.raises(artifacts.ArtifactIntegrityError, match=f"artifact missing: {missing}"):
+        SnapshotFile(missing, "ab")
