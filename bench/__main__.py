@@ -21,6 +21,8 @@ from pipeline.settings import PROJECT_ROOT, Settings
 
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 DAG_PARSE_LIMIT = 0.5  # seconds a DAG file may add on top of airflow.sdk
+VALIDATION_FLOOR = "Great Expectations alone"
+EVALUATION_FLOOR = "bare predict on the holdout"
 READ_TARGET = 0.8  # the Arrow read's share of COPY-into-nothing throughput
 MEMORY_LIMIT_MB = 2048
 METHOD = """\
@@ -34,9 +36,13 @@ floors      COPY (the snapshot's SQL) TO STDOUT into a sink that drops every byt
             binary), best of {repeats}, interleaved with {repeats} Arrow reads of the same rows (the 'read
             rows -> Arrow' row, best of {repeats}); 'bare fits': each configured family's bare estimator
             fitted on the preprocessed training rows held as a float64 array (no CV, no pipeline), the
-            best of {fits} fits each, summed over the families.
+            best of {fits} fits each, summed over the families; 'Great Expectations alone': the suite
+            validated by GX on the snapshot's rows already in a frame, reporting pass or fail only
+            (BOOLEAN_ONLY), best of {fits}; 'bare predict': the candidate's predict on its holdout's
+            inputs already in memory, best of {fits}.
 vs floor    floor seconds / step seconds (1.00 = as fast as the floor); reading rows is compared with
-            the faster COPY, training with the bare fits, the whole DAG with both summed.
+            the faster COPY, validation with GX alone, training with the bare fits, evaluation with the
+            bare predict, the whole DAG with COPY and the bare fits summed.
 peak MB     getrusage high-water mark of the step's own process (interpreter and imports included;
             the JSON also has ready_mb, resident memory just before the call). The whole DAG's peak is
             its largest stage's, since each task runs in its own process.
@@ -147,6 +153,9 @@ def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, ke
         snapshot = ingest["result"]
         n = int(snapshot["row_count"])
         checked = run_stage(base, label, "validate_snapshot", snapshot_hash=snapshot["snapshot_hash"])
+        say(f"{label} floor: Great Expectations alone on the same rows and suite ...", end=" ")
+        gx_floor = probe({**base, "probe": "validation_floor", "snapshot_hash": snapshot["snapshot_hash"]})
+        say(f"{gx_floor['seconds']:.2f} s ({gx_floor['expectations']} expectations, {gx_floor['result_format']})")
         clean = checked["result"]["clean_snapshot_hash"]
         trained = run_stage(base, label, "train_candidate", clean_snapshot_hash=clean)
         say(f"{label} floor: a bare fit of each family ...", end=" ")
@@ -154,6 +163,9 @@ def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, ke
         say(", ".join(f"{name} {s:.2f} s" for name, s in fit["per_family"].items())
             + f" on {fit['shape'][0]:,} x {fit['shape'][1]}")
         evaluated = run_stage(base, label, "evaluate_candidate", version=trained["result"]["version"])
+        say(f"{label} floor: the candidate's bare predict on its holdout ...", end=" ")
+        predict_floor = probe({**base, "probe": "predict_floor", "version": trained["result"]["version"]})
+        say(f"{predict_floor['seconds']:.2f} s on {predict_floor['rows']:,} rows")
         promoted = run_stage(base, label, "promote_candidate")
         score_step, score_floor = scoring.measure(probe, say, base, label)
         quiet = sum(m["seconds"] for m in (ingest, checked, trained, evaluated, promoted))
@@ -165,23 +177,28 @@ def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, ke
 
     measured = {"ingest_snapshot": ingest, "validate_snapshot": checked, "train_candidate": trained,
                 "evaluate_candidate": evaluated, "promote_candidate": promoted}
-    floors = {"COPY into nothing": copy_floor, "bare fits, one per family": fit["seconds"]}
+    floors = {"COPY into nothing": copy_floor, "bare fits, one per family": fit["seconds"],
+              VALIDATION_FLOOR: gx_floor["seconds"], EVALUATION_FLOOR: predict_floor["seconds"]}
     steps = []
     for name, m in measured.items():
-        floor = {"ingest_snapshot": copy_floor, "train_candidate": fit["seconds"]}.get(name)
+        floor = {"ingest_snapshot": copy_floor, "train_candidate": fit["seconds"],
+                 "validate_snapshot": gx_floor["seconds"], "evaluate_candidate": predict_floor["seconds"]}.get(name)
         steps.append(report.step(name, m["seconds"], n, floor, m["peak_mb"], ready_mb=m["ready_mb"], result=m["result"]))
         if name == "ingest_snapshot":
             steps.append(report.step(report.READ_ROW, best["arrow_read"], n, copy_floor, None,
                                      all_seconds=reads["times"]["arrow_read"], other_cores=reads["other_cores"]))
+    floor_details = {"COPY into nothing": {"all_seconds": reads["times"]},
+                     "bare fits, one per family": {k: fit[k] for k in ("peak_mb", "shape", "per_family")},
+                     VALIDATION_FLOOR: {k: gx_floor[k] for k in ("peak_mb", "rows", "expectations", "result_format")},
+                     EVALUATION_FLOOR: {k: predict_floor[k] for k in ("peak_mb", "rows")}}
     steps.append(report.whole_dag(steps, n, copy_floor + fit["seconds"]))
     steps.append(busy_step)
     steps.append(score_step)
     steps.append(report.step(report.FIRST_ROW, first["seconds"], rows, None, first["peak_mb"],
                              ready_mb=first["ready_mb"], stages=first["stages"], result=first["result"]))
     return {"rows": rows, "snapshot_rows": n, "arrivals": added, "generate_seconds": generated, "steps": steps,
-            "floors": {name: {"seconds": s, **({"all_seconds": reads["times"]} if "COPY" in name else
-                                               {k: fit[k] for k in ("peak_mb", "shape", "per_family")})}
-                       for name, s in floors.items()} | {scoring.FLOOR: score_floor}}
+            "floors": {name: {"seconds": s, **floor_details[name]} for name, s in floors.items()}
+            | {scoring.FLOOR: score_floor}}
 
 
 BUSY_CORES = 0.2  # other processes' load during the read measurement that makes its ratio unreliable

@@ -22,16 +22,30 @@ KEPT_KEYS = ("snapshot_hash", "clean_snapshot_hash", "row_count", "rows_read", "
              "version", "model_family", "decision", "reason", "status", "candidate_version")
 
 
-def rss_mb() -> float:
-    """Resident memory now, from /proc (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+def _status_mb(field: str) -> float | None:
+    """A memory line of /proc/self/status (Linux), in MB."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    return float("nan")
+    return None
+
+
+def rss_mb() -> float:
+    """Resident memory now."""
+    now = _status_mb("VmRSS")
+    return float("nan") if now is None else now
 
 
 def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+    """This process's own resident high-water mark (VmHWM). Not getrusage's ru_maxrss: Linux carries that
+    over from the parent through fork and exec, so a probe started by a bench process holding 394 MB
+    reported 394 MB for a step that never used that much."""
+    own = _status_mb("VmHWM")
+    return own if own is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def timed(call: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
@@ -265,6 +279,51 @@ def _fit_floor(spec: dict[str, Any]) -> dict[str, Any]:
             "shape": list(X.shape)}
 
 
+GX_FLOOR_FORMAT = "BOOLEAN_ONLY"  # the least Great Expectations reports: whether each expectation held
+
+
+def run_validation_floor(spec: dict[str, Any]) -> dict[str, Any]:
+    """Great Expectations alone: the suite the stage validates with, on the snapshot's rows as a typed frame,
+    in a context and batch made once (neither they nor the read are timed), reporting only pass or fail;
+    best of up to three."""
+    import logging
+
+    from pipeline import validate
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ws = workspace(spec)
+    frame = ws.load_snapshot(spec["snapshot_hash"])
+    suite = validate.load_suite(ws.config.dataset.expectation_suite)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    batch = (context.data_sources.add_pandas("floor").add_dataframe_asset("rows")
+             .add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": frame}))
+    expectations = gx.ExpectationSuite(**suite)
+    seconds = min(timed(batch.validate, expectations, result_format={"result_format": GX_FLOOR_FORMAT})[1]
+                  for _ in range(min(spec["repeats"], 3)))
+    return {"seconds": seconds, "rows": len(frame), "expectations": len(suite["expectations"]),
+            "result_format": GX_FLOOR_FORMAT, "peak_mb": peak_mb()}
+
+
+def run_predict_floor(spec: dict[str, Any]) -> dict[str, Any]:
+    """The candidate's bare `predict` on its holdout's model inputs, already in memory, on the threads a stage
+    gets; best of up to three."""
+    from pipeline import registry, threads
+    from pipeline.features import model_inputs
+
+    with threads.for_task(Path(spec["config_path"])):
+        ws = workspace(spec)
+        with ws.engine.connect() as conn:
+            model = registry.get_model(conn, spec["version"], ws.model)
+        _, holdout = ws.holdout_rows(model["snapshot_hash"], ws.config.training.holdout_fraction)
+        inputs, fitted = model_inputs(holdout, ws.config.dataset), ws.load_model(model["artifact_hash"])
+        seconds = min(timed(fitted.predict, inputs)[1] for _ in range(min(spec["repeats"], 3)))
+    return {"seconds": seconds, "rows": len(inputs), "peak_mb": peak_mb()}
+
+
 LIGHT_PIPELINE_MODULES = {"pipeline", "pipeline.config", "pipeline.settings"}  # what a DAG file may import: model names
 
 
@@ -287,7 +346,7 @@ def run_dag_import(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 PROBES = {"stage": run_stage, "retrain": run_retrain, "read_floor": run_read_floor, "fit_floor": run_fit_floor,
-          "dag_import": run_dag_import}
+          "validation_floor": run_validation_floor, "predict_floor": run_predict_floor, "dag_import": run_dag_import}
 
 
 def main() -> None:

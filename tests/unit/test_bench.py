@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from bench import report, workload
@@ -122,3 +125,11 @@ def test_plot_is_written(tmp_path: Path) -> None:
     report.plot([size(10**4, SECONDS, PEAKS), size(10**5, SECONDS, PEAKS)], tmp_path / "plot.png")
 
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_probe_reports_its_own_peak_not_its_parents() -> None:
+    held = np.ones(300 << 20, dtype=np.uint8)  # this process now holds 300 MB more than a bare interpreter
+    done = subprocess.run([sys.executable, "-c", "from bench.probe import peak_mb; print(peak_mb())"],
+                          capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) < 200 < held.nbytes / 2**20, done.stdout
