@@ -404,16 +404,44 @@ def feature_importance(model: Any, holdout: pd.DataFrame, contract: DatasetContr
                       "rise in RMSE")
 
 
-def card_content(ws: Workspace, model: Mapping[str, Any], snapshot: Mapping[str, Any],
-                 evaluation: dict[str, Any] | None) -> CardContent:
-    """Score a model version on its own holdout and collect what its card shows."""
-    contract, params = ws.config.dataset, model["params"]
-    # The fraction the version was trained with, so train and holdout rows are the ones it saw.
-    fraction = float(params.get("holdout_fraction", ws.config.training.holdout_fraction))
+@dataclass(frozen=True)
+class Scored:
+    """A version scored on its own whole holdout, as its evaluation scored it: the card is drawn from it
+    instead of reading and scoring the holdout again."""
+
+    version: int
+    holdout_fraction: float
+    train_mean: float
+    holdout: pd.DataFrame
+    predicted: np.ndarray
+    behaviour: dict[str, Any]
+    model: Any
+
+
+def _holdout_fraction(ws: Workspace, model: Mapping[str, Any]) -> float:
+    """The fraction the version was trained with, so train and holdout rows are the ones it saw."""
+    return float(model["params"].get("holdout_fraction", ws.config.training.holdout_fraction))
+
+
+def _scored(ws: Workspace, model: Mapping[str, Any], snapshot: Mapping[str, Any], scored: Scored | None) -> Scored:
+    if scored is not None and scored.version == model["version"] and scored.holdout_fraction == _holdout_fraction(
+            ws, model):
+        return scored
+    contract, fraction = ws.config.dataset, _holdout_fraction(ws, model)
     train_mean, holdout = ws.holdout_rows(snapshot["snapshot_hash"], fraction)
     fitted = ws.load_model(model["artifact_hash"])
+    return Scored(int(model["version"]), fraction, train_mean, holdout, fitted.predict(model_inputs(holdout, contract)),
+                  evaluate.behaviour_checks(fitted, holdout, contract, ws.config.promotion), fitted)
+
+
+def card_content(ws: Workspace, model: Mapping[str, Any], snapshot: Mapping[str, Any],
+                 evaluation: dict[str, Any] | None, scored: Scored | None = None) -> CardContent:
+    """Collect what a version's card shows, from its scores on its own holdout: `scored` when its evaluation
+    hands them over, else read and scored here."""
+    contract, params = ws.config.dataset, model["params"]
+    scored = _scored(ws, model, snapshot, scored)
+    holdout, predicted, train_mean = scored.holdout, scored.predicted, scored.train_mean
     observed = holdout[contract.target_column].to_numpy(float)
-    predicted = fitted.predict(model_inputs(holdout, contract))
     baseline = evaluate.regression_metrics(observed, np.full(len(observed), train_mean))
     policy = ws.config.promotion
     slices, source = card_slices(evaluate.slice_table(holdout, contract, policy, predicted, None), evaluation)
@@ -424,9 +452,9 @@ def card_content(ws: Workspace, model: Mapping[str, Any], snapshot: Mapping[str,
         slices=slices, slice_source=source,
         slice_tolerance=policy_value(evaluation, "slice_tolerance", policy.slice_tolerance),
         min_slice_rows=policy_value(evaluation, "min_slice_rows", policy.min_slice_rows),
-        importance=feature_importance(fitted, holdout, contract, int(params.get("seed", ws.config.training.seed))),
-        behaviour=evaluate.behaviour_checks(fitted, holdout, contract, policy),
-        evaluation=evaluation, interval=_interval(ws, int(model["version"])))
+        importance=feature_importance(scored.model, holdout, contract,
+                                      int(params.get("seed", ws.config.training.seed))),
+        behaviour=scored.behaviour, evaluation=evaluation, interval=_interval(ws, int(model["version"])))
 
 
 def policy_value(evaluation: Mapping[str, Any] | None, key: str, configured: Any) -> Any:
@@ -556,13 +584,14 @@ def _evaluation_of(conn: Connection, run_id: str) -> dict[str, Any] | None:
         return None
 
 
-def render_model_card(ws: Workspace, version: int) -> Path:
-    """Write the model card of a registered version, record it, and return the file's path."""
+def render_model_card(ws: Workspace, version: int, scored: Scored | None = None) -> Path:
+    """Write the model card of a registered version, record it, and return the file's path; `scored`: its
+    holdout scores, when the caller has them (`card_content`)."""
     with ws.engine.connect() as conn:
         model = registry.get_model(conn, version, ws.config.model)
         snapshot = registry.get_snapshot(conn, model["snapshot_hash"])
         evaluation = _evaluation_of(conn, model["run_id"])
-    path = _store_page(ws, model_card_html(card_content(ws, model, snapshot, evaluation)))
+    path = _store_page(ws, model_card_html(card_content(ws, model, snapshot, evaluation, scored)))
     with ws.engine.begin() as conn:
         record_page(conn, version, "card", model["run_id"], path)
     return path

@@ -56,7 +56,9 @@ def unreadable_reason(value: object) -> tuple[str, str, str] | None:
 
 
 def _unreadable_cells(values: pd.Series) -> pd.Series:
-    if values.dtype != object:
+    # An Unreadable among other values makes the column "mixed" to pandas' type inference (in C): a column of
+    # dates, texts or numbers alone holds none, and is not looked at cell by cell.
+    if values.dtype != object or not pd.api.types.infer_dtype(values, skipna=True).startswith("mixed"):
         return pd.Series(False, index=values.index)
     return values.map(lambda v: isinstance(v, Unreadable)).astype(bool)
 

@@ -43,7 +43,7 @@ from pipeline.quality import (
     normalise,
     plausibility_reasons,
 )
-from pipeline.validate import SAMPLE_IDS, exception_message, run_suite
+from pipeline.validate import SAMPLE_IDS, exception_message, run_suite, suite_validation
 
 CHUNK_ROWS = 1 << 17  # rows per chunk: about 30 MB of raw rows, whatever the snapshot's size
 # pyarrow's own row group size (parquet's DEFAULT_MAX_ROW_GROUP_LENGTH), which `snapshot_bytes` leaves as is
@@ -77,7 +77,6 @@ UNMERGEABLE_ARGUMENTS = frozenset({"mostly", "row_condition", "condition_parser"
 BATCH_COUNTS = ("element_count", "unexpected_count", "unexpected_percent", "missing_count", "missing_percent",
                 "unexpected_percent_total", "unexpected_percent_nonmissing")
 
-ChunkSource = Callable[[], Iterator[pd.DataFrame]]  # each call: the raw rows again, chunk by chunk, indexed by position
 
 
 class NotStreamable(RuntimeError):
@@ -102,7 +101,38 @@ def give_back_memory() -> None:
 
 # --- chunk sources ---------------------------------------------------------------------------------------
 
-def frame_chunks(frames: list[pd.DataFrame], chunk_rows: int) -> ChunkSource:
+@dataclass(frozen=True)
+class Chunks:
+    """Raw rows chunk by chunk, indexed by position: each call reads them again. `dtypes` are the whole
+    batch's (as their concatenation has them). A chunk has them already, but where they are objects: such a
+    column keeps its own dtype in the chunk, and only the rows kept are made objects (`conform`). Casting
+    gives such a column the same values either way, and a datetime column made objects cost more than the
+    rest of a chunk's checks."""
+
+    read: Callable[[], Iterator[pd.DataFrame]]
+    dtypes: dict[str, Any]
+
+    def __call__(self) -> Iterator[pd.DataFrame]:
+        return self.read()
+
+    def conform(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Rows of a chunk with the whole batch's dtypes, objects too."""
+        return _conformed(frame, self.dtypes)
+
+    def cast_by(self, contract: DatasetContract) -> Chunks:
+        """These chunks, with the columns the contract does not cast made objects in full as well."""
+        others = {c: d for c, d in self.dtypes.items() if pd.api.types.is_object_dtype(d) and c not in contract.column_types()}
+        if not others:
+            return self
+        read = self.read
+        return Chunks(lambda: (_conformed(chunk, others) for chunk in read()), self.dtypes)
+
+
+def _cheaply_conformed(frame: pd.DataFrame, dtypes: dict[str, Any]) -> pd.DataFrame:
+    return _conformed(frame, {c: d for c, d in dtypes.items() if not pd.api.types.is_object_dtype(d)})
+
+
+def frame_chunks(frames: list[pd.DataFrame], chunk_rows: int) -> Chunks:
     """Frames already in memory, one after the other, as chunks with the dtypes their concatenation has."""
     dtypes = _common_dtypes([frame.dtypes.to_dict() for frame in frames if len(frame)])
 
@@ -111,12 +141,12 @@ def frame_chunks(frames: list[pd.DataFrame], chunk_rows: int) -> ChunkSource:
         for frame in frames:
             for start in range(0, len(frame), chunk_rows):
                 chunk = frame.iloc[start:start + chunk_rows]
-                yield _positioned(_conformed(chunk, dtypes), offset)
+                yield _positioned(_cheaply_conformed(chunk, dtypes), offset)
                 offset += len(chunk)
-    return chunks
+    return Chunks(chunks, dtypes)
 
 
-def parquet_chunks(paths: list[Path], chunk_rows: int) -> ChunkSource:
+def parquet_chunks(paths: list[Path], chunk_rows: int) -> Chunks:
     """Snapshot files (already checked against their hashes), one after the other, read `chunk_rows` at a
     time, with the dtypes `ingest.load_snapshot` and their concatenation give the whole frame."""
     dtypes = _common_dtypes([_batch_dtypes(batch) for path in paths for batch in _batches(path, chunk_rows)])
@@ -127,10 +157,10 @@ def parquet_chunks(paths: list[Path], chunk_rows: int) -> ChunkSource:
         for path in paths:
             for batch in _batches(path, chunk_rows):
                 if batch.num_rows:
-                    frame = _conformed(ingest.arrow_to_frame(batch), dtypes)
+                    frame = _cheaply_conformed(ingest.arrow_to_frame(batch), dtypes)
                     yield _positioned(frame, offset)
                     offset += len(frame)
-    return chunks
+    return Chunks(chunks, dtypes)
 
 
 def _batches(path: Path, chunk_rows: int) -> Iterator[pa.Table]:
@@ -185,11 +215,12 @@ class Evidence:
     missing_counts: list[int | None] = field(default_factory=list)
     keys: list[list[np.ndarray]] = field(default_factory=list)  # per comparing rule, per chunk
     fingerprint: Any = field(default_factory=lambda: hashlib.md5(usedforsecurity=False))
+    conform: Callable[[pd.DataFrame], pd.DataFrame] = lambda frame: frame  # raw rows to the batch's dtypes
 
     def keep(self, raw: pd.DataFrame, typed: pd.DataFrame, positions: set[int]) -> None:
         chosen = sorted(positions - self.kept)
         if chosen:
-            self.raw.append(raw.loc[chosen])
+            self.raw.append(self.conform(raw.loc[chosen]))
             self.typed.append(typed.loc[chosen])
             self.kept.update(chosen)
 
@@ -211,21 +242,22 @@ def _check_chunk(raw: pd.DataFrame, contract: DatasetContract, suite: dict[str, 
     """Pass 1 on one chunk: judge it, keep what is flagged, count, hash the keys of the comparing rules."""
     _, records, typed, cast_reasons = _prepared(raw, contract, suite)
     checked = typed.drop(columns=ROW_COLUMN)
-    result = run_suite(checked, suite, None)
+    results = suite_validation(checked, suite, None).results  # GX's objects: only counts and row indices are read
     flagged = set(cast_reasons) | set(plausibility_reasons(typed, contract, bounds, {}))
     if not evidence.element_counts:
-        evidence.element_counts = [0] * len(result["results"])
-        evidence.missing_counts = [0] * len(result["results"])
+        evidence.element_counts = [0] * len(results)
+        evidence.missing_counts = [0] * len(results)
         flagged.add(int(typed.index[0]))  # never an empty batch for GX to judge at the end
-    for i, entry in enumerate(result["results"]):
-        if exception_message(entry.get("exception_info") or {}):
-            raise NotStreamable(f"{entry['expectation_config']['type']} raised on a chunk")
-        outcome = entry.get("result") or {}
+    for i, entry in enumerate(results):
+        kind = entry.expectation_config.type
+        if exception_message(entry.exception_info or {}):
+            raise NotStreamable(f"{kind} raised on a chunk")
+        outcome = entry.result or {}
         evidence.element_counts[i] += int(outcome.get("element_count") or 0)
         missing = evidence.missing_counts[i]
         evidence.missing_counts[i] = None if missing is None or "missing_count" not in outcome else (
             missing + int(outcome["missing_count"]))
-        if entry["expectation_config"]["type"] not in COMPARING_RULES:
+        if kind not in COMPARING_RULES:
             flagged.update(int(p) for p in outcome.get("unexpected_index_list") or [])
     evidence.keep(raw, typed, flagged)
     evidence.cast_reasons.update(cast_reasons)
@@ -346,7 +378,7 @@ def _verdicts(evidence: Evidence, contract: DatasetContract, suite: dict[str, An
     return reasons, result, schema_failures, raw, typed
 
 
-def _fetch_repeated(chunks: ChunkSource, evidence: Evidence, contract: DatasetContract, suite: dict[str, Any]) -> None:
+def _fetch_repeated(chunks: Chunks, evidence: Evidence, contract: DatasetContract, suite: dict[str, Any]) -> None:
     """Pass 2: the rows whose key repeats and that no rule flagged yet, kept for GX to compare."""
     wanted: set[int] = set()
     for keys in evidence.keys:
@@ -406,7 +438,7 @@ class CleanWriter:
         return memoryview(self.sink.getvalue())
 
 
-def _write_clean(chunks: ChunkSource, labelled: int, bad: set[int], contract: DatasetContract,
+def _write_clean(chunks: Chunks, labelled: int, bad: set[int], contract: DatasetContract,
                  suite: dict[str, Any]) -> tuple[memoryview, int]:
     """Pass 3: each chunk's valid labelled rows, cast again, to the clean snapshot."""
     writer = CleanWriter()
@@ -433,14 +465,15 @@ class Classified:
     clean: memoryview
 
 
-def classify_chunks(chunks: ChunkSource, labelled: int, contract: DatasetContract, suite: dict[str, Any],
+def classify_chunks(chunks: Chunks, labelled: int, contract: DatasetContract, suite: dict[str, Any],
                     policy: QualityPolicy | None = None) -> Classified:
     """`quality.classify_with_awaiting` on chunked rows (the first `labelled` are labelled, the rest await
     their outcome), with the clean snapshot written as the chunks go. NotStreamable when it cannot."""
     if not streamable(suite) or labelled == 0:
         raise NotStreamable("the suite has a rule that needs the whole batch at once" if labelled else "no rows")
     bounds = policy.age_at_event_years if policy else DEFAULT_AGE_AT_EVENT_YEARS
-    evidence = Evidence()
+    chunks = chunks.cast_by(contract)
+    evidence = Evidence(conform=chunks.conform)
     for raw in chunks():
         _check_chunk(raw, contract, suite, bounds, evidence)
         give_back_memory()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
 
+from pipeline import threads
 from pipeline.config import DatasetContract, PromotionPolicy, SliceSpec
 from pipeline.drift import monitored_columns
 from pipeline.features import model_inputs
@@ -42,6 +45,30 @@ def score_model(model: Any, holdout: pd.DataFrame, contract: DatasetContract) ->
     return regression_metrics(holdout[contract.target_column].to_numpy(), predicted)
 
 
+BOOTSTRAP_BLOCK = 16  # resamples drawn at once: 16 x the holdout's rows as int32 (13 MB at 200,000 rows)
+
+
+def _resample_blocks(rng: np.random.Generator, n: int, samples: int) -> Iterator[np.ndarray]:
+    """The row indices of every resample, BOOTSTRAP_BLOCK resamples at a time: the numbers
+    `rng.integers(0, n, size=n)` would give resample after resample (the generator fills a block
+    draw by draw, and int32 draws are the int64 ones' values for n < 2**31)."""
+    for start in range(0, samples, BOOTSTRAP_BLOCK):
+        yield rng.integers(0, n, size=(min(BOOTSTRAP_BLOCK, samples - start), n), dtype=np.int32)
+
+
+def _ahead(blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """The blocks, the next one drawn on a second thread while this one is counted (numpy draws without
+    the GIL): only when the task may use two threads."""
+    if threads.task_threads() < 2:
+        yield from blocks
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(next, blocks, None)
+        while (block := pending.result()) is not None:
+            pending = pool.submit(next, blocks, None)
+            yield block
+
+
 def bootstrap_improvement(observed: np.ndarray, champion: np.ndarray, candidate: np.ndarray,
                           samples: int, confidence: float, seed: int) -> dict[str, float]:
     """Paired bootstrap of RMSE(champion) - RMSE(candidate) over the same resampled holdout rows."""
@@ -49,9 +76,29 @@ def bootstrap_improvement(observed: np.ndarray, champion: np.ndarray, candidate:
     n = len(observed)
     squared_errors = np.column_stack([(champion - observed) ** 2, (candidate - observed) ** 2])
     gains = np.empty(samples)
+    sample = 0
+    for block in _ahead(_resample_blocks(rng, n, samples)):
+        for drawn in block:
+            # How often each row was drawn, then both error sums in one pass over the rows: gathering
+            # the drawn rows' errors instead was 2.4x slower at 2M rows (random reads miss the cache).
+            times_drawn = np.bincount(drawn, minlength=n).astype(np.float64)
+            champion_mse, candidate_mse = (times_drawn @ squared_errors) / n
+            gains[sample] = np.sqrt(champion_mse) - np.sqrt(candidate_mse)
+            sample += 1
+    tail = (1.0 - confidence) / 2.0
+    return {"mean": float(gains.mean()), "low": float(np.quantile(gains, tail)),
+            "high": float(np.quantile(gains, 1.0 - tail)), "confidence": confidence, "samples": samples}
+
+
+def bootstrap_reference(observed: np.ndarray, champion: np.ndarray, candidate: np.ndarray,
+                        samples: int, confidence: float, seed: int) -> dict[str, float]:
+    """`bootstrap_improvement` as it was first written, one resample at a time: the tests hold the fast one
+    to it, number for number."""
+    rng = np.random.default_rng(seed)
+    n = len(observed)
+    squared_errors = np.column_stack([(champion - observed) ** 2, (candidate - observed) ** 2])
+    gains = np.empty(samples)
     for sample in range(samples):
-        # How often each row was drawn, then both error sums in one pass over the rows: gathering
-        # the drawn rows' errors instead was 2.4x slower at 2M rows (random reads miss the cache).
         times_drawn = np.bincount(rng.integers(0, n, size=n), minlength=n).astype(np.float64)
         champion_mse, candidate_mse = (times_drawn @ squared_errors) / n
         gains[sample] = np.sqrt(champion_mse) - np.sqrt(candidate_mse)
@@ -89,7 +136,7 @@ def slice_labels(frame: pd.DataFrame, contract: DatasetContract, spec: SliceSpec
     edges = list(spec.edges)
     names = [f"<{edges[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(edges, edges[1:], strict=False)] + [f">={edges[-1]:g}"]
     bands = np.searchsorted(np.array(edges), values.to_numpy(float), side="right")
-    return pd.Series([names[b] for b in bands], index=frame.index).where(values.notna(), MISSING_GROUP)
+    return pd.Series(np.array(names, dtype=object)[bands], index=frame.index).where(values.notna(), MISSING_GROUP)
 
 
 def slice_table(holdout: pd.DataFrame, contract: DatasetContract, policy: PromotionPolicy,
@@ -112,10 +159,12 @@ def slice_table(holdout: pd.DataFrame, contract: DatasetContract, policy: Promot
     return rows
 
 
-def behaviour_checks(model: Any, holdout: pd.DataFrame, contract: DatasetContract, policy: PromotionPolicy) -> dict[str, Any]:
-    """Plausible range, invariance to the patient id, and the directions medicine is sure of."""
+def behaviour_checks(model: Any, holdout: pd.DataFrame, contract: DatasetContract, policy: PromotionPolicy,
+                     predicted: np.ndarray | None = None) -> dict[str, Any]:
+    """Plausible range, invariance to the patient id, and the directions medicine is sure of; `predicted`:
+    the model's predictions on the holdout, when the caller has them already."""
     X = model_inputs(holdout, contract)
-    predicted = model.predict(X)
+    predicted = model.predict(X) if predicted is None else predicted
     failures = []
     finite = bool(np.all(np.isfinite(predicted)))
     low, high = policy.prediction_range or (-np.inf, np.inf)

@@ -259,11 +259,22 @@ def _suite_reasons(result: dict[str, Any], typed: pd.DataFrame, unreadable: set[
             continue
         positions, reason = flagged
         columns = domain_columns(reason["rule"], entry["expectation_config"]["kwargs"])
-        for position in positions:
-            if columns and all((position, c) in unreadable for c in columns):
-                continue  # GX saw a cell that would not cast as missing: its reason is wrong_type, already given
-            reasons.setdefault(position, []).append({**reason, "value": _values(typed, position, columns)})
+        if columns:  # GX saw a cell that would not cast as missing: its reason is wrong_type, already given
+            positions = [p for p in positions if not all((p, c) in unreadable for c in columns)]
+        for position, value in zip(positions, _values_at(typed, positions, columns), strict=True):
+            reasons.setdefault(position, []).append({**reason, "value": value})
     return reasons, batch_failures
+
+
+def _values_at(typed: pd.DataFrame, positions: list[int], columns: list[str]) -> list[str | None]:
+    """`_values` of many rows at once: each column's cells are picked in one step, not one by one."""
+    present = [c for c in columns if c in typed]
+    cells = [[typed.at[p, c] for p in positions] if len(positions) < 2 else list(typed[c].loc[positions].array)
+             for c in present]
+    if len(present) == 1:
+        return [_cell_text(v) for v in cells[0]]
+    return [", ".join(f"{c}={_cell_text(v) or 'missing'}" for c, v in zip(present, row, strict=True)) or None
+            for row in zip(*cells, strict=True)] if present else [None] * len(positions)
 
 
 def classify_rows(frame: pd.DataFrame, contract: DatasetContract, suite: dict[str, Any],

@@ -535,12 +535,14 @@ def comparison_holdout(ws: Workspace, holdout: Any, champion: dict[str, Any] | N
 
 
 def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str, Any] | None,
-                    policy: PromotionPolicy) -> dict[str, Any]:
+                    policy: PromotionPolicy) -> tuple[dict[str, Any], cards.Scored | None]:
     """Everything a promotion decision rests on, computed on the candidate's held-out rows less those the
-    champion trained on (a champion judged on its own training rows would look better than it is)."""
-    contract = ws.config.dataset
-    train_mean, holdout = ws.holdout_rows(candidate["snapshot_hash"], ws.config.training.holdout_fraction)
-    holdout, excluded, rows_unknown = comparison_holdout(ws, holdout, champion)
+    champion trained on (a champion judged on its own training rows would look better than it is); and,
+    when those are its whole holdout, the candidate's scores on it, for its card."""
+    contract, fraction = ws.config.dataset, ws.config.training.holdout_fraction
+    train_mean, whole = ws.holdout_rows(candidate["snapshot_hash"], fraction)
+    holdout, excluded, rows_unknown = comparison_holdout(ws, whole, champion)
+    del whole
     observed = holdout[contract.target_column].to_numpy()
     model = ws.load_model(candidate["artifact_hash"])
     predicted = model.predict(model_inputs(holdout, contract))
@@ -551,7 +553,7 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
         "holdout_rows": len(holdout),
         "holdout_rows_excluded_champion_trained": excluded,
         "interval": _interval_evidence(ws, candidate["version"], observed, predicted) if finite else None,
-        "behaviour": evaluate.behaviour_checks(model, holdout, contract, policy),
+        "behaviour": evaluate.behaviour_checks(model, holdout, contract, policy, predicted),
         "candidate": evaluate.regression_metrics(observed, predicted) if finite else None,
         "champion": None if champion_predicted is None else evaluate.regression_metrics(observed, champion_predicted),
         "champion_error": champion_error,
@@ -564,7 +566,9 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
         evidence["bootstrap"] = evaluate.bootstrap_improvement(
             observed, champion_predicted, predicted, policy.bootstrap_samples, policy.confidence,
             seed=ws.config.training.seed)
-    return evidence
+    scored = None if excluded else cards.Scored(int(candidate["version"]), fraction, train_mean, holdout, predicted,
+                                                evidence["behaviour"], model)
+    return evidence, scored
 
 
 def _interval_evidence(ws: Workspace, version: int, observed: Any, predicted: Any) -> dict[str, Any]:
@@ -590,8 +594,9 @@ def evaluate_candidate(ws: Workspace, run: Run, version: int, margin: float | No
         recorded = registry.get_evaluation(conn, run.run_id) if already_promoted else None
     if recorded is not None:  # a retried task after this run promoted: the record stands
         return {**_evaluation_summary(recorded), **_render_pages(ws, version, run.run_id)}
+    scored = None
     try:
-        evidence = gather_evidence(ws, candidate, champion, policy)
+        evidence, scored = gather_evidence(ws, candidate, champion, policy)
         if evidence["champion_error"]:
             decision = evaluate.Decision(False, f"fail closed: {evidence['champion_error']}")
         elif evidence["candidate"] is None:
@@ -614,8 +619,8 @@ def evaluate_candidate(ws: Workspace, run: Run, version: int, margin: float | No
     }
     with ws.engine.begin() as conn:
         registry.record_evaluation(conn, run.run_id, evaluation)
-    memory.give_back()  # the holdouts, before the pages read their own
-    pages = _render_pages(ws, version, run.run_id)
+    memory.give_back()  # the champion's rows and scores, before the pages
+    pages = _render_pages(ws, version, run.run_id, scored)
     log.info("evaluate: decision %s for version %s against champion %s (RMSE %s vs %s on %d holdout rows): %s; "
              "card %s, comparison %s", decision.label, version, evaluation["champion_version"],
              _metric(evidence["candidate"]), _metric(evidence["champion"]), evidence["holdout_rows"], decision.reason,
@@ -628,9 +633,10 @@ def _metric(metrics: dict[str, Any] | None, name: str = "rmse") -> str:
     return f"{value:.3f}" if isinstance(value, int | float) else "n/a"
 
 
-def _render_pages(ws: Workspace, version: int, run_id: str) -> dict[str, str | None]:
-    """The candidate's model card and the decision's comparison page, once the decision is recorded."""
-    return {"card": _render_page(cards.render_model_card, ws, version),
+def _render_pages(ws: Workspace, version: int, run_id: str, scored: cards.Scored | None = None) -> dict[str, str | None]:
+    """The candidate's model card (from `scored`, its holdout scores, when the evaluation has them) and the
+    decision's comparison page, once the decision is recorded."""
+    return {"card": _render_page(lambda w, v: cards.render_model_card(w, v, scored), ws, version),
             "comparison": _render_page(cards.render_comparison, ws, run_id)}
 
 

@@ -35,6 +35,14 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def task_threads() -> int:
+    """The threads this task may keep busy: its pools' size when `sized` set it, else the available cores."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS") or available_cores()))
+    except ValueError:
+        return available_cores()
+
+
 def task_slots(environ: MutableMapping[str, str]) -> tuple[int, str]:
     """How many tasks this process's worker runs at once, and where that number comes from: PIPELINE_TASK_SLOTS
     (the workers sharing this machine, together), a Celery worker's concurrency, a LocalExecutor's parallelism,

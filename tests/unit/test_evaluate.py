@@ -182,3 +182,18 @@ def test_score_model_passes_only_the_feature_columns(holdout: pd.DataFrame, cont
     score_model(Recording(150.0), holdout, contract)
     assert seen == [contract.feature_names()]
     assert contract.target_column not in seen[0]
+
+
+@pytest.mark.parametrize("rows, samples", [(7, 37), (1001, 33), (20_000, 50)])
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_the_blocked_bootstrap_gives_the_one_at_a_time_numbers(rows: int, samples: int, threads: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.evaluate import bootstrap_improvement, bootstrap_reference
+
+    monkeypatch.setenv("OMP_NUM_THREADS", threads)  # one thread, or the next block drawn on a second
+    rng = np.random.default_rng(rows)
+    observed = rng.normal(150, 40, rows)
+    champion, challenger = observed + rng.normal(0, 30, rows), observed + rng.normal(0, 29, rows)
+    fast = bootstrap_improvement(observed, champion, challenger, samples, 0.95, seed=42)
+    assert fast == bootstrap_reference(observed, champion, challenger, samples, 0.95, seed=42)
+    assert fast != bootstrap_improvement(observed, champion, challenger, samples, 0.95, seed=43)

@@ -683,3 +683,19 @@ def test_report_states_the_quarantined_share_against_the_limit(classified: quali
     assert (f"{quarantined} of {read} labelled rows quarantined ({share:.2%}): within the limit of 5.00% "
             "(quality.max_quarantine_share)") in within
     assert f"({share:.2%}): over the limit of 1.00% (quality.max_quarantine_share), so the run stops." in over
+
+
+def test_reason_values_read_in_bulk_are_those_read_cell_by_cell() -> None:
+    import datetime
+
+    from pipeline.quality import _values, _values_at
+
+    frame = pd.DataFrame({
+        "i": pd.array([1, None, 3, 4], dtype="Int64"), "f": [1.5, float("nan"), 0.1, 3.0],
+        "s": pd.array(["a", None, "c ", "d"], dtype="string"),
+        "t": pd.to_datetime(["2020-01-01", None, "2021-02-03", "2022-01-01"], utc=True),
+        "d": pd.Series([datetime.date(2020, 1, 1), None, datetime.date(1999, 1, 2), None], dtype=object),
+        "o": pd.Series([1, "x", None, 2.5], dtype=object)}, index=[10, 11, 12, 13])
+    for columns in (["i"], ["f"], ["s"], ["t"], ["d"], ["o"], ["i", "s"], ["t", "d"], [], ["nope"], ["f", "nope"]):
+        for positions in ([13, 10, 11, 12], [11], []):
+            assert _values_at(frame, positions, columns) == [_values(frame, p, columns) for p in positions]
