@@ -294,23 +294,17 @@ GX_FLOOR_FORMAT = "BOOLEAN_ONLY"  # the least Great Expectations reports: whethe
 
 def run_validation_floor(spec: dict[str, Any]) -> dict[str, Any]:
     """Great Expectations alone: the suite the stage validates with, on the snapshot's rows as a typed frame,
-    in a context and batch made once (neither they nor the read are timed), reporting only pass or fail;
-    best of up to three."""
-    import logging
-
+    in the stage's own context and batch definition, made once (neither they nor the read are timed),
+    reporting only pass or fail; best of up to three."""
     from pipeline import validate
 
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    batches = validate.whole_frame_batches()  # GX imported, its logging and progress bars quieted
     import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     ws = workspace(spec)
     frame = ws.load_snapshot(spec["snapshot_hash"])
     suite = validate.load_suite(ws.config.dataset.expectation_suite)
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    batch = (context.data_sources.add_pandas("floor").add_dataframe_asset("rows")
-             .add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": frame}))
+    batch = batches.get_batch(batch_parameters={"dataframe": frame})
     expectations = gx.ExpectationSuite(**suite)
     seconds = min(timed(batch.validate, expectations, result_format={"result_format": GX_FLOOR_FORMAT})[1]
                   for _ in range(min(spec["repeats"], 3)))

@@ -90,23 +90,6 @@ def bootstrap_improvement(observed: np.ndarray, champion: np.ndarray, candidate:
             "high": float(np.quantile(gains, 1.0 - tail)), "confidence": confidence, "samples": samples}
 
 
-def bootstrap_reference(observed: np.ndarray, champion: np.ndarray, candidate: np.ndarray,
-                        samples: int, confidence: float, seed: int) -> dict[str, float]:
-    """`bootstrap_improvement` as it was first written, one resample at a time: the tests hold the fast one
-    to it, number for number."""
-    rng = np.random.default_rng(seed)
-    n = len(observed)
-    squared_errors = np.column_stack([(champion - observed) ** 2, (candidate - observed) ** 2])
-    gains = np.empty(samples)
-    for sample in range(samples):
-        times_drawn = np.bincount(rng.integers(0, n, size=n), minlength=n).astype(np.float64)
-        champion_mse, candidate_mse = (times_drawn @ squared_errors) / n
-        gains[sample] = np.sqrt(champion_mse) - np.sqrt(candidate_mse)
-    tail = (1.0 - confidence) / 2.0
-    return {"mean": float(gains.mean()), "low": float(np.quantile(gains, tail)),
-            "high": float(np.quantile(gains, 1.0 - tail)), "confidence": confidence, "samples": samples}
-
-
 MISSING_GROUP = "(missing)"
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?"
 _BAND = re.compile(rf"^(?:<(?P<below>{_NUMBER})|>=(?P<above>{_NUMBER})|(?P<low>{_NUMBER})-(?P<high>{_NUMBER}))$")

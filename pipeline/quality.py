@@ -269,8 +269,7 @@ def _suite_reasons(result: dict[str, Any], typed: pd.DataFrame, unreadable: set[
 def _values_at(typed: pd.DataFrame, positions: list[int], columns: list[str]) -> list[str | None]:
     """`_values` of many rows at once: each column's cells are picked in one step, not one by one."""
     present = [c for c in columns if c in typed]
-    cells = [[typed.at[p, c] for p in positions] if len(positions) < 2 else list(typed[c].loc[positions].array)
-             for c in present]
+    cells = [list(typed[c].loc[positions].array) for c in present]
     if len(present) == 1:
         return [_cell_text(v) for v in cells[0]]
     return [", ".join(f"{c}={_cell_text(v) or 'missing'}" for c, v in zip(present, row, strict=True)) or None

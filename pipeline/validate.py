@@ -131,7 +131,7 @@ def check_expectations(suite: dict[str, Any]) -> None:
 
 
 @functools.cache
-def _whole_frame_batches() -> Any:
+def whole_frame_batches() -> Any:
     """A batch definition over whatever DataFrame a validation hands it, in one ephemeral context per process:
     a context costs a tenth of a second to make, and a chunked validation validates a batch per chunk."""
     # GX's own INFO lines (about 200 per run, most while it is first imported) bury the stage's summary in a
@@ -147,20 +147,17 @@ def _whole_frame_batches() -> Any:
         "all_rows")
 
 
-def suite_validation(frame: pd.DataFrame, suite: dict[str, Any], id_column: str | None,
-                     result_format: str = "COMPLETE") -> Any:
+def suite_validation(frame: pd.DataFrame, suite: dict[str, Any], id_column: str | None) -> Any:
     """Great Expectations' own result object of validating a DataFrame with the suite; failing rows are
     named by `id_column`, else by index. Without the query GX writes to select the failing rows: no caller
     reads it, and it spells out every failing row's index."""
     import great_expectations as gx
 
     check_expectations(suite)
-    batch = _whole_frame_batches().get_batch(batch_parameters={"dataframe": frame})
-    options: dict[str, Any] = {"result_format": result_format}
+    batch = whole_frame_batches().get_batch(batch_parameters={"dataframe": frame})
+    options: dict[str, Any] = {"result_format": "COMPLETE", "return_unexpected_index_query": False}
     if id_column is not None:
         options["unexpected_index_column_names"] = [id_column]
-    if result_format == "COMPLETE":
-        options["return_unexpected_index_query"] = False
     return batch.validate(gx.ExpectationSuite(**suite), result_format=options)
 
 

@@ -188,7 +188,7 @@ def test_score_model_passes_only_the_feature_columns(holdout: pd.DataFrame, cont
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_the_blocked_bootstrap_gives_the_one_at_a_time_numbers(rows: int, samples: int, threads: str,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.evaluate import bootstrap_improvement, bootstrap_reference
+    from pipeline.evaluate import bootstrap_improvement
 
     monkeypatch.setenv("OMP_NUM_THREADS", threads)  # one thread, or the next block drawn on a second
     rng = np.random.default_rng(rows)
@@ -197,3 +197,19 @@ def test_the_blocked_bootstrap_gives_the_one_at_a_time_numbers(rows: int, sample
     fast = bootstrap_improvement(observed, champion, challenger, samples, 0.95, seed=42)
     assert fast == bootstrap_reference(observed, champion, challenger, samples, 0.95, seed=42)
     assert fast != bootstrap_improvement(observed, champion, challenger, samples, 0.95, seed=43)
+
+
+def bootstrap_reference(observed: np.ndarray, champion: np.ndarray, candidate: np.ndarray,
+                        samples: int, confidence: float, seed: int) -> dict[str, float]:
+    """`evaluate.bootstrap_improvement` as it was first written, one resample at a time."""
+    rng = np.random.default_rng(seed)
+    n = len(observed)
+    squared_errors = np.column_stack([(champion - observed) ** 2, (candidate - observed) ** 2])
+    gains = np.empty(samples)
+    for sample in range(samples):
+        times_drawn = np.bincount(rng.integers(0, n, size=n), minlength=n).astype(np.float64)
+        champion_mse, candidate_mse = (times_drawn @ squared_errors) / n
+        gains[sample] = np.sqrt(champion_mse) - np.sqrt(candidate_mse)
+    tail = (1.0 - confidence) / 2.0
+    return {"mean": float(gains.mean()), "low": float(np.quantile(gains, tail)),
+            "high": float(np.quantile(gains, 1.0 - tail)), "confidence": confidence, "samples": samples}
