@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from pipeline.ages import DAYS_PER_YEAR
 from pipeline.config import AGE_COLUMN, DatasetContract, DriftPolicy
-from pipeline.features import DAYS_PER_YEAR
 
 EPSILON = 1e-4  # floor for empty bins, so PSI stays finite
 MISSING = "(missing)"  # the category a missing categorical value counts under

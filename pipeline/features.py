@@ -12,10 +12,8 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
+from pipeline.ages import age_in_years
 from pipeline.config import DatasetContract
-
-DAYS_PER_YEAR = 365.25
-
 
 TYPED_DATES = ("date", "datetime", "datetime64", "empty")  # what pandas' infer_dtype calls date-typed values
 
@@ -31,17 +29,6 @@ def typed_dates(column: pd.Series, position: int) -> pd.Series:
                 "dates must be typed (datetime64 or date objects) before they reach the model: cast them with "
                 "casting.cast_column, which reads text only by its declared format")
     return pd.to_datetime(column, errors="coerce")
-
-
-def age_in_years(birth: pd.Series, event: pd.Series) -> pd.Series:
-    """Age in years at the event, from typed birth and event dates: the one formula the model and
-    the quality checks share (missing where either date is)."""
-    return (_naive(event) - _naive(birth)).dt.days.astype("float64") / DAYS_PER_YEAR
-
-
-def _naive(dates: pd.Series) -> pd.Series:
-    """Dates with a time zone as UTC wall-clock times, so a date and a timestamp can be subtracted."""
-    return dates.dt.tz_convert(None) if isinstance(dates.dtype, pd.DatetimeTZDtype) else dates
 
 
 class AgeFromDates(TransformerMixin, BaseEstimator):  # type: ignore[misc]

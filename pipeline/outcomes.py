@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pipeline import demo
-from pipeline.features import age_in_years
+from pipeline.ages import age_in_years
 
 # The relation's inputs: the demo table's column for each study column (age comes from the two dates).
 STUDY_INPUTS = {"age": "age", "sex": "sex", **{k: v for k, v in demo.STUDY_COLUMNS.items() if k != "target"}}

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline import rowchecks
+from pipeline.ages import age_in_years
 from pipeline.casting import cast_column, describe_cast, unreadable_reason
 from pipeline.config import DEFAULT_AGE_AT_EVENT_YEARS, DatasetContract, QualityPolicy
-from pipeline.features import age_in_years
 from pipeline.validate import (
     SAMPLE_IDS,
     batch_failure,

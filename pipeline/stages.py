@@ -3,6 +3,10 @@
 Every stage takes a `Workspace` (settings, configuration, database) and a `Run` (its id and
 watermark), reads its inputs from the registry by key, and returns a small JSON-able dict.
 Each is idempotent: running it twice for the same run gives the same records.
+
+Every Airflow task imports this module, so it imports no scikit-learn, scipy or matplotlib itself: the stages
+that train, evaluate or compare import those modules (train, evaluate, cards, drift, intervals, features)
+where they run (tests/unit/test_imports.py).
 """
 
 from __future__ import annotations
@@ -16,30 +20,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from pipeline import (
-    artifacts,
-    cards,
-    db,
-    drift,
-    evaluate,
-    ingest,
-    intervals,
-    memory,
-    quality,
-    registry,
-    runs,
-    train,
-    validate,
-)
+from pipeline import artifacts, db, ingest, memory, quality, registry, runs, validate
 from pipeline.chunked_quality import CHUNK_ROWS, NotStreamable, classify_snapshots, streamable
 from pipeline.config import PipelineConfig, PromotionPolicy, load_config
-from pipeline.features import model_inputs
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from pipeline import cards
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +81,7 @@ class Workspace:
         """The mean outcome of a snapshot's training rows, and its holdout rows with every column
         (`train.split_holdout`'s rows, in its order), read without holding the whole snapshot: the split's
         keys are dropped before the holdout is read."""
+        from pipeline import train
         contract = self.config.dataset
         with self.engine.connect() as conn:
             registry.get_snapshot(conn, snapshot_hash)  # registered, or a clear error naming it
@@ -337,6 +330,7 @@ def _training_rows(ws: Workspace, snapshot_hash: str) -> tuple[Any, dict[str, An
     """The clean snapshot's training rows, split as every stage splits them, of the model's inputs and outcome
     only (the whole snapshot is freed before a fit); and the holdout's size and first row, as a version
     records them."""
+    from pipeline import train
     contract = ws.config.dataset
     with ws.engine.connect() as conn:
         if registry.get_snapshot(conn, snapshot_hash)["kind"] != "clean":
@@ -356,6 +350,7 @@ def search_family(ws: Workspace, run: Run, snapshot_hash: str, family: str, star
     """Cross-validate one family on the search's seeded rows and folds: one task of the mapped search, run
     beside its siblings (the run's lock held shared). Its out-of-fold |residuals| go to the artifact store,
     so the selecting task, on any worker, reads what this one computed."""
+    from pipeline import train
     contract, policy = ws.config.dataset, ws.config.training
     if family not in policy.families:
         raise ValueError(f"family '{family}' is not in training.families {list(policy.families)}")
@@ -397,6 +392,7 @@ def train_candidate(ws: Workspace, run: Run, snapshot_hash: str,
     holds the results of a mapped search (`search_family` per family, as the DAG runs it); without it the
     families are searched here, one after another, with the same seeds and folds. A retried run that
     registered its candidate already gets it back, if it was trained on this very snapshot."""
+    from pipeline import intervals, train
     contract, policy = ws.config.dataset, ws.config.training
     with ws.engine.connect() as conn:
         registered = registry.model_of_run(conn, run.run_id)
@@ -459,11 +455,12 @@ def _render_page(render: Any, ws: Workspace, key: Any) -> str | None:
 def _champion_predictions(champion: dict[str, Any] | None, holdout: Any, contract: Any,
                           load_model: Callable[[str], Any]) -> tuple[Any, str | None]:
     """The champion's holdout predictions; an unreadable champion yields an error, never a guess."""
+    from pipeline import features
     if champion is None:
         return None, None
     try:
         model = load_model(champion["artifact_hash"])
-        predicted = model.predict(model_inputs(holdout, contract))
+        predicted = model.predict(features.model_inputs(holdout, contract))
         if not np.all(np.isfinite(predicted)):
             raise ValueError("non-finite predictions")
         return predicted, None
@@ -485,6 +482,7 @@ def _champion_training_ids(ws: Workspace, champion: dict[str, Any]) -> Any:
     """The ids of the rows the champion was trained on: its own snapshot, split as when it was trained (with
     its recorded holdout fraction, and by record time if its holdout started by record time). A snapshot that
     cannot be read, or that no longer splits as recorded, is an error naming the file."""
+    from pipeline import train
     contract, path = ws.config.dataset, ws.snapshot_path(champion["snapshot_hash"])
     started = champion.get("holdout_start") or {}
     if contract.label_timestamp_column and contract.timestamp_column in started:
@@ -539,13 +537,14 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
     """Everything a promotion decision rests on, computed on the candidate's held-out rows less those the
     champion trained on (a champion judged on its own training rows would look better than it is); and,
     when those are its whole holdout, the candidate's scores on it, for its card."""
+    from pipeline import cards, evaluate, features
     contract, fraction = ws.config.dataset, ws.config.training.holdout_fraction
     train_mean, whole = ws.holdout_rows(candidate["snapshot_hash"], fraction)
     holdout, excluded, rows_unknown = comparison_holdout(ws, whole, champion)
     del whole
     observed = holdout[contract.target_column].to_numpy()
     model = ws.load_model(candidate["artifact_hash"])
-    predicted = model.predict(model_inputs(holdout, contract))
+    predicted = model.predict(features.model_inputs(holdout, contract))
     champion_predicted, champion_error = ((None, rows_unknown) if rows_unknown else
                                           _champion_predictions(champion, holdout, contract, ws.load_model))
     finite = bool(np.all(np.isfinite(predicted)))
@@ -574,6 +573,7 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
 def _interval_evidence(ws: Workspace, version: int, observed: Any, predicted: Any) -> dict[str, Any]:
     """The version's interval and the share of holdout outcomes inside it; informative, never a reason to
     fail an evaluation."""
+    from pipeline import intervals
     try:
         interval = intervals.for_version(ws, version)
     except Exception as exc:  # noqa: BLE001 - reported in the evidence and on the card
@@ -586,6 +586,7 @@ def _interval_evidence(ws: Workspace, version: int, observed: Any, predicted: An
 @stage("evaluate")
 def evaluate_candidate(ws: Workspace, run: Run, version: int, margin: float | None = None) -> dict[str, Any]:
     """Score candidate and champion on the same held-out rows, check behaviour, record the decision."""
+    from pipeline import evaluate
     policy = replace(ws.config.promotion, margin=ws.config.promotion.margin if margin is None else margin)
     with ws.engine.connect() as conn:
         candidate = registry.get_model(conn, version, ws.model)
@@ -636,6 +637,7 @@ def _metric(metrics: dict[str, Any] | None, name: str = "rmse") -> str:
 def _render_pages(ws: Workspace, version: int, run_id: str, scored: cards.Scored | None = None) -> dict[str, str | None]:
     """The candidate's model card (from `scored`, its holdout scores, when the evaluation has them) and the
     decision's comparison page, once the decision is recorded."""
+    from pipeline import cards
     return {"card": _render_page(lambda w, v: cards.render_model_card(w, v, scored), ws, version),
             "comparison": _render_page(cards.render_comparison, ws, run_id)}
 
@@ -681,6 +683,7 @@ def mark_run_failed(ws: Workspace, run_id: str, reason: str, kind: str = "data")
 
 def monitor_drift(ws: Workspace, run: Run) -> dict[str, Any]:
     """Compare rows recorded since the champion's training watermark with its training snapshot."""
+    from pipeline import drift
     contract, policy = ws.config.dataset, ws.config.monitoring.drift
     with ws.engine.connect() as conn:
         champion = registry.current_champion(conn, ws.model)
@@ -776,6 +779,7 @@ def rollback_champion(ws: Workspace, run_id: str, reason: str, to_version: int |
 
 def reproduce_version(ws: Workspace, version: int) -> dict[str, Any]:
     """Rebuild a version from its recorded snapshot and parameters; compare predictions bit for bit."""
+    from pipeline import features, train
     contract = ws.config.dataset
     with ws.engine.connect() as conn:
         model = registry.get_model(conn, version, ws.model)
@@ -785,10 +789,10 @@ def reproduce_version(ws: Workspace, version: int) -> dict[str, Any]:
     frame = _load_snapshot(ws, model["snapshot_hash"])
     train_rows, holdout = train.split_holdout(frame, contract, policy.holdout_fraction)
     rebuilt = train.build_model(contract, model["model_family"], policy, n_jobs=policy.n_jobs)
-    rebuilt.fit(model_inputs(train_rows, contract), train_rows[contract.target_column].to_numpy())
+    rebuilt.fit(features.model_inputs(train_rows, contract), train_rows[contract.target_column].to_numpy())
     train.freeze_threads(rebuilt)
     original = ws.load_model(model["artifact_hash"])
-    X = model_inputs(frame, contract)
+    X = features.model_inputs(frame, contract)
     same = bool(np.array_equal(original.predict(X), rebuilt.predict(X)))
     libraries_now = train.library_versions()
     differing = {k: {"recorded": v, "now": libraries_now.get(k)} for k, v in model["library_versions"].items()

@@ -91,9 +91,9 @@ def sized(n_jobs: int | None, level: int = logging.INFO) -> Iterator[int]:
     """Inside, every BLAS and OpenMP pool and scikit-learn's `n_jobs=None` use the slot's thread count
     (`slot_threads`); it is logged once, at `level`. Yields the count."""
     threads, why = slot_threads(n_jobs)
-    prepare_environment(threads)
+    prepare_environment(threads)  # OpenMP, when scikit-learn loads it later (a stage that trains), reads these
     import joblib
-    import sklearn  # noqa: F401 - loads OpenMP (and BLAS, through numpy) so the limits below reach them
+    import numpy  # noqa: F401 - loads BLAS, so the limits below reach it
     from threadpoolctl import threadpool_limits
 
     from pipeline import memory

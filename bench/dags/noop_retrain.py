@@ -1,14 +1,14 @@
 """`noop_retrain`: the retrain DAG's shape (tasks, edges, the mapped search, the short circuits) with tasks
 that do nothing. What a run of it costs is Airflow's own: the orchestration floor `python -m bench.orchestration`
 sets beside a real retrain. Only the bench puts it in a DAGs folder. Its shape is
-written out here, not read from retrain (no test holds the two together yet)."""
+written out here, not read from retrain; tests/dags/test_dag_integrity.py holds the two together and runs it."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from airflow.sdk import dag, task
+from airflow.sdk import dag, get_current_context, task
 
 FAMILIES = 3  # the mapped search's width: pipeline.yaml's families (the bench passes its own count in the plan)
 
@@ -34,6 +34,7 @@ def noop_retrain() -> None:
 
     @task(map_index_template="{{ family }}")
     def search_family(snapshot_hash: str, plan: dict[str, Any]) -> dict[str, Any]:
+        get_current_context()["family"] = plan["family"]  # type: ignore[typeddict-unknown-key]  # the map index's name
         return plan
 
     @task

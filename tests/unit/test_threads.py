@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import subprocess
+import sys
 from typing import Any
 
 import joblib
@@ -95,6 +98,25 @@ def test_sized_from_the_workers_slots_and_restored_after(monkeypatch: pytest.Mon
         assert count == 1
         assert pools() == {"blas": {1}, "openmp": {1}}
     assert pools() == before
+
+
+def test_openmp_loaded_inside_sized_gets_the_slots_count() -> None:
+    """A task that trains imports scikit-learn (and OpenMP) inside `sized`, not before: the pool it loads then
+    has the slot's count too, and a task that never trains never loads scikit-learn."""
+    probe = (
+        "import sys\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from pipeline import threads\n"
+        "with threads.sized(1):\n"
+        "    print('before', 'sklearn' in sys.modules)\n"
+        "    from sklearn.ensemble import HistGradientBoostingRegressor\n"
+        "    print('openmp', sorted({p['num_threads'] for p in threadpool_info() if p['user_api'] == 'openmp'}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in (*threads.THREAD_VARIABLES, "OMP_WAIT_POLICY")}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                            check=False, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-2:] == ["before False", "openmp [1]"]
 
 
 class FakeWorkspace:
