@@ -30,7 +30,8 @@ retrain     a steady-state retrain: a first retrain (all stages in one process, 
             retrain` runs them; its row) makes a champion, 1 % more labelled rows arrive, then each stage
             of the measured retrain runs in a fresh process, as Airflow runs a task.
 seconds     the stage function alone (pipeline.stages), one run; interpreter start, imports (those a
-            stage makes only when it runs, Great Expectations and matplotlib, too: bench.probe.LATE_IMPORTS)
+            stage makes only when it runs, Great Expectations, scikit-learn and matplotlib, too:
+            bench.probe.LATE_IMPORTS)
             and opening the workspace are not counted (`python -m bench.orchestration` shows them).
 rows/s      labelled rows in the snapshot over seconds, for every step.
 floors      COPY (the snapshot's SQL) TO STDOUT into a sink that drops every byte (psycopg2, text and

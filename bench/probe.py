@@ -83,21 +83,30 @@ def kept(result: dict[str, Any]) -> dict[str, Any]:
     return {k: result[k] for k in KEPT_KEYS if k in result}
 
 
-# What a stage imports only when it runs (heavy: Great Expectations alone takes seconds), imported before
-# the timed call as every other import is: a task process pays it, the bench's orchestration row shows that.
+# What a stage imports only when it runs (heavy: Great Expectations alone takes seconds, scikit-learn about one),
+# imported before the timed call as every other import is: a task process pays it, the bench's orchestration row
+# (`python -m bench.orchestration`) shows that.
 LATE_IMPORTS = {"validate_snapshot": ("great_expectations",),
-                "evaluate_candidate": ("matplotlib.figure", "matplotlib.backends.backend_agg")}
+                "train_candidate": ("pipeline.train", "pipeline.features", "pipeline.intervals"),
+                "evaluate_candidate": ("pipeline.evaluate", "pipeline.cards", "pipeline.features", "pipeline.intervals",
+                                       "matplotlib.figure", "matplotlib.backends.backend_agg")}
+
+
+def import_late(*stages: str) -> None:
+    """The late imports of `stages` (LATE_IMPORTS), made now."""
+    import importlib
+
+    for stage in stages:
+        for module in LATE_IMPORTS.get(stage, ()):
+            importlib.import_module(module)
 
 
 def run_stage(spec: dict[str, Any]) -> dict[str, Any]:
     """One stage of the retrain DAG in this process, as an Airflow task runs it (its pools sized to its slot)."""
-    import importlib
-
     from pipeline import threads
 
     with threads.for_task(Path(spec["config_path"])):
-        for module in LATE_IMPORTS.get(spec["stage"], ()):
-            importlib.import_module(module)
+        import_late(spec["stage"])
         call = stage_calls(spec)[spec["stage"]]
         ready = rss_mb()
         result, seconds = timed(call, **spec["arguments"])
@@ -105,10 +114,12 @@ def run_stage(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_retrain(spec: dict[str, Any]) -> dict[str, Any]:
-    """Every stage in this one process, in order, as `python -m pipeline retrain` runs them."""
+    """Every stage in this one process, in order, as `python -m pipeline retrain` runs them; each timed without
+    its late imports."""
     from pipeline import threads
 
     with threads.for_task(Path(spec["config_path"])):
+        import_late(*LATE_IMPORTS)
         return _retrain(stage_calls(spec))
 
 

@@ -172,17 +172,22 @@ def record_validation(conn: Connection, run_id: str, snapshot_hash: str, record:
     """), {**values, "run_id": run_id, "snapshot_hash": snapshot_hash})
 
 
+QUARANTINE_FIELDS = ("snapshot_hash", "row_number", "source_id", "reasons", "original", "labelled")
+QUARANTINE_BATCH_ROWS = 10_000  # quarantined rows per INSERT, sent as one JSON document
+
+
 def record_quarantine(conn: Connection, run_id: str, rows: list[dict[str, Any]]) -> None:
     """Replace this run's quarantined rows (so a retried task does not duplicate them). Each row names
     its snapshot and whether it is labelled (left out of training) or awaits its outcome (reported)."""
     conn.execute(sa.text("DELETE FROM pipeline.quarantine WHERE run_id = :r"), {"r": run_id})
-    if rows:
+    for start in range(0, len(rows), QUARANTINE_BATCH_ROWS):  # one statement per batch, not one per row
         conn.execute(sa.text("""
             INSERT INTO pipeline.quarantine (run_id, snapshot_hash, row_number, source_id, reasons, original, labelled)
-            VALUES (:run_id, :snapshot_hash, :row_number, :source_id, CAST(:reasons AS jsonb),
-                    CAST(:original AS jsonb), :labelled)
-        """), [{**r, "run_id": run_id, "reasons": _json(r["reasons"]), "original": _json(r["original"])}
-               for r in rows])
+            SELECT :run_id, r.snapshot_hash, r.row_number, r.source_id, r.reasons, r.original, r.labelled
+              FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(snapshot_hash text, row_number integer,
+                   source_id text, reasons jsonb, original jsonb, labelled boolean)
+        """), {"run_id": run_id, "rows": _json([{k: r[k] for k in QUARANTINE_FIELDS}
+                                                 for r in rows[start:start + QUARANTINE_BATCH_ROWS]])})
 
 
 def quality_history(conn: Connection, model: str, limit: int = 10) -> list[dict[str, Any]]:

@@ -160,3 +160,27 @@ def test_ensure_database_creates_once(server_url: str) -> None:
     with admin.connect() as conn:
         assert conn.scalar(count, {"n": name}) == 0
     admin.dispose()
+
+
+def test_quarantined_rows_are_recorded_in_batches_and_replaced_on_retry(engine: Engine) -> None:
+    """More rows than one INSERT takes (registry.QUARANTINE_BATCH_ROWS), every value as given: text and number
+    ids, a missing id, NaN and infinity as null (jsonb has neither), labelled or not; a retry replaces them."""
+    snapshot = Snapshot("c" * 64, "/nowhere/c.parquet", 3, WATERMARK.isoformat(), "public.patient_records", "SELECT 1")
+    rows = [{"snapshot_hash": snapshot.snapshot_hash, "row_number": n, "source_id": [f"p-{n}", n, None][n % 3],
+             "reasons": [{"code": "out_of_range", "column": "bmi", "value": n / 7}],
+             "original": {"bmi": [float("nan"), float("inf"), n / 7][n % 3], "note": "x'y\"z"},
+             "labelled": n % 2 == 0} for n in range(registry.QUARANTINE_BATCH_ROWS * 2 + 5)]
+    with engine.begin() as conn:
+        registry.start_run(conn, DEFAULT_MODEL, "run-q", "test", WATERMARK, {})
+        registry.record_snapshot(conn, snapshot, "run-q")
+        registry.record_quarantine(conn, "run-q", rows)
+        registry.record_quarantine(conn, "run-q", rows)  # a retried task
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("""
+            SELECT row_number, source_id, reasons, original, labelled FROM pipeline.quarantine
+             WHERE run_id = 'run-q' ORDER BY row_number""")).all()
+    assert len(stored) == len(rows)
+    for n in (0, 1, 2, len(rows) - 1):
+        assert tuple(stored[n]) == (n, [f"p-{n}", str(n), None][n % 3],
+                                    [{"code": "out_of_range", "column": "bmi", "value": n / 7}],
+                                    {"bmi": [None, None, n / 7][n % 3], "note": "x'y\"z"}, n % 2 == 0)
