@@ -25,6 +25,9 @@ VALIDATION_FLOOR = "Great Expectations alone"
 EVALUATION_FLOOR = "bare predict on the holdout"
 READ_TARGET = 0.8  # the Arrow read's share of COPY-into-nothing throughput
 MEMORY_LIMIT_MB = 2048
+VALIDATION_TARGET = 2.0  # validation within this many times Great Expectations alone, at 10^6
+EVALUATION_SECONDS = 1.5  # evaluation at 10^6
+RETRAIN_TARGET, RETRAIN_STRETCH = 0.5, 0.67  # the whole retrain's share of its floor (COPY + bare fits), at 10^6
 METHOD = """\
 retrain     a steady-state retrain: a first retrain (all stages in one process, as `python -m pipeline
             retrain` runs them; its row) makes a champion, 1 % more labelled rows arrive, then each stage
@@ -232,6 +235,7 @@ def verdicts(sizes: list[dict[str, Any]], dag_parse: list[dict[str, Any]]) -> li
         lines.append(f"peak memory of a retrain at 10^6: {dag['peak_mb']:,.0f} MB per task ({largest['step']}), "
                      f"{one_process:,.0f} MB all stages in one process (target < {MEMORY_LIMIT_MB}) "
                      f"{'OK' if worst < MEMORY_LIMIT_MB else 'MISSED'}")
+        lines += stage_verdicts(at[10**6])
     growth = [(size["rows"], max(s["peak_mb"] - s["ready_mb"] for s in size["steps"] if s["step"] in report.STAGES))
               for size in sizes]
     if len(growth) > 1:
@@ -243,6 +247,21 @@ def verdicts(sizes: list[dict[str, Any]], dag_parse: list[dict[str, Any]]) -> li
         lines.append(f"DAG parse {d['file']}: {d['dag_seconds']:.3f} s on top of airflow.sdk (target < "
                      f"{DAG_PARSE_LIMIT}) {'OK' if d['ok'] else 'MISSED'}"
                      + (f"; imports {', '.join(d['heavy_imports'])} at parse time" if d["heavy_imports"] else ""))
+    return lines
+
+
+def stage_verdicts(steps: dict[str, dict[str, Any]]) -> list[str]:
+    """Validation, evaluation and the whole retrain against the targets set on their floors (issue 16)."""
+    lines = []
+    validate, evaluate, dag = steps["validate_snapshot"], steps["evaluate_candidate"], steps[report.DAG_ROW]
+    if validate["vs_floor"]:
+        times = 1 / validate["vs_floor"]
+        lines.append(f"validate_snapshot at 10^6: {validate['seconds']:.2f} s, {times:.1f}x Great Expectations alone "
+                     f"(target <= {VALIDATION_TARGET:g}x) {'OK' if times <= VALIDATION_TARGET else 'MISSED'}")
+    lines.append(f"evaluate_candidate at 10^6: {evaluate['seconds']:.2f} s (target <= {EVALUATION_SECONDS:g} s) "
+                 f"{'OK' if evaluate['seconds'] <= EVALUATION_SECONDS else 'MISSED'}")
+    lines.append(f"whole retrain at 10^6: {dag['vs_floor']:.2f} of its floor, COPY + bare fits (target >= "
+                 f"{RETRAIN_TARGET:g}, stretch {RETRAIN_STRETCH:g}) {'OK' if dag['vs_floor'] >= RETRAIN_TARGET else 'MISSED'}")
     return lines
 
 
@@ -277,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     previous, previous_commit = report.previous_seconds(args.results_dir / "latest.json")
     previous_peak = report.previous_peaks(args.results_dir / "latest.json")
+    previous_ratio = report.previous_ratios(args.results_dir / "latest.json")
     server_url = db.database_url(Settings.from_env())
     config_path = workload.write_config(Settings.from_env().config_path, args.results_dir / f"{stamp}-pipeline.yaml",
                                         every_family=args.every_family)
@@ -308,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         "dag_parse": dag_parse, "rest_api": rest_api, "sizes": results,
     }
     say("")
-    say(report.table(results, previous, previous_peak))
+    say(report.table(results, previous, previous_peak, previous_ratio))
     for failed in (size for size in results if "error" in size):
         say(f"{report.fmt(failed['rows'], 'rows')}: not measured: {failed['error'].splitlines()[0]}")
     if previous_commit:

@@ -11,7 +11,8 @@ STAGES = ("ingest_snapshot", "validate_snapshot", "train_candidate", "evaluate_c
 DAG_ROW = "retrain (whole DAG)"
 FIRST_ROW = "first retrain (one process)"
 READ_ROW = "  read rows -> Arrow"
-COLUMNS = ("rows", "step", "seconds", "rows/s", "floor s", "vs floor", "peak MB", "last run s", "last run MB")
+COLUMNS = ("rows", "step", "seconds", "rows/s", "floor s", "vs floor", "peak MB", "last run s", "last vs floor",
+           "last run MB")
 
 
 def step(name: str, seconds: float, rows: int, floor: float | None = None, peak_mb: float | None = None,
@@ -43,21 +44,23 @@ def fmt(value: Any, kind: str) -> str:
 
 
 def table(sizes: list[dict[str, Any]], previous: dict[tuple[int, str], float],
-          previous_peak: dict[tuple[int, str], float] | None = None) -> str:
-    """A fixed-width table of every size's steps, with the seconds and peak MB of the previous run beside."""
-    lines, peaks = [], previous_peak or {}
+          previous_peak: dict[tuple[int, str], float] | None = None,
+          previous_ratio: dict[tuple[int, str], float] | None = None) -> str:
+    """A fixed-width table of every size's steps, with the previous run's seconds, ratio to its floor and peak MB
+    beside."""
+    lines, peaks, ratios = [], previous_peak or {}, previous_ratio or {}
     for size in sizes:
         for s in size["steps"]:
             key = (size["rows"], s["step"])
             lines.append([fmt(size["rows"], "rows"), s["step"], fmt(s["seconds"], "s"),
                           fmt(s["rows_per_second"], "rate"), fmt(s["floor_seconds"], "s"),
                           fmt(s["vs_floor"], "ratio"), fmt(s["peak_mb"], "mb"),
-                          fmt(previous.get(key), "s"), fmt(peaks.get(key), "mb")])
+                          fmt(previous.get(key), "s"), fmt(ratios.get(key), "ratio"), fmt(peaks.get(key), "mb")])
         for name, floor in size["floors"].items():
             key = (size["rows"], f"floor: {name}")
             lines.append([fmt(size["rows"], "rows"), f"  floor: {name}", fmt(floor["seconds"], "s"),
                           fmt(floor.get("rows", size["snapshot_rows"]) / floor["seconds"], "rate"), "", "",
-                          fmt(floor.get("peak_mb"), "mb"), fmt(previous.get(key), "s"), fmt(peaks.get(key), "mb")])
+                          fmt(floor.get("peak_mb"), "mb"), fmt(previous.get(key), "s"), "", fmt(peaks.get(key), "mb")])
     widths = [max(len(str(c)) for c in col) for col in zip(COLUMNS, *lines, strict=False)]
     render = ["  ".join(str(c).rjust(w) if i != 1 else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths,
                                                                                                       strict=True)))
@@ -65,33 +68,35 @@ def table(sizes: list[dict[str, Any]], previous: dict[tuple[int, str], float],
     return "\n".join([render[0], "-" * len(render[0]), *render[1:]])
 
 
+def _earlier(path: Path, field: str) -> dict[tuple[int, str], float]:
+    """`field` per (rows, step) of an earlier result file, for the steps and floors that have it."""
+    if not path.is_file():
+        return {}
+    values = {}
+    for size in json.loads(path.read_text()).get("sizes", []):
+        for s in size["steps"]:
+            if s.get(field) is not None:
+                values[(size["rows"], s["step"])] = s[field]
+        for name, floor in size.get("floors", {}).items():
+            if floor.get(field) is not None:
+                values[(size["rows"], f"floor: {name}")] = floor[field]
+    return values
+
+
 def previous_seconds(path: Path) -> tuple[dict[tuple[int, str], float], str | None]:
     """Seconds per (rows, step) of an earlier result file, and the commit it measured."""
-    if not path.is_file():
-        return {}, None
-    old = json.loads(path.read_text())
-    seconds = {}
-    for size in old.get("sizes", []):
-        for s in size["steps"]:
-            seconds[(size["rows"], s["step"])] = s["seconds"]
-        for name, floor in size.get("floors", {}).items():
-            seconds[(size["rows"], f"floor: {name}")] = floor["seconds"]
-    return seconds, old.get("commit")
+    commit = json.loads(path.read_text()).get("commit") if path.is_file() else None
+    return _earlier(path, "seconds"), commit
 
 
 def previous_peaks(path: Path) -> dict[tuple[int, str], float]:
     """Peak MB per (rows, step) of an earlier result file (steps and floors that measured one)."""
-    if not path.is_file():
-        return {}
-    peaks = {}
-    for size in json.loads(path.read_text()).get("sizes", []):
-        for s in size["steps"]:
-            if s.get("peak_mb") is not None:
-                peaks[(size["rows"], s["step"])] = s["peak_mb"]
-        for name, floor in size.get("floors", {}).items():
-            if floor.get("peak_mb") is not None:
-                peaks[(size["rows"], f"floor: {name}")] = floor["peak_mb"]
-    return peaks
+    return _earlier(path, "peak_mb")
+
+
+def previous_ratios(path: Path) -> dict[tuple[int, str], float]:
+    """Each step's ratio to its floor in an earlier result file (the steps that have a floor)."""
+    return _earlier(path, "vs_floor")
 
 
 def plot(sizes: list[dict[str, Any]], path: Path) -> None:

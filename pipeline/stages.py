@@ -82,6 +82,7 @@ class Workspace:
         (`train.split_holdout`'s rows, in its order), read without holding the whole snapshot: the split's
         keys are dropped before the holdout is read."""
         from pipeline import train
+
         contract = self.config.dataset
         with self.engine.connect() as conn:
             registry.get_snapshot(conn, snapshot_hash)  # registered, or a clear error naming it
@@ -331,6 +332,7 @@ def _training_rows(ws: Workspace, snapshot_hash: str) -> tuple[Any, dict[str, An
     only (the whole snapshot is freed before a fit); and the holdout's size and first row, as a version
     records them."""
     from pipeline import train
+
     contract = ws.config.dataset
     with ws.engine.connect() as conn:
         if registry.get_snapshot(conn, snapshot_hash)["kind"] != "clean":
@@ -351,6 +353,7 @@ def search_family(ws: Workspace, run: Run, snapshot_hash: str, family: str, star
     beside its siblings (the run's lock held shared). Its out-of-fold |residuals| go to the artifact store,
     so the selecting task, on any worker, reads what this one computed."""
     from pipeline import train
+
     contract, policy = ws.config.dataset, ws.config.training
     if family not in policy.families:
         raise ValueError(f"family '{family}' is not in training.families {list(policy.families)}")
@@ -393,6 +396,7 @@ def train_candidate(ws: Workspace, run: Run, snapshot_hash: str,
     families are searched here, one after another, with the same seeds and folds. A retried run that
     registered its candidate already gets it back, if it was trained on this very snapshot."""
     from pipeline import intervals, train
+
     contract, policy = ws.config.dataset, ws.config.training
     with ws.engine.connect() as conn:
         registered = registry.model_of_run(conn, run.run_id)
@@ -456,6 +460,7 @@ def _champion_predictions(champion: dict[str, Any] | None, holdout: Any, contrac
                           load_model: Callable[[str], Any]) -> tuple[Any, str | None]:
     """The champion's holdout predictions; an unreadable champion yields an error, never a guess."""
     from pipeline import features
+
     if champion is None:
         return None, None
     try:
@@ -483,6 +488,7 @@ def _champion_training_ids(ws: Workspace, champion: dict[str, Any]) -> Any:
     its recorded holdout fraction, and by record time if its holdout started by record time). A snapshot that
     cannot be read, or that no longer splits as recorded, is an error naming the file."""
     from pipeline import train
+
     contract, path = ws.config.dataset, ws.snapshot_path(champion["snapshot_hash"])
     started = champion.get("holdout_start") or {}
     if contract.label_timestamp_column and contract.timestamp_column in started:
@@ -538,6 +544,7 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
     champion trained on (a champion judged on its own training rows would look better than it is); and,
     when those are its whole holdout, the candidate's scores on it, for its card."""
     from pipeline import cards, evaluate, features
+
     contract, fraction = ws.config.dataset, ws.config.training.holdout_fraction
     train_mean, whole = ws.holdout_rows(candidate["snapshot_hash"], fraction)
     holdout, excluded, rows_unknown = comparison_holdout(ws, whole, champion)
@@ -574,6 +581,7 @@ def _interval_evidence(ws: Workspace, version: int, observed: Any, predicted: An
     """The version's interval and the share of holdout outcomes inside it; informative, never a reason to
     fail an evaluation."""
     from pipeline import intervals
+
     try:
         interval = intervals.for_version(ws, version)
     except Exception as exc:  # noqa: BLE001 - reported in the evidence and on the card
@@ -587,6 +595,7 @@ def _interval_evidence(ws: Workspace, version: int, observed: Any, predicted: An
 def evaluate_candidate(ws: Workspace, run: Run, version: int, margin: float | None = None) -> dict[str, Any]:
     """Score candidate and champion on the same held-out rows, check behaviour, record the decision."""
     from pipeline import evaluate
+
     policy = replace(ws.config.promotion, margin=ws.config.promotion.margin if margin is None else margin)
     with ws.engine.connect() as conn:
         candidate = registry.get_model(conn, version, ws.model)
@@ -638,6 +647,7 @@ def _render_pages(ws: Workspace, version: int, run_id: str, scored: cards.Scored
     """The candidate's model card (from `scored`, its holdout scores, when the evaluation has them) and the
     decision's comparison page, once the decision is recorded."""
     from pipeline import cards
+
     return {"card": _render_page(lambda w, v: cards.render_model_card(w, v, scored), ws, version),
             "comparison": _render_page(cards.render_comparison, ws, run_id)}
 
@@ -684,6 +694,7 @@ def mark_run_failed(ws: Workspace, run_id: str, reason: str, kind: str = "data")
 def monitor_drift(ws: Workspace, run: Run) -> dict[str, Any]:
     """Compare rows recorded since the champion's training watermark with its training snapshot."""
     from pipeline import drift
+
     contract, policy = ws.config.dataset, ws.config.monitoring.drift
     with ws.engine.connect() as conn:
         champion = registry.current_champion(conn, ws.model)
@@ -780,6 +791,7 @@ def rollback_champion(ws: Workspace, run_id: str, reason: str, to_version: int |
 def reproduce_version(ws: Workspace, version: int) -> dict[str, Any]:
     """Rebuild a version from its recorded snapshot and parameters; compare predictions bit for bit."""
     from pipeline import features, train
+
     contract = ws.config.dataset
     with ws.engine.connect() as conn:
         model = registry.get_model(conn, version, ws.model)

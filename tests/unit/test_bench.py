@@ -12,7 +12,7 @@ import numpy as np
 import yaml
 
 from bench import report, workload
-from bench.__main__ import busy_machine_note, verdicts
+from bench.__main__ import busy_machine_note, stage_verdicts, verdicts
 from pipeline.config import load_config
 from pipeline.settings import PROJECT_ROOT
 
@@ -51,14 +51,14 @@ def test_whole_dag_sums_the_stages_and_keeps_the_largest_peak() -> None:
 
 def test_table_has_a_line_per_step_and_floor() -> None:
     text = report.table([size(10**4, SECONDS, PEAKS)], {(10**4, "train_candidate"): 25.0},
-                        {(10**4, "train_candidate"): 3600.0})
+                        {(10**4, "train_candidate"): 3600.0}, {(10**4, "train_candidate"): 0.125})
     lines = text.splitlines()
 
     assert lines[0].split() == ["rows", "step", "seconds", "rows/s", "floor", "s", "vs", "floor", "peak", "MB",
-                                "last", "run", "s", "last", "run", "MB"]
+                                "last", "run", "s", "last", "vs", "floor", "last", "run", "MB"]
     assert len(lines) == 2 + len(report.STAGES) + 2 + 2
     train = next(line for line in lines if "train_candidate" in line)
-    assert train.split()[0] == "10^4" and train.split()[-2:] == ["25.00", "3,600"]
+    assert train.split()[0] == "10^4" and train.split()[-3:] == ["25.00", "0.12", "3,600"]
     assert any("floor: COPY into nothing" in line for line in lines)
 
 
@@ -71,6 +71,19 @@ def test_verdicts_name_each_target_and_whether_it_was_met() -> None:
     assert lines[0].startswith("read rows -> Arrow at 10^6: 0.80 of COPY-into-nothing") and "OK" in lines[0]
     assert "2,500 MB per task (validate_snapshot)" in lines[1] and lines[1].endswith("MISSED")
     assert lines[-1].startswith("DAG parse retrain.py: 0.200 s") and lines[-1].endswith("OK")
+    evaluate = next(line for line in lines if line.startswith("evaluate_candidate at 10^6"))
+    assert evaluate == f"evaluate_candidate at 10^6: {SECONDS['evaluate_candidate']:.2f} s (target <= 1.5 s) " + (
+        "OK" if SECONDS["evaluate_candidate"] <= 1.5 else "MISSED")
+    whole = next(line for line in lines if line.startswith("whole retrain at 10^6"))
+    assert whole.startswith(f"whole retrain at 10^6: {3.0 / sum(SECONDS.values()):.2f} of its floor")
+
+
+def test_validation_is_judged_against_great_expectations_alone() -> None:
+    steps = {s["step"]: s for s in size(10**6, SECONDS, PEAKS)["steps"]}
+    steps["validate_snapshot"] = report.step("validate_snapshot", 3.0, 10**6, 1.0)
+    assert stage_verdicts(steps)[0] == "validate_snapshot at 10^6: 3.00 s, 3.0x Great Expectations alone (target <= 2x) MISSED"
+    steps["validate_snapshot"] = report.step("validate_snapshot", 1.5, 10**6, 1.0)
+    assert stage_verdicts(steps)[0].endswith("1.5x Great Expectations alone (target <= 2x) OK")
 
 
 def test_previous_results_are_read_for_comparison(tmp_path: Path) -> None:
@@ -85,6 +98,9 @@ def test_previous_results_are_read_for_comparison(tmp_path: Path) -> None:
     assert report.previous_seconds(tmp_path / "missing.json") == ({}, None)
     assert report.previous_peaks(path)[(10**4, "validate_snapshot")] == PEAKS["validate_snapshot"]
     assert report.previous_peaks(tmp_path / "missing.json") == {}
+    ratios = report.previous_ratios(path)
+    assert ratios[(10**4, "ingest_snapshot")] == 1.0 / SECONDS["ingest_snapshot"]
+    assert (10**4, "promote_candidate") not in ratios  # no floor, no ratio
 
 
 def test_bench_config_trains_bounded_families_and_keeps_the_rest(tmp_path: Path) -> None:
