@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     for failed in (size for size in results if "error" in size):
         say(f"{report.fmt(failed['rows'], 'rows')}: not measured: {failed['error'].splitlines()[0]}")
     if previous_commit:
-        say(f"(last run s, last run MB: bench/results/latest.json before this run, commit {previous_commit})")
+        say(f"(last run s, last vs floor, last run MB: bench/results/latest.json before this run, commit {previous_commit})")
     say(f"load average before {document['machine']['load_average_before'][0]:.1f}, "
         f"after {document['machine']['load_average_after'][0]:.1f} on {os.cpu_count()} CPUs")
     say("")
