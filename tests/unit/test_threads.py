@@ -119,6 +119,14 @@ def test_openmp_loaded_inside_sized_gets_the_slots_count() -> None:
     assert result.stdout.splitlines()[-2:] == ["before False", "openmp [1]"]
 
 
+def test_joblib_work_inside_sized_runs_on_threads_not_processes() -> None:
+    """scikit-learn's own Parallel calls (a ColumnTransformer's, permutation importance's) run in the task's
+    process: a process pool would copy the rows to each worker on every call."""
+    with threads.sized(2):
+        pids = joblib.Parallel(n_jobs=2)(joblib.delayed(os.getpid)() for _ in range(4))
+    assert set(pids) == {os.getpid()}
+
+
 class FakeWorkspace:
     """What a stage sees of its workspace here: the config (no database)."""
 
