@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -60,20 +60,33 @@ def _seconds(start: str, end: str) -> float:
     return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
-def measure(base_url: str, token: str) -> dict[str, Any]:
-    """Unpause `retrain` (starting its latest scheduled run) and time that run and its tasks."""
+def rest_client(base_url: str, token: str) -> Callable[..., Any]:
+    """`call(method, path, **kwargs)`: Airflow's REST API (/api/v2) with the token; the response's JSON."""
     headers = {"Authorization": f"Bearer {token}"}
 
     def call(method: str, path: str, **kwargs: Any) -> Any:
         response = requests.request(method, f"{base_url}/api/v2{path}", headers=headers, timeout=30, **kwargs)
         response.raise_for_status()
         return response.json()
+    return call
+
+
+def finished_run(call: Callable[..., Any], dag_id: str, run_id: str, timeout: float,
+                 interval: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A DAG run once it succeeded or failed, and its task instances."""
+    run = wait_for(lambda: (lambda r: r if r["state"] in ("success", "failed") else None)(
+        call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")), timeout, f"{dag_id} run {run_id}", interval=interval)
+    tasks = call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})["task_instances"]
+    return run, tasks
+
+
+def measure(base_url: str, token: str) -> dict[str, Any]:
+    """Unpause `retrain` (starting its latest scheduled run) and time that run and its tasks."""
+    call = rest_client(base_url, token)
     call("PATCH", "/dags/retrain", json={"is_paused": False})
     run_id = wait_for(lambda: next((r["dag_run_id"] for r in call("GET", "/dags/retrain/dagRuns")["dag_runs"]), None),
                       120, "the first retrain run")
-    run = wait_for(lambda: (lambda r: r if r["state"] in ("success", "failed") else None)(
-        call("GET", f"/dags/retrain/dagRuns/{run_id}")), RUN_TIMEOUT, f"run {run_id}", interval=2)
-    tasks = call("GET", f"/dags/retrain/dagRuns/{run_id}/taskInstances", params={"limit": 100})["task_instances"]
+    run, tasks = finished_run(call, "retrain", run_id, RUN_TIMEOUT, interval=2)
     timed = [t for t in tasks if t["start_date"] and t["end_date"]]
     return {"state": run["state"], "run_seconds": _seconds(run["start_date"], run["end_date"]),
             "task_seconds": round(sum(_seconds(t["start_date"], t["end_date"]) for t in timed), 2),

@@ -21,7 +21,7 @@ from typing import Any
 
 import requests
 
-from bench.executors import _config, _seconds
+from bench.executors import _config, _seconds, finished_run, rest_client
 from bench.executors import measure as measure_retrain
 from pipeline import db, demo
 from pipeline.config import load_config
@@ -44,20 +44,14 @@ def dags_folder(folder: Path) -> Path:
 
 def run_noop(base_url: str, token: str, families: int) -> dict[str, Any]:
     """Trigger `noop_retrain` once and time its run as Airflow records it."""
+    call = rest_client(base_url, token)
     headers = {"Authorization": f"Bearer {token}"}
-
-    def call(method: str, path: str, **kwargs: Any) -> Any:
-        response = requests.request(method, f"{base_url}/api/v2{path}", headers=headers, timeout=30, **kwargs)
-        response.raise_for_status()
-        return response.json()
     wait_for(lambda: requests.get(f"{base_url}/api/v2/dags/noop_retrain", headers=headers, timeout=30).ok, 90,
              "noop_retrain to be parsed")
     call("PATCH", "/dags/noop_retrain", json={"is_paused": False})
     run_id = call("POST", "/dags/noop_retrain/dagRuns",
                   json={"logical_date": None, "conf": {"families": families}})["dag_run_id"]
-    run = wait_for(lambda: (lambda r: r if r["state"] in ("success", "failed") else None)(
-        call("GET", f"/dags/noop_retrain/dagRuns/{run_id}")), 300, f"noop run {run_id}", interval=1)
-    tasks = call("GET", f"/dags/noop_retrain/dagRuns/{run_id}/taskInstances", params={"limit": 100})["task_instances"]
+    run, tasks = finished_run(call, "noop_retrain", run_id, 300, interval=1)
     return {"state": run["state"], "run_seconds": _seconds(run["start_date"], run["end_date"]),
             "tasks": len(tasks)}
 

@@ -424,10 +424,9 @@ def _holdout_fraction(ws: Workspace, model: Mapping[str, Any]) -> float:
 
 
 def _scored(ws: Workspace, model: Mapping[str, Any], snapshot: Mapping[str, Any], scored: Scored | None) -> Scored:
-    if scored is not None and scored.version == model["version"] and scored.holdout_fraction == _holdout_fraction(
-            ws, model):
-        return scored
     contract, fraction = ws.config.dataset, _holdout_fraction(ws, model)
+    if scored is not None and scored.version == model["version"] and scored.holdout_fraction == fraction:
+        return scored
     train_mean, holdout = ws.holdout_rows(snapshot["snapshot_hash"], fraction)
     fitted = ws.load_model(model["artifact_hash"])
     return Scored(int(model["version"]), fraction, train_mean, holdout, fitted.predict(model_inputs(holdout, contract)),

@@ -6,7 +6,7 @@ Each is idempotent: running it twice for the same run gives the same records.
 
 Every Airflow task imports this module, so it imports no scikit-learn, scipy or matplotlib itself: the stages
 that train, evaluate or compare import those modules (train, evaluate, cards, drift, intervals, features)
-where they run (tests/unit/test_imports.py).
+where they run (tests/integration/test_task_imports.py).
 """
 
 from __future__ import annotations
