@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import busy, report, rest, scoring, workload
-from pipeline import db
-from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.contract.settings import PROJECT_ROOT, Settings
+from pipeline.store import db
 
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 DAG_PARSE_LIMIT = 0.5  # seconds a DAG file may add on top of airflow.sdk
@@ -57,7 +57,7 @@ scoring     score_batch over every row of the table (serving.score_records: all)
 busy        'retrain with a busy process beside it': the measured retrain's stages again, each in a fresh
             process, for a run of their own on the same rows, while `python -c 'while 1: pass'` keeps a
             core busy; its floor is the quiet retrain (vs floor = quiet s / busy s; target >= 0.5).
-threads     each stage's BLAS, OpenMP and joblib pools are sized as a task's (pipeline.threads).
+threads     each stage's BLAS, OpenMP and joblib pools are sized as a task's (pipeline.runtime.threads).
 training    {config}."""
 
 

@@ -3,7 +3,7 @@
 The measured retrain's five stages run again, each in a fresh process as before, for a run of their own
 on the same rows, while `python -c 'while 1: pass'` keeps one core busy. Its seconds are compared with
 the quiet retrain's (the 'retrain (whole DAG)' row of the same size): OpenMP threads spinning on the busy
-core made the train stage 10x slower and more; sized pools with passive waits (pipeline.threads) keep the
+core made the train stage 10x slower and more; sized pools with passive waits (pipeline.runtime.threads) keep the
 retrain within 2x.
 """
 

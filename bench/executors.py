@@ -1,5 +1,5 @@
 """`python -m bench.executors`: wall time of one `retrain` run, started through the REST API, on the
-LocalExecutor (`airflow standalone`) and on the CeleryExecutor with two workers (`pipeline.cluster`),
+LocalExecutor (`airflow standalone`) and on the CeleryExecutor with two workers (`pipeline.cli.cluster`),
 on the demo study and the shipped configuration, each on new scratch databases.
 
 The run's time is Airflow's own (end_date - start_date of the DAG run); each task's too, so the cost
@@ -22,10 +22,10 @@ from typing import Any
 import requests
 import yaml
 
-from pipeline import db
-from pipeline.cluster import celery_airflow
-from pipeline.localenv import airflow_environment
-from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.cli.cluster import celery_airflow
+from pipeline.cli.localenv import airflow_environment
+from pipeline.contract.settings import PROJECT_ROOT, Settings
+from pipeline.store import db
 from tests.standalone import scratch_airflow, standalone_airflow, wait_for, wait_until_ready
 
 RUN_TIMEOUT = 900

@@ -23,9 +23,10 @@ import requests
 
 from bench.executors import _config, _seconds, finished_run, rest_client
 from bench.executors import measure as measure_retrain
-from pipeline import db, demo
-from pipeline.config import load_config
-from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.contract.config import load_config
+from pipeline.contract.settings import PROJECT_ROOT, Settings
+from pipeline.data import demo
+from pipeline.store import db
 from tests.conftest import create_scratch_database
 from tests.standalone import standalone_airflow, wait_for
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.registry.runs import Run
+
 # What a step hands to the next one; the rest of a stage's answer (pages, metric tables) is dropped.
 KEPT_KEYS = ("snapshot_hash", "clean_snapshot_hash", "row_count", "rows_read", "rows_valid", "rows_quarantined",
              "version", "model_family", "decision", "reason", "status", "candidate_version")
@@ -55,8 +57,8 @@ def timed(call: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
 
 
 def workspace(spec: dict[str, Any]) -> Any:
-    from pipeline.settings import Settings
-    from pipeline.stages import Workspace
+    from pipeline.contract.settings import Settings
+    from pipeline.workspace import Workspace
 
     return Workspace.open(Settings(database_url=spec["database_url"], config_path=Path(spec["config_path"]),
                                    artifact_dir=Path(spec["artifact_dir"]), pgdata_dir=Path(spec["pgdata_dir"])))
@@ -69,7 +71,7 @@ def stage_calls(spec: dict[str, Any]) -> dict[str, Any]:
     from pipeline import stages
 
     ws = workspace(spec)
-    run = stages.Run(run_id=spec["run_id"], watermark=datetime.fromisoformat(spec["watermark"]), triggered_by="bench")
+    run = Run(run_id=spec["run_id"], watermark=datetime.fromisoformat(spec["watermark"]), triggered_by="bench")
     return {
         "ingest_snapshot": lambda: stages.ingest_snapshot(ws, run, {}),
         "validate_snapshot": lambda snapshot_hash: stages.validate_snapshot(ws, run, snapshot_hash),
@@ -87,8 +89,8 @@ def kept(result: dict[str, Any]) -> dict[str, Any]:
 # imported before the timed call as every other import is: a task process pays it, the bench's orchestration row
 # (`python -m bench.orchestration`) shows that.
 LATE_IMPORTS = {"validate_snapshot": ("great_expectations",),
-                "train_candidate": ("pipeline.train", "pipeline.features", "pipeline.intervals"),
-                "evaluate_candidate": ("pipeline.evaluate", "pipeline.cards", "pipeline.features", "pipeline.intervals",
+                "train_candidate": ("pipeline.model.train", "pipeline.model.features", "pipeline.model.intervals"),
+                "evaluate_candidate": ("pipeline.model.evaluate", "pipeline.model.cards", "pipeline.model.features", "pipeline.model.intervals",
                                        "matplotlib.figure", "matplotlib.backends.backend_agg")}
 
 
@@ -103,7 +105,7 @@ def import_late(*stages: str) -> None:
 
 def run_stage(spec: dict[str, Any]) -> dict[str, Any]:
     """One stage of the retrain DAG in this process, as an Airflow task runs it (its pools sized to its slot)."""
-    from pipeline import threads
+    from pipeline.runtime import threads
 
     with threads.for_task(Path(spec["config_path"])):
         import_late(spec["stage"])
@@ -116,7 +118,7 @@ def run_stage(spec: dict[str, Any]) -> dict[str, Any]:
 def run_retrain(spec: dict[str, Any]) -> dict[str, Any]:
     """Every stage in this one process, in order, as `python -m pipeline retrain` runs them; each timed without
     its late imports."""
-    from pipeline import threads
+    from pipeline.runtime import threads
 
     with threads.for_task(Path(spec["config_path"])):
         import_late(*LATE_IMPORTS)
@@ -248,8 +250,9 @@ def run_read_floor(spec: dict[str, Any]) -> dict[str, Any]:
     """COPY into nothing (text and binary) and the pipeline's Arrow read of the same rows, interleaved."""
     from datetime import datetime
 
-    from pipeline import db, ingest
-    from pipeline.config import load_config
+    from pipeline.contract.config import load_config
+    from pipeline.data import ingest
+    from pipeline.store import db
 
     contract = load_config(Path(spec["config_path"])).dataset
     engine = db.create_engine(spec["database_url"])
@@ -274,15 +277,15 @@ def run_read_floor(spec: dict[str, Any]) -> dict[str, Any]:
 def run_fit_floor(spec: dict[str, Any]) -> dict[str, Any]:
     """Each configured family's bare estimator fitted on the training rows, held as a float array, on the
     threads a stage gets."""
-    from pipeline import threads
+    from pipeline.runtime import threads
 
     with threads.for_task(Path(spec["config_path"])):
         return _fit_floor(spec)
 
 
 def _fit_floor(spec: dict[str, Any]) -> dict[str, Any]:
-    from pipeline import train
-    from pipeline.features import build_preprocessor, model_inputs
+    from pipeline.model import train
+    from pipeline.model.features import build_preprocessor, model_inputs
 
     ws = workspace(spec)
     contract, policy = ws.config.dataset, ws.config.training
@@ -307,7 +310,7 @@ def run_validation_floor(spec: dict[str, Any]) -> dict[str, Any]:
     """Great Expectations alone: the suite the stage validates with, on the snapshot's rows as a typed frame,
     in the stage's own context and batch definition, made once (neither they nor the read are timed),
     reporting only pass or fail; best of up to three."""
-    from pipeline import validate
+    from pipeline.data import validate
 
     batches = validate.whole_frame_batches()  # GX imported, its logging and progress bars quieted
     import great_expectations as gx
@@ -326,20 +329,21 @@ def run_validation_floor(spec: dict[str, Any]) -> dict[str, Any]:
 def run_predict_floor(spec: dict[str, Any]) -> dict[str, Any]:
     """The candidate's bare `predict` on its holdout's model inputs, already in memory, on the threads a stage
     gets; best of up to three."""
-    from pipeline import registry, threads
-    from pipeline.features import model_inputs
+    from pipeline.model.features import model_inputs
+    from pipeline.registry import records
+    from pipeline.runtime import threads
 
     with threads.for_task(Path(spec["config_path"])):
         ws = workspace(spec)
         with ws.engine.connect() as conn:
-            model = registry.get_model(conn, spec["version"], ws.model)
+            model = records.get_model(conn, spec["version"], ws.model)
         _, holdout = ws.holdout_rows(model["snapshot_hash"], ws.config.training.holdout_fraction)
         inputs, fitted = model_inputs(holdout, ws.config.dataset), ws.load_model(model["artifact_hash"])
         seconds = min(timed(fitted.predict, inputs)[1] for _ in range(min(spec["repeats"], 3)))
     return {"seconds": seconds, "rows": len(inputs), "peak_mb": peak_mb()}
 
 
-LIGHT_PIPELINE_MODULES = {"pipeline", "pipeline.config", "pipeline.settings"}  # what a DAG file may import: model names
+LIGHT_PIPELINE_MODULES = {"pipeline", "pipeline.contract.config", "pipeline.contract.settings"}  # what a DAG file may import: model names
 
 
 def run_dag_import(spec: dict[str, Any]) -> dict[str, Any]:

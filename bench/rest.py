@@ -1,6 +1,6 @@
 """The REST API's latency and throughput beside a bare FastAPI endpoint, measured in the same run.
 
-A scratch database gets the demo study and a ridge champion; `pipeline.serving.create_app` and a bare
+A scratch database gets the demo study and a ridge champion; `pipeline.serving.rest.create_app` and a bare
 app whose one endpoint returns a constant run in real uvicorn servers on free ports, and several client
 threads send the same bodies (1 and 100 records) to both over HTTP. `python -m bench.rest` runs it alone.
 """
@@ -23,8 +23,13 @@ from typing import Any
 import requests
 from fastapi import FastAPI, Request
 
-from pipeline import db, demo, serving, stages
-from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline import stages
+from pipeline.contract.settings import PROJECT_ROOT, Settings
+from pipeline.data import demo
+from pipeline.registry.runs import Run
+from pipeline.serving import rest
+from pipeline.store import db
+from pipeline.workspace import Workspace
 
 CLIENTS = 4
 TOKEN = "bench-token"
@@ -69,17 +74,17 @@ def bare_app() -> Any:
     return app
 
 
-def _champion(server_url: str, artifacts: Path) -> tuple[str, stages.Workspace]:
+def _champion(server_url: str, artifacts: Path) -> tuple[str, Workspace]:
     """A scratch database with the demo study and a ridge champion (three folds: quick)."""
     url = db.with_database(server_url, f"bench_rest_{int(time.time())}")
     db.ensure_database(url)
     settings = Settings(url, PROJECT_ROOT / "pipeline.yaml", artifacts, Settings.from_env().pgdata_dir)
-    ws = stages.Workspace.open(settings)
+    ws = Workspace.open(settings)
     training = dataclasses.replace(ws.config.training, families={"ridge": ws.config.training.families["ridge"]},
                                    cv_folds=3)
     ws = dataclasses.replace(ws, config=dataclasses.replace(ws.config, training=training))
     demo.seed_demo(ws.engine)
-    run = stages.Run("bench-rest", datetime(2100, 1, 1, tzinfo=UTC), "bench")
+    run = Run("bench-rest", datetime(2100, 1, 1, tzinfo=UTC), "bench")
     snapshot = stages.ingest_snapshot(ws, run)
     checked = stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
     candidate = stages.train_candidate(ws, run, checked["clean_snapshot_hash"])
@@ -88,7 +93,7 @@ def _champion(server_url: str, artifacts: Path) -> tuple[str, stages.Workspace]:
     return url, ws
 
 
-def _records(ws: stages.Workspace, n: int) -> list[dict[str, Any]]:
+def _records(ws: Workspace, n: int) -> list[dict[str, Any]]:
     contract = ws.config.dataset
     fields = [contract.id_column, *contract.feature_names()]
     with ws.engine.connect() as conn:
@@ -142,7 +147,7 @@ def measure(server_url: str, say: Callable[[str], None] = print) -> dict[str, An
             records = _records(ws, 100)
             results: dict[str, Any] = {"clients": CLIENTS}
             headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-            with _served(serving.create_app(ws, [TOKEN])) as api, _served(bare_app()) as bare:
+            with _served(rest.create_app(ws, [TOKEN])) as api, _served(bare_app()) as bare:
                 endpoints = {"api": f"{api}/v1/models/{ws.model}/predict", "bare": f"{bare}/predict"}
                 for size in (1, 100):
                     body = json.dumps(records[0] if size == 1 else records[:size]).encode()

@@ -28,7 +28,7 @@ def _every_row(ws: Any) -> Any:
 def run_score(spec: dict[str, Any]) -> dict[str, Any]:
     """`score_batch` in this process, as the score_patients task runs it."""
     from bench.probe import peak_mb, rss_mb, timed, workspace
-    from pipeline.scoring import score_batch
+    from pipeline.serving.scoring import score_batch
 
     ws = _every_row(workspace(spec))
     ready = rss_mb()
@@ -39,9 +39,10 @@ def run_score(spec: dict[str, Any]) -> dict[str, Any]:
 def run_score_floor(spec: dict[str, Any]) -> dict[str, Any]:
     """COPY of the rows scoring selects into nothing, and the champion's bare predict on them in memory."""
     from bench.probe import copy_into_nothing, peak_mb, timed, workspace
-    from pipeline import ingest, registry
-    from pipeline.features import model_inputs
-    from pipeline.scoring import selection_query
+    from pipeline.data import ingest
+    from pipeline.model.features import model_inputs
+    from pipeline.registry import records
+    from pipeline.serving.scoring import selection_query
 
     ws = _every_row(workspace(spec))
     contract = ws.config.dataset
@@ -50,7 +51,7 @@ def run_score_floor(spec: dict[str, Any]) -> dict[str, Any]:
     copy_into_nothing(ws.engine, sql, binary=True)  # warm the cache, as the read floor does
     copies = [timed(copy_into_nothing, ws.engine, sql, True)[1] for _ in range(spec["repeats"])]
     with ws.engine.connect() as conn:
-        champion = registry.current_champion(conn, ws.model)
+        champion = records.current_champion(conn, ws.model)
     assert champion is not None, "the bench's first retrain makes a champion"
     model = ws.load_model(champion["artifact_hash"])
     frame, _ = ingest.read_readable_rows(ws.engine, contract, query)

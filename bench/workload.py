@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from pipeline import db
+from pipeline.store import db
 
 WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after every generated row
 # Families the bench trains unless asked for every one (--every-family): the shipped random forest

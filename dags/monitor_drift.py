@@ -17,7 +17,7 @@ from typing import Any
 from airflow.sdk import dag, get_current_context, task
 from retrain_assets import labelled_records, models
 
-from pipeline.config import ModelEntry
+from pipeline.contract.config import ModelEntry
 
 
 def monitor_drift_dag(model: ModelEntry) -> Any:
@@ -29,8 +29,9 @@ def monitor_drift_dag(model: ModelEntry) -> Any:
     def monitor_drift() -> None:
         @task(retries=2, retry_delay=timedelta(seconds=30), retry_exponential_backoff=2.0)
         def check_drift() -> dict[str, Any]:
-            from pipeline.runs import in_airflow
-            from pipeline.stages import Run, monitor_drift
+            from pipeline.registry.runs import Run
+            from pipeline.stages import monitor_drift
+            from pipeline.tasks import in_airflow
 
             context = get_current_context()
             dag_run = context["dag_run"]

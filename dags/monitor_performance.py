@@ -29,7 +29,7 @@ from typing import Any
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
 from retrain_assets import labelled_records, models
 
-from pipeline.config import ModelEntry
+from pipeline.contract.config import ModelEntry
 
 
 def monitor_performance_dag(model: ModelEntry) -> Any:
@@ -48,9 +48,9 @@ def monitor_performance_dag(model: ModelEntry) -> Any:
     def monitor_performance() -> None:
         @task(retries=2, retry_delay=timedelta(seconds=30), retry_exponential_backoff=2.0)
         def check_performance() -> dict[str, Any]:
-            from pipeline.performance import monitor_performance
-            from pipeline.runs import in_airflow
-            from pipeline.stages import Run
+            from pipeline.monitoring.performance import monitor_performance
+            from pipeline.registry.runs import Run
+            from pipeline.tasks import in_airflow
 
             context = get_current_context()
             dag_run = context["dag_run"]

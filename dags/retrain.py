@@ -45,10 +45,11 @@ from typing import Any
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
 from retrain_assets import champion_model, labelled_records, models
 
-from pipeline.config import ModelEntry
-from pipeline.params import SPECS, json_schema
+from pipeline.contract.config import ModelEntry
+from pipeline.contract.params import SPECS, json_schema
+from pipeline.tasks import in_airflow
 
-# Every stage task: an infrastructure failure is retried after 30 s, then 60 s (`pipeline.runs.airflow_task`
+# Every stage task: an infrastructure failure is retried after 30 s, then 60 s (`pipeline.tasks.airflow_task`
 # turns any other failure into AirflowFailException, which is never retried).
 RETRY: dict[str, Any] = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": 2.0,
                          "max_retry_delay": timedelta(minutes=10)}
@@ -60,8 +61,9 @@ def _run(model: ModelEntry) -> Any:
     The cut-off (watermark) of a manual run is its trigger time, never the form's Logical Date; an
     `as_of` param asks for a past one (such a run never promotes). A scheduled or asset-triggered
     run reads up to the end of its data interval."""
-    from pipeline.params import as_of, check_conf
-    from pipeline.stages import Run, describe_trigger
+    from pipeline.contract.params import as_of, check_conf
+    from pipeline.registry.runs import Run
+    from pipeline.stages import describe_trigger
 
     context = get_current_context()
     dag_run = context["dag_run"]
@@ -76,30 +78,31 @@ def _run(model: ModelEntry) -> Any:
 
 
 def _workspace(model: ModelEntry) -> Any:
-    from pipeline.stages import Workspace
+    from pipeline.workspace import Workspace
 
     return Workspace.for_config(model.config_path)
 
 
 def _stage(model: ModelEntry, name: str, *args: Any, **kwargs: Any) -> Any:
     """Run `pipeline.stages.<name>` for this DAG run; a failure is one line, retried only when infrastructure
-    failed (`pipeline.runs.airflow_task`)."""
-    from pipeline.runs import in_airflow
+    failed (`pipeline.tasks.airflow_task`)."""
+    from pipeline.tasks import in_airflow
 
     def work(ws: Any) -> Any:
-        from pipeline import stages  # scikit-learn loads inside the task's thread sizing (pipeline.threads)
+        from pipeline import stages  # scikit-learn loads inside the task's thread sizing (pipeline.runtime.threads)
 
         return getattr(stages, name)(ws, _run(model), *args, **kwargs)
     return in_airflow(model.config_path, work)
 
 
 def _checked_params(model: ModelEntry) -> dict[str, Any]:
-    """The run's conf checked against `pipeline.params` before anything runs: an unknown key (Airflow's own
+    """The run's conf checked against `pipeline.contract.params` before anything runs: an unknown key (Airflow's own
     validation lets it through), a bad value or an `as_of` after the trigger time fails the run at once,
     recorded with the reason."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from pipeline import params, runs
+    from pipeline.contract import params
+    from pipeline.registry import runs
     from pipeline.stages import describe_trigger
 
     dag_run = get_current_context()["dag_run"]
@@ -109,13 +112,13 @@ def _checked_params(model: ModelEntry) -> dict[str, Any]:
         reason = str(exc)
     run_type = getattr(dag_run.run_type, "value", str(dag_run.run_type))
     label, _ = describe_trigger(run_type, getattr(dag_run, "triggering_user_name", None), [])
-    runs.in_airflow(model.config_path, lambda ws: runs.refuse_run(
+    in_airflow(model.config_path, lambda ws: runs.refuse_run(
         ws.engine, ws.model, model.run_id(dag_run.run_id), label, dag_run.run_after, dict(dag_run.conf or {}), reason))
     raise AirflowFailException(reason)
 
 
 def _record_failure(model: ModelEntry, context: Any) -> None:
-    from pipeline.runs import failure_kind
+    from pipeline.registry.runs import failure_kind
     from pipeline.stages import mark_run_failed
 
     error = context.get("exception")
@@ -158,7 +161,7 @@ def retrain_dag(model: ModelEntry) -> Any:
 
         @task(**RETRY)
         def plan_search(snapshot_hash: str) -> list[dict[str, Any]]:  # after validation: its rows are clean
-            from pipeline.runs import in_airflow
+            from pipeline.tasks import in_airflow
 
             def plan(ws: Any) -> list[dict[str, Any]]:
                 from pipeline.stages import plan_search

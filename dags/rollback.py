@@ -27,7 +27,7 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 from retrain_assets import champion_model, models
 
-from pipeline.config import ModelEntry
+from pipeline.contract.config import ModelEntry
 
 
 def rollback_dag(model: ModelEntry) -> Any:
@@ -61,8 +61,8 @@ def rollback_dag(model: ModelEntry) -> Any:
         @task(outlets=[champion])  # a new champion: score_patients runs
         def set_champion(params: dict[str, Any] | None = None) -> dict[str, Any]:
             from pipeline.champion import promote_version
-            from pipeline.runs import in_airflow
             from pipeline.stages import rollback_champion
+            from pipeline.tasks import in_airflow
 
             context = get_current_context()
             dag_run = context["dag_run"]

@@ -28,7 +28,7 @@ from typing import Any
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
 from retrain_assets import champion_model, models
 
-from pipeline.config import ModelEntry
+from pipeline.contract.config import ModelEntry
 
 # As the retrain's stages: an infrastructure failure is retried after 30 s, then 60 s; any other is not.
 RETRY: dict[str, Any] = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": 2.0,
@@ -52,8 +52,8 @@ def score_patients_dag(model: ModelEntry) -> Any:
     def score_patients() -> None:
         @task(**RETRY)
         def score_records() -> dict[str, Any]:
-            from pipeline.runs import in_airflow
-            from pipeline.scoring import score_batch
+            from pipeline.serving.scoring import score_batch
+            from pipeline.tasks import in_airflow
 
             run_id = model.run_id(get_current_context()["dag_run"].run_id)
             return in_airflow(model.config_path, lambda ws: score_batch(ws, run_id))

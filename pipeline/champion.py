@@ -6,7 +6,7 @@ checks are read as a rollback reads them, then it becomes champion in one transa
 `pipeline.promotion_events` with the actor, the reason and its live evidence (its shadow forecasts).
 
 The shadow set (`python -m pipeline shadow`) is the versions the batch also scores beside the champion
-(`pipeline.scoring`); its history is `pipeline.shadow_events`, append-only.
+(`pipeline.serving.scoring`); its history is `pipeline.shadow_events`, append-only.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from pipeline import ingest, registry
-from pipeline.scoring import PREDICTIONS
-from pipeline.stages import Workspace, vet_champion_to_be
+from pipeline.data import ingest
+from pipeline.registry import records
+from pipeline.serving.scoring import PREDICTIONS
+from pipeline.stages import vet_champion_to_be
+from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ def live_evidence(ws: Workspace, version: int) -> dict[str, Any]:
 
 
 def _performance(ws: Workspace, version: int) -> dict[str, Any]:
-    """The version's lines in the model's latest live performance report (`pipeline.performance`): its
+    """The version's lines in the model's latest live performance report (`pipeline.monitoring.performance`): its
     outcomes, live and holdout RMSE per source, and its pairing with the champion on the same records."""
     with ws.engine.connect() as conn:
         report = conn.execute(sa.text("""
@@ -67,14 +69,14 @@ def promote_version(ws: Workspace, run_id: str, to_version: int | None, reason: 
     if to_version is None:
         raise ValueError("a promotion needs the version to make champion (--to VERSION; to_version in the DAG)")
     with ws.engine.connect() as conn:
-        registry.get_model(conn, to_version, ws.model)  # a version of this model, or an error naming it
-        current = registry.current_champion(conn, ws.model)
+        records.get_model(conn, to_version, ws.model)  # a version of this model, or an error naming it
+        current = records.current_champion(conn, ws.model)
     if current is not None and current["version"] == to_version:
         raise ValueError(f"version {to_version} is already the champion of {ws.model}")
     failed = vet_champion_to_be(ws, to_version, force, "Promote it")
     evidence = live_evidence(ws, to_version)
     recorded = reason.strip() + (f" [forced past failed checks: {'; '.join(failed)}]" if failed else "")
-    replaced = registry.set_champion(ws.engine, ws.model, to_version, run_id, actor, f"promote: {recorded}",
+    replaced = records.set_champion(ws.engine, ws.model, to_version, run_id, actor, f"promote: {recorded}",
                                      evidence)
     log.info("promoted: version %s is champion (replacing %s) on %d shadow forecasts (%d with their outcome): %s",
              to_version, replaced, evidence["shadow_forecasts"], evidence["shadow_forecasts_with_outcome"], recorded)
@@ -85,8 +87,8 @@ def promote_version(ws: Workspace, run_id: str, to_version: int | None, reason: 
 def shadows(ws: Workspace) -> dict[str, Any]:
     """The model's champion and shadow set, with each shadow's live evidence so far."""
     with ws.engine.connect() as conn:
-        current = registry.current_champion(conn, ws.model)
-        shadow_set = registry.shadow_set(conn, ws.model)
+        current = records.current_champion(conn, ws.model)
+        shadow_set = records.shadow_set(conn, ws.model)
     return {"model": ws.model, "champion": None if current is None else int(current["version"]),
             "max_shadows": ws.config.serving.max_shadows,
             "shadows": [{**s, "evidence": live_evidence(ws, int(s["version"]))} for s in shadow_set]}
@@ -94,7 +96,7 @@ def shadows(ws: Workspace) -> dict[str, Any]:
 
 def add_shadow(ws: Workspace, version: int, actor: str, reason: str) -> dict[str, Any]:
     """Put a version in shadow (at most `serving.max_shadows`); the set afterwards."""
-    registry.add_shadow(ws.engine, ws.model, version, actor, reason.strip() or "(no reason given)",
+    records.add_shadow(ws.engine, ws.model, version, actor, reason.strip() or "(no reason given)",
                         ws.config.serving.max_shadows)
     log.info("version %s of %s is in shadow: the batch scores it beside the champion", version, ws.model)
     return shadows(ws)
@@ -102,7 +104,7 @@ def add_shadow(ws: Workspace, version: int, actor: str, reason: str) -> dict[str
 
 def remove_shadow(ws: Workspace, version: int, actor: str, reason: str) -> dict[str, Any]:
     """Take a version out of shadow; the set afterwards."""
-    registry.remove_shadow(ws.engine, ws.model, version, actor, reason.strip() or "(no reason given)")
+    records.remove_shadow(ws.engine, ws.model, version, actor, reason.strip() or "(no reason given)")
     log.info("version %s of %s is no longer in shadow", version, ws.model)
     return shadows(ws)
 
@@ -110,7 +112,7 @@ def remove_shadow(ws: Workspace, version: int, actor: str, reason: str) -> dict[
 def last_kept_candidate(ws: Workspace) -> int:
     """The candidate of the latest run that was evaluated and kept the champion; an error when there is none."""
     with ws.engine.connect() as conn:
-        version = registry.last_kept_candidate(conn, ws.model)
+        version = records.last_kept_candidate(conn, ws.model)
     if version is None:
         raise LookupError(f"no evaluated candidate of {ws.model} was kept out (every one was promoted, or none "
                           "was evaluated); name one with --add VERSION")

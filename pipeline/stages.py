@@ -17,99 +17,27 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-from sqlalchemy.engine import Engine
 
-from pipeline import artifacts, db, ingest, memory, quality, registry, runs, validate
-from pipeline.chunked_quality import CHUNK_ROWS, NotStreamable, classify_snapshots, streamable
-from pipeline.config import PipelineConfig, PromotionPolicy, load_config
-from pipeline.settings import Settings
+from pipeline.contract.config import PromotionPolicy
+from pipeline.contract.settings import Settings
+from pipeline.data import ingest, quality, validate
+from pipeline.data.chunked_quality import CHUNK_ROWS, NotStreamable, classify_snapshots, streamable
+from pipeline.registry import records, runs
+from pipeline.registry.runs import Run
+from pipeline.runtime import memory
+from pipeline.store import artifacts
+from pipeline.workspace import Workspace
 
 if TYPE_CHECKING:
-    from pipeline import cards
+    from pipeline.model import cards
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Workspace:
-    settings: Settings
-    config: PipelineConfig
-    engine: Engine
-
-    @classmethod
-    def open(cls, settings: Settings) -> Workspace:
-        """Load the configuration and connect to the database (starting the embedded one if needed)."""
-        config = load_config(settings.config_path)
-        engine = db.create_engine(db.database_url(settings), config.database)
-        db.ensure_schema(engine)
-        present = ingest.source_column_types(engine, config.dataset)
-        if present is not None:  # a table still to be created is named when ingest first reads it
-            ingest.check_declared_formats(config.dataset, present)
-        runs.reap_abandoned(engine, config.model)  # runs whose process died are never shown as running
-        return cls(settings, config, engine)
-
-    @classmethod
-    def for_config(cls, config_path: Path) -> Workspace:
-        """A Workspace from the environment's settings, for the model config at `config_path`."""
-        return cls.open(replace(Settings.from_env(), config_path=Path(config_path)))
-
-    @property
-    def model(self) -> str:
-        return self.config.model
-
-    @property
-    def store(self) -> artifacts.ArtifactStore:
-        """The artifact store: the local folder, and the team store in this database when configured."""
-        return artifacts.artifact_store(self.settings, self.engine)
-
-    def snapshot_path(self, snapshot_hash: str) -> Path:
-        """A stored snapshot's file on this machine (fetched from the team store when it is not here yet)."""
-        return artifacts.local_copy(self.store, "snapshots", snapshot_hash)
-
-    def load_snapshot(self, snapshot_hash: str, columns: list[str] | None = None) -> Any:
-        """A stored snapshot as a frame (every column, or `columns`), found by its hash in the configured store
-        and checked against it."""
-        return ingest.load_snapshot(self.snapshot_path(snapshot_hash), snapshot_hash, columns)
-
-    def holdout_rows(self, snapshot_hash: str, fraction: float) -> tuple[float, Any]:
-        """The mean outcome of a snapshot's training rows, and its holdout rows with every column
-        (`train.split_holdout`'s rows, in its order), read without holding the whole snapshot: the split's
-        keys are dropped before the holdout is read."""
-        from pipeline import train
-
-        contract = self.config.dataset
-        with self.engine.connect() as conn:
-            registry.get_snapshot(conn, snapshot_hash)  # registered, or a clear error naming it
-        with ingest.SnapshotFile(self.snapshot_path(snapshot_hash), snapshot_hash) as snapshot:
-            keys = snapshot.read(_split_columns(contract))
-            trained, held = train.split_positions(keys, contract, fraction)
-            train_mean = float(keys[contract.target_column].iloc[trained].mean())
-            del keys, trained
-            memory.give_back()
-            return train_mean, snapshot.rows(held)
-
-    def load_model(self, artifact_hash: str) -> Any:
-        """A stored model, found by its hash in the configured store; unpickled from the very bytes checked."""
-        return artifacts.load_model(artifacts.local_copy(self.store, "models", artifact_hash),
-                                    artifact_hash)
-
-    def relative(self, path: Path | str) -> str:
-        return artifacts.relative_path(self.settings.artifact_dir, Path(path))
-
-
-@dataclass(frozen=True)
-class Run:
-    run_id: str
-    watermark: datetime
-    triggered_by: str = "cli"
-    trigger_event: dict[str, Any] | None = None
-    as_of: datetime | None = None  # a past cut-off asked for (the watermark): the run never promotes
 
 
 RUN_TYPE_NAMES = {"scheduled": "schedule", "manual": "operator", "backfill": "backfill"}
@@ -137,12 +65,20 @@ class LineageError(ValueError):
     """A retried stage would mix a run's recorded inputs with new ones."""
 
 
+def open_workspace(settings: Settings) -> Workspace:
+    """The workspace a command or a task works in, once the runs whose process died are marked failed: a run
+    is never shown as running when nothing works on it."""
+    ws = Workspace.open(settings)
+    runs.reap_abandoned(ws.engine, ws.model)
+    return ws
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def stage(name: str) -> Callable[[F], F]:
     """A stage of a run: while it works, its process holds the run's lock and names the stage; any
-    exception marks the run failed with the reason and its kind (`pipeline.runs`), then propagates."""
+    exception marks the run failed with the reason and its kind (`pipeline.registry.runs`), then propagates."""
     def wrap(function: F) -> F:
         @functools.wraps(function)
         def staged(ws: Workspace, run: Run, *args: Any, **kwargs: Any) -> Any:
@@ -154,7 +90,7 @@ def stage(name: str) -> Callable[[F], F]:
 
 def _load_snapshot(ws: Workspace, snapshot_hash: str, columns: list[str] | None = None) -> Any:
     with ws.engine.connect() as conn:
-        registry.get_snapshot(conn, snapshot_hash)  # registered, or a clear error naming it
+        records.get_snapshot(conn, snapshot_hash)  # registered, or a clear error naming it
     return ws.load_snapshot(snapshot_hash, columns)
 
 
@@ -162,8 +98,8 @@ def ingest_snapshot(ws: Workspace, run: Run, params: dict[str, Any] | None = Non
     """Snapshot the labelled rows up to the run's watermark and register it; a retried run reuses the
     snapshot it recorded (see `_recorded_snapshot`)."""
     with ws.engine.begin() as conn:
-        recorded = registry.run_snapshot(conn, run.run_id)
-        registry.start_run(conn, ws.model, run.run_id, run.triggered_by, run.watermark, params or {},
+        recorded = records.run_snapshot(conn, run.run_id)
+        records.start_run(conn, ws.model, run.run_id, run.triggered_by, run.watermark, params or {},
                            run.trigger_event)
     return _ingest(ws, run, recorded)
 
@@ -180,9 +116,9 @@ def _ingest(ws: Workspace, run: Run, recorded: dict[str, Any] | None) -> dict[st
             f"gives {snapshot.snapshot_hash[:16]}… ({snapshot.row_count} rows). A retried run never mixes its recorded "
             "inputs with new ones: restore the file, or start a new run to train on the rows as they are now")
     with ws.engine.begin() as conn:
-        registry.record_snapshot(conn, replace(snapshot, path=ws.relative(snapshot.path)), run.run_id)
+        records.record_snapshot(conn, replace(snapshot, path=ws.relative(snapshot.path)), run.run_id)
         if snapshot.unlabelled_hash:  # frozen only when some rows await their outcome
-            registry.record_derived_snapshot(conn, "unlabelled", snapshot.unlabelled_hash,
+            records.record_derived_snapshot(conn, "unlabelled", snapshot.unlabelled_hash,
                                              ws.relative(str(snapshot.unlabelled_path)), snapshot.as_dict(),
                                              snapshot.unlabelled_rows, run.run_id, snapshot.unlabelled_query)
     log.info("ingest: snapshot %s, %d labelled rows up to %s; %d more await their outcome (not trained on); "
@@ -196,7 +132,7 @@ def _recorded_snapshot(ws: Workspace, run: Run, recorded: dict[str, Any]) -> dic
     (the source may have changed since, and the run's later stages were computed from these rows)."""
     artifacts.verify_file(ws.snapshot_path(recorded["snapshot_hash"]), recorded["snapshot_hash"])
     with ws.engine.connect() as conn:
-        waiting = registry.unlabelled_snapshot(conn, recorded["snapshot_hash"])
+        waiting = records.unlabelled_snapshot(conn, recorded["snapshot_hash"])
     log.info("run %s was ingested before: reusing its snapshot %s (%d rows up to %s), not reading the source again",
              run.run_id, recorded["snapshot_hash"], recorded["row_count"], recorded["watermark"])
     return ingest.Snapshot(
@@ -212,7 +148,7 @@ def _recorded_snapshot(ws: Workspace, run: Run, recorded: dict[str, Any]) -> dic
 def has_new_data(ws: Workspace, run: Run, snapshot_hash: str, force: bool = False) -> bool:
     """False (and the run recorded as skipped) when the latest model was trained on these very rows."""
     with ws.engine.connect() as conn:
-        last = registry.last_trained_snapshot(conn, ws.model, exclude_run=run.run_id)
+        last = records.last_trained_snapshot(conn, ws.model, exclude_run=run.run_id)
     if force or last is None or last["snapshot_hash"] != snapshot_hash:
         log.info("new data: %s", "force=true" if force and last and last["snapshot_hash"] == snapshot_hash else
                  "no model trained yet" if last is None else
@@ -221,7 +157,7 @@ def has_new_data(ws: Workspace, run: Run, snapshot_hash: str, force: bool = Fals
     reason = (f"no new data: snapshot {snapshot_hash[:12]} is the one version {last['version']} "
               f"was trained on (run {last['run_id']}); trigger with force=true to retrain anyway")
     with ws.engine.begin() as conn:
-        registry.finish_run(conn, run.run_id, "skipped", reason)
+        records.finish_run(conn, run.run_id, "skipped", reason)
     log.info(reason)
     return False
 
@@ -230,7 +166,7 @@ def _awaiting_rows(ws: Workspace, raw_hash: str) -> tuple[Any, str | None]:
     """The rows frozen with a raw snapshot that await their outcome, and their snapshot's hash; None, None
     when there were none."""
     with ws.engine.connect() as conn:
-        row = registry.unlabelled_snapshot(conn, raw_hash)
+        row = records.unlabelled_snapshot(conn, raw_hash)
     if row is None:
         return None, None
     return ws.load_snapshot(row["snapshot_hash"]), str(row["snapshot_hash"])
@@ -243,8 +179,8 @@ def _classify_snapshot(ws: Workspace, snapshot_hash: str, suite: dict[str, Any],
     contract = ws.config.dataset
     if chunk_rows and streamable(suite):
         with ws.engine.connect() as conn:
-            registry.get_snapshot(conn, snapshot_hash)  # registered, or a clear error naming it
-            waiting = registry.unlabelled_snapshot(conn, snapshot_hash)
+            records.get_snapshot(conn, snapshot_hash)  # registered, or a clear error naming it
+            waiting = records.unlabelled_snapshot(conn, snapshot_hash)
         hashes = [snapshot_hash] + ([str(waiting["snapshot_hash"])] if waiting else [])
         paths = [ws.snapshot_path(digest) for digest in hashes]
         for path, digest in zip(paths, hashes, strict=True):
@@ -268,7 +204,7 @@ def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str,
     The rows recorded with it that await their outcome are checked in the same pass and reported
     (never trained on). The run stops (champion untouched) on a schema problem, or when the
     quarantined share of the labelled rows is over `quality.max_quarantine_share`. The rows are read
-    `chunk_rows` at a time when the suite allows it (`pipeline.chunked_quality`; None: all at once),
+    `chunk_rows` at a time when the suite allows it (`pipeline.data.chunked_quality`; None: all at once),
     with the same verdicts, result and clean snapshot either way.
     """
     contract, limit = ws.config.dataset, ws.config.quality.max_quarantine_share
@@ -300,17 +236,17 @@ def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str,
                "unlabelled_faulty": len(awaiting.quarantined), "unlabelled_reason_counts": awaiting.reason_counts(),
                "report_path": str(report_path)}
     with ws.engine.begin() as conn:
-        raw = registry.get_snapshot(conn, snapshot_hash)
-        registry.record_derived_snapshot(conn, "clean", clean_hash, str(clean_path), raw, result.valid_count,
+        raw = records.get_snapshot(conn, snapshot_hash)
+        records.record_derived_snapshot(conn, "clean", clean_hash, str(clean_path), raw, result.valid_count,
                                          run.run_id)
-        registry.record_quarantine(conn, run.run_id, quarantined)
-        registry.record_validation(conn, run.run_id, snapshot_hash, {
+        records.record_quarantine(conn, run.run_id, quarantined)
+        records.record_validation(conn, run.run_id, snapshot_hash, {
             **{k: v for k, v in summary.items() if k != "snapshot_hash"}, "suite_name": suite["name"],
             "success": problem is None, "statistics": result.gx_result["statistics"], "failures": failures,
             "result": result.gx_result, "normalisations": result.normalisations})
         if problem:
             error = validate.ValidationFailed(suite["name"], failures, headline=problem)
-            registry.finish_run(conn, run.run_id, "validation_failed", str(error))
+            records.finish_run(conn, run.run_id, "validation_failed", str(error))
     if problem:
         raise error
     log.info("validation: %d rows read, %d valid, %d quarantined %s; %d await their outcome (%d with faults %s); "
@@ -331,11 +267,11 @@ def _training_rows(ws: Workspace, snapshot_hash: str) -> tuple[Any, dict[str, An
     """The clean snapshot's training rows, split as every stage splits them, of the model's inputs and outcome
     only (the whole snapshot is freed before a fit); and the holdout's size and first row, as a version
     records them."""
-    from pipeline import train
+    from pipeline.model import train
 
     contract = ws.config.dataset
     with ws.engine.connect() as conn:
-        if registry.get_snapshot(conn, snapshot_hash)["kind"] != "clean":
+        if records.get_snapshot(conn, snapshot_hash)["kind"] != "clean":
             raise ValueError(f"snapshot {snapshot_hash} is not a validated clean snapshot: train on the "
                              "clean_snapshot_hash that validate_snapshot returns")
     frame = _load_snapshot(ws, snapshot_hash)
@@ -352,7 +288,7 @@ def search_family(ws: Workspace, run: Run, snapshot_hash: str, family: str, star
     """Cross-validate one family on the search's seeded rows and folds: one task of the mapped search, run
     beside its siblings (the run's lock held shared). Its out-of-fold |residuals| go to the artifact store,
     so the selecting task, on any worker, reads what this one computed."""
-    from pipeline import train
+    from pipeline.model import train
 
     contract, policy = ws.config.dataset, ws.config.training
     if family not in policy.families:
@@ -395,11 +331,11 @@ def train_candidate(ws: Workspace, run: Run, snapshot_hash: str,
     holds the results of a mapped search (`search_family` per family, as the DAG runs it); without it the
     families are searched here, one after another, with the same seeds and folds. A retried run that
     registered its candidate already gets it back, if it was trained on this very snapshot."""
-    from pipeline import intervals, train
+    from pipeline.model import intervals, train
 
     contract, policy = ws.config.dataset, ws.config.training
     with ws.engine.connect() as conn:
-        registered = registry.model_of_run(conn, run.run_id)
+        registered = records.model_of_run(conn, run.run_id)
     if registered is not None:
         return _registered_candidate(ws, run, registered, snapshot_hash)
     train_rows, holdout = _training_rows(ws, snapshot_hash)
@@ -426,7 +362,7 @@ def train_candidate(ws: Workspace, run: Run, snapshot_hash: str,
     interval = intervals.conformal_record(residuals[family], ws.config.serving.interval_coverage,
                                          intervals.search_inputs(family, policy, len(train_rows)))
     with ws.engine.begin() as conn:
-        version = registry.register_model(conn, record)
+        version = records.register_model(conn, record)
         intervals.record(conn, version, interval)
     log.info("train: version %s registered, %s won the cross-validation (CV RMSE %s; %s search) on %d rows, "
              "%d held out; model %s", version, family, _metric(cv_table.get(family), "cv_rmse_mean"),
@@ -459,7 +395,7 @@ def _render_page(render: Any, ws: Workspace, key: Any) -> str | None:
 def _champion_predictions(champion: dict[str, Any] | None, holdout: Any, contract: Any,
                           load_model: Callable[[str], Any]) -> tuple[Any, str | None]:
     """The champion's holdout predictions; an unreadable champion yields an error, never a guess."""
-    from pipeline import features
+    from pipeline.model import features
 
     if champion is None:
         return None, None
@@ -477,17 +413,11 @@ class ChampionRowsUnknown(ValueError):
     """The rows the champion trained on cannot be told, so they cannot be kept out of a comparison."""
 
 
-def _split_columns(contract: Any) -> list[str]:
-    """The columns a holdout split reads, and the outcome."""
-    return list(dict.fromkeys([contract.timestamp_column, contract.labelled_at_column(), contract.id_column,
-                               contract.target_column]))
-
-
 def _champion_training_ids(ws: Workspace, champion: dict[str, Any]) -> Any:
     """The ids of the rows the champion was trained on: its own snapshot, split as when it was trained (with
     its recorded holdout fraction, and by record time if its holdout started by record time). A snapshot that
     cannot be read, or that no longer splits as recorded, is an error naming the file."""
-    from pipeline import train
+    from pipeline.model import train
 
     contract, path = ws.config.dataset, ws.snapshot_path(champion["snapshot_hash"])
     started = champion.get("holdout_start") or {}
@@ -495,7 +425,7 @@ def _champion_training_ids(ws: Workspace, champion: dict[str, Any]) -> Any:
         contract = replace(contract, label_timestamp_column=None)  # trained before the holdout followed label time
     fraction = float((champion.get("params") or {}).get("holdout_fraction", ws.config.training.holdout_fraction))
     try:
-        keys = _load_snapshot(ws, champion["snapshot_hash"], _split_columns(contract)[:-1])
+        keys = _load_snapshot(ws, champion["snapshot_hash"], train.split_columns(contract)[:-1])
         trained, held = train.split_positions(keys, contract, fraction)
     except Exception as exc:
         raise ChampionRowsUnknown(
@@ -543,10 +473,10 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
     """Everything a promotion decision rests on, computed on the candidate's held-out rows less those the
     champion trained on (a champion judged on its own training rows would look better than it is); and,
     when those are its whole holdout, the candidate's scores on it, for its card."""
-    from pipeline import cards, evaluate, features
+    from pipeline.model import cards, evaluate, features, train
 
     contract, fraction = ws.config.dataset, ws.config.training.holdout_fraction
-    train_mean, whole = ws.holdout_rows(candidate["snapshot_hash"], fraction)
+    train_mean, whole = train.holdout_rows(ws, candidate["snapshot_hash"], fraction)
     holdout, excluded, rows_unknown = comparison_holdout(ws, whole, champion)
     del whole
     observed = holdout[contract.target_column].to_numpy()
@@ -580,7 +510,7 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
 def _interval_evidence(ws: Workspace, version: int, observed: Any, predicted: Any) -> dict[str, Any]:
     """The version's interval and the share of holdout outcomes inside it; informative, never a reason to
     fail an evaluation."""
-    from pipeline import intervals
+    from pipeline.model import intervals
 
     try:
         interval = intervals.for_version(ws, version)
@@ -594,14 +524,14 @@ def _interval_evidence(ws: Workspace, version: int, observed: Any, predicted: An
 @stage("evaluate")
 def evaluate_candidate(ws: Workspace, run: Run, version: int, margin: float | None = None) -> dict[str, Any]:
     """Score candidate and champion on the same held-out rows, check behaviour, record the decision."""
-    from pipeline import evaluate
+    from pipeline.model import evaluate
 
     policy = replace(ws.config.promotion, margin=ws.config.promotion.margin if margin is None else margin)
     with ws.engine.connect() as conn:
-        candidate = registry.get_model(conn, version, ws.model)
-        champion = registry.current_champion(conn, ws.model)
-        already_promoted = registry.promoted_by_run(conn, run.run_id) == version
-        recorded = registry.get_evaluation(conn, run.run_id) if already_promoted else None
+        candidate = records.get_model(conn, version, ws.model)
+        champion = records.current_champion(conn, ws.model)
+        already_promoted = records.promoted_by_run(conn, run.run_id) == version
+        recorded = records.get_evaluation(conn, run.run_id) if already_promoted else None
     if recorded is not None:  # a retried task after this run promoted: the record stands
         return {**_evaluation_summary(recorded), **_render_pages(ws, version, run.run_id)}
     scored = None
@@ -628,7 +558,7 @@ def evaluate_candidate(ws: Workspace, run: Run, version: int, margin: float | No
         "evidence": evidence,
     }
     with ws.engine.begin() as conn:
-        registry.record_evaluation(conn, run.run_id, evaluation)
+        records.record_evaluation(conn, run.run_id, evaluation)
     memory.give_back()  # the champion's rows and scores, before the pages
     pages = _render_pages(ws, version, run.run_id, scored)
     log.info("evaluate: decision %s for version %s against champion %s (RMSE %s vs %s on %d holdout rows): %s; "
@@ -646,7 +576,7 @@ def _metric(metrics: dict[str, Any] | None, name: str = "rmse") -> str:
 def _render_pages(ws: Workspace, version: int, run_id: str, scored: cards.Scored | None = None) -> dict[str, str | None]:
     """The candidate's model card (from `scored`, its holdout scores, when the evaluation has them) and the
     decision's comparison page, once the decision is recorded."""
-    from pipeline import cards
+    from pipeline.model import cards
 
     return {"card": _render_page(lambda w, v: cards.render_model_card(w, v, scored), ws, version),
             "comparison": _render_page(cards.render_comparison, ws, run_id)}
@@ -665,7 +595,7 @@ def _evaluation_summary(evaluation: dict[str, Any]) -> dict[str, Any]:
 def promote_candidate(ws: Workspace, run: Run, dry_run: bool = False, actor: str = "retrain") -> dict[str, Any]:
     """Apply the recorded decision: promote in one transaction, or keep the champion and say why."""
     with ws.engine.connect() as conn:
-        evaluation = registry.get_evaluation(conn, run.run_id)
+        evaluation = records.get_evaluation(conn, run.run_id)
     version, reason = evaluation["candidate_version"], evaluation["reason"]
     if evaluation["decision"] != "promote":
         status, outcome = "kept", f"champion kept: {reason}"
@@ -676,12 +606,12 @@ def promote_candidate(ws: Workspace, run: Run, dry_run: bool = False, actor: str
         status, outcome = "kept", f"dry run: would promote version {version} ({reason})"
     else:
         try:
-            registry.promote(ws.engine, ws.model, run.run_id, version, evaluation["champion_version"], actor, reason)
+            records.promote(ws.engine, ws.model, run.run_id, version, evaluation["champion_version"], actor, reason)
             status, outcome = "promoted", f"version {version} promoted: {reason}"  # now, or by an earlier try
-        except registry.StaleChampionError as exc:
+        except records.StaleChampionError as exc:
             status, outcome = "kept", str(exc)
     with ws.engine.begin() as conn:
-        registry.finish_run(conn, run.run_id, status, outcome)
+        records.finish_run(conn, run.run_id, status, outcome)
     log.info("promote: %s", outcome)
     return {"status": status, "candidate_version": version, "reason": outcome}
 
@@ -693,12 +623,12 @@ def mark_run_failed(ws: Workspace, run_id: str, reason: str, kind: str = "data")
 
 def monitor_drift(ws: Workspace, run: Run) -> dict[str, Any]:
     """Compare rows recorded since the champion's training watermark with its training snapshot."""
-    from pipeline import drift
+    from pipeline.monitoring import drift
 
     contract, policy = ws.config.dataset, ws.config.monitoring.drift
     with ws.engine.connect() as conn:
-        champion = registry.current_champion(conn, ws.model)
-        reference_info = registry.get_snapshot(conn, champion["snapshot_hash"]) if champion else None
+        champion = records.current_champion(conn, ws.model)
+        reference_info = records.get_snapshot(conn, champion["snapshot_hash"]) if champion else None
     report: dict[str, Any] = {"model": ws.model, "run_id": run.run_id, "window_end": run.watermark, "features": [],
                               "champion_version": None, "reference_snapshot": None, "window_start": None,
                               "reference_rows": 0, "recent_rows": 0, "unreadable_rows": 0, "report_path": None}
@@ -722,7 +652,7 @@ def monitor_drift(ws: Workspace, run: Run) -> dict[str, Any]:
             page = drift.render_report(results, reference, recent, contract, f"Drift report {run.run_id}", policy, report)
             report["report_path"] = str(artifacts.store_bytes(ws.store, "reports", page.encode(), ".html")[1])
     with ws.engine.begin() as conn:
-        registry.record_drift_report(conn, report)
+        records.record_drift_report(conn, report)
     drifted = [f["feature"] for f in report["features"] if f["drifted"]]
     log.info("drift verdict %s (%d recent rows, %d left out as unreadable by the contract); drifted features: %s",
              report["verdict"], report["recent_rows"], report["unreadable_rows"], drifted)
@@ -737,7 +667,7 @@ def failed_policy_checks(conn: Any, model: dict[str, Any]) -> list[str]:
     evaluation that failed closed), or why it was never judged; empty when it passed them all. Losing to
     the champion of the day is not a failed check: that is what a rollback may undo."""
     try:
-        evaluation = registry.get_evaluation(conn, model["run_id"])
+        evaluation = records.get_evaluation(conn, model["run_id"])
     except LookupError:
         return [f"version {model['version']} has no recorded evaluation (run {model['run_id']})"]
     if evaluation["candidate_version"] != model["version"]:
@@ -760,7 +690,7 @@ def vet_champion_to_be(ws: Workspace, version: int, force: bool, verb: str) -> l
     """Before an operator makes `version` champion: it is a version of this model, its artifact matches its
     registered SHA-256, and it passed its policy checks unless `force`; returns the checks it failed."""
     with ws.engine.connect() as conn:
-        model = registry.get_model(conn, version, ws.model)
+        model = records.get_model(conn, version, ws.model)
         failed = failed_policy_checks(conn, model)
     if failed and not force:
         raise ValueError(f"version {version} failed its policy checks: {'; '.join(failed)}. {verb} only "
@@ -777,12 +707,12 @@ def rollback_champion(ws: Workspace, run_id: str, reason: str, to_version: int |
     if not reason or not reason.strip():
         raise ValueError("a rollback needs a reason (--reason)")
     with ws.engine.connect() as conn:
-        target = to_version if to_version is not None else registry.previous_champion(conn, ws.model)
+        target = to_version if to_version is not None else records.previous_champion(conn, ws.model)
     if target is None:
         raise ValueError(f"no earlier champion of {ws.model} to roll back to; name one with --to VERSION")
     failed = vet_champion_to_be(ws, target, force, "Roll back to it")
     recorded = reason.strip() + (f" [forced past failed checks: {'; '.join(failed)}]" if failed else "")
-    replaced = registry.rollback(ws.engine, ws.model, target, run_id, actor, recorded)
+    replaced = records.rollback(ws.engine, ws.model, target, run_id, actor, recorded)
     log.info("rolled back: version %s is champion again (replacing %s): %s", target, replaced, recorded)
     return {"champion": target, "replaced": replaced, "reason": reason.strip(), "run_id": run_id,
             "forced_past": failed}
@@ -790,11 +720,11 @@ def rollback_champion(ws: Workspace, run_id: str, reason: str, to_version: int |
 
 def reproduce_version(ws: Workspace, version: int) -> dict[str, Any]:
     """Rebuild a version from its recorded snapshot and parameters; compare predictions bit for bit."""
-    from pipeline import features, train
+    from pipeline.model import features, train
 
     contract = ws.config.dataset
     with ws.engine.connect() as conn:
-        model = registry.get_model(conn, version, ws.model)
+        model = records.get_model(conn, version, ws.model)
     recorded = model["params"]
     policy = replace(ws.config.training, seed=recorded["seed"], holdout_fraction=recorded["holdout_fraction"],
                      families={model["model_family"]: recorded["family_params"]})

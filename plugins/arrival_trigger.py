@@ -1,7 +1,7 @@
 """The arrival watcher's trigger: fires when enough new labelled rows have landed in PostgreSQL.
 
 It lives in plugins/ because the triggerer imports triggers from there, not from dags/.
-The decision, and its state, belong to `pipeline.arrivals`; this class only polls it.
+The decision, and its state, belong to `pipeline.data.arrivals`; this class only polls it.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ def _settings(config_path: str | None) -> Any:
     from dataclasses import replace
     from pathlib import Path
 
-    from pipeline.settings import Settings
+    from pipeline.contract.settings import Settings
 
     settings = Settings.from_env()
     return settings if config_path is None else replace(settings, config_path=Path(config_path))
 
 
 def _claim_signal(config_path: str | None) -> dict[str, Any] | None:
-    from pipeline.arrivals import claim_arrival_signal
-    from pipeline.stages import Workspace
+    from pipeline.data.arrivals import claim_arrival_signal
+    from pipeline.workspace import Workspace
 
     ws = Workspace.open(_settings(config_path))
     try:
@@ -36,7 +36,7 @@ def _claim_signal(config_path: str | None) -> dict[str, Any] | None:
 
 
 def _poll_seconds(config_path: str | None) -> float:
-    from pipeline.config import load_config
+    from pipeline.contract.config import load_config
 
     return load_config(_settings(config_path).config_path).monitoring.poll_seconds
 

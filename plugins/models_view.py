@@ -1,6 +1,6 @@
 """The Models view in the Airflow UI: a FastAPI app on the API server at /models-view, and a nav entry.
 
-Routes only: every query and every page comes from `pipeline.models_view`. Access is Airflow's own:
+Routes only: every query and every page comes from `pipeline.views.models_view`. Access is Airflow's own:
 each request must carry the UI's session cookie or an API Bearer token that Airflow's auth manager
 accepts and that may read DAGs; anything else is refused (401 without a token, 403 for a bad one).
 The pipeline package (pandas, scikit-learn) is imported on the first request, not when Airflow
@@ -21,9 +21,9 @@ from fastapi.responses import HTMLResponse, Response
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from pipeline.config import ModelEntry
-    from pipeline.models_view import Links
-    from pipeline.settings import Settings
+    from pipeline.contract.config import ModelEntry
+    from pipeline.contract.settings import Settings
+    from pipeline.views.models_view import Links
 
 URL_PREFIX = "/models-view"
 
@@ -33,18 +33,18 @@ app = FastAPI(title="Models view", docs_url=None, redoc_url=None, openapi_url=No
 
 @cache
 def _settings() -> Settings:
-    from pipeline.settings import Settings
+    from pipeline.contract.settings import Settings
     return Settings.from_env()
 
 
 @cache
 def _engine() -> Engine:
-    from pipeline import db
+    from pipeline.store import db
     return db.create_engine(db.database_url(_settings()))
 
 
 def _entries() -> dict[str, ModelEntry]:
-    from pipeline.config import model_entries
+    from pipeline.contract.config import model_entries
     settings = _settings()
     return {e.name: e for e in model_entries(settings.config_path, settings.models_dir)}
 
@@ -57,14 +57,14 @@ def _entry(model: str) -> ModelEntry:
 
 
 def _links(request: Request) -> Links:
-    from pipeline.models_view import Links
+    from pipeline.views.models_view import Links
     base = str(request.scope.get("root_path", "")).rstrip("/")  # where this app is mounted, behind any base_url
     return Links(base=base, airflow=base.removesuffix(URL_PREFIX))
 
 
 @app.get("/", response_class=HTMLResponse)
 def index(request: Request) -> str:
-    from pipeline import models_view
+    from pipeline.views import models_view
     with _engine().connect() as conn:
         summaries = models_view.model_summaries(conn, list(_entries()))
     return models_view.index_html(_links(request), summaries)
@@ -72,7 +72,7 @@ def index(request: Request) -> str:
 
 @app.get("/{model}", response_class=HTMLResponse)
 def model_page(request: Request, model: str) -> str:
-    from pipeline import models_view
+    from pipeline.views import models_view
     entry = _entry(model)
     with _engine().connect() as conn:
         overview = models_view.model_overview(conn, entry.name)
@@ -80,7 +80,8 @@ def model_page(request: Request, model: str) -> str:
 
 
 def _report(request: Request, model: str, kind: str, key: str | int) -> str:
-    from pipeline import artifacts, models_view
+    from pipeline.store import artifacts
+    from pipeline.views import models_view
     entry = _entry(model)
     try:
         with _engine().connect() as conn:
@@ -106,14 +107,14 @@ def run_report(request: Request, model: str, run_id: str, kind: str) -> str:
 
 
 def _quarantine(model: str, run_id: str, code: str, limit: int | None) -> list[dict[str, Any]]:
-    from pipeline import models_view
+    from pipeline.views import models_view
     with _engine().connect() as conn:
         return models_view.quarantine_rows(conn, _entry(model).name, run_id or None, code or None, limit)
 
 
 @app.get("/{model}/quarantine", response_class=HTMLResponse)
 def quarantine(request: Request, model: str, run_id: str = "", code: str = "") -> str:
-    from pipeline import models_view
+    from pipeline.views import models_view
     rows = _quarantine(model, run_id, code, models_view.QUARANTINE_PAGE_ROWS)
     with _engine().connect() as conn:
         codes = models_view.quarantine_codes(conn, model)
@@ -123,7 +124,7 @@ def quarantine(request: Request, model: str, run_id: str = "", code: str = "") -
 
 @app.get("/{model}/quarantine.csv")
 def quarantine_csv(model: str, run_id: str = "", code: str = "") -> Response:
-    from pipeline import models_view
+    from pipeline.views import models_view
     body = models_view.quarantine_csv(_quarantine(model, run_id, code, None))
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(p for p in (model, "quarantine", run_id, code) if p))
     return Response(body, media_type="text/csv; charset=utf-8",

@@ -4,7 +4,7 @@ changes emit.
 Each model config (PIPELINE_CONFIG, plus every *.yaml in PIPELINE_MODELS_DIR) gets its own
 `retrain`, `monitor_drift`, `monitor_performance`, `rollback` and `score_patients` DAGs and its own assets; the primary config's
 keep the plain ids (`retrain`, `labelled_patient_records`, `champion_model`), the others carry the model name.
-Parsing reads only each file's `model:` name: pipeline.config and pipeline.settings import no
+Parsing reads only each file's `model:` name: pipeline.contract.config and pipeline.contract.settings import no
 heavy library.
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 from airflow.sdk import Asset, AssetWatcher
 from arrival_trigger import NewLabelledRowsTrigger
 
-from pipeline.config import ModelEntry, model_entries
-from pipeline.settings import Settings
+from pipeline.contract.config import ModelEntry, model_entries
+from pipeline.contract.settings import Settings
 
 
 def models() -> list[ModelEntry]:

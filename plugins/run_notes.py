@@ -4,7 +4,7 @@ A task cannot write its run's note in Airflow 3: the Task SDK reads `dag_run.not
 sets it, and a task process has no access to the metadata database. So the note is written by a
 listener, in the process that sets the run's final state (the scheduler, or the one running `dag.test()`),
 which may use Airflow's ORM: `on_dag_run_success` / `on_dag_run_failed`. The words come from
-`pipeline.outcome_notes`, read from the registry, so a run that failed, was skipped or was refused
+`pipeline.views.run_notes`, read from the registry, so a run that failed, was skipped or was refused
 gets its note too. A note the operator gave at trigger time is kept below the outcome.
 """
 
@@ -24,15 +24,15 @@ log = logging.getLogger(__name__)
 
 
 def _engine() -> Engine:
-    from pipeline import db
-    from pipeline.settings import Settings
+    from pipeline.contract.settings import Settings
+    from pipeline.store import db
 
     return _engine_on(db.database_url(Settings.from_env()))
 
 
 @cache
 def _engine_on(url: str) -> Engine:
-    from pipeline import db
+    from pipeline.store import db
 
     return db.create_engine(url)
 
@@ -46,7 +46,7 @@ def _registry_run_id(dag_id: str, run_id: str) -> str | None:
 
 def write_outcome_note(dag_run: Any) -> None:
     """Set the note of a finished retrain run to its outcome, keeping a note given at trigger time."""
-    from pipeline.outcome_notes import note_of_run
+    from pipeline.views.run_notes import note_of_run
 
     run_id = _registry_run_id(dag_run.dag_id, dag_run.run_id)
     if run_id is None:

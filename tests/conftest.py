@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import db
-from pipeline.config import PipelineConfig, load_config
-from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.contract.config import PipelineConfig, load_config
+from pipeline.contract.settings import PROJECT_ROOT, Settings
+from pipeline.store import db
 
 # The files that start a whole Airflow (scheduler, API server, triggerer, workers) are marked `live_airflow`:
 # `make test` runs them in one process after the rest, which runs on two (pytest-xdist, --dist loadgroup).

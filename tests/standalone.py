@@ -21,8 +21,9 @@ from typing import Any
 import requests
 import sqlalchemy as sa
 
-from pipeline import db, demo
-from pipeline.settings import PROJECT_ROOT
+from pipeline.contract.settings import PROJECT_ROOT
+from pipeline.data import demo
+from pipeline.store import db
 from tests.conftest import create_scratch_database
 
 START_TIMEOUT = 150

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import db
-from pipeline.localenv import airflow_environment
-from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.cli.localenv import airflow_environment
+from pipeline.contract.settings import PROJECT_ROOT, Settings
+from pipeline.store import db
 
 # One metadata database per pytest process (`make test` runs two, pytest-xdist names them gw0, gw1).
 AIRFLOW_TEST_DATABASE = f"airflow_test_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"

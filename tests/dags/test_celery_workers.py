@@ -1,5 +1,5 @@
 """`retrain` on Airflow's CeleryExecutor with two Celery workers, through the REST API: redis-server, a
-scheduler, an API server, a triggerer, a DAG processor and two workers (`pipeline.cluster`), each worker in
+scheduler, an API server, a triggerer, a DAG processor and two workers (`pipeline.cli.cluster`), each worker in
 its own working directory with its own artifact cache and the team store in PostgreSQL between them.
 
 The model search fans out over both workers; one worker is killed in the middle of a search task, which is
@@ -22,11 +22,13 @@ import requests
 import sqlalchemy as sa
 import yaml
 
-from pipeline import registry, stages, train
-from pipeline.cluster import Cluster, celery_airflow
-from pipeline.features import model_inputs
-from pipeline.localenv import airflow_environment
-from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.cli.cluster import Cluster, celery_airflow
+from pipeline.cli.localenv import airflow_environment
+from pipeline.contract.settings import PROJECT_ROOT, Settings
+from pipeline.model import train
+from pipeline.model.features import model_inputs
+from pipeline.registry import records
+from pipeline.workspace import Workspace
 from tests.standalone import scratch_airflow, wait_for, wait_until_ready
 
 RUN_TIMEOUT = 420
@@ -122,12 +124,12 @@ def test_retrain_fans_out_over_two_workers_and_survives_losing_one(celery: Celer
     assert final["rendered_map_index"] == SLOW_FAMILY
 
     with celery.engine.connect() as conn:
-        candidate = registry.model_of_run(conn, run_id)
+        candidate = records.model_of_run(conn, run_id)
     assert candidate is not None
     # The run's model is the one the sequential search (what the LocalExecutor's one process runs) fits on the
     # same clean snapshot: same CV table and winner, bit-identical predictions. Read here through a third
     # artifact cache of the team store.
-    ws = stages.Workspace.open(celery.settings)
+    ws = Workspace.open(celery.settings)
     clean = ws.load_snapshot(candidate["snapshot_hash"])
     train_rows, _ = train.split_holdout(clean, ws.config.dataset, ws.config.training.holdout_fraction)
     model, family, cv_table = train.fit_best_family(train_rows, ws.config.dataset, ws.config.training)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.settings import ENV_MODELS_DIR, PROJECT_ROOT
+from pipeline.contract.settings import ENV_MODELS_DIR, PROJECT_ROOT
 
 HEAVY_MODULES = ("great_expectations", "sklearn", "pandas", "pyarrow", "pipeline.stages")
 
@@ -84,7 +84,7 @@ def test_parsing_dag_files_imports_no_heavy_library() -> None:
     heavy, light = result.stdout.strip().splitlines()[-2:]
     assert heavy == "HEAVY="
     # model names and the params schema only: YAML and the standard library, no stages
-    assert light == "PIPELINE=pipeline,pipeline.config,pipeline.params,pipeline.settings"
+    assert light == "PIPELINE=pipeline,pipeline.contract.config,pipeline.contract.params,pipeline.contract.settings"
 
 
 def test_monitor_drift_runs_hourly_and_feeds_the_retrain_asset(dag_bag: Any) -> None:

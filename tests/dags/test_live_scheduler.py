@@ -20,8 +20,8 @@ import requests
 import sqlalchemy as sa
 import yaml
 
-from pipeline import demo
-from pipeline.settings import PROJECT_ROOT
+from pipeline.contract.settings import PROJECT_ROOT
+from pipeline.data import demo
 from tests.standalone import standalone_airflow, wait_for
 
 RUN_TIMEOUT = 420  # a guard against a hung run, not a timing: generous so that a busy machine does not trip it

@@ -7,8 +7,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from pipeline import db, stages
-from pipeline.settings import Settings
+from pipeline import stages
+from pipeline.contract.settings import Settings
+from pipeline.store import db
+from pipeline.workspace import Workspace
 from tests.integration.test_performance import add_records, degraded_history, register_versions
 
 
@@ -24,7 +26,7 @@ def _retrain_events(run_id: str) -> list[dict[str, Any]]:
 
 
 def test_a_degraded_champion_requests_a_retrain_once(airflow_db: None, dag_bag: Any, pipeline_env: Settings) -> None:
-    ws = stages.Workspace.open(pipeline_env)
+    ws = Workspace.open(pipeline_env)
     version, = register_versions(ws, [10.0], champion=0)
     add_records(ws, list(range(8001, 8061)))
     degraded_history(ws, list(range(8001, 8061)), version, spread=25.0)  # outcomes known now: before the run

@@ -7,9 +7,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from pipeline import db, demo, registry
-from pipeline.config import DEFAULT_MODEL, load_config
-from pipeline.settings import Settings
+from pipeline.contract.config import DEFAULT_MODEL, load_config
+from pipeline.contract.settings import Settings
+from pipeline.data import demo
+from pipeline.registry import records
+from pipeline.store import db
 
 
 def _engine(settings: Settings) -> sa.engine.Engine:
@@ -18,7 +20,7 @@ def _engine(settings: Settings) -> sa.engine.Engine:
 
 def _champion_state(engine: sa.engine.Engine, settings: Settings) -> tuple[dict[str, Any] | None, bytes | None]:
     with engine.connect() as conn:
-        champion = registry.current_champion(conn, DEFAULT_MODEL)
+        champion = records.current_champion(conn, DEFAULT_MODEL)
     artifact = (settings.artifact_dir / champion["artifact_path"]).read_bytes() if champion else None
     return champion, artifact
 
@@ -41,7 +43,7 @@ def test_first_run_promotes_and_second_run_challenges(airflow_db: None, dag_bag:
     second = dag.test(run_conf={"margin": 0.0})
     assert second.state == "success"
     with engine.connect() as conn:
-        evaluation = registry.get_evaluation(conn, second.run_id)
+        evaluation = records.get_evaluation(conn, second.run_id)
         run = conn.execute(sa.text("SELECT * FROM pipeline.training_runs WHERE run_id = :r"),
                            {"r": second.run_id}).mappings().one()
     assert evaluation["champion_version"] == champion["version"]

@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from pipeline import db, demo, ingest, registry
-from pipeline.config import DEFAULT_MODEL, load_config
-from pipeline.settings import Settings
+from pipeline.contract.config import DEFAULT_MODEL, load_config
+from pipeline.contract.settings import Settings
+from pipeline.data import demo, ingest
+from pipeline.registry import records
+from pipeline.store import db
 
 
 def _engine(settings: Settings) -> sa.engine.Engine:
@@ -98,9 +100,9 @@ def test_an_as_of_run_trains_on_the_rows_up_to_then_and_never_promotes(airflow_d
     assert past.state == "success"
     run = _training_run(engine, past.run_id)
     with engine.connect() as conn:
-        snapshot = registry.run_snapshot(conn, past.run_id)
-        champion = registry.current_champion(conn, DEFAULT_MODEL)
-        evaluation = registry.get_evaluation(conn, past.run_id)
+        snapshot = records.run_snapshot(conn, past.run_id)
+        champion = records.current_champion(conn, DEFAULT_MODEL)
+        evaluation = records.get_evaluation(conn, past.run_id)
     assert run["watermark"] == as_of and snapshot["row_count"] == expected
     assert run["status"] == "kept" and champion is None  # a first model would be promoted by any other run
     assert evaluation["decision"] == "promote" and "never promoted" in run["reason"]

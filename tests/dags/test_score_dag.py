@@ -6,8 +6,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from pipeline import db, demo
-from pipeline.settings import Settings
+from pipeline.contract.settings import Settings
+from pipeline.data import demo
+from pipeline.store import db
 
 
 def _engine(settings: Settings) -> sa.engine.Engine:

@@ -7,15 +7,17 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from pipeline import champion, demo, stages
-from pipeline.settings import Settings
+from pipeline import champion
+from pipeline.contract.settings import Settings
+from pipeline.data import demo
+from pipeline.workspace import Workspace
 from tests.dags.test_score_dag import _champion_events
 from tests.integration.stage_runs import fetch, make_run, promote_demo_champion, quick_workspace, retrain_through_stages
 
 
-def _two_versions(settings: Settings) -> stages.Workspace:
+def _two_versions(settings: Settings) -> Workspace:
     """Version 1 champion; version 2 (a heavily shrunk ridge) evaluated, kept out, and put in shadow."""
-    ws = quick_workspace(stages.Workspace.open(settings))
+    ws = quick_workspace(Workspace.open(settings))
     promote_demo_champion(ws)
     demo.simulate_arrivals(ws.engine, rows=30, seed=7)
     weak = dataclasses.replace(ws.config.training, families={"ridge": {"alpha": 800.0}})
@@ -26,7 +28,7 @@ def _two_versions(settings: Settings) -> stages.Workspace:
     return ws
 
 
-def _events(ws: stages.Workspace) -> list[tuple[Any, ...]]:
+def _events(ws: Workspace) -> list[tuple[Any, ...]]:
     """The promotion history; the actor as its kind (airflow:<the triggering user>)."""
     rows = fetch(ws, "SELECT from_version, to_version, run_id, split_part(actor, ':', 1) AS actor, reason "
                      "FROM pipeline.promotion_events ORDER BY event_id")

@@ -9,14 +9,18 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from pipeline import db, runs, stages
-from pipeline.settings import Settings
+from pipeline import stages
+from pipeline.contract.settings import Settings
+from pipeline.registry import runs
+from pipeline.store import db
+from pipeline.tasks import airflow_task
+from pipeline.workspace import Workspace
 
 
 def test_a_failure_on_the_data_fails_the_task_at_once_in_one_line(airflow_db: None, dag_bag: Any,
                                                                   pipeline_env: Settings) -> None:
     engine = db.create_engine(db.database_url(pipeline_env))
-    stages.Workspace.open(pipeline_env).engine.dispose()  # the pipeline schema, and the demo table, exist
+    Workspace.open(pipeline_env).engine.dispose()  # the pipeline schema, and the demo table, exist
     with engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE public.patient_records"))
 
@@ -40,11 +44,11 @@ def test_an_unreachable_database_is_retried_and_said_in_one_line_without_its_pas
                                    database_url="postgresql+psycopg2://pipeline:s3cret@127.0.0.1:1/nowhere")
 
     with pytest.raises(runs.InfrastructureFailure) as raised:
-        runs.airflow_task(settings, lambda: stages.Workspace.open(settings))
+        airflow_task(settings, lambda: Workspace.open(settings))
 
     [line] = str(raised.value).splitlines()
     assert line.startswith("database postgresql+psycopg2://pipeline:***@127.0.0.1:1/nowhere (PIPELINE_DATABASE_URL): ")
     assert "is it running and reachable?" in line and "s3cret" not in line
     assert raised.value.__cause__ is None and raised.value.__suppress_context__  # no 17-line dump attached
     with pytest.raises(AirflowFailException, match="^a rollback needs a reason"):
-        runs.airflow_task(settings, lambda: stages.rollback_champion(None, "r", " "))  # type: ignore[arg-type]
+        airflow_task(settings, lambda: stages.rollback_champion(None, "r", " "))  # type: ignore[arg-type]

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import stages
-from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, Settings
+from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, Settings
+from pipeline.workspace import Workspace
 from tests.integration.stage_runs import Cli, cli_runner
 
 
 @pytest.fixture
-def ws(settings: Settings) -> Iterator[stages.Workspace]:
+def ws(settings: Settings) -> Iterator[Workspace]:
     """A Workspace on the test's own database and artifact folder."""
-    workspace = stages.Workspace.open(settings)
+    workspace = Workspace.open(settings)
     yield workspace
     workspace.engine.dispose()
 

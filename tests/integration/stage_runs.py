@@ -13,23 +13,27 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from pipeline import demo, registry, stages
-from pipeline.settings import PROJECT_ROOT
+from pipeline import stages
+from pipeline.contract.settings import PROJECT_ROOT
+from pipeline.data import demo
+from pipeline.registry import records
+from pipeline.registry.runs import Run
+from pipeline.workspace import Workspace
 
 DEMO_WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)  # after every demo row (the last is 2026-06)
 LATER_WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after arrivals too, which are recorded now
 
 
-def make_run(run_id: str, watermark: datetime = LATER_WATERMARK) -> stages.Run:
-    return stages.Run(run_id=run_id, watermark=watermark, triggered_by="test")
+def make_run(run_id: str, watermark: datetime = LATER_WATERMARK) -> Run:
+    return Run(run_id=run_id, watermark=watermark, triggered_by="test")
 
 
-def fetch(ws: stages.Workspace, sql: str, **params: Any) -> list[dict[str, Any]]:
+def fetch(ws: Workspace, sql: str, **params: Any) -> list[dict[str, Any]]:
     with ws.engine.connect() as conn:
         return [dict(row) for row in conn.execute(sa.text(sql), params).mappings()]
 
 
-def quick_workspace(ws: stages.Workspace) -> stages.Workspace:
+def quick_workspace(ws: Workspace) -> Workspace:
     """The workspace with one cheap model family and three folds: for tests about rows and records,
     not about which family wins (cross-validating the shipped three takes seconds per retrain)."""
     training = dataclasses.replace(ws.config.training, families={"ridge": ws.config.training.families["ridge"]},
@@ -37,7 +41,7 @@ def quick_workspace(ws: stages.Workspace) -> stages.Workspace:
     return dataclasses.replace(ws, config=dataclasses.replace(ws.config, training=training))
 
 
-def retrain_through_stages(ws: stages.Workspace, run: stages.Run, margin: float | None = None) -> dict[str, Any]:
+def retrain_through_stages(ws: Workspace, run: Run, margin: float | None = None) -> dict[str, Any]:
     """Every stage in the order the DAG runs them; the candidate trains on the clean snapshot."""
     snapshot = stages.ingest_snapshot(ws, run)
     assert stages.has_new_data(ws, run, snapshot["snapshot_hash"])
@@ -49,8 +53,8 @@ def retrain_through_stages(ws: stages.Workspace, run: stages.Run, margin: float 
             "candidate": candidate, "evaluation": evaluation, "outcome": outcome}
 
 
-def promote_demo_champion(ws: stages.Workspace,
-                          retrain: Callable[[stages.Workspace, stages.Run], dict[str, Any]] | None = None
+def promote_demo_champion(ws: Workspace,
+                          retrain: Callable[[Workspace, Run], dict[str, Any]] | None = None
                           ) -> dict[str, Any]:
     """The demo study loaded and retrained up to DEMO_WATERMARK (through every stage, or `retrain`):
     version 1 is the champion."""
@@ -60,10 +64,10 @@ def promote_demo_champion(ws: stages.Workspace,
     return result
 
 
-def champion_state(ws: stages.Workspace) -> dict[str, Any]:
+def champion_state(ws: Workspace) -> dict[str, Any]:
     """Everything that makes up the champion, to compare before and after a run."""
     with ws.engine.connect() as conn:
-        model = registry.current_champion(conn, ws.model)
+        model = records.current_champion(conn, ws.model)
     assert model is not None
     return {
         "champion": fetch(ws, "SELECT * FROM pipeline.champion"),

@@ -9,42 +9,45 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from pipeline import demo, stages
-from pipeline.arrivals import claim_arrival_signal
+from pipeline import stages
+from pipeline.data import demo
+from pipeline.data.arrivals import claim_arrival_signal
+from pipeline.registry.runs import Run
+from pipeline.workspace import Workspace
 
 MIN_NEW_ROWS = 5
 DEMO_ROWS = 442
 
 
-def claim(ws: stages.Workspace, resignal_after: timedelta = timedelta(minutes=30)) -> dict[str, Any] | None:
+def claim(ws: Workspace, resignal_after: timedelta = timedelta(minutes=30)) -> dict[str, Any] | None:
     return claim_arrival_signal(ws.engine, ws.model, ws.config.dataset, MIN_NEW_ROWS, resignal_after)
 
 
-def signal_rows(ws: stages.Workspace) -> list[dict[str, Any]]:
+def signal_rows(ws: Workspace) -> list[dict[str, Any]]:
     with ws.engine.connect() as conn:
         return [dict(r) for r in conn.execute(sa.text(
             "SELECT * FROM pipeline.arrival_signals ORDER BY signal_id")).mappings()]
 
 
-def answer_with_a_run(ws: stages.Workspace, run_id: str = "answered") -> datetime:
+def answer_with_a_run(ws: Workspace, run_id: str = "answered") -> datetime:
     """A training run that reads up to now, later than every signal so far; returns its watermark."""
     watermark = datetime.now(UTC)
-    stages.ingest_snapshot(ws, stages.Run(run_id=run_id, watermark=watermark, triggered_by="arrival"))
+    stages.ingest_snapshot(ws, Run(run_id=run_id, watermark=watermark, triggered_by="arrival"))
     return watermark
 
 
 @pytest.fixture
-def seeded(ws: stages.Workspace) -> stages.Workspace:
+def seeded(ws: Workspace) -> Workspace:
     assert demo.seed_demo(ws.engine) == DEMO_ROWS
     return ws
 
 
-def test_no_rows_no_signal(ws: stages.Workspace) -> None:
+def test_no_rows_no_signal(ws: Workspace) -> None:
     assert claim(ws) is None
     assert signal_rows(ws) == []
 
 
-def test_first_signal_counts_every_labelled_row(seeded: stages.Workspace) -> None:
+def test_first_signal_counts_every_labelled_row(seeded: Workspace) -> None:
     signal = claim(seeded)
 
     assert signal is not None
@@ -56,7 +59,7 @@ def test_first_signal_counts_every_labelled_row(seeded: stages.Workspace) -> Non
     assert datetime.fromisoformat(signal["at"]) == row["at"]
 
 
-def test_a_pending_signal_is_not_repeated(seeded: stages.Workspace) -> None:
+def test_a_pending_signal_is_not_repeated(seeded: Workspace) -> None:
     assert claim(seeded) is not None
 
     assert claim(seeded) is None
@@ -65,7 +68,7 @@ def test_a_pending_signal_is_not_repeated(seeded: stages.Workspace) -> None:
     assert len(signal_rows(seeded)) == 1
 
 
-def test_after_a_run_only_rows_past_its_watermark_count(seeded: stages.Workspace) -> None:
+def test_after_a_run_only_rows_past_its_watermark_count(seeded: Workspace) -> None:
     assert claim(seeded) is not None
     watermark = answer_with_a_run(seeded)
     assert claim(seeded) is None  # the run answered the signal, and nothing new has landed
@@ -84,7 +87,7 @@ def test_after_a_run_only_rows_past_its_watermark_count(seeded: stages.Workspace
     assert signal_rows(seeded)[1]["since"] == watermark
 
 
-def test_unlabelled_arrivals_never_count(seeded: stages.Workspace) -> None:
+def test_unlabelled_arrivals_never_count(seeded: Workspace) -> None:
     answer_with_a_run(seeded)
 
     demo.simulate_arrivals(seeded.engine, rows=4 * MIN_NEW_ROWS, seed=1, labelled=False)
@@ -95,7 +98,7 @@ def test_unlabelled_arrivals_never_count(seeded: stages.Workspace) -> None:
     assert signal is not None and signal["new_rows"] == MIN_NEW_ROWS
 
 
-def test_an_unanswered_signal_is_sent_again_after_resignal_after(seeded: stages.Workspace) -> None:
+def test_an_unanswered_signal_is_sent_again_after_resignal_after(seeded: Workspace) -> None:
     first = claim(seeded)
     assert first is not None
 
@@ -110,7 +113,7 @@ def test_an_unanswered_signal_is_sent_again_after_resignal_after(seeded: stages.
     assert claim(seeded) is None  # the resent signal is pending in its turn
 
 
-def test_an_answered_signal_is_not_resent(seeded: stages.Workspace) -> None:
+def test_an_answered_signal_is_not_resent(seeded: Workspace) -> None:
     assert claim(seeded) is not None
     answer_with_a_run(seeded)
 
@@ -118,7 +121,7 @@ def test_an_answered_signal_is_not_resent(seeded: stages.Workspace) -> None:
     assert len(signal_rows(seeded)) == 1
 
 
-def test_concurrent_claims_create_one_signal(seeded: stages.Workspace) -> None:
+def test_concurrent_claims_create_one_signal(seeded: Workspace) -> None:
     callers = 6
     barrier = threading.Barrier(callers)
     results: list[dict[str, Any] | None] = []

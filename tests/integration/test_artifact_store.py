@@ -21,9 +21,13 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline import artifacts, db, demo, ingest, models_view, stages
-from pipeline.artifacts import ArtifactIntegrityError, ArtifactStore
-from pipeline.settings import ENV_ARTIFACT_STORE, Settings
+from pipeline import stages
+from pipeline.contract.settings import ENV_ARTIFACT_STORE, Settings
+from pipeline.data import demo, ingest
+from pipeline.store import artifacts, db
+from pipeline.store.artifacts import ArtifactIntegrityError, ArtifactStore
+from pipeline.views import models_view
+from pipeline.workspace import Workspace
 from tests.integration.stage_runs import DEMO_WATERMARK, cli_runner, fetch, make_run, quick_workspace
 
 PAGE = b"<html><body>drift report</body></html>"
@@ -182,13 +186,13 @@ def test_rows_are_never_overwritten(settings: Settings, engine: sa.Engine, tmp_p
         conn.execute(sa.text("UPDATE pipeline.artifact_objects SET size_bytes = 0"))
 
 
-def on_worker(ws: stages.Workspace, folder: Path) -> stages.Workspace:
+def on_worker(ws: Workspace, folder: Path) -> Workspace:
     """The workspace as a worker with its own, empty artifact folder would have it."""
     return dataclasses.replace(ws, settings=dataclasses.replace(ws.settings, artifact_dir=folder,
                                                                 artifact_store="postgres"))
 
 
-def retrain_on_workers(ws: stages.Workspace, tmp_path: Path, run_id: str) -> dict[str, Any]:
+def retrain_on_workers(ws: Workspace, tmp_path: Path, run_id: str) -> dict[str, Any]:
     """Every stage of a retrain, each on a worker of its own that starts with an empty artifact folder."""
     run = make_run(run_id, DEMO_WATERMARK)
     snapshot = stages.ingest_snapshot(on_worker(ws, tmp_path / f"{run_id}-ingest"), run)
@@ -201,7 +205,7 @@ def retrain_on_workers(ws: stages.Workspace, tmp_path: Path, run_id: str) -> dic
             "outcome": outcome}
 
 
-def test_a_retrain_across_workers_promotes(ws: stages.Workspace, tmp_path: Path) -> None:
+def test_a_retrain_across_workers_promotes(ws: Workspace, tmp_path: Path) -> None:
     ws = quick_workspace(ws)
     demo.seed_demo(ws.engine)
     result = retrain_on_workers(ws, tmp_path, "first")

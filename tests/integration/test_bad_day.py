@@ -22,9 +22,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from pipeline import arrivals, db, demo, registry, runs, stages
-from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT, Settings
-from pipeline.validate import ValidationFailed
+from pipeline import stages
+from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT, Settings
+from pipeline.data import arrivals, demo
+from pipeline.data.validate import ValidationFailed
+from pipeline.registry import records, runs
+from pipeline.store import db
+from pipeline.workspace import Workspace
 from tests.integration.stage_runs import (
     DEMO_WATERMARK,
     champion_state,
@@ -40,17 +44,17 @@ from tests.integration.stage_runs import (
 DEADLINE_SECONDS = 180  # generous: only a broken pipeline gets near it, however busy the machine
 
 
-def run_row(ws: stages.Workspace, run_id: str) -> dict[str, Any]:
+def run_row(ws: Workspace, run_id: str) -> dict[str, Any]:
     [row] = fetch(ws, "SELECT * FROM pipeline.training_runs WHERE run_id = :r", r=run_id)
     return row
 
 
-def source_rows(ws: stages.Workspace) -> int:
+def source_rows(ws: Workspace) -> int:
     [row] = fetch(ws, "SELECT count(*) AS n FROM public.patient_records")
     return int(row["n"])
 
 
-def arrivals_waiting(ws: stages.Workspace) -> int:
+def arrivals_waiting(ws: Workspace) -> int:
     """Labelled rows the arrival watcher counts as not read by any run yet."""
     with ws.engine.connect() as conn:
         return arrivals.count_new_labelled_rows(conn, ws.config.dataset,
@@ -58,7 +62,7 @@ def arrivals_waiting(ws: stages.Workspace) -> int:
 
 
 @pytest.fixture
-def champion(ws: stages.Workspace) -> stages.Workspace:
+def champion(ws: Workspace) -> Workspace:
     """The demo loaded, version 1 champion (trained with one quick family); the quick workspace."""
     quick = quick_workspace(ws)
     promote_demo_champion(quick)
@@ -72,7 +76,7 @@ def cli_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def test_a_killed_run_is_marked_abandoned_by_the_next_command(champion: stages.Workspace) -> None:
+def test_a_killed_run_is_marked_abandoned_by_the_next_command(champion: Workspace) -> None:
     ws = champion
     demo.simulate_arrivals(ws.engine, rows=60, seed=3)
     before, rows = champion_state(ws), source_rows(ws)
@@ -160,7 +164,7 @@ def breakable_store(tmp_path: Path) -> Iterator[tuple[Path, dict[str, Callable[[
 
 @pytest.mark.parametrize("fault", ["read_only", "full"])
 def test_an_unwritable_store_fails_the_stage_keeps_the_champion_and_the_arrivals(
-        ws: stages.Workspace, breakable_store: tuple[Path, dict[str, Callable[[], None]]], fault: str) -> None:
+        ws: Workspace, breakable_store: tuple[Path, dict[str, Callable[[], None]]], fault: str) -> None:
     store, make = breakable_store
     ws = quick_workspace(dataclasses.replace(ws, settings=dataclasses.replace(ws.settings, artifact_dir=store)))
     promote_demo_champion(ws)
@@ -192,7 +196,7 @@ def test_an_unwritable_store_fails_the_stage_keeps_the_champion_and_the_arrivals
     assert arrivals_waiting(ws) == 0
 
 
-def test_a_failure_on_the_data_consumes_its_arrivals(champion: stages.Workspace) -> None:
+def test_a_failure_on_the_data_consumes_its_arrivals(champion: Workspace) -> None:
     ws = champion
     demo.simulate_arrivals(ws.engine, rows=60, seed=5)
     with ws.engine.begin() as conn:  # every new row gets an unknown sex: far over the quarantine limit
@@ -206,7 +210,7 @@ def test_a_failure_on_the_data_consumes_its_arrivals(champion: stages.Workspace)
     assert arrivals_waiting(ws) == 0  # the same rows would fail the same way: no signal loop
 
 
-def test_a_future_timestamp_neither_loops_the_watcher_nor_silences_it(champion: stages.Workspace) -> None:
+def test_a_future_timestamp_neither_loops_the_watcher_nor_silences_it(champion: Workspace) -> None:
     ws = champion
     with ws.engine.begin() as conn:
         conn.execute(sa.text("""
@@ -219,14 +223,14 @@ def test_a_future_timestamp_neither_loops_the_watcher_nor_silences_it(champion: 
     assert arrivals.claim_arrival_signal(ws.engine, ws.model, ws.config.dataset, min_new_rows=1) is None
 
     with ws.engine.begin() as conn:  # a run recorded with a watermark in 2100 (an older version allowed it)
-        registry.start_run(conn, ws.model, "from-the-future", "test", datetime(2100, 1, 1, tzinfo=UTC), {})
+        records.start_run(conn, ws.model, "from-the-future", "test", datetime(2100, 1, 1, tzinfo=UTC), {})
     demo.simulate_arrivals(ws.engine, rows=5, seed=6)
 
     signal_ = arrivals.claim_arrival_signal(ws.engine, ws.model, ws.config.dataset, min_new_rows=5)
     assert signal_ is not None and signal_["new_rows"] == 5  # the five readable rows, not the one from 2100
 
 
-def test_a_retried_run_reuses_its_snapshot_after_the_rows_changed(champion: stages.Workspace) -> None:
+def test_a_retried_run_reuses_its_snapshot_after_the_rows_changed(champion: Workspace) -> None:
     ws = champion
     demo.simulate_arrivals(ws.engine, rows=30, seed=8)
     run = make_run("retried", datetime.now(UTC))
@@ -246,7 +250,7 @@ def test_a_retried_run_reuses_its_snapshot_after_the_rows_changed(champion: stag
     assert model["snapshot_hash"] == clean and run_row(ws, "retried")["snapshot_hash"] == first["snapshot_hash"]
 
 
-def test_a_retried_run_whose_snapshot_is_gone_refuses_to_mix_inputs(champion: stages.Workspace) -> None:
+def test_a_retried_run_whose_snapshot_is_gone_refuses_to_mix_inputs(champion: Workspace) -> None:
     ws = champion
     before = champion_state(ws)
     demo.simulate_arrivals(ws.engine, rows=30, seed=9)
@@ -266,7 +270,7 @@ def test_a_retried_run_whose_snapshot_is_gone_refuses_to_mix_inputs(champion: st
     assert champion_state(ws) == before
 
 
-def test_a_moved_store_is_read_by_hash_not_by_the_path_written(champion: stages.Workspace, tmp_path: Path) -> None:
+def test_a_moved_store_is_read_by_hash_not_by_the_path_written(champion: Workspace, tmp_path: Path) -> None:
     ws = champion
     old_store = ws.settings.artifact_dir
     moved = dataclasses.replace(ws, settings=dataclasses.replace(ws.settings, artifact_dir=tmp_path / "moved"))
@@ -285,7 +289,7 @@ def test_a_moved_store_is_read_by_hash_not_by_the_path_written(champion: stages.
     assert all(not Path(r["path"]).is_absolute() for r in stored)  # recorded relative to the store
 
 
-def test_rolling_back_to_a_version_that_failed_its_checks_needs_force(champion: stages.Workspace) -> None:
+def test_rolling_back_to_a_version_that_failed_its_checks_needs_force(champion: Workspace) -> None:
     ws = champion
     narrow = dataclasses.replace(ws.config.promotion, prediction_range=(0.0, 50.0))
     strict = dataclasses.replace(ws, config=dataclasses.replace(ws.config, promotion=narrow))
@@ -311,7 +315,7 @@ def test_rolling_back_to_a_version_that_failed_its_checks_needs_force(champion: 
     assert "the operator knows [forced past failed checks: behaviour:" in event["reason"]
 
 
-def test_a_stage_that_raises_marks_its_run_failed_with_the_reason(champion: stages.Workspace) -> None:
+def test_a_stage_that_raises_marks_its_run_failed_with_the_reason(champion: Workspace) -> None:
     ws = champion
     run = make_run("wrong-input", datetime.now(UTC))
     snapshot = stages.ingest_snapshot(ws, run)
@@ -324,7 +328,7 @@ def test_a_stage_that_raises_marks_its_run_failed_with_the_reason(champion: stag
     assert failed["reason"].startswith(f"train: snapshot {snapshot['snapshot_hash']} is not a validated clean")
 
 
-def test_a_missing_suite_file_is_refused_before_any_run_is_recorded(ws: stages.Workspace, tmp_path: Path) -> None:
+def test_a_missing_suite_file_is_refused_before_any_run_is_recorded(ws: Workspace, tmp_path: Path) -> None:
     config = tmp_path / "no-suite.yaml"
     config.write_text((PROJECT_ROOT / "pipeline.yaml").read_text().replace(
         "expectations/patient_records.json", str(tmp_path / "gone.json")))
@@ -351,7 +355,7 @@ def own_server(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 def test_a_run_that_loses_its_database_mid_stage_ends_abandoned(own_server: tuple[Path, str], tmp_path: Path) -> None:
     pgdata, url = own_server
     settings = dataclasses.replace(Settings.from_env(), database_url=url, artifact_dir=tmp_path / "artifacts")
-    ws = quick_workspace(stages.Workspace.open(settings))
+    ws = quick_workspace(Workspace.open(settings))
     promote_demo_champion(ws)
     demo.simulate_arrivals(ws.engine, rows=60, seed=12)
     before, rows = champion_state(ws), source_rows(ws)
@@ -371,7 +375,7 @@ def test_a_run_that_loses_its_database_mid_stage_ends_abandoned(own_server: tupl
 
     assert process.returncode == 1
     assert stderr.strip().splitlines()[-1].startswith("error: database postgresql")  # one line, naming it
-    restart = "import sys; from pathlib import Path; from pipeline import db; print(db.start_embedded_postgres(Path(sys.argv[1])))"
+    restart = "import sys; from pathlib import Path; from pipeline.store import db; print(db.start_embedded_postgres(Path(sys.argv[1])))"
     restarted = subprocess.run([sys.executable, "-c", restart, str(pgdata)], cwd=PROJECT_ROOT, capture_output=True,
                                text=True, check=True)  # a fresh process: this one remembers the server as running
     assert restarted.stdout.strip() == url
@@ -384,7 +388,7 @@ def test_a_run_that_loses_its_database_mid_stage_ends_abandoned(own_server: tupl
     ws.engine.dispose()
 
 
-def test_a_killed_scoring_run_is_marked_abandoned_and_leaves_no_forecast(champion: stages.Workspace) -> None:
+def test_a_killed_scoring_run_is_marked_abandoned_and_leaves_no_forecast(champion: Workspace) -> None:
     ws = champion
     demo.simulate_arrivals(ws.engine, rows=200, seed=13, labelled=False)
     blocker = ws.engine.connect()  # holds the refusals table: the scorer waits there, mid-run, until killed
@@ -404,7 +408,7 @@ def test_a_killed_scoring_run_is_marked_abandoned_and_leaves_no_forecast(champio
         blocker.rollback()
         blocker.close()
 
-    wait_until(lambda: stages.Workspace.open(ws.settings).engine.dispose() or fetch(
+    wait_until(lambda: stages.open_workspace(ws.settings).engine.dispose() or fetch(
         ws, "SELECT 1 FROM pipeline.scoring_runs WHERE run_id = 'killed-score' AND status = 'failed'"),
         "the scoring run to be reaped")
     [run] = fetch(ws, "SELECT status, reason FROM pipeline.scoring_runs WHERE run_id = 'killed-score'")
@@ -412,7 +416,7 @@ def test_a_killed_scoring_run_is_marked_abandoned_and_leaves_no_forecast(champio
     assert fetch(ws, "SELECT * FROM pipeline.predictions WHERE run_id = 'killed-score'") == []  # rolled back whole
 
 
-def test_a_run_left_between_stages_for_a_day_is_marked_abandoned(champion: stages.Workspace) -> None:
+def test_a_run_left_between_stages_for_a_day_is_marked_abandoned(champion: Workspace) -> None:
     ws = champion
     run = make_run("left-behind", datetime.now(UTC))
     stages.ingest_snapshot(ws, run)  # then nothing: its scheduler went away between two tasks

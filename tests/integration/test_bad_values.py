@@ -17,22 +17,24 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from pipeline import demo, ingest, stages
-from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline import stages
+from pipeline.contract.settings import PROJECT_ROOT, Settings
+from pipeline.data import demo, ingest
+from pipeline.workspace import Workspace
 from tests.integration.stage_runs import DEMO_WATERMARK, LATER_WATERMARK, fetch, make_run
 
 FAULTY_ID = 17
 STUDY_ROWS = 442
 
 
-def write_fault(ws: stages.Workspace, column: str, literal: str, table: str = demo.DEMO_TABLE,
+def write_fault(ws: Workspace, column: str, literal: str, table: str = demo.DEMO_TABLE,
                 id_column: str = "patient_id", row_id: int = FAULTY_ID) -> None:
     """Set one cell of one row to a SQL literal (e.g. 'infinity'::date), as a source system could."""
     with ws.engine.begin() as conn:
         conn.execute(sa.text(f"UPDATE {table} SET {column} = {literal} WHERE {id_column} = :i"), {"i": row_id})
 
 
-def validate(ws: stages.Workspace, run_id: str, watermark: datetime = DEMO_WATERMARK) -> dict[str, Any]:
+def validate(ws: Workspace, run_id: str, watermark: datetime = DEMO_WATERMARK) -> dict[str, Any]:
     run = make_run(run_id, watermark)
     snapshot = stages.ingest_snapshot(ws, run)
     checked = stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
@@ -40,7 +42,7 @@ def validate(ws: stages.Workspace, run_id: str, watermark: datetime = DEMO_WATER
     return {**checked, "raw_path": store / snapshot["path"], "report_path": store / checked["report_path"]}
 
 
-def quarantine_record(ws: stages.Workspace, run_id: str) -> dict[str, Any]:
+def quarantine_record(ws: Workspace, run_id: str) -> dict[str, Any]:
     [record] = fetch(ws, "SELECT * FROM pipeline.quarantine WHERE run_id = :r", r=run_id)
     return record
 
@@ -64,7 +66,7 @@ OUT_OF_RANGE = [
 
 
 @pytest.mark.parametrize(("column", "literal", "text"), OUT_OF_RANGE, ids=[f"{c}={t}" for c, _, t in OUT_OF_RANGE])
-def test_out_of_range_date_is_quarantined_naming_its_column(ws: stages.Workspace, column: str, literal: str,
+def test_out_of_range_date_is_quarantined_naming_its_column(ws: Workspace, column: str, literal: str,
                                                             text: str) -> None:
     demo.seed_demo(ws.engine)
     write_fault(ws, column, literal)
@@ -86,7 +88,7 @@ def test_out_of_range_date_is_quarantined_naming_its_column(ws: stages.Workspace
     assert not first <= cell.cast(kind).as_py() <= last
 
 
-def test_drift_read_counts_out_of_range_and_nan_rows_as_unreadable(ws: stages.Workspace) -> None:
+def test_drift_read_counts_out_of_range_and_nan_rows_as_unreadable(ws: Workspace) -> None:
     demo.seed_demo(ws.engine)
     write_fault(ws, "visit_date", "'infinity'::date")
     write_fault(ws, "recorded_at", "'-infinity'::timestamptz", row_id=18)
@@ -111,7 +113,7 @@ NOT_FINITE = [
 
 
 @pytest.mark.parametrize(("column", "literal", "text"), NOT_FINITE, ids=[f"{c}={t}" for c, _, t in NOT_FINITE])
-def test_not_finite_number_is_quarantined_not_read_as_missing(ws: stages.Workspace, column: str, literal: str,
+def test_not_finite_number_is_quarantined_not_read_as_missing(ws: Workspace, column: str, literal: str,
                                                               text: str) -> None:
     demo.seed_demo(ws.engine)
     write_fault(ws, column, literal)
@@ -130,7 +132,7 @@ def test_not_finite_number_is_quarantined_not_read_as_missing(ws: stages.Workspa
 # --- 3. dates no patient can have -----------------------------------------------------------------
 
 
-def test_birth_in_1700_is_an_implausible_age(ws: stages.Workspace) -> None:
+def test_birth_in_1700_is_an_implausible_age(ws: Workspace) -> None:
     demo.seed_demo(ws.engine)
     write_fault(ws, "birth_date", "'1700-01-01'::date")
 
@@ -142,7 +144,7 @@ def test_birth_in_1700_is_an_implausible_age(ws: stages.Workspace) -> None:
     assert reason["value"].startswith("age 323.") and "birth_date=1700-01-01" in reason["value"]
 
 
-def test_the_configured_age_bounds_reach_validation(ws: stages.Workspace) -> None:
+def test_the_configured_age_bounds_reach_validation(ws: Workspace) -> None:
     """pipeline.yaml's quality.age_at_event_years is [18, 110]: a 15-year-old patient is out of it."""
     assert ws.config.quality.age_at_event_years == (18, 110)
     demo.seed_demo(ws.engine)
@@ -155,7 +157,7 @@ def test_the_configured_age_bounds_reach_validation(ws: stages.Workspace) -> Non
     assert reason["value"].startswith("age 15.")
 
 
-def test_visit_in_2100_is_a_future_date(ws: stages.Workspace) -> None:
+def test_visit_in_2100_is_a_future_date(ws: Workspace) -> None:
     demo.seed_demo(ws.engine)
     write_fault(ws, "visit_date", "'2100-01-01'::date")
 
@@ -167,7 +169,7 @@ def test_visit_in_2100_is_a_future_date(ws: stages.Workspace) -> None:
     assert "visit_date=2100-01-01" in reason["value"]
 
 
-def test_visit_on_its_recording_day_is_not_in_the_future(ws: stages.Workspace) -> None:
+def test_visit_on_its_recording_day_is_not_in_the_future(ws: Workspace) -> None:
     demo.seed_demo(ws.engine)  # recorded at 23:30 UTC: the visit's day had begun east of UTC, up to UTC+14
     write_fault(ws, "visit_date", "(recorded_at AT TIME ZONE 'UTC')::date + 1")
     write_fault(ws, "recorded_at", "date_trunc('day', recorded_at) + interval '23 hours 30 minutes'")
@@ -189,9 +191,9 @@ def plain_clinic_ids(count: int) -> list[int]:
     return [int(i) for i in plain["visit_id"].head(count)]
 
 
-def test_clinic_export_gets_the_checks_by_role(ws: stages.Workspace, settings: Settings) -> None:
+def test_clinic_export_gets_the_checks_by_role(ws: Workspace, settings: Settings) -> None:
     demo.seed_clinic_export(ws.engine)
-    clinic = stages.Workspace.open(dataclasses.replace(settings, config_path=PROJECT_ROOT / "examples/clinic/clinic.yaml"))
+    clinic = Workspace.open(dataclasses.replace(settings, config_path=PROJECT_ROOT / "examples/clinic/clinic.yaml"))
     faults = [("dob", "'1/01/1700'", ("implausible_age", "dob/seen_on")),
               ("seen_on", "'1/01/2100'", ("future_date", "seen_on/entered_at")),
               ("dob", "'1/01/0000'", ("wrong_type", "dob")),  # year 0 is no date under %d/%m/%Y

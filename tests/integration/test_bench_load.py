@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from bench.probe import OtherLoad, process_cpu_seconds, server_backends
-from pipeline import db
+from pipeline.store import db
 
 WORK_CPU_SECONDS = 0.5  # CPU the busy child, or the backend, spends: work-bounded, not time-bounded
 WALL_CAP_SECONDS = 60.0  # on a loaded machine that work takes longer, but the test never hangs

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from pipeline import cards, demo, stages
+from pipeline.data import demo
+from pipeline.model import cards
+from pipeline.workspace import Workspace
 from tests.integration.stage_runs import (
     fetch,
     make_run,
@@ -43,7 +45,7 @@ def section(document: str, anchor: str) -> str:
     return match.group(1)
 
 
-def evaluation_row(ws: stages.Workspace, run_id: str) -> dict[str, Any]:
+def evaluation_row(ws: Workspace, run_id: str) -> dict[str, Any]:
     [row] = fetch(ws, "SELECT * FROM pipeline.evaluations WHERE run_id = :r", r=run_id)
     return row
 
@@ -57,12 +59,12 @@ def assert_every_slice_group_listed(document: str, evidence: dict[str, Any]) -> 
 
 
 @pytest.fixture
-def first(quick_ws: stages.Workspace) -> dict[str, Any]:
+def first(quick_ws: Workspace) -> dict[str, Any]:
     """The demo study loaded and retrained up to DEMO_WATERMARK: version 1 is the champion."""
     return promote_demo_champion(quick_ws)
 
 
-def test_model_card_of_the_first_version(quick_ws: stages.Workspace, first: dict[str, Any]) -> None:
+def test_model_card_of_the_first_version(quick_ws: Workspace, first: dict[str, Any]) -> None:
     path = cards.render_model_card(quick_ws, 1)
 
     assert path.parent == quick_ws.settings.artifact_dir / "cards" and path.suffix == ".html"
@@ -95,7 +97,7 @@ def test_model_card_of_the_first_version(quick_ws: stages.Workspace, first: dict
     assert first["evaluation"]["card"] == str(path)  # the evaluate stage wrote the same page
 
 
-def test_rendering_a_card_again_gives_the_same_file_and_row(quick_ws: stages.Workspace,
+def test_rendering_a_card_again_gives_the_same_file_and_row(quick_ws: Workspace,
                                                               first: dict[str, Any]) -> None:
     path = cards.render_model_card(quick_ws, 1)
 
@@ -103,12 +105,12 @@ def test_rendering_a_card_again_gives_the_same_file_and_row(quick_ws: stages.Wor
     assert fetch(quick_ws, "SELECT count(*) AS n FROM pipeline.model_cards WHERE kind = 'card'") == [{"n": 1}]
 
 
-def test_unknown_version_names_it(quick_ws: stages.Workspace) -> None:
+def test_unknown_version_names_it(quick_ws: Workspace) -> None:
     with pytest.raises(LookupError, match="model version 7 is not registered"):
         cards.render_model_card(quick_ws, 7)
 
 
-def test_comparisons_without_and_with_a_champion(quick_ws: stages.Workspace, first: dict[str, Any]) -> None:
+def test_comparisons_without_and_with_a_champion(quick_ws: Workspace, first: dict[str, Any]) -> None:
     first_page = cards.render_comparison(quick_ws, "first").read_text()
     demo.simulate_arrivals(quick_ws.engine, rows=30, seed=7)
     retrain_through_stages(quick_ws, make_run("second"))
@@ -160,7 +162,7 @@ def test_comparisons_without_and_with_a_champion(quick_ws: stages.Workspace, fir
 
 
 @pytest.fixture
-def quick_ws(ws: stages.Workspace) -> stages.Workspace:
+def quick_ws(ws: Workspace) -> Workspace:
     return quick_workspace(ws)
 
 

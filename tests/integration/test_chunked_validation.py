@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from pipeline import chunked_quality, demo, quality, stages
+from pipeline import stages
+from pipeline.data import chunked_quality, demo, quality
+from pipeline.workspace import Workspace
 from tests.integration.stage_runs import DEMO_WATERMARK, fetch, make_run
 from tests.integration.test_bad_values import write_fault
 from tests.unit.test_chunked_quality import assert_same, without_load_time
@@ -27,7 +29,7 @@ COPIED = ["birth_date", "visit_date", "sex", "bmi", "bp_mean", "tc", "ldl", "hdl
 
 
 @pytest.fixture
-def faulty_snapshot(ws: stages.Workspace) -> dict[str, Any]:
+def faulty_snapshot(ws: Workspace) -> dict[str, Any]:
     demo.seed_demo(ws.engine)
     for column, literal, row_id in FAULTS:
         write_fault(ws, column, literal, row_id=row_id)
@@ -36,7 +38,7 @@ def faulty_snapshot(ws: stages.Workspace) -> dict[str, Any]:
     return stages.ingest_snapshot(ws, make_run("ingested", DEMO_WATERMARK))
 
 
-def test_chunks_of_the_stored_snapshots_give_the_whole_frame_verdicts(ws: stages.Workspace,
+def test_chunks_of_the_stored_snapshots_give_the_whole_frame_verdicts(ws: Workspace,
                                                                       faulty_snapshot: dict[str, Any]) -> None:
     contract, suite = ws.config.dataset, quality_suite(ws)
     labelled, awaiting = ws.load_snapshot(faulty_snapshot["snapshot_hash"]), ws.load_snapshot(
@@ -51,7 +53,7 @@ def test_chunks_of_the_stored_snapshots_give_the_whole_frame_verdicts(ws: stages
     assert len(whole.reason_counts()) >= 5 and whole_awaiting.rows_read >= 2
 
 
-def test_the_stage_stores_the_same_records_either_way(ws: stages.Workspace, faulty_snapshot: dict[str, Any]) -> None:
+def test_the_stage_stores_the_same_records_either_way(ws: Workspace, faulty_snapshot: dict[str, Any]) -> None:
     stages.ingest_snapshot(ws, make_run("whole", DEMO_WATERMARK))
 
     streamed = stages.validate_snapshot(ws, make_run("chunked", DEMO_WATERMARK), faulty_snapshot["snapshot_hash"],
@@ -70,7 +72,7 @@ def test_the_stage_stores_the_same_records_either_way(ws: stages.Workspace, faul
     assert fetch(ws, quarantined, r="chunked") == fetch(ws, quarantined, r="whole")
 
 
-def quality_suite(ws: stages.Workspace) -> dict[str, Any]:
-    from pipeline.validate import load_suite
+def quality_suite(ws: Workspace) -> dict[str, Any]:
+    from pipeline.data.validate import load_suite
 
     return load_suite(ws.config.dataset.expectation_suite)

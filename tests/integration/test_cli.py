@@ -12,8 +12,13 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from pipeline import db, demo, outcomes, scoring, stages
-from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT
+from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT
+from pipeline.data import demo
+from pipeline.monitoring import outcomes
+from pipeline.registry.runs import Run
+from pipeline.serving import scoring
+from pipeline.store import db
+from pipeline.workspace import Workspace
 from tests.integration.stage_runs import (
     DEMO_WATERMARK,
     Cli,
@@ -106,11 +111,11 @@ def test_a_failed_cli_run_ends_as_failed_not_running(cli: Cli, database_url: str
 
 
 @pytest.fixture
-def served(ws: stages.Workspace) -> stages.Workspace:
+def served(ws: Workspace) -> Workspace:
     """Version 1 champion (a run an operator started), forecasts for 20 arrivals, and their outcomes known."""
     quick = quick_workspace(ws)
     demo.seed_demo(quick.engine)
-    run = stages.Run(run_id="first", watermark=DEMO_WATERMARK, triggered_by="operator:admin")
+    run = Run(run_id="first", watermark=DEMO_WATERMARK, triggered_by="operator:admin")
     assert retrain_through_stages(quick, run)["outcome"]["status"] == "promoted"
     demo.simulate_arrivals(quick.engine, rows=20, seed=4, labelled=False)
     scoring.score_batch(quick, "score-1")
@@ -134,7 +139,7 @@ READ_COMMANDS: dict[tuple[str, ...], set[str]] = {  # each read command and the 
 }
 
 
-def test_every_read_command_prints_text_and_json_with_its_keys(served: stages.Workspace, cli: Cli) -> None:
+def test_every_read_command_prints_text_and_json_with_its_keys(served: Workspace, cli: Cli) -> None:
     for command, keys in READ_COMMANDS.items():
         document = output(cli(*command, "--json"))
         first = document[0] if isinstance(document, list) else document
@@ -147,7 +152,7 @@ def test_every_read_command_prints_text_and_json_with_its_keys(served: stages.Wo
     assert (run["run_id"], run["triggered_by"]) == ("first", "operator:admin")
 
 
-def test_status_shows_how_each_run_was_started(served: stages.Workspace, cli: Cli) -> None:
+def test_status_shows_how_each_run_was_started(served: Workspace, cli: Cli) -> None:
     text = cli("status").stdout
 
     header = next(line for line in text.splitlines() if "started by" in line)
@@ -185,7 +190,7 @@ def test_piped_into_head_a_command_stops_quietly(database_url: str, tmp_path: Pa
         assert len(piped.stdout.splitlines()) == 1, piped.stdout
 
 
-def test_unknown_run_ids_and_versions_are_refused_naming_them(ws: stages.Workspace, cli: Cli) -> None:
+def test_unknown_run_ids_and_versions_are_refused_naming_them(ws: Workspace, cli: Cli) -> None:
     promote_demo_champion(quick_workspace(ws))
     evaluations = fetch(ws, "SELECT run_id FROM pipeline.evaluations")
 

@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from pipeline import demo, registry, stages
-from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.contract.settings import PROJECT_ROOT, Settings
+from pipeline.data import demo
+from pipeline.registry import records
+from pipeline.workspace import Workspace
 from tests.integration.stage_runs import (
     Cli,
     fetch,
@@ -29,10 +31,10 @@ DUPLICATE_KEY = ["dob", "seen_on", "gender", "body_mass", "bp", "chol_total", "l
 
 
 @pytest.fixture
-def clinic_ws(ws: stages.Workspace, settings: Settings) -> Iterator[stages.Workspace]:
+def clinic_ws(ws: Workspace, settings: Settings) -> Iterator[Workspace]:
     """The clinic export loaded beside the demo table, and a Workspace for the clinic's config."""
     assert demo.seed_clinic_export(ws.engine) == 445  # 442 visits and 3 of them entered twice
-    workspace = stages.Workspace.open(dataclasses.replace(settings, config_path=PROJECT_ROOT / CLINIC_CONFIG))
+    workspace = Workspace.open(dataclasses.replace(settings, config_path=PROJECT_ROOT / CLINIC_CONFIG))
     yield workspace
     workspace.engine.dispose()
 
@@ -48,7 +50,7 @@ def faulty_ids(export: pd.DataFrame) -> dict[str, list[str]]:
     return {reason: sorted(str(i) for i in column) for reason, column in ids.items()}
 
 
-def quarantined_ids(ws: stages.Workspace, run_id: str) -> dict[str, list[str]]:
+def quarantined_ids(ws: Workspace, run_id: str) -> dict[str, list[str]]:
     """The source ids quarantined by the run, by reason code."""
     rows = fetch(ws, """
         SELECT r->>'code' AS code, q.source_id FROM pipeline.quarantine q, jsonb_array_elements(q.reasons) r
@@ -59,9 +61,9 @@ def quarantined_ids(ws: stages.Workspace, run_id: str) -> dict[str, list[str]]:
     return {code: sorted(ids) for code, ids in by_reason.items()}
 
 
-def clean_rows(ws: stages.Workspace, clean_hash: str) -> pd.DataFrame:
+def clean_rows(ws: Workspace, clean_hash: str) -> pd.DataFrame:
     with ws.engine.connect() as conn:
-        assert registry.get_snapshot(conn, clean_hash)["kind"] == "clean"
+        assert records.get_snapshot(conn, clean_hash)["kind"] == "clean"
     return ws.load_snapshot(clean_hash)
 
 
@@ -100,7 +102,7 @@ def test_clinic_export_is_deterministic() -> None:
     assert first["outcome_score"].isna().sum() == 1
 
 
-def test_clinic_model_trains_beside_the_demo_in_one_database(ws: stages.Workspace, clinic_ws: stages.Workspace,
+def test_clinic_model_trains_beside_the_demo_in_one_database(ws: Workspace, clinic_ws: Workspace,
                                                              cli: Cli) -> None:
     demo_result = promote_demo_champion(quick_workspace(ws))
 
@@ -117,7 +119,7 @@ def test_clinic_model_trains_beside_the_demo_in_one_database(ws: stages.Workspac
     assert (checked["rows_read"], checked["rows_valid"], checked["rows_quarantined"]) == (444, 436, 8)
     assert quarantined_ids(clinic_ws, "clinic-first") == faulty_ids(demo.clinic_export())
     with clinic_ws.engine.connect() as conn:
-        validation = registry.quality_history(conn, clinic_ws.model)[0]
+        validation = records.quality_history(conn, clinic_ws.model)[0]
     assert (validation["rows_unlabelled"], validation["unlabelled_faulty"]) == (1, 0)
 
     # Dates read day first, by the declared format: '3/01/2024' is 3 January, and every visit kept its date.

@@ -12,9 +12,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from pipeline import db, demo, registry
-from pipeline.config import DEFAULT_MODEL
-from pipeline.ingest import Snapshot
+from pipeline.contract.config import DEFAULT_MODEL
+from pipeline.data import demo
+from pipeline.data.ingest import Snapshot
+from pipeline.registry import records
+from pipeline.store import db
 
 WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)
 
@@ -63,10 +65,10 @@ def register_champion(engine: Engine) -> int:
         "code_version": "test",
     }
     with engine.begin() as conn:
-        registry.start_run(conn, DEFAULT_MODEL, "run-1", "test", WATERMARK, {})
-        registry.record_snapshot(conn, snapshot, "run-1")
-        version = registry.register_model(conn, record)
-    assert registry.promote(engine, DEFAULT_MODEL, "run-1", version, None, "test", "first model")
+        records.start_run(conn, DEFAULT_MODEL, "run-1", "test", WATERMARK, {})
+        records.record_snapshot(conn, snapshot, "run-1")
+        version = records.register_model(conn, record)
+    assert records.promote(engine, DEFAULT_MODEL, "run-1", version, None, "test", "first model")
     return version
 
 
@@ -163,18 +165,18 @@ def test_ensure_database_creates_once(server_url: str) -> None:
 
 
 def test_quarantined_rows_are_recorded_in_batches_and_replaced_on_retry(engine: Engine) -> None:
-    """More rows than one INSERT takes (registry.QUARANTINE_BATCH_ROWS), every value as given: text and number
+    """More rows than one INSERT takes (records.QUARANTINE_BATCH_ROWS), every value as given: text and number
     ids, a missing id, NaN and infinity as null (jsonb has neither), labelled or not; a retry replaces them."""
     snapshot = Snapshot("c" * 64, "/nowhere/c.parquet", 3, WATERMARK.isoformat(), "public.patient_records", "SELECT 1")
     rows = [{"snapshot_hash": snapshot.snapshot_hash, "row_number": n, "source_id": [f"p-{n}", n, None][n % 3],
              "reasons": [{"code": "out_of_range", "column": "bmi", "value": n / 7}],
              "original": {"bmi": [float("nan"), float("inf"), n / 7][n % 3], "note": "x'y\"z"},
-             "labelled": n % 2 == 0} for n in range(registry.QUARANTINE_BATCH_ROWS * 2 + 5)]
+             "labelled": n % 2 == 0} for n in range(records.QUARANTINE_BATCH_ROWS * 2 + 5)]
     with engine.begin() as conn:
-        registry.start_run(conn, DEFAULT_MODEL, "run-q", "test", WATERMARK, {})
-        registry.record_snapshot(conn, snapshot, "run-q")
-        registry.record_quarantine(conn, "run-q", rows)
-        registry.record_quarantine(conn, "run-q", rows)  # a retried task
+        records.start_run(conn, DEFAULT_MODEL, "run-q", "test", WATERMARK, {})
+        records.record_snapshot(conn, snapshot, "run-q")
+        records.record_quarantine(conn, "run-q", rows)
+        records.record_quarantine(conn, "run-q", rows)  # a retried task
     with engine.connect() as conn:
         stored = conn.execute(sa.text("""
             SELECT row_number, source_id, reasons, original, labelled FROM pipeline.quarantine

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from pipeline import db
-from pipeline.settings import ENV_DATABASE_URL, ENV_PGDATA
+from pipeline.contract.settings import ENV_DATABASE_URL, ENV_PGDATA
+from pipeline.store import db
 from tests.integration.stage_runs import cli_runner
 
 

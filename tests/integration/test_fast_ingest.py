@@ -21,9 +21,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from pipeline import db, ingest
-from pipeline.casting import NOT_FINITE, Unreadable
-from pipeline.config import DatasetContract, Feature
+from pipeline.contract.config import DatasetContract, Feature
+from pipeline.data import ingest
+from pipeline.data.casting import NOT_FINITE, Unreadable
+from pipeline.store import db
 
 EDGE_TABLE_SQL = """
 CREATE TYPE public.mood AS ENUM ('calm', 'tense');

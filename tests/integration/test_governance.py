@@ -25,9 +25,14 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from pipeline import artifacts, demo, registry, stages
-from pipeline.artifacts import ArtifactIntegrityError
-from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT, Settings
+from pipeline import stages
+from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT, Settings
+from pipeline.data import demo
+from pipeline.registry import records
+from pipeline.registry.runs import Run
+from pipeline.store import artifacts
+from pipeline.store.artifacts import ArtifactIntegrityError
+from pipeline.workspace import Workspace
 from tests.integration.stage_runs import (
     DEMO_WATERMARK,
     Cli,
@@ -62,9 +67,9 @@ def config_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def gws(settings: Settings, config_path: Path) -> Iterator[stages.Workspace]:
+def gws(settings: Settings, config_path: Path) -> Iterator[Workspace]:
     """A Workspace on the test's own database, reading the ridge-only configuration."""
-    workspace = stages.Workspace.open(dataclasses.replace(settings, config_path=config_path))
+    workspace = Workspace.open(dataclasses.replace(settings, config_path=config_path))
     yield workspace
     workspace.engine.dispose()
 
@@ -78,19 +83,19 @@ def cli(database_url: str, settings: Settings, config_path: Path) -> Cli:
     return cli_runner(env)
 
 
-def with_alpha(ws: stages.Workspace, alpha: float) -> stages.Workspace:
+def with_alpha(ws: Workspace, alpha: float) -> Workspace:
     training = dataclasses.replace(ws.config.training, families={"ridge": {"alpha": alpha}})
     return dataclasses.replace(ws, config=dataclasses.replace(ws.config, training=training))
 
 
-def train_candidate(ws: stages.Workspace, run: stages.Run) -> dict[str, Any]:
+def train_candidate(ws: Workspace, run: Run) -> dict[str, Any]:
     """Ingest, validate and train on the clean rows, as the DAG does."""
     snapshot = stages.ingest_snapshot(ws, run)
     checked = stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
     return stages.train_candidate(ws, run, checked["clean_snapshot_hash"])
 
 
-def retrain(ws: stages.Workspace, run: stages.Run, margin: float | None = None) -> dict[str, Any]:
+def retrain(ws: Workspace, run: Run, margin: float | None = None) -> dict[str, Any]:
     """Every stage in the order the DAG runs them."""
     candidate = train_candidate(ws, run)
     evaluation = stages.evaluate_candidate(ws, run, candidate["version"], margin)
@@ -98,24 +103,24 @@ def retrain(ws: stages.Workspace, run: stages.Run, margin: float | None = None) 
     return {"candidate": candidate, "evaluation": evaluation, "outcome": outcome}
 
 
-def events(ws: stages.Workspace) -> list[dict[str, Any]]:
+def events(ws: Workspace) -> list[dict[str, Any]]:
     return fetch(ws, "SELECT * FROM pipeline.promotion_events ORDER BY event_id")
 
 
-def champion_rows(ws: stages.Workspace) -> dict[str, Any]:
+def champion_rows(ws: Workspace) -> dict[str, Any]:
     """The champion slot and the event log, to compare before and after."""
     return {"champion": fetch(ws, "SELECT * FROM pipeline.champion"), "events": events(ws)}
 
 
-def champion_version(ws: stages.Workspace) -> int | None:
+def champion_version(ws: Workspace) -> int | None:
     with ws.engine.connect() as conn:
-        champion = registry.current_champion(conn, ws.model)
+        champion = records.current_champion(conn, ws.model)
     return None if champion is None else int(champion["version"])
 
 
-def model(ws: stages.Workspace, version: int) -> dict[str, Any]:
+def model(ws: Workspace, version: int) -> dict[str, Any]:
     with ws.engine.connect() as conn:
-        return registry.get_model(conn, version, ws.model)
+        return records.get_model(conn, version, ws.model)
 
 
 def overwrite(path: Path, data: bytes) -> None:
@@ -125,13 +130,13 @@ def overwrite(path: Path, data: bytes) -> None:
 
 
 @pytest.fixture
-def champion(gws: stages.Workspace) -> dict[str, Any]:
+def champion(gws: Workspace) -> dict[str, Any]:
     """The demo study retrained with the configured ridge: version 1 is the champion."""
     return promote_demo_champion(gws, retrain)
 
 
 @pytest.fixture
-def two_champions(gws: stages.Workspace) -> dict[str, Any]:
+def two_champions(gws: Workspace) -> dict[str, Any]:
     """A weak version 1 promoted first, then version 2 genuinely promoted over it."""
     demo.seed_demo(gws.engine)
     first = retrain(with_alpha(gws, WEAK_ALPHA), make_run("first", DEMO_WATERMARK))
@@ -146,7 +151,7 @@ def two_champions(gws: stages.Workspace) -> dict[str, Any]:
 # --- history -------------------------------------------------------------------------------------
 
 
-def test_history_lists_each_change_of_champion_in_order(gws: stages.Workspace, two_champions: dict[str, Any],
+def test_history_lists_each_change_of_champion_in_order(gws: Workspace, two_champions: dict[str, Any],
                                                         cli: Cli) -> None:
     history = output(cli("history", "--json"))
 
@@ -164,7 +169,7 @@ def test_history_lists_each_change_of_champion_in_order(gws: stages.Workspace, t
 # --- rollback ------------------------------------------------------------------------------------
 
 
-def test_rollback_round_trip(gws: stages.Workspace, two_champions: dict[str, Any], cli: Cli) -> None:
+def test_rollback_round_trip(gws: Workspace, two_champions: dict[str, Any], cli: Cli) -> None:
     result = stages.rollback_champion(gws, "rollback-1", "  v2 over-predicts for new patients  ")
 
     assert result == {"champion": 1, "replaced": 2, "reason": "v2 over-predicts for new patients",
@@ -197,7 +202,7 @@ def test_rollback_round_trip(gws: stages.Workspace, two_champions: dict[str, Any
     assert events(gws) == before
 
 
-def test_rollback_refusals_leave_the_champion(gws: stages.Workspace, two_champions: dict[str, Any]) -> None:
+def test_rollback_refusals_leave_the_champion(gws: Workspace, two_champions: dict[str, Any]) -> None:
     before = champion_rows(gws)
 
     for reason in ("", "   "):
@@ -211,14 +216,14 @@ def test_rollback_refusals_leave_the_champion(gws: stages.Workspace, two_champio
     assert champion_rows(gws) == before
 
 
-def test_rollback_with_no_earlier_champion_is_refused(gws: stages.Workspace, champion: dict[str, Any]) -> None:
+def test_rollback_with_no_earlier_champion_is_refused(gws: Workspace, champion: dict[str, Any]) -> None:
     before = champion_rows(gws)
     with pytest.raises(ValueError, match="no earlier champion"):
         stages.rollback_champion(gws, "too-far", "undo the first model")
     assert champion_rows(gws) == before
 
 
-def test_rollback_to_a_tampered_artifact_is_refused(gws: stages.Workspace, two_champions: dict[str, Any]) -> None:
+def test_rollback_to_a_tampered_artifact_is_refused(gws: Workspace, two_champions: dict[str, Any]) -> None:
     overwrite(gws.settings.artifact_dir / model(gws, 1)["artifact_path"], b"not the model that was registered")
     before = champion_rows(gws)
 
@@ -234,7 +239,7 @@ def test_rollback_to_a_tampered_artifact_is_refused(gws: stages.Workspace, two_c
 # --- reproduce -----------------------------------------------------------------------------------
 
 
-def test_reproduce_rebuilds_each_version_from_its_record(gws: stages.Workspace, two_champions: dict[str, Any],
+def test_reproduce_rebuilds_each_version_from_its_record(gws: Workspace, two_champions: dict[str, Any],
                                                          cli: Cli) -> None:
     for version in (1, 2):  # version 1 was trained with alpha 800, not the configured 1.0
         recorded = model(gws, version)
@@ -253,7 +258,7 @@ def test_reproduce_rebuilds_each_version_from_its_record(gws: stages.Workspace, 
     assert printed["train_rows"] == printed["recorded_train_rows"]
 
 
-def test_reproduce_refuses_a_tampered_snapshot(gws: stages.Workspace, champion: dict[str, Any]) -> None:
+def test_reproduce_refuses_a_tampered_snapshot(gws: Workspace, champion: dict[str, Any]) -> None:
     recorded = model(gws, 1)
     [snapshot] = fetch(gws, "SELECT path FROM pipeline.snapshots WHERE snapshot_hash = :h",
                        h=recorded["snapshot_hash"])
@@ -271,7 +276,7 @@ def test_reproduce_refuses_a_tampered_snapshot(gws: stages.Workspace, champion: 
 # --- failing closed in the stage ------------------------------------------------------------------
 
 
-def test_an_evaluation_error_fails_closed(gws: stages.Workspace, champion: dict[str, Any]) -> None:
+def test_an_evaluation_error_fails_closed(gws: Workspace, champion: dict[str, Any]) -> None:
     demo.simulate_arrivals(gws.engine, rows=30, seed=7)
     run = make_run("second")
     candidate = train_candidate(gws, run)
@@ -297,7 +302,7 @@ def test_an_evaluation_error_fails_closed(gws: stages.Workspace, champion: dict[
 
 def test_a_config_without_confidence_promotes_nothing(settings: Settings, tmp_path: Path) -> None:
     path = write_config(tmp_path, lambda raw: raw["promotion"].pop("confidence"))
-    ws = stages.Workspace.open(dataclasses.replace(settings, config_path=path))
+    ws = Workspace.open(dataclasses.replace(settings, config_path=path))
     try:
         assert ws.config.promotion.confidence is None
         demo.seed_demo(ws.engine)
@@ -314,7 +319,7 @@ def test_a_config_without_confidence_promotes_nothing(settings: Settings, tmp_pa
         ws.engine.dispose()
 
 
-def register_nan_candidate(ws: stages.Workspace, run: stages.Run) -> int:
+def register_nan_candidate(ws: Workspace, run: Run) -> int:
     """Register the champion's model with NaN coefficients as this run's candidate."""
     champion_model = model(ws, 1)
     fitted = ws.load_model(champion_model["artifact_hash"])
@@ -324,8 +329,8 @@ def register_nan_candidate(ws: stages.Workspace, run: stages.Run) -> int:
     record = {k: champion_model[k] for k in ("snapshot_hash", "model_family", "params", "cv_metrics", "train_rows",
                                              "holdout_rows", "holdout_start", "library_versions", "code_version")}
     with ws.engine.begin() as conn:
-        registry.start_run(conn, ws.model, run.run_id, run.triggered_by, run.watermark, {})
-        return registry.register_model(conn, {**record, "model": ws.model, "run_id": run.run_id, "artifact_hash": artifact_hash,
+        records.start_run(conn, ws.model, run.run_id, run.triggered_by, run.watermark, {})
+        return records.register_model(conn, {**record, "model": ws.model, "run_id": run.run_id, "artifact_hash": artifact_hash,
                                               "artifact_path": str(path)})
 
 
@@ -333,7 +338,7 @@ NAN_PREDICTIONS_WARN = pytest.mark.filterwarnings("ignore:All-NaN slice encounte
 
 
 @NAN_PREDICTIONS_WARN
-def test_a_candidate_with_non_finite_predictions_is_kept(gws: stages.Workspace, champion: dict[str, Any]) -> None:
+def test_a_candidate_with_non_finite_predictions_is_kept(gws: Workspace, champion: dict[str, Any]) -> None:
     run = make_run("nan")
     version = register_nan_candidate(gws, run)
     before = champion_rows(gws)
@@ -346,7 +351,7 @@ def test_a_candidate_with_non_finite_predictions_is_kept(gws: stages.Workspace, 
 
 
 @NAN_PREDICTIONS_WARN
-def test_a_candidate_with_non_finite_predictions_is_kept_for_that_reason(gws: stages.Workspace,
+def test_a_candidate_with_non_finite_predictions_is_kept_for_that_reason(gws: Workspace,
                                                                         champion: dict[str, Any]) -> None:
     run = make_run("nan")
     version = register_nan_candidate(gws, run)
@@ -361,7 +366,7 @@ def test_a_candidate_with_non_finite_predictions_is_kept_for_that_reason(gws: st
 # --- the evidence behind a decision ---------------------------------------------------------------
 
 
-def test_the_evidence_behind_each_decision_is_stored(gws: stages.Workspace, two_champions: dict[str, Any]) -> None:
+def test_the_evidence_behind_each_decision_is_stored(gws: Workspace, two_champions: dict[str, Any]) -> None:
     rows = {r["run_id"]: r for r in fetch(gws, "SELECT * FROM pipeline.evaluations")}
     second, first = rows["second"], rows["first"]
     evidence = second["evidence"]

@@ -11,22 +11,25 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from pipeline import demo, ingest, stages
+from pipeline import stages
+from pipeline.data import demo, ingest
+from pipeline.registry.runs import Run
+from pipeline.workspace import Workspace
 from tests.integration.stage_runs import DEMO_WATERMARK, LATER_WATERMARK
 
 
-def snapshot(ws: stages.Workspace, watermark: datetime) -> tuple[ingest.Snapshot, pd.DataFrame]:
+def snapshot(ws: Workspace, watermark: datetime) -> tuple[ingest.Snapshot, pd.DataFrame]:
     taken, table = ingest.take_snapshot(ws.engine, ws.config.dataset, watermark, ws.settings.artifact_dir)
     return taken, ingest.arrow_to_frame(table)
 
 
-def recorded_at(ws: stages.Workspace, patient_id: int) -> datetime:
+def recorded_at(ws: Workspace, patient_id: int) -> datetime:
     with ws.engine.connect() as conn:
         return conn.scalar(sa.text("SELECT recorded_at FROM public.patient_records WHERE patient_id = :i"),
                            {"i": patient_id})
 
 
-def test_same_rows_give_the_same_snapshot(ws: stages.Workspace) -> None:
+def test_same_rows_give_the_same_snapshot(ws: Workspace) -> None:
     demo.seed_demo(ws.engine)
 
     first, first_frame = snapshot(ws, DEMO_WATERMARK)
@@ -41,7 +44,7 @@ def test_same_rows_give_the_same_snapshot(ws: stages.Workspace) -> None:
     pd.testing.assert_frame_equal(pd.read_parquet(path), first_frame)
 
 
-def test_watermark_excludes_later_rows(ws: stages.Workspace) -> None:
+def test_watermark_excludes_later_rows(ws: Workspace) -> None:
     demo.seed_demo(ws.engine)
     # Demo ids grow with recorded_at, so a watermark at patient 100's row keeps exactly ids 1..100.
     watermark = recorded_at(ws, 100)
@@ -55,7 +58,7 @@ def test_watermark_excludes_later_rows(ws: stages.Workspace) -> None:
     assert snap.watermark == watermark.isoformat()
 
 
-def test_unlabelled_rows_are_excluded(ws: stages.Workspace) -> None:
+def test_unlabelled_rows_are_excluded(ws: Workspace) -> None:
     demo.seed_demo(ws.engine)
     unlabelled = [5, 50, 442]
     with ws.engine.begin() as conn:
@@ -74,7 +77,7 @@ def test_unlabelled_rows_are_excluded(ws: stages.Workspace) -> None:
     assert list(waiting["patient_id"]) == unlabelled and waiting["progression_12m"].isna().all()
 
 
-def test_a_label_filled_in_between_is_in_exactly_one_of_the_two(ws: stages.Workspace) -> None:
+def test_a_label_filled_in_between_is_in_exactly_one_of_the_two(ws: Workspace) -> None:
     demo.seed_demo(ws.engine)
     with ws.engine.begin() as conn:
         conn.execute(sa.text("UPDATE public.patient_records SET progression_12m = NULL WHERE patient_id <= 40"))
@@ -84,7 +87,7 @@ def test_a_label_filled_in_between_is_in_exactly_one_of_the_two(ws: stages.Works
     assert set(frame["patient_id"]).isdisjoint(waiting["patient_id"])
 
 
-def test_arrivals_change_the_snapshot(ws: stages.Workspace) -> None:
+def test_arrivals_change_the_snapshot(ws: Workspace) -> None:
     demo.seed_demo(ws.engine)
     before, _ = snapshot(ws, LATER_WATERMARK)
 
@@ -97,7 +100,7 @@ def test_arrivals_change_the_snapshot(ws: stages.Workspace) -> None:
     assert Path(before.path).is_file() and Path(after.path).is_file()  # the older snapshot is kept
 
 
-def test_missing_contract_column_is_named(ws: stages.Workspace) -> None:
+def test_missing_contract_column_is_named(ws: Workspace) -> None:
     demo.seed_demo(ws.engine)
     with ws.engine.begin() as conn:
         conn.execute(sa.text("ALTER TABLE public.patient_records RENAME COLUMN bmi TO bmi_kg"))
@@ -107,16 +110,16 @@ def test_missing_contract_column_is_named(ws: stages.Workspace) -> None:
     assert not (ws.settings.artifact_dir / "snapshots").exists()
 
 
-def test_missing_table_is_named(ws: stages.Workspace) -> None:
+def test_missing_table_is_named(ws: Workspace) -> None:
     contract = dataclasses.replace(ws.config.dataset, table="public.no_such_records")
 
     with pytest.raises(ingest.SchemaError, match=r"public\.no_such_records does not exist"):
         ingest.take_snapshot(ws.engine, contract, DEMO_WATERMARK, ws.settings.artifact_dir)
 
 
-def test_ingest_stage_records_snapshot_and_run(ws: stages.Workspace) -> None:
+def test_ingest_stage_records_snapshot_and_run(ws: Workspace) -> None:
     demo.seed_demo(ws.engine)
-    run = stages.Run(run_id="ingest-1", watermark=DEMO_WATERMARK, triggered_by="test")
+    run = Run(run_id="ingest-1", watermark=DEMO_WATERMARK, triggered_by="test")
 
     result = stages.ingest_snapshot(ws, run, {"margin": 0.05})
 
@@ -141,9 +144,9 @@ def test_ingest_stage_records_snapshot_and_run(ws: stages.Workspace) -> None:
     assert run_row["params"] == {"margin": 0.05}
 
 
-def test_ingest_stage_twice_is_idempotent(ws: stages.Workspace) -> None:
+def test_ingest_stage_twice_is_idempotent(ws: Workspace) -> None:
     demo.seed_demo(ws.engine)
-    run = stages.Run(run_id="ingest-1", watermark=DEMO_WATERMARK, triggered_by="test")
+    run = Run(run_id="ingest-1", watermark=DEMO_WATERMARK, triggered_by="test")
 
     first = stages.ingest_snapshot(ws, run)
     second = stages.ingest_snapshot(ws, run)

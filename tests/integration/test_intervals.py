@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from pipeline import cards, intervals, stages
+from pipeline.model import cards, intervals
+from pipeline.workspace import Workspace
 from tests.integration.stage_runs import fetch, promote_demo_champion, quick_workspace
 
 
-def test_a_version_stores_its_interval_and_the_record_reproduces_it(ws: stages.Workspace) -> None:
+def test_a_version_stores_its_interval_and_the_record_reproduces_it(ws: Workspace) -> None:
     ws = quick_workspace(ws)
     result = promote_demo_champion(ws)
     version = result["candidate"]["version"]
@@ -27,7 +28,7 @@ def test_a_version_stores_its_interval_and_the_record_reproduces_it(ws: stages.W
     assert f"{reached:.1%} of {evidence['holdout_rows']} outcomes" in page and "stated coverage" in page
 
 
-def test_another_coverage_is_computed_from_the_record_and_kept(ws: stages.Workspace) -> None:
+def test_another_coverage_is_computed_from_the_record_and_kept(ws: Workspace) -> None:
     ws = quick_workspace(ws)
     version = promote_demo_champion(ws)["candidate"]["version"]
 

@@ -10,40 +10,42 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline import registry, stages
-from pipeline.features import model_inputs
-from pipeline.runs import RunBusy
+from pipeline import stages
+from pipeline.model.features import model_inputs
+from pipeline.registry import records
+from pipeline.registry.runs import Run, RunBusy
+from pipeline.workspace import Workspace
 from tests.integration.stage_runs import DEMO_WATERMARK, fetch, make_run
 
 SCORES = ("cv_rmse_mean", "cv_rmse_std", "rows")
 
 
-def three_fold(ws: stages.Workspace) -> stages.Workspace:
+def three_fold(ws: Workspace) -> Workspace:
     """Every shipped family, on three folds (the search is what is compared, not its size)."""
     training = dataclasses.replace(ws.config.training, cv_folds=3)
     return dataclasses.replace(ws, config=dataclasses.replace(ws.config, training=training))
 
 
-def clean_snapshot(ws: stages.Workspace, run: stages.Run) -> str:
+def clean_snapshot(ws: Workspace, run: Run) -> str:
     snapshot = stages.ingest_snapshot(ws, run)
     return str(stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])["clean_snapshot_hash"])
 
 
-def mapped_search(ws: stages.Workspace, run: stages.Run, clean: str) -> list[dict[str, Any]]:
+def mapped_search(ws: Workspace, run: Run, clean: str) -> list[dict[str, Any]]:
     """What the DAG's mapped tasks return, each computed as its own task would (here one after another)."""
     return [stages.search_family(ws, run, clean, task["family"], task["started_at"], task["first"])
             for task in stages.plan_search(ws)]
 
 
-def predictions(ws: stages.Workspace, version: int, clean: str) -> np.ndarray:
+def predictions(ws: Workspace, version: int, clean: str) -> np.ndarray:
     with ws.engine.connect() as conn:
-        model = registry.get_model(conn, version, ws.model)
+        model = records.get_model(conn, version, ws.model)
     frame = ws.load_snapshot(clean)
     return np.asarray(ws.load_model(model["artifact_hash"]).predict(model_inputs(frame, ws.config.dataset)))
 
 
-def test_mapped_search_equals_the_sequential_search(ws: stages.Workspace) -> None:
-    from pipeline import demo
+def test_mapped_search_equals_the_sequential_search(ws: Workspace) -> None:
+    from pipeline.data import demo
 
     ws = three_fold(ws)
     demo.seed_demo(ws.engine)
@@ -67,10 +69,10 @@ def test_mapped_search_equals_the_sequential_search(ws: stages.Workspace) -> Non
                                   predictions(ws, sequential["version"], clean))
 
 
-def test_one_budget_holds_across_the_mapped_tasks(ws: stages.Workspace) -> None:
+def test_one_budget_holds_across_the_mapped_tasks(ws: Workspace) -> None:
     """A search that started longer ago than its budget: every family but the first is skipped, wherever
     it runs; the first always finishes, so there is a candidate."""
-    from pipeline import demo
+    from pipeline.data import demo
 
     training = dataclasses.replace(ws.config.training, cv_folds=3, search_budget_seconds=5.0)
     ws = dataclasses.replace(ws, config=dataclasses.replace(ws.config, training=training))
@@ -89,8 +91,8 @@ def test_one_budget_holds_across_the_mapped_tasks(ws: stages.Workspace) -> None:
     assert candidate["model_family"] == first["family"]
 
 
-def test_a_search_missing_a_family_is_refused_by_name(ws: stages.Workspace) -> None:
-    from pipeline import demo
+def test_a_search_missing_a_family_is_refused_by_name(ws: Workspace) -> None:
+    from pipeline.data import demo
 
     ws = three_fold(ws)
     demo.seed_demo(ws.engine)
@@ -106,13 +108,13 @@ def test_a_search_missing_a_family_is_refused_by_name(ws: stages.Workspace) -> N
     assert fetch(ws, "SELECT status FROM pipeline.training_runs WHERE run_id = 'partial'") == [{"status": "failed"}]
 
 
-def test_sibling_search_tasks_share_the_run_and_an_exclusive_stage_waits(ws: stages.Workspace) -> None:
+def test_sibling_search_tasks_share_the_run_and_an_exclusive_stage_waits(ws: Workspace) -> None:
     """Two tasks of the search hold the run's lock together; a stage that needs it alone cannot start
     until they are done, and the reaper sees the run as alive meanwhile."""
-    from pipeline import runs
+    from pipeline.registry import runs
 
     with ws.engine.begin() as conn:
-        registry.start_run(conn, ws.model, "shared", "test", DEMO_WATERMARK, {})
+        records.start_run(conn, ws.model, "shared", "test", DEMO_WATERMARK, {})
     with runs.sharing(ws.engine, ws.settings, "shared", "search"), \
             runs.sharing(ws.engine, ws.settings, "shared", "search"):
         assert fetch(ws, "SELECT active_stage FROM pipeline.training_runs WHERE run_id = 'shared'") == \

@@ -16,10 +16,14 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from pipeline import db, demo, registry, stages
-from pipeline.arrivals import claim_arrival_signal, count_new_labelled_rows, last_seen_watermark
-from pipeline.config import DEFAULT_MODEL, suite_columns
-from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT, Settings
+from pipeline import stages
+from pipeline.contract.config import DEFAULT_MODEL, suite_columns
+from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT, Settings
+from pipeline.data import demo
+from pipeline.data.arrivals import claim_arrival_signal, count_new_labelled_rows, last_seen_watermark
+from pipeline.registry import records
+from pipeline.store import db
+from pipeline.workspace import Workspace
 from tests.integration.stage_runs import (
     DEMO_WATERMARK,
     cli_runner,
@@ -49,18 +53,18 @@ def twin_config(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def twin(settings: Settings, tmp_path: Path) -> Iterator[stages.Workspace]:
-    workspace = stages.Workspace.open(dataclasses.replace(settings, config_path=twin_config(tmp_path)))
+def twin(settings: Settings, tmp_path: Path) -> Iterator[Workspace]:
+    workspace = Workspace.open(dataclasses.replace(settings, config_path=twin_config(tmp_path)))
     yield quick_workspace(workspace)
     workspace.engine.dispose()
 
 
-def champion(ws: stages.Workspace) -> dict[str, Any] | None:
+def champion(ws: Workspace) -> dict[str, Any] | None:
     with ws.engine.connect() as conn:
-        return registry.current_champion(conn, ws.model)
+        return records.current_champion(conn, ws.model)
 
 
-def test_two_models_get_two_champions_and_never_compare(ws: stages.Workspace, twin: stages.Workspace) -> None:
+def test_two_models_get_two_champions_and_never_compare(ws: Workspace, twin: Workspace) -> None:
     demo_ws = quick_workspace(ws)
     demo.seed_demo(ws.engine)
     first = retrain_through_stages(demo_ws, make_run("demo-first", DEMO_WATERMARK))
@@ -73,16 +77,16 @@ def test_two_models_get_two_champions_and_never_compare(ws: stages.Workspace, tw
     assert first["snapshot"]["snapshot_hash"] != other["snapshot"]["snapshot_hash"]
 
 
-def test_status_history_and_skips_see_only_their_own_model(ws: stages.Workspace, twin: stages.Workspace) -> None:
+def test_status_history_and_skips_see_only_their_own_model(ws: Workspace, twin: Workspace) -> None:
     demo_ws = quick_workspace(ws)
     demo.seed_demo(ws.engine)
     retrain_through_stages(demo_ws, make_run("demo-first", DEMO_WATERMARK))
     retrain_through_stages(twin, make_run("twin-first", DEMO_WATERMARK))
 
     with ws.engine.connect() as conn:
-        runs = {m: [r["run_id"] for r in registry.recent_runs(conn, m)] for m in (DEFAULT_MODEL, TWIN)}
-        events = {m: [e["run_id"] for e in registry.promotion_history(conn, m)] for m in (DEFAULT_MODEL, TWIN)}
-        quality = {m: [q["run_id"] for q in registry.quality_history(conn, m)] for m in (DEFAULT_MODEL, TWIN)}
+        runs = {m: [r["run_id"] for r in records.recent_runs(conn, m)] for m in (DEFAULT_MODEL, TWIN)}
+        events = {m: [e["run_id"] for e in records.promotion_history(conn, m)] for m in (DEFAULT_MODEL, TWIN)}
+        quality = {m: [q["run_id"] for q in records.quality_history(conn, m)] for m in (DEFAULT_MODEL, TWIN)}
     assert runs == events == quality == {DEFAULT_MODEL: ["demo-first"], TWIN: ["twin-first"]}
 
     # The newest version in the database is the twin's; the demo model still sees its own rows unchanged.
@@ -92,7 +96,7 @@ def test_status_history_and_skips_see_only_their_own_model(ws: stages.Workspace,
     assert fetch(ws, "SELECT status FROM pipeline.training_runs WHERE run_id = 'demo-again'") == [{"status": "skipped"}]
 
 
-def test_rollback_never_crosses_models(ws: stages.Workspace, twin: stages.Workspace) -> None:
+def test_rollback_never_crosses_models(ws: Workspace, twin: Workspace) -> None:
     demo_ws = quick_workspace(ws)
     demo.seed_demo(ws.engine)
     demo_version = retrain_through_stages(demo_ws, make_run("demo-first", DEMO_WATERMARK))["candidate"]["version"]
@@ -103,7 +107,7 @@ def test_rollback_never_crosses_models(ws: stages.Workspace, twin: stages.Worksp
     assert fetch(ws, "SELECT count(*) AS n FROM pipeline.promotion_events") == [{"n": 2}]
 
 
-def test_arrivals_are_counted_per_model(ws: stages.Workspace, twin: stages.Workspace) -> None:
+def test_arrivals_are_counted_per_model(ws: Workspace, twin: Workspace) -> None:
     demo_ws = quick_workspace(ws)
     demo.seed_demo(ws.engine)
     retrain_through_stages(demo_ws, make_run("demo-first", DEMO_WATERMARK))
@@ -125,10 +129,10 @@ def test_arrivals_are_counted_per_model(ws: stages.Workspace, twin: stages.Works
     assert claim_arrival_signal(ws.engine, TWIN, twin.config.dataset, 10) is None  # its first signal is pending
 
 
-def test_a_run_id_belongs_to_one_model(ws: stages.Workspace, twin: stages.Workspace) -> None:
+def test_a_run_id_belongs_to_one_model(ws: Workspace, twin: Workspace) -> None:
     demo.seed_demo(ws.engine)
     stages.ingest_snapshot(ws, make_run("shared-id", DEMO_WATERMARK))
-    with pytest.raises(registry.RunIdTaken, match=f"already a run of model '{DEFAULT_MODEL}', not '{TWIN}'"):
+    with pytest.raises(records.RunIdTaken, match=f"already a run of model '{DEFAULT_MODEL}', not '{TWIN}'"):
         stages.ingest_snapshot(twin, make_run("shared-id", DEMO_WATERMARK))
     assert fetch(ws, "SELECT model FROM pipeline.training_runs") == [{"model": DEFAULT_MODEL}]
 
@@ -173,9 +177,9 @@ def test_an_older_database_migrates_and_its_rows_belong_to_the_default_model(emp
     db.apply_schema(engine)  # and safe to apply again
 
     with engine.connect() as conn:
-        assert registry.current_champion(conn, DEFAULT_MODEL)["version"] == 1  # type: ignore[index]
-        assert registry.current_champion(conn, "another") is None
-        assert [e["run_id"] for e in registry.promotion_history(conn, DEFAULT_MODEL)] == ["old"]
+        assert records.current_champion(conn, DEFAULT_MODEL)["version"] == 1  # type: ignore[index]
+        assert records.current_champion(conn, "another") is None
+        assert [e["run_id"] for e in records.promotion_history(conn, DEFAULT_MODEL)] == ["old"]
         for table in ("training_runs", "model_versions", "champion", "promotion_events"):
             assert conn.scalar(sa.text(f"SELECT array_agg(DISTINCT model) FROM pipeline.{table}")) == [DEFAULT_MODEL]
         default = conn.scalar(sa.text("SELECT column_default FROM information_schema.columns "

@@ -15,7 +15,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from pipeline import demo, registry, stages
+from pipeline import stages
+from pipeline.data import demo
+from pipeline.registry import records
+from pipeline.workspace import Workspace
 from tests.integration.stage_runs import (
     DEMO_WATERMARK,
     LATER_WATERMARK,
@@ -32,11 +35,11 @@ STABLE_SEED = 1
 
 
 
-def drift_rows(ws: stages.Workspace) -> list[dict[str, Any]]:
+def drift_rows(ws: Workspace) -> list[dict[str, Any]]:
     return fetch(ws, "SELECT * FROM pipeline.drift_reports ORDER BY run_id")
 
 
-def newest_recorded_at(ws: stages.Workspace) -> datetime:
+def newest_recorded_at(ws: Workspace) -> datetime:
     [row] = fetch(ws, "SELECT max(recorded_at) AS t FROM public.patient_records")
     return row["t"]
 
@@ -44,12 +47,12 @@ def newest_recorded_at(ws: stages.Workspace) -> datetime:
 
 
 @pytest.fixture
-def champion(quick_ws: stages.Workspace) -> dict[str, Any]:
+def champion(quick_ws: Workspace) -> dict[str, Any]:
     """The demo study loaded and retrained up to DEMO_WATERMARK: version 1 is the champion."""
     return promote_demo_champion(quick_ws)
 
 
-def test_no_champion(ws: stages.Workspace) -> None:
+def test_no_champion(ws: Workspace) -> None:
     demo.seed_demo(ws.engine)
     demo.simulate_arrivals(ws.engine, rows=50, seed=1)
 
@@ -63,7 +66,7 @@ def test_no_champion(ws: stages.Workspace) -> None:
     assert row["window_end"] == LATER_WATERMARK and row["features"] == []
 
 
-def test_too_few_recent_rows_give_no_verdict(quick_ws: stages.Workspace, champion: dict[str, Any]) -> None:
+def test_too_few_recent_rows_give_no_verdict(quick_ws: Workspace, champion: dict[str, Any]) -> None:
     min_rows = quick_ws.config.monitoring.drift.min_rows
     demo.simulate_arrivals(quick_ws.engine, rows=min_rows - 1, seed=1, drift={"bmi": 4})
 
@@ -77,7 +80,7 @@ def test_too_few_recent_rows_give_no_verdict(quick_ws: stages.Workspace, champio
     assert row["champion_version"] == 1 and row["reference_rows"] == 442
 
 
-def test_undrifted_arrivals_are_stable(quick_ws: stages.Workspace, champion: dict[str, Any]) -> None:
+def test_undrifted_arrivals_are_stable(quick_ws: Workspace, champion: dict[str, Any]) -> None:
     demo.simulate_arrivals(quick_ws.engine, rows=100, seed=STABLE_SEED)
 
     result = stages.monitor_drift(quick_ws, make_run("monitor"))
@@ -92,7 +95,7 @@ def test_undrifted_arrivals_are_stable(quick_ws: stages.Workspace, champion: dic
     assert Path(result["report_path"]).is_file() and row["report_path"] == result["report_path"]
 
 
-def test_shifted_bmi_is_drift(quick_ws: stages.Workspace, champion: dict[str, Any]) -> None:
+def test_shifted_bmi_is_drift(quick_ws: Workspace, champion: dict[str, Any]) -> None:
     demo.simulate_arrivals(quick_ws.engine, rows=100, seed=STABLE_SEED, drift={"bmi": 4}, labelled=False)
 
     result = stages.monitor_drift(quick_ws, make_run("monitor"))
@@ -120,7 +123,7 @@ def test_shifted_bmi_is_drift(quick_ws: stages.Workspace, champion: dict[str, An
         assert f"<tr><th>{name}</th><td>{getattr(policy, name):g}: " in page
 
 
-def test_window_ends_at_the_runs_watermark(quick_ws: stages.Workspace, champion: dict[str, Any]) -> None:
+def test_window_ends_at_the_runs_watermark(quick_ws: Workspace, champion: dict[str, Any]) -> None:
     demo.simulate_arrivals(quick_ws.engine, rows=100, seed=STABLE_SEED)
     window_end = newest_recorded_at(quick_ws)
     demo.simulate_arrivals(quick_ws.engine, rows=60, seed=2, drift={"bmi": 4})  # after the watermark
@@ -134,7 +137,7 @@ def test_window_ends_at_the_runs_watermark(quick_ws: stages.Workspace, champion:
     assert row["window_start"] == DEMO_WATERMARK  # the champion's snapshot watermark
 
 
-def test_rerunning_a_check_replaces_its_row(quick_ws: stages.Workspace, champion: dict[str, Any]) -> None:
+def test_rerunning_a_check_replaces_its_row(quick_ws: Workspace, champion: dict[str, Any]) -> None:
     run = make_run("monitor")
     demo.simulate_arrivals(quick_ws.engine, rows=10, seed=1)
     assert stages.monitor_drift(quick_ws, run)["verdict"] == "insufficient_data"
@@ -148,7 +151,7 @@ def test_rerunning_a_check_replaces_its_row(quick_ws: stages.Workspace, champion
     assert row["report_path"] == result["report_path"] and len(row["features"]) == len(MONITORED_FEATURES)
 
 
-def test_stored_drifted_flags_are_json_booleans(quick_ws: stages.Workspace, champion: dict[str, Any]) -> None:
+def test_stored_drifted_flags_are_json_booleans(quick_ws: Workspace, champion: dict[str, Any]) -> None:
     demo.simulate_arrivals(quick_ws.engine, rows=100, seed=STABLE_SEED)  # hdl and age_years: moderate PSI
     stages.monitor_drift(quick_ws, make_run("monitor"))
 
@@ -159,7 +162,7 @@ def test_stored_drifted_flags_are_json_booleans(quick_ws: stages.Workspace, cham
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # 0/0 on the empty recent column
-def test_a_feature_that_stopped_arriving_is_reported(quick_ws: stages.Workspace, champion: dict[str, Any]) -> None:
+def test_a_feature_that_stopped_arriving_is_reported(quick_ws: Workspace, champion: dict[str, Any]) -> None:
     demo.simulate_arrivals(quick_ws.engine, rows=100, seed=STABLE_SEED)
     with quick_ws.engine.begin() as conn:
         conn.execute(sa.text("UPDATE public.patient_records SET glucose = NULL WHERE recorded_at > :t"),
@@ -174,7 +177,7 @@ def test_a_feature_that_stopped_arriving_is_reported(quick_ws: stages.Workspace,
     assert row["verdict"] == "drift"
 
 
-def test_same_rows_again_are_skipped(quick_ws: stages.Workspace, champion: dict[str, Any]) -> None:
+def test_same_rows_again_are_skipped(quick_ws: Workspace, champion: dict[str, Any]) -> None:
     run = make_run("again")
     snapshot = stages.ingest_snapshot(quick_ws, run)
     assert snapshot["snapshot_hash"] == champion["snapshot"]["snapshot_hash"]
@@ -188,7 +191,7 @@ def test_same_rows_again_are_skipped(quick_ws: stages.Workspace, champion: dict[
     assert fetch(quick_ws, "SELECT count(*) AS n FROM pipeline.model_versions") == [{"n": 1}]
 
 
-def test_force_retrains_the_same_rows(quick_ws: stages.Workspace, champion: dict[str, Any]) -> None:
+def test_force_retrains_the_same_rows(quick_ws: Workspace, champion: dict[str, Any]) -> None:
     run = make_run("forced")
     snapshot = stages.ingest_snapshot(quick_ws, run)
 
@@ -198,7 +201,7 @@ def test_force_retrains_the_same_rows(quick_ws: stages.Workspace, champion: dict
     assert (row["status"], row["reason"]) == ("running", None)
 
 
-def test_arrivals_are_new_data(quick_ws: stages.Workspace, champion: dict[str, Any]) -> None:
+def test_arrivals_are_new_data(quick_ws: Workspace, champion: dict[str, Any]) -> None:
     demo.simulate_arrivals(quick_ws.engine, rows=30, seed=7)
     run = make_run("after-arrivals")
     snapshot = stages.ingest_snapshot(quick_ws, run)
@@ -209,18 +212,18 @@ def test_arrivals_are_new_data(quick_ws: stages.Workspace, champion: dict[str, A
     assert row["status"] == "running"
 
 
-def test_a_retried_check_does_not_count_its_own_model(quick_ws: stages.Workspace, champion: dict[str, Any]) -> None:
+def test_a_retried_check_does_not_count_its_own_model(quick_ws: Workspace, champion: dict[str, Any]) -> None:
     # Rerunning has_new_data for the run that trained the newest model compares with the model
     # before it (none here), not with its own: a retried task must not skip its own run.
     with quick_ws.engine.connect() as conn:
-        assert registry.last_trained_snapshot(conn, quick_ws.model, exclude_run="first") is None
+        assert records.last_trained_snapshot(conn, quick_ws.model, exclude_run="first") is None
     run = make_run("first", DEMO_WATERMARK)
 
     assert stages.has_new_data(quick_ws, run, champion["snapshot"]["snapshot_hash"]) is True
 
 
 @pytest.fixture
-def quick_ws(ws: stages.Workspace) -> stages.Workspace:
+def quick_ws(ws: Workspace) -> Workspace:
     return quick_workspace(ws)
 
 

@@ -16,9 +16,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from pipeline import db, demo, evaluate, ingest, registry, stages, train
-from pipeline.arrivals import claim_arrival_signal, count_new_labelled_rows, last_seen_watermark
-from pipeline.features import model_inputs
+from pipeline import stages
+from pipeline.data import demo, ingest
+from pipeline.data.arrivals import claim_arrival_signal, count_new_labelled_rows, last_seen_watermark
+from pipeline.model import evaluate, train
+from pipeline.model.features import model_inputs
+from pipeline.registry import records
+from pipeline.store import db
+from pipeline.workspace import Workspace
 from tests.integration.stage_runs import (
     DEMO_WATERMARK,
     fetch,
@@ -31,7 +36,7 @@ from tests.integration.stage_runs import (
 LATE_IDS = list(range(1, 31))  # the study's earliest visits: recorded first, their outcomes filled in last
 
 
-def withhold_outcomes(ws: stages.Workspace, ids: list[int]) -> dict[int, float]:
+def withhold_outcomes(ws: Workspace, ids: list[int]) -> dict[int, float]:
     """Blank the outcomes of old rows, as if they were still awaited; returns the outcomes to fill in later."""
     with ws.engine.begin() as conn:
         outcomes: dict[Any, Any] = dict(conn.execute(sa.text(
@@ -42,40 +47,40 @@ def withhold_outcomes(ws: stages.Workspace, ids: list[int]) -> dict[int, float]:
     return {int(k): float(v) for k, v in outcomes.items()}
 
 
-def fill_in_outcomes(ws: stages.Workspace, outcomes: dict[int, float]) -> None:
+def fill_in_outcomes(ws: Workspace, outcomes: dict[int, float]) -> None:
     """The CRM fills in outcomes of rows recorded long ago: an UPDATE that names no label time."""
     with ws.engine.begin() as conn:
         conn.execute(sa.text("UPDATE public.patient_records SET progression_12m = :y WHERE patient_id = :i"),
                      [{"i": i, "y": y} for i, y in outcomes.items()])
 
 
-def label_times(ws: stages.Workspace, ids: list[int]) -> dict[int, Any]:
+def label_times(ws: Workspace, ids: list[int]) -> dict[int, Any]:
     rows = fetch(ws, "SELECT patient_id, recorded_at, label_recorded_at FROM public.patient_records "
                      "WHERE patient_id = ANY(:ids)", ids=ids)
     return {r["patient_id"]: (r["recorded_at"], r["label_recorded_at"]) for r in rows}
 
 
-def without_label_time(ws: stages.Workspace) -> stages.Workspace:
+def without_label_time(ws: Workspace) -> Workspace:
     """The shipped config with label_timestamp_column left out: the table keeps the column, unread."""
     contract = dataclasses.replace(ws.config.dataset, label_timestamp_column=None)
     return dataclasses.replace(ws, config=dataclasses.replace(ws.config, dataset=contract))
 
 
-def with_holdout_fraction(ws: stages.Workspace, fraction: float) -> stages.Workspace:
+def with_holdout_fraction(ws: Workspace, fraction: float) -> Workspace:
     training = dataclasses.replace(ws.config.training, holdout_fraction=fraction)
     return dataclasses.replace(ws, config=dataclasses.replace(ws.config, training=training))
 
 
-def server_now(ws: stages.Workspace) -> datetime:
+def server_now(ws: Workspace) -> datetime:
     """The database's clock, which stamps label times: watermarks taken from it never race the stamps."""
     with ws.engine.connect() as conn:
         return conn.scalar(sa.text("SELECT clock_timestamp()"))  # type: ignore[no-any-return]
 
 
-def holdout_ids(ws: stages.Workspace, version: int) -> tuple[set[int], set[int]]:
+def holdout_ids(ws: Workspace, version: int) -> tuple[set[int], set[int]]:
     """The training and holdout ids of a version, split from its own clean snapshot."""
     with ws.engine.connect() as conn:
-        model = registry.get_model(conn, version, ws.model)
+        model = records.get_model(conn, version, ws.model)
     frame = ws.load_snapshot(model["snapshot_hash"])
     trained_on, held_out = train.split_holdout(frame, ws.config.dataset, model["params"]["holdout_fraction"])
     return set(trained_on["patient_id"].astype(int)), set(held_out["patient_id"].astype(int))
@@ -84,7 +89,7 @@ def holdout_ids(ws: stages.Workspace, version: int) -> tuple[set[int], set[int]]
 # --- sql/009: the trigger and the migration ----------------------------------------------------------
 
 
-def test_the_trigger_stamps_outcomes_on_insert_and_on_a_late_update(ws: stages.Workspace) -> None:
+def test_the_trigger_stamps_outcomes_on_insert_and_on_a_late_update(ws: Workspace) -> None:
     recorded = datetime(2025, 3, 1, 9, tzinfo=UTC)
     given = datetime(2025, 9, 1, tzinfo=UTC)
     with ws.engine.begin() as conn:
@@ -107,7 +112,7 @@ def test_the_trigger_stamps_outcomes_on_insert_and_on_a_late_update(ws: stages.W
     assert label_times(ws, [1, 2]) == {1: (recorded, None), 2: (recorded, given)}
 
 
-def test_the_migration_backfills_labelled_rows_and_applies_twice(ws: stages.Workspace) -> None:
+def test_the_migration_backfills_labelled_rows_and_applies_twice(ws: Workspace) -> None:
     demo.seed_demo(ws.engine)
     with ws.engine.begin() as conn:  # a table as it was before sql/009: outcomes with no label time
         conn.execute(sa.text("ALTER TABLE public.patient_records DISABLE TRIGGER USER"))
@@ -130,7 +135,7 @@ def test_the_migration_backfills_labelled_rows_and_applies_twice(ws: stages.Work
 
 
 @pytest.mark.parametrize("sql_type", ["text", "bigint", "date"])
-def test_a_label_time_that_is_not_a_timestamp_is_refused_naming_it(ws: stages.Workspace, sql_type: str) -> None:
+def test_a_label_time_that_is_not_a_timestamp_is_refused_naming_it(ws: Workspace, sql_type: str) -> None:
     with ws.engine.begin() as conn:
         conn.execute(sa.text(f"ALTER TABLE public.patient_records ADD COLUMN outcome_known {sql_type}"))
     contract = dataclasses.replace(ws.config.dataset, label_timestamp_column="outcome_known")
@@ -143,7 +148,7 @@ def test_a_label_time_that_is_not_a_timestamp_is_refused_naming_it(ws: stages.Wo
 # --- a late outcome: counted, snapshotted as of its time, held out -----------------------------------
 
 
-def test_a_late_outcome_is_counted_lands_in_the_next_snapshot_and_is_held_out(ws: stages.Workspace) -> None:
+def test_a_late_outcome_is_counted_lands_in_the_next_snapshot_and_is_held_out(ws: Workspace) -> None:
     quick = quick_workspace(ws)
     demo.seed_demo(ws.engine)
     outcomes = withhold_outcomes(ws, LATE_IDS)
@@ -169,13 +174,13 @@ def test_a_late_outcome_is_counted_lands_in_the_next_snapshot_and_is_held_out(ws
     assert set(LATE_IDS) <= held_out and not set(LATE_IDS) & trained_on
     # Recorded first, labelled last: by record time they would all have been trained on.
     with ws.engine.connect() as conn:
-        model = registry.get_model(conn, version, ws.model)
+        model = records.get_model(conn, version, ws.model)
     assert set(model["holdout_start"]) == {"label_recorded_at", "patient_id"}
     [evaluation] = fetch(ws, "SELECT evidence FROM pipeline.evaluations WHERE run_id = 'second'")
     assert evaluation["evidence"]["holdout_rows_excluded_champion_trained"] == 0
 
 
-def test_a_snapshot_read_again_after_later_outcomes_gives_the_same_hash(ws: stages.Workspace, tmp_path: Path) -> None:
+def test_a_snapshot_read_again_after_later_outcomes_gives_the_same_hash(ws: Workspace, tmp_path: Path) -> None:
     demo.seed_demo(ws.engine)
     outcomes = withhold_outcomes(ws, LATE_IDS)
     watermark = server_now(ws)
@@ -198,7 +203,7 @@ def test_a_snapshot_read_again_after_later_outcomes_gives_the_same_hash(ws: stag
 # --- the evaluation never judges the champion on rows it trained on ----------------------------------
 
 
-def test_holdout_rows_the_champion_trained_on_are_left_out_and_counted(ws: stages.Workspace) -> None:
+def test_holdout_rows_the_champion_trained_on_are_left_out_and_counted(ws: Workspace) -> None:
     quick = quick_workspace(ws)
     # The champion held out 10 %, trained on the oldest 90 %; the candidate holds out 30 % of the same rows.
     promote_demo_champion(with_holdout_fraction(quick, 0.1))
@@ -221,7 +226,7 @@ def test_holdout_rows_the_champion_trained_on_are_left_out_and_counted(ws: stage
     frame = ws.load_snapshot(checked["clean_snapshot_hash"])
     rows = frame[frame["patient_id"].isin(compared)]
     with ws.engine.connect() as conn:
-        champion = registry.get_model(conn, 1, ws.model)
+        champion = records.get_model(conn, 1, ws.model)
     by_hand = evaluate.regression_metrics(rows["progression_12m"].to_numpy(),
                                           ws.load_model(champion["artifact_hash"]).predict(model_inputs(rows,
                                                                                            ws.config.dataset)))
@@ -231,12 +236,12 @@ def test_holdout_rows_the_champion_trained_on_are_left_out_and_counted(ws: stage
     assert "89 holdout rows the champion trained on were left out" in page
 
 
-def test_an_unreadable_champion_snapshot_fails_the_comparison_closed_naming_the_file(ws: stages.Workspace) -> None:
+def test_an_unreadable_champion_snapshot_fails_the_comparison_closed_naming_the_file(ws: Workspace) -> None:
     quick = quick_workspace(ws)
     promote_demo_champion(quick, lambda w, r: retrain_through_stages(
         w, dataclasses.replace(r, watermark=DEMO_WATERMARK - timedelta(days=60))))
     with ws.engine.connect() as conn:
-        champion = registry.current_champion(conn, ws.model)
+        champion = records.current_champion(conn, ws.model)
     assert champion is not None
     lost = ws.snapshot_path(champion["snapshot_hash"])
     lost.unlink()
@@ -254,7 +259,7 @@ def test_an_unreadable_champion_snapshot_fails_the_comparison_closed_naming_the_
 # --- a contract without label_timestamp_column: everything keys on the record time, as before ---------
 
 
-def test_without_a_label_time_late_outcomes_go_unseen_and_snapshots_move(ws: stages.Workspace,
+def test_without_a_label_time_late_outcomes_go_unseen_and_snapshots_move(ws: Workspace,
                                                                           tmp_path: Path) -> None:
     plain = without_label_time(ws)
     contract = plain.config.dataset

@@ -1,5 +1,5 @@
 """Live performance on a real PostgreSQL: forecasts and outcomes inserted as the batch and the CRM write them,
-judged by `pipeline.performance`; the signals it remembers; `simulate-outcomes` and `performance` by CLI."""
+judged by `pipeline.monitoring.performance`; the signals it remembers; `simulate-outcomes` and `performance` by CLI."""
 
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from pipeline import demo, outcomes, performance, stages
-from pipeline.config import PerformancePolicy
+from pipeline.contract.config import PerformancePolicy
+from pipeline.data import demo
+from pipeline.monitoring import outcomes, performance
+from pipeline.registry.runs import Run
+from pipeline.workspace import Workspace
 from tests.integration.stage_runs import fetch, output
 
 AS_OF = datetime(2026, 11, 30, tzinfo=UTC)
@@ -27,7 +30,7 @@ def at(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-def register_versions(ws: stages.Workspace, holdout: list[float | None], champion: int) -> list[int]:
+def register_versions(ws: Workspace, holdout: list[float | None], champion: int) -> list[int]:
     """Versions with an evaluation recording each holdout RMSE (None: no evaluation), and the champion (its index)."""
     versions = []
     with ws.engine.begin() as conn:
@@ -53,7 +56,7 @@ def register_versions(ws: stages.Workspace, holdout: list[float | None], champio
     return versions
 
 
-def make_champion(ws: stages.Workspace, version: int) -> None:
+def make_champion(ws: Workspace, version: int) -> None:
     with ws.engine.begin() as conn:
         conn.execute(sa.text("""
             INSERT INTO pipeline.champion (model, slot, version, run_id) VALUES (:model, 'production', :v, 'test')
@@ -61,7 +64,7 @@ def make_champion(ws: stages.Workspace, version: int) -> None:
         """), {"model": ws.model, "v": version})
 
 
-def add_records(ws: stages.Workspace, ids: list[int], sex: list[str] | None = None) -> None:
+def add_records(ws: Workspace, ids: list[int], sex: list[str] | None = None) -> None:
     """Study visits under these ids, awaiting their outcome."""
     records = demo.demo_records().iloc[: len(ids)].copy()
     records["patient_id"] = ids
@@ -72,7 +75,7 @@ def add_records(ws: stages.Workspace, ids: list[int], sex: list[str] | None = No
         demo.copy_into(conn, demo.DEMO_TABLE, records)
 
 
-def add_forecasts(ws: stages.Workspace, rows: list[tuple[int, str, int, float, float, float, datetime]]) -> None:
+def add_forecasts(ws: Workspace, rows: list[tuple[int, str, int, float, float, float, datetime]]) -> None:
     """(version, source, record id, forecast, lower, upper, made_at) rows of pipeline.predictions."""
     with ws.engine.begin() as conn:
         conn.execute(sa.text("""
@@ -83,7 +86,7 @@ def add_forecasts(ws: stages.Workspace, rows: list[tuple[int, str, int, float, f
                for v, s, i, p, lo, hi, m in rows])
 
 
-def set_outcomes(ws: stages.Workspace, values: dict[int, float], known_at: datetime | None = None) -> None:
+def set_outcomes(ws: Workspace, values: dict[int, float], known_at: datetime | None = None) -> None:
     """Fill in outcomes by UPDATE: known at `known_at` as the writer says, or stamped now by the trigger."""
     with ws.engine.begin() as conn:
         for record, value in values.items():
@@ -93,11 +96,11 @@ def set_outcomes(ws: stages.Workspace, values: dict[int, float], known_at: datet
                 {"v": float(value), "at": known_at, "id": record})
 
 
-def monitor(ws: stages.Workspace, run_id: str, as_of: datetime = AS_OF, **kwargs: Any) -> dict[str, Any]:
-    return performance.monitor_performance(ws, stages.Run(run_id, as_of, "test"), **kwargs)
+def monitor(ws: Workspace, run_id: str, as_of: datetime = AS_OF, **kwargs: Any) -> dict[str, Any]:
+    return performance.monitor_performance(ws, Run(run_id, as_of, "test"), **kwargs)
 
 
-def test_live_metrics_equal_a_hand_computation_each_row_judged_by_its_own_version(ws: stages.Workspace) -> None:
+def test_live_metrics_equal_a_hand_computation_each_row_judged_by_its_own_version(ws: Workspace) -> None:
     v1, v2, v3 = register_versions(ws, [12.0, 15.0, 14.0], champion=1)
     add_records(ws, [1001, 1002, 1003, 1004, 1005, 1006], sex=["F", "M", "F", "M", "F", "M"])
     add_forecasts(ws, [
@@ -147,7 +150,7 @@ def test_live_metrics_equal_a_hand_computation_each_row_judged_by_its_own_versio
     assert "Shadow against champion" in page.read_text()
 
 
-def degraded_history(ws: stages.Workspace, ids: list[int], version: int, spread: float, seed: int = 0) -> None:
+def degraded_history(ws: Workspace, ids: list[int], version: int, spread: float, seed: int = 0) -> None:
     """Served forecasts of 100 for `ids`, then outcomes 100 + N(0, spread) filled in (stamped now)."""
     add_forecasts(ws, [(version, "batch", i, 100.0, 80.0, 120.0, at("2026-01-01")) for i in ids])
     errors = np.random.default_rng(seed).normal(0.0, spread, len(ids))
@@ -157,7 +160,7 @@ def degraded_history(ws: stages.Workspace, ids: list[int], version: int, spread:
 LATER = datetime(2100, 1, 1, tzinfo=UTC)  # after every outcome stamped now
 
 
-def test_a_degraded_champion_signals_once_until_more_outcomes_or_a_new_champion(ws: stages.Workspace) -> None:
+def test_a_degraded_champion_signals_once_until_more_outcomes_or_a_new_champion(ws: Workspace) -> None:
     v1, v2 = register_versions(ws, [10.0, 10.0], champion=0)
     add_records(ws, list(range(2001, 2091)))
     degraded_history(ws, list(range(2001, 2061)), v1, spread=20.0)
@@ -184,7 +187,7 @@ def test_a_degraded_champion_signals_once_until_more_outcomes_or_a_new_champion(
         ws, "SELECT signal_id FROM pipeline.performance_reports ORDER BY created_at")] == [True, False, True, False, True]
 
 
-def test_stable_outcomes_do_not_degrade_and_the_cli_sends_no_signal(ws: stages.Workspace) -> None:
+def test_stable_outcomes_do_not_degrade_and_the_cli_sends_no_signal(ws: Workspace) -> None:
     v1, = register_versions(ws, [10.0], champion=0)
     add_records(ws, list(range(3001, 3081)))
     degraded_history(ws, list(range(3001, 3081)), v1, spread=10.0)
@@ -199,7 +202,7 @@ def test_stable_outcomes_do_not_degrade_and_the_cli_sends_no_signal(ws: stages.W
     assert fetch(ws, "SELECT * FROM pipeline.performance_signals") == []
 
 
-def test_a_missing_threshold_disables_the_trigger_and_still_reports(ws: stages.Workspace) -> None:
+def test_a_missing_threshold_disables_the_trigger_and_still_reports(ws: Workspace) -> None:
     v1, = register_versions(ws, [10.0], champion=0)
     add_records(ws, list(range(4001, 4041)))
     degraded_history(ws, list(range(4001, 4041)), v1, spread=40.0)
@@ -222,12 +225,12 @@ def test_a_missing_threshold_disables_the_trigger_and_still_reports(ws: stages.W
 # --- by command line ---------------------------------------------------------------------------
 
 
-def record_rows(ws: stages.Workspace, ids: list[int]) -> pd.DataFrame:
+def record_rows(ws: Workspace, ids: list[int]) -> pd.DataFrame:
     rows = fetch(ws, "SELECT * FROM public.patient_records WHERE patient_id = ANY(:ids) ORDER BY patient_id", ids=ids)
     return pd.DataFrame(rows)
 
 
-def test_simulate_outcomes_fills_exactly_the_scored_records_awaiting_theirs(ws: stages.Workspace, cli: Any) -> None:
+def test_simulate_outcomes_fills_exactly_the_scored_records_awaiting_theirs(ws: Workspace, cli: Any) -> None:
     v1, = register_versions(ws, [10.0], champion=0)
     add_records(ws, list(range(5001, 5011)))
     set_outcomes(ws, {5009: 55.0, 5010: 66.0}, at("2025-01-01"))  # known already
@@ -252,7 +255,7 @@ def test_simulate_outcomes_fills_exactly_the_scored_records_awaiting_theirs(ws: 
     assert output(cli("simulate-outcomes", "--months", "0", "--json"))["filled"] == 0
 
 
-def test_simulate_outcomes_months_is_how_long_after_the_visit_the_outcome_arrives(ws: stages.Workspace,
+def test_simulate_outcomes_months_is_how_long_after_the_visit_the_outcome_arrives(ws: Workspace,
                                                                                   cli: Any) -> None:
     v1, = register_versions(ws, [10.0], champion=0)
     add_records(ws, [6001, 6002])
@@ -268,7 +271,7 @@ def test_simulate_outcomes_months_is_how_long_after_the_visit_the_outcome_arrive
     assert output(cli("simulate-outcomes", "--months", "6", "--json"))["filled"] == 1
 
 
-def test_performance_cli_json_gives_each_version(ws: stages.Workspace, cli: Any) -> None:
+def test_performance_cli_json_gives_each_version(ws: Workspace, cli: Any) -> None:
     v1, v2 = register_versions(ws, [10.0, 12.0], champion=1)
     add_records(ws, list(range(7001, 7041)))
     add_forecasts(ws, [(v1, "batch", i, 100.0, 80.0, 120.0, at("2025-06-01")) for i in range(7001, 7041)])
@@ -286,7 +289,7 @@ def test_performance_cli_json_gives_each_version(ws: stages.Workspace, cli: Any)
     assert re.search(rf"^  v{v2} +served +40 outcomes", text.stdout, re.MULTILINE), text.stdout  # aligned columns
 
 
-def test_forecasts_without_any_outcome_yet_give_no_verdict_not_an_error(ws: stages.Workspace) -> None:
+def test_forecasts_without_any_outcome_yet_give_no_verdict_not_an_error(ws: Workspace) -> None:
     register_versions(ws, [50.0], champion=0)
     add_records(ws, [901, 902])
     add_forecasts(ws, [(1, "batch", 901, 150.0, 100.0, 200.0, at("2026-01-05")),

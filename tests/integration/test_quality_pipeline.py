@@ -22,9 +22,12 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from pipeline import demo, ingest, stages
-from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT
-from pipeline.validate import ValidationFailed
+from pipeline import stages
+from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT
+from pipeline.data import demo, ingest
+from pipeline.data.validate import ValidationFailed
+from pipeline.registry.runs import Run
+from pipeline.workspace import Workspace
 from tests.integration.stage_runs import (
     DEMO_WATERMARK,
     champion_state,
@@ -40,18 +43,18 @@ ARRIVALS, ARRIVAL_SEED, BAD_ROWS = 120, 5, 12
 
 
 
-def execute(ws: stages.Workspace, sql: str) -> None:
+def execute(ws: Workspace, sql: str) -> None:
     with ws.engine.begin() as conn:
         conn.execute(sa.text(sql))
 
 
-def ingest_and_validate(ws: stages.Workspace, run: stages.Run) -> dict[str, Any]:
+def ingest_and_validate(ws: Workspace, run: Run) -> dict[str, Any]:
     snapshot = stages.ingest_snapshot(ws, run)
     return stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
 
 
 
-def declaring(ws: stages.Workspace, column: str, **text_format: str) -> stages.Workspace:
+def declaring(ws: Workspace, column: str, **text_format: str) -> Workspace:
     """The workspace whose contract declares how `column`, held as text, is written (format= or decimal=)."""
     contract = ws.config.dataset
     features = tuple(dataclasses.replace(f, **text_format) if f.name == column else f for f in contract.features)
@@ -59,7 +62,7 @@ def declaring(ws: stages.Workspace, column: str, **text_format: str) -> stages.W
     return dataclasses.replace(ws, config=dataclasses.replace(ws.config, dataset=dataset))
 
 
-def quarantined(ws: stages.Workspace, run_id: str) -> dict[int, dict[str, Any]]:
+def quarantined(ws: Workspace, run_id: str) -> dict[int, dict[str, Any]]:
     rows = fetch(ws, "SELECT * FROM pipeline.quarantine WHERE run_id = :r", r=run_id)
     return {int(row["source_id"]): row for row in rows}
 
@@ -73,7 +76,7 @@ def as_stored(value: Any) -> Any:
 
 
 @pytest.fixture
-def champion(quick: stages.Workspace) -> dict[str, Any]:
+def champion(quick: Workspace) -> dict[str, Any]:
     """The demo study loaded and a first retrain over it: version 1 is the champion."""
     return promote_demo_champion(quick)
 
@@ -83,7 +86,7 @@ def champion(quick: stages.Workspace) -> dict[str, Any]:
 
 @pytest.mark.parametrize("kind", range(len(demo.BAD_ROW_KINDS)),
                          ids=[f"{n}-{reason}" for n, (reason, _) in enumerate(demo.BAD_ROW_KINDS)])
-def test_each_bad_row_kind_is_quarantined_with_its_reason(ws: stages.Workspace, kind: int) -> None:
+def test_each_bad_row_kind_is_quarantined_with_its_reason(ws: Workspace, kind: int) -> None:
     reason, fault = demo.BAD_ROW_KINDS[kind]
     demo.seed_demo(ws.engine)
     row = demo.arrival_records(1, seed=3).to_dict("records")[0]
@@ -119,7 +122,7 @@ def test_each_bad_row_kind_is_quarantined_with_its_reason(ws: stages.Workspace, 
 
 
 @pytest.fixture
-def faulty_retrain(quick: stages.Workspace) -> dict[str, Any]:
+def faulty_retrain(quick: Workspace) -> dict[str, Any]:
     """The demo study plus 120 arrivals, 12 of them faulty and 12 merely messy, retrained once."""
     demo.seed_demo(quick.engine)
     ids = demo.simulate_arrivals(quick.engine, rows=ARRIVALS, seed=ARRIVAL_SEED, bad_rows=BAD_ROWS)
@@ -129,7 +132,7 @@ def faulty_retrain(quick: stages.Workspace) -> dict[str, Any]:
     return result
 
 
-def test_rows_reconcile_through_a_retrain(ws: stages.Workspace, faulty_retrain: dict[str, Any]) -> None:
+def test_rows_reconcile_through_a_retrain(ws: Workspace, faulty_retrain: dict[str, Any]) -> None:
     expected = faulty_retrain["expected"]
     [validation] = fetch(ws, "SELECT * FROM pipeline.validation_results WHERE run_id = 'faulty'")
     [raw] = fetch(ws, "SELECT * FROM pipeline.snapshots WHERE snapshot_hash = :h",
@@ -158,7 +161,7 @@ def test_rows_reconcile_through_a_retrain(ws: stages.Workspace, faulty_retrain: 
     assert faulty_retrain["outcome"]["status"] == "promoted"
 
 
-def test_normalisations_and_report_are_recorded(ws: stages.Workspace, faulty_retrain: dict[str, Any]) -> None:
+def test_normalisations_and_report_are_recorded(ws: Workspace, faulty_retrain: dict[str, Any]) -> None:
     [validation] = fetch(ws, "SELECT * FROM pipeline.validation_results WHERE run_id = 'faulty'")
     # The 12 messy rows alternate ' f ' (spaces and case) and 'f' (case only).
     assert {(n["column"], n["rule"]): n["rows"] for n in validation["normalisations"]} == {
@@ -192,7 +195,7 @@ def test_normalisations_and_report_are_recorded(ws: stages.Workspace, faulty_ret
     assert "<td>min_value=12.0, max_value=70.0</td>" in listed  # bmi's bound
 
 
-def test_cli_quality_summarises_the_run(ws: stages.Workspace, database_url: str,
+def test_cli_quality_summarises_the_run(ws: Workspace, database_url: str,
                                         faulty_retrain: dict[str, Any]) -> None:
     env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(ws.settings.artifact_dir),
            "OMP_NUM_THREADS": "1"}
@@ -215,7 +218,7 @@ def test_cli_quality_summarises_the_run(ws: stages.Workspace, database_url: str,
 # --- runs that must stop with the champion untouched -----------------------------------------------
 
 
-def test_too_many_bad_rows_fail_the_run_and_leave_the_champion(ws: stages.Workspace,
+def test_too_many_bad_rows_fail_the_run_and_leave_the_champion(ws: Workspace,
                                                                champion: dict[str, Any]) -> None:
     before = champion_state(ws)
     demo.simulate_arrivals(ws.engine, rows=100, seed=11, bad_rows=40)  # 40 of 542 rows: 7.4 %, over 5 %
@@ -245,7 +248,7 @@ SCHEMA_BREAKS = {
 
 
 @pytest.mark.parametrize("name", list(SCHEMA_BREAKS))
-def test_schema_break_stops_the_run_at_ingest(ws: stages.Workspace, champion: dict[str, Any], name: str) -> None:
+def test_schema_break_stops_the_run_at_ingest(ws: Workspace, champion: dict[str, Any], name: str) -> None:
     alter, fragments = SCHEMA_BREAKS[name]
     before = champion_state(ws)
     snapshots_before = fetch(ws, "SELECT snapshot_hash FROM pipeline.snapshots ORDER BY snapshot_hash")
@@ -261,7 +264,7 @@ def test_schema_break_stops_the_run_at_ingest(ws: stages.Workspace, champion: di
     assert fetch(ws, "SELECT * FROM pipeline.validation_results WHERE run_id = 'broken'") == []
 
 
-def test_text_numeric_column_quarantines_only_the_row_that_will_not_cast(ws: stages.Workspace) -> None:
+def test_text_numeric_column_quarantines_only_the_row_that_will_not_cast(ws: Workspace) -> None:
     demo.seed_demo(ws.engine)
     execute(ws, "ALTER TABLE public.patient_records ALTER COLUMN bmi TYPE text")
     execute(ws, "UPDATE public.patient_records SET bmi = 'abc' WHERE patient_id = 17")
@@ -285,7 +288,7 @@ def test_text_numeric_column_quarantines_only_the_row_that_will_not_cast(ws: sta
     assert "<tr><td>17</td><td>wrong_type(bmi=abc)</td><td>bmi=abc</td></tr>" in page
 
 
-def test_text_date_column_is_read_by_its_declared_format(ws: stages.Workspace) -> None:
+def test_text_date_column_is_read_by_its_declared_format(ws: Workspace) -> None:
     demo.seed_demo(ws.engine)
     # Day first, day not zero-padded ('3/01/1970'), as a European CRM export writes it.
     execute(ws, "ALTER TABLE public.patient_records ALTER COLUMN birth_date TYPE text "
@@ -306,7 +309,7 @@ def test_text_date_column_is_read_by_its_declared_format(ws: stages.Workspace) -
     assert clean["birth_date"].dt.date.to_dict() == study["birth_date"].to_dict()  # no day read as a month
 
 
-def test_the_same_visit_under_two_ids_quarantines_both(ws: stages.Workspace) -> None:
+def test_the_same_visit_under_two_ids_quarantines_both(ws: Workspace) -> None:
     demo.seed_demo(ws.engine)
     execute(ws, "INSERT INTO public.patient_records SELECT 10001, birth_date, visit_date, sex, bmi, bp_mean, tc, ldl, "
                 "hdl, tch, ltg, glucose, progression_12m + 20, recorded_at FROM public.patient_records "
@@ -322,7 +325,7 @@ def test_the_same_visit_under_two_ids_quarantines_both(ws: stages.Workspace) -> 
 
 
 @pytest.fixture
-def quick(ws: stages.Workspace) -> stages.Workspace:
+def quick(ws: Workspace) -> Workspace:
     return quick_workspace(ws)
 
 

@@ -9,8 +9,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from pipeline import demo, scoring, stages
-from pipeline.settings import Settings
+from pipeline import stages
+from pipeline.contract.settings import Settings
+from pipeline.data import demo
+from pipeline.serving import scoring
+from pipeline.workspace import Workspace
 from tests.integration.stage_runs import (
     cli_runner,
     fetch,
@@ -25,13 +28,13 @@ ARRIVALS, BAD_ROWS = 40, 6  # unlabelled arrivals, of which this many break the 
 WEAK_ALPHA = 800.0  # a version 1 that the configured ridge beats (tests/integration/test_governance.py)
 
 
-def with_serving(ws: stages.Workspace, **changes: Any) -> stages.Workspace:
+def with_serving(ws: Workspace, **changes: Any) -> Workspace:
     serving = dataclasses.replace(ws.config.serving, **changes)
     return dataclasses.replace(ws, config=dataclasses.replace(ws.config, serving=serving))
 
 
 @pytest.fixture
-def qws(ws: stages.Workspace) -> stages.Workspace:
+def qws(ws: Workspace) -> Workspace:
     """The demo's version 1 as champion, and unlabelled arrivals awaiting their outcome, some faulty."""
     quick = quick_workspace(ws)
     promote_demo_champion(quick)
@@ -39,17 +42,17 @@ def qws(ws: stages.Workspace) -> stages.Workspace:
     return quick
 
 
-def predictions(ws: stages.Workspace, run_id: str) -> list[dict[str, Any]]:
+def predictions(ws: Workspace, run_id: str) -> list[dict[str, Any]]:
     return fetch(ws, """SELECT source_id, version, prediction, lower, upper, coverage, input_hash, source
                           FROM pipeline.predictions WHERE run_id = :r ORDER BY source_id::bigint""", r=run_id)
 
 
-def refusals(ws: stages.Workspace, run_id: str) -> dict[str, list[dict[str, Any]]]:
+def refusals(ws: Workspace, run_id: str) -> dict[str, list[dict[str, Any]]]:
     rows = fetch(ws, "SELECT source_id, reasons FROM pipeline.scoring_refusals WHERE run_id = :r", r=run_id)
     return {r["source_id"]: r["reasons"] for r in rows}
 
 
-def test_every_awaiting_record_is_scored_or_refused_with_reasons(qws: stages.Workspace) -> None:
+def test_every_awaiting_record_is_scored_or_refused_with_reasons(qws: Workspace) -> None:
     result = scoring.score_batch(qws, "score-1")
 
     assert result["rows_selected"] == ARRIVALS  # the demo's labelled rows are not selected
@@ -76,7 +79,7 @@ def test_every_awaiting_record_is_scored_or_refused_with_reasons(qws: stages.Wor
     assert run["reason_counts"] == result["reason_counts"] and run["finished_at"] is not None
 
 
-def test_messy_values_are_normalised_and_scored(qws: stages.Workspace) -> None:
+def test_messy_values_are_normalised_and_scored(qws: Workspace) -> None:
     """' f ' and 'm' are what validation makes 'F' and 'M': scored as such, not refused."""
     scoring.score_batch(qws, "score-messy")
     messy = fetch(qws, """SELECT patient_id::text AS id, upper(trim(sex)) AS sex FROM public.patient_records
@@ -86,7 +89,7 @@ def test_messy_values_are_normalised_and_scored(qws: stages.Workspace) -> None:
     assert {m["id"] for m in messy} <= scored
 
 
-def test_rerunning_a_run_id_replaces_its_rows(qws: stages.Workspace) -> None:
+def test_rerunning_a_run_id_replaces_its_rows(qws: Workspace) -> None:
     first = scoring.score_batch(qws, "score-again")
     before = predictions(qws, "score-again")
 
@@ -100,12 +103,12 @@ def test_rerunning_a_run_id_replaces_its_rows(qws: stages.Workspace) -> None:
     assert fetch(qws, "SELECT count(*) AS n FROM pipeline.scoring_runs")[0]["n"] == 1
 
 
-def with_alpha(ws: stages.Workspace, alpha: float) -> stages.Workspace:
+def with_alpha(ws: Workspace, alpha: float) -> Workspace:
     training = dataclasses.replace(ws.config.training, families={"ridge": {"alpha": alpha}})
     return dataclasses.replace(ws, config=dataclasses.replace(ws.config, training=training))
 
 
-def test_latest_forecasts_follow_the_champion_through_a_rollback(ws: stages.Workspace) -> None:
+def test_latest_forecasts_follow_the_champion_through_a_rollback(ws: Workspace) -> None:
     """Version 1 a heavily shrunk ridge, version 2 the configured one that beats it (as in test_governance)."""
     quick = quick_workspace(ws)
     promote_demo_champion(with_alpha(quick, WEAK_ALPHA))
@@ -134,7 +137,7 @@ def test_latest_forecasts_follow_the_champion_through_a_rollback(ws: stages.Work
     assert v1 != {p["source_id"]: p["prediction"] for p in predictions(quick, "score-v2")}
 
 
-def test_small_chunks_give_the_same_results_as_one(qws: stages.Workspace) -> None:
+def test_small_chunks_give_the_same_results_as_one(qws: Workspace) -> None:
     whole = scoring.score_batch(qws, "one-chunk")
     chunked = scoring.score_batch(with_serving(qws, batch_rows=7), "seven-rows")
 
@@ -149,7 +152,7 @@ def test_small_chunks_give_the_same_results_as_one(qws: stages.Workspace) -> Non
             assert a[key] == pytest.approx(b[key], rel=1e-12), (a["source_id"], key)
 
 
-def test_a_chunk_never_splits_rows_sharing_an_id(qws: stages.Workspace) -> None:
+def test_a_chunk_never_splits_rows_sharing_an_id(qws: Workspace) -> None:
     """A duplicate id (possible in a table without a primary key) is judged within one chunk: both copies refused."""
     with qws.engine.begin() as conn:
         conn.execute(sa.text("ALTER TABLE public.patient_records DROP CONSTRAINT patient_records_pkey"))
@@ -166,7 +169,7 @@ def test_a_chunk_never_splits_rows_sharing_an_id(qws: stages.Workspace) -> None:
     assert refusals(qws, "dup-chunked") == refusals(qws, "dup-whole")
 
 
-def test_all_records_scores_labelled_ones_too_ignoring_target_faults(qws: stages.Workspace) -> None:
+def test_all_records_scores_labelled_ones_too_ignoring_target_faults(qws: Workspace) -> None:
     with qws.engine.begin() as conn:  # an outcome out of range says nothing about the inputs
         conn.execute(sa.text("UPDATE public.patient_records SET progression_12m = 9999 WHERE patient_id = 1"))
     result = scoring.score_batch(with_serving(qws, score_records="all"), "score-all")
@@ -178,7 +181,7 @@ def test_all_records_scores_labelled_ones_too_ignoring_target_faults(qws: stages
     assert result["rows_refused"] == BAD_ROWS
 
 
-def test_no_champion_is_a_clear_error_and_a_failed_run(ws: stages.Workspace) -> None:
+def test_no_champion_is_a_clear_error_and_a_failed_run(ws: Workspace) -> None:
     demo.seed_demo(ws.engine)
 
     with pytest.raises(LookupError, match="model 'diabetes_progression' has no champion"):
@@ -189,7 +192,7 @@ def test_no_champion_is_a_clear_error_and_a_failed_run(ws: stages.Workspace) -> 
     assert fetch(ws, "SELECT count(*) AS n FROM pipeline.predictions")[0]["n"] == 0
 
 
-def test_cli_score_json_and_summary(qws: stages.Workspace, settings: Settings) -> None:
+def test_cli_score_json_and_summary(qws: Workspace, settings: Settings) -> None:
     cli = cli_runner({**os.environ, "PIPELINE_DATABASE_URL": settings.database_url or "",
                       "PIPELINE_ARTIFACT_DIR": str(settings.artifact_dir)})
 

@@ -25,8 +25,13 @@ from typing import Any
 import pytest
 import requests
 
-from pipeline import db, demo, registry, serving, stages
-from pipeline.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT, Settings
+from pipeline import stages
+from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT, Settings
+from pipeline.data import demo
+from pipeline.registry import records
+from pipeline.serving import rest
+from pipeline.store import db
+from pipeline.workspace import Workspace
 from tests.conftest import create_scratch_database
 from tests.integration.stage_runs import fetch, make_run, promote_demo_champion, quick_workspace, wait_until
 
@@ -73,7 +78,7 @@ def post(base: str, body: Any, token: str | None = TOKEN, request_id: str | None
     return requests.post(base + PREDICT, json=body, headers=headers, timeout=TIMEOUT)
 
 
-def patient_records(ws: stages.Workspace, n: int, ids: list[str] | None = None) -> list[dict[str, Any]]:
+def patient_records(ws: Workspace, n: int, ids: list[str] | None = None) -> list[dict[str, Any]]:
     """`n` demo patients (or those with these ids) as the CRM would send them: the contract's names, dates
     as YYYY-MM-DD."""
     contract = ws.config.dataset
@@ -116,14 +121,14 @@ def captured_log() -> Iterator[LogCapture]:
         root.setLevel(level)
 
 
-def fast_reload(ws: stages.Workspace) -> stages.Workspace:
+def fast_reload(ws: Workspace) -> Workspace:
     """The quick training config, and a champion looked for every 0.2 s."""
     quick = quick_workspace(ws)
     serving_policy = dataclasses.replace(quick.config.serving, reload_seconds=0.2)
     return dataclasses.replace(quick, config=dataclasses.replace(quick.config, serving=serving_policy))
 
 
-def train_second_version(ws: stages.Workspace) -> int:
+def train_second_version(ws: Workspace) -> int:
     """A second version from 30 more patients, registered but not promoted."""
     demo.simulate_arrivals(ws.engine, rows=30, seed=7)
     run = make_run("second")
@@ -141,7 +146,7 @@ def served_version(base: str) -> int:
 
 @dataclasses.dataclass
 class Service:
-    ws: stages.Workspace
+    ws: Workspace
     base: str
     log: LogCapture
 
@@ -152,14 +157,14 @@ def service(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     url = create_scratch_database(server_url)
     settings = Settings(database_url=url, config_path=PROJECT_ROOT / "pipeline.yaml",
                         artifact_dir=tmp_path_factory.mktemp("artifacts"), pgdata_dir=PROJECT_ROOT / ".pgdata")
-    ws = fast_reload(stages.Workspace.open(settings))
+    ws = fast_reload(Workspace.open(settings))
     handler, root = LogCapture(), logging.getLogger()
     root.addHandler(handler)
     level, root_level = logging.getLogger("pipeline").level, root.level
     root.setLevel(logging.INFO)
     try:
         promote_demo_champion(ws)
-        with running(serving.create_app(ws, [TOKEN, OTHER_TOKEN])) as base:
+        with running(rest.create_app(ws, [TOKEN, OTHER_TOKEN])) as base:
             yield Service(ws, base, handler)
     finally:
         root.removeHandler(handler)
@@ -276,7 +281,7 @@ def test_model_description_names_the_champion_and_its_card(service: Service) -> 
     assert answer.status_code == 200
     body = answer.json()
     with service.ws.engine.connect() as conn:
-        champion = registry.current_champion(conn, MODEL)
+        champion = records.current_champion(conn, MODEL)
     assert champion is not None
     assert (body["version"], body["family"], body["artifact_hash"]) == (1, "ridge", champion["artifact_hash"])
     assert body["holdout_metrics"]["rmse"] > 0 and "r2" in body["holdout_metrics"]
@@ -338,32 +343,32 @@ def test_patient_values_never_reach_the_log(service: Service) -> None:
 # --- starting, readiness, hot swap ---------------------------------------------------------------
 
 
-def test_service_refuses_to_start_without_tokens(ws: stages.Workspace, tmp_path: Path, database_url: str,
+def test_service_refuses_to_start_without_tokens(ws: Workspace, tmp_path: Path, database_url: str,
                                                  captured_log: LogCapture) -> None:
-    with pytest.raises(serving.ServingError, match=serving.ENV_API_TOKEN_FILE):
-        serving.create_app(ws, [])
+    with pytest.raises(rest.ServingError, match=rest.ENV_API_TOKEN_FILE):
+        rest.create_app(ws, [])
     comments_only = tmp_path / "tokens"
     comments_only.write_text("# rotated 2026-01\n\n   \n")
-    assert serving.tokens_from_environment({serving.ENV_API_TOKEN_FILE: str(comments_only)}) == ()
+    assert rest.tokens_from_environment({rest.ENV_API_TOKEN_FILE: str(comments_only)}) == ()
     comments_only.write_text(f"# CRM\n  {TOKEN}  \n\n{OTHER_TOKEN}\n")
-    assert serving.read_tokens(comments_only) == (TOKEN, OTHER_TOKEN)
-    with pytest.raises(serving.ServingError, match="cannot read"):
-        serving.read_tokens(tmp_path / "missing")
+    assert rest.read_tokens(comments_only) == (TOKEN, OTHER_TOKEN)
+    with pytest.raises(rest.ServingError, match="cannot read"):
+        rest.read_tokens(tmp_path / "missing")
 
-    serving.create_app(ws, [], insecure_local=True)  # builds, and says loudly that it is unprotected
+    rest.create_app(ws, [], insecure_local=True)  # builds, and says loudly that it is unprotected
     assert "INSECURE" in captured_log.text
 
-    env = {k: v for k, v in os.environ.items() if k != serving.ENV_API_TOKEN_FILE}
+    env = {k: v for k, v in os.environ.items() if k != rest.ENV_API_TOKEN_FILE}
     env.update({ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(ws.settings.artifact_dir)})
     refused = subprocess.run([sys.executable, "-m", "pipeline", "serve", "--port", str(free_port())], cwd=PROJECT_ROOT,
                              env=env, capture_output=True, text=True, timeout=300, check=False)
     assert refused.returncode == 1
-    assert "no API tokens configured" in refused.stderr and serving.ENV_API_TOKEN_FILE in refused.stderr
+    assert "no API tokens configured" in refused.stderr and rest.ENV_API_TOKEN_FILE in refused.stderr
 
 
-def test_ready_only_once_a_champion_is_loaded(ws: stages.Workspace) -> None:
+def test_ready_only_once_a_champion_is_loaded(ws: Workspace) -> None:
     quick = fast_reload(ws)
-    with running(serving.create_app(quick, [TOKEN])) as base:
+    with running(rest.create_app(quick, [TOKEN])) as base:
         assert requests.get(base + "/healthz", timeout=TIMEOUT).status_code == 200
         assert requests.get(base + "/readyz", timeout=TIMEOUT).status_code == 503
         demo.seed_demo(ws.engine)
@@ -375,7 +380,7 @@ def test_ready_only_once_a_champion_is_loaded(ws: stages.Workspace) -> None:
         assert post(base, patient_records(ws, 1)[0]).json()["model_version"] == 1
 
 
-def test_hot_swap_under_concurrent_requests_fails_no_request(ws: stages.Workspace) -> None:
+def test_hot_swap_under_concurrent_requests_fails_no_request(ws: Workspace) -> None:
     quick = fast_reload(ws)
     promote_demo_champion(quick)
     second = train_second_version(quick)
@@ -383,7 +388,7 @@ def test_hot_swap_under_concurrent_requests_fails_no_request(ws: stages.Workspac
     seen: list[list[tuple[int, int | None]]] = [[] for _ in range(4)]
     stop = threading.Event()
 
-    with running(serving.create_app(quick, [TOKEN])) as base:
+    with running(rest.create_app(quick, [TOKEN])) as base:
         def hammer(mine: list[tuple[int, int | None]]) -> None:
             with requests.Session() as session:
                 while not stop.is_set():
@@ -396,7 +401,7 @@ def test_hot_swap_under_concurrent_requests_fails_no_request(ws: stages.Workspac
             thread.start()
         try:
             wait_until(lambda: all(len(mine) >= 2 for mine in seen), "requests before the swap")
-            registry.promote(ws.engine, ws.model, "second", second, 1, "test", "hot swap under load")
+            records.promote(ws.engine, ws.model, "second", second, 1, "test", "hot swap under load")
             wait_until(lambda: all(mine and mine[-1][1] == second for mine in seen), "every client to get version 2")
         finally:
             stop.set()
@@ -412,21 +417,21 @@ def test_hot_swap_under_concurrent_requests_fails_no_request(ws: stages.Workspac
         assert versions == sorted(versions)
 
 
-def test_a_tampered_new_champion_is_not_loaded_and_the_old_one_stays(ws: stages.Workspace,
+def test_a_tampered_new_champion_is_not_loaded_and_the_old_one_stays(ws: Workspace,
                                                                      captured_log: LogCapture) -> None:
     quick = fast_reload(ws)
     promote_demo_champion(quick)
     second = train_second_version(quick)
     with ws.engine.connect() as conn:
-        artifact = registry.get_model(conn, second, ws.model)["artifact_hash"]
+        artifact = records.get_model(conn, second, ws.model)["artifact_hash"]
     path = ws.settings.artifact_dir / "models" / f"{artifact}.joblib"
     os.chmod(path, path.stat().st_mode | stat.S_IWUSR)
     path.write_bytes(path.read_bytes()[:-16] + b"tampered-bytes!!")
 
-    with running(serving.create_app(quick, [TOKEN])) as base:
+    with running(rest.create_app(quick, [TOKEN])) as base:
         record = patient_records(ws, 1)[0]
         assert post(base, record).json()["model_version"] == 1
-        registry.promote(ws.engine, ws.model, "second", second, 1, "test", "a version whose file was then altered")
+        records.promote(ws.engine, ws.model, "second", second, 1, "test", "a version whose file was then altered")
 
         described = wait_until(lambda: (d := requests.get(f"{base}/v1/models/{MODEL}", headers=auth(),
                                                           timeout=TIMEOUT).json())["champion_not_loaded"] and d,
@@ -445,7 +450,7 @@ def test_cli_serve_answers_records_and_flushes_on_shutdown(service: Service, tmp
     port = free_port()
     env = {**os.environ, ENV_DATABASE_URL: str(service.ws.settings.database_url),
            ENV_ARTIFACT_DIR: str(service.ws.settings.artifact_dir), ENV_CONFIG: str(PROJECT_ROOT / "pipeline.yaml"),
-           serving.ENV_API_TOKEN_FILE: str(tokens)}
+           rest.ENV_API_TOKEN_FILE: str(tokens)}
     server = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port)], cwd=PROJECT_ROOT,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"

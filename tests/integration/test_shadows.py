@@ -18,9 +18,13 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from pipeline import champion, demo, registry, scoring, serving, stages
-from pipeline.artifacts import ArtifactIntegrityError
-from pipeline.settings import ENV_ARTIFACT_DIR, ENV_DATABASE_URL, Settings
+from pipeline import champion, stages
+from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_DATABASE_URL, Settings
+from pipeline.data import demo
+from pipeline.registry import records
+from pipeline.serving import rest, scoring
+from pipeline.store.artifacts import ArtifactIntegrityError
+from pipeline.workspace import Workspace
 from tests.integration.stage_runs import (
     cli_runner,
     fetch,
@@ -36,18 +40,18 @@ WEAK_ALPHA = 800.0
 AWAITING, FAULTY = 30, 4
 
 
-def with_alpha(ws: stages.Workspace, alpha: float) -> stages.Workspace:
+def with_alpha(ws: Workspace, alpha: float) -> Workspace:
     training = dataclasses.replace(ws.config.training, families={"ridge": {"alpha": alpha}})
     return dataclasses.replace(ws, config=dataclasses.replace(ws.config, training=training))
 
 
-def with_max_shadows(ws: stages.Workspace, limit: int) -> stages.Workspace:
+def with_max_shadows(ws: Workspace, limit: int) -> Workspace:
     serving_policy = dataclasses.replace(ws.config.serving, max_shadows=limit)
     return dataclasses.replace(ws, config=dataclasses.replace(ws.config, serving=serving_policy))
 
 
 @pytest.fixture
-def sws(ws: stages.Workspace) -> stages.Workspace:
+def sws(ws: Workspace) -> Workspace:
     """Version 1 champion, version 2 evaluated and kept out, records awaiting their outcome."""
     quick = quick_workspace(ws)
     promote_demo_champion(quick)
@@ -59,13 +63,13 @@ def sws(ws: stages.Workspace) -> stages.Workspace:
 
 
 @pytest.fixture
-def cli(sws: stages.Workspace, database_url: str, settings: Settings) -> Any:
+def cli(sws: Workspace, database_url: str, settings: Settings) -> Any:
     env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(settings.artifact_dir),
            "OMP_NUM_THREADS": "1", "USER": "tester"}
     return cli_runner(env)
 
 
-def forecasts(ws: stages.Workspace, run_id: str, source: str) -> dict[str, dict[str, Any]]:
+def forecasts(ws: Workspace, run_id: str, source: str) -> dict[str, dict[str, Any]]:
     rows = fetch(ws, """SELECT model, version, source_id, prediction, lower, upper, coverage, run_id, source, input_hash
                           FROM pipeline.predictions WHERE run_id = :r AND source = :s""", r=run_id, s=source)
     by_id = {r["source_id"]: r for r in rows}
@@ -73,19 +77,19 @@ def forecasts(ws: stages.Workspace, run_id: str, source: str) -> dict[str, dict[
     return by_id
 
 
-def champion_rows(ws: stages.Workspace) -> dict[str, Any]:
+def champion_rows(ws: Workspace) -> dict[str, Any]:
     return {"champion": fetch(ws, "SELECT * FROM pipeline.champion"),
             "events": fetch(ws, "SELECT * FROM pipeline.promotion_events ORDER BY event_id")}
 
 
-def shadow_events(ws: stages.Workspace) -> list[tuple[int, str, str, str]]:
+def shadow_events(ws: Workspace) -> list[tuple[int, str, str, str]]:
     with ws.engine.connect() as conn:
-        return [(e["version"], e["action"], e["actor"], e["reason"]) for e in registry.shadow_history(conn, ws.model)]
+        return [(e["version"], e["action"], e["actor"], e["reason"]) for e in records.shadow_history(conn, ws.model)]
 
 
-def overwrite_artifact(ws: stages.Workspace, version: int) -> None:
+def overwrite_artifact(ws: Workspace, version: int) -> None:
     with ws.engine.connect() as conn:
-        path = ws.settings.artifact_dir / registry.get_model(conn, version, ws.model)["artifact_path"]
+        path = ws.settings.artifact_dir / records.get_model(conn, version, ws.model)["artifact_path"]
     os.chmod(path, path.stat().st_mode | stat.S_IWUSR)
     Path(path).write_bytes(b"not the model that was registered")
 
@@ -93,7 +97,7 @@ def overwrite_artifact(ws: stages.Workspace, version: int) -> None:
 # --- scoring in shadow -----------------------------------------------------------------------------
 
 
-def test_shadow_forecasts_are_stored_beside_the_champions_and_never_served(sws: stages.Workspace) -> None:
+def test_shadow_forecasts_are_stored_beside_the_champions_and_never_served(sws: Workspace) -> None:
     champion.add_shadow(sws, 2, "test", "kept out by the margin; watch it live")
 
     result = scoring.score_batch(sws, "score-s1")
@@ -123,7 +127,7 @@ def test_shadow_forecasts_are_stored_beside_the_champions_and_never_served(sws: 
     assert fetch(sws, "SELECT count(*) AS n FROM pipeline.predictions")[0]["n"] == 2 * scored
 
     ids = sorted(batch)[:5]
-    with running(serving.create_app(sws, [TOKEN])) as base:
+    with running(rest.create_app(sws, [TOKEN])) as base:
         assert requests.get(f"{base}/v1/models/{MODEL}", headers=auth(), timeout=60).json()["version"] == 1
         answer = post(base, patient_records(sws, len(ids), ids=ids), request_id="crm-shadow")
     assert answer.status_code == 200
@@ -134,12 +138,12 @@ def test_shadow_forecasts_are_stored_beside_the_champions_and_never_served(sws: 
         assert r["prediction"] == pytest.approx(batch[str(r["id"])]["prediction"])
 
 
-def test_a_shadow_that_cannot_be_loaded_leaves_the_champions_batch_whole(sws: stages.Workspace,
+def test_a_shadow_that_cannot_be_loaded_leaves_the_champions_batch_whole(sws: Workspace,
                                                                          caplog: pytest.LogCaptureFixture) -> None:
     champion.add_shadow(sws, 2, "test", "watch it")
     overwrite_artifact(sws, 2)
 
-    with caplog.at_level(logging.WARNING, logger="pipeline.scoring"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.serving.scoring"):
         result = scoring.score_batch(sws, "score-tampered")
 
     assert (result["rows_scored"], result["rows_refused"]) == (AWAITING - FAULTY, FAULTY)
@@ -157,7 +161,7 @@ def test_a_shadow_that_cannot_be_loaded_leaves_the_champions_batch_whole(sws: st
 # --- the shadow set --------------------------------------------------------------------------------
 
 
-def test_the_shadow_set_refuses_what_it_must_and_keeps_its_history(sws: stages.Workspace, cli: Any) -> None:
+def test_the_shadow_set_refuses_what_it_must_and_keeps_its_history(sws: Workspace, cli: Any) -> None:
     for version, error, match in ((1, ValueError, "version 1 is the champion"),
                                   (99, LookupError, "model version 99 is not registered")):
         with pytest.raises(error, match=match):
@@ -167,7 +171,7 @@ def test_the_shadow_set_refuses_what_it_must_and_keeps_its_history(sws: stages.W
         champion.add_shadow(other_model, 2, "test", "")
     with pytest.raises(ValueError, match="version 2 of diabetes_progression is not in shadow"):
         champion.remove_shadow(sws, 2, "test", "")
-    with pytest.raises(ValueError, match="serving.max_shadows is 0"):
+    with pytest.raises(ValueError, match="rest.max_shadows is 0"):
         champion.add_shadow(with_max_shadows(sws, 0), 2, "test", "")
     assert shadow_events(sws) == []
 
@@ -197,7 +201,7 @@ def test_the_shadow_set_refuses_what_it_must_and_keeps_its_history(sws: stages.W
             conn.execute(sa.text(statement))
 
 
-def retrain_snapshot(ws: stages.Workspace, run_id: str) -> str:
+def retrain_snapshot(ws: Workspace, run_id: str) -> str:
     """The clean snapshot of a new run on the rows as they are (the same rows as the last run)."""
     run = make_run(run_id)
     snapshot = stages.ingest_snapshot(ws, run)
@@ -207,7 +211,7 @@ def retrain_snapshot(ws: stages.Workspace, run_id: str) -> str:
 # --- promote --to ----------------------------------------------------------------------------------
 
 
-def test_promote_to_round_trips_with_history_and_live_evidence(sws: stages.Workspace, cli: Any) -> None:
+def test_promote_to_round_trips_with_history_and_live_evidence(sws: Workspace, cli: Any) -> None:
     champion.add_shadow(sws, 2, "test", "watch it")
     scored = scoring.score_batch(sws, "score-before")["rows_scored"]
     before = champion_rows(sws)
@@ -229,8 +233,8 @@ def test_promote_to_round_trips_with_history_and_live_evidence(sws: stages.Works
     assert (evidence["shadow_forecasts"], evidence["shadow_runs"], evidence["shadow_forecasts_with_outcome"]) == (
         scored, 1, 0)
     with sws.engine.connect() as conn:
-        assert registry.current_champion(conn, sws.model)["version"] == 2
-        assert registry.shadow_versions(conn, sws.model) == []  # the champion left the shadow set
+        assert records.current_champion(conn, sws.model)["version"] == 2
+        assert records.shadow_versions(conn, sws.model) == []  # the champion left the shadow set
     assert shadow_events(sws)[-1] == (2, "remove", "cli:tester", "became champion (run promote-1)")
 
     back = champion.promote_version(sws, "promote-2", 1, " v2 drifts on new patients ", actor="test")
@@ -248,7 +252,7 @@ def test_promote_to_round_trips_with_history_and_live_evidence(sws: stages.Works
     assert [e["to_version"] for e in output(cli("history", "--json"))] == [1, 2, 1, 2]
 
 
-def test_promote_to_a_tampered_artifact_is_refused(sws: stages.Workspace) -> None:
+def test_promote_to_a_tampered_artifact_is_refused(sws: Workspace) -> None:
     overwrite_artifact(sws, 2)
     before = champion_rows(sws)
 
@@ -258,7 +262,7 @@ def test_promote_to_a_tampered_artifact_is_refused(sws: stages.Workspace) -> Non
     assert champion_rows(sws) == before
 
 
-def test_promote_to_an_unevaluated_version_needs_force(sws: stages.Workspace) -> None:
+def test_promote_to_an_unevaluated_version_needs_force(sws: Workspace) -> None:
     third = stages.train_candidate(sws, make_run("third"), retrain_snapshot(sws, "third"))["version"]
     before = champion_rows(sws)
 

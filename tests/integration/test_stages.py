@@ -17,9 +17,13 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from pipeline import demo, registry, stages
-from pipeline.config import PipelineConfig
-from pipeline.validate import ValidationFailed
+from pipeline import stages
+from pipeline.contract.config import PipelineConfig
+from pipeline.data import demo
+from pipeline.data.validate import ValidationFailed
+from pipeline.registry import records
+from pipeline.registry.runs import Run
+from pipeline.workspace import Workspace
 from tests.integration.stage_runs import (
     DEMO_WATERMARK,
     champion_state,
@@ -34,7 +38,7 @@ from tests.integration.stage_runs import (
 PROMOTE_ANY = -1.0  # a margin any candidate clears (significance still decides)
 
 
-def train_and_evaluate(ws: stages.Workspace, run: stages.Run, margin: float | None = None) -> dict[str, Any]:
+def train_and_evaluate(ws: Workspace, run: Run, margin: float | None = None) -> dict[str, Any]:
     """Ingest, validate, train and evaluate: everything up to the promotion."""
     snapshot = stages.ingest_snapshot(ws, run)
     checked = stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
@@ -43,7 +47,7 @@ def train_and_evaluate(ws: stages.Workspace, run: stages.Run, margin: float | No
     return {"snapshot": snapshot, "candidate": candidate, "evaluation": evaluation}
 
 
-def retrain(ws: stages.Workspace, run: stages.Run, margin: float | None = None, dry_run: bool = False,
+def retrain(ws: Workspace, run: Run, margin: float | None = None, dry_run: bool = False,
             accept: bool = False) -> dict[str, Any]:
     """Every stage in the order the DAG runs them; `accept` records a promote decision whatever the policy."""
     result = train_and_evaluate(ws, run, margin)
@@ -53,7 +57,7 @@ def retrain(ws: stages.Workspace, run: stages.Run, margin: float | None = None, 
     return result
 
 
-def accept_candidate(ws: stages.Workspace, run_id: str) -> None:
+def accept_candidate(ws: Workspace, run_id: str) -> None:
     """Record 'promote' for a run, so a test can exercise the promotion mechanics on demo data,
     where no candidate is significantly better than the champion (the policy has tests of its own)."""
     with ws.engine.begin() as conn:
@@ -62,23 +66,23 @@ def accept_candidate(ws: stages.Workspace, run_id: str) -> None:
 
 
 @pytest.fixture
-def ws(ws: stages.Workspace) -> stages.Workspace:
+def ws(ws: Workspace) -> Workspace:
     """These tests are about stage mechanics and records, not which model family wins."""
     return quick_workspace(ws)
 
 
-def run_row(ws: stages.Workspace, run_id: str) -> dict[str, Any]:
+def run_row(ws: Workspace, run_id: str) -> dict[str, Any]:
     [row] = fetch(ws, "SELECT * FROM pipeline.training_runs WHERE run_id = :r", r=run_id)
     return row
 
 
 @pytest.fixture
-def first_retrain(ws: stages.Workspace) -> dict[str, Any]:
+def first_retrain(ws: Workspace) -> dict[str, Any]:
     """The demo study loaded and a first retrain run over it: version 1 is the champion."""
     return promote_demo_champion(ws, retrain)
 
 
-def test_first_retrain_promotes_version_1(ws: stages.Workspace, config: PipelineConfig,
+def test_first_retrain_promotes_version_1(ws: Workspace, config: PipelineConfig,
                                           first_retrain: dict[str, Any]) -> None:
     evaluation, outcome = first_retrain["evaluation"], first_retrain["outcome"]
     assert first_retrain["candidate"]["version"] == 1
@@ -89,7 +93,7 @@ def test_first_retrain_promotes_version_1(ws: stages.Workspace, config: Pipeline
     assert outcome["reason"].startswith("version 1 promoted: first model")
 
     with ws.engine.connect() as conn:
-        champion = registry.current_champion(conn, ws.model)
+        champion = records.current_champion(conn, ws.model)
     assert champion is not None
     assert champion["version"] == 1 and champion["promoted_by_run"] == "first"
     events = fetch(ws, "SELECT * FROM pipeline.promotion_events")
@@ -100,9 +104,9 @@ def test_first_retrain_promotes_version_1(ws: stages.Workspace, config: Pipeline
     assert run["snapshot_hash"] == first_retrain["snapshot"]["snapshot_hash"]
 
 
-def test_champion_lineage(ws: stages.Workspace, first_retrain: dict[str, Any]) -> None:
+def test_champion_lineage(ws: Workspace, first_retrain: dict[str, Any]) -> None:
     with ws.engine.connect() as conn:
-        champion = registry.current_champion(conn, ws.model)
+        champion = records.current_champion(conn, ws.model)
     assert champion is not None
     [snapshot] = fetch(ws, "SELECT * FROM pipeline.snapshots WHERE snapshot_hash = :h", h=champion["snapshot_hash"])
     path = ws.settings.artifact_dir / snapshot["path"]
@@ -119,7 +123,7 @@ def test_champion_lineage(ws: stages.Workspace, first_retrain: dict[str, Any]) -
     assert hashlib.sha256(artifact.read_bytes()).hexdigest() == champion["artifact_hash"]
 
 
-def test_second_run_scores_champion_on_the_candidates_holdout(ws: stages.Workspace,
+def test_second_run_scores_champion_on_the_candidates_holdout(ws: Workspace,
                                                               first_retrain: dict[str, Any]) -> None:
     arrivals = demo.simulate_arrivals(ws.engine, rows=30, seed=7)
 
@@ -138,7 +142,7 @@ def test_second_run_scores_champion_on_the_candidates_holdout(ws: stages.Workspa
     holdout = pd.read_parquet(ws.settings.artifact_dir / snapshot["path"]).sort_values(["recorded_at", "patient_id"]).tail(n)
     assert set(arrivals) <= set(holdout["patient_id"])
     with ws.engine.connect() as conn:
-        champion = registry.current_champion(conn, ws.model)
+        champion = records.current_champion(conn, ws.model)
     assert champion is not None
     model = ws.load_model(champion["artifact_hash"])
     predicted = model.predict(holdout[ws.config.dataset.feature_names()])
@@ -146,7 +150,7 @@ def test_second_run_scores_champion_on_the_candidates_holdout(ws: stages.Workspa
     assert evaluation["champion_metrics"]["rmse"] == pytest.approx(rmse)
 
 
-def test_large_margin_keeps_the_champion(ws: stages.Workspace, first_retrain: dict[str, Any]) -> None:
+def test_large_margin_keeps_the_champion(ws: Workspace, first_retrain: dict[str, Any]) -> None:
     demo.simulate_arrivals(ws.engine, rows=30, seed=7)
     before = champion_state(ws)
 
@@ -164,7 +168,7 @@ def test_large_margin_keeps_the_champion(ws: stages.Workspace, first_retrain: di
     assert champion_state(ws) == before
 
 
-def test_dry_run_does_not_apply_a_promotion(ws: stages.Workspace, first_retrain: dict[str, Any]) -> None:
+def test_dry_run_does_not_apply_a_promotion(ws: Workspace, first_retrain: dict[str, Any]) -> None:
     demo.simulate_arrivals(ws.engine, rows=30, seed=7)
     before = champion_state(ws)
 
@@ -177,7 +181,7 @@ def test_dry_run_does_not_apply_a_promotion(ws: stages.Workspace, first_retrain:
     assert champion_state(ws) == before
 
 
-def test_one_bad_row_is_quarantined_and_the_run_goes_on(ws: stages.Workspace, first_retrain: dict[str, Any]) -> None:
+def test_one_bad_row_is_quarantined_and_the_run_goes_on(ws: Workspace, first_retrain: dict[str, Any]) -> None:
     with ws.engine.begin() as conn:
         conn.execute(sa.text("""
             INSERT INTO public.patient_records (patient_id, birth_date, visit_date, sex, bmi, bp_mean, tc, ldl,
@@ -202,7 +206,7 @@ def test_one_bad_row_is_quarantined_and_the_run_goes_on(ws: stages.Workspace, fi
     assert model["snapshot_hash"] == checked["clean_snapshot_hash"]
 
 
-def test_too_many_bad_rows_fail_the_run_and_leave_the_champion(ws: stages.Workspace, first_retrain: dict[str, Any]) -> None:
+def test_too_many_bad_rows_fail_the_run_and_leave_the_champion(ws: Workspace, first_retrain: dict[str, Any]) -> None:
     before = champion_state(ws)
     with ws.engine.begin() as conn:  # 44 of 442 rows: 10 %, over the 5 % limit
         conn.execute(sa.text("UPDATE public.patient_records SET sex = 'X' WHERE patient_id % 10 = 0"))
@@ -228,7 +232,7 @@ def test_too_many_bad_rows_fail_the_run_and_leave_the_champion(ws: stages.Worksp
     assert champion_state(ws) == before
 
 
-def test_corrupt_champion_artifact_fails_closed(ws: stages.Workspace, first_retrain: dict[str, Any]) -> None:
+def test_corrupt_champion_artifact_fails_closed(ws: Workspace, first_retrain: dict[str, Any]) -> None:
     artifact = ws.settings.artifact_dir / champion_state(ws)["model"]["artifact_path"]
     os.chmod(artifact, artifact.stat().st_mode | stat.S_IWUSR)
     artifact.write_bytes(b"not a joblib file")
@@ -247,7 +251,7 @@ def test_corrupt_champion_artifact_fails_closed(ws: stages.Workspace, first_retr
     assert champion_state(ws) == before
 
 
-def test_stale_champion_is_not_replaced(ws: stages.Workspace, first_retrain: dict[str, Any]) -> None:
+def test_stale_champion_is_not_replaced(ws: Workspace, first_retrain: dict[str, Any]) -> None:
     demo.simulate_arrivals(ws.engine, rows=30, seed=7)
     late, early = make_run("late"), make_run("early")
     late_evaluation = train_and_evaluate(ws, late)["evaluation"]
@@ -270,7 +274,7 @@ def test_stale_champion_is_not_replaced(ws: stages.Workspace, first_retrain: dic
     assert [e["to_version"] for e in before["events"]] == [1, early_version]
 
 
-def test_stages_are_idempotent(ws: stages.Workspace) -> None:
+def test_stages_are_idempotent(ws: Workspace) -> None:
     demo.seed_demo(ws.engine)
     run = make_run("retried", DEMO_WATERMARK)
     snapshot = stages.ingest_snapshot(ws, run)
@@ -294,7 +298,7 @@ def test_stages_are_idempotent(ws: stages.Workspace) -> None:
     assert fetch(ws, "SELECT count(*) AS n FROM pipeline.evaluations") == [{"n": 1}]
 
 
-def test_rerunning_promote_after_a_later_promotion_keeps_the_record(ws: stages.Workspace,
+def test_rerunning_promote_after_a_later_promotion_keeps_the_record(ws: Workspace,
                                                                       first_retrain: dict[str, Any]) -> None:
     demo.simulate_arrivals(ws.engine, rows=30, seed=7)
     assert retrain(ws, make_run("later"), accept=True)["outcome"]["status"] == "promoted"
@@ -306,7 +310,7 @@ def test_rerunning_promote_after_a_later_promotion_keeps_the_record(ws: stages.W
     assert run_row(ws, "first")["status"] == "promoted", outcome["reason"]
 
 
-def test_rerunning_evaluate_after_a_later_promotion_keeps_the_record(ws: stages.Workspace,
+def test_rerunning_evaluate_after_a_later_promotion_keeps_the_record(ws: Workspace,
                                                                        first_retrain: dict[str, Any]) -> None:
     demo.simulate_arrivals(ws.engine, rows=30, seed=7)
     assert retrain(ws, make_run("later"), accept=True)["outcome"]["status"] == "promoted"
@@ -318,7 +322,7 @@ def test_rerunning_evaluate_after_a_later_promotion_keeps_the_record(ws: stages.
     assert fetch(ws, query) == [before]
 
 
-def test_training_refuses_a_snapshot_that_was_not_validated(ws: stages.Workspace) -> None:
+def test_training_refuses_a_snapshot_that_was_not_validated(ws: Workspace) -> None:
     demo.seed_demo(ws.engine)
     run = make_run("unvalidated", DEMO_WATERMARK)
     snapshot = stages.ingest_snapshot(ws, run)

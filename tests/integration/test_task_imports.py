@@ -1,5 +1,5 @@
 """What an Airflow task process imports: each task pays its own imports, so a task loads only the heavy
-libraries its stage uses (issue 16). Run as the DAG runs a stage (`runs.in_airflow`), in a fresh interpreter, on a
+libraries its stage uses (issue 16). Run as the DAG runs a stage (`in_airflow`), in a fresh interpreter, on a
 real PostgreSQL."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ import os
 import subprocess
 import sys
 
-from pipeline import db, demo
-from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.contract.settings import PROJECT_ROOT, Settings
+from pipeline.data import demo
+from pipeline.store import db
 
 HEAVY = ("sklearn", "scipy", "matplotlib", "great_expectations")
 
@@ -17,14 +18,14 @@ PROBE = f"""
 import sys
 from datetime import UTC, datetime
 from pipeline import stages
-from pipeline.runs import in_airflow
+from pipeline.tasks import in_airflow
 
 def heavy(stage):
     print("HEAVY " + stage + "=" + ",".join(m for m in {HEAVY!r} if m in sys.modules), flush=True)
 
 config = sys.argv[1]
 heavy("import")
-run = stages.Run(run_id="task-imports", watermark=datetime.now(UTC), triggered_by="test")
+run = Run(run_id="task-imports", watermark=datetime.now(UTC), triggered_by="test")
 snapshot = in_airflow(config, lambda ws: stages.ingest_snapshot(ws, run))
 heavy("ingest_snapshot")
 in_airflow(config, lambda ws: stages.has_new_data(ws, run, snapshot["snapshot_hash"]))

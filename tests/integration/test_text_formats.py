@@ -10,9 +10,11 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from pipeline import demo, stages
-from pipeline.config import ConfigError
-from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline import stages
+from pipeline.contract.config import ConfigError
+from pipeline.contract.settings import PROJECT_ROOT, Settings
+from pipeline.data import demo
+from pipeline.workspace import Workspace
 from tests.integration.stage_runs import (
     DEMO_WATERMARK,
     LATER_WATERMARK,
@@ -55,14 +57,14 @@ def test_a_text_column_without_its_format_is_refused_at_load(settings: Settings,
     hold_as_text(settings)
     with pytest.raises(ConfigError, match=f"column '{column}' of public.patient_records holds .* as text; "
                                           f"declare .*{key}"):
-        stages.Workspace.open(dataclasses.replace(settings, config_path=config_with(tmp_path, **declared)))
+        Workspace.open(dataclasses.replace(settings, config_path=config_with(tmp_path, **declared)))
 
 
 def test_declared_formats_read_every_value_as_it_was(settings: Settings, tmp_path: Path) -> None:
     expected = demo.demo_records()
     hold_as_text(settings)
     path = config_with(tmp_path, visit_date={"format": "%d/%m/%Y"}, bmi={"decimal": ","})
-    ws = stages.Workspace.open(dataclasses.replace(settings, config_path=path))
+    ws = Workspace.open(dataclasses.replace(settings, config_path=path))
     run = make_run("text", DEMO_WATERMARK)
 
     snapshot = stages.ingest_snapshot(ws, run)
@@ -81,7 +83,7 @@ def test_declared_formats_read_every_value_as_it_was(settings: Settings, tmp_pat
 def test_drift_leaves_out_rows_that_do_not_read_and_counts_them(settings: Settings, tmp_path: Path) -> None:
     hold_as_text(settings)
     path = config_with(tmp_path, visit_date={"format": "%d/%m/%Y"}, bmi={"decimal": ","})
-    ws = quick_workspace(stages.Workspace.open(dataclasses.replace(settings, config_path=path)))
+    ws = quick_workspace(Workspace.open(dataclasses.replace(settings, config_path=path)))
     assert retrain_through_stages(ws, make_run("first", DEMO_WATERMARK))["outcome"]["status"] == "promoted"
     arrivals = demo.arrival_records(40, seed=3, drift=None, labelled=False)
     arrivals.insert(0, "patient_id", range(5001, 5041))
@@ -113,13 +115,13 @@ def text_ids(settings: Settings) -> None:
 def test_text_ids_are_refused_unless_declared_then_kept_as_they_are(settings: Settings, tmp_path: Path) -> None:
     text_ids(settings)
     with pytest.raises(ConfigError, match="'patient_id' of public.patient_records is text; set dataset.id_type: text"):
-        stages.Workspace.open(dataclasses.replace(settings, config_path=config_with(tmp_path)))
+        Workspace.open(dataclasses.replace(settings, config_path=config_with(tmp_path)))
 
     raw = yaml.safe_load(config_with(tmp_path).read_text())
     raw["dataset"]["id_type"] = "text"
     path = tmp_path / "text_ids.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    ws = quick_workspace(stages.Workspace.open(dataclasses.replace(settings, config_path=path)))
+    ws = quick_workspace(Workspace.open(dataclasses.replace(settings, config_path=path)))
     result = retrain_through_stages(ws, make_run("text-ids", DEMO_WATERMARK))
     with ws.engine.connect() as conn:
         quarantined = conn.execute(sa.text("SELECT source_id FROM pipeline.quarantine")).scalars().all()

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import db
-from pipeline.settings import ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT
+from pipeline.contract.settings import ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT
+from pipeline.store import db
 from tests.integration.stage_runs import cli_runner
 
 
@@ -50,7 +50,7 @@ def test_a_frozen_database_fails_in_one_line_within_the_connect_timeout(frozen_s
 
 def test_timeouts_reach_every_connection(tmp_path: Path, server_url: str) -> None:
     """The server itself reports the statement and lock timeouts the config sets."""
-    from pipeline.config import DatabasePolicy
+    from pipeline.contract.config import DatabasePolicy
 
     engine = db.create_engine(server_url, DatabasePolicy(connect_timeout_seconds=5, statement_timeout_seconds=123,
                                                           lock_timeout_seconds=7))

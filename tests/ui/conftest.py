@@ -21,8 +21,11 @@ import requests
 import sqlalchemy as sa
 import yaml
 
-from pipeline import demo, stages
-from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline import stages
+from pipeline.contract.settings import PROJECT_ROOT, Settings
+from pipeline.data import demo
+from pipeline.registry.runs import Run
+from pipeline.workspace import Workspace
 from tests.standalone import standalone_airflow, wait_for
 
 RUN_TIMEOUT = 300
@@ -95,8 +98,8 @@ def _fill_registry(live: ViewAirflow) -> None:
     live.wait_until_idle("retrain")
 
     demo.simulate_arrivals(live.engine, rows=60, seed=2, drift={"bmi": 4.0}, labelled=False)
-    ws = stages.Workspace.open(Settings.from_env(live.env))
-    stages.monitor_drift(ws, stages.Run(run_id="drift-check-1", watermark=datetime.now(UTC)))
+    ws = Workspace.open(Settings.from_env(live.env))
+    stages.monitor_drift(ws, Run(run_id="drift-check-1", watermark=datetime.now(UTC)))
     ws.engine.dispose()
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import artifacts, models_view
-from pipeline.config import ModelEntry
+from pipeline.contract.config import ModelEntry
+from pipeline.store import artifacts
+from pipeline.views import models_view
 
 LINKS = models_view.Links(base="/models-view", airflow="")
 HOSTILE = "<script>alert(1)</script>"

@@ -8,9 +8,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipeline import demo, ingest
-from pipeline.config import DatasetContract, Feature, PipelineConfig
-from pipeline.validate import load_suite
+from pipeline.contract.config import DatasetContract, Feature, PipelineConfig
+from pipeline.data import demo, ingest
+from pipeline.data.validate import load_suite
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,14 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.artifacts import ArtifactIntegrityError, load_model, sha256_file, store_bytes, store_model, verify_file
+from pipeline.store.artifacts import (
+    ArtifactIntegrityError,
+    load_model,
+    sha256_file,
+    store_bytes,
+    store_model,
+    verify_file,
+)
 
 PAYLOAD = b"labelled rows up to 2024-06-01\n"
 

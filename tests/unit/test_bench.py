@@ -13,8 +13,8 @@ import yaml
 
 from bench import report, workload
 from bench.__main__ import busy_machine_note, stage_verdicts, verdicts
-from pipeline.config import load_config
-from pipeline.settings import PROJECT_ROOT
+from pipeline.contract.config import load_config
+from pipeline.contract.settings import PROJECT_ROOT
 
 
 def size(rows: int, seconds: dict[str, float], peaks: dict[str, float]) -> dict[str, Any]:

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import cards, train
-from pipeline.config import DatasetContract, PipelineConfig
-from pipeline.features import model_inputs
+from pipeline.contract.config import DatasetContract, PipelineConfig
+from pipeline.model import cards, train
+from pipeline.model.features import model_inputs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMAGE = re.compile(r"<img alt='([^']*)' src='data:image/png;base64,([^']*)'>")
@@ -365,7 +365,7 @@ def test_every_plot_is_large_and_labels_its_axes(card: cards.CardContent) -> Non
 
 def test_slice_table_lists_bands_in_order(demo_frame: pd.DataFrame, contract: DatasetContract,
                                           config: PipelineConfig) -> None:
-    from pipeline import evaluate
+    from pipeline.model import evaluate
 
     frame = demo_frame.copy()
     predicted = frame[contract.target_column].to_numpy(float)

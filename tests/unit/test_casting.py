@@ -8,8 +8,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipeline.casting import FormatError, cast_column, cast_strict, describe_cast
-from pipeline.features import AgeFromDates
+from pipeline.data.casting import FormatError, cast_column, cast_strict, describe_cast
+from pipeline.model.features import AgeFromDates
 
 
 def cast(values: list[Any], kind: str, fmt: str | None) -> tuple[list[Any], list[bool]]:

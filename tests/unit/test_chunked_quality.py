@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import chunked_quality, ingest, quality
-from pipeline.config import DatasetContract, QualityPolicy
+from pipeline.contract.config import DatasetContract, QualityPolicy
+from pipeline.data import chunked_quality, ingest, quality
 from tests.unit.conftest import declaring
 from tests.unit.test_quality import (
     GENERIC,

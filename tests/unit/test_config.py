@@ -14,8 +14,15 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, DatabasePolicy, PipelineConfig, load_config, model_entries, suite_columns
-from pipeline.settings import ENV_DATABASE_URL, PROJECT_ROOT
+from pipeline.contract.config import (
+    ConfigError,
+    DatabasePolicy,
+    PipelineConfig,
+    load_config,
+    model_entries,
+    suite_columns,
+)
+from pipeline.contract.settings import ENV_DATABASE_URL, PROJECT_ROOT
 
 SHIPPED = PROJECT_ROOT / "pipeline.yaml"
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_diabetes
 
-from pipeline import demo
-from pipeline.config import DatasetContract
+from pipeline.contract.config import DatasetContract
+from pipeline.data import demo
 
 ARRIVAL_ROWS = 300
 

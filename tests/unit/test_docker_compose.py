@@ -1,6 +1,6 @@
 """Static checks of docker-compose.yaml against the repository it is built from.
 
-No Docker engine is needed: the file is parsed and cross-checked against pipeline.settings,
+No Docker engine is needed: the file is parsed and cross-checked against pipeline.contract.settings,
 requirements.txt and the files the bind mount exposes inside the containers.
 """
 
@@ -15,8 +15,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from pipeline.serving import ENV_API_TOKEN_FILE
-from pipeline.settings import (
+from pipeline.contract.settings import (
     ARTIFACT_STORES,
     ENV_ARTIFACT_DIR,
     ENV_ARTIFACT_STORE,
@@ -24,6 +23,7 @@ from pipeline.settings import (
     ENV_DATABASE_URL,
     ENV_MODELS_DIR,
 )
+from pipeline.serving.rest import ENV_API_TOKEN_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
@@ -143,7 +143,7 @@ def test_init_migrates_airflow_and_initialises_pipeline_schema(compose: dict) ->
 
 def test_pipeline_cli_used_by_compose_has_those_commands() -> None:
     assert (ROOT / "pipeline" / "__main__.py").is_file(), "`python -m pipeline` has no __main__"
-    sources = "\n".join(p.read_text() for p in (ROOT / "pipeline").glob("*.py"))
+    sources = "\n".join(p.read_text() for p in (ROOT / "pipeline").rglob("*.py"))
     for command in ("init-db", "seed-demo"):
         assert command in sources, f"`python -m pipeline {command}` is used but not defined"
 
@@ -191,7 +191,7 @@ def test_pipeline_variables_are_the_ones_pipeline_settings_reads(compose: dict) 
         unknown = {
             k for k in environment(service) if k.startswith("PIPELINE_")
         } - PIPELINE_ENV_NAMES
-        assert not unknown, f"{name} sets {sorted(unknown)}, which pipeline.settings never reads"
+        assert not unknown, f"{name} sets {sorted(unknown)}, which pipeline.contract.settings never reads"
 
 
 def test_pipeline_database_and_config_are_set(common_env: dict[str, str]) -> None:
@@ -233,7 +233,7 @@ def test_pythonpath_makes_the_pipeline_package_importable(
         if spec is not None and spec.submodule_search_locations:
             found.extend(Path(p).resolve() for p in spec.submodule_search_locations)
     assert ROOT / "pipeline" in found, "no PYTHONPATH entry reaches the repository's pipeline/"
-    assert PathFinder.find_spec("settings", [str(ROOT / "pipeline")]) is not None
+    assert PathFinder.find_spec("workspace", [str(ROOT / "pipeline")]) is not None
 
 
 @pytest.mark.parametrize("name", AIRFLOW_SERVICES)
@@ -269,7 +269,7 @@ def test_named_volumes_and_configs_are_declared(compose: dict) -> None:
 
 def created_databases(compose: dict, common_env: dict[str, str]) -> set[str]:
     """POSTGRES_DB, plus the database of every URL variable airflow-init passes to
-    pipeline.db.ensure_database before it runs `python -m pipeline init-db`."""
+    pipeline.store.db.ensure_database before it runs `python -m pipeline init-db`."""
     postgres_env = environment(compose["services"]["postgres"])
     names = {postgres_env.get("POSTGRES_DB") or postgres_env["POSTGRES_USER"]}
     script = init_script(compose)
@@ -281,7 +281,7 @@ def created_databases(compose: dict, common_env: dict[str, str]) -> set[str]:
 
 
 def test_ensure_database_used_by_init_exists() -> None:
-    from pipeline import db
+    from pipeline.store import db
 
     assert callable(getattr(db, "ensure_database", None))
 
@@ -383,7 +383,7 @@ def test_airflow_image_version_matches_requirements_pin(compose: dict) -> None:
 
 
 def test_scoring_service_runs_the_rest_api_on_its_published_port(compose: dict) -> None:
-    from pipeline.cli import build_parser
+    from pipeline.cli.main import build_parser
 
     service = compose["services"][SCORING]
     words = command_words(service)

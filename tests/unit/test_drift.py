@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from pipeline import demo, drift
-from pipeline.config import DatasetContract, DriftPolicy, Feature, PipelineConfig
+from pipeline.contract.ages import monitored_columns
+from pipeline.contract.config import DatasetContract, DriftPolicy, Feature, PipelineConfig
+from pipeline.data import demo
+from pipeline.monitoring import drift
 
 # Reference 1..10 cut into 5 quantile bins: edges 2.8, 4.6, 6.4, 8.2, two values per bin.
 ONE_TO_TEN = np.arange(1.0, 11.0)
@@ -220,7 +222,7 @@ def test_a_categorical_feature_missing_from_every_recent_row_is_drift(policy: Dr
 
 def test_monitored_columns_derive_age_and_drop_id_and_timestamp(contract: DatasetContract,
                                                                 demo_frame: pd.DataFrame) -> None:
-    columns = drift.monitored_columns(demo_frame, contract)
+    columns = monitored_columns(demo_frame, contract)
 
     assert set(columns.columns) == {"sex", "bmi", "bp_mean", "tc", "ldl", "hdl", "tch", "ltg", "glucose", "age_years"}
     for dropped in ("patient_id", "recorded_at", "progression_12m", "birth_date", "visit_date"):
@@ -235,13 +237,13 @@ def test_monitored_columns_age_for_a_written_out_row(contract: DatasetContract) 
     row = pd.DataFrame({"birth_date": ["2000-01-01"], "visit_date": ["2020-01-01"], "sex": ["F"],
                         **{c: [1.0] for c in contract.names_with_role("numeric")}})
 
-    assert drift.monitored_columns(row, contract)["age_years"].tolist() == [20.0]  # 7305 days
+    assert monitored_columns(row, contract)["age_years"].tolist() == [20.0]  # 7305 days
 
 
 def test_compare_an_undrifted_batch_flags_nothing_major(contract: DatasetContract, policy: DriftPolicy) -> None:
     results = drift.compare(demo.demo_records(), demo.arrival_records(200, seed=1), contract, policy)
 
-    assert [r.feature for r in results] == list(drift.monitored_columns(demo.demo_records(), contract).columns)
+    assert [r.feature for r in results] == list(monitored_columns(demo.demo_records(), contract).columns)
     assert [r.feature for r in results if r.level == "major"] == []
     assert {r.kind for r in results if r.feature == "sex"} == {"categorical"}
     assert all(r.kind == "numeric" for r in results if r.feature != "sex")
@@ -336,7 +338,7 @@ def test_a_moderate_drift_names_its_test_and_p_value(policy: DriftPolicy) -> Non
 
 def test_every_distribution_plot_labels_both_axes(contract: DatasetContract) -> None:
     reference, recent = demo.demo_records(), demo.arrival_records(100, seed=3)
-    ref, cur = drift.monitored_columns(reference, contract), drift.monitored_columns(recent, contract)
+    ref, cur = monitored_columns(reference, contract), monitored_columns(recent, contract)
 
     for name in ref.columns:
         figure = drift.distribution_figure(name, ref[name], cur[name], categorical=name == "sex")

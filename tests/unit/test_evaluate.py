@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import DatasetContract, PromotionPolicy
-from pipeline.evaluate import decide_promotion, regression_metrics, score_model
+from pipeline.contract.config import DatasetContract, PromotionPolicy
+from pipeline.model.evaluate import decide_promotion, regression_metrics, score_model
 
 # Powers of two keep the boundary arithmetic exact: 40 * (1 - 0.25) is 30.0 to the last bit.
 POLICY = PromotionPolicy(metric="rmse", min_r2=0.25, margin=0.25, confidence=0.95, slice_tolerance=0.1,
@@ -188,7 +188,7 @@ def test_score_model_passes_only_the_feature_columns(holdout: pd.DataFrame, cont
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_the_blocked_bootstrap_gives_the_one_at_a_time_numbers(rows: int, samples: int, threads: str,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.evaluate import bootstrap_improvement
+    from pipeline.model.evaluate import bootstrap_improvement
 
     monkeypatch.setenv("OMP_NUM_THREADS", threads)  # one thread, or the next block drawn on a second
     rng = np.random.default_rng(rows)

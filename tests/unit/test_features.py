@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from sklearn.pipeline import Pipeline
 
-from pipeline.config import DatasetContract, PipelineConfig, TrainingPolicy
-from pipeline.features import AgeFromDates, build_preprocessor, model_inputs, numeric_steps
-from pipeline.train import build_model
+from pipeline.contract.config import DatasetContract, PipelineConfig, TrainingPolicy
+from pipeline.model.features import AgeFromDates, build_preprocessor, model_inputs, numeric_steps
+from pipeline.model.train import build_model
 
 BIRTH, EVENT = "birth_date", "visit_date"
 

@@ -9,8 +9,8 @@ import pytest
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import KFold
 
-from pipeline import intervals
-from pipeline.config import PipelineConfig
+from pipeline.contract.config import PipelineConfig
+from pipeline.model import intervals
 
 
 def simulated(rows: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +59,7 @@ def test_too_few_residuals_give_no_finite_interval() -> None:
 def test_bounds_cut_the_interval_to_possible_outcomes(config: PipelineConfig) -> None:
     from sklearn.dummy import DummyRegressor
 
-    from pipeline import demo
+    from pipeline.data import demo
 
     frame = demo.demo_records().head(3)
     model = DummyRegressor(strategy="constant", constant=10.0).fit(frame[config.dataset.feature_names()], [0, 0, 0])
@@ -71,7 +71,7 @@ def test_bounds_cut_the_interval_to_possible_outcomes(config: PipelineConfig) ->
 
 
 def test_input_hashes_follow_the_values_only(config: PipelineConfig) -> None:
-    from pipeline import demo
+    from pipeline.data import demo
 
     frame = demo.demo_records().head(3)
     again = frame.iloc[[2, 1, 0]].set_index(frame.index[[0, 1, 2]] + 100)  # other order, other index

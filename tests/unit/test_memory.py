@@ -1,4 +1,4 @@
-"""A task's large blocks go back to the machine when freed (pipeline.memory): glibc's threshold is fixed."""
+"""A task's large blocks go back to the machine when freed (pipeline.runtime.memory): glibc's threshold is fixed."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def mapped_for(nbytes):
     return grown
 
 if sys.argv[1] == "task":
-    from pipeline import memory
+    from pipeline.runtime import memory
     memory.system_arrow_pool()
 print(json.dumps({"mapped": mapped_for(6 << 20), "small": mapped_for(1 << 20)}))
 """
@@ -58,7 +58,7 @@ def mapped_bytes(mode: str) -> dict[str, int]:
 
 @pytest.mark.skipif(not glibc_with_mallinfo2(), reason="needs glibc 2.33+ (mallinfo2) to see mapped blocks")
 def test_a_task_process_maps_each_large_block_on_its_own_so_freeing_it_returns_it() -> None:
-    from pipeline.memory import MAPPED_BLOCK_BYTES
+    from pipeline.runtime.memory import MAPPED_BLOCK_BYTES
 
     assert (1 << 20) < MAPPED_BLOCK_BYTES <= (6 << 20)  # the probe's sizes sit either side of the threshold
     task, plain = mapped_bytes("task"), mapped_bytes("plain")

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.outcome_notes import outcome_note, short_reason
+from pipeline.views.run_notes import outcome_note, short_reason
 
 LOST = ("does not beat the champion (the gain is not significant): candidate RMSE 46.100 vs champion 46.900 "
         "(needs < 46.431, margin 1.0%); 95% interval of the RMSE change (candidate - champion) [-1.2, +0.4] "

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pipeline import params
+from pipeline.contract import params
 
 NOW = datetime(2026, 7, 1, 12, tzinfo=UTC)
 

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import demo, outcomes, performance
-from pipeline.config import PerformancePolicy
+from pipeline.contract.config import PerformancePolicy
+from pipeline.data import demo
+from pipeline.monitoring import outcomes, performance
 
 POLICY = PerformancePolicy(max_ratio=1.2, min_outcomes=30, confidence=0.95, bootstrap_samples=2000)
 

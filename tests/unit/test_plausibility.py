@@ -18,10 +18,16 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from pipeline import ingest, quality
-from pipeline.casting import NOT_FINITE, OUT_OF_RANGE_DATE, Unreadable, cast_column
-from pipeline.config import DEFAULT_AGE_AT_EVENT_YEARS, ConfigError, DatasetContract, PipelineConfig, load_config
-from pipeline.settings import PROJECT_ROOT
+from pipeline.contract.config import (
+    DEFAULT_AGE_AT_EVENT_YEARS,
+    ConfigError,
+    DatasetContract,
+    PipelineConfig,
+    load_config,
+)
+from pipeline.contract.settings import PROJECT_ROOT
+from pipeline.data import ingest, quality
+from pipeline.data.casting import NOT_FINITE, OUT_OF_RANGE_DATE, Unreadable, cast_column
 from tests.unit.conftest import source_records
 
 # PostgreSQL's infinities as adbc-driver-postgresql hands them on: shifted from its 2000 epoch, wrapping.

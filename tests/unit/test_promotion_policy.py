@@ -18,9 +18,10 @@ import pytest
 import yaml
 from sklearn.pipeline import Pipeline
 
-from pipeline import train
-from pipeline.config import DatasetContract, Feature, PipelineConfig, PromotionPolicy, SliceSpec, load_config
-from pipeline.evaluate import (
+from pipeline.contract.config import DatasetContract, Feature, PipelineConfig, PromotionPolicy, SliceSpec, load_config
+from pipeline.contract.settings import PROJECT_ROOT
+from pipeline.model import train
+from pipeline.model.evaluate import (
     behaviour_checks,
     bootstrap_improvement,
     decide_promotion,
@@ -28,8 +29,7 @@ from pipeline.evaluate import (
     slice_labels,
     slice_table,
 )
-from pipeline.features import model_inputs
-from pipeline.settings import PROJECT_ROOT
+from pipeline.model.features import model_inputs
 
 SLICES = (SliceSpec("sex", "sex"), SliceSpec("age", "age_years", (40.0, 60.0)), SliceSpec("bmi", "bmi", (25.0, 30.0)))
 # Pinned here rather than read from pipeline.yaml, so retuning the shipped numbers cannot

@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import demo, quality
-from pipeline.casting import FormatError
-from pipeline.config import DatasetContract
-from pipeline.quality import REASON_CODES, ROW_COLUMN
-from pipeline.validate import column_of, describe_failure, load_suite
+from pipeline.contract.config import DatasetContract
+from pipeline.data import demo, quality
+from pipeline.data.casting import FormatError
+from pipeline.data.quality import REASON_CODES, ROW_COLUMN
+from pipeline.data.validate import column_of, describe_failure, load_suite
 from tests.unit.conftest import declaring
 
 KNOWN_CODES = set(REASON_CODES.values())
@@ -563,7 +563,7 @@ def both_ways(frame: pd.DataFrame, contract: DatasetContract, suite: dict[str, A
         quality.QualityResult, quality.QualityResult]:
     by_gx = quality.classify_rows(frame, contract, suite)
     fast = quality.classify_rows(frame, contract, suite, fast=True)
-    assert fast.gx_result.get("checked_by") == "pipeline.rowchecks"  # the fast path ran, not GX again
+    assert fast.gx_result.get("checked_by") == "pipeline.data.rowchecks"  # the fast path ran, not GX again
     assert "checked_by" not in by_gx.gx_result
     return by_gx, fast
 
@@ -598,8 +598,8 @@ def test_fast_row_checks_agree_with_gx_on_any_corruption(raw_records: pd.DataFra
 
 
 def test_fast_row_checks_agree_with_gx_on_the_clinic_export() -> None:
-    from pipeline.config import load_config
-    from pipeline.settings import PROJECT_ROOT
+    from pipeline.contract.config import load_config
+    from pipeline.contract.settings import PROJECT_ROOT
 
     config = load_config(PROJECT_ROOT / "examples" / "clinic" / "clinic.yaml")
     frame = demo.clinic_export()
@@ -688,7 +688,7 @@ def test_report_states_the_quarantined_share_against_the_limit(classified: quali
 def test_reason_values_read_in_bulk_are_those_read_cell_by_cell() -> None:
     import datetime
 
-    from pipeline.quality import _values, _values_at
+    from pipeline.data.quality import _values, _values_at
 
     frame = pd.DataFrame({
         "i": pd.array([1, None, 3, 4], dtype="Int64"), "f": [1.5, float("nan"), 0.1, 3.0],

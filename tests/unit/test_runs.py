@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 import sqlalchemy as sa
 
-from pipeline import runs
-from pipeline.artifacts import ArtifactIntegrityError
-from pipeline.config import ConfigError
-from pipeline.settings import Settings
-from pipeline.validate import ValidationFailed
+from pipeline.contract.config import ConfigError
+from pipeline.contract.settings import Settings
+from pipeline.data.validate import ValidationFailed
+from pipeline.registry import runs
+from pipeline.store.artifacts import ArtifactIntegrityError
 
 
 def caused_by(cause: BaseException) -> ValueError:

@@ -12,9 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import artifacts, ingest, train
-from pipeline.config import DatasetContract
-from pipeline.ingest import SnapshotFile
+from pipeline.contract.config import DatasetContract
+from pipeline.data import ingest
+from pipeline.data.ingest import SnapshotFile
+from pipeline.model import train
+from pipeline.store import artifacts
 
 
 def stored(folder: Path, frame: pd.DataFrame, row_group_rows: int, preserve_index: bool = False) -> SnapshotFile:

@@ -16,10 +16,15 @@ import pandas as pd
 import pytest
 from threadpoolctl import threadpool_info
 
-from pipeline import cli, demo, ingest, runs, stages, threads, train
-from pipeline.config import PipelineConfig
-from pipeline.features import model_inputs
-from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline import stages
+from pipeline.cli import main as cli
+from pipeline.contract.config import PipelineConfig
+from pipeline.contract.settings import PROJECT_ROOT, Settings
+from pipeline.data import demo, ingest
+from pipeline.model import train
+from pipeline.model.features import model_inputs
+from pipeline.runtime import threads
+from pipeline.tasks import in_airflow
 
 CELERY = {"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor"}
 LOCAL = {"AIRFLOW__CORE__EXECUTOR": "LocalExecutor"}
@@ -82,7 +87,7 @@ def test_prepare_environment_waits_passively_unless_the_operator_chose() -> None
 
 
 def test_inside_sized_every_pool_has_the_slots_count(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="pipeline.threads"), threads.sized(1) as count:
+    with caplog.at_level(logging.INFO, logger="pipeline.runtime.threads"), threads.sized(1) as count:
         assert count == 1
         assert pools() == {"blas": {1}, "openmp": {1}}
         assert joblib.effective_n_jobs(None) == 1  # a forest's n_jobs=None
@@ -106,7 +111,7 @@ def test_openmp_loaded_inside_sized_gets_the_slots_count() -> None:
     probe = (
         "import sys\n"
         "from threadpoolctl import threadpool_info\n"
-        "from pipeline import threads\n"
+        "from pipeline.runtime import threads\n"
         "with threads.sized(1):\n"
         "    print('before', 'sklearn' in sys.modules)\n"
         "    from sklearn.ensemble import HistGradientBoostingRegressor\n"
@@ -139,17 +144,17 @@ def pools_and_jobs(_: Any, *__: Any) -> dict[str, Any]:
 
 
 def test_an_airflow_task_runs_in_its_slot(monkeypatch: pytest.MonkeyPatch, config: PipelineConfig) -> None:
-    """`runs.in_airflow`, the entry of every task: a Celery worker of 1024 slots gives each one thread."""
+    """`in_airflow`, the entry of every task: a Celery worker of 1024 slots gives each one thread."""
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor")
     monkeypatch.setenv("AIRFLOW__CELERY__WORKER_CONCURRENCY", "1024")
-    monkeypatch.setattr(stages.Workspace, "open", classmethod(lambda cls, settings: FakeWorkspace(config)))
-    seen = runs.in_airflow(PROJECT_ROOT / "pipeline.yaml", pools_and_jobs)
+    monkeypatch.setattr(stages, "open_workspace", lambda settings: FakeWorkspace(config))
+    seen = in_airflow(PROJECT_ROOT / "pipeline.yaml", pools_and_jobs)
     assert seen == {"pools": {"blas": {1}, "openmp": {1}}, "jobs": 1}
 
 
 def test_a_cli_stage_command_runs_in_its_slot(monkeypatch: pytest.MonkeyPatch, config: PipelineConfig) -> None:
     one_job = dataclasses.replace(config, training=dataclasses.replace(config.training, n_jobs=1))
-    monkeypatch.setattr(stages.Workspace, "open", classmethod(lambda cls, settings: FakeWorkspace(one_job)))
+    monkeypatch.setattr(stages, "open_workspace", lambda settings: FakeWorkspace(one_job))
     args = cli.build_parser().parse_args(["train", "--run-id", "r", "--snapshot", "0" * 64])
     args.handler = pools_and_jobs
     assert cli.execute(args, Settings.from_env()) == {"pools": {"blas": {1}, "openmp": {1}}, "jobs": 1}

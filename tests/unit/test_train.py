@@ -19,10 +19,10 @@ from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegresso
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline
 
-from pipeline import train
-from pipeline.config import DatasetContract, PipelineConfig, TrainingPolicy
-from pipeline.features import model_inputs
-from pipeline.settings import PROJECT_ROOT
+from pipeline.contract.config import DatasetContract, PipelineConfig, TrainingPolicy
+from pipeline.contract.settings import PROJECT_ROOT
+from pipeline.model import train
+from pipeline.model.features import model_inputs
 
 COMMIT = re.compile(r"[0-9a-f]{40}")
 FAST_FAMILIES: dict[str, dict[str, Any]] = {

@@ -9,9 +9,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipeline import ingest
-from pipeline.config import DatasetContract
-from pipeline.validate import ValidationFailed, ValidationReport, load_suite, validate_frame
+from pipeline.contract.config import DatasetContract
+from pipeline.data import ingest
+from pipeline.data.validate import ValidationFailed, ValidationReport, load_suite, validate_frame
 from tests.unit.conftest import source_records
 
 Corruption = Callable[[pd.DataFrame], pd.DataFrame]

@@ -1,0 +1,1 @@
+"""The command line: `python -m pipeline COMMAND`, one parser per command group, and the local Airflow launchers."""

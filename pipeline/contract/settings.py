@@ -1,0 +1,50 @@
+"""Where things live: the one settings object, built from the environment once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+ENV_DATABASE_URL = "PIPELINE_DATABASE_URL"
+ENV_CONFIG = "PIPELINE_CONFIG"
+ENV_ARTIFACT_DIR = "PIPELINE_ARTIFACT_DIR"
+ENV_ARTIFACT_STORE = "PIPELINE_ARTIFACT_STORE"
+ARTIFACT_STORES = ("local", "postgres")  # postgres: the artifact dir is this machine's cache of the team store
+ENV_PGDATA = "PIPELINE_PGDATA"
+ENV_MODELS_DIR = "PIPELINE_MODELS_DIR"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Locations of the database, the configuration file and the artifact store.
+
+    `database_url` is None when PIPELINE_DATABASE_URL is unset: the embedded PostgreSQL in
+    `pgdata_dir` is used then (see `pipeline.store.db.database_url`).
+    """
+
+    database_url: str | None
+    config_path: Path
+    artifact_dir: Path
+    pgdata_dir: Path
+    models_dir: Path = PROJECT_ROOT / "models"  # more model configs (*.yaml), each with DAGs of its own
+    artifact_store: str = "local"  # see ARTIFACT_STORES and `pipeline.store.artifacts.ArtifactStore`
+
+    def __post_init__(self) -> None:
+        if self.artifact_store not in ARTIFACT_STORES:
+            raise ValueError(f"{ENV_ARTIFACT_STORE}={self.artifact_store!r} is not an artifact store; "
+                             f"set it to one of: {', '.join(ARTIFACT_STORES)} (unset means local)")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        return cls(
+            database_url=env.get(ENV_DATABASE_URL) or None,
+            config_path=Path(env.get(ENV_CONFIG) or PROJECT_ROOT / "pipeline.yaml"),
+            artifact_dir=Path(env.get(ENV_ARTIFACT_DIR) or PROJECT_ROOT / ".artifacts"),
+            pgdata_dir=Path(env.get(ENV_PGDATA) or PROJECT_ROOT / ".pgdata"),
+            models_dir=Path(env.get(ENV_MODELS_DIR) or PROJECT_ROOT / "models"),
+            artifact_store=env.get(ENV_ARTIFACT_STORE) or "local",
+        )

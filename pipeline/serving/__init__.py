@@ -1,0 +1,1 @@
+"""Forecasts out: batch scoring to pipeline.predictions, and the REST API."""

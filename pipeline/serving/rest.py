@@ -1,0 +1,614 @@
+"""The REST API: the champion's forecasts, with their intervals, for the CRM one request at a time.
+
+`python -m pipeline serve` runs `create_app` under uvicorn. A record is judged by the same contract
+as training (types by `pipeline.data.casting`, then the suite's rules, by `pipeline.data.rowchecks` where it
+handles them all and else by Great Expectations, and the plausibility checks, through
+`quality.classify_with_awaiting`) and scored by the champion's own artifact, loaded
+through `Workspace.load_model` (hash-checked). A background thread looks for a new champion every
+`serving.reload_seconds` and swaps it in with one reference assignment; another writes every forecast
+to `pipeline.predictions` (source 'api') in batches, off the request path. Logs carry counts,
+versions and request ids, never a patient's values.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import json
+import logging
+import math
+import re
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
+
+from pipeline.contract.config import DatasetContract
+from pipeline.contract.settings import Settings
+from pipeline.data import quality, validate
+from pipeline.data.casting import cast_column
+from pipeline.model import intervals
+from pipeline.registry import records
+from pipeline.registry.runs import error_line
+from pipeline.serving.scoring import PREDICTIONS
+from pipeline.store import artifacts
+from pipeline.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+ENV_API_TOKEN_FILE = "PIPELINE_API_TOKEN_FILE"
+# JSON has no date type: the API reads dates and timestamps as text by these formats, whatever the table holds.
+API_FORMATS = {"date": "%Y-%m-%d", "timestamp": "%Y-%m-%dT%H:%M:%S%z"}
+API_RULES = {"date": "a date as a JSON string YYYY-MM-DD",
+             "timestamp": "a timestamp as a JSON string YYYY-MM-DDTHH:MM:SS with a zone (Z or +HH:MM)",
+             "float": "a JSON number", "integer": "a whole JSON number", "text": "a JSON string"}
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+WRITER_BATCH_ROWS = 500
+WRITER_SECONDS = 0.5
+# Module-level: FastAPI resolves a dependency's annotations in the module's namespace.
+BEARER = HTTPBearer(auto_error=False, description=f"a token from the file {ENV_API_TOKEN_FILE} names")
+WRITER_CAPACITY = 100_000  # forecasts waiting for the database; beyond this the oldest are dropped (and counted)
+
+DESCRIPTION = """\
+Forecasts of each patient's type-2 diabetes progression over the next 12 months, from the current
+champion model, with a prediction interval of stated coverage (split conformal).
+
+**Authentication**: every `/v1` call needs `Authorization: Bearer <token>`.
+
+**Records** are JSON objects in the data contract's own column names: every feature, optionally the id
+column (echoed back and recorded with the forecast) and the timestamp column (when the record was made;
+default: now). **Dates are JSON strings `YYYY-MM-DD`** (e.g. `"1961-04-23"`); timestamps
+`YYYY-MM-DDTHH:MM:SS` with a zone (`Z` or `+02:00`); numbers are JSON numbers, not text. A missing
+numeric feature is imputed by the model, as in training; the contract says which fields are required.
+
+**Body**: one record (an object) or a list of records. One record answers 200 with its forecast, or 422
+with the fields it breaks. A list always answers 200 with one result per record, in order: a valid
+record's forecast (`status` 200), or an invalid record's errors (`status` 422), so one bad record never
+blocks the others. Each error names the `field`, the `code` (`missing_required`, `out_of_range`,
+`unknown_category`, `wrong_type`, `impossible_dates`, `future_date`, `implausible_age`, `duplicate_id`,
+`duplicate_record`, `unknown_field`, ...) and the `rule` of the contract it broke (the expectation and
+its bounds). A body over `serving.max_request_bytes` bytes, or with more than
+`serving.max_request_records` records, answers 413.
+"""
+
+
+class ServingError(RuntimeError):
+    """The service cannot start as configured (no tokens, an unreadable token file)."""
+
+
+class RequestProblem(Exception):
+    """A request refused as a whole, with its HTTP status and a message for the caller."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(str(detail))
+        self.status, self.detail = status, detail
+
+
+# --- tokens --------------------------------------------------------------------------------------
+
+
+def read_tokens(path: Path) -> tuple[str, ...]:
+    """The tokens in a file, one a line; blank lines and lines starting with # are ignored."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ServingError(f"cannot read the API token file {path} ({ENV_API_TOKEN_FILE}): {exc.strerror}") from None
+    return tuple(s for s in (line.strip() for line in lines) if s and not s.startswith("#"))
+
+
+def tokens_from_environment(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The tokens of the file `PIPELINE_API_TOKEN_FILE` names; none when it is unset."""
+    path = environ.get(ENV_API_TOKEN_FILE)
+    return read_tokens(Path(path)) if path else ()
+
+
+def token_matches(presented: str, tokens: Sequence[str]) -> bool:
+    """Whether `presented` is one of `tokens`, compared in constant time against every one."""
+    given = presented.encode()
+    found = False
+    for token in tokens:
+        found |= hmac.compare_digest(given, token.encode())
+    return found
+
+
+def check_tokens(tokens: Sequence[str], insecure_local: bool) -> None:
+    """Refuse to serve without tokens unless told it is a local, unprotected service; say so loudly then."""
+    if tokens:
+        return
+    if not insecure_local:
+        raise ServingError(f"no API tokens configured: set {ENV_API_TOKEN_FILE} to a file holding one token a line "
+                           "(or pass --insecure-local to serve without authentication on this machine only)")
+    log.warning("*** INSECURE: --insecure-local given, the REST API serves patient forecasts WITHOUT "
+                "authentication; never expose this port beyond this machine ***")
+
+
+# --- the champion, hot-swapped -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Served:
+    """What one request is scored with: a version, its model and its interval, swapped as one reference."""
+
+    version: int
+    model: Any
+    interval: intervals.Interval
+    artifact_hash: str
+    family: str
+
+
+class Champion:
+    """The served champion; `refresh` loads a new one (hash-checked) and swaps it in, or keeps the old."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self.current: Served | None = None
+        self.refused: dict[str, Any] | None = None  # the registry's champion that could not be loaded, and why
+
+    def refresh(self) -> None:
+        """Load the registry's champion when it differs from the served one; on failure keep serving the old."""
+        with self.ws.engine.connect() as conn:
+            row = records.current_champion(conn, self.ws.model)
+        served = self.current
+        if row is None or (served and (served.version, served.artifact_hash) == (row["version"], row["artifact_hash"])):
+            self.refused = None
+            return
+        try:
+            model = self.ws.load_model(row["artifact_hash"])
+            interval = intervals.for_version(self.ws, int(row["version"]))
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the old model; the reason names no patient
+            reason = error_line(exc, self.ws.settings)
+            if self.refused is None or self.refused["version"] != row["version"]:
+                log.warning("champion version %s of %s not loaded (%s): still serving %s", row["version"],
+                            self.ws.model, reason, f"version {served.version}" if served else "nothing")
+            self.refused = {"version": int(row["version"]), "reason": reason}
+            return
+        self.current = Served(int(row["version"]), model, interval, str(row["artifact_hash"]), str(row["model_family"]))
+        self.refused = None
+        log.info("serving version %s of %s (%s; interval ±%.3g at coverage %s)%s", row["version"], self.ws.model,
+                 row["model_family"], interval.half_width, interval.coverage,
+                 f", replacing version {served.version}" if served else "")
+
+    def poll(self, stop: threading.Event, seconds: float) -> None:
+        """Refresh every `seconds` until `stop` is set; a database hiccup is logged and tried again."""
+        while not stop.wait(seconds):
+            try:
+                self.refresh()
+            except Exception as exc:  # noqa: BLE001 - the poller must outlive a database outage
+                log.warning("could not look for a new champion: %s", error_line(exc, self.ws.settings))
+
+
+# --- the prediction log --------------------------------------------------------------------------
+
+
+class PredictionLog:
+    """Forecasts queued by requests and written to `pipeline.predictions` in batches by one thread; a
+    failed write is retried, a full queue drops its oldest rows (counted and logged), `close` flushes."""
+
+    def __init__(self, engine: Engine, capacity: int = WRITER_CAPACITY, batch_rows: int = WRITER_BATCH_ROWS,
+                 seconds: float = WRITER_SECONDS) -> None:
+        self.engine, self.capacity, self.batch_rows, self.seconds = engine, capacity, batch_rows, seconds
+        self._rows: collections.deque[dict[str, Any]] = collections.deque()
+        self._ready = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.written = self.dropped = self.failures = 0
+
+    def put(self, rows: Iterable[dict[str, Any]]) -> None:
+        with self._ready:
+            self._rows.extend(rows)
+            self._drop_overflow()
+            if len(self._rows) >= self.batch_rows:
+                self._ready.notify()
+
+    def _drop_overflow(self) -> None:
+        overflow = len(self._rows) - self.capacity
+        if overflow > 0:
+            for _ in range(overflow):
+                self._rows.popleft()
+            self.dropped += overflow
+            log.warning("prediction log full (%d waiting): dropped the %d oldest forecasts, %d so far",
+                        self.capacity, overflow, self.dropped)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    def _take(self) -> list[dict[str, Any]]:
+        with self._ready:
+            if len(self._rows) < self.batch_rows and not self._stop.is_set():
+                self._ready.wait(self.seconds)
+            return [self._rows.popleft() for _ in range(min(self.batch_rows, len(self._rows)))]
+
+    def _write(self, batch: list[dict[str, Any]]) -> bool:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.insert(PREDICTIONS), batch)
+        except Exception as exc:  # noqa: BLE001 - a database hiccup never fails a response: retry later
+            self.failures += 1
+            log.warning("could not record %d forecasts (attempt %d failed, will retry): %s", len(batch),
+                        self.failures, type(exc).__name__)
+            with self._ready:
+                self._rows.extendleft(reversed(batch))
+                self._drop_overflow()
+            return False
+        self.written += len(batch)
+        return True
+
+    def _run(self) -> None:
+        backoff = self.seconds
+        while not self._stop.is_set():
+            batch = self._take()
+            if batch and not self._write(batch):
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+            elif batch:
+                backoff = self.seconds
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the writer and flush what waits, trying for up to `timeout` seconds."""
+        self._stop.set()
+        with self._ready:
+            self._ready.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        while self._rows and time.monotonic() < deadline:
+            batch = [self._rows.popleft() for _ in range(min(self.batch_rows, len(self._rows)))]
+            if not self._write(batch):
+                time.sleep(0.5)
+        if self._rows:
+            log.warning("%d forecasts could not be recorded before shutdown", len(self._rows))
+        log.info("prediction log closed: %d forecasts recorded, %d dropped", self.written, self.dropped)
+
+
+# --- records: from JSON to judged, typed rows ----------------------------------------------------
+
+
+def parse_records(body: bytes, max_records: int) -> tuple[list[Any], bool]:
+    """The body's records and whether it was a single object; a body that is neither is refused."""
+    try:
+        parsed = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestProblem(422, f"the body is not JSON: {exc.__class__.__name__} at position "
+                                  f"{getattr(exc, 'pos', '?')}") from None
+    if isinstance(parsed, dict):
+        return [parsed], True
+    if not isinstance(parsed, list) or not parsed:
+        raise RequestProblem(422, "the body must be one record (a JSON object) or a non-empty list of records")
+    if len(parsed) > max_records:
+        raise RequestProblem(413, f"{len(parsed)} records in one request; at most {max_records} "
+                                  "(serving.max_request_records): split the list")
+    return parsed, False
+
+
+def api_fields(contract: DatasetContract) -> list[str]:
+    """The fields a record may carry: the features, the id and the timestamp (the last two optional)."""
+    return [contract.id_column, *contract.feature_names(), contract.timestamp_column]
+
+
+def _error(field: str | None, code: str, rule: str, value: Any = None) -> dict[str, Any]:
+    return {"field": field, "code": code, "rule": rule, "value": value}
+
+
+def _shape_errors(records: list[Any], fields: list[str]) -> dict[int, list[dict[str, Any]]]:
+    """Records that are not objects, and fields the contract does not have."""
+    errors: dict[int, list[dict[str, Any]]] = {}
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            errors[i] = [_error(None, "not_an_object", "a record is a JSON object of the contract's fields")]
+            continue
+        for key in record.keys() - set(fields):
+            errors.setdefault(i, []).append(_error(str(key), "unknown_field", f"one of the contract's fields {fields}"))
+    return errors
+
+
+def _cast(values: pd.Series, kind: str, column: str) -> tuple[pd.Series, pd.Series]:
+    """A column cast by the API's JSON rules: dates as text in API_FORMATS, numbers as JSON numbers only."""
+    if kind in ("float", "integer"):
+        not_number = values.map(lambda v: isinstance(v, str | bool)).astype(bool)
+        cast, failed = cast_column(values.where(~not_number), kind, None, column)
+        return cast, failed | not_number
+    if kind == "text":
+        not_text = values.map(lambda v: v is not None and not isinstance(v, str)).astype(bool)
+        cast, failed = cast_column(values.where(~not_text), kind, None, column)
+        return cast, failed | not_text
+    return cast_column(values, kind, API_FORMATS.get(kind), column)
+
+
+def records_frame(records: list[Any], contract: DatasetContract, now: datetime) -> tuple[
+        pd.DataFrame, dict[int, list[dict[str, Any]]]]:
+    """The records as a frame of the contract's columns and types, and each record's shape and type errors.
+    A record without an id gets one no other record has; without a timestamp, `now`."""
+    errors = _shape_errors(records, api_fields(contract))
+    objects = [r if isinstance(r, dict) else {} for r in records]
+    types = contract.column_types()
+    frame = pd.DataFrame(index=range(len(records)))
+    for column in contract.columns():
+        raw = pd.Series([r.get(column) for r in objects], dtype=object)
+        if column == contract.target_column:
+            frame[column] = np.full(len(records), np.nan)
+            continue
+        cast, failed = _cast(raw, types[column], column)
+        for i in np.flatnonzero(failed.to_numpy()):
+            errors.setdefault(int(i), []).append(_error(column, "wrong_type", API_RULES[types[column]], raw.iloc[i]))
+        frame[column] = cast
+    _fill_defaults(frame, objects, contract, now)
+    return frame, errors
+
+
+def _fill_defaults(frame: pd.DataFrame, objects: list[dict[str, Any]], contract: DatasetContract,
+                   now: datetime) -> None:
+    """An id for each record that gave none (unique in the request), and `now` as its timestamp."""
+    no_id = [i for i, r in enumerate(objects) if r.get(contract.id_column) is None]
+    if no_id:
+        ids = frame[contract.id_column]
+        if contract.id_type == "text":
+            frame.loc[no_id, contract.id_column] = [f"\x00record-{i}" for i in no_id]
+        else:
+            low = min([0, *(int(v) for v in ids.dropna())]) - 1
+            frame.loc[no_id, contract.id_column] = [low - i for i in no_id]
+    stamp = contract.timestamp_column
+    no_stamp = [i for i, r in enumerate(objects) if r.get(stamp) is None]
+    frame.loc[no_stamp, stamp] = pd.Timestamp(now).tz_convert("UTC")
+
+
+def describe_rule(reason: dict[str, Any], suite: dict[str, Any]) -> str:
+    """The rule a reason names, with the expectation's own bounds from the suite (min, max, value set, ...)."""
+    rule = str(reason["rule"])
+    for expectation in suite["expectations"]:
+        kind, kwargs = expectation["type"], expectation.get("kwargs") or {}
+        if kind == rule and validate.column_of(kind, kwargs) == reason["column"]:
+            bounds = validate.bound_of(kind, kwargs)
+            return f"{rule}({', '.join(f'{k}={v!r}' for k, v in bounds.items())})" if bounds else rule
+    return rule
+
+
+def judge(frame: pd.DataFrame, contract: DatasetContract, suite: dict[str, Any], ws: Workspace,
+          cast_errors: dict[int, list[dict[str, Any]]]) -> tuple[pd.DataFrame, dict[int, list[dict[str, Any]]]]:
+    """The records normalised as training normalises them, and every record's errors: its shape and type
+    errors, then the suite's and the plausibility checks' reasons (the records await their outcome)."""
+    _, awaiting = quality.classify_with_awaiting(frame.iloc[:0], frame, contract, suite, ws.config.quality, fast=True)
+    assert awaiting.typed is not None  # classify_with_awaiting keeps every awaiting row typed
+    normalised = awaiting.typed.drop(columns=quality.ROW_COLUMN)
+    errors = {i: list(found) for i, found in cast_errors.items()}
+    for i, reasons in awaiting.reasons.items():
+        unreadable = {e["field"] for e in errors.get(i, [])}
+        for reason in reasons:
+            if set(str(reason["column"]).split("/")) <= unreadable:
+                continue  # a cell that did not cast is missing to the suite: its reason is wrong_type, given already
+            errors.setdefault(i, []).append(_error(reason["column"], reason["code"], describe_rule(reason, suite),
+                                                   reason.get("value")))
+    return normalised, errors
+
+
+# --- scoring -------------------------------------------------------------------------------------
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _record_id(record: Any, contract: DatasetContract) -> Any:
+    return record.get(contract.id_column) if isinstance(record, dict) else None
+
+
+@dataclass
+class Scored:
+    results: list[dict[str, Any]]
+    log_rows: list[dict[str, Any]]
+
+
+def score_records(records: list[Any], served: Served, ws: Workspace, suite: dict[str, Any], request_id: str,
+                  judging: threading.Lock) -> Scored:
+    """Judge the records by the contract and score the valid ones with the served version."""
+    contract = ws.config.dataset
+    frame, cast_errors = records_frame(records, contract, datetime.now(UTC))
+    with judging:  # Great Expectations (a suite the fast checks do not cover) keeps state: one at a time
+        normalised, errors = judge(frame, contract, suite, ws, cast_errors)
+    valid = [i for i in range(len(records)) if i not in errors]
+    rows = normalised.iloc[valid]
+    forecasts = intervals.forecast(served.model, rows, contract, served.interval) if valid else None
+    hashes = intervals.input_hashes(rows, contract) if valid else []
+    results: list[dict[str, Any]] = [{} for _ in records]
+    log_rows = []
+    for i in errors:
+        results[i] = {"index": i, "id": _record_id(records[i], contract), "status": 422, "errors": errors[i]}
+    for n, i in enumerate(valid):
+        prediction, lower, upper = (float(v) for v in forecasts.iloc[n])  # type: ignore[union-attr]
+        record_id = _record_id(records[i], contract)
+        results[i] = {"index": i, "id": record_id, "status": 200, "prediction": prediction,
+                      "interval": {"lower": _finite(lower), "upper": _finite(upper),
+                                   "coverage": served.interval.coverage},
+                      "model_version": served.version}
+        log_rows.append({"model": ws.model, "version": served.version,
+                         "source_id": "" if record_id is None else str(record_id), "prediction": prediction,
+                         "lower": lower, "upper": upper, "coverage": served.interval.coverage, "run_id": request_id,
+                         "source": "api", "input_hash": hashes[n]})
+    return Scored(results, log_rows)
+
+
+def model_summary(ws: Workspace, served: Served, refused: dict[str, Any] | None) -> dict[str, Any]:
+    """The served version: family, holdout metrics, when it became champion, its interval and model card."""
+    with ws.engine.connect() as conn:
+        model = records.get_model(conn, served.version, ws.model)
+        try:
+            metrics = records.get_evaluation(conn, model["run_id"])["candidate_metrics"]
+        except LookupError:
+            metrics = None
+        promoted_at = conn.scalar(sa.text(
+            "SELECT max(at) FROM pipeline.promotion_events WHERE model = :m AND to_version = :v"),
+            {"m": ws.model, "v": served.version})
+        card = conn.scalar(sa.text("SELECT path FROM pipeline.model_cards WHERE version = :v AND kind = 'card' "
+                                   "ORDER BY created_at DESC LIMIT 1"), {"v": served.version})
+    return {"model": ws.model, "version": served.version, "family": served.family, "holdout_metrics": metrics,
+            "promoted_at": promoted_at.isoformat() if promoted_at else None,
+            "interval": {"coverage": served.interval.coverage, "half_width": _finite(served.interval.half_width),
+                         "method": served.interval.method},
+            "artifact_hash": served.artifact_hash, "trained_on_snapshot": model["snapshot_hash"],
+            "model_card": None if card is None else {"path": ws.relative(card),
+                                                     "url": f"/v1/models/{ws.model}/card"},
+            "champion_not_loaded": refused}
+
+
+# --- the app -------------------------------------------------------------------------------------
+
+
+def request_id_of(header: str | None) -> str:
+    """The caller's X-Request-ID when it is a plain short token, else a new one."""
+    return header if header and REQUEST_ID.fullmatch(header) else uuid.uuid4().hex
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is over `limit` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestProblem(413, f"body of {declared} bytes; at most {limit} (serving.max_request_bytes)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestProblem(413, f"body over {limit} bytes (serving.max_request_bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(source: Workspace | Settings, tokens: Sequence[str] | None, insecure_local: bool = False) -> FastAPI:
+    """The FastAPI app serving `source`'s model (a Workspace, or the settings to open one at startup).
+    Without `tokens` it refuses to be built, unless `insecure_local`: then no call is authenticated."""
+    tokens = tuple(tokens or ())
+    check_tokens(tokens, insecure_local)
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ws = source if isinstance(source, Workspace) else await run_in_threadpool(Workspace.open, source)
+        champion, writer, stop = Champion(ws), PredictionLog(ws.engine), threading.Event()
+        state.update(ws=ws, champion=champion, writer=writer, judging=threading.Lock(),
+                     suite=validate.load_suite(ws.config.dataset.expectation_suite))
+        try:
+            await run_in_threadpool(champion.refresh)
+        except Exception as exc:  # noqa: BLE001 - not ready yet; the poller tries again
+            log.warning("could not load the champion at startup: %s", error_line(exc, ws.settings))
+        poller = threading.Thread(target=champion.poll, args=(stop, ws.config.serving.reload_seconds),
+                                  name="champion-poller", daemon=True)
+        poller.start()
+        writer.start()
+        log.info("REST API for model %s ready to start: %s", ws.model,
+                 "authenticated by bearer token" if tokens else "UNPROTECTED (--insecure-local)")
+        try:
+            yield
+        finally:
+            stop.set()
+            poller.join(10)
+            await run_in_threadpool(writer.close)
+            if not isinstance(source, Workspace):
+                ws.engine.dispose()
+
+    app = FastAPI(title="Diabetes progression forecasts", description=DESCRIPTION, version="1", lifespan=lifespan)
+
+    def authenticated(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
+        if not tokens:
+            return
+        if credentials is None or credentials.scheme.lower() != "bearer" or not token_matches(
+                credentials.credentials, tokens):
+            raise HTTPException(401, "a valid bearer token is required (Authorization: Bearer <token>)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    def known(model: str) -> Workspace:
+        ws: Workspace = state["ws"]
+        if model != ws.model:
+            raise HTTPException(404, f"no model {model!r} is served here; this service serves {ws.model!r}")
+        return ws
+
+    def served_now() -> Served:
+        served: Served | None = state["champion"].current
+        if served is None:
+            raise HTTPException(503, "no champion loaded yet", headers={"Retry-After": "5"})
+        return served
+
+    @app.get("/healthz", summary="the process is up")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="200 once a hash-verified champion is loaded, else 503")
+    def readyz() -> Any:
+        served: Served | None = state["champion"].current if state else None
+        if served is None:
+            return JSONResponse({"status": "not ready", "reason": "no champion loaded"}, status_code=503)
+        return {"status": "ready", "model": state["ws"].model, "version": served.version}
+
+    @app.get("/v1/models/{model}", dependencies=[Depends(authenticated)],
+             summary="the served champion: version, family, holdout metrics, promotion time, model card")
+    def describe(model: str) -> dict[str, Any]:
+        ws = known(model)
+        return model_summary(ws, served_now(), state["champion"].refused)
+
+    @app.get("/v1/models/{model}/card", dependencies=[Depends(authenticated)], summary="the served version's card")
+    def card(model: str) -> Any:
+        ws = known(model)
+        found = model_summary(ws, served_now(), None)["model_card"]
+        if found is None:
+            raise HTTPException(404, "no model card was written for this version (python -m pipeline card VERSION)")
+        return FileResponse(artifacts.recorded_copy(ws.store, found["path"]), media_type="text/html")
+
+    @app.post("/v1/models/{model}/predict", dependencies=[Depends(authenticated)],
+              summary="forecast one record (an object) or many (a list); see the description for the rules",
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                  "oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}]}}}}})
+    async def predict(model: str, request: Request) -> Any:
+        ws = known(model)
+        request_id = request_id_of(request.headers.get("x-request-id"))
+        headers = {"X-Request-ID": request_id}
+        try:
+            body = await read_body(request, ws.config.serving.max_request_bytes)
+            records, single = parse_records(body, ws.config.serving.max_request_records)
+        except RequestProblem as problem:
+            log.info("request %s refused: HTTP %s", request_id, problem.status)
+            return JSONResponse({"detail": problem.detail, "request_id": request_id}, problem.status, headers)
+        served = served_now()
+        started = time.perf_counter()
+        try:
+            scored = await run_in_threadpool(score_records, records, served, ws, state["suite"], request_id,
+                                             state["judging"])
+        except Exception as exc:  # noqa: BLE001 - the exception's text may quote a value: log its type only
+            log.error("request %s failed scoring %d records with version %s: %s", request_id, len(records),
+                      served.version, type(exc).__name__)
+            return JSONResponse({"detail": "internal error", "request_id": request_id}, 500, headers)
+        state["writer"].put(scored.log_rows)
+        log.info("request %s: %d records, %d scored, %d refused, version %s, %.0f ms", request_id, len(records),
+                 len(scored.log_rows), len(records) - len(scored.log_rows), served.version,
+                 1000 * (time.perf_counter() - started))
+        common = {"request_id": request_id, "model": ws.model, "model_version": served.version}
+        if single:
+            [result] = scored.results
+            if result["status"] == 422:
+                return JSONResponse({"detail": result["errors"], **common}, 422, headers)
+            return JSONResponse({**common, **{k: v for k, v in result.items() if k not in ("index", "status")}},
+                                headers=headers)
+        return JSONResponse({**common, "records": len(records), "scored": len(scored.log_rows),
+                             "refused": len(records) - len(scored.log_rows), "results": scored.results},
+                            headers=headers)
+
+    return app
+
+
+def serve(ws: Workspace, tokens: Sequence[str], host: str, port: int, insecure_local: bool = False) -> None:
+    """Run the REST API under uvicorn until interrupted (SIGINT/SIGTERM flush the prediction log)."""
+    import uvicorn
+
+    app = create_app(ws, tokens, insecure_local)
+    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)

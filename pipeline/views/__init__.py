@@ -1,0 +1,1 @@
+"""What Airflow shows: the Models view's pages and each run's note."""
