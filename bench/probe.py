@@ -17,51 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.measure import copy_into_nothing, peak_mb, rss_mb, timed, workspace
 from pipeline.registry.runs import Run
 
 # What a step hands to the next one; the rest of a stage's answer (pages, metric tables) is dropped.
 KEPT_KEYS = ("snapshot_hash", "clean_snapshot_hash", "row_count", "rows_read", "rows_valid", "rows_quarantined",
              "version", "model_family", "decision", "reason", "status", "candidate_version")
-
-
-def _status_mb(field: str) -> float | None:
-    """A memory line of /proc/self/status (Linux), in MB."""
-    try:
-        lines = Path("/proc/self/status").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return None
-
-
-def rss_mb() -> float:
-    """Resident memory now."""
-    now = _status_mb("VmRSS")
-    return float("nan") if now is None else now
-
-
-def peak_mb() -> float:
-    """This process's own resident high-water mark (VmHWM). Not getrusage's ru_maxrss: Linux carries that
-    over from the parent through fork and exec, so a probe started by a bench process holding 394 MB
-    reported 394 MB for a step that never used that much."""
-    own = _status_mb("VmHWM")
-    return own if own is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def timed(call: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    started = time.perf_counter()
-    result = call(*args, **kwargs)
-    return result, time.perf_counter() - started
-
-
-def workspace(spec: dict[str, Any]) -> Any:
-    from pipeline.contract.settings import Settings
-    from pipeline.workspace import Workspace
-
-    return Workspace.open(Settings(database_url=spec["database_url"], config_path=Path(spec["config_path"]),
-                                   artifact_dir=Path(spec["artifact_dir"]), pgdata_dir=Path(spec["pgdata_dir"])))
 
 
 def stage_calls(spec: dict[str, Any]) -> dict[str, Any]:
@@ -227,23 +188,6 @@ class OtherLoad:
     def cores(self) -> float | None:
         breakdown = self.breakdown()
         return None if breakdown is None else breakdown.cores
-
-
-class Nothing:
-    """A file that drops every write: COPY's bytes go nowhere."""
-
-    def write(self, data: bytes) -> None:
-        pass
-
-
-def copy_into_nothing(engine: Any, sql: str, binary: bool) -> None:
-    """COPY (the snapshot query) TO STDOUT, every row received and dropped."""
-    raw = engine.raw_connection()
-    try:
-        options = " WITH (FORMAT binary)" if binary else ""
-        raw.cursor().copy_expert(f"COPY ({sql}) TO STDOUT{options}", Nothing())
-    finally:
-        raw.close()
 
 
 def run_read_floor(spec: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The REST API's latency and throughput beside a bare FastAPI endpoint, measured in the same run.
 
-A scratch database gets the demo study and a ridge champion; `pipeline.serving.rest.create_app` and a bare
+A scratch database gets the demo study and a ridge champion; `pipeline.serving.app.create_app` and a bare
 app whose one endpoint returns a constant run in real uvicorn servers on free ports, and several client
 threads send the same bodies (1 and 100 records) to both over HTTP. `python -m bench.rest` runs it alone.
 """
@@ -27,7 +27,7 @@ from pipeline import stages
 from pipeline.contract.settings import PROJECT_ROOT, Settings
 from pipeline.data import demo
 from pipeline.registry.runs import Run
-from pipeline.serving import rest
+from pipeline.serving.app import create_app
 from pipeline.store import db
 from pipeline.workspace import Workspace
 
@@ -147,7 +147,7 @@ def measure(server_url: str, say: Callable[[str], None] = print) -> dict[str, An
             records = _records(ws, 100)
             results: dict[str, Any] = {"clients": CLIENTS}
             headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-            with _served(rest.create_app(ws, [TOKEN])) as api, _served(bare_app()) as bare:
+            with _served(create_app(ws, [TOKEN])) as api, _served(bare_app()) as bare:
                 endpoints = {"api": f"{api}/v1/models/{ws.model}/predict", "bare": f"{bare}/predict"}
                 for size in (1, 100):
                     body = json.dumps(records[0] if size == 1 else records[:size]).encode()

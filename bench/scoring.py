@@ -27,7 +27,7 @@ def _every_row(ws: Any) -> Any:
 
 def run_score(spec: dict[str, Any]) -> dict[str, Any]:
     """`score_batch` in this process, as the score_patients task runs it."""
-    from bench.probe import peak_mb, rss_mb, timed, workspace
+    from bench.measure import peak_mb, rss_mb, timed, workspace
     from pipeline.serving.scoring import score_batch
 
     ws = _every_row(workspace(spec))
@@ -38,7 +38,7 @@ def run_score(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_score_floor(spec: dict[str, Any]) -> dict[str, Any]:
     """COPY of the rows scoring selects into nothing, and the champion's bare predict on them in memory."""
-    from bench.probe import copy_into_nothing, peak_mb, timed, workspace
+    from bench.measure import copy_into_nothing, peak_mb, timed, workspace
     from pipeline.data import ingest
     from pipeline.model.features import model_inputs
     from pipeline.registry import records

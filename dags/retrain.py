@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
@@ -47,7 +48,6 @@ from retrain_assets import champion_model, labelled_records, models
 
 from pipeline.contract.config import ModelEntry
 from pipeline.contract.params import SPECS, json_schema
-from pipeline.tasks import in_airflow
 
 # Every stage task: an infrastructure failure is retried after 30 s, then 60 s (`pipeline.tasks.airflow_task`
 # turns any other failure into AirflowFailException, which is never retried).
@@ -104,6 +104,7 @@ def _checked_params(model: ModelEntry) -> dict[str, Any]:
     from pipeline.contract import params
     from pipeline.registry import runs
     from pipeline.stages import describe_trigger
+    from pipeline.tasks import in_airflow
 
     dag_run = get_current_context()["dag_run"]
     try:
@@ -129,9 +130,64 @@ def _record_failure(model: ModelEntry, context: Any) -> None:
 PARAMS = {spec.name: Param(**json_schema(spec)) for spec in SPECS}  # one definition with the CLI's
 
 
+def stage_tasks(model: ModelEntry, champion: Any) -> SimpleNamespace:
+    """The retrain's tasks for one model config: each runs one `pipeline.stages` function (`_stage`)."""
+
+    @task(**RETRY)
+    def ingest_snapshot() -> dict[str, Any]:
+        return _stage(model, "ingest_snapshot", _checked_params(model))
+
+    @task.short_circuit(**RETRY)
+    def has_new_data(snapshot: dict[str, Any], params: dict[str, Any] | None = None) -> bool:
+        return bool(_stage(model, "has_new_data", snapshot["snapshot_hash"], bool((params or {}).get("force"))))
+
+    @task(**RETRY)
+    def validate_snapshot(snapshot: dict[str, Any]) -> str:
+        return str(_stage(model, "validate_snapshot", snapshot["snapshot_hash"])["clean_snapshot_hash"])
+
+    @task(**RETRY)
+    def plan_search(snapshot_hash: str) -> list[dict[str, Any]]:  # after validation: its rows are clean
+        from pipeline.tasks import in_airflow
+
+        def plan(ws: Any) -> list[dict[str, Any]]:
+            from pipeline.stages import plan_search
+
+            return plan_search(ws)
+        return list(in_airflow(model.config_path, plan))
+
+    @task(map_index_template="{{ family }}", **RETRY)
+    def search_family(snapshot_hash: str, plan: dict[str, Any]) -> dict[str, Any]:
+        get_current_context()["family"] = plan["family"]  # type: ignore[typeddict-unknown-key]
+        return _stage(model, "search_family", snapshot_hash, plan["family"], plan["started_at"], plan["first"])
+
+    @task(**RETRY)
+    def train_candidate(snapshot_hash: str, searched: list[dict[str, Any]]) -> int:
+        return int(_stage(model, "train_candidate", snapshot_hash, list(searched))["version"])
+
+    @task(**RETRY)
+    def evaluate_candidate(version: int, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return _stage(model, "evaluate_candidate", version, (params or {}).get("margin"))
+
+    @task(**RETRY)
+    def promote_candidate(evaluation: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return _stage(model, "promote_candidate", dry_run=bool((params or {}).get("dry_run")))
+
+    @task.short_circuit(**RETRY)
+    def champion_changed(result: dict[str, Any]) -> bool:
+        return bool(result["status"] == "promoted")
+
+    @task(outlets=[champion], **RETRY)
+    def announce_champion(result: dict[str, Any]) -> None:
+        get_current_context()["outlet_events"][champion].extra = {
+            "source": "promotion", "version": result["candidate_version"], "reason": result["reason"]}
+
+    return SimpleNamespace(**{name: value for name, value in locals().items() if name not in ("model", "champion")})
+
+
 def retrain_dag(model: ModelEntry) -> Any:
-    """The retrain DAG of one model config."""
+    """The retrain DAG of one model config: the whole story of a retrain, wired."""
     champion = champion_model(model)
+    t = stage_tasks(model, champion)
 
     @dag(
         dag_id=model.dag_id("retrain"),
@@ -147,60 +203,12 @@ def retrain_dag(model: ModelEntry) -> Any:
         params=PARAMS,
     )
     def retrain() -> None:
-        @task(**RETRY)
-        def ingest_snapshot() -> dict[str, Any]:
-            return _stage(model, "ingest_snapshot", _checked_params(model))
-
-        @task.short_circuit(**RETRY)
-        def has_new_data(snapshot: dict[str, Any], params: dict[str, Any] | None = None) -> bool:
-            return bool(_stage(model, "has_new_data", snapshot["snapshot_hash"], bool((params or {}).get("force"))))
-
-        @task(**RETRY)
-        def validate_snapshot(snapshot: dict[str, Any]) -> str:
-            return str(_stage(model, "validate_snapshot", snapshot["snapshot_hash"])["clean_snapshot_hash"])
-
-        @task(**RETRY)
-        def plan_search(snapshot_hash: str) -> list[dict[str, Any]]:  # after validation: its rows are clean
-            from pipeline.tasks import in_airflow
-
-            def plan(ws: Any) -> list[dict[str, Any]]:
-                from pipeline.stages import plan_search
-
-                return plan_search(ws)
-            return list(in_airflow(model.config_path, plan))
-
-        @task(map_index_template="{{ family }}", **RETRY)
-        def search_family(snapshot_hash: str, plan: dict[str, Any]) -> dict[str, Any]:
-            get_current_context()["family"] = plan["family"]  # type: ignore[typeddict-unknown-key]
-            return _stage(model, "search_family", snapshot_hash, plan["family"], plan["started_at"], plan["first"])
-
-        @task(**RETRY)
-        def train_candidate(snapshot_hash: str, searched: list[dict[str, Any]]) -> int:
-            return int(_stage(model, "train_candidate", snapshot_hash, list(searched))["version"])
-
-        @task(**RETRY)
-        def evaluate_candidate(version: int, params: dict[str, Any] | None = None) -> dict[str, Any]:
-            return _stage(model, "evaluate_candidate", version, (params or {}).get("margin"))
-
-        @task(**RETRY)
-        def promote_candidate(evaluation: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
-            return _stage(model, "promote_candidate", dry_run=bool((params or {}).get("dry_run")))
-
-        @task.short_circuit(**RETRY)
-        def champion_changed(result: dict[str, Any]) -> bool:
-            return bool(result["status"] == "promoted")
-
-        @task(outlets=[champion], **RETRY)
-        def announce_champion(result: dict[str, Any]) -> None:
-            get_current_context()["outlet_events"][champion].extra = {
-                "source": "promotion", "version": result["candidate_version"], "reason": result["reason"]}
-
-        snapshot = ingest_snapshot()
-        checked = validate_snapshot(snapshot)
-        has_new_data(snapshot) >> checked
-        searched = search_family.partial(snapshot_hash=checked).expand(plan=plan_search(checked))
-        promoted = promote_candidate(evaluate_candidate(train_candidate(checked, searched)))
-        champion_changed(promoted) >> announce_champion(promoted)
+        snapshot = t.ingest_snapshot()
+        checked = t.validate_snapshot(snapshot)
+        t.has_new_data(snapshot) >> checked  # nothing new: the run stops here, skipped
+        searched = t.search_family.partial(snapshot_hash=checked).expand(plan=t.plan_search(checked))
+        promoted = t.promote_candidate(t.evaluate_candidate(t.train_candidate(checked, searched)))
+        t.champion_changed(promoted) >> t.announce_champion(promoted)
 
     return retrain()
 

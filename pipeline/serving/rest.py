@@ -1,6 +1,6 @@
-"""The REST API: the champion's forecasts, with their intervals, for the CRM one request at a time.
+"""What the REST API serves with: tokens, the hot-swapped champion, the prediction log, and records in and out.
 
-`python -m pipeline serve` runs `create_app` under uvicorn. A record is judged by the same contract
+`pipeline.serving.app` builds the FastAPI app and `pipeline.serving.routes` its routes from these. A record is judged by the same contract
 as training (types by `pipeline.data.casting`, then the suite's rules, by `pipeline.data.rowchecks` where it
 handles them all and else by Great Expectations, and the plausibility checks, through
 `quality.classify_with_awaiting`) and scored by the champion's own artifact, loaded
@@ -21,31 +21,26 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Request
+from fastapi.security import HTTPBearer
 from sqlalchemy.engine import Engine
-from starlette.concurrency import run_in_threadpool
 
 from pipeline.contract.config import DatasetContract
-from pipeline.contract.settings import Settings
 from pipeline.data import quality, validate
 from pipeline.data.casting import cast_column
 from pipeline.model import intervals
-from pipeline.registry import records
+from pipeline.registry.records import current_champion, get_evaluation, get_model
 from pipeline.registry.runs import error_line
 from pipeline.serving.scoring import PREDICTIONS
-from pipeline.store import artifacts
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -62,29 +57,6 @@ WRITER_SECONDS = 0.5
 # Module-level: FastAPI resolves a dependency's annotations in the module's namespace.
 BEARER = HTTPBearer(auto_error=False, description=f"a token from the file {ENV_API_TOKEN_FILE} names")
 WRITER_CAPACITY = 100_000  # forecasts waiting for the database; beyond this the oldest are dropped (and counted)
-
-DESCRIPTION = """\
-Forecasts of each patient's type-2 diabetes progression over the next 12 months, from the current
-champion model, with a prediction interval of stated coverage (split conformal).
-
-**Authentication**: every `/v1` call needs `Authorization: Bearer <token>`.
-
-**Records** are JSON objects in the data contract's own column names: every feature, optionally the id
-column (echoed back and recorded with the forecast) and the timestamp column (when the record was made;
-default: now). **Dates are JSON strings `YYYY-MM-DD`** (e.g. `"1961-04-23"`); timestamps
-`YYYY-MM-DDTHH:MM:SS` with a zone (`Z` or `+02:00`); numbers are JSON numbers, not text. A missing
-numeric feature is imputed by the model, as in training; the contract says which fields are required.
-
-**Body**: one record (an object) or a list of records. One record answers 200 with its forecast, or 422
-with the fields it breaks. A list always answers 200 with one result per record, in order: a valid
-record's forecast (`status` 200), or an invalid record's errors (`status` 422), so one bad record never
-blocks the others. Each error names the `field`, the `code` (`missing_required`, `out_of_range`,
-`unknown_category`, `wrong_type`, `impossible_dates`, `future_date`, `implausible_age`, `duplicate_id`,
-`duplicate_record`, `unknown_field`, ...) and the `rule` of the contract it broke (the expectation and
-its bounds). A body over `serving.max_request_bytes` bytes, or with more than
-`serving.max_request_records` records, answers 413.
-"""
-
 
 class ServingError(RuntimeError):
     """The service cannot start as configured (no tokens, an unreadable token file)."""
@@ -161,7 +133,7 @@ class Champion:
     def refresh(self) -> None:
         """Load the registry's champion when it differs from the served one; on failure keep serving the old."""
         with self.ws.engine.connect() as conn:
-            row = records.current_champion(conn, self.ws.model)
+            row = current_champion(conn, self.ws.model)
         served = self.current
         if row is None or (served and (served.version, served.artifact_hash) == (row["version"], row["artifact_hash"])):
             self.refused = None
@@ -444,9 +416,9 @@ def score_records(records: list[Any], served: Served, ws: Workspace, suite: dict
 def model_summary(ws: Workspace, served: Served, refused: dict[str, Any] | None) -> dict[str, Any]:
     """The served version: family, holdout metrics, when it became champion, its interval and model card."""
     with ws.engine.connect() as conn:
-        model = records.get_model(conn, served.version, ws.model)
+        model = get_model(conn, served.version, ws.model)
         try:
-            metrics = records.get_evaluation(conn, model["run_id"])["candidate_metrics"]
+            metrics = get_evaluation(conn, model["run_id"])["candidate_metrics"]
         except LookupError:
             metrics = None
         promoted_at = conn.scalar(sa.text(
@@ -484,131 +456,3 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise RequestProblem(413, f"body over {limit} bytes (serving.max_request_bytes)")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def create_app(source: Workspace | Settings, tokens: Sequence[str] | None, insecure_local: bool = False) -> FastAPI:
-    """The FastAPI app serving `source`'s model (a Workspace, or the settings to open one at startup).
-    Without `tokens` it refuses to be built, unless `insecure_local`: then no call is authenticated."""
-    tokens = tuple(tokens or ())
-    check_tokens(tokens, insecure_local)
-    state: dict[str, Any] = {}
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ws = source if isinstance(source, Workspace) else await run_in_threadpool(Workspace.open, source)
-        champion, writer, stop = Champion(ws), PredictionLog(ws.engine), threading.Event()
-        state.update(ws=ws, champion=champion, writer=writer, judging=threading.Lock(),
-                     suite=validate.load_suite(ws.config.dataset.expectation_suite))
-        try:
-            await run_in_threadpool(champion.refresh)
-        except Exception as exc:  # noqa: BLE001 - not ready yet; the poller tries again
-            log.warning("could not load the champion at startup: %s", error_line(exc, ws.settings))
-        poller = threading.Thread(target=champion.poll, args=(stop, ws.config.serving.reload_seconds),
-                                  name="champion-poller", daemon=True)
-        poller.start()
-        writer.start()
-        log.info("REST API for model %s ready to start: %s", ws.model,
-                 "authenticated by bearer token" if tokens else "UNPROTECTED (--insecure-local)")
-        try:
-            yield
-        finally:
-            stop.set()
-            poller.join(10)
-            await run_in_threadpool(writer.close)
-            if not isinstance(source, Workspace):
-                ws.engine.dispose()
-
-    app = FastAPI(title="Diabetes progression forecasts", description=DESCRIPTION, version="1", lifespan=lifespan)
-
-    def authenticated(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
-        if not tokens:
-            return
-        if credentials is None or credentials.scheme.lower() != "bearer" or not token_matches(
-                credentials.credentials, tokens):
-            raise HTTPException(401, "a valid bearer token is required (Authorization: Bearer <token>)",
-                                headers={"WWW-Authenticate": "Bearer"})
-
-    def known(model: str) -> Workspace:
-        ws: Workspace = state["ws"]
-        if model != ws.model:
-            raise HTTPException(404, f"no model {model!r} is served here; this service serves {ws.model!r}")
-        return ws
-
-    def served_now() -> Served:
-        served: Served | None = state["champion"].current
-        if served is None:
-            raise HTTPException(503, "no champion loaded yet", headers={"Retry-After": "5"})
-        return served
-
-    @app.get("/healthz", summary="the process is up")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", summary="200 once a hash-verified champion is loaded, else 503")
-    def readyz() -> Any:
-        served: Served | None = state["champion"].current if state else None
-        if served is None:
-            return JSONResponse({"status": "not ready", "reason": "no champion loaded"}, status_code=503)
-        return {"status": "ready", "model": state["ws"].model, "version": served.version}
-
-    @app.get("/v1/models/{model}", dependencies=[Depends(authenticated)],
-             summary="the served champion: version, family, holdout metrics, promotion time, model card")
-    def describe(model: str) -> dict[str, Any]:
-        ws = known(model)
-        return model_summary(ws, served_now(), state["champion"].refused)
-
-    @app.get("/v1/models/{model}/card", dependencies=[Depends(authenticated)], summary="the served version's card")
-    def card(model: str) -> Any:
-        ws = known(model)
-        found = model_summary(ws, served_now(), None)["model_card"]
-        if found is None:
-            raise HTTPException(404, "no model card was written for this version (python -m pipeline card VERSION)")
-        return FileResponse(artifacts.recorded_copy(ws.store, found["path"]), media_type="text/html")
-
-    @app.post("/v1/models/{model}/predict", dependencies=[Depends(authenticated)],
-              summary="forecast one record (an object) or many (a list); see the description for the rules",
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
-                  "oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}]}}}}})
-    async def predict(model: str, request: Request) -> Any:
-        ws = known(model)
-        request_id = request_id_of(request.headers.get("x-request-id"))
-        headers = {"X-Request-ID": request_id}
-        try:
-            body = await read_body(request, ws.config.serving.max_request_bytes)
-            records, single = parse_records(body, ws.config.serving.max_request_records)
-        except RequestProblem as problem:
-            log.info("request %s refused: HTTP %s", request_id, problem.status)
-            return JSONResponse({"detail": problem.detail, "request_id": request_id}, problem.status, headers)
-        served = served_now()
-        started = time.perf_counter()
-        try:
-            scored = await run_in_threadpool(score_records, records, served, ws, state["suite"], request_id,
-                                             state["judging"])
-        except Exception as exc:  # noqa: BLE001 - the exception's text may quote a value: log its type only
-            log.error("request %s failed scoring %d records with version %s: %s", request_id, len(records),
-                      served.version, type(exc).__name__)
-            return JSONResponse({"detail": "internal error", "request_id": request_id}, 500, headers)
-        state["writer"].put(scored.log_rows)
-        log.info("request %s: %d records, %d scored, %d refused, version %s, %.0f ms", request_id, len(records),
-                 len(scored.log_rows), len(records) - len(scored.log_rows), served.version,
-                 1000 * (time.perf_counter() - started))
-        common = {"request_id": request_id, "model": ws.model, "model_version": served.version}
-        if single:
-            [result] = scored.results
-            if result["status"] == 422:
-                return JSONResponse({"detail": result["errors"], **common}, 422, headers)
-            return JSONResponse({**common, **{k: v for k, v in result.items() if k not in ("index", "status")}},
-                                headers=headers)
-        return JSONResponse({**common, "records": len(records), "scored": len(scored.log_rows),
-                             "refused": len(records) - len(scored.log_rows), "results": scored.results},
-                            headers=headers)
-
-    return app
-
-
-def serve(ws: Workspace, tokens: Sequence[str], host: str, port: int, insecure_local: bool = False) -> None:
-    """Run the REST API under uvicorn until interrupted (SIGINT/SIGTERM flush the prediction log)."""
-    import uvicorn
-
-    app = create_app(ws, tokens, insecure_local)
-    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)

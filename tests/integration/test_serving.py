@@ -28,8 +28,9 @@ import requests
 from pipeline import stages
 from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT, Settings
 from pipeline.data import demo
-from pipeline.registry import records
+from pipeline.registry.records import current_champion, get_model, promote
 from pipeline.serving import rest
+from pipeline.serving.app import create_app
 from pipeline.store import db
 from pipeline.workspace import Workspace
 from tests.conftest import create_scratch_database
@@ -164,7 +165,7 @@ def service(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     root.setLevel(logging.INFO)
     try:
         promote_demo_champion(ws)
-        with running(rest.create_app(ws, [TOKEN, OTHER_TOKEN])) as base:
+        with running(create_app(ws, [TOKEN, OTHER_TOKEN])) as base:
             yield Service(ws, base, handler)
     finally:
         root.removeHandler(handler)
@@ -281,7 +282,7 @@ def test_model_description_names_the_champion_and_its_card(service: Service) -> 
     assert answer.status_code == 200
     body = answer.json()
     with service.ws.engine.connect() as conn:
-        champion = records.current_champion(conn, MODEL)
+        champion = current_champion(conn, MODEL)
     assert champion is not None
     assert (body["version"], body["family"], body["artifact_hash"]) == (1, "ridge", champion["artifact_hash"])
     assert body["holdout_metrics"]["rmse"] > 0 and "r2" in body["holdout_metrics"]
@@ -346,7 +347,7 @@ def test_patient_values_never_reach_the_log(service: Service) -> None:
 def test_service_refuses_to_start_without_tokens(ws: Workspace, tmp_path: Path, database_url: str,
                                                  captured_log: LogCapture) -> None:
     with pytest.raises(rest.ServingError, match=rest.ENV_API_TOKEN_FILE):
-        rest.create_app(ws, [])
+        create_app(ws, [])
     comments_only = tmp_path / "tokens"
     comments_only.write_text("# rotated 2026-01\n\n   \n")
     assert rest.tokens_from_environment({rest.ENV_API_TOKEN_FILE: str(comments_only)}) == ()
@@ -355,7 +356,7 @@ def test_service_refuses_to_start_without_tokens(ws: Workspace, tmp_path: Path, 
     with pytest.raises(rest.ServingError, match="cannot read"):
         rest.read_tokens(tmp_path / "missing")
 
-    rest.create_app(ws, [], insecure_local=True)  # builds, and says loudly that it is unprotected
+    create_app(ws, [], insecure_local=True)  # builds, and says loudly that it is unprotected
     assert "INSECURE" in captured_log.text
 
     env = {k: v for k, v in os.environ.items() if k != rest.ENV_API_TOKEN_FILE}
@@ -368,7 +369,7 @@ def test_service_refuses_to_start_without_tokens(ws: Workspace, tmp_path: Path, 
 
 def test_ready_only_once_a_champion_is_loaded(ws: Workspace) -> None:
     quick = fast_reload(ws)
-    with running(rest.create_app(quick, [TOKEN])) as base:
+    with running(create_app(quick, [TOKEN])) as base:
         assert requests.get(base + "/healthz", timeout=TIMEOUT).status_code == 200
         assert requests.get(base + "/readyz", timeout=TIMEOUT).status_code == 503
         demo.seed_demo(ws.engine)
@@ -388,7 +389,7 @@ def test_hot_swap_under_concurrent_requests_fails_no_request(ws: Workspace) -> N
     seen: list[list[tuple[int, int | None]]] = [[] for _ in range(4)]
     stop = threading.Event()
 
-    with running(rest.create_app(quick, [TOKEN])) as base:
+    with running(create_app(quick, [TOKEN])) as base:
         def hammer(mine: list[tuple[int, int | None]]) -> None:
             with requests.Session() as session:
                 while not stop.is_set():
@@ -401,7 +402,7 @@ def test_hot_swap_under_concurrent_requests_fails_no_request(ws: Workspace) -> N
             thread.start()
         try:
             wait_until(lambda: all(len(mine) >= 2 for mine in seen), "requests before the swap")
-            records.promote(ws.engine, ws.model, "second", second, 1, "test", "hot swap under load")
+            promote(ws.engine, ws.model, "second", second, 1, "test", "hot swap under load")
             wait_until(lambda: all(mine and mine[-1][1] == second for mine in seen), "every client to get version 2")
         finally:
             stop.set()
@@ -423,15 +424,15 @@ def test_a_tampered_new_champion_is_not_loaded_and_the_old_one_stays(ws: Workspa
     promote_demo_champion(quick)
     second = train_second_version(quick)
     with ws.engine.connect() as conn:
-        artifact = records.get_model(conn, second, ws.model)["artifact_hash"]
+        artifact = get_model(conn, second, ws.model)["artifact_hash"]
     path = ws.settings.artifact_dir / "models" / f"{artifact}.joblib"
     os.chmod(path, path.stat().st_mode | stat.S_IWUSR)
     path.write_bytes(path.read_bytes()[:-16] + b"tampered-bytes!!")
 
-    with running(rest.create_app(quick, [TOKEN])) as base:
+    with running(create_app(quick, [TOKEN])) as base:
         record = patient_records(ws, 1)[0]
         assert post(base, record).json()["model_version"] == 1
-        records.promote(ws.engine, ws.model, "second", second, 1, "test", "a version whose file was then altered")
+        promote(ws.engine, ws.model, "second", second, 1, "test", "a version whose file was then altered")
 
         described = wait_until(lambda: (d := requests.get(f"{base}/v1/models/{MODEL}", headers=auth(),
                                                           timeout=TIMEOUT).json())["champion_not_loaded"] and d,

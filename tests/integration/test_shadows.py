@@ -22,7 +22,8 @@ from pipeline import champion, stages
 from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_DATABASE_URL, Settings
 from pipeline.data import demo
 from pipeline.registry import records
-from pipeline.serving import rest, scoring
+from pipeline.serving import scoring
+from pipeline.serving.app import create_app
 from pipeline.store.artifacts import ArtifactIntegrityError
 from pipeline.workspace import Workspace
 from tests.integration.stage_runs import (
@@ -127,7 +128,7 @@ def test_shadow_forecasts_are_stored_beside_the_champions_and_never_served(sws: 
     assert fetch(sws, "SELECT count(*) AS n FROM pipeline.predictions")[0]["n"] == 2 * scored
 
     ids = sorted(batch)[:5]
-    with running(rest.create_app(sws, [TOKEN])) as base:
+    with running(create_app(sws, [TOKEN])) as base:
         assert requests.get(f"{base}/v1/models/{MODEL}", headers=auth(), timeout=60).json()["version"] == 1
         answer = post(base, patient_records(sws, len(ids), ids=ids), request_id="crm-shadow")
     assert answer.status_code == 200
@@ -171,7 +172,7 @@ def test_the_shadow_set_refuses_what_it_must_and_keeps_its_history(sws: Workspac
         champion.add_shadow(other_model, 2, "test", "")
     with pytest.raises(ValueError, match="version 2 of diabetes_progression is not in shadow"):
         champion.remove_shadow(sws, 2, "test", "")
-    with pytest.raises(ValueError, match="rest.max_shadows is 0"):
+    with pytest.raises(ValueError, match="serving.max_shadows is 0"):
         champion.add_shadow(with_max_shadows(sws, 0), 2, "test", "")
     assert shadow_events(sws) == []
 

@@ -18,6 +18,7 @@ PROBE = f"""
 import sys
 from datetime import UTC, datetime
 from pipeline import stages
+from pipeline.registry.runs import Run
 from pipeline.tasks import in_airflow
 
 def heavy(stage):

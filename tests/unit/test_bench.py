@@ -145,7 +145,7 @@ def test_plot_is_written(tmp_path: Path) -> None:
 
 def test_a_probe_reports_its_own_peak_not_its_parents() -> None:
     held = np.ones(300 << 20, dtype=np.uint8)  # this process now holds 300 MB more than a bare interpreter
-    done = subprocess.run([sys.executable, "-c", "from bench.probe import peak_mb; print(peak_mb())"],
+    done = subprocess.run([sys.executable, "-c", "from bench.measure import peak_mb; print(peak_mb())"],
                           capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert done.returncode == 0, done.stderr
     assert float(done.stdout) < 200 < held.nbytes / 2**20, done.stdout

@@ -108,7 +108,7 @@ STARTED = datetime(2026, 7, 1, 2, 0, tzinfo=UTC)
 
 
 def test_status_text_is_aligned_and_says_how_each_run_was_started() -> None:
-    from pipeline.cli import main as cli
+    from pipeline.cli import champion as cli
 
     runs = [{"run_id": "scheduled__2026-07-01", "triggered_by": "schedule", "status": "kept", "reason": "champion kept",
              "failure_kind": None, "active_stage": None, "owner": None, "started_at": STARTED},
@@ -123,7 +123,7 @@ def test_status_text_is_aligned_and_says_how_each_run_was_started() -> None:
 
 
 def test_quality_text_has_no_python_reprs() -> None:
-    from pipeline.cli import main as cli
+    from pipeline.cli import champion as cli
 
     history = [{"run_id": "r1", "created_at": STARTED, "rows_read": 10, "rows_valid": 8, "rows_quarantined": 2,
                 "reason_counts": {"unknown_category": 1, "out_of_range": 1}, "rows_unlabelled": 3,
@@ -136,7 +136,7 @@ def test_quality_text_has_no_python_reprs() -> None:
 
 
 def test_aligned_pads_every_column_but_the_last() -> None:
-    from pipeline.cli import main as cli
+    from pipeline.cli import common as cli
 
     assert cli.aligned([["a", "bbb", "x"], ["cc", "d", "long last"]], indent="") == ["a   bbb  x", "cc  d    long last"]
     assert cli.counts({"b": 2, "a": 1}) == "a 1, b 2" and cli.counts(None) == "none"

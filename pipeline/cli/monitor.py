@@ -1,0 +1,59 @@
+"""After deployment: drift and performance."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pipeline import stages
+from pipeline.cli.common import aligned, run_of, when
+from pipeline.workspace import Workspace
+
+
+def cmd_drift(ws: Workspace, args: argparse.Namespace) -> Any:
+    return stages.monitor_drift(ws, run_of(args))
+
+
+def text_drift(result: dict[str, Any]) -> str:
+    rows = [[f["feature"], f"PSI {f['psi']:.3f}", f"({f['level']})", f"{f['test']} p={f['p_value']:.2g}",
+             "DRIFT" if f["drifted"] else ""] for f in result["features"]]
+    report = [f"report: {result['report_path']}"] if result["report_path"] else []
+    return "\n".join([f"drift verdict: {result['verdict']} over {result['recent_rows']} recent rows",
+                      *aligned(rows), *report])
+
+
+def cmd_performance(ws: Workspace, args: argparse.Namespace) -> Any:
+    """The forecasts judged on the outcomes known now, per version; the champion's verdict. Sends no retrain
+    signal: the monitor_performance DAG does (an event on the retrain asset)."""
+    from pipeline.monitoring import performance
+
+    return performance.monitor_performance(ws, run_of(args), send_signal=False)
+
+
+def text_performance(result: dict[str, Any]) -> str:
+    lines = [f"performance of {result['model']} as of {when(result['as_of'])}: {result['verdict']}",
+             f"  {result['reason']}", *(f"  warning: {warning}" for warning in result["warnings"])]
+    lines += aligned([[f"v{v['version']}", v["source"], f"{v['outcomes']} outcomes", f"live RMSE {v['live_rmse']:.2f}",
+                       "holdout " + ("-" if v["holdout_rmse"] is None else
+                                     f"{v['holdout_rmse']:.2f} (x{v['ratio']:.2f})"),
+                       f"MAE {v['mae']:.2f}", f"bias {v['bias']:+.2f}",
+                       f"coverage {v['coverage']:.0%} (nominal {v['nominal_coverage']:.0%})",
+                       " ".join(["champion"] * v["champion"] + ["DEGRADED"] * v["degraded"])]
+                      for v in result["versions"]])
+    for s in result["shadows"]:
+        shown = "" if s["rows"] == 0 else (f": RMSE {s['shadow_rmse']:.2f} vs {s['champion_rmse']:.2f}, squared "
+                                          f"error {s['mean_difference']:+.1f} [{s['low']:+.1f}, {s['high']:+.1f}]")
+        lines.append(f"  shadow v{s['shadow_version']} vs champion v{s['champion_version']} on {s['rows']} shared "
+                     f"records{shown}: {s['verdict']}")
+    return "\n".join([*lines, f"report: {result['report_path']}"])
+
+
+def register(add: Any) -> None:
+    """The parsers of the monitoring commands."""
+    add("drift", cmd_drift, "compare recent records with the champion's training snapshot", run=True, text=text_drift,
+        json_help="the full per-feature result: {verdict, recent_rows, features: [{feature, psi, level, test, "
+        "p_value, drifted, ...}], report_path, ...}")
+    add("performance", cmd_performance, "judge the forecasts on the outcomes known now: per version live "
+        "against holdout RMSE, MAE, bias, coverage; the champion's verdict (sends no retrain signal)", run=True,
+        text=text_performance, json_help="the full result, every metric row included: {model, as_of, verdict, "
+        "reason, warnings, versions, shadows, report_path, signal, ...}")

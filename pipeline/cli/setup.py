@@ -1,0 +1,123 @@
+"""The database and the data: init-db, seed-demo, seed-clinic-export, simulate-arrivals, simulate-outcomes, db-url, db-stop, check-config."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pipeline.cli.common import count_arg, shifts_of
+from pipeline.contract.config import load_config
+from pipeline.contract.settings import Settings
+from pipeline.data import demo
+from pipeline.store import db
+from pipeline.workspace import Workspace
+
+
+def cmd_init_db(ws: Workspace, args: argparse.Namespace) -> Any:
+    return {"applied": db.apply_schema(ws.engine)}
+
+
+def text_init_db(result: dict[str, Any]) -> str:
+    files = result["applied"]
+    return f"schema applied: {len(files)} files of sql/" + (f" ({files[0]} to {files[-1]})" if files else "")
+
+
+def cmd_seed_demo(ws: Workspace, args: argparse.Namespace) -> Any:
+    db.apply_schema(ws.engine)
+    return {"inserted": demo.seed_demo(ws.engine), "table": demo.DEMO_TABLE}
+
+
+def cmd_seed_clinic_export(ws: Workspace, args: argparse.Namespace) -> Any:
+    return {"inserted": demo.seed_clinic_export(ws.engine), "table": demo.CLINIC_TABLE}
+
+
+def text_seeded(result: dict[str, Any]) -> str:
+    return f"inserted {result['inserted']} rows into {result['table']}" + (
+        "" if result["inserted"] else " (they were there already)")
+
+
+def cmd_simulate_arrivals(ws: Workspace, args: argparse.Namespace) -> Any:
+    ids = demo.simulate_arrivals(ws.engine, args.rows, args.seed, shifts_of(args.drift), labelled=not args.unlabelled,
+                                 bad_rows=args.bad_rows)
+    return {"inserted": len(ids), "first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None}
+
+
+def text_simulate_arrivals(result: dict[str, Any]) -> str:
+    ids = f" (ids {result['first_id']} to {result['last_id']})" if result["inserted"] else ""
+    return f"inserted {result['inserted']} new records{ids}"
+
+
+def cmd_simulate_outcomes(ws: Workspace, args: argparse.Namespace) -> Any:
+    from pipeline.monitoring import outcomes
+
+    return outcomes.fill_outcomes(ws.engine, ws.model, args.months, args.seed,
+                                  shifts_of(args.shift, "--shift", "glucose=+30"))
+
+
+def text_simulate_outcomes(result: dict[str, Any]) -> str:
+    shift = ", ".join(f"{column} {value:+g}" for column, value in result["shift"].items())
+    filled = f"filled the outcome of {result['filled']} forecast records with a visit up to {result['visits_up_to']}"
+    if not result["filled"]:
+        return filled
+    return (f"{filled} (ids {result['first_id']} to {result['last_id']}, mean outcome {result['mean_outcome']:.1f}"
+            f"{'; shifted as if ' + shift if shift else ''})")
+
+
+def cmd_db_url(ws: Workspace, args: argparse.Namespace) -> Any:
+    return {"url": ws.engine.url.render_as_string(hide_password=False)}
+
+
+def check_config(settings: Settings) -> dict[str, Any]:
+    """`check-config`: load and check the config (and its suite) alone, touching no database."""
+    config = load_config(settings.config_path)
+    return {"config": str(config.path), "model": config.model, "ok": True}
+
+
+def text_check_config(result: dict[str, Any]) -> str:
+    return f"{result['config']}: model {result['model']}, config and expectation suite ok"
+
+
+def stop_embedded(settings: Settings) -> dict[str, Any]:
+    """`db-stop`: stop the embedded server without starting one first."""
+    return {"stopped_pid": db.stop_embedded_postgres(settings.pgdata_dir), "pgdata": str(settings.pgdata_dir)}
+
+
+def text_db_stop(result: dict[str, Any]) -> str:
+    pid, where = result["stopped_pid"], result["pgdata"]
+    return f"stopped embedded PostgreSQL (pid {pid}) on {where}" if pid else f"no embedded PostgreSQL running on {where}"
+
+
+def register(add: Any) -> None:
+    """The parsers of the database and data commands."""
+    add("init-db", cmd_init_db, "apply the SQL files in sql/ (safe twice)", text=text_init_db,
+        json_help="{applied: [file names]}")
+    add("seed-demo", cmd_seed_demo, "load the 442-patient diabetes study into the source table", text=text_seeded,
+        json_help="{inserted, table}")
+    add("seed-clinic-export", cmd_seed_clinic_export, "load the worked example's clinic export into clinic.visits "
+        "(its own column names, d/m/Y text dates, a few faults; see examples/clinic/)", text=text_seeded,
+        json_help="{inserted, table}")
+    p = add("simulate-arrivals", cmd_simulate_arrivals, "append new plausible labelled records",
+            text=text_simulate_arrivals, json_help="{inserted, first_id, last_id}")
+    p.add_argument("--rows", type=count_arg, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--drift", action="append", default=[], metavar="COLUMN=SHIFT",
+                   help="shift a numeric column, e.g. bmi=+4 (repeatable)")
+    p.add_argument("--unlabelled", action="store_true", help="outcome not known yet (progression_12m NULL)")
+    p.add_argument("--bad-rows", type=int, default=0, metavar="K",
+                   help="make K rows faulty (unknown sex, kPa blood pressure, birth after visit, ...) and K more messy")
+    p = add("simulate-outcomes", cmd_simulate_outcomes, "fill in the outcomes of forecast records whose visit was "
+            "--months ago or earlier (demo table), by UPDATE: the trigger stamps label_recorded_at",
+            text=text_simulate_outcomes, json_help="{filled, visits_up_to, months, seed, shift, first_id, last_id, "
+            "mean_outcome}")
+    p.add_argument("--months", type=int, default=12, help="the outcome is known this many months after the visit: "
+                   "visits on or before today minus MONTHS get theirs (0: every forecast record; default 12)")
+    p.add_argument("--shift", action="append", default=[], metavar="COLUMN=SHIFT",
+                   help="concept shift: outcomes computed as if COLUMN were SHIFT higher (stored value unchanged), "
+                   "e.g. glucose=+30 (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    add("db-url", cmd_db_url, "print the database URL in use (starts the embedded server if needed)",
+        text=lambda result: result["url"], json_help="{url}")
+    add("db-stop", None, "stop the embedded PostgreSQL (PIPELINE_PGDATA); data is kept", text=text_db_stop,
+        json_help="{stopped_pid (null when none ran), pgdata}").set_defaults(without_database=stop_embedded)
+    add("check-config", None, "check the config and its expectation suite, without a database",
+        text=text_check_config, json_help="{config, model, ok}").set_defaults(without_database=check_config)
