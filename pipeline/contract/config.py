@@ -192,6 +192,8 @@ class ServingPolicy:
     max_request_bytes: int = 1_000_000  # bytes one REST request body may carry
     reload_seconds: float = 2.0  # how often the REST service looks for a new champion
     max_shadows: int = 2  # versions the batch also scores in shadow (stored, never shown to the CRM)
+    max_pending_forecasts: int = 100_000  # REST forecasts waiting for the database; past this, 503 until written
+    cors_origins: tuple[str, ...] = ()  # browser origins the REST API answers (CORS); none: closed
 
 
 @dataclass(frozen=True)
@@ -473,11 +475,23 @@ def _parse_serving(raw: dict[str, Any], path: Path) -> ServingPolicy:
         raise ConfigError(f"{where}.score_records must be one of {list(SCORE_RECORDS)}, got {records!r}")
     numbers = {name: _as_number(raw.get(name, getattr(defaults, name)), f"{where}.{name}")
                for name in ("interval_coverage", "batch_rows", "max_request_records", "max_request_bytes",
-                            "reload_seconds", "max_shadows")}
+                            "reload_seconds", "max_shadows", "max_pending_forecasts")}
     return ServingPolicy(interval_coverage=float(numbers["interval_coverage"]), score_records=str(records),
                          batch_rows=int(numbers["batch_rows"]), max_request_records=int(numbers["max_request_records"]),
                          max_request_bytes=int(numbers["max_request_bytes"]),
-                         reload_seconds=float(numbers["reload_seconds"]), max_shadows=int(numbers["max_shadows"]))
+                         reload_seconds=float(numbers["reload_seconds"]), max_shadows=int(numbers["max_shadows"]),
+                         max_pending_forecasts=int(numbers["max_pending_forecasts"]),
+                         cors_origins=_origins(raw.get("cors_origins", []), f"{where}.cors_origins"))
+
+
+def _origins(raw: Any, key: str) -> tuple[str, ...]:
+    """Browser origins such as https://crm.example.org: scheme and host (and port), no path, no wildcard."""
+    if not isinstance(raw, list) or not all(isinstance(o, str) for o in raw):
+        raise ConfigError(f"{key} must be a list of origins such as 'https://crm.example.org', got {raw!r}")
+    for origin in raw:
+        if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", origin):
+            raise ConfigError(f"{key}: {origin!r} is not an origin (scheme://host[:port], no path, no '*')")
+    return tuple(raw)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -553,6 +567,7 @@ def check_ranges(config: PipelineConfig) -> None:
         ("serving.max_request_bytes", config.serving.max_request_bytes, lambda v: v >= 1024, "at least 1024"),
         ("serving.reload_seconds", config.serving.reload_seconds, lambda v: v > 0, "more than 0"),
         ("serving.max_shadows", config.serving.max_shadows, lambda v: v >= 0, "at least 0"),
+        ("serving.max_pending_forecasts", config.serving.max_pending_forecasts, lambda v: v >= 1, "at least 1"),
         ("monitoring.performance.max_ratio", m.performance.max_ratio, lambda v: v >= 1, "at least 1 (1.2 means 20 % worse)"),
         ("monitoring.performance.min_outcomes", m.performance.min_outcomes, lambda v: v >= 2, "at least 2"),
         ("monitoring.performance.confidence", m.performance.confidence, lambda v: 0 < v < 1,

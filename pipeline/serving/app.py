@@ -8,21 +8,26 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pipeline.contract.config import load_config
 from pipeline.contract.settings import Settings
 from pipeline.data import validate
 from pipeline.registry.runs import error_line
-from pipeline.serving import routes
+from pipeline.serving import routes, schema
 from pipeline.serving.rest import Champion, PredictionLog, check_tokens
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
+access = logging.getLogger("pipeline.serving.access")
 
 DESCRIPTION = """\
 Forecasts of each patient's type-2 diabetes progression over the next 12 months, from the current
@@ -57,7 +62,8 @@ def create_app(source: Workspace | Settings, tokens: Sequence[str] | None, insec
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ws = source if isinstance(source, Workspace) else await run_in_threadpool(Workspace.open, source)
-        champion, writer, stop = Champion(ws), PredictionLog(ws.engine), threading.Event()
+        champion, stop = Champion(ws), threading.Event()
+        writer = PredictionLog(ws.engine, capacity=ws.config.serving.max_pending_forecasts)
         state.update(ws=ws, champion=champion, writer=writer, judging=threading.Lock(),
                      suite=validate.load_suite(ws.config.dataset.expectation_suite))
         try:
@@ -80,9 +86,48 @@ def create_app(source: Workspace | Settings, tokens: Sequence[str] | None, insec
                 ws.engine.dispose()
 
     app = FastAPI(title="Diabetes progression forecasts", description=DESCRIPTION, version="1", lifespan=lifespan)
-
     app.include_router(routes.router(tokens, state))
+    config = source.config if isinstance(source, Workspace) else load_config(source.config_path)
+    document: dict[str, Any] = {}
+
+    def openapi() -> dict[str, Any]:
+        if not document:
+            document.update(schema.openapi_document(app, config.dataset, schema.suite_of(config.dataset), config.model))
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(AccessLog)
+    if config.serving.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.serving.cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type",
+                                                                         "X-Request-ID"],
+                           expose_headers=["X-Request-ID", "Retry-After"])
     return app
+
+
+class AccessLog:
+    """One line per request: method, path (never the query string, where a misplaced token would be),
+    status, milliseconds. uvicorn's own access log is off."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), {"code": 500}
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            access.info("%s %s %s %.0f ms", scope["method"], scope["path"][:200], status["code"],
+                        1000 * (time.perf_counter() - started))
 
 
 def serve(ws: Workspace, tokens: Sequence[str], host: str, port: int, insecure_local: bool = False) -> None:
@@ -90,4 +135,4 @@ def serve(ws: Workspace, tokens: Sequence[str], host: str, port: int, insecure_l
     import uvicorn
 
     app = create_app(ws, tokens, insecure_local)
-    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)
+    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False, access_log=False)

@@ -21,8 +21,8 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline.contract.config import DatasetContract
 from pipeline.data import quality, validate
-from pipeline.data.casting import cast_column
+from pipeline.data.casting import NOT_FINITE, cast_column
 from pipeline.model import intervals
 from pipeline.registry.records import current_champion, get_evaluation, get_model
 from pipeline.registry.runs import error_line
@@ -47,16 +47,16 @@ log = logging.getLogger(__name__)
 
 ENV_API_TOKEN_FILE = "PIPELINE_API_TOKEN_FILE"
 # JSON has no date type: the API reads dates and timestamps as text by these formats, whatever the table holds.
-API_FORMATS = {"date": "%Y-%m-%d", "timestamp": "%Y-%m-%dT%H:%M:%S%z"}
+API_FORMATS = {"date": "%Y-%m-%d"}
 API_RULES = {"date": "a date as a JSON string YYYY-MM-DD",
-             "timestamp": "a timestamp as a JSON string YYYY-MM-DDTHH:MM:SS with a zone (Z or +HH:MM)",
+             "timestamp": "a timestamp as a JSON string, RFC 3339 with a zone (YYYY-MM-DDTHH:MM:SS[.fff]Z or +HH:MM)",
              "float": "a JSON number", "integer": "a whole JSON number", "text": "a JSON string"}
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 WRITER_BATCH_ROWS = 500
 WRITER_SECONDS = 0.5
 # Module-level: FastAPI resolves a dependency's annotations in the module's namespace.
 BEARER = HTTPBearer(auto_error=False, description=f"a token from the file {ENV_API_TOKEN_FILE} names")
-WRITER_CAPACITY = 100_000  # forecasts waiting for the database; beyond this the oldest are dropped (and counted)
+WRITER_CAPACITY = 100_000  # forecasts waiting for the database (serving.max_pending_forecasts)
 
 class ServingError(RuntimeError):
     """The service cannot start as configured (no tokens, an unreadable token file)."""
@@ -120,6 +120,7 @@ class Served:
     interval: intervals.Interval
     artifact_hash: str
     family: str
+    summary: dict[str, Any] = field(default_factory=dict)  # what GET /v1/models/{model} answers, read at load
 
 
 class Champion:
@@ -139,8 +140,10 @@ class Champion:
             self.refused = None
             return
         try:
-            model = self.ws.load_model(row["artifact_hash"])
-            interval = intervals.for_version(self.ws, int(row["version"]))
+            loaded = Served(int(row["version"]), self.ws.load_model(row["artifact_hash"]),
+                            intervals.for_version(self.ws, int(row["version"])), str(row["artifact_hash"]),
+                            str(row["model_family"]))
+            loaded = replace(loaded, summary=model_summary(self.ws, loaded))
         except Exception as exc:  # noqa: BLE001 - any failure keeps the old model; the reason names no patient
             reason = error_line(exc, self.ws.settings)
             if self.refused is None or self.refused["version"] != row["version"]:
@@ -148,27 +151,37 @@ class Champion:
                             self.ws.model, reason, f"version {served.version}" if served else "nothing")
             self.refused = {"version": int(row["version"]), "reason": reason}
             return
-        self.current = Served(int(row["version"]), model, interval, str(row["artifact_hash"]), str(row["model_family"]))
-        self.refused = None
+        self.current, self.refused = loaded, None
         log.info("serving version %s of %s (%s; interval ±%.3g at coverage %s)%s", row["version"], self.ws.model,
-                 row["model_family"], interval.half_width, interval.coverage,
+                 row["model_family"], loaded.interval.half_width, loaded.interval.coverage,
                  f", replacing version {served.version}" if served else "")
 
     def poll(self, stop: threading.Event, seconds: float) -> None:
-        """Refresh every `seconds` until `stop` is set; a database hiccup is logged and tried again."""
+        """Refresh every `seconds` until `stop` is set; a database outage is logged when it starts and ends."""
+        failing = False
         while not stop.wait(seconds):
             try:
                 self.refresh()
             except Exception as exc:  # noqa: BLE001 - the poller must outlive a database outage
-                log.warning("could not look for a new champion: %s", error_line(exc, self.ws.settings))
+                if not failing:
+                    log.warning("could not look for a new champion (will keep trying, still serving %s): %s",
+                                f"version {self.current.version}" if self.current else "nothing",
+                                error_line(exc, self.ws.settings))
+                failing = True
+                continue
+            if failing:
+                log.info("looking for a new champion again")
+            failing = False
 
 
 # --- the prediction log --------------------------------------------------------------------------
 
 
 class PredictionLog:
-    """Forecasts queued by requests and written to `pipeline.predictions` in batches by one thread; a
-    failed write is retried, a full queue drops its oldest rows (counted and logged), `close` flushes."""
+    """Forecasts written to `pipeline.predictions` in batches by one thread, off the request path. A request
+    first `admit`s its records: room is kept for at most `capacity` forecasts not yet written, so while the
+    database is slow or down the service refuses new requests (503) instead of dropping what it answered.
+    A failed write is retried with back-off; `close` flushes."""
 
     def __init__(self, engine: Engine, capacity: int = WRITER_CAPACITY, batch_rows: int = WRITER_BATCH_ROWS,
                  seconds: float = WRITER_SECONDS) -> None:
@@ -177,23 +190,38 @@ class PredictionLog:
         self._ready = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.written = self.dropped = self.failures = 0
+        self.reserved = self.written = self.failures = 0
+        self.failing: str | None = None  # why the last write failed, until one succeeds
 
-    def put(self, rows: Iterable[dict[str, Any]]) -> None:
+    def admit(self, rows: int) -> bool:
+        """Keep room for `rows` forecasts; False when the log cannot hold them."""
         with self._ready:
+            if len(self._rows) + self.reserved + rows > self.capacity:
+                return False
+            self.reserved += rows
+            return True
+
+    def release(self, rows: int) -> None:
+        """Give back room kept for forecasts that will not be recorded."""
+        with self._ready:
+            self.reserved -= rows
+
+    def put(self, rows: list[dict[str, Any]]) -> None:
+        """Queue forecasts whose room was kept."""
+        with self._ready:
+            self.reserved -= len(rows)
             self._rows.extend(rows)
-            self._drop_overflow()
             if len(self._rows) >= self.batch_rows:
                 self._ready.notify()
 
-    def _drop_overflow(self) -> None:
-        overflow = len(self._rows) - self.capacity
-        if overflow > 0:
-            for _ in range(overflow):
-                self._rows.popleft()
-            self.dropped += overflow
-            log.warning("prediction log full (%d waiting): dropped the %d oldest forecasts, %d so far",
-                        self.capacity, overflow, self.dropped)
+    def trouble(self) -> str | None:
+        """Why forecasts cannot be recorded now (the database failing, the log full), or None."""
+        pending = len(self._rows) + self.reserved
+        if self.failing:
+            return f"{pending} forecasts wait for the database: {self.failing}"
+        if pending >= self.capacity:
+            return f"{pending} forecasts wait to be recorded (serving.max_pending_forecasts {self.capacity})"
+        return None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -211,13 +239,15 @@ class PredictionLog:
                 conn.execute(sa.insert(PREDICTIONS), batch)
         except Exception as exc:  # noqa: BLE001 - a database hiccup never fails a response: retry later
             self.failures += 1
+            self.failing = f"{type(exc).__name__} writing to pipeline.predictions"
             log.warning("could not record %d forecasts (attempt %d failed, will retry): %s", len(batch),
                         self.failures, type(exc).__name__)
             with self._ready:
                 self._rows.extendleft(reversed(batch))
-                self._drop_overflow()
             return False
-        self.written += len(batch)
+        if self.failing:
+            log.info("recording forecasts again after %d failed attempts", self.failures)
+        self.written, self.failing = self.written + len(batch), None
         return True
 
     def _run(self) -> None:
@@ -244,19 +274,56 @@ class PredictionLog:
                 time.sleep(0.5)
         if self._rows:
             log.warning("%d forecasts could not be recorded before shutdown", len(self._rows))
-        log.info("prediction log closed: %d forecasts recorded, %d dropped", self.written, self.dropped)
+        log.info("prediction log closed: %d forecasts recorded", self.written)
 
 
 # --- records: from JSON to judged, typed rows ----------------------------------------------------
 
 
+MAX_DEPTH = 2  # a list of records whose values are scalars: nothing deeper is ever a valid request
+MAX_ERRORS_PER_RECORD = 20
+MAX_ERRORS = 2000  # error items in one answer, every record together
+MAX_ECHO = 64  # characters of a refused value echoed back
+JSON_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+class NotFinite(str):
+    """A number JSON cannot carry, as the client wrote it: NaN, Infinity, -Infinity, or one past float's range."""
+
+
+def _json_number(text: str) -> float | NotFinite:
+    value = float(text)
+    return value if math.isfinite(value) else NotFinite(text)
+
+
+def _json_integer(text: str) -> int | NotFinite:
+    return NotFinite(text) if len(text.lstrip("-")) > 300 else int(text)  # past float's range, and past int64
+
+
+def nesting_depth(body: bytes) -> int:
+    """How deep arrays and objects nest in a JSON text, strings skipped: one linear pass, no recursion."""
+    skeleton = np.frombuffer(JSON_STRINGS.sub(b'""', body), dtype=np.uint8)
+    steps = (np.isin(skeleton, (ord("["), ord("{"))).astype(np.int32)
+             - np.isin(skeleton, (ord("]"), ord("}"))).astype(np.int32))
+    return int(np.cumsum(steps).max(initial=0))
+
+
 def parse_records(body: bytes, max_records: int) -> tuple[list[Any], bool]:
-    """The body's records and whether it was a single object; a body that is neither is refused."""
+    """The body's records and whether it was a single object; a body that is neither is refused. Nesting is
+    bounded before parsing; NaN, Infinity and overflowing numbers parse as `NotFinite`, refused per record."""
+    if nesting_depth(body) > MAX_DEPTH:
+        raise RequestProblem(422, f"the body nests arrays or objects deeper than {MAX_DEPTH} levels: it must be one "
+                                  "record (a JSON object of values) or a list of records")
     try:
-        parsed = json.loads(body)
+        parsed = json.loads(body, parse_constant=NotFinite, parse_float=_json_number, parse_int=_json_integer)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RequestProblem(422, f"the body is not JSON: {exc.__class__.__name__} at position "
                                   f"{getattr(exc, 'pos', '?')}") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise RequestProblem(422, f"the body is not JSON this service reads: {str(exc)[:120]}") from None
+    if not _unicode(parsed):
+        raise RequestProblem(422, "the body holds a string that is not Unicode text (a lone surrogate such as "
+                                  "\\ud800): send UTF-8 text")
     if isinstance(parsed, dict):
         return [parsed], True
     if not isinstance(parsed, list) or not parsed:
@@ -267,13 +334,56 @@ def parse_records(body: bytes, max_records: int) -> tuple[list[Any], bool]:
     return parsed, False
 
 
+def _unicode(parsed: Any) -> bool:
+    """Whether every string of a parsed body (keys too, at most two levels deep) encodes as UTF-8."""
+    if isinstance(parsed, str):
+        try:
+            parsed.encode()
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(parsed, dict):
+        return all(_unicode(k) and _unicode(v) for k, v in parsed.items())
+    if isinstance(parsed, list):
+        return all(_unicode(v) for v in parsed)
+    return True
+
+
+def echo(value: Any) -> str | float | int | bool | None:
+    """A refused value as the answer may carry it: JSON-compliant, short, never an array or object."""
+    if isinstance(value, NotFinite):
+        return str(value)[:MAX_ECHO]
+    if value is None or isinstance(value, bool | int):
+        return value if not isinstance(value, int) or abs(value) < 2**63 else str(value)[:MAX_ECHO]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, list | dict):
+        return f"a JSON {'array' if isinstance(value, list) else 'object'}"
+    return str(value)[:MAX_ECHO]
+
+
+def bounded(errors: dict[int, list[dict[str, Any]]]) -> dict[int, list[dict[str, Any]]]:
+    """At most MAX_ERRORS_PER_RECORD errors a record and MAX_ERRORS in all, the rest said to be left out; a
+    record keeps at least one, so it is still refused with a reason."""
+    kept, total = {}, 0
+    for i in sorted(errors):
+        found = errors[i]
+        room = max(1, min(MAX_ERRORS_PER_RECORD, MAX_ERRORS - total))
+        kept[i] = found[:room]
+        if len(found) > room:
+            kept[i].append(_error(None, "too_many_errors", f"{len(found) - room} more errors of this record are "
+                                  f"not listed (at most {MAX_ERRORS_PER_RECORD} a record, {MAX_ERRORS} an answer)"))
+        total += len(kept[i])
+    return kept
+
+
 def api_fields(contract: DatasetContract) -> list[str]:
     """The fields a record may carry: the features, the id and the timestamp (the last two optional)."""
     return [contract.id_column, *contract.feature_names(), contract.timestamp_column]
 
 
 def _error(field: str | None, code: str, rule: str, value: Any = None) -> dict[str, Any]:
-    return {"field": field, "code": code, "rule": rule, "value": value}
+    return {"field": field, "code": code, "rule": rule, "value": echo(value)}
 
 
 def _shape_errors(records: list[Any], fields: list[str]) -> dict[int, list[dict[str, Any]]]:
@@ -283,8 +393,9 @@ def _shape_errors(records: list[Any], fields: list[str]) -> dict[int, list[dict[
         if not isinstance(record, dict):
             errors[i] = [_error(None, "not_an_object", "a record is a JSON object of the contract's fields")]
             continue
-        for key in record.keys() - set(fields):
-            errors.setdefault(i, []).append(_error(str(key), "unknown_field", f"one of the contract's fields {fields}"))
+        for key in sorted(record.keys() - set(fields)):
+            errors.setdefault(i, []).append(_error(str(key)[:MAX_ECHO], "unknown_field",
+                                                   "a field of the contract (the request schema's properties)"))
     return errors
 
 
@@ -298,7 +409,27 @@ def _cast(values: pd.Series, kind: str, column: str) -> tuple[pd.Series, pd.Seri
         not_text = values.map(lambda v: v is not None and not isinstance(v, str)).astype(bool)
         cast, failed = cast_column(values.where(~not_text), kind, None, column)
         return cast, failed | not_text
+    if kind == "timestamp":
+        return _timestamps(values)
     return cast_column(values, kind, API_FORMATS.get(kind), column)
+
+
+def _timestamp(value: Any) -> pd.Timestamp | None:
+    """An RFC 3339 timestamp with its zone ('Z', fractions of a second allowed) in UTC; None for anything else."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+        return pd.Timestamp(parsed).tz_convert("UTC") if parsed.tzinfo is not None else None
+    except (ValueError, OverflowError, pd.errors.OutOfBoundsDatetime):
+        return None
+
+
+def _timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """A timestamp column cast by `_timestamp`, and which cells held a value that did not cast."""
+    cast = pd.Series(pd.to_datetime([_timestamp(v) for v in values], utc=True), index=values.index,
+                     dtype="datetime64[us, UTC]")
+    return cast, (values.notna() & cast.isna()).astype(bool)
 
 
 def records_frame(records: list[Any], contract: DatasetContract, now: datetime) -> tuple[
@@ -314,6 +445,11 @@ def records_frame(records: list[Any], contract: DatasetContract, now: datetime) 
         if column == contract.target_column:
             frame[column] = np.full(len(records), np.nan)
             continue
+        not_finite = raw.map(lambda v: isinstance(v, NotFinite)).astype(bool)
+        for i in np.flatnonzero(not_finite.to_numpy()):
+            errors.setdefault(int(i), []).append(_error(column, NOT_FINITE, "a finite JSON number (no NaN, "
+                                                        "Infinity, or number past the float range)", raw.iloc[i]))
+        raw = raw.where(~not_finite, None)
         cast, failed = _cast(raw, types[column], column)
         for i in np.flatnonzero(failed.to_numpy()):
             errors.setdefault(int(i), []).append(_error(column, "wrong_type", API_RULES[types[column]], raw.iloc[i]))
@@ -391,6 +527,7 @@ def score_records(records: list[Any], served: Served, ws: Workspace, suite: dict
     frame, cast_errors = records_frame(records, contract, datetime.now(UTC))
     with judging:  # Great Expectations (a suite the fast checks do not cover) keeps state: one at a time
         normalised, errors = judge(frame, contract, suite, ws, cast_errors)
+    errors = bounded(errors)
     valid = [i for i in range(len(records)) if i not in errors]
     rows = normalised.iloc[valid]
     forecasts = intervals.forecast(served.model, rows, contract, served.interval) if valid else None
@@ -413,7 +550,7 @@ def score_records(records: list[Any], served: Served, ws: Workspace, suite: dict
     return Scored(results, log_rows)
 
 
-def model_summary(ws: Workspace, served: Served, refused: dict[str, Any] | None) -> dict[str, Any]:
+def model_summary(ws: Workspace, served: Served) -> dict[str, Any]:
     """The served version: family, holdout metrics, when it became champion, its interval and model card."""
     with ws.engine.connect() as conn:
         model = get_model(conn, served.version, ws.model)
@@ -432,8 +569,7 @@ def model_summary(ws: Workspace, served: Served, refused: dict[str, Any] | None)
                          "method": served.interval.method},
             "artifact_hash": served.artifact_hash, "trained_on_snapshot": model["snapshot_hash"],
             "model_card": None if card is None else {"path": ws.relative(card),
-                                                     "url": f"/v1/models/{ws.model}/card"},
-            "champion_not_loaded": refused}
+                                                     "url": f"/v1/models/{ws.model}/card"}}
 
 
 # --- the app -------------------------------------------------------------------------------------

@@ -267,7 +267,8 @@ def test_limits_unknown_models_and_malformed_bodies(service: Service) -> None:
     too_big = requests.post(service.base + PREDICT, data=b"[" + b" " * policy.max_request_bytes + b"]",
                             headers={**auth(), "Content-Type": "application/json"}, timeout=TIMEOUT)
     assert too_big.status_code == 413 and "max_request_bytes" in too_big.json()["detail"]
-    assert requests.post(service.base + PREDICT, data=b"{not json", headers=auth(), timeout=TIMEOUT).status_code == 422
+    assert requests.post(service.base + PREDICT, data=b"{not json", headers={**auth(), "Content-Type": "application/json"},
+                         timeout=TIMEOUT).status_code == 422
     assert post(service.base, []).status_code == 422
     assert post(service.base, [1, patient_records(service.ws, 1)[0]]).json()["results"][0]["errors"][0]["code"] == \
         "not_an_object"
