@@ -270,7 +270,7 @@ class OnnxScorer:
                                                     providers=["CPUExecutionProvider"])
 
     def predict(self, X: pd.DataFrame) -> np.ndarray | None:
-        """Predictions for the Pipeline's input frame, or None if its values need the Pipeline."""
+        """Predictions for a frame holding the contract's feature columns, or None if its values need the Pipeline."""
         feeds = graph_inputs(X, self.inputs)
         if feeds is None:
             return None
@@ -333,10 +333,11 @@ class Compiled:
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Predictions for a typed frame of the contract's columns, as `model.predict(model_inputs(frame))`."""
-        X = model_inputs(frame, self.contract)
-        predicted = self.scorer.predict(X) if self.scorer is not None else None
+        predicted = None
+        if self.scorer is not None and set(self.contract.feature_names()) <= set(frame.columns):
+            predicted = self.scorer.predict(frame)  # reads its columns from the frame: no copy of it
         if predicted is None:
-            predicted = np.asarray(self.model.predict(X), dtype="float64")
+            predicted = np.asarray(self.model.predict(model_inputs(frame, self.contract)), dtype="float64")
         return predicted
 
     def describe(self) -> dict[str, Any]:

@@ -193,3 +193,11 @@ def test_an_old_layout_artifact_converts_and_predicts_as_it_did(family: str, con
     result = compiled.compile_model(model, contract, rows)
     assert (result.method, result.reason, result.family) == ("onnx", None, family)
     np.testing.assert_allclose(result.predict(rows), entry["predictions"], rtol=compiled.RELATIVE_TOLERANCE, atol=0)
+
+
+def test_a_frame_without_a_feature_column_is_refused_as_the_pipeline_refuses_it(
+        models: dict[str, Pipeline], split: tuple[pd.DataFrame, pd.DataFrame], contract: DatasetContract) -> None:
+    result = compiled.compile_model(models["random_forest"], contract, split[1])
+    assert result.method == "onnx"
+    with pytest.raises(KeyError, match="glucose"):
+        result.predict(split[1].drop(columns="glucose"))
