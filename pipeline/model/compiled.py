@@ -120,21 +120,32 @@ def number_values(column: pd.Series) -> np.ndarray | None:
     return numbers
 
 
+def prepared_values(X: pd.DataFrame, prepared: Prepared) -> np.ndarray | None:
+    """One graph input from the frame's columns; None if they hold values it cannot take exactly."""
+    if prepared.kind == "age":
+        birth, event = (as_datetime64(X[name], i) for i, name in enumerate(prepared.columns))
+        return ages_in_years(birth, event).reshape(-1, 1)
+    if prepared.kind == "text":
+        return text_values(X[prepared.columns[0]], str(prepared.fill))
+    return number_values(X[prepared.columns[0]])
+
+
 def graph_inputs(X: pd.DataFrame, inputs: tuple[Prepared, ...]) -> dict[str, np.ndarray] | None:
-    """The graph's inputs from the Pipeline's input frame; None when a column holds values the graph cannot
-    take exactly (the caller then asks the Pipeline, which predicts them or refuses them itself)."""
-    feeds: dict[str, np.ndarray | None] = {}
+    """The graph's inputs from a frame of the contract's columns; None when a column holds values the graph
+    cannot take exactly (the caller then asks the Pipeline, which predicts them or refuses them itself)."""
+    feeds = {}
     for prepared in inputs:
-        if prepared.kind == "age":
-            birth, event = (as_datetime64(X[name], i) for i, name in enumerate(prepared.columns))
-            feeds[prepared.name] = ages_in_years(birth, event).reshape(-1, 1)
-        elif prepared.kind == "text":
-            feeds[prepared.name] = text_values(X[prepared.columns[0]], str(prepared.fill))
-        else:
-            feeds[prepared.name] = number_values(X[prepared.columns[0]])
-    if any(values is None for values in feeds.values()):
-        return None
-    return {name: values for name, values in feeds.items() if values is not None}
+        values = prepared_values(X, prepared)
+        if values is None:
+            return None
+        feeds[prepared.name] = values
+    return feeds
+
+
+def unfit_columns(X: pd.DataFrame, inputs: tuple[Prepared, ...]) -> list[str]:
+    """The columns whose values the graph cannot take exactly: a numeric column of another dtype, or a
+    categorical one holding something other than text."""
+    return [column for prepared in inputs if prepared_values(X, prepared) is None for column in prepared.columns]
 
 
 def split_transformer(name: str, step: Any, columns: list[str], contract: DatasetContract) -> tuple[
@@ -361,8 +372,9 @@ def checked(model: Pipeline, contract: DatasetContract, rows: pd.DataFrame, scor
     X = model_inputs(rows, contract)
     got = scorer.predict(X)
     if got is None:
-        return fallback(model, contract, "the holdout holds values the ONNX inputs cannot carry exactly "
-                                         "(text in a numeric or categorical column)")
+        return fallback(model, contract, f"the holdout's columns {unfit_columns(X, scorer.inputs)} hold values "
+                                         "the ONNX inputs cannot carry exactly (numbers not typed as numbers, "
+                                         "categories that are not text)")
     parity = check_parity(np.asarray(model.predict(X), dtype="float64"), got, row_labels(rows, contract))
     if parity.failed:
         return fallback(model, contract, parity.reason(), parity)

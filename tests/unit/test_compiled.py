@@ -201,3 +201,17 @@ def test_a_frame_without_a_feature_column_is_refused_as_the_pipeline_refuses_it(
     assert result.method == "onnx"
     with pytest.raises(KeyError, match="glucose"):
         result.predict(split[1].drop(columns="glucose"))
+
+
+def test_holdout_values_the_graph_cannot_take_exactly_leave_the_pipeline_scoring_and_are_named(
+        models: dict[str, Pipeline], split: tuple[pd.DataFrame, pd.DataFrame], contract: DatasetContract) -> None:
+    """Categories stored as numbers: the one-hot encoder compares objects, the graph compares text."""
+    model = models["ridge"]
+    rows = split[1].astype({"sex": object})
+    rows["sex"] = rows["sex"].map({"F": 1, "M": 2})
+    result = compiled.compile_model(model, contract, rows)
+    assert result.method == "pipeline"
+    assert result.reason is not None and result.reason.startswith("ridge: the holdout's columns ['sex'] hold values")
+    np.testing.assert_array_equal(result.predict(rows), model.predict(model_inputs(rows, contract)))
+    good = compiled.compile_model(model, contract, split[1])
+    np.testing.assert_array_equal(good.predict(rows), model.predict(model_inputs(rows, contract)))  # asks the Pipeline
