@@ -1,0 +1,402 @@
+"""A fitted model compiled for scoring: its Pipeline converted to ONNX and run by ONNX Runtime, trusted only
+after it predicts the version's holdout as the Pipeline does; the Pipeline itself wherever that fails.
+
+The joblib `Pipeline` stays the system of record: the graph is rebuilt from it at load and never stored.
+Serving (not wired yet) will, when it loads a version:
+
+    train_mean, rows = train.holdout_rows(ws, snapshot_hash, policy.holdout_fraction)
+    compiled = compile_model(model, ws.config.dataset, rows)   # once per process and version
+    compiled.predict(frame)                                     # per request, the frame Pipeline.predict takes
+    compiled.describe()                                         # for GET /v1/models/{model}: method and reason
+
+What runs where. ONNX has no date type and no missing text, so three things are prepared in numpy before the
+graph, each exactly as the Pipeline's own first steps compute them: age in years from the date pair
+(`features.AgeFromDates`: whole days between the dates, over 365.25), and each text column with its missing
+values filled by the fitted most-frequent imputer (`missing_as_nan` and `SimpleImputer`). Everything fitted
+after them (the median imputers, the scalers, the one-hot encoder, the estimator) is converted by skl2onnx
+from the fitted objects themselves, in double precision; two converters are replaced because skl2onnx's
+lose precision (`convert_double_imputer`, `convert_tree_ensemble`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+import pandas as pd
+from onnx import numpy_helper
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
+from skl2onnx.common.tree_ensemble import (
+    add_tree_to_attribute_pairs,
+    add_tree_to_attribute_pairs_hist_gradient_boosting,
+    get_default_tree_regressor_attribute_pairs,
+)
+from skl2onnx.operator_converters.common import concatenate_variables
+from skl2onnx.operator_converters.imputer_op import convert_sklearn_imputer
+from skl2onnx.proto import onnx_proto
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from pipeline.contract.config import DatasetContract
+from pipeline.model.features import AgeFromDates, missing_as_nan, model_inputs, typed_dates
+
+log = logging.getLogger(__name__)
+
+RELATIVE_TOLERANCE = 1e-6   # |onnx - pipeline| <= 1e-6 |pipeline| + ABSOLUTE_TOLERANCE, row by row
+ABSOLUTE_TOLERANCE = 1e-9   # in outcome units: only matters for a prediction within 1e-3 of zero
+TARGET_OPSET = {"": 18, "ai.onnx.ml": 3}  # ml opset 3: tree ensembles with double thresholds and leaf values
+FAMILIES = {Ridge: "ridge", RandomForestRegressor: "random_forest",
+            HistGradientBoostingRegressor: "hist_gradient_boosting"}
+
+
+class NotCompilable(ValueError):
+    """A step of the Pipeline has no exact ONNX form here; the message names the step."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One input of the graph and how a frame's columns become it: `kind` is "age" (a birth and event date
+    pair), "number" (one numeric column) or "text" (one categorical column, missing filled with `fill`)."""
+
+    name: str
+    kind: str
+    columns: tuple[str, ...]
+    fill: str | None = None
+
+
+def family_of(model: Pipeline) -> str:
+    """The model family of a Pipeline's estimator, or its class name if it is not a shipped family."""
+    estimator = model.steps[-1][1]
+    return FAMILIES.get(type(estimator), type(estimator).__name__)
+
+
+def ages_in_years(birth: np.ndarray, event: np.ndarray) -> np.ndarray:
+    """`ages.age_in_years` on datetime64 arrays (NaN where either is NaT): whole days, floored, over 365.25."""
+    missing = np.isnat(birth) | np.isnat(event)
+    with np.errstate(invalid="ignore"):
+        days = (event - birth) // np.timedelta64(1, "D")
+    ages: np.ndarray = np.where(missing, np.nan, days.astype("float64") / 365.25)
+    return ages
+
+
+def as_datetime64(column: pd.Series, position: int) -> np.ndarray:
+    """A date column as naive datetime64 values (UTC wall-clock for zoned ones), as `AgeFromDates` reads it."""
+    if not pd.api.types.is_datetime64_any_dtype(column.dtype):
+        column = typed_dates(column, position)  # refuses text with the Pipeline's own error
+    if isinstance(column.dtype, pd.DatetimeTZDtype):
+        column = column.dt.tz_convert(None)
+    values: np.ndarray = column.to_numpy()
+    return values
+
+
+def text_values(column: pd.Series, fill: str) -> np.ndarray | None:
+    """A text column with missing values filled, shaped for the graph; None if it holds anything but text,
+    which the graph could not compare the way the one-hot encoder compares objects."""
+    values = column.to_numpy(dtype=object, copy=True)  # a copy: the caller's frame is not filled in
+    missing = pd.isna(values)
+    if not all(isinstance(value, str) for value in values[~missing]):
+        return None
+    values[missing] = fill
+    text: np.ndarray = values.astype(str).reshape(-1, 1)
+    return text
+
+
+def number_values(column: pd.Series) -> np.ndarray | None:
+    """A numeric column as float64 with NaN for missing, shaped for the graph; None if it is not numeric."""
+    if not pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype):
+        return None
+    numbers: np.ndarray = column.to_numpy(dtype="float64", na_value=np.nan).reshape(-1, 1)
+    return numbers
+
+
+def prepared_values(X: pd.DataFrame, prepared: Prepared) -> np.ndarray | None:
+    """One graph input from the frame's columns; None if they hold values it cannot take exactly."""
+    if prepared.kind == "age":
+        birth, event = (as_datetime64(X[name], i) for i, name in enumerate(prepared.columns))
+        return ages_in_years(birth, event).reshape(-1, 1)
+    if prepared.kind == "text":
+        return text_values(X[prepared.columns[0]], str(prepared.fill))
+    return number_values(X[prepared.columns[0]])
+
+
+def graph_inputs(X: pd.DataFrame, inputs: tuple[Prepared, ...]) -> dict[str, np.ndarray] | None:
+    """The graph's inputs from a frame of the contract's columns; None when a column holds values the graph
+    cannot take exactly (the caller then asks the Pipeline, which predicts them or refuses them itself)."""
+    feeds = {}
+    for prepared in inputs:
+        values = prepared_values(X, prepared)
+        if values is None:
+            return None
+        feeds[prepared.name] = values
+    return feeds
+
+
+def unfit_columns(X: pd.DataFrame, inputs: tuple[Prepared, ...]) -> list[str]:
+    """The columns whose values the graph cannot take exactly: a numeric column of another dtype, or a
+    categorical one holding something other than text."""
+    return [column for prepared in inputs if prepared_values(X, prepared) is None for column in prepared.columns]
+
+
+def split_transformer(name: str, step: Any, columns: list[str], contract: DatasetContract) -> tuple[
+        list[Prepared], Any]:
+    """One ColumnTransformer entry as the graph inputs prepared for it (not yet named) and the fitted steps
+    the graph runs on them."""
+    steps = step.steps if isinstance(step, Pipeline) else [(name, step)]
+    first = steps[0][1]
+    if isinstance(first, AgeFromDates):
+        return [Prepared("", "age", tuple(columns))], step[1:]
+    if isinstance(first, FunctionTransformer) and first.func is missing_as_nan:
+        imputer = steps[1][1] if len(steps) > 2 else None
+        if not isinstance(imputer, SimpleImputer) or imputer.add_indicator or len(imputer.statistics_) != len(columns):
+            raise NotCompilable(f"transformer '{name}': missing_as_nan is not followed by a SimpleImputer "
+                                "with one statistic per column and a step after it")
+        fills = [str(value) for value in imputer.statistics_]
+        return [Prepared("", "text", (column,), fill) for column, fill in zip(columns, fills, strict=True)], step[2:]
+    numeric = set(contract.names_with_role("numeric"))
+    if not set(columns) <= numeric:
+        raise NotCompilable(f"transformer '{name}' reads {sorted(set(columns) - numeric)}, which are not numeric "
+                            f"features, through {type(first).__name__}: no prepared input for it")
+    return [Prepared("", "number", (column,)) for column in columns], step
+
+
+def graph_pipeline(model: Pipeline, contract: DatasetContract) -> tuple[Pipeline, tuple[Prepared, ...]]:
+    """The fitted Pipeline as skl2onnx will convert it, and the prepared inputs it reads: the same fitted
+    steps, each ColumnTransformer entry reading its prepared inputs (named input_0, input_1, ...: skl2onnx
+    rewrites names that are not identifiers) instead of its columns."""
+    features, estimator = model.steps[0][1], model.steps[-1][1]
+    if len(model.steps) != 2 or not isinstance(features, ColumnTransformer):
+        raise NotCompilable(f"the Pipeline's steps are {[name for name, _ in model.steps]}, not (features, model) "
+                            "with a ColumnTransformer first")
+    entries: list[tuple[str, Any, list[str]]] = []
+    inputs: list[Prepared] = []
+    for name, step, columns in features.transformers_:
+        if isinstance(step, str):
+            if step != "drop":
+                raise NotCompilable(f"transformer '{name}' is '{step}'; only 'drop' is compiled")
+            continue
+        prepared, tail = split_transformer(name, step, list(columns), contract)
+        named = [dataclasses.replace(p, name=f"input_{len(inputs) + i}") for i, p in enumerate(prepared)]
+        entries.append((name, tail, [p.name for p in named]))
+        inputs.extend(named)
+    rewired = copy.copy(features)  # a shallow copy: the model's own ColumnTransformer is left as it was
+    rewired.transformers_ = entries
+    return Pipeline([("features", rewired), ("model", estimator)]), tuple(inputs)
+
+
+def initial_types(inputs: tuple[Prepared, ...]) -> list[tuple[str, Any]]:
+    """skl2onnx's declaration of the graph inputs: one column each, text as strings, the rest as doubles."""
+    return [(p.name, StringTensorType([None, 1]) if p.kind == "text" else DoubleTensorType([None, 1]))
+            for p in inputs]
+
+
+def convert_double_imputer(scope: Any, operator: Any, container: Any) -> None:
+    """SimpleImputer on doubles: NaN replaced by the fitted statistics, in double (skl2onnx's Imputer
+    node holds float32 statistics, and ONNX Runtime has no double Imputer)."""
+    imputer = operator.raw_operator
+    if not isinstance(operator.inputs[0].type, DoubleTensorType):
+        convert_sklearn_imputer(scope, operator, container)
+        return
+    statistics = np.asarray(imputer.statistics_, dtype="float64")
+    if imputer.add_indicator or not pd.isna(imputer.missing_values) or np.isnan(statistics).any():
+        raise NotCompilable("a SimpleImputer with an indicator, a missing value other than NaN, or a column "
+                            "that was empty when fitted")
+    features = concatenate_variables(scope, operator.inputs, container)
+    fill, missing = scope.get_unique_variable_name("fill"), scope.get_unique_variable_name("missing")
+    container.add_initializer(fill, onnx_proto.TensorProto.DOUBLE, [1, statistics.size], statistics.tolist())
+    container.add_node("IsNaN", [features], [missing], name=scope.get_unique_operator_name("IsNaN"))
+    container.add_node("Where", [missing, fill, features], operator.outputs[0].full_name,
+                       name=scope.get_unique_operator_name("Where"))
+
+
+def tree_attributes(estimator: Any) -> dict[str, Any]:
+    """A forest's or a boosted ensemble's trees as TreeEnsembleRegressor attributes, values in double."""
+    attributes: dict[str, Any] = get_default_tree_regressor_attribute_pairs()
+    attributes["n_targets"] = 1
+    if isinstance(estimator, RandomForestRegressor):
+        for index, tree in enumerate(estimator.estimators_):
+            add_tree_to_attribute_pairs(attributes, False, tree.tree_, index, 1.0 / len(estimator.estimators_),
+                                        0, False, False, dtype=np.float64)
+        return attributes
+    for index, predictors in enumerate(estimator._predictors):
+        if len(predictors) != 1 or predictors[0].nodes["is_categorical"].any():
+            raise NotCompilable("a HistGradientBoostingRegressor with several trees per iteration or "
+                                "categorical splits")
+        add_tree_to_attribute_pairs_hist_gradient_boosting(attributes, False, predictors[0], index, 1.0, 0, False,
+                                                           False, dtype=np.float64)
+    attributes["base_values"] = [float(np.ravel(estimator._baseline_prediction)[0])]
+    attributes["nodes_missing_value_tracks_true"] = [int(go_left) for go_left in
+                                                     attributes["nodes_missing_value_tracks_true"]]
+    return attributes
+
+
+def convert_tree_ensemble(scope: Any, operator: Any, container: Any) -> None:
+    """A random forest or histogram gradient boosting regressor with scikit-learn's double thresholds and
+    leaf values (skl2onnx rounds both to float32). A forest compares float32 inputs to its double thresholds,
+    as scikit-learn's trees do; boosting compares doubles. ONNX Runtime sums the trees in double and gives
+    float32 (ml opset 3), cast back to double: within 6e-8 relative of scikit-learn's sum."""
+    estimator = operator.raw_operator
+    attributes = tree_attributes(estimator)
+    for key in ("nodes_values", "nodes_hitrates", "target_weights", "base_values"):
+        if key in attributes:
+            values = np.asarray(attributes.pop(key), dtype="float64")
+            attributes[f"{key}_as_tensor"] = numpy_helper.from_array(values, f"{key}_as_tensor")
+    features = operator.inputs[0].full_name
+    if isinstance(estimator, RandomForestRegressor):
+        as_float, rounded = scope.get_unique_variable_name("as_float"), scope.get_unique_variable_name("rounded")
+        container.add_node("Cast", [features], [as_float], to=onnx_proto.TensorProto.FLOAT,
+                           name=scope.get_unique_operator_name("Cast"))
+        container.add_node("Cast", [as_float], [rounded], to=onnx_proto.TensorProto.DOUBLE,
+                           name=scope.get_unique_operator_name("Cast"))
+        features = rounded
+    summed = scope.get_unique_variable_name("summed")
+    container.add_node("TreeEnsembleRegressor", [features], [summed], op_domain="ai.onnx.ml", op_version=3,
+                       name=scope.get_unique_operator_name("TreeEnsembleRegressor"), **attributes)
+    container.add_node("Cast", [summed], operator.outputs[0].full_name, to=onnx_proto.TensorProto.DOUBLE,
+                       name=scope.get_unique_operator_name("Cast"))
+
+
+CONVERTERS = {SimpleImputer: convert_double_imputer, RandomForestRegressor: convert_tree_ensemble,
+              HistGradientBoostingRegressor: convert_tree_ensemble}
+
+
+class OnnxScorer:
+    """A converted graph in one ONNX Runtime session (one thread), with the inputs it reads."""
+
+    def __init__(self, graph: onnx.ModelProto, inputs: tuple[Prepared, ...]) -> None:
+        self.graph, self.inputs = graph, inputs
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(graph.SerializeToString(), options,
+                                                    providers=["CPUExecutionProvider"])
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray | None:
+        """Predictions for a frame holding the contract's feature columns, or None if its values need the Pipeline."""
+        feeds = graph_inputs(X, self.inputs)
+        if feeds is None:
+            return None
+        predicted: np.ndarray = np.asarray(self.session.run(None, feeds)[0], dtype="float64").ravel()
+        return predicted
+
+
+def convert(model: Pipeline, contract: DatasetContract) -> OnnxScorer:
+    """The fitted Pipeline as an ONNX graph in a session; raises if a step has no exact ONNX form."""
+    rewired, inputs = graph_pipeline(model, contract)
+    graph = convert_sklearn(rewired, initial_types=initial_types(inputs), target_opset=TARGET_OPSET,
+                            custom_conversion_functions=CONVERTERS)
+    return OnnxScorer(graph, inputs)
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How far the graph's predictions are from the Pipeline's on the parity rows."""
+
+    rows: int
+    max_relative_difference: float
+    worst_row: str
+    failed: bool
+
+    def reason(self) -> str:
+        return (f"ONNX differs from the Pipeline on the holdout: worst relative difference "
+                f"{self.max_relative_difference:.2e} at {self.worst_row} (tolerance {RELATIVE_TOLERANCE:g} "
+                f"relative + {ABSOLUTE_TOLERANCE:g}), over {self.rows} rows")
+
+
+def check_parity(expected: np.ndarray, got: np.ndarray, labels: list[str]) -> Parity:
+    """Every prediction within RELATIVE_TOLERANCE of the Pipeline's (plus ABSOLUTE_TOLERANCE near zero)."""
+    close = np.isclose(got, expected, rtol=RELATIVE_TOLERANCE, atol=ABSOLUTE_TOLERANCE, equal_nan=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = np.abs(got - expected) / np.maximum(np.abs(expected), np.finfo("float64").tiny)
+    relative = np.where(close & np.isnan(relative), 0.0, relative)
+    worst = int(np.argmax(np.where(np.isnan(relative), np.inf, relative)))
+    label = f"{labels[worst]} (ONNX {float(got[worst])!r}, Pipeline {float(expected[worst])!r})"
+    return Parity(len(expected), float(relative[worst]), label, not bool(close.all()))
+
+
+def row_labels(rows: pd.DataFrame, contract: DatasetContract) -> list[str]:
+    """How a parity failure names a row: by its id where the rows carry it, else by position."""
+    if contract.id_column in rows.columns:
+        return [f"row {contract.id_column}={value}" for value in rows[contract.id_column]]
+    return [f"row {position}" for position in range(len(rows))]
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A model ready to score: ONNX (`method` "onnx") or the Pipeline itself ("pipeline", `reason` says why)."""
+
+    model: Pipeline
+    contract: DatasetContract
+    family: str
+    method: str
+    reason: str | None
+    parity: Parity | None
+    scorer: OnnxScorer | None = None
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Predictions for a typed frame of the contract's columns, as `model.predict(model_inputs(frame))`."""
+        predicted = None
+        if self.scorer is not None and set(self.contract.feature_names()) <= set(frame.columns):
+            predicted = self.scorer.predict(frame)  # reads its columns from the frame: no copy of it
+        if predicted is None:
+            predicted = np.asarray(self.model.predict(model_inputs(frame, self.contract)), dtype="float64")
+        return predicted
+
+    def describe(self) -> dict[str, Any]:
+        """What `GET /v1/models/{model}` shows of how the model scores."""
+        return {"scoring": self.method, "family": self.family, "reason": self.reason,
+                "parity_rows": self.parity.rows if self.parity else None,
+                "max_relative_difference": self.parity.max_relative_difference if self.parity else None}
+
+
+def fallback(model: Pipeline, contract: DatasetContract, reason: str, parity: Parity | None = None) -> Compiled:
+    """The Pipeline itself, with the reason it is not compiled (logged)."""
+    family = family_of(model)
+    log.warning("%s scores through its scikit-learn Pipeline, not ONNX: %s", family, reason)
+    return Compiled(model, contract, family, "pipeline", f"{family}: {reason}", parity)
+
+
+def checked(model: Pipeline, contract: DatasetContract, rows: pd.DataFrame, scorer: OnnxScorer) -> Compiled:
+    """The converted model if it predicts `rows` as the Pipeline does, else the Pipeline with the worst row."""
+    if rows.empty:
+        return fallback(model, contract, "no holdout rows to check ONNX against the Pipeline on")
+    X = model_inputs(rows, contract)
+    got = scorer.predict(X)
+    if got is None:
+        return fallback(model, contract, f"the holdout's columns {unfit_columns(X, scorer.inputs)} hold values "
+                                         "the ONNX inputs cannot carry exactly (numbers not typed as numbers, "
+                                         "categories that are not text)")
+    parity = check_parity(np.asarray(model.predict(X), dtype="float64"), got, row_labels(rows, contract))
+    if parity.failed:
+        return fallback(model, contract, parity.reason(), parity)
+    log.info("%s scores through ONNX: max relative difference %.2e from the Pipeline over %d holdout rows",
+             family_of(model), parity.max_relative_difference, parity.rows)
+    return Compiled(model, contract, family_of(model), "onnx", None, parity, scorer)
+
+
+def compile_model(model: Pipeline, contract: DatasetContract, rows: pd.DataFrame) -> Compiled:
+    """The Pipeline converted to ONNX and checked on `rows` (the version's holdout, contract columns);
+    the Pipeline itself, with the reason, if it does not convert or does not match."""
+    try:
+        scorer = convert(model, contract)
+    except Exception as exc:  # noqa: BLE001 - any failure to convert scores through the Pipeline, and says why
+        return fallback(model, contract, f"does not convert to ONNX ({type(exc).__name__}: {first_line(exc)})")
+    try:
+        return checked(model, contract, rows, scorer)
+    except Exception as exc:  # noqa: BLE001 - a graph that errors on the holdout is not trusted
+        return fallback(model, contract, f"ONNX fails on the holdout ({type(exc).__name__}: {first_line(exc)})")
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message, its first line (skl2onnx's run to a paragraph)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no message"
