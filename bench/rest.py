@@ -1,8 +1,10 @@
-"""The REST API's latency and throughput beside a bare FastAPI endpoint, measured in the same run.
+"""The REST API's latency and throughput beside a bare FastAPI endpoint and a hand-written peer, in one run.
 
-A scratch database gets the demo study and a ridge champion; `pipeline.serving.app.create_app` and a bare
-app whose one endpoint returns a constant run in real uvicorn servers on free ports, and several client
-threads send the same bodies (1 and 100 records) to both over HTTP. `python -m bench.rest` runs it alone.
+A scratch database gets the demo study and a ridge champion. Three apps run in real uvicorn servers on free
+ports: ours (`pipeline.serving.app.create_app`), the peer a user would write by hand from the libraries'
+tutorials (FastAPI, `joblib.load` of the same champion, `predict` on a one-row DataFrame: no contract, no
+intervals, no log), and a bare endpoint that returns a constant. Client threads send the same bodies (1 and
+100 records) to each over HTTP, 1 client and CLIENTS at once. `python -m bench.rest` runs it alone.
 """
 
 from __future__ import annotations
@@ -28,14 +30,16 @@ from pipeline.contract.settings import PROJECT_ROOT, Settings
 from pipeline.data import demo
 from pipeline.registry.runs import Run
 from pipeline.serving.app import create_app
-from pipeline.store import db
+from pipeline.store import artifacts, db
 from pipeline.workspace import Workspace
 
 CLIENTS = 4
 TOKEN = "bench-token"
 # Requests per shape: enough for a stable median of the API (tens of ms each); the bare endpoint is cheap.
-REQUESTS = {"api": {1: 120, 100: 40}, "bare": {1: 400, 100: 200}}
+REQUESTS = {"api": {1: 120, 100: 40}, "peer": {1: 120, 100: 40}, "bare": {1: 400, 100: 200}}
 TARGET_RATIO = 2.0  # single-record p50: the API within this factor of the bare endpoint
+TARGET_PEER_P50 = 0.5  # single-record p50: the API at most this share of the hand-written peer's, 1 and 4 clients
+TARGET_PEER_THROUGHPUT = 2.0  # single-record requests per second at CLIENTS clients: at least this many times the peer's
 
 
 def _free_port() -> int:
@@ -74,6 +78,27 @@ def bare_app() -> Any:
     return app
 
 
+def handwritten_app(artifact: Path, features: list[str]) -> Any:
+    """The peer: what a user writes by hand from FastAPI's and scikit-learn's tutorials to serve the champion."""
+    import joblib
+    import pandas as pd
+
+    model = joblib.load(artifact)
+    app = FastAPI()
+
+    @app.post("/predict")
+    async def predict(request: Request) -> Any:
+        body = await request.json()
+        frame = pd.DataFrame(body if isinstance(body, list) else [body])
+        for column in ("birth_date", "visit_date"):
+            frame[column] = pd.to_datetime(frame[column]).dt.date
+        predictions = model.predict(frame[features])
+        return {"prediction": float(predictions[0])} if isinstance(body, dict) else \
+            {"predictions": [float(p) for p in predictions]}
+
+    return app
+
+
 def _champion(server_url: str, artifacts: Path) -> tuple[str, Workspace]:
     """A scratch database with the demo study and a ridge champion (three folds: quick)."""
     url = db.with_database(server_url, f"bench_rest_{int(time.time())}")
@@ -105,8 +130,9 @@ def _records(ws: Workspace, n: int) -> list[dict[str, Any]]:
              for k, v in row.items()} for row in rows]
 
 
-def _load(url: str, body: bytes, headers: dict[str, str], requests_total: int) -> dict[str, Any]:
-    """`requests_total` POSTs from CLIENTS threads; latency percentiles and requests per second."""
+def _load(url: str, body: bytes, headers: dict[str, str], requests_total: int, clients: int = CLIENTS
+          ) -> dict[str, Any]:
+    """`requests_total` POSTs from `clients` threads; latency percentiles and requests per second."""
     latencies: list[float] = []
     failures = [0]
     lock = threading.Lock()
@@ -126,7 +152,7 @@ def _load(url: str, body: bytes, headers: dict[str, str], requests_total: int) -
                     latencies.append(elapsed)
                     failures[0] += answer.status_code != 200
 
-    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    threads = [threading.Thread(target=client) for _ in range(clients)]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -139,37 +165,58 @@ def _load(url: str, body: bytes, headers: dict[str, str], requests_total: int) -
             "requests_per_second": len(ordered) / wall}
 
 
+def _artifact(ws: Workspace) -> Path:
+    from pipeline.registry.records import current_champion
+
+    with ws.engine.connect() as conn:
+        champion = current_champion(conn, ws.model)
+    assert champion is not None, "the bench's retrain makes a champion"
+    return artifacts.local_copy(ws.store, "models", champion["artifact_hash"])
+
+
 def measure(server_url: str, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Latency and throughput of the API and the bare endpoint for 1- and 100-record bodies."""
+    """Latency and throughput of the API, the hand-written peer and the bare endpoint, 1 and 100 records."""
     with tempfile.TemporaryDirectory(prefix="bench-rest-") as folder:
         url, ws = _champion(server_url, Path(folder))
         try:
             records = _records(ws, 100)
             results: dict[str, Any] = {"clients": CLIENTS}
             headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-            with _served(create_app(ws, [TOKEN])) as api, _served(bare_app()) as bare:
-                endpoints = {"api": f"{api}/v1/models/{ws.model}/predict", "bare": f"{bare}/predict"}
-                for size in (1, 100):
+            peer = handwritten_app(_artifact(ws), ws.config.dataset.feature_names())
+            with _served(create_app(ws, [TOKEN])) as api, _served(peer) as hand, _served(bare_app()) as bare:
+                endpoints = {"api": f"{api}/v1/models/{ws.model}/predict", "peer": f"{hand}/predict",
+                             "bare": f"{bare}/predict"}
+                for size, clients in ((1, 1), (1, CLIENTS), (100, CLIENTS)):
                     body = json.dumps(records[0] if size == 1 else records[:size]).encode()
                     for name, endpoint in endpoints.items():
-                        _load(endpoint, body, headers, CLIENTS)  # warm-up
-                        results[f"{name}_{size}"] = _load(endpoint, body, headers, REQUESTS[name][size])
-                        m = results[f"{name}_{size}"]
-                        say(f"REST {name:>4} {size:>3} record(s): p50 {m['p50_ms']:8.1f} ms  p99 {m['p99_ms']:8.1f} ms"
-                            f"  {m['requests_per_second']:7.1f} req/s  ({m['requests']} requests, {m['failed']} failed)")
+                        _load(endpoint, body, headers, clients, clients)  # warm-up
+                        key = f"{name}_{size}" + ("_1client" if clients == 1 else "")
+                        results[key] = m = _load(endpoint, body, headers, REQUESTS[name][size], clients)
+                        say(f"REST {name:>4} {size:>3} record(s), {clients} client(s): p50 {m['p50_ms']:8.1f} ms  "
+                            f"p99 {m['p99_ms']:8.1f} ms  {m['requests_per_second']:7.1f} req/s  ({m['requests']} "
+                            f"requests, {m['failed']} failed)")
         finally:
             ws.engine.dispose()
             db.drop_database(url)
     for size in (1, 100):
         results[f"p50_ratio_{size}"] = results[f"api_{size}"]["p50_ms"] / results[f"bare_{size}"]["p50_ms"]
+    results["peer_p50_ratio_1client"] = results["api_1_1client"]["p50_ms"] / results["peer_1_1client"]["p50_ms"]
+    results["peer_p50_ratio"] = results["api_1"]["p50_ms"] / results["peer_1"]["p50_ms"]
+    results["peer_throughput_ratio"] = (results["api_1"]["requests_per_second"]
+                                        / results["peer_1"]["requests_per_second"])
     return results
 
 
 def verdict(results: dict[str, Any]) -> str:
     ratio = results["p50_ratio_1"]
+    one, many, rate = results["peer_p50_ratio_1client"], results["peer_p50_ratio"], results["peer_throughput_ratio"]
+    met = one <= TARGET_PEER_P50 and many <= TARGET_PEER_P50 and rate >= TARGET_PEER_THROUGHPUT
     return (f"REST single-record p50: {ratio:.1f}x the bare FastAPI endpoint (target <= {TARGET_RATIO:g}x) "
             f"{'OK' if ratio <= TARGET_RATIO else 'MISSED'}; 100 records: {results['p50_ratio_100']:.1f}x, "
-            f"{results['api_100']['requests_per_second'] * 100:.0f} records/s with {results['clients']} clients")
+            f"{results['api_100']['requests_per_second'] * 100:.0f} records/s with {results['clients']} clients\n"
+            f"REST against the hand-written peer: p50 {one:.2f}x (1 client), {many:.2f}x ({results['clients']} clients)"
+            f" (target <= {TARGET_PEER_P50:g}x); throughput {rate:.2f}x (target >= {TARGET_PEER_THROUGHPUT:g}x) "
+            f"{'OK' if met else 'MISSED'}")
 
 
 if __name__ == "__main__":

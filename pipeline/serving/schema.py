@@ -107,6 +107,8 @@ class ModelSummary(BaseModel):
     holdout_metrics: dict[str, float | int | None] | None
     promoted_at: str | None
     interval: IntervalSummary
+    scoring: dict[str, Any] | None = Field(description="how the model scores: 'onnx' (ONNX Runtime, checked "
+                                           "on the version's holdout) or 'pipeline' (scikit-learn), and why")
     artifact_hash: str
     trained_on_snapshot: str
     model_card: dict[str, str] | None

@@ -370,3 +370,47 @@ print(json.dumps({{"prediction": forecast.prediction, "version": summary.version
     answer = json.loads(called.stdout)
     direct = strict_json(send(served.base, json.dumps(record).encode()).text)
     assert answer == {"prediction": direct["prediction"], "version": 1}
+
+
+def _champion_predictions(ws: Workspace, n: int) -> list[float]:
+    """The champion's own joblib Pipeline on the first `n` demo patients, as stored (typed)."""
+    import pandas as pd
+
+    from pipeline.model.features import model_inputs
+    from pipeline.registry.records import current_champion
+
+    with ws.engine.connect() as conn:
+        champion = current_champion(conn, MODEL)
+        assert champion is not None
+        frame = pd.read_sql(sa.text(f"SELECT * FROM public.patient_records ORDER BY patient_id LIMIT {n}"), conn)
+    model = ws.load_model(champion["artifact_hash"])
+    return [float(p) for p in model.predict(model_inputs(frame, ws.config.dataset))]
+
+
+def test_the_champion_scores_through_onnx_checked_on_its_holdout(served: Served) -> None:
+    summary = requests.get(f"{served.base}/v1/models/{MODEL}", headers=auth(), timeout=TIMEOUT).json()
+    scoring = summary["scoring"]
+    assert (scoring["scoring"], scoring["reason"]) == ("onnx", None)
+    assert scoring["parity_rows"] > 50 and scoring["max_relative_difference"] <= 1e-6
+    records = patient_records(served.ws, 8)
+    answered = strict_json(send(served.base, json.dumps(records).encode()).text)["results"]
+    expected = _champion_predictions(served.ws, 8)
+    for result, pipeline in zip(answered, expected, strict=True):
+        assert abs(result["prediction"] - pipeline) <= 1e-6 * abs(pipeline) + 1e-9
+
+
+def test_a_model_that_cannot_be_checked_scores_through_its_pipeline_and_says_why(
+        served: Served, tmp_path: Path) -> None:
+    """The holdout ONNX is checked on is gone (snapshots not on this machine): the Pipeline scores, and the
+    description says why."""
+    import shutil
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(served.ws.settings.artifact_dir, artifacts, ignore=shutil.ignore_patterns("snapshots"))
+    ws = dataclasses.replace(served.ws, settings=dataclasses.replace(served.ws.settings, artifact_dir=artifacts))
+    with running(create_app(ws, [TOKEN])) as base:
+        scoring = requests.get(f"{base}/v1/models/{MODEL}", headers=auth(), timeout=TIMEOUT).json()["scoring"]
+        assert scoring["scoring"] == "pipeline" and "holdout could not be read" in scoring["reason"]
+        records = patient_records(served.ws, 3)
+        answered = strict_json(send(base, json.dumps(records).encode()).text)["results"]
+    assert [r["prediction"] for r in answered] == _champion_predictions(served.ws, 3)
