@@ -2,12 +2,9 @@
 after it predicts the version's holdout as the Pipeline does; the Pipeline itself wherever that fails.
 
 The joblib `Pipeline` stays the system of record: the graph is rebuilt from it at load and never stored.
-Serving (not wired yet) will, when it loads a version:
-
-    train_mean, rows = train.holdout_rows(ws, snapshot_hash, policy.holdout_fraction)
-    compiled = compile_model(model, ws.config.dataset, rows)   # once per process and version
-    compiled.predict(frame)                                     # per request, the frame Pipeline.predict takes
-    compiled.describe()                                         # for GET /v1/models/{model}: method and reason
+The REST API and the batch compile a version once per process as they load it (`for_version`: the holdout
+from `train.holdout_rows`, then `compile_model`); `predict` takes the frame `Pipeline.predict` takes, and
+`describe` is what `GET /v1/models/{model}` shows under `scoring`.
 
 What runs where. ONNX has no date type and no missing text, so three things are prepared in numpy before the
 graph, each exactly as the Pipeline's own first steps compute them: age in years from the date pair
@@ -50,6 +47,9 @@ from sklearn.preprocessing import FunctionTransformer
 
 from pipeline.contract.config import DatasetContract
 from pipeline.model.features import AgeFromDates, missing_as_nan, model_inputs, typed_dates
+from pipeline.registry import records
+from pipeline.store.artifacts import ArtifactIntegrityError
+from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -400,3 +400,19 @@ def first_line(exc: BaseException) -> str:
     """An exception's message, its first line (skl2onnx's run to a paragraph)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else "no message"
+
+
+def for_version(ws: Workspace, model: Pipeline, version: int) -> Compiled:
+    """A registered version's model compiled for scoring, checked on the version's own holdout; the Pipeline
+    itself, with the reason, where the holdout cannot be read or the check fails."""
+    from pipeline.model import train
+
+    with ws.engine.connect() as conn:
+        record = records.get_model(conn, version, ws.model)
+    fraction = float(record["params"].get("holdout_fraction", ws.config.training.holdout_fraction))
+    try:
+        _, rows = train.holdout_rows(ws, record["snapshot_hash"], fraction)
+    except (OSError, LookupError, ValueError, ArtifactIntegrityError) as exc:
+        return fallback(model, ws.config.dataset, f"its holdout could not be read to check ONNX against "
+                                                  f"({type(exc).__name__}: {first_line(exc)})")
+    return compile_model(model, ws.config.dataset, rows)

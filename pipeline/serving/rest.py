@@ -37,11 +37,10 @@ from sqlalchemy.engine import Engine
 from pipeline.contract.config import DatasetContract
 from pipeline.data import quality, validate
 from pipeline.data.casting import NOT_FINITE, cast_column
-from pipeline.model import compiled, intervals, train
+from pipeline.model import intervals
 from pipeline.registry.records import current_champion, get_evaluation, get_model
 from pipeline.registry.runs import error_line
 from pipeline.serving.scoring import PREDICTIONS
-from pipeline.store.artifacts import ArtifactIntegrityError
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -140,8 +139,10 @@ class Champion:
         if row is None or (served and (served.version, served.artifact_hash) == (row["version"], row["artifact_hash"])):
             self.refused = None
             return
+        from pipeline.model import compiled  # ONNX Runtime loads with the first champion, not on import
+
         try:
-            model = compiled_model(self.ws, self.ws.load_model(row["artifact_hash"]), int(row["version"]))
+            model = compiled.for_version(self.ws, self.ws.load_model(row["artifact_hash"]), int(row["version"]))
             loaded = Served(int(row["version"]), model, intervals.for_version(self.ws, int(row["version"])),
                             str(row["artifact_hash"]), str(row["model_family"]))
             loaded = replace(loaded, summary=model_summary(self.ws, loaded))
@@ -173,20 +174,6 @@ class Champion:
             if failing:
                 log.info("looking for a new champion again")
             failing = False
-
-
-def compiled_model(ws: Workspace, model: Any, version: int) -> compiled.Compiled:
-    """A version's model compiled for scoring (ONNX), trusted after it predicts the version's own holdout as
-    the Pipeline does; the Pipeline itself, with the reason, where that fails."""
-    with ws.engine.connect() as conn:
-        record = get_model(conn, version, ws.model)
-    fraction = float(record["params"].get("holdout_fraction", ws.config.training.holdout_fraction))
-    try:
-        _, rows = train.holdout_rows(ws, record["snapshot_hash"], fraction)
-    except (OSError, LookupError, ValueError, ArtifactIntegrityError) as exc:
-        return compiled.fallback(model, ws.config.dataset, f"its holdout could not be read to check ONNX against "
-                                                           f"({error_line(exc, ws.settings)})")
-    return compiled.compile_model(model, ws.config.dataset, rows)
 
 
 # --- the prediction log --------------------------------------------------------------------------
@@ -582,7 +569,7 @@ def model_summary(ws: Workspace, served: Served) -> dict[str, Any]:
             "promoted_at": promoted_at.isoformat() if promoted_at else None,
             "interval": {"coverage": served.interval.coverage, "half_width": _finite(served.interval.half_width),
                          "method": served.interval.method},
-            "scoring": served.model.describe() if isinstance(served.model, compiled.Compiled) else None,
+            "scoring": served.model.describe() if hasattr(served.model, "describe") else None,
             "artifact_hash": served.artifact_hash, "trained_on_snapshot": model["snapshot_hash"],
             "model_card": None if card is None else {"path": ws.relative(card),
                                                      "url": f"/v1/models/{ws.model}/card"}}

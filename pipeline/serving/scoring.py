@@ -325,7 +325,9 @@ def _write_run(ws: Workspace, run_id: str, champion: dict[str, Any]) -> dict[str
     """Score every selected record on one transaction: the run's earlier rows deleted, the new ones copied."""
     contract, serving = ws.config.dataset, ws.config.serving
     suite = scoring_suite(validate.load_suite(contract.expectation_suite), contract)
-    model = ws.load_model(champion["artifact_hash"])  # hash-checked
+    from pipeline.model import compiled  # ONNX Runtime and skl2onnx load where a batch scores, not on import
+
+    model = compiled.for_version(ws, ws.load_model(champion["artifact_hash"]), champion["version"])  # hash-checked
     interval = intervals.for_version(ws, champion["version"])
     shadows = load_shadows(ws, champion["version"])
     raw = ws.engine.raw_connection()
