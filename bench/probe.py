@@ -287,7 +287,7 @@ def run_predict_floor(spec: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": seconds, "rows": len(inputs), "peak_mb": peak_mb()}
 
 
-LIGHT_PIPELINE_MODULES = {"pipeline", "pipeline.contract.config", "pipeline.contract.settings"}  # what a DAG file may import: model names
+LIGHT_PIPELINE_MODULES = {"pipeline", "pipeline.contract", "pipeline.contract.config", "pipeline.contract.settings"}  # what a DAG file may import: model names
 
 
 def run_dag_import(spec: dict[str, Any]) -> dict[str, Any]:

@@ -84,7 +84,8 @@ def test_parsing_dag_files_imports_no_heavy_library() -> None:
     heavy, light = result.stdout.strip().splitlines()[-2:]
     assert heavy == "HEAVY="
     # model names and the params schema only: YAML and the standard library, no stages
-    assert light == "PIPELINE=pipeline,pipeline.contract.config,pipeline.contract.params,pipeline.contract.settings"
+    assert light == ("PIPELINE=pipeline,pipeline.contract,pipeline.contract.config,pipeline.contract.params,"
+                     "pipeline.contract.settings")
 
 
 def test_monitor_drift_runs_hourly_and_feeds_the_retrain_asset(dag_bag: Any) -> None:
