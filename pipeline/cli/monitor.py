@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from pipeline import stages
-from pipeline.cli.common import aligned, run_of, when
+from pipeline.cli.common import aligned, counts, run_of, when
 from pipeline.workspace import Workspace
 
 
@@ -31,8 +31,11 @@ def cmd_performance(ws: Workspace, args: argparse.Namespace) -> Any:
 
 
 def text_performance(result: dict[str, Any]) -> str:
+    refused = result.get("refused_outcomes") or {}
     lines = [f"performance of {result['model']} as of {when(result['as_of'])}: {result['verdict']}",
-             f"  {result['reason']}", *(f"  warning: {warning}" for warning in result["warnings"])]
+             f"  {result['reason']}", *(f"  warning: {warning}" for warning in result["warnings"]),
+             f"  outcomes refused by the contract (not judged): {refused.get('refused', 0)} of "
+             f"{refused.get('outcomes', 0)} ({counts(refused.get('reason_counts'))})"]
     lines += aligned([[f"v{v['version']}", v["source"], f"{v['outcomes']} outcomes", f"live RMSE {v['live_rmse']:.2f}",
                        "holdout " + ("-" if v["holdout_rmse"] is None else
                                      f"{v['holdout_rmse']:.2f} (x{v['ratio']:.2f})"),
@@ -56,4 +59,5 @@ def register(add: Any) -> None:
     add("performance", cmd_performance, "judge the forecasts on the outcomes known now: per version live "
         "against holdout RMSE, MAE, bias, coverage; the champion's verdict (sends no retrain signal)", run=True,
         text=text_performance, json_help="the full result, every metric row included: {model, as_of, verdict, "
-        "reason, warnings, versions, shadows, report_path, signal, ...}")
+        "reason, warnings, versions, shadows, refused_outcomes: {outcomes, refused, reason_counts, over_limit, signal, "
+        "...}, report_path, signal, ...}")
