@@ -62,7 +62,7 @@ def monitor_performance_dag(model: ModelEntry) -> Any:
                     "version": result["champion_version"], "outcomes": result["outcomes"],
                     "live_rmse": result["live_rmse"], "holdout_rmse": result["holdout_rmse"],
                     "signal_id": (result["signal"] or {}).get("signal_id"), "report_path": result["report_path"],
-                    "refused_outcomes": result["refused_outcomes"]["refused"]}
+                    "refused_outcomes": (result["refused_outcomes"] or {}).get("refused", 0)}
 
         @task.short_circuit
         def signal_due(result: dict[str, Any]) -> bool:
