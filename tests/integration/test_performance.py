@@ -368,3 +368,6 @@ def test_performance_json_with_an_infinite_value_is_strict_json(ws: Workspace, c
     assert result["live_rmse"] is None and result["outcomes"] == 40
     assert result["not_finite"]["$.live_rmse"] == "inf is not a finite number, so null"
     assert all(v is None or math.isfinite(v) for m in result["metrics"] for v in (m["rmse"], m["mae"], m["bias"]))
+    text = cli("performance", "--run-id", result["run_id"])  # the stored report again, as text
+    assert text.returncode == 0 and re.search(rf"^  v{v1} +served +40 outcomes +live RMSE - ", text.stdout,
+                                              re.MULTILINE), text.stdout + text.stderr
