@@ -6,7 +6,8 @@ The champion judged on real outcomes, for one model (`monitor_performance` for t
 (`labelled_patient_records`) gets an event, i.e. after outcomes arrived.
 
 **check_performance** - joins the outcomes known at the run's time (target filled in, label time up to
-then) to the forecasts in `pipeline.predictions` made for those records before the outcome was known,
+then, and accepted by the data contract as a training row would be: a refused outcome, say -999 or NaN, is
+counted by reason and judges nothing) to the forecasts in `pipeline.predictions` made for those records before the outcome was known,
 each judged against the version that made it (batch and API forecasts as "served", shadow forecasts per
 shadow version). Per version, slice (`promotion.slices`) and month of the outcome: RMSE, MAE, bias
 (outcome - forecast) and interval coverage, stored in `pipeline.performance_reports` and
@@ -60,7 +61,8 @@ def monitor_performance_dag(model: ModelEntry) -> Any:
             return {"run_id": result["run_id"], "verdict": result["verdict"], "degraded": result["degraded"],
                     "version": result["champion_version"], "outcomes": result["outcomes"],
                     "live_rmse": result["live_rmse"], "holdout_rmse": result["holdout_rmse"],
-                    "signal_id": (result["signal"] or {}).get("signal_id"), "report_path": result["report_path"]}
+                    "signal_id": (result["signal"] or {}).get("signal_id"), "report_path": result["report_path"],
+                    "refused_outcomes": (result["refused_outcomes"] or {}).get("refused", 0)}
 
         @task.short_circuit
         def signal_due(result: dict[str, Any]) -> bool:

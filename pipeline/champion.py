@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from pipeline.data import ingest
 from pipeline.registry import records
 from pipeline.serving.scoring import PREDICTIONS
-from pipeline.stages import vet_champion_to_be
+from pipeline.stages import verify_artifact, vet_champion_to_be
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,10 @@ def shadows(ws: Workspace) -> dict[str, Any]:
 
 
 def add_shadow(ws: Workspace, version: int, actor: str, reason: str) -> dict[str, Any]:
-    """Put a version in shadow (at most `serving.max_shadows`); the set afterwards."""
+    """Put a version in shadow (at most `serving.max_shadows`), its artifact hash-checked first; the set afterwards."""
+    with ws.engine.connect() as conn:
+        row = records.get_model(conn, version, ws.model)
+    verify_artifact(ws, row)  # a version the batch could not load is refused here, not stopped at every run
     records.add_shadow(ws.engine, ws.model, version, actor, reason.strip() or "(no reason given)",
                         ws.config.serving.max_shadows)
     log.info("version %s of %s is in shadow: the batch scores it beside the champion", version, ws.model)

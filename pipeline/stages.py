@@ -695,9 +695,13 @@ def vet_champion_to_be(ws: Workspace, version: int, force: bool, verb: str) -> l
     if failed and not force:
         raise ValueError(f"version {version} failed its policy checks: {'; '.join(failed)}. {verb} only "
                          "with --force (the checks are recorded in the promotion event)")
-    artifacts.verify_file(artifacts.local_copy(ws.store, "models", model["artifact_hash"]),
-                          model["artifact_hash"])
+    verify_artifact(ws, model)
     return failed
+
+
+def verify_artifact(ws: Workspace, model: dict[str, Any]) -> None:
+    """Raise ArtifactIntegrityError (naming the hash) unless the version's stored artifact matches its registered SHA-256."""
+    artifacts.verify_file(artifacts.local_copy(ws.store, "models", model["artifact_hash"]), model["artifact_hash"])
 
 
 def rollback_champion(ws: Workspace, run_id: str, reason: str, to_version: int | None = None,

@@ -30,13 +30,13 @@ def airflow_task(settings: Settings, work: Callable[[], Any]) -> Any:
     try:
         return work()
     except Exception as exc:  # noqa: BLE001 - every failure is reported as one line, by kind
-        line = error_line(exc, settings)
-        if isinstance(exc, ValueError | LookupError | RuntimeError | OSError | sa.exc.SQLAlchemyError):
+        line, kind = error_line(exc, settings), failure_kind(exc)
+        if kind != "data" or isinstance(exc, ValueError | LookupError | RuntimeError | sa.exc.SQLAlchemyError):
             log.debug("stage failed", exc_info=exc)
         else:  # not one of ours: most likely a bug, whose traceback is wanted
             log.exception("stage failed unexpectedly")
         log.error("%s", line)
-        if failure_kind(exc) == "infrastructure":
+        if kind == "infrastructure":
             raise InfrastructureFailure(line) from None
         raise AirflowFailException(line) from None
 

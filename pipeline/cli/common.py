@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+
+import numpy as np
 
 from pipeline.contract import params
 from pipeline.registry import records
@@ -20,8 +23,27 @@ class UnknownTarget(LookupError):
 
 
 def as_json(value: Any) -> str:
-    """`--json` output: one JSON document."""
-    return json.dumps(value, indent=2, default=str)
+    """`--json` output: one strict JSON document. A number that is not finite (NaN, infinity), which JSON cannot
+    hold, is null; a document that is an object then says where and what each was under `not_finite`."""
+    notes: dict[str, str] = {}
+    document = finite_only(value, "$", notes)
+    if notes and isinstance(document, dict):
+        document = {**document, "not_finite": notes}
+    return json.dumps(document, indent=2, default=str, allow_nan=False)
+
+
+def finite_only(value: Any, path: str, notes: dict[str, str]) -> Any:
+    """`value` with every NaN or infinite number made None, its JSON path and reason noted in `notes`."""
+    if isinstance(value, dict):
+        return {k: finite_only(v, f"{path}.{k}", notes) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_only(v, f"{path}[{i}]", notes) for i, v in enumerate(value)]
+    if isinstance(value, float | np.floating) and not math.isfinite(value):
+        notes[path] = f"{float(value)} is not a finite number, so null"
+        return None
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
 
 
 def aligned(rows: list[list[str]], indent: str = "  ") -> list[str]:

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from pipeline import stages
-from pipeline.cli.common import aligned, run_of, when
+from pipeline.cli.common import aligned, counts, run_of, when
 from pipeline.workspace import Workspace
 
 
@@ -30,19 +30,28 @@ def cmd_performance(ws: Workspace, args: argparse.Namespace) -> Any:
     return performance.monitor_performance(ws, run_of(args), send_signal=False)
 
 
+def num(value: float | None, spec: str = ".2f") -> str:
+    """A metric as text; '-' where none could be stored (a stored report holds a non-finite one as null)."""
+    return "-" if value is None else format(value, spec)
+
+
 def text_performance(result: dict[str, Any]) -> str:
+    refused = result.get("refused_outcomes") or {}
     lines = [f"performance of {result['model']} as of {when(result['as_of'])}: {result['verdict']}",
-             f"  {result['reason']}", *(f"  warning: {warning}" for warning in result["warnings"])]
-    lines += aligned([[f"v{v['version']}", v["source"], f"{v['outcomes']} outcomes", f"live RMSE {v['live_rmse']:.2f}",
+             f"  {result['reason']}", *(f"  warning: {warning}" for warning in result["warnings"]),
+             f"  outcomes refused by the contract (not judged): {refused.get('refused', 0)} of "
+             f"{refused.get('outcomes', 0)} ({counts(refused.get('reason_counts'))})"]
+    lines += aligned([[f"v{v['version']}", v["source"], f"{v['outcomes']} outcomes", f"live RMSE {num(v['live_rmse'])}",
                        "holdout " + ("-" if v["holdout_rmse"] is None else
-                                     f"{v['holdout_rmse']:.2f} (x{v['ratio']:.2f})"),
-                       f"MAE {v['mae']:.2f}", f"bias {v['bias']:+.2f}",
-                       f"coverage {v['coverage']:.0%} (nominal {v['nominal_coverage']:.0%})",
+                                     f"{num(v['holdout_rmse'])} (x{num(v['ratio'])})"),
+                       f"MAE {num(v['mae'])}", f"bias {num(v['bias'], '+.2f')}",
+                       f"coverage {num(v['coverage'], '.0%')} (nominal {num(v['nominal_coverage'], '.0%')})",
                        " ".join(["champion"] * v["champion"] + ["DEGRADED"] * v["degraded"])]
                       for v in result["versions"]])
     for s in result["shadows"]:
-        shown = "" if s["rows"] == 0 else (f": RMSE {s['shadow_rmse']:.2f} vs {s['champion_rmse']:.2f}, squared "
-                                          f"error {s['mean_difference']:+.1f} [{s['low']:+.1f}, {s['high']:+.1f}]")
+        shown = "" if s["rows"] == 0 else (f": RMSE {num(s['shadow_rmse'])} vs {num(s['champion_rmse'])}, squared "
+                                          f"error {num(s['mean_difference'], '+.1f')} [{num(s['low'], '+.1f')}, "
+                                          f"{num(s['high'], '+.1f')}]")
         lines.append(f"  shadow v{s['shadow_version']} vs champion v{s['champion_version']} on {s['rows']} shared "
                      f"records{shown}: {s['verdict']}")
     return "\n".join([*lines, f"report: {result['report_path']}"])
@@ -56,4 +65,5 @@ def register(add: Any) -> None:
     add("performance", cmd_performance, "judge the forecasts on the outcomes known now: per version live "
         "against holdout RMSE, MAE, bias, coverage; the champion's verdict (sends no retrain signal)", run=True,
         text=text_performance, json_help="the full result, every metric row included: {model, as_of, verdict, "
-        "reason, warnings, versions, shadows, report_path, signal, ...}")
+        "reason, warnings, versions, shadows, refused_outcomes: {outcomes, refused, reason_counts, over_limit, signal, "
+        "...}, report_path, signal, ...}")

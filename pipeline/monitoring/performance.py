@@ -7,6 +7,12 @@ the batch and the REST API are "served"; shadow forecasts are judged apart, per 
 are those of the outcome's label time (when the evidence arrived). Bias is the mean of outcome minus
 forecast: positive means the forecasts were too low.
 
+An outcome is judged only when the data contract accepts it and the record it completes: the outcome rows go
+through the quality classification training rows go through (`quality.classify_rows`, the suite and the
+plausibility checks). A refused outcome (say -999 for "unknown", NaN, 1e308) is counted by reason in the report
+and moves no metric, verdict or signal; more refused than `quality.max_quarantine_share` is said as a
+data-quality signal, never as degradation.
+
 The current champion is degraded when its live RMSE is over `max_ratio` times its holdout RMSE (from its
 evaluation) on at least `min_outcomes` judged forecasts, and a seeded bootstrap interval of live / holdout
 RMSE at `confidence` lies wholly above `max_ratio`. A threshold left out disables the verdict (a warning,
@@ -29,8 +35,8 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from pipeline.contract.config import DatasetContract, PerformancePolicy, SliceSpec
-from pipeline.data import ingest, quality
+from pipeline.contract.config import DatasetContract, PerformancePolicy, QualityPolicy, SliceSpec
+from pipeline.data import ingest, quality, validate
 from pipeline.model import cards, evaluate
 from pipeline.registry import records
 from pipeline.serving.scoring import PREDICTIONS
@@ -98,16 +104,37 @@ def judged_frame(forecasts: pd.DataFrame, rows: pd.DataFrame, contract: DatasetC
     return judged.sort_values(["version", "source", "source_id"], kind="stable").reset_index(drop=True)
 
 
-def read_judged(engine: Engine, contract: DatasetContract, model: str, as_of: datetime,
-                slices: Sequence[SliceSpec]) -> tuple[pd.DataFrame, int]:
-    """The judged forecasts (`judged_frame`) and how many outcomes were left out because a cell of their
-    row does not read by the contract."""
-    with engine.connect() as conn:
+def read_judged(ws: Workspace, model: str, as_of: datetime, slices: Sequence[SliceSpec]
+                ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The judged forecasts (`judged_frame`) on the outcomes the contract accepts, and the refused ones
+    (`refused_outcomes`)."""
+    contract = ws.config.dataset
+    with ws.engine.connect() as conn:
         forecasts = pd.DataFrame(conn.execute(judged_forecasts_query(contract, model, as_of)).mappings().all(),
                                  columns=JUDGED_COLUMNS)
-    rows, unreadable = ingest.read_readable_rows(engine, contract, outcome_rows_query(contract, model, as_of))
-    rows = rows.loc[rows[contract.target_column].notna()]
-    return judged_frame(forecasts, rows, contract, slices), unreadable
+    raw = ingest.read_raw_rows(ws.engine, contract, outcome_rows_query(contract, model, as_of))
+    verdicts = quality.classify_rows(raw, contract, validate.load_suite(contract.expectation_suite),
+                                     ws.config.quality, fast=True)
+    return judged_frame(forecasts, verdicts.valid, contract, slices), refused_outcomes(verdicts, contract,
+                                                                                      ws.config.quality)
+
+
+def refused_outcomes(verdicts: quality.QualityResult, contract: DatasetContract,
+                     policy: QualityPolicy) -> dict[str, Any]:
+    """The outcomes the contract refused: how many, by reason, examples, and against `quality.max_quarantine_share`
+    the data-quality signal (a sentence, None within the limit)."""
+    n, refused = verdicts.rows_read, len(verdicts.quarantined)
+    share = refused / n if n else 0.0
+    counts = verdicts.reason_counts()
+    ids = [quality.source_id(i) for i in verdicts.quarantined[contract.id_column].head(validate.SAMPLE_IDS)]
+    over = share > policy.max_quarantine_share
+    by_reason = ", ".join(f"{code} {count}" for code, count in counts.items())
+    signal = (f"data quality: {refused} of {n} outcomes refused by the contract ({share:.1%}: {by_reason}; e.g. "
+              f"{contract.id_column} {', '.join(map(str, ids))}), over quality.max_quarantine_share "
+              f"{policy.max_quarantine_share:.1%}: fix them at the source. They are not judged, so this is not a "
+              "sign of degradation") if over else None
+    return {"outcomes": n, "refused": refused, "share": share, "reason_counts": counts, "sample_ids": ids,
+            "limit": policy.max_quarantine_share, "over_limit": over, "signal": signal}
 
 
 # --- metrics -----------------------------------------------------------------------------------
@@ -318,7 +345,8 @@ def report_html(report: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]],
             ("outcomes known up to", report["as_of"]), ("verdict", verdict["verdict"]),
             ("max_ratio", policy.get("max_ratio")), ("min_outcomes", policy.get("min_outcomes")),
             ("confidence", policy.get("confidence")), ("bootstrap_samples", policy.get("bootstrap_samples")),
-            ("signal", signal_text), ("outcomes left out (unreadable row)", report["unreadable_outcomes"])])),
+            ("signal", signal_text)])),
+        cards.section("refused", "Outcomes the contract refused (not judged)", _refused_html(report["refused_outcomes"])),
         cards.section("versions", "Per version", "<p>served = batch and API forecasts; bias = mean of outcome - "
                       "forecast (positive: forecasts too low).</p>" + cards.table(
                           ["version", "source", "outcomes", "live RMSE", "holdout RMSE", "ratio", "MAE", "bias",
@@ -336,6 +364,17 @@ def report_html(report: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]],
         cards.section("metrics", "Every metric", cards.table(
             ["version", "source", "dimension", "slice", "group", "rows", "RMSE", "MAE", "bias", "coverage"], every)),
     ])
+
+
+def _refused_html(refused: Mapping[str, Any]) -> str:
+    """The refused outcomes by reason, and the data-quality signal when over the limit."""
+    signal = refused.get("signal")
+    head = (f"<p class='fail'>{html.escape(signal)}</p>" if signal else
+            f"<p>{refused.get('refused', 0)} of {refused.get('outcomes', 0)} outcomes refused by the data contract "
+            f"(limit quality.max_quarantine_share {refused.get('limit', 0):.1%}); refused outcomes move no metric, "
+            "verdict or signal.</p>")
+    rows = [(code, count) for code, count in (refused.get("reason_counts") or {}).items()]
+    return head + (cards.table(["reason", "outcomes"], rows) if rows else "")
 
 
 # --- the registry side -------------------------------------------------------------------------
@@ -411,10 +450,10 @@ def record_report(conn: Connection, report: Mapping[str, Any], metrics: Sequence
     conn.execute(sa.text("""
         INSERT INTO pipeline.performance_reports (run_id, model, champion_version, as_of, outcomes, live_rmse,
                holdout_rmse, ratio_low, ratio_high, verdict, degraded, reason, warnings, policy, versions, shadows,
-               signal_id, report_path, report_sha256)
+               signal_id, report_path, report_sha256, refused_outcomes)
         VALUES (:run_id, :model, :champion, :as_of, :outcomes, :live, :holdout, :low, :high, :verdict, :degraded,
                 :reason, CAST(:warnings AS jsonb), CAST(:policy AS jsonb), CAST(:versions AS jsonb),
-                CAST(:shadows AS jsonb), :signal_id, :path, :sha256)
+                CAST(:shadows AS jsonb), :signal_id, :path, :sha256, CAST(:refused AS jsonb))
     """), {"run_id": report["run_id"], "model": report["model"], "champion": verdict["version"],
            "as_of": report["as_of"], "outcomes": verdict["outcomes"], "live": verdict["live_rmse"],
            "holdout": verdict["holdout_rmse"], "low": verdict["ratio_low"], "high": verdict["ratio_high"],
@@ -422,7 +461,7 @@ def record_report(conn: Connection, report: Mapping[str, Any], metrics: Sequence
            "warnings": records._json(verdict["warnings"]), "policy": records._json(report["policy"]),
            "versions": records._json(report["versions"]), "shadows": records._json(report["shadows"]),
            "signal_id": (report.get("signal") or {}).get("signal_id"), "path": report["report_path"],
-           "sha256": report["report_sha256"]})
+           "sha256": report["report_sha256"], "refused": records._json(report["refused_outcomes"])})
     if metrics:
         conn.execute(sa.text("""
             INSERT INTO pipeline.performance_metrics (run_id, version, source, dimension, slice, grp, rows, rmse, mae,
@@ -435,7 +474,8 @@ def record_report(conn: Connection, report: Mapping[str, Any], metrics: Sequence
 def summary_of(stored: Mapping[str, Any]) -> dict[str, Any]:
     """What a monitor run returns, from its stored report."""
     keys = ("run_id", "model", "champion_version", "as_of", "outcomes", "live_rmse", "holdout_rmse", "ratio_low",
-            "ratio_high", "verdict", "degraded", "reason", "warnings", "versions", "shadows", "signal_id", "report_path")
+            "ratio_high", "verdict", "degraded", "reason", "warnings", "versions", "shadows", "signal_id", "report_path",
+            "refused_outcomes")
     return {k: stored[k] for k in keys}
 
 
@@ -445,7 +485,7 @@ def monitor_performance(ws: Workspace, run: Run, send_signal: bool = True) -> di
     """Judge the forecasts on the outcomes known at the run's watermark; store the metrics and the HTML report;
     when the champion is degraded (and `send_signal`), claim a signal for its retrain (`signal` in the result,
     None when none is due). A retried run returns what it recorded."""
-    contract, policy = ws.config.dataset, ws.config.monitoring.performance
+    policy = ws.config.monitoring.performance
     as_of = datetime.fromisoformat(run.watermark.isoformat())  # a plain datetime (Airflow passes pendulum)
     with ws.engine.connect() as conn:
         recorded = stored_report(conn, run.run_id)
@@ -455,19 +495,21 @@ def monitor_performance(ws: Workspace, run: Run, send_signal: bool = True) -> di
         signal = _recorded_signal(ws, recorded)
         return {**summary_of(recorded), "signal": signal}
     slices = ws.config.promotion.slices
-    judged, unreadable = read_judged(ws.engine, contract, ws.model, as_of, slices)
+    judged, refused = read_judged(ws, ws.model, as_of, slices)
     metrics = metric_rows(judged, [s.name for s in slices])
     version = champion["version"] if champion else None
     served = judged.loc[(judged["source"] == "served") & (judged["version"] == version)]
     errors = (served["outcome"].to_numpy(float) - served["prediction"].to_numpy(float)) ** 2
     seed = ws.config.training.seed
     verdict = judge_champion(errors, holdout.get(version) if version else None, policy, seed, version)
+    if refused["signal"]:
+        verdict["warnings"].append(refused["signal"])  # a data-quality signal, beside the verdict, not in it
     for warning in verdict["warnings"]:
         log.warning("%s", warning)
     shadow_confidence = policy.confidence or DEFAULT_CONFIDENCE
     report: dict[str, Any] = {
         "run_id": run.run_id, "model": ws.model, "as_of": as_of, "verdict": verdict, "policy": asdict(policy),
-        "versions": version_summaries(metrics, holdout, verdict), "unreadable_outcomes": unreadable,
+        "versions": version_summaries(metrics, holdout, verdict), "refused_outcomes": refused,
         "shadows": paired_shadows(judged, version, policy.bootstrap_samples, shadow_confidence, seed),
         "shadow_confidence": shadow_confidence, "signal": None}
     if verdict["degraded"] and send_signal:
@@ -483,7 +525,7 @@ def monitor_performance(ws: Workspace, run: Run, send_signal: bool = True) -> di
     log.info("performance of %s as of %s: %s%s", ws.model, as_of, verdict["reason"],
              f"; signal {report['signal']['signal_id']} sent" if report["signal"] else "")
     return {**summary_of(stored), "signal": _jsonable_signal(report["signal"]),
-            "unreadable_outcomes": unreadable, "metrics": metrics}
+            "metrics": metrics}
 
 
 def _jsonable_signal(signal: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -503,7 +545,7 @@ def latest_reports(conn: Connection, model: str, limit: int = 5) -> list[dict[st
     """The model's latest performance reports, newest first."""
     rows = conn.execute(sa.text("""
         SELECT run_id, as_of, champion_version, outcomes, live_rmse, holdout_rmse, verdict, degraded, signal_id,
-               report_path, created_at
+               report_path, created_at, refused_outcomes
           FROM pipeline.performance_reports WHERE model = :model ORDER BY created_at DESC LIMIT :n
     """), {"model": model, "n": limit}).mappings()
     return [dict(r) for r in rows]

@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any
 
 import adbc_driver_manager
+import psycopg2
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -58,6 +59,8 @@ INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     sa.exc.InterfaceError,
     sa.exc.DisconnectionError,
     sa.exc.TimeoutError,  # no connection free in the pool
+    psycopg2.OperationalError,  # the same, raised on a raw connection (scoring's COPY writer), not wrapped
+    psycopg2.InterfaceError,  # "connection already closed"
     adbc_driver_manager.OperationalError,  # the Arrow (COPY) reader's connection
     adbc_driver_manager.InterfaceError,
     OSError,  # disk full, read-only, permissions
@@ -85,27 +88,36 @@ def failure_kind(exc: BaseException) -> str:
     return "data"
 
 
-def database_error(exc: sa.exc.DBAPIError, settings: Settings) -> str:
-    """One line: which database, what failed, what to check; never the password, the SQL or its values."""
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (sa.exc.DBAPIError, psycopg2.Error, adbc_driver_manager.Error)
+UNREACHABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, psycopg2.OperationalError, psycopg2.InterfaceError,
+               adbc_driver_manager.OperationalError, adbc_driver_manager.InterfaceError)
+
+
+def database_named(settings: Settings) -> str:
+    """The database the settings point at, as an error names it: never its password."""
     if settings.database_url:
-        where = f"database {sa.engine.make_url(settings.database_url).render_as_string(hide_password=True)} " \
-                f"(PIPELINE_DATABASE_URL)"
-    else:
-        where = f"the embedded PostgreSQL in {settings.pgdata_dir}"
-    detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
-    hint = "; is it running and reachable?" if isinstance(exc, sa.exc.OperationalError) else ""
-    return f"{where}: {detail}{hint}"
+        return f"database {sa.engine.make_url(settings.database_url).render_as_string(hide_password=True)} " \
+               "(PIPELINE_DATABASE_URL)"
+    return f"the embedded PostgreSQL in {settings.pgdata_dir}"
+
+
+def database_error(exc: BaseException, settings: Settings) -> str:
+    """One line: which database, what failed, what to check; never the password, the SQL or its values."""
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    detail = (str(orig).strip().splitlines() or [type(orig).__name__])[0] if orig is not None else type(exc).__name__
+    if isinstance(exc, adbc_driver_manager.Error):
+        detail = f"reading the source rows over COPY failed: {detail}"
+    hint = "; is it running and reachable?" if isinstance(exc, UNREACHABLE) else ""
+    return f"{database_named(settings)}: {detail}{hint}"
 
 
 def error_line(exc: BaseException, settings: Settings) -> str:
-    """A failure as one line; a database error's SQL and parameters go to the debug log only. The database
-    password never appears, whatever a driver put in its message."""
-    if isinstance(exc, sa.exc.DBAPIError):
+    """A failure as one line; a database error (of any driver: SQLAlchemy's, psycopg2's, ADBC's) names the
+    database, and its SQL and parameters go to the debug log only. The database password never appears,
+    whatever a driver put in its message."""
+    if isinstance(exc, DATABASE_ERRORS):
         log.debug("database error", exc_info=exc)
         line = database_error(exc, settings)
-    elif isinstance(exc, adbc_driver_manager.Error):
-        log.debug("database error (Arrow reader)", exc_info=exc)
-        line = f"reading the source rows over COPY failed: {str(exc).strip().splitlines()[0]}"
     else:
         text = str(exc).strip()
         line = text.splitlines()[0] if "\n" in text and isinstance(exc, OSError) else (text or type(exc).__name__)
@@ -266,8 +278,8 @@ def _record_failure(conn: Connection, run_id: str, stage: str, exc: BaseExceptio
     try:
         fail_run(conn, run_id, f"{stage}: {error_line(exc, settings)}", failure_kind(exc))
     except Exception:  # noqa: BLE001 - the database is gone: the lock went with it, and the next command reaps
-        log.warning("run %s could not be marked failed (the database is unreachable); "
-                    "the next command marks it abandoned", run_id)
+        log.debug("run %s could not be marked failed (the database is unreachable); "
+                  "the next command marks it abandoned", run_id)  # the failure's own line names the database
 
 
 def _release(held: _Held, run_id: str) -> None:

@@ -288,8 +288,8 @@ def _fail_run(ws: Workspace, run_id: str, reason: str) -> None:
                 UPDATE pipeline.scoring_runs SET status = 'failed', reason = :reason, finished_at = now()
                  WHERE run_id = :run_id AND model = :model
             """), {"run_id": run_id, "model": ws.model, "reason": reason})
-    except sa.exc.DBAPIError:  # the database is gone: the error that got us here says so
-        log.warning("scoring run %s could not be marked failed (the database is unreachable)", run_id)
+    except sa.exc.DBAPIError:  # the database is gone: the error that got us here says so, the next command reaps
+        log.debug("scoring run %s could not be marked failed (the database is unreachable)", run_id)
 
 
 def _champion(ws: Workspace) -> dict[str, Any]:
@@ -360,11 +360,21 @@ def _write_run(ws: Workspace, run_id: str, champion: dict[str, Any]) -> dict[str
               json.dumps(summary["reason_counts"]), json.dumps(summary["shadows"]), run_id))
         raw.commit()
     except BaseException:
-        raw.rollback()
+        _roll_back(raw, run_id)
         raise
     finally:
         raw.close()
     return summary
+
+
+def _roll_back(raw: Any, run_id: str) -> None:
+    """Take back the run's writes. A lost connection has taken them back already, and its error, not the
+    rollback's 'connection already closed', is the one to tell: the connection is discarded, not pooled."""
+    try:
+        raw.rollback()
+    except Exception:  # noqa: BLE001 - the server rolled back with the connection; the first error is raised
+        log.debug("scoring run %s: rollback on a lost connection", run_id, exc_info=True)
+        raw.invalidate()
 
 
 def score_batch(ws: Workspace, run_id: str) -> dict[str, Any]:

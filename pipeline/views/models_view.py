@@ -361,7 +361,8 @@ def model_html(links: Links, entry: ModelEntry, overview: Mapping[str, Any]) -> 
               d["window_start"], d["window_end"], d["recent_rows"]) for d in overview["drift"]]
     perf = [(link(links.report(model, p["run_id"], "performance"), p["run_id"]) if p["report_path"] else p["run_id"],
              p["created_at"], p["verdict"], f"v{p['champion_version']}" if p["champion_version"] else None,
-             p["outcomes"], p["live_rmse"], p["holdout_rmse"]) for p in overview["performance"]]
+             p["outcomes"], p["live_rmse"], p["holdout_rmse"], refused_text(p["refused_outcomes"]))
+            for p in overview["performance"]]
     body = "".join([
         summary,
         section("trend", "Metric trend", trend_svg(trend) + "<p class='note'>Each version's holdout RMSE is on its "
@@ -377,7 +378,8 @@ def model_html(links: Links, entry: ModelEntry, overview: Mapping[str, Any]) -> 
         section("drift", "Drift checks", table(["run", "at", "verdict", "champion", "window start", "window end",
                                                 "recent rows"], drift)),
         section("performance", "Performance on real outcomes", table(
-            ["run", "at", "verdict", "champion", "outcomes", "live RMSE", "holdout RMSE"], perf)),
+            ["run", "at", "verdict", "champion", "outcomes", "live RMSE", "holdout RMSE",
+             "outcomes refused by the contract"], perf)),
         section("quarantine", "Data quality", f"<p>{link(links.quarantine(model), 'Quarantined rows')} (with reasons "
                 f"and original values; {link(links.quarantine(model, csv_export=True), 'CSV export')}).</p>"),
         section("actions", "Actions", actions_html(links, entry, champion_version)),
@@ -407,6 +409,14 @@ def with_crumbs(document: bytes, crumbs: Iterable[tuple[str, str]]) -> str:
     bar = f"<style>{NAV_STYLE}</style>" + nav(crumbs)
     at = source.find("<body>")
     return source[:at + 6] + bar + source[at + 6:] if at >= 0 else bar + source
+
+
+def refused_text(refused: Mapping[str, Any] | None) -> str:
+    """A report's refused outcomes as `41 (out_of_range 41)`, with OVER LIMIT when they are a data-quality signal."""
+    if not refused or not refused.get("refused"):
+        return "0"
+    counts = ", ".join(f"{code} {n}" for code, n in sorted((refused.get("reason_counts") or {}).items()))
+    return f"{refused['refused']} ({counts})" + (" OVER LIMIT: a data-quality signal" if refused.get("over_limit") else "")
 
 
 def reasons_text(reasons: Sequence[Mapping[str, Any]]) -> str:

@@ -28,6 +28,11 @@ def make_run(run_id: str, watermark: datetime = LATER_WATERMARK) -> Run:
     return Run(run_id=run_id, watermark=watermark, triggered_by="test")
 
 
+# A scoring run's writer waiting on a lock as it copies its refusals (after its forecasts, on its transaction).
+SCORER_WAITING = ("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                  "AND query LIKE 'COPY pipeline.scoring_refusals%'")
+
+
 def fetch(ws: Workspace, sql: str, **params: Any) -> list[dict[str, Any]]:
     with ws.engine.connect() as conn:
         return [dict(row) for row in conn.execute(sa.text(sql), params).mappings()]

@@ -31,6 +31,7 @@ from pipeline.store import db
 from pipeline.workspace import Workspace
 from tests.integration.stage_runs import (
     DEMO_WATERMARK,
+    SCORER_WAITING,
     champion_state,
     cli_runner,
     fetch,
@@ -431,3 +432,54 @@ def test_a_run_left_between_stages_for_a_day_is_marked_abandoned(champion: Works
     assert reaped["run_id"] == "left-behind"
     assert (failed["status"], failed["failure_kind"]) == ("failed", "abandoned")
     assert failed["reason"].startswith(f"abandoned: no stage worked on it for {runs.IDLE_RUN_HOURS} hours")
+
+
+def block_refusals(ws: Workspace, run_id: str, source_id: int) -> sa.engine.Connection:
+    """An open transaction holding a refusal row of `run_id` for `source_id`: the scorer's COPY of that refusal
+    waits on it, after the run's forecasts are written on its own (uncommitted) transaction."""
+    blocker = ws.engine.connect()
+    blocker.execute(sa.text("INSERT INTO pipeline.scoring_refusals (run_id, source_id, reasons) "
+                            "VALUES (:r, :id, '[]')"), {"r": run_id, "id": str(source_id)})
+    return blocker
+
+
+def test_scoring_that_loses_its_database_mid_write_says_so_in_one_line_and_reruns_whole(
+        own_server: tuple[Path, str], tmp_path: Path) -> None:
+    pgdata, url = own_server
+    settings = dataclasses.replace(Settings.from_env(), database_url=url, artifact_dir=tmp_path / "artifacts")
+    ws = quick_workspace(Workspace.open(settings))
+    promote_demo_champion(ws)
+    ids = demo.simulate_arrivals(ws.engine, rows=40, seed=14, labelled=False)
+    with ws.engine.begin() as conn:  # one record the contract refuses: its refusal is written after the forecasts
+        conn.execute(sa.text("UPDATE public.patient_records SET sex = 'X' WHERE patient_id = :id"), {"id": ids[0]})
+    blocker = block_refusals(ws, "lost-db-score", ids[0])
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", "score", "--run-id", "lost-db-score"],
+                               cwd=PROJECT_ROOT, env=cli_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        wait_until(lambda: fetch(ws, SCORER_WAITING), "the scorer to wait mid-write")
+        blocker.close()
+        ws.engine.dispose()
+        assert db.stop_embedded_postgres(pgdata) is not None
+        stdout, stderr = process.communicate(timeout=DEADLINE_SECONDS)
+    finally:
+        process.kill()
+        process.wait()
+
+    assert process.returncode == 1 and stdout == ""
+    [line] = stderr.strip().splitlines()  # one line: no traceback, no follow-up warnings
+    named = sa.engine.make_url(url).render_as_string(hide_password=True)
+    assert line.startswith(f"error: database {named} (PIPELINE_DATABASE_URL): "), line
+    assert "connection already closed" not in line, line  # the first cause, not the rollback's follow-up
+    restart = "import sys; from pathlib import Path; from pipeline.store import db; print(db.start_embedded_postgres(Path(sys.argv[1])))"
+    subprocess.run([sys.executable, "-c", restart, str(pgdata)], cwd=PROJECT_ROOT, check=True, capture_output=True)
+    assert fetch(ws, "SELECT * FROM pipeline.predictions WHERE run_id = 'lost-db-score'") == []  # rolled back whole
+    assert fetch(ws, "SELECT * FROM pipeline.scoring_refusals WHERE run_id = 'lost-db-score'") == []
+
+    rerun = output(cli_runner(cli_env(settings))("score", "--run-id", "lost-db-score", "--json"))
+
+    assert (rerun["rows_selected"], rerun["rows_scored"], rerun["rows_refused"]) == (40, 39, 1)
+    [run] = fetch(ws, "SELECT status FROM pipeline.scoring_runs WHERE run_id = 'lost-db-score'")
+    assert run["status"] == "done"
+    assert len(fetch(ws, "SELECT 1 FROM pipeline.predictions WHERE run_id = 'lost-db-score'")) == 39
+    ws.engine.dispose()

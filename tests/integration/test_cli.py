@@ -135,7 +135,8 @@ READ_COMMANDS: dict[tuple[str, ...], set[str]] = {  # each read command and the 
                          "train_rows", "recorded_train_rows", "library_differences"},
     ("check-config",): {"config", "model", "ok"},
     ("db-url",): {"url"},
-    ("performance",): {"model", "as_of", "verdict", "reason", "warnings", "versions", "shadows", "report_path"},
+    ("performance",): {"model", "as_of", "verdict", "reason", "warnings", "versions", "shadows", "report_path",
+                       "refused_outcomes"},
 }
 
 

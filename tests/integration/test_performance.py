@@ -222,6 +222,50 @@ def test_a_missing_threshold_disables_the_trigger_and_still_reports(ws: Workspac
         result["report_path"]).read_text()
 
 
+def test_sentinel_outcomes_are_refused_by_reason_and_move_no_metric_verdict_or_signal(ws: Workspace) -> None:
+    v1, = register_versions(ws, [10.0], champion=0)
+    clean, sentinels = list(range(8001, 8101)), [8101, 8102, 8103, 8104]
+    add_records(ws, clean + sentinels)
+    degraded_history(ws, clean, v1, spread=10.0)
+    add_forecasts(ws, [(v1, "batch", i, 100.0, 80.0, 120.0, at("2026-01-01")) for i in sentinels])
+    before = monitor(ws, "perf-clean", LATER)
+    # -999 on 1 % of the outcomes, "unknown" as a number, an overflow, and NaN, each written by UPDATE
+    set_outcomes(ws, {8101: -999.0, 8102: -1e9, 8103: 1e308, 8104: float("nan")})
+
+    after = monitor(ws, "perf-sentinels", LATER)
+
+    assert before["verdict"] == "not_degraded" and before["refused_outcomes"]["refused"] == 0
+    same = ("verdict", "degraded", "outcomes", "live_rmse", "ratio_low", "ratio_high")
+    assert {k: after[k] for k in same} == {k: before[k] for k in same}
+    assert after["versions"] == before["versions"]  # live RMSE, MAE, bias and coverage per version
+    refused = after["refused_outcomes"]
+    assert (refused["outcomes"], refused["refused"]) == (104, 4)
+    assert refused["reason_counts"] == {"not_finite": 1, "out_of_range": 3}  # as training quarantines them
+    assert sorted(refused["sample_ids"]) == sentinels and refused["over_limit"] is False and refused["signal"] is None
+    assert after["signal"] is None and fetch(ws, "SELECT * FROM pipeline.performance_signals") == []
+    [stored] = fetch(ws, "SELECT refused_outcomes, live_rmse FROM pipeline.performance_reports "
+                         "WHERE run_id = 'perf-sentinels'")
+    assert stored == {"refused_outcomes": refused, "live_rmse": before["live_rmse"]}
+    assert monitor(ws, "perf-sentinels", LATER)["refused_outcomes"] == refused  # a retried run: what it recorded
+    assert "out_of_range" in Path(after["report_path"]).read_text()
+
+
+def test_many_refused_outcomes_are_a_data_quality_signal_not_degradation(ws: Workspace) -> None:
+    v1, = register_versions(ws, [10.0], champion=0)
+    add_records(ws, list(range(8201, 8301)))
+    degraded_history(ws, list(range(8201, 8301)), v1, spread=10.0)
+    set_outcomes(ws, {i: -999.0 for i in range(8201, 8211)})  # 10 %, over quality.max_quarantine_share (5 %)
+
+    result = monitor(ws, "perf-many-refused", LATER)
+
+    assert (result["verdict"], result["degraded"], result["signal"], result["outcomes"]) == (
+        "not_degraded", False, None, 90)
+    assert result["refused_outcomes"]["over_limit"] is True
+    [signal] = [w for w in result["warnings"] if w.startswith("data quality:")]
+    assert signal.startswith("data quality: 10 of 100 outcomes refused by the contract (10.0%: out_of_range 10")
+    assert "not a sign of degradation" in signal and signal in Path(result["report_path"]).read_text()
+
+
 # --- by command line ---------------------------------------------------------------------------
 
 
@@ -299,3 +343,31 @@ def test_forecasts_without_any_outcome_yet_give_no_verdict_not_an_error(ws: Work
 
     assert result["verdict"] == "insufficient_outcomes" and result["outcomes"] == 0
     assert result["degraded"] is False and result["live_rmse"] is None
+
+
+def strict_json(text: str) -> Any:
+    """JSON as the standard has it: a bare NaN or Infinity is an error, not a number."""
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"not JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_performance_json_with_an_infinite_value_is_strict_json(ws: Workspace, cli: Any) -> None:
+    v1, = register_versions(ws, [10.0], champion=0)
+    add_records(ws, list(range(9001, 9041)))
+    add_forecasts(ws, [(v1, "batch", i, 100.0, 80.0, 120.0, at("2026-01-01")) for i in range(9001, 9040)]
+                  + [(v1, "batch", 9040, float("inf"), 80.0, float("inf"), at("2026-01-01"))])  # a stored inf
+    set_outcomes(ws, {i: 100.0 for i in range(9001, 9041)})
+
+    done = cli("performance", "--json")
+
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(ValueError, match="not JSON: Infinity"):
+        strict_json(done.stdout.replace('"live_rmse": null', '"live_rmse": Infinity', 1))  # the parser is strict
+    result = strict_json(done.stdout)
+    assert result["live_rmse"] is None and result["outcomes"] == 40
+    assert result["not_finite"]["$.live_rmse"] == "inf is not a finite number, so null"
+    assert all(v is None or math.isfinite(v) for m in result["metrics"] for v in (m["rmse"], m["mae"], m["bias"]))
+    text = cli("performance", "--run-id", result["run_id"])  # the stored report again, as text
+    assert text.returncode == 0 and re.search(rf"^  v{v1} +served +40 outcomes +live RMSE - ", text.stdout,
+                                              re.MULTILINE), text.stdout + text.stderr

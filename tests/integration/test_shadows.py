@@ -263,6 +263,22 @@ def test_promote_to_a_tampered_artifact_is_refused(sws: Workspace) -> None:
     assert champion_rows(sws) == before
 
 
+def test_shadow_add_of_a_tampered_version_is_refused_naming_the_hash(sws: Workspace, cli: Any) -> None:
+    overwrite_artifact(sws, 2)
+    with sws.engine.connect() as conn:
+        registered = records.get_model(conn, 2, sws.model)["artifact_hash"]
+
+    with pytest.raises(ArtifactIntegrityError, match=registered):
+        champion.add_shadow(sws, 2, "test", "watch it")
+    refused = cli("shadow", "--add", "2", "--reason", "watch it")
+
+    assert refused.returncode == 1 and refused.stdout == ""
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith("error: ") and registered in line
+    assert champion.shadows(sws)["shadows"] == []
+    assert fetch(sws, "SELECT * FROM pipeline.shadow_events") == []
+
+
 def test_promote_to_an_unevaluated_version_needs_force(sws: Workspace) -> None:
     third = stages.train_candidate(sws, make_run("third"), retrain_snapshot(sws, "third"))["version"]
     before = champion_rows(sws)

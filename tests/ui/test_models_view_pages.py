@@ -34,6 +34,21 @@ def test_values_are_escaped_and_run_ids_quoted_in_links() -> None:
     assert "/models-view/m/runs/perf-1/performance" in page and "/dags/rollback" in page
 
 
+def test_refused_outcomes_are_shown_with_each_performance_report() -> None:
+    overview = _overview()
+    report = {"run_id": "perf-2", "created_at": None, "verdict": "not_degraded", "champion_version": 1,
+              "outcomes": 90, "live_rmse": 10.0, "holdout_rmse": 10.0, "report_path": "p",
+              "refused_outcomes": {"refused": 10, "reason_counts": {"out_of_range": 9, "not_finite": 1},
+                                   "over_limit": True}}
+    overview["performance"] = [report, {**report, "run_id": "perf-1", "refused_outcomes": {}}]
+
+    page = models_view.model_html(LINKS, ModelEntry("m", Path("m.yaml"), True), overview)
+
+    assert "outcomes refused by the contract" in page
+    assert "10 (not_finite 1, out_of_range 9) OVER LIMIT: a data-quality signal" in page
+    assert models_view.refused_text({}) == "0"
+
+
 def test_the_trend_plots_holdout_and_live_rmse() -> None:
     svg = models_view.trend_svg([{"version": 1, "holdout_rmse": 50.0, "live_rmse": 55.0},
                                  {"version": 2, "holdout_rmse": 48.0, "live_rmse": None}])

@@ -135,13 +135,15 @@ def test_the_report_page_states_the_verdict_thresholds_warning_and_shadows() -> 
     report = {"run_id": "r1", "as_of": "2026-11-30", "policy": {"max_ratio": None, "min_outcomes": 30},
               "verdict": verdict, "versions": performance.version_summaries(rows, holdout, verdict),
               "shadows": performance.paired_shadows(SMALL, 2, 200, 0.9, 1), "shadow_confidence": 0.9,
-              "unreadable_outcomes": 0, "signal": None}
+              "refused_outcomes": {"outcomes": 5, "refused": 1, "reason_counts": {"out_of_range": 1}, "limit": 0.05,
+                                   "over_limit": False, "signal": None}, "signal": None}
 
     page = performance.report_html(report, rows, holdout)
 
     assert page.startswith("<!doctype html>") and page.count("data:image/png;base64,") == 3
     assert "warning: monitoring.performance max_ratio not configured" in page
     assert "no signal sent by this run" in page and "shadow worse" in page
+    assert "1 of 5 outcomes refused by the data contract" in page and "<td>out_of_range</td><td>1</td>" in page
     [champion] = [v for v in report["versions"] if v["champion"]]
     assert (champion["version"], champion["outcomes"], champion["holdout_rmse"]) == (2, 4, 15.0)
     assert champion["ratio"] == pytest.approx(math.sqrt(279) / 15.0)
