@@ -139,6 +139,11 @@ class PromotionPolicy:
         return [name for name, value in needed.items() if value is None]
 
 
+# The false-alarm study (README, "Drift"; pipeline.monitoring.drift_study): with the size-and-significance rule,
+# clean windows of 30 rows raise an alarm in under 1 % of windows and a bmi shift of +4 is seen in over 95 %.
+DEFAULT_DRIFT_MIN_ROWS = 30
+
+
 @dataclass(frozen=True)
 class DriftPolicy:
     psi_moderate: float
@@ -399,7 +404,7 @@ def _parse_monitoring(raw: dict[str, Any], path: Path) -> MonitoringPolicy:
         psi_major=_number(drift_raw, "psi_major", where_drift, float),
         p_value=_number(drift_raw, "p_value", where_drift, float),
         bins=_number(drift_raw, "bins", where_drift, int),
-        min_rows=_number(drift_raw, "min_rows", where_drift, int),
+        min_rows=_default(_optional(drift_raw, "min_rows", where_drift, int), DEFAULT_DRIFT_MIN_ROWS),
     )
     if not 0 < drift.psi_moderate <= drift.psi_major:
         raise ConfigError(f"{where_drift}: need 0 < psi_moderate <= psi_major")
