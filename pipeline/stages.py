@@ -622,7 +622,9 @@ def mark_run_failed(ws: Workspace, run_id: str, reason: str, kind: str = "data")
 
 
 def monitor_drift(ws: Workspace, run: Run) -> dict[str, Any]:
-    """Compare rows recorded since the champion's training watermark with its training snapshot."""
+    """Compare rows recorded since the champion's training watermark with its training snapshot: the window's
+    rows as training would take them (normalised, checked by the contract, the valid ones), so a quarantined
+    row counts as a quality signal (`quarantined_rows`, `quarantine_reasons`), never as drift."""
     from pipeline.monitoring import drift
 
     contract, policy = ws.config.dataset, ws.config.monitoring.drift
@@ -631,33 +633,37 @@ def monitor_drift(ws: Workspace, run: Run) -> dict[str, Any]:
         reference_info = records.get_snapshot(conn, champion["snapshot_hash"]) if champion else None
     report: dict[str, Any] = {"model": ws.model, "run_id": run.run_id, "window_end": run.watermark, "features": [],
                               "champion_version": None, "reference_snapshot": None, "window_start": None,
-                              "reference_rows": 0, "recent_rows": 0, "unreadable_rows": 0, "report_path": None}
+                              "reference_rows": 0, "recent_rows": 0, "unreadable_rows": 0, "quarantined_rows": 0,
+                              "quarantine_reasons": {}, "report_path": None}
     if champion is None or reference_info is None:
         report["verdict"] = "no_champion"
     else:
         reference = ws.load_snapshot(reference_info["snapshot_hash"])
         since = reference_info["watermark"]
         until = datetime.fromisoformat(run.watermark.isoformat())
-        recent, unreadable = ingest.read_readable_rows(ws.engine, contract,
-                                                       ingest.recorded_rows_query(contract, until, since))
+        raw = ingest.read_raw_rows(ws.engine, contract, ingest.recorded_rows_query(contract, until, since))
+        recent, *results = drift.classified_window(raw, contract, validate.load_suite(contract.expectation_suite),
+                                                   ws.config.quality)
         report.update(champion_version=champion["version"], reference_snapshot=reference_info["snapshot_hash"],
                       window_start=since, reference_rows=len(reference), recent_rows=len(recent),
-                      unreadable_rows=unreadable)
+                      unreadable_rows=ingest.readable_rows(raw, contract)[1], **drift.quarantine_summary(*results))
         if len(recent) < policy.min_rows:
             report["verdict"] = "insufficient_data"
         else:
-            results = drift.compare(reference, recent, contract, policy)
-            report["features"] = drift.as_records(results)
-            report["verdict"] = "drift" if any(r.drifted for r in results) else "stable"
-            page = drift.render_report(results, reference, recent, contract, f"Drift report {run.run_id}", policy, report)
+            compared = drift.compare(reference, recent, contract, policy)
+            report["features"] = drift.as_records(compared)
+            report["verdict"] = "drift" if any(r.drifted for r in compared) else "stable"
+            page = drift.render_report(compared, reference, recent, contract, f"Drift report {run.run_id}", policy, report)
             report["report_path"] = str(artifacts.store_bytes(ws.store, "reports", page.encode(), ".html")[1])
     with ws.engine.begin() as conn:
         records.record_drift_report(conn, report)
     drifted = [f["feature"] for f in report["features"] if f["drifted"]]
-    log.info("drift verdict %s (%d recent rows, %d left out as unreadable by the contract); drifted features: %s",
-             report["verdict"], report["recent_rows"], report["unreadable_rows"], drifted)
+    log.info("drift verdict %s (%d recent rows; %d quarantined by the contract, a quality signal: %s); drifted "
+             "features: %s", report["verdict"], report["recent_rows"], report["quarantined_rows"],
+             report["quarantine_reasons"], drifted)
     return {"run_id": run.run_id, "verdict": report["verdict"], "drifted_features": drifted,
             "recent_rows": report["recent_rows"], "unreadable_rows": report["unreadable_rows"],
+            "quarantined_rows": report["quarantined_rows"], "quarantine_reasons": report["quarantine_reasons"],
             "report_path": report["report_path"],
             "features": report["features"]}
 

@@ -22,7 +22,8 @@ import pandas as pd
 from scipy import stats
 
 from pipeline.contract.ages import monitored_columns
-from pipeline.contract.config import AGE_COLUMN, DatasetContract, DriftPolicy
+from pipeline.contract.config import AGE_COLUMN, DatasetContract, DriftPolicy, QualityPolicy
+from pipeline.data import quality
 
 SMOOTHING = 0.5  # rows added to every bin of both samples (Jeffreys prior): an empty bin keeps PSI finite
 MISSING = "(missing)"  # the category a missing categorical value counts under
@@ -134,6 +135,31 @@ def compare(reference: pd.DataFrame, recent: pd.DataFrame, contract: DatasetCont
     ]
 
 
+def classified_window(raw: pd.DataFrame, contract: DatasetContract, suite: dict[str, Any],
+                      policy: QualityPolicy) -> tuple[pd.DataFrame, quality.QualityResult, quality.QualityResult]:
+    """The window's rows as training takes them: normalised, cast and checked by the contract (the rows
+    awaiting their outcome as validation checks them), the valid ones only; and both quality results, whose
+    quarantined rows are a data-quality signal, never drift."""
+    target = contract.target_column
+    waiting = raw[target].isna()
+    labelled_result, awaiting_result = quality.classify_with_awaiting(raw.loc[~waiting], raw.loc[waiting], contract,
+                                                                      suite, policy, fast=True)
+    typed = awaiting_result.typed
+    valid_awaiting = (typed.loc[~typed[quality.ROW_COLUMN].isin(list(awaiting_result.reasons)), contract.columns()]
+                      if typed is not None else labelled_result.valid.iloc[:0])
+    valid = pd.concat([labelled_result.valid, valid_awaiting], ignore_index=True)
+    return valid, labelled_result, awaiting_result
+
+
+def quarantine_summary(*results: quality.QualityResult) -> dict[str, Any]:
+    """How many rows of the window were quarantined, and how many carry each reason code."""
+    reasons: dict[str, int] = {}
+    for result in results:
+        for code, count in result.reason_counts().items():
+            reasons[code] = reasons.get(code, 0) + count
+    return {"quarantined_rows": sum(len(r.quarantined) for r in results), "quarantine_reasons": dict(sorted(reasons.items()))}
+
+
 def as_records(results: list[FeatureDrift]) -> list[dict[str, Any]]:
     return [asdict(r) for r in results]
 
@@ -192,14 +218,16 @@ def _when(value: Any) -> str:
 
 def context_rows(report: dict[str, Any], reference_rows: int, recent_rows: int) -> list[tuple[str, str]]:
     """What was compared: the champion, its training snapshot, and the window of recent records."""
-    unreadable = report.get("unreadable_rows") or 0
+    quarantined, reasons = report.get("quarantined_rows") or 0, report.get("quarantine_reasons") or {}
+    why = ", ".join(f"{code} {count}" for code, count in reasons.items())
     return [
         ("champion version", _when(report.get("champion_version"))),
         ("reference", f"its training snapshot {_when(report.get('reference_snapshot'))}: {reference_rows} rows"),
         ("window", f"records recorded after {_when(report.get('window_start'))} (the champion's training "
                    f"watermark) up to {_when(report.get('window_end'))}"),
-        ("recent rows", f"{recent_rows}" + (f" ({unreadable} more left out as unreadable by the contract)"
-                                            if unreadable else "")),
+        ("recent rows", f"{recent_rows} valid by the contract" + (
+            f" ({quarantined} more quarantined by it and left out: a data-quality signal, not drift"
+            + (f"; {why})" if why else ")") if quarantined else "")),
     ]
 
 
@@ -224,7 +252,7 @@ def render_report(results: list[FeatureDrift], reference: pd.DataFrame, recent: 
                   contract: DatasetContract, title: str, policy: DriftPolicy, report: dict[str, Any]) -> str:
     """An HTML page: the verdict, what was compared (champion, window), the thresholds, the drift table and
     one labelled distribution plot per feature. `report` is the drift report row (champion_version,
-    reference_snapshot, window_start, window_end, unreadable_rows)."""
+    reference_snapshot, window_start, window_end, quarantined_rows, quarantine_reasons)."""
     ref, cur = monitored_columns(reference, contract), monitored_columns(recent, contract)
     rows = "".join(
         f"<tr class='{r.level}'><td>{html.escape(r.feature)}</td><td>{r.psi:.3f}</td><td>{r.test}</td>"

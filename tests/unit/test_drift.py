@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -12,8 +13,8 @@ import pytest
 from scipy import stats
 
 from pipeline.contract.ages import monitored_columns
-from pipeline.contract.config import DatasetContract, DriftPolicy, Feature, PipelineConfig
-from pipeline.data import demo
+from pipeline.contract.config import DatasetContract, DriftPolicy, Feature, PipelineConfig, QualityPolicy
+from pipeline.data import demo, ingest
 from pipeline.monitoring import drift, drift_study
 
 # Reference 1..10 cut into 5 quantile bins: edges 2.8, 4.6, 6.4, 8.2, two values per bin.
@@ -300,7 +301,7 @@ def test_render_report_has_a_row_and_a_plot_per_feature(contract: DatasetContrac
     assert len(re.findall(r"<img ", page)) == len(results) == 10
     assert len(re.findall(r"<tr class='(none|moderate|major)'>", page)) == len(results)
     assert "<tr class='major'><td>bmi</td>" in page
-    assert "its training snapshot abc123: 442 rows</td>" in page and "<th>recent rows</th><td>100</td>" in page
+    assert "its training snapshot abc123: 442 rows</td>" in page and "<th>recent rows</th><td>100 valid by the contract</td>" in page
     assert page.count("src='data:image/png;base64,iVBORw0KGgo") == len(results)  # PNG signature
 
 
@@ -333,7 +334,8 @@ def test_report_states_verdict_thresholds_window_and_champion(contract: DatasetC
     bmi = next(r for r in results if r.feature == "bmi")
 
     page = drift.render_report(results, reference, recent, contract, "Drift report r1", policy,
-                               {**REPORT_ROW, "unreadable_rows": 2})
+                               {**REPORT_ROW, "quarantined_rows": 2,
+                                "quarantine_reasons": {"out_of_range": 1, "unknown_category": 1}})
 
     drifted = [r for r in results if r.drifted]
     verdict = re.search(r"<p class='verdict'>([^<]*)</p>", page)
@@ -345,7 +347,8 @@ def test_report_states_verdict_thresholds_window_and_champion(contract: DatasetC
     assert "<tr><th>champion version</th><td>3</td></tr>" in page
     assert ("<tr><th>window</th><td>records recorded after 2026-03-01 00:00:00+00:00 (the champion&#x27;s "
             "training watermark) up to 2026-04-01 02:00:00+00:00</td></tr>") in page
-    assert "100 (2 more left out as unreadable by the contract)" in page
+    assert ("100 valid by the contract (2 more quarantined by it and left out: a data-quality signal, not drift; "
+            "out_of_range 1, unknown_category 1)") in page
 
 
 def test_a_stable_report_says_so(contract: DatasetContract, policy: DriftPolicy) -> None:
@@ -378,6 +381,48 @@ def test_every_distribution_plot_labels_both_axes(contract: DatasetContract) -> 
     assert age.axes[0].get_xlabel() == "age at the visit (years)"
     sex = drift.distribution_figure("sex", ref["sex"], cur["sex"], categorical=True)
     assert (sex.axes[0].get_xlabel(), sex.axes[0].get_ylabel()) == ("sex (category)", "share of rows")
+
+
+# --- drift on the rows we train on (issue 32): a window is classified by the contract first -----------------
+
+
+def faulty_window(rows: int, bad_rows: int, seed: int) -> tuple[pd.DataFrame, list[str]]:
+    """Clean arrivals, `bad_rows` of them made faulty and as many merely messy (' f', 'm'): demo.add_faults;
+    with the reason validation should give each row."""
+    records, expected = demo.add_faults(demo.arrival_records(rows, seed), bad_rows, seed)
+    records.insert(0, "patient_id", range(9001, 9001 + rows))
+    records["recorded_at"] = records["label_recorded_at"] = pd.Timestamp("2027-06-01", tz="UTC")
+    return records, expected
+
+
+def test_a_window_with_only_normalisable_or_quarantinable_faults_reports_no_drift(
+        contract: DatasetContract, policy: DriftPolicy, suite: dict[str, object]) -> None:
+    raw, expected = faulty_window(120, bad_rows=12, seed=5)
+    as_cast, _ = ingest.readable_rows(raw, contract)  # what the check compared before: cast, never classified
+    assert any(r.drifted for r in drift.compare(demo.demo_records(), as_cast, contract, policy))
+
+    recent, labelled, awaiting = drift.classified_window(raw, contract, suite, quality_policy())
+    results = drift.compare(demo.demo_records(), recent, contract, policy)
+
+    assert [r.feature for r in results if r.drifted] == []
+    assert set(recent["sex"]) == {"F", "M"}
+    summary = drift.quarantine_summary(labelled, awaiting)
+    assert summary["quarantined_rows"] == 12 and len(recent) == 108
+    assert summary["quarantine_reasons"] == dict(sorted(Counter(e for e in expected if e != "valid").items()))
+
+
+def test_a_window_of_rows_awaiting_their_outcome_keeps_them(contract: DatasetContract,
+                                                            suite: dict[str, object]) -> None:
+    raw, _ = faulty_window(40, bad_rows=0, seed=6)
+    raw["progression_12m"], raw["label_recorded_at"] = np.nan, pd.NaT
+
+    recent, labelled, awaiting = drift.classified_window(raw, contract, suite, quality_policy())
+
+    assert len(recent) == 40 and drift.quarantine_summary(labelled, awaiting)["quarantined_rows"] == 0
+
+
+def quality_policy() -> QualityPolicy:
+    return QualityPolicy(max_quarantine_share=0.05)
 
 
 # --- the false-alarm study (issue 32): windows from the simulate-arrivals generator -------------------------
