@@ -498,6 +498,8 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
         "bootstrap": None,
         "slices": evaluate.slice_table(holdout, contract, policy, predicted, champion_predicted) if finite else [],
     }
+    if finite:
+        evidence["holdout_errors"] = store_holdout_errors(ws, observed, predicted)
     if finite and champion_predicted is not None and policy.confidence is not None:
         evidence["bootstrap"] = evaluate.bootstrap_improvement(
             observed, champion_predicted, predicted, policy.bootstrap_samples, policy.confidence,
@@ -505,6 +507,14 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
     scored = None if excluded else cards.Scored(int(candidate["version"]), fraction, train_mean, holdout, predicted,
                                                 evidence["behaviour"], model)
     return evidence, scored
+
+
+def store_holdout_errors(ws: Workspace, observed: Any, predicted: Any) -> dict[str, Any]:
+    """The candidate's squared errors on its holdout, stored, so that a degradation verdict can resample them."""
+    buffer = io.BytesIO()
+    np.save(buffer, (np.asarray(observed, dtype="float64") - predicted) ** 2, allow_pickle=False)
+    digest, _ = artifacts.store_bytes(ws.store, "residuals", buffer.getvalue(), ".npy")
+    return {"sha256": digest, "rows": len(observed)}
 
 
 def _interval_evidence(ws: Workspace, version: int, observed: Any, predicted: Any) -> dict[str, Any]:

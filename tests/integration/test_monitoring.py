@@ -8,6 +8,7 @@ per test.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 
 from pipeline import stages
 from pipeline.data import demo
+from pipeline.monitoring import performance
 from pipeline.registry import records
 from pipeline.workspace import Workspace
 from tests.integration.stage_runs import (
@@ -110,6 +112,16 @@ def test_faulty_arrivals_are_a_quality_signal_not_drift(quick_ws: Workspace, cha
     assert row["quarantine_reasons"] == result["quarantine_reasons"]
     assert "10 more quarantined by it and left out: a data-quality signal, not drift" in Path(
         result["report_path"]).read_text()
+
+
+def test_the_champions_evaluation_stored_its_holdout_errors(quick_ws: Workspace, champion: dict[str, Any]) -> None:
+    # What a degradation verdict resamples besides the live outcomes (issue 32).
+    errors = performance.holdout_errors(quick_ws, 1)
+    [row] = fetch(quick_ws, "SELECT holdout_rows, CAST(candidate_metrics ->> 'rmse' AS double precision) AS rmse "
+                            "FROM pipeline.evaluations WHERE candidate_version = 1")
+
+    assert errors is not None and len(errors) == row["holdout_rows"] == 88
+    assert math.sqrt(errors.mean()) == pytest.approx(row["rmse"])
 
 
 def test_shifted_bmi_is_drift(quick_ws: Workspace, champion: dict[str, Any]) -> None:
