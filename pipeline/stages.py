@@ -359,17 +359,32 @@ def train_candidate(ws: Workspace, run: Run, snapshot_hash: str,
         "holdout_start": holdout["start"],
         "library_versions": train.library_versions(), "code_version": train.code_version(),
     }
-    interval = intervals.conformal_record(residuals[family], ws.config.serving.interval_coverage,
-                                         intervals.search_inputs(family, policy, len(train_rows)))
+    del train_rows, residuals
+    memory.give_back()
+    calibrated = _calibrated_intervals(ws, model, snapshot_hash, artifact_hash)
+    interval = calibrated[0]
     with ws.engine.begin() as conn:
         version = records.register_model(conn, record)
-        intervals.record(conn, version, interval)
+        for each in calibrated:
+            intervals.record(conn, version, each)
     log.info("train: version %s registered, %s won the cross-validation (CV RMSE %s; %s search) on %d rows, "
              "%d held out; model %s", version, family, _metric(cv_table.get(family), "cv_rmse_mean"),
-             "mapped" if searched is not None else "sequential", len(train_rows), holdout["rows"],
+             "mapped" if searched is not None else "sequential", record["train_rows"], holdout["rows"],
              record["artifact_path"])
     return {"version": version, "model_family": family, "artifact_hash": artifact_hash, "cv_metrics": cv_table,
             "interval": {"coverage": interval["coverage"], "half_width": interval["half_width"]}}
+
+
+def _calibrated_intervals(ws: Workspace, model: Any, snapshot_hash: str, artifact_hash: str) -> list[dict[str, Any]]:
+    """The new version's split conformal interval, calibrated on its holdout: over all records, and per group
+    of `serving.interval_conditional_on` when set."""
+    from pipeline.model import intervals, train
+
+    fraction, coverage = ws.config.training.holdout_fraction, ws.config.serving.interval_coverage
+    _, holdout = train.holdout_rows(ws, snapshot_hash, fraction)
+    inputs = intervals.calibration_inputs(snapshot_hash, artifact_hash, fraction)
+    specs = [None] + ([spec] if (spec := intervals.conditional_spec(ws)) else [])
+    return [intervals.holdout_record(model, holdout, ws.config.dataset, coverage, s, inputs) for s in specs]
 
 
 def _registered_candidate(ws: Workspace, run: Run, registered: dict[str, Any], snapshot_hash: str) -> dict[str, Any]:
@@ -488,7 +503,7 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
     evidence: dict[str, Any] = {
         "holdout_rows": len(holdout),
         "holdout_rows_excluded_champion_trained": excluded,
-        "interval": _interval_evidence(ws, candidate["version"], observed, predicted) if finite else None,
+        "interval": _interval_evidence(ws, candidate["version"], holdout, predicted) if finite else None,
         "behaviour": evaluate.behaviour_checks(model, holdout, contract, policy, predicted),
         "candidate": evaluate.regression_metrics(observed, predicted) if finite else None,
         "champion": None if champion_predicted is None else evaluate.regression_metrics(observed, champion_predicted),
@@ -517,18 +532,21 @@ def store_holdout_errors(ws: Workspace, observed: Any, predicted: Any) -> dict[s
     return {"sha256": digest, "rows": len(observed)}
 
 
-def _interval_evidence(ws: Workspace, version: int, observed: Any, predicted: Any) -> dict[str, Any]:
-    """The version's interval and the share of holdout outcomes inside it; informative, never a reason to
-    fail an evaluation."""
+def _interval_evidence(ws: Workspace, version: int, holdout: Any, predicted: Any) -> dict[str, Any]:
+    """The version's interval, the guarantee of its method and the share of holdout outcomes inside it;
+    informative, never a reason to fail an evaluation."""
     from pipeline.model import intervals
 
     try:
         interval = intervals.for_version(ws, version)
     except Exception as exc:  # noqa: BLE001 - reported in the evidence and on the card
-        log.warning("no interval for version %s: %s", version, exc)
+        log.warning("no interval for version %s", version, exc_info=True)
         return {"error": str(exc)}
+    observed = holdout[ws.config.dataset.target_column].to_numpy(dtype="float64")
     return {"coverage": interval.coverage, "half_width": interval.half_width, "method": interval.method,
-            "holdout_coverage": intervals.holdout_coverage(observed, predicted, interval.half_width)}
+            "guarantee": interval.guarantee, "group_half_widths": interval.group_half_widths,
+            "holdout_coverage": intervals.holdout_coverage(observed, predicted,
+                                                           interval.half_widths(holdout, ws.config.dataset))}
 
 
 @stage("evaluate")

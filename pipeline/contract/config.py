@@ -198,6 +198,7 @@ class ServingPolicy:
     max_request_bytes: int = 1_000_000  # bytes one REST request body may carry
     reload_seconds: float = 2.0  # how often the REST service looks for a new champion
     max_shadows: int = 2  # versions the batch also scores in shadow (stored, never shown to the CRM)
+    interval_conditional_on: str | None = None  # a promotion.slices name: calibrate the interval per group (Mondrian)
 
 
 @dataclass(frozen=True)
@@ -483,7 +484,17 @@ def _parse_serving(raw: dict[str, Any], path: Path) -> ServingPolicy:
     return ServingPolicy(interval_coverage=float(numbers["interval_coverage"]), score_records=str(records),
                          batch_rows=int(numbers["batch_rows"]), max_request_records=int(numbers["max_request_records"]),
                          max_request_bytes=int(numbers["max_request_bytes"]),
-                         reload_seconds=float(numbers["reload_seconds"]), max_shadows=int(numbers["max_shadows"]))
+                         reload_seconds=float(numbers["reload_seconds"]), max_shadows=int(numbers["max_shadows"]),
+                         interval_conditional_on=_conditional_on(raw.get("interval_conditional_on"), where))
+
+
+def _conditional_on(value: Any, where: str) -> str | None:
+    """`serving.interval_conditional_on`: a slice's name, or left out / null for one interval for all records."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}.interval_conditional_on must be the name of one of promotion.slices, got {value!r}")
+    return value
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -586,6 +597,10 @@ def check_column_names(config: PipelineConfig) -> None:
         if spec.edges and spec.column not in numeric:
             raise ConfigError(f"{where}.slices[{i}].edges: '{spec.column}' is not numeric; give edges only "
                               f"for {numeric}, or leave them out for one slice per category")
+    conditional_on, names = config.serving.interval_conditional_on, [s.name for s in config.promotion.slices]
+    if conditional_on is not None and conditional_on not in names:
+        raise ConfigError(f"{config.path}: serving.interval_conditional_on: '{conditional_on}' is not a slice of "
+                          f"promotion.slices; calibrate per group of one of {names}, or leave the key out")
     for feature in config.promotion.directions:
         if feature not in contract.names_with_role("numeric"):
             raise ConfigError(f"{where}.behaviour.directions.{feature}: '{feature}' is not a numeric feature of "

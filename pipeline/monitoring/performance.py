@@ -321,6 +321,19 @@ def _plot_bias(metrics: Sequence[Mapping[str, Any]], version: int | None) -> str
     return cards.png(figure)
 
 
+def coverage_check(metric: Mapping[str, Any]) -> str:
+    """A metric row's interval coverage as its exact binomial interval, and whether that lies below the nominal
+    coverage, above it, or holds it ('ok')."""
+    from pipeline.model import intervals
+
+    rows = int(metric["rows"])
+    if not rows:
+        return ""
+    inside = np.arange(rows) < round(float(metric["coverage"]) * rows)
+    [found] = intervals.slice_coverage(inside, pd.Series(["all"] * rows), float(metric["nominal_coverage"]))
+    return f"[{found['low']:.1%}, {found['high']:.1%}] {found['verdict']}"
+
+
 def report_html(report: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]],
                 holdout: Mapping[int, float | None]) -> str:
     """The report page: verdict with its thresholds, per-version table, trend, coverage and bias plots, the
@@ -338,7 +351,7 @@ def report_html(report: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]],
                 s["mean_difference"], None if s["low"] is None else f"[{s['low']:.2f}, {s['high']:.2f}]", s["verdict"])
                for s in report["shadows"]]
     every = [(m["version"], m["source"], m["dimension"], m["slice"], m["grp"], m["rows"], m["rmse"], m["mae"],
-              m["bias"], m["coverage"]) for m in metrics]
+              m["bias"], m["coverage"], coverage_check(m)) for m in metrics]
     return cards.page(f"Live performance {report['run_id']}", [
         cards.section("verdict", "Verdict", f"<p>{html.escape(verdict['reason'])}</p>{notes}" + cards.table([], [
             ("outcomes known up to", report["as_of"]), ("verdict", verdict["verdict"]),
@@ -360,7 +373,8 @@ def report_html(report: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]],
                            f"{report['shadow_confidence']:.0%} interval", "verdict"], shadows)
                           if shadows else "<p>No shadow forecasts judged.</p>")),
         cards.section("metrics", "Every metric", cards.table(
-            ["version", "source", "dimension", "slice", "group", "rows", "RMSE", "MAE", "bias", "coverage"], every)),
+            ["version", "source", "dimension", "slice", "group", "rows", "RMSE", "MAE", "bias", "coverage",
+             "coverage: 95% exact interval, against nominal"], every)),
     ])
 
 

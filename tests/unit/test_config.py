@@ -233,6 +233,19 @@ def test_drift_min_rows_under_one_is_refused_naming_the_key(tmp_path: Path) -> N
         load_config(path)
 
 
+def test_interval_conditional_on_names_a_promotion_slice(tmp_path: Path) -> None:
+    assert load_config(write_variant(tmp_path, lambda raw: None)).serving.interval_conditional_on is None
+    path = write_variant(tmp_path, lambda raw: raw["serving"].update(interval_conditional_on="age"))
+    assert load_config(path).serving.interval_conditional_on == "age"
+
+
+@pytest.mark.parametrize("value", ["region", 3])
+def test_interval_conditional_on_outside_the_slices_is_refused_naming_the_key(tmp_path: Path, value: Any) -> None:
+    path = write_variant(tmp_path, lambda raw: raw["serving"].update(interval_conditional_on=value))
+    with pytest.raises(ConfigError, match="serving.interval_conditional_on"):
+        load_config(path)
+
+
 def test_unsupported_metric_is_named(tmp_path: Path) -> None:
     path = write_variant(tmp_path, lambda raw: raw["promotion"].update(metric="mae"))
     with pytest.raises(ConfigError, match=quoted("mae")):

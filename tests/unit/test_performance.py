@@ -134,6 +134,14 @@ def test_the_ratio_interval_resamples_both_samples_as_scipys_bootstrap_does() ->
     assert "holdout RMSE is taken as exact" in live_only["reason"]
 
 
+def test_live_coverage_per_slice_is_checked_against_its_exact_binomial_interval() -> None:
+    low, high = stats.binomtest(70, 100).proportion_ci(0.95, method="exact")
+
+    assert performance.coverage_check({"rows": 100, "coverage": 0.7, "nominal_coverage": 0.9}) == (
+        f"[{low:.1%}, {high:.1%}] below")
+    assert performance.coverage_check({"rows": 20, "coverage": 0.85, "nominal_coverage": 0.9}).endswith(" ok")
+
+
 def test_too_few_outcomes_no_holdout_and_no_champion_give_no_verdict() -> None:
     few = performance.judge_champion(squared_errors(30.0, rows=29), 10.0, POLICY, seed=1, version=2)
     assert few["verdict"] == "insufficient_outcomes" and few["degraded"] is False
