@@ -450,3 +450,15 @@ def test_the_study_table_has_a_share_per_scenario_and_size() -> None:
     assert drift_study.as_markdown(rates).splitlines() == [
         "| windows | 30 rows | 60 rows |", "|---|---|---|",
         "| clean | 0.100 (1/10) | 0.000 (0/10) |", "| bmi +4 | 0.900 (9/10) | 1.000 (10/10) |"]
+
+
+def test_the_cli_text_names_the_quarantined_rows_apart_from_drift() -> None:
+    from pipeline.cli.monitor import text_drift
+
+    result = {"verdict": "stable", "recent_rows": 90, "quarantined_rows": 10, "report_path": None, "features": [],
+              "quarantine_reasons": {"unknown_category": 4, "out_of_range": 6}}
+
+    assert text_drift(result).splitlines()[:2] == [
+        "drift verdict: stable over 90 recent rows",
+        "quarantined by the contract and left out (a data-quality signal, not drift): 10 rows "
+        "{'unknown_category': 4, 'out_of_range': 6}"]
