@@ -359,17 +359,32 @@ def train_candidate(ws: Workspace, run: Run, snapshot_hash: str,
         "holdout_start": holdout["start"],
         "library_versions": train.library_versions(), "code_version": train.code_version(),
     }
-    interval = intervals.conformal_record(residuals[family], ws.config.serving.interval_coverage,
-                                         intervals.search_inputs(family, policy, len(train_rows)))
+    del train_rows, residuals
+    memory.give_back()
+    calibrated = _calibrated_intervals(ws, model, snapshot_hash, artifact_hash)
+    interval = calibrated[0]
     with ws.engine.begin() as conn:
         version = records.register_model(conn, record)
-        intervals.record(conn, version, interval)
+        for each in calibrated:
+            intervals.record(conn, version, each)
     log.info("train: version %s registered, %s won the cross-validation (CV RMSE %s; %s search) on %d rows, "
              "%d held out; model %s", version, family, _metric(cv_table.get(family), "cv_rmse_mean"),
-             "mapped" if searched is not None else "sequential", len(train_rows), holdout["rows"],
+             "mapped" if searched is not None else "sequential", record["train_rows"], holdout["rows"],
              record["artifact_path"])
     return {"version": version, "model_family": family, "artifact_hash": artifact_hash, "cv_metrics": cv_table,
             "interval": {"coverage": interval["coverage"], "half_width": interval["half_width"]}}
+
+
+def _calibrated_intervals(ws: Workspace, model: Any, snapshot_hash: str, artifact_hash: str) -> list[dict[str, Any]]:
+    """The new version's split conformal interval, calibrated on its holdout: over all records, and per group
+    of `serving.interval_conditional_on` when set."""
+    from pipeline.model import intervals, train
+
+    fraction, coverage = ws.config.training.holdout_fraction, ws.config.serving.interval_coverage
+    _, holdout = train.holdout_rows(ws, snapshot_hash, fraction)
+    inputs = intervals.calibration_inputs(snapshot_hash, artifact_hash, fraction)
+    specs = [None] + ([spec] if (spec := intervals.conditional_spec(ws)) else [])
+    return [intervals.holdout_record(model, holdout, ws.config.dataset, coverage, s, inputs) for s in specs]
 
 
 def _registered_candidate(ws: Workspace, run: Run, registered: dict[str, Any], snapshot_hash: str) -> dict[str, Any]:
@@ -488,7 +503,7 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
     evidence: dict[str, Any] = {
         "holdout_rows": len(holdout),
         "holdout_rows_excluded_champion_trained": excluded,
-        "interval": _interval_evidence(ws, candidate["version"], observed, predicted) if finite else None,
+        "interval": _interval_evidence(ws, candidate["version"], holdout, predicted) if finite else None,
         "behaviour": evaluate.behaviour_checks(model, holdout, contract, policy, predicted),
         "candidate": evaluate.regression_metrics(observed, predicted) if finite else None,
         "champion": None if champion_predicted is None else evaluate.regression_metrics(observed, champion_predicted),
@@ -498,6 +513,8 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
         "bootstrap": None,
         "slices": evaluate.slice_table(holdout, contract, policy, predicted, champion_predicted) if finite else [],
     }
+    if finite:
+        evidence["holdout_errors"] = store_holdout_errors(ws, observed, predicted)
     if finite and champion_predicted is not None and policy.confidence is not None:
         evidence["bootstrap"] = evaluate.bootstrap_improvement(
             observed, champion_predicted, predicted, policy.bootstrap_samples, policy.confidence,
@@ -507,18 +524,29 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
     return evidence, scored
 
 
-def _interval_evidence(ws: Workspace, version: int, observed: Any, predicted: Any) -> dict[str, Any]:
-    """The version's interval and the share of holdout outcomes inside it; informative, never a reason to
-    fail an evaluation."""
+def store_holdout_errors(ws: Workspace, observed: Any, predicted: Any) -> dict[str, Any]:
+    """The candidate's squared errors on its holdout, stored, so that a degradation verdict can resample them."""
+    buffer = io.BytesIO()
+    np.save(buffer, (np.asarray(observed, dtype="float64") - predicted) ** 2, allow_pickle=False)
+    digest, _ = artifacts.store_bytes(ws.store, "residuals", buffer.getvalue(), ".npy")
+    return {"sha256": digest, "rows": len(observed)}
+
+
+def _interval_evidence(ws: Workspace, version: int, holdout: Any, predicted: Any) -> dict[str, Any]:
+    """The version's interval, the guarantee of its method and the share of holdout outcomes inside it;
+    informative, never a reason to fail an evaluation."""
     from pipeline.model import intervals
 
     try:
         interval = intervals.for_version(ws, version)
     except Exception as exc:  # noqa: BLE001 - reported in the evidence and on the card
-        log.warning("no interval for version %s: %s", version, exc)
+        log.warning("no interval for version %s", version, exc_info=True)
         return {"error": str(exc)}
+    observed = holdout[ws.config.dataset.target_column].to_numpy(dtype="float64")
     return {"coverage": interval.coverage, "half_width": interval.half_width, "method": interval.method,
-            "holdout_coverage": intervals.holdout_coverage(observed, predicted, interval.half_width)}
+            "guarantee": interval.guarantee, "group_half_widths": interval.group_half_widths,
+            "holdout_coverage": intervals.holdout_coverage(observed, predicted,
+                                                           interval.half_widths(holdout, ws.config.dataset))}
 
 
 @stage("evaluate")
@@ -622,7 +650,9 @@ def mark_run_failed(ws: Workspace, run_id: str, reason: str, kind: str = "data")
 
 
 def monitor_drift(ws: Workspace, run: Run) -> dict[str, Any]:
-    """Compare rows recorded since the champion's training watermark with its training snapshot."""
+    """Compare rows recorded since the champion's training watermark with its training snapshot: the window's
+    rows as training would take them (normalised, checked by the contract, the valid ones), so a quarantined
+    row counts as a quality signal (`quarantined_rows`, `quarantine_reasons`), never as drift."""
     from pipeline.monitoring import drift
 
     contract, policy = ws.config.dataset, ws.config.monitoring.drift
@@ -631,33 +661,37 @@ def monitor_drift(ws: Workspace, run: Run) -> dict[str, Any]:
         reference_info = records.get_snapshot(conn, champion["snapshot_hash"]) if champion else None
     report: dict[str, Any] = {"model": ws.model, "run_id": run.run_id, "window_end": run.watermark, "features": [],
                               "champion_version": None, "reference_snapshot": None, "window_start": None,
-                              "reference_rows": 0, "recent_rows": 0, "unreadable_rows": 0, "report_path": None}
+                              "reference_rows": 0, "recent_rows": 0, "unreadable_rows": 0, "quarantined_rows": 0,
+                              "quarantine_reasons": {}, "report_path": None}
     if champion is None or reference_info is None:
         report["verdict"] = "no_champion"
     else:
         reference = ws.load_snapshot(reference_info["snapshot_hash"])
         since = reference_info["watermark"]
         until = datetime.fromisoformat(run.watermark.isoformat())
-        recent, unreadable = ingest.read_readable_rows(ws.engine, contract,
-                                                       ingest.recorded_rows_query(contract, until, since))
+        raw = ingest.read_raw_rows(ws.engine, contract, ingest.recorded_rows_query(contract, until, since))
+        recent, *results = drift.classified_window(raw, contract, validate.load_suite(contract.expectation_suite),
+                                                   ws.config.quality)
         report.update(champion_version=champion["version"], reference_snapshot=reference_info["snapshot_hash"],
                       window_start=since, reference_rows=len(reference), recent_rows=len(recent),
-                      unreadable_rows=unreadable)
+                      unreadable_rows=ingest.readable_rows(raw, contract)[1], **drift.quarantine_summary(*results))
         if len(recent) < policy.min_rows:
             report["verdict"] = "insufficient_data"
         else:
-            results = drift.compare(reference, recent, contract, policy)
-            report["features"] = drift.as_records(results)
-            report["verdict"] = "drift" if any(r.drifted for r in results) else "stable"
-            page = drift.render_report(results, reference, recent, contract, f"Drift report {run.run_id}", policy, report)
+            compared = drift.compare(reference, recent, contract, policy)
+            report["features"] = drift.as_records(compared)
+            report["verdict"] = "drift" if any(r.drifted for r in compared) else "stable"
+            page = drift.render_report(compared, reference, recent, contract, f"Drift report {run.run_id}", policy, report)
             report["report_path"] = str(artifacts.store_bytes(ws.store, "reports", page.encode(), ".html")[1])
     with ws.engine.begin() as conn:
         records.record_drift_report(conn, report)
     drifted = [f["feature"] for f in report["features"] if f["drifted"]]
-    log.info("drift verdict %s (%d recent rows, %d left out as unreadable by the contract); drifted features: %s",
-             report["verdict"], report["recent_rows"], report["unreadable_rows"], drifted)
+    log.info("drift verdict %s (%d recent rows; %d quarantined by the contract, a quality signal: %s); drifted "
+             "features: %s", report["verdict"], report["recent_rows"], report["quarantined_rows"],
+             report["quarantine_reasons"], drifted)
     return {"run_id": run.run_id, "verdict": report["verdict"], "drifted_features": drifted,
             "recent_rows": report["recent_rows"], "unreadable_rows": report["unreadable_rows"],
+            "quarantined_rows": report["quarantined_rows"], "quarantine_reasons": report["quarantine_reasons"],
             "report_path": report["report_path"],
             "features": report["features"]}
 

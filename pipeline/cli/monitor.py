@@ -18,8 +18,11 @@ def text_drift(result: dict[str, Any]) -> str:
     rows = [[f["feature"], f"PSI {f['psi']:.3f}", f"({f['level']})", f"{f['test']} p={f['p_value']:.2g}",
              "DRIFT" if f["drifted"] else ""] for f in result["features"]]
     report = [f"report: {result['report_path']}"] if result["report_path"] else []
+    quarantined = result.get("quarantined_rows") or 0
+    quality = [f"quarantined by the contract and left out (a data-quality signal, not drift): {quarantined} rows "
+               f"{result.get('quarantine_reasons') or {}}"] if quarantined else []
     return "\n".join([f"drift verdict: {result['verdict']} over {result['recent_rows']} recent rows",
-                      *aligned(rows), *report])
+                      *quality, *aligned(rows), *report])
 
 
 def cmd_performance(ws: Workspace, args: argparse.Namespace) -> Any:

@@ -139,6 +139,12 @@ class PromotionPolicy:
         return [name for name, value in needed.items() if value is None]
 
 
+# The false-alarm study (README, "Drift"; pipeline.monitoring.drift_study): with the size-and-significance rule,
+# clean windows of 30 rows raise an alarm in under 1 % of windows (0.4 %), and a bmi shift of +4 is seen in 86 % of
+# them (99.8 % at 60 rows): the smallest window whose alarms can be believed.
+DEFAULT_DRIFT_MIN_ROWS = 30
+
+
 @dataclass(frozen=True)
 class DriftPolicy:
     psi_moderate: float
@@ -194,6 +200,7 @@ class ServingPolicy:
     max_shadows: int = 2  # versions the batch also scores in shadow (stored, never shown to the CRM)
     max_pending_forecasts: int = 100_000  # REST forecasts waiting for the database; past this, 503 until written
     cors_origins: tuple[str, ...] = ()  # browser origins the REST API answers (CORS); none: closed
+    interval_conditional_on: str | None = None  # a promotion.slices name: calibrate the interval per group (Mondrian)
 
 
 @dataclass(frozen=True)
@@ -401,7 +408,7 @@ def _parse_monitoring(raw: dict[str, Any], path: Path) -> MonitoringPolicy:
         psi_major=_number(drift_raw, "psi_major", where_drift, float),
         p_value=_number(drift_raw, "p_value", where_drift, float),
         bins=_number(drift_raw, "bins", where_drift, int),
-        min_rows=_number(drift_raw, "min_rows", where_drift, int),
+        min_rows=_default(_optional(drift_raw, "min_rows", where_drift, int), DEFAULT_DRIFT_MIN_ROWS),
     )
     if not 0 < drift.psi_moderate <= drift.psi_major:
         raise ConfigError(f"{where_drift}: need 0 < psi_moderate <= psi_major")
@@ -481,7 +488,8 @@ def _parse_serving(raw: dict[str, Any], path: Path) -> ServingPolicy:
                          max_request_bytes=int(numbers["max_request_bytes"]),
                          reload_seconds=float(numbers["reload_seconds"]), max_shadows=int(numbers["max_shadows"]),
                          max_pending_forecasts=int(numbers["max_pending_forecasts"]),
-                         cors_origins=_origins(raw.get("cors_origins", []), f"{where}.cors_origins"))
+                         cors_origins=_origins(raw.get("cors_origins", []), f"{where}.cors_origins"),
+                         interval_conditional_on=_conditional_on(raw.get("interval_conditional_on"), where))
 
 
 def _origins(raw: Any, key: str) -> tuple[str, ...]:
@@ -492,6 +500,14 @@ def _origins(raw: Any, key: str) -> tuple[str, ...]:
         if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", origin):
             raise ConfigError(f"{key}: {origin!r} is not an origin (scheme://host[:port], no path, no '*')")
     return tuple(raw)
+
+def _conditional_on(value: Any, where: str) -> str | None:
+    """`serving.interval_conditional_on`: a slice's name, or left out / null for one interval for all records."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}.interval_conditional_on must be the name of one of promotion.slices, got {value!r}")
+    return value
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -595,6 +611,10 @@ def check_column_names(config: PipelineConfig) -> None:
         if spec.edges and spec.column not in numeric:
             raise ConfigError(f"{where}.slices[{i}].edges: '{spec.column}' is not numeric; give edges only "
                               f"for {numeric}, or leave them out for one slice per category")
+    conditional_on, names = config.serving.interval_conditional_on, [s.name for s in config.promotion.slices]
+    if conditional_on is not None and conditional_on not in names:
+        raise ConfigError(f"{config.path}: serving.interval_conditional_on: '{conditional_on}' is not a slice of "
+                          f"promotion.slices; calibrate per group of one of {names}, or leave the key out")
     for feature in config.promotion.directions:
         if feature not in contract.names_with_role("numeric"):
             raise ConfigError(f"{where}.behaviour.directions.{feature}: '{feature}' is not a numeric feature of "

@@ -473,7 +473,12 @@ def read_raw_rows(engine: Engine, contract: DatasetContract, query: sa.Select[An
 def read_readable_rows(engine: Engine, contract: DatasetContract, query: sa.Select[Any]) -> tuple[pd.DataFrame, int]:
     """Run a query over the source table; the rows whose every cell reads by the contract, typed, and
     how many rows held a cell that did not (left out, never reinterpreted)."""
-    raw, formats = read_raw_rows(engine, contract, query), contract.column_formats()
+    return readable_rows(read_raw_rows(engine, contract, query), contract)
+
+
+def readable_rows(raw: pd.DataFrame, contract: DatasetContract) -> tuple[pd.DataFrame, int]:
+    """The rows whose every cell reads by the contract, typed, and how many rows held a cell that did not."""
+    formats = contract.column_formats()
     out, unreadable = {}, pd.Series(False, index=raw.index)
     for column, kind in contract.column_types().items():
         out[column], failed = cast_column(raw[column], kind, formats.get(column), column)

@@ -172,7 +172,7 @@ def cross_validate_family(contract: DatasetContract, family: str, policy: Traini
                           budget: SearchBudget, residuals: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """CV RMSE of one family, fold by fold; with a budget, it stops before a fold that would end
     past the budget (judged by its slowest fold so far) and is recorded as skipped. A family that
-    finishes leaves its out-of-fold |residuals| in `residuals` (for its prediction interval)."""
+    finishes leaves its out-of-fold |residuals| in `residuals` (the interval of versions trained before issue 32)."""
     scores: list[float] = []
     fold_seconds: list[float] = []
     out_of_fold = np.full(len(y), np.nan)

@@ -15,7 +15,10 @@ data-quality signal, never as degradation.
 
 The current champion is degraded when its live RMSE is over `max_ratio` times its holdout RMSE (from its
 evaluation) on at least `min_outcomes` judged forecasts, and a seeded bootstrap interval of live / holdout
-RMSE at `confidence` lies wholly above `max_ratio`. A threshold left out disables the verdict (a warning,
+RMSE at `confidence` lies wholly above `max_ratio`. Both RMSEs are estimates (the holdout of the demo has 88
+rows), so the interval resamples the live outcomes and, independently, the holdout rows (their squared
+errors, stored at evaluation); a version evaluated before those were stored has its holdout RMSE taken as
+exact, and its verdict says so. A threshold left out disables the verdict (a warning,
 in the log and the report), never the report. A degraded champion sends one signal per version, and
 another only when `min_outcomes` more outcomes were judged since, or no retrain answered it in time.
 """
@@ -23,6 +26,7 @@ another only when `min_outcomes` more outcomes were judged since, or no retrain 
 from __future__ import annotations
 
 import html
+import io
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -49,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SIGNAL_LOCK_ID = 72_410_013  # pg_advisory_xact_lock(key, hashtext(model)): one performance signal decision at a time
+HOLDOUT_ERRORS = "residuals"  # the artifact kind a version's holdout squared errors are stored under (.npy)
 BOOTSTRAP_CELLS = 4_000_000  # resampled rows drawn at once: bounds the bootstrap's memory (32 MB of indices)
 DEFAULT_CONFIDENCE = 0.95  # the shadow comparison's interval when monitoring.performance.confidence is not set
 RESIGNAL_AFTER = timedelta(minutes=30)  # a signal no retrain run answered within this is sent again
@@ -182,10 +187,32 @@ def interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(np.quantile(values, tail)), float(np.quantile(values, 1.0 - tail))
 
 
+def ratio_interval(squared_errors: np.ndarray, holdout_errors: np.ndarray, samples: int, confidence: float,
+                   seed: int) -> tuple[float, float]:
+    """The percentile bootstrap interval of live RMSE / holdout RMSE, each sample resampled on its own."""
+    live = np.sqrt(bootstrap_means(squared_errors, samples, seed))
+    held = np.sqrt(bootstrap_means(holdout_errors, samples, seed + 1))
+    return interval(live / held, confidence)
+
+
+def _interval_of_ratio(squared_errors: np.ndarray, holdout_rmse: float, holdout_errors: np.ndarray | None,
+                       policy: PerformancePolicy, seed: int) -> tuple[float, float, str]:
+    """The ratio's interval and what it resampled: both samples when the holdout's errors are known."""
+    assert policy.confidence is not None
+    if holdout_errors is not None and len(holdout_errors) >= 2:
+        low, high = ratio_interval(squared_errors, holdout_errors, policy.bootstrap_samples, policy.confidence, seed)
+        return low, high, f"resampling the live outcomes and the {len(holdout_errors)} holdout rows"
+    low, high = interval(np.sqrt(bootstrap_means(squared_errors, policy.bootstrap_samples, seed)) / holdout_rmse,
+                         policy.confidence)
+    return low, high, ("resampling the live outcomes only: the holdout's per-row errors were not recorded for "
+                       "this version, so its holdout RMSE is taken as exact and the interval is too narrow")
+
+
 def judge_champion(squared_errors: np.ndarray, holdout_rmse: float | None, policy: PerformancePolicy,
-                   seed: int, version: int | None) -> dict[str, Any]:
+                   seed: int, version: int | None, holdout_errors: np.ndarray | None = None) -> dict[str, Any]:
     """The champion's verdict: degraded, not_degraded, insufficient_outcomes, no_champion, no_holdout or disabled;
-    with the sentence that says why and the numbers it rests on."""
+    with the sentence that says why and the numbers it rests on. `holdout_errors`: the squared errors of the
+    holdout its RMSE came from, resampled too when given."""
     n = len(squared_errors)
     live = float(np.sqrt(squared_errors.mean())) if n else None
     ratio = live / holdout_rmse if live is not None and holdout_rmse else None
@@ -211,13 +238,12 @@ def judge_champion(squared_errors: np.ndarray, holdout_rmse: float | None, polic
         return {**out, "verdict": "insufficient_outcomes",
                 "reason": f"version {version}: {n} judged outcomes, fewer than {policy.min_outcomes}; {shown} ({rule})"}
     assert live is not None and ratio is not None
-    low, high = interval(np.sqrt(bootstrap_means(squared_errors, policy.bootstrap_samples, seed)) / holdout_rmse,
-                         policy.confidence)
+    low, high, resampled = _interval_of_ratio(squared_errors, holdout_rmse, holdout_errors, policy, seed)
     degraded = bool(ratio > policy.max_ratio and low > policy.max_ratio)
     sentence = (f"version {version}: live RMSE {live:.2f} on {n} outcomes is {ratio:.2f} x its holdout RMSE "
-                f"{holdout_rmse:.2f} ({policy.confidence:.0%} interval [{low:.2f}, {high:.2f}]): "
+                f"{holdout_rmse:.2f} ({policy.confidence:.0%} interval [{low:.2f}, {high:.2f}], {resampled}): "
                 f"{'DEGRADED' if degraded else 'not degraded'} ({rule})")
-    return {**out, "ratio_low": low, "ratio_high": high, "degraded": degraded,
+    return {**out, "ratio_low": low, "ratio_high": high, "degraded": degraded, "interval_resamples": resampled,
             "verdict": "degraded" if degraded else "not_degraded", "reason": sentence}
 
 
@@ -322,6 +348,19 @@ def _plot_bias(metrics: Sequence[Mapping[str, Any]], version: int | None) -> str
     return cards.png(figure)
 
 
+def coverage_check(metric: Mapping[str, Any]) -> str:
+    """A metric row's interval coverage as its exact binomial interval, and whether that lies below the nominal
+    coverage, above it, or holds it ('ok')."""
+    from pipeline.model import intervals
+
+    rows = int(metric["rows"])
+    if not rows:
+        return ""
+    inside = np.arange(rows) < round(float(metric["coverage"]) * rows)
+    [found] = intervals.slice_coverage(inside, pd.Series(["all"] * rows), float(metric["nominal_coverage"]))
+    return f"[{found['low']:.1%}, {found['high']:.1%}] {found['verdict']}"
+
+
 def report_html(report: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]],
                 holdout: Mapping[int, float | None]) -> str:
     """The report page: verdict with its thresholds, per-version table, trend, coverage and bias plots, the
@@ -339,7 +378,7 @@ def report_html(report: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]],
                 s["mean_difference"], None if s["low"] is None else f"[{s['low']:.2f}, {s['high']:.2f}]", s["verdict"])
                for s in report["shadows"]]
     every = [(m["version"], m["source"], m["dimension"], m["slice"], m["grp"], m["rows"], m["rmse"], m["mae"],
-              m["bias"], m["coverage"]) for m in metrics]
+              m["bias"], m["coverage"], coverage_check(m)) for m in metrics]
     return cards.page(f"Live performance {report['run_id']}", [
         cards.section("verdict", "Verdict", f"<p>{html.escape(verdict['reason'])}</p>{notes}" + cards.table([], [
             ("outcomes known up to", report["as_of"]), ("verdict", verdict["verdict"]),
@@ -362,7 +401,8 @@ def report_html(report: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]],
                            f"{report['shadow_confidence']:.0%} interval", "verdict"], shadows)
                           if shadows else "<p>No shadow forecasts judged.</p>")),
         cards.section("metrics", "Every metric", cards.table(
-            ["version", "source", "dimension", "slice", "group", "rows", "RMSE", "MAE", "bias", "coverage"], every)),
+            ["version", "source", "dimension", "slice", "group", "rows", "RMSE", "MAE", "bias", "coverage",
+             "coverage: 95% exact interval, against nominal"], every)),
     ])
 
 
@@ -388,6 +428,21 @@ def holdout_rmses(conn: Connection, model: str) -> dict[int, float | None]:
          WHERE m.model = :model
     """), {"model": model}).all()
     return {int(version): (None if rmse is None else float(rmse)) for version, rmse in rows}
+
+
+def holdout_errors(ws: Workspace, version: int) -> np.ndarray | None:
+    """The squared errors of the version's holdout, stored at its evaluation; None when not recorded."""
+    with ws.engine.connect() as conn:
+        digest = conn.scalar(sa.text("""
+            SELECT e.evidence -> 'holdout_errors' ->> 'sha256'
+              FROM pipeline.model_versions m
+              JOIN pipeline.evaluations e ON e.run_id = m.run_id AND e.candidate_version = m.version
+             WHERE m.model = :model AND m.version = :version
+        """), {"model": ws.model, "version": version})
+    if digest is None:
+        return None
+    data = artifacts.read_verified(artifacts.local_copy(ws.store, HOLDOUT_ERRORS, digest), digest)
+    return np.asarray(np.load(io.BytesIO(data), allow_pickle=False), dtype="float64")
 
 
 def _answered(conn: Connection, model: str, at: datetime) -> bool:
@@ -501,7 +556,8 @@ def monitor_performance(ws: Workspace, run: Run, send_signal: bool = True) -> di
     served = judged.loc[(judged["source"] == "served") & (judged["version"] == version)]
     errors = (served["outcome"].to_numpy(float) - served["prediction"].to_numpy(float)) ** 2
     seed = ws.config.training.seed
-    verdict = judge_champion(errors, holdout.get(version) if version else None, policy, seed, version)
+    held = holdout_errors(ws, version) if version and holdout.get(version) else None
+    verdict = judge_champion(errors, holdout.get(version) if version else None, policy, seed, version, held)
     if refused["signal"]:
         verdict["warnings"].append(refused["signal"])  # a data-quality signal, beside the verdict, not in it
     for warning in verdict["warnings"]:

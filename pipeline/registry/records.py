@@ -346,17 +346,21 @@ def record_drift_report(conn: Connection, report: dict[str, Any]) -> None:
     """Store one drift check; a retried task replaces its own row."""
     conn.execute(sa.text("""
         INSERT INTO pipeline.drift_reports (model, run_id, champion_version, reference_snapshot, window_start, window_end,
-               reference_rows, recent_rows, unreadable_rows, verdict, features, report_path)
+               reference_rows, recent_rows, unreadable_rows, quarantined_rows, quarantine_reasons, verdict, features,
+               report_path)
         VALUES (:model, :run_id, :champion_version, :reference_snapshot, :window_start, :window_end,
-                :reference_rows, :recent_rows, :unreadable_rows, :verdict, CAST(:features AS jsonb), :report_path)
+                :reference_rows, :recent_rows, :unreadable_rows, :quarantined_rows, CAST(:quarantine_reasons AS jsonb),
+                :verdict, CAST(:features AS jsonb), :report_path)
         ON CONFLICT (run_id) DO UPDATE SET
                champion_version = EXCLUDED.champion_version, reference_snapshot = EXCLUDED.reference_snapshot,
                window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end,
                reference_rows = EXCLUDED.reference_rows, recent_rows = EXCLUDED.recent_rows,
-               unreadable_rows = EXCLUDED.unreadable_rows,
+               unreadable_rows = EXCLUDED.unreadable_rows, quarantined_rows = EXCLUDED.quarantined_rows,
+               quarantine_reasons = EXCLUDED.quarantine_reasons,
                verdict = EXCLUDED.verdict, features = EXCLUDED.features, report_path = EXCLUDED.report_path,
                created_at = now()
-    """), {**report, "features": _json(report["features"])})
+    """), {"quarantined_rows": 0, **report, "features": _json(report["features"]),
+           "quarantine_reasons": _json(report.get("quarantine_reasons") or {})})
 
 
 def previous_champion(conn: Connection, model: str) -> int | None:

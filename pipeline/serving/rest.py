@@ -568,7 +568,11 @@ def model_summary(ws: Workspace, served: Served) -> dict[str, Any]:
     return {"model": ws.model, "version": served.version, "family": served.family, "holdout_metrics": metrics,
             "promoted_at": promoted_at.isoformat() if promoted_at else None,
             "interval": {"coverage": served.interval.coverage, "half_width": _finite(served.interval.half_width),
-                         "method": served.interval.method},
+                         "method": served.interval.method, "guarantee": served.interval.guarantee,
+                         "conditional_on": served.interval.conditional_on.name if served.interval.conditional_on
+                         else None,
+                         "group_half_widths": {g: _finite(w) for g, w in (served.interval.group_half_widths or {}).items()}
+                         or None},
             "scoring": served.model.describe() if hasattr(served.model, "describe") else None,
             "artifact_hash": served.artifact_hash, "trained_on_snapshot": model["snapshot_hash"],
             "model_card": None if card is None else {"path": ws.relative(card),

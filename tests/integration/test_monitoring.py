@@ -8,6 +8,7 @@ per test.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 
 from pipeline import stages
 from pipeline.data import demo
+from pipeline.monitoring import performance
 from pipeline.registry import records
 from pipeline.workspace import Workspace
 from tests.integration.stage_runs import (
@@ -59,7 +61,7 @@ def test_no_champion(ws: Workspace) -> None:
     result = stages.monitor_drift(ws, make_run("monitor"))
 
     assert result == {"run_id": "monitor", "verdict": "no_champion", "drifted_features": [], "recent_rows": 0, "unreadable_rows": 0,
-                      "report_path": None, "features": []}
+                      "quarantined_rows": 0, "quarantine_reasons": {}, "report_path": None, "features": []}
     [row] = drift_rows(ws)
     assert (row["run_id"], row["verdict"], row["champion_version"], row["reference_snapshot"]) == (
         "monitor", "no_champion", None, None)
@@ -95,6 +97,33 @@ def test_undrifted_arrivals_are_stable(quick_ws: Workspace, champion: dict[str, 
     assert Path(result["report_path"]).is_file() and row["report_path"] == result["report_path"]
 
 
+def test_faulty_arrivals_are_a_quality_signal_not_drift(quick_ws: Workspace, champion: dict[str, Any]) -> None:
+    # 10 faulty rows (sex 'Male' / 'U', kPa, mmol/L, impossible or missing dates) and 10 messy ones (' f', 'm'):
+    # judged raw, sex alone drifted with PSI ~2 and a retrain failed validation on the same batch (issue 32).
+    demo.simulate_arrivals(quick_ws.engine, rows=100, seed=STABLE_SEED, bad_rows=10)
+
+    result = stages.monitor_drift(quick_ws, make_run("monitor"))
+
+    assert result["verdict"] == "stable" and result["drifted_features"] == []
+    assert (result["recent_rows"], result["quarantined_rows"]) == (90, 10)
+    assert sum(result["quarantine_reasons"].values()) == 10 and "unknown_category" in result["quarantine_reasons"]
+    [row] = drift_rows(quick_ws)
+    assert (row["recent_rows"], row["quarantined_rows"]) == (90, 10)
+    assert row["quarantine_reasons"] == result["quarantine_reasons"]
+    assert "10 more quarantined by it and left out: a data-quality signal, not drift" in Path(
+        result["report_path"]).read_text()
+
+
+def test_the_champions_evaluation_stored_its_holdout_errors(quick_ws: Workspace, champion: dict[str, Any]) -> None:
+    # What a degradation verdict resamples besides the live outcomes (issue 32).
+    errors = performance.holdout_errors(quick_ws, 1)
+    [row] = fetch(quick_ws, "SELECT holdout_rows, CAST(candidate_metrics ->> 'rmse' AS double precision) AS rmse "
+                            "FROM pipeline.evaluations WHERE candidate_version = 1")
+
+    assert errors is not None and len(errors) == row["holdout_rows"] == 88
+    assert math.sqrt(errors.mean()) == pytest.approx(row["rmse"])
+
+
 def test_shifted_bmi_is_drift(quick_ws: Workspace, champion: dict[str, Any]) -> None:
     demo.simulate_arrivals(quick_ws.engine, rows=100, seed=STABLE_SEED, drift={"bmi": 4}, labelled=False)
 
@@ -111,7 +140,7 @@ def test_shifted_bmi_is_drift(quick_ws: Workspace, champion: dict[str, Any]) -> 
     page = Path(result["report_path"]).read_text()
     assert page.count("<img ") == len(MONITORED_FEATURES)
     assert "<tr class='major'><td>bmi</td>" in page
-    assert "<tr><th>recent rows</th><td>100</td></tr>" in page
+    assert "<tr><th>recent rows</th><td>100 valid by the contract</td></tr>" in page
     # what the report states: its verdict, the champion, the window and the thresholds it applied
     assert f"<p class='verdict'>Drift: 1 of {len(MONITORED_FEATURES)} features drifted (bmi: PSI {bmi['psi']:.3f}" in page
     assert "<tr><th>champion version</th><td>1</td></tr>" in page

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from pipeline import stages
 from pipeline.contract.config import PerformancePolicy
 from pipeline.data import demo
 from pipeline.monitoring import outcomes, performance
@@ -185,6 +186,28 @@ def test_a_degraded_champion_signals_once_until_more_outcomes_or_a_new_champion(
     assert [s["run_id"] for s in signals] == ["perf-1", "perf-3", "perf-5"]
     assert [r["signal_id"] is not None for r in fetch(
         ws, "SELECT signal_id FROM pipeline.performance_reports ORDER BY created_at")] == [True, False, True, False, True]
+
+
+def test_the_verdict_resamples_the_holdout_errors_stored_at_evaluation(ws: Workspace) -> None:
+    held = np.random.default_rng(9).normal(0.0, 10.0, 88)
+    v1, = register_versions(ws, [float(np.sqrt(np.mean(held ** 2)))], champion=0)
+    stored = stages.store_holdout_errors(ws, held, np.zeros(88))
+    with ws.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE pipeline.evaluations SET evidence = CAST(:e AS jsonb) WHERE candidate_version = :v"),
+                     {"e": json.dumps({"holdout_errors": stored}), "v": v1})
+    add_records(ws, list(range(4001, 4061)))
+    degraded_history(ws, list(range(4001, 4061)), v1, spread=12.0)
+
+    verdict = monitor(ws, "perf-both", LATER)
+
+    assert np.array_equal(performance.holdout_errors(ws, v1), held ** 2)
+    assert "resampling the live outcomes and the 88 holdout rows" in verdict["reason"]
+    live = np.array([r["outcome"] - 100.0 for r in fetch(ws, "SELECT progression_12m AS outcome FROM "
+                                                           "public.patient_records WHERE patient_id > 4000 ORDER BY patient_id")]) ** 2
+    policy = ws.config.monitoring.performance
+    expected = performance.ratio_interval(live, held ** 2, policy.bootstrap_samples, policy.confidence or 0.95,
+                                          ws.config.training.seed)
+    assert (verdict["ratio_low"], verdict["ratio_high"]) == pytest.approx(expected)
 
 
 def test_stable_outcomes_do_not_degrade_and_the_cli_sends_no_signal(ws: Workspace) -> None:

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from pipeline.contract.config import (
+    DEFAULT_DRIFT_MIN_ROWS,
     ConfigError,
     DatabasePolicy,
     PipelineConfig,
@@ -219,6 +220,30 @@ def test_search_max_rows_left_out_means_every_row(tmp_path: Path) -> None:
     path = write_variant(tmp_path, lambda raw: raw["training"].pop("search_max_rows"))
     assert load_config(path).training.search_max_rows is None
     assert load_config(write_variant(tmp_path, lambda raw: None)).training.search_max_rows == 200_000
+
+
+def test_drift_min_rows_left_out_is_the_studied_default(tmp_path: Path) -> None:
+    path = write_variant(tmp_path, lambda raw: raw["monitoring"]["drift"].pop("min_rows"))
+    assert load_config(path).monitoring.drift.min_rows == DEFAULT_DRIFT_MIN_ROWS == 30
+
+
+def test_drift_min_rows_under_one_is_refused_naming_the_key(tmp_path: Path) -> None:
+    path = write_variant(tmp_path, lambda raw: raw["monitoring"]["drift"].update(min_rows=0))
+    with pytest.raises(ConfigError, match="monitoring.drift.min_rows must be at least 1, got 0"):
+        load_config(path)
+
+
+def test_interval_conditional_on_names_a_promotion_slice(tmp_path: Path) -> None:
+    assert load_config(write_variant(tmp_path, lambda raw: None)).serving.interval_conditional_on is None
+    path = write_variant(tmp_path, lambda raw: raw["serving"].update(interval_conditional_on="age"))
+    assert load_config(path).serving.interval_conditional_on == "age"
+
+
+@pytest.mark.parametrize("value", ["region", 3])
+def test_interval_conditional_on_outside_the_slices_is_refused_naming_the_key(tmp_path: Path, value: Any) -> None:
+    path = write_variant(tmp_path, lambda raw: raw["serving"].update(interval_conditional_on=value))
+    with pytest.raises(ConfigError, match="serving.interval_conditional_on"):
+        load_config(path)
 
 
 def test_unsupported_metric_is_named(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -12,9 +13,9 @@ import pytest
 from scipy import stats
 
 from pipeline.contract.ages import monitored_columns
-from pipeline.contract.config import DatasetContract, DriftPolicy, Feature, PipelineConfig
-from pipeline.data import demo
-from pipeline.monitoring import drift
+from pipeline.contract.config import DatasetContract, DriftPolicy, Feature, PipelineConfig, QualityPolicy
+from pipeline.data import demo, ingest
+from pipeline.monitoring import drift, drift_study
 
 # Reference 1..10 cut into 5 quantile bins: edges 2.8, 4.6, 6.4, 8.2, two values per bin.
 ONE_TO_TEN = np.arange(1.0, 11.0)
@@ -48,25 +49,43 @@ def test_psi_from_proportions_matches_the_formula() -> None:
     assert psi == pytest.approx(0.5 * math.log(2))
 
 
-def test_psi_floors_an_empty_bin_instead_of_going_infinite() -> None:
-    psi = drift.psi_from_proportions(np.array([0.5, 0.5, 0.0]), np.array([0.5, 0.25, 0.25]))
-    eps = drift.EPSILON
-    expected = 0 + (0.25 - 0.5) * math.log(0.25 / 0.5) + (0.25 - eps) * math.log(0.25 / eps)
+def smoothed(counts: list[int]) -> np.ndarray:
+    """Bin shares with half a row added to each bin, worked out by hand: (count + 0.5) / (n + 0.5 k)."""
+    return np.array([(c + 0.5) / (sum(counts) + 0.5 * len(counts)) for c in counts])
+
+
+def psi_by_hand(reference: list[int], recent: list[int]) -> float:
+    ref, cur = smoothed(reference), smoothed(recent)
+    return float(sum((c - r) * math.log(c / r) for r, c in zip(ref, cur, strict=True)))
+
+
+def test_psi_smooths_an_empty_bin_by_half_a_row_instead_of_going_infinite() -> None:
+    # Reference 2, 2, 0 against recent 1, 1, 2: shares (2.5, 2.5, 0.5) / 5.5 and (1.5, 1.5, 2.5) / 5.5.
+    psi = drift.psi_from_counts(np.array([2, 2, 0]), np.array([1, 1, 2]))
+    expected = 2 * (1.5 - 2.5) / 5.5 * math.log(1.5 / 2.5) + (2.5 - 0.5) / 5.5 * math.log(2.5 / 0.5)
     assert math.isfinite(psi)
     assert psi == pytest.approx(expected)
 
 
+def test_an_empty_bin_of_a_small_window_adds_little_psi() -> None:
+    # 30 rows spread over 9 of 10 bins of a large reference: the empty bin once added ~0.7 (floor 1e-4).
+    reference, recent = np.full(10, 1000), np.array([4, 3, 3, 3, 3, 4, 3, 4, 3, 0])
+    empty_bin_share = 0.5 / 35
+    assert drift.psi_from_counts(reference, recent) < 0.2
+    assert (0.1 - empty_bin_share) * math.log(0.1 / empty_bin_share) < 0.2
+
+
 def test_numeric_psi_bins_at_the_reference_quantiles() -> None:
     # Bins (-inf, 2.8], (2.8, 4.6], (4.6, 6.4], (6.4, 8.2], (8.2, inf): reference 0.2 each.
-    recent = np.array([1, 1, 1, 1, 3, 5, 7, 9, 9, 9], dtype=float)  # 0.4, 0.1, 0.1, 0.1, 0.3
-    expected = (0.4 - 0.2) * math.log(2) + 3 * (0.1 - 0.2) * math.log(0.5) + (0.3 - 0.2) * math.log(1.5)
+    # Counts 2 per bin against 4, 1, 1, 1, 3; the last bin counts missing values (none on either side).
+    recent = np.array([1, 1, 1, 1, 3, 5, 7, 9, 9, 9], dtype=float)
+    expected = psi_by_hand([2, 2, 2, 2, 2, 0], [4, 1, 1, 1, 3, 0])
     assert drift.numeric_psi(ONE_TO_TEN, recent, bins=5) == pytest.approx(expected)
 
 
 def test_numeric_psi_outer_bins_are_open_ended() -> None:
-    recent = np.array([-100.0] * 5 + [100.0] * 5)  # 0.5, 0, 0, 0, 0.5
-    eps = drift.EPSILON
-    expected = 2 * (0.5 - 0.2) * math.log(0.5 / 0.2) + 3 * (eps - 0.2) * math.log(eps / 0.2)
+    recent = np.array([-100.0] * 5 + [100.0] * 5)  # counts 5, 0, 0, 0, 5
+    expected = psi_by_hand([2, 2, 2, 2, 2, 0], [5, 0, 0, 0, 5, 0])
     assert drift.numeric_psi(ONE_TO_TEN, recent, bins=5) == pytest.approx(expected)
 
 
@@ -125,8 +144,7 @@ def test_chi_squared_is_pearsons_on_the_2xk_table(policy: DriftPolicy) -> None:
     assert result.test == "chi2"
     assert result.statistic == pytest.approx(pearson)
     assert result.p_value == pytest.approx(math.exp(-pearson / 2))  # chi-squared, 2 dof: sf(x) = e^(-x/2)
-    # PSI: 0.1 ln(0.4 / 0.3) + (-0.1) ln(0.4 / 0.5) + 0
-    assert result.psi == pytest.approx(0.1 * math.log(5 / 3))
+    assert result.psi == pytest.approx(psi_by_hand([30, 50, 20], [20, 20, 10]))
 
 
 def test_chi_squared_on_a_2x2_table_uses_yates_correction(policy: DriftPolicy) -> None:
@@ -154,19 +172,30 @@ def test_moderate_psi_without_a_significant_test_is_not_drift(policy: DriftPolic
     large = drift.categorical_drift("c", categories({"a": 100, "b": 100, "c": 100}),
                                     categories({"a": 160, "b": 80, "c": 60}), policy)
 
-    assert small.psi == pytest.approx(large.psi)
     assert policy.psi_moderate <= small.psi < policy.psi_major
     assert small.level == large.level == "moderate"
     assert small.p_value > policy.p_value and small.drifted is False
     assert large.p_value < policy.p_value and large.drifted is True
 
 
-def test_major_psi_is_drift_even_without_a_significant_test(policy: DriftPolicy) -> None:
+def test_major_psi_without_a_significant_test_is_not_drift(policy: DriftPolicy) -> None:
+    # 15 rows cannot show a major shift beyond chance: PSI alone decides nothing (issue 32).
     result = drift.categorical_drift("c", categories({"a": 5, "b": 5, "c": 5}),
-                                     categories({"a": 10, "b": 3, "c": 2}), policy)
+                                     categories({"a": 11, "b": 2, "c": 2}), policy)
 
     assert result.psi >= policy.psi_major and result.p_value > policy.p_value
-    assert (result.level, result.drifted) == ("major", True)
+    assert (result.level, result.drifted) == ("major", False)
+
+
+def test_the_significance_level_is_shared_among_the_features(policy: DriftPolicy) -> None:
+    # PSI ~0.24, p ~0.008: under p_value 0.01 for one feature, not under 0.01 / 10 when ten are compared.
+    reference, recent = categories({"a": 50, "b": 50, "c": 50}), categories({"a": 29, "b": 11, "c": 10})
+    alone = drift.categorical_drift("c", reference, recent, policy)
+    among_ten = drift.categorical_drift("c", reference, recent, policy, features=10)
+
+    assert policy.p_value / 10 < alone.p_value < policy.p_value and alone.level != "none"
+    assert alone.drifted is True and among_ten.drifted is False
+    assert drift.significance_level(policy, 10) == pytest.approx(policy.p_value / 10)
 
 
 def test_level_boundaries_are_inclusive(policy: DriftPolicy) -> None:
@@ -183,15 +212,15 @@ def test_level_boundaries_are_inclusive(policy: DriftPolicy) -> None:
 
 
 def moderate_numeric(policy: DriftPolicy) -> drift.FeatureDrift:
-    """A numeric feature with PSI 0.1 ln 3 (~0.11, moderate) and a KS test far from significant."""
-    recent = pd.Series([1, 1.5, 2, 3, 4, 5, 6, 7, 9, 10])  # bins 0.3, 0.2, 0.2, 0.1, 0.2
+    """A numeric feature with a moderate PSI and a KS test far from significant."""
+    recent = pd.Series([1, 1, 2, 2, 4, 5, 6, 7, 9, 10])  # counts 4, 1, 2, 1, 2
     return drift.numeric_drift("x", pd.Series(ONE_TO_TEN), recent, dataclasses.replace(policy, bins=5))
 
 
 def test_moderate_numeric_psi_without_a_significant_ks_is_not_drift(policy: DriftPolicy) -> None:
     result = moderate_numeric(policy)
 
-    assert result.psi == pytest.approx(0.1 * math.log(3))
+    assert result.psi == pytest.approx(psi_by_hand([2, 2, 2, 2, 2, 0], [4, 1, 2, 1, 2, 0]))
     assert result.level == "moderate" and result.p_value > policy.p_value
     assert not result.drifted
 
@@ -272,7 +301,7 @@ def test_render_report_has_a_row_and_a_plot_per_feature(contract: DatasetContrac
     assert len(re.findall(r"<img ", page)) == len(results) == 10
     assert len(re.findall(r"<tr class='(none|moderate|major)'>", page)) == len(results)
     assert "<tr class='major'><td>bmi</td>" in page
-    assert "its training snapshot abc123: 442 rows</td>" in page and "<th>recent rows</th><td>100</td>" in page
+    assert "its training snapshot abc123: 442 rows</td>" in page and "<th>recent rows</th><td>100 valid by the contract</td>" in page
     assert page.count("src='data:image/png;base64,iVBORw0KGgo") == len(results)  # PNG signature
 
 
@@ -305,7 +334,8 @@ def test_report_states_verdict_thresholds_window_and_champion(contract: DatasetC
     bmi = next(r for r in results if r.feature == "bmi")
 
     page = drift.render_report(results, reference, recent, contract, "Drift report r1", policy,
-                               {**REPORT_ROW, "unreadable_rows": 2})
+                               {**REPORT_ROW, "quarantined_rows": 2,
+                                "quarantine_reasons": {"out_of_range": 1, "unknown_category": 1}})
 
     drifted = [r for r in results if r.drifted]
     verdict = re.search(r"<p class='verdict'>([^<]*)</p>", page)
@@ -317,7 +347,8 @@ def test_report_states_verdict_thresholds_window_and_champion(contract: DatasetC
     assert "<tr><th>champion version</th><td>3</td></tr>" in page
     assert ("<tr><th>window</th><td>records recorded after 2026-03-01 00:00:00+00:00 (the champion&#x27;s "
             "training watermark) up to 2026-04-01 02:00:00+00:00</td></tr>") in page
-    assert "100 (2 more left out as unreadable by the contract)" in page
+    assert ("100 valid by the contract (2 more quarantined by it and left out: a data-quality signal, not drift; "
+            "out_of_range 1, unknown_category 1)") in page
 
 
 def test_a_stable_report_says_so(contract: DatasetContract, policy: DriftPolicy) -> None:
@@ -334,6 +365,7 @@ def test_a_moderate_drift_names_its_test_and_p_value(policy: DriftPolicy) -> Non
 
     assert drift.verdict_sentence([moderate], policy) == (
         "Drift: 1 of 1 features drifted (glucose: PSI 0.150, moderate, ks p-value 0.001 under 0.01).")
+    assert drift.verdict_sentence([moderate] * 10, policy).endswith("ks p-value 0.001 under 0.001).")
 
 
 def test_every_distribution_plot_labels_both_axes(contract: DatasetContract) -> None:
@@ -349,3 +381,84 @@ def test_every_distribution_plot_labels_both_axes(contract: DatasetContract) -> 
     assert age.axes[0].get_xlabel() == "age at the visit (years)"
     sex = drift.distribution_figure("sex", ref["sex"], cur["sex"], categorical=True)
     assert (sex.axes[0].get_xlabel(), sex.axes[0].get_ylabel()) == ("sex (category)", "share of rows")
+
+
+# --- drift on the rows we train on (issue 32): a window is classified by the contract first -----------------
+
+
+def faulty_window(rows: int, bad_rows: int, seed: int) -> tuple[pd.DataFrame, list[str]]:
+    """Clean arrivals, `bad_rows` of them made faulty and as many merely messy (' f', 'm'): demo.add_faults;
+    with the reason validation should give each row."""
+    records, expected = demo.add_faults(demo.arrival_records(rows, seed), bad_rows, seed)
+    records.insert(0, "patient_id", range(9001, 9001 + rows))
+    records["recorded_at"] = records["label_recorded_at"] = pd.Timestamp("2027-06-01", tz="UTC")
+    return records, expected
+
+
+def test_a_window_with_only_normalisable_or_quarantinable_faults_reports_no_drift(
+        contract: DatasetContract, policy: DriftPolicy, suite: dict[str, object]) -> None:
+    raw, expected = faulty_window(120, bad_rows=12, seed=5)
+    as_cast, _ = ingest.readable_rows(raw, contract)  # what the check compared before: cast, never classified
+    assert any(r.drifted for r in drift.compare(demo.demo_records(), as_cast, contract, policy))
+
+    recent, labelled, awaiting = drift.classified_window(raw, contract, suite, quality_policy())
+    results = drift.compare(demo.demo_records(), recent, contract, policy)
+
+    assert [r.feature for r in results if r.drifted] == []
+    assert set(recent["sex"]) == {"F", "M"}
+    summary = drift.quarantine_summary(labelled, awaiting)
+    assert summary["quarantined_rows"] == 12 and len(recent) == 108
+    assert summary["quarantine_reasons"] == dict(sorted(Counter(e for e in expected if e != "valid").items()))
+
+
+def test_a_window_of_rows_awaiting_their_outcome_keeps_them(contract: DatasetContract,
+                                                            suite: dict[str, object]) -> None:
+    raw, _ = faulty_window(40, bad_rows=0, seed=6)
+    raw["progression_12m"], raw["label_recorded_at"] = np.nan, pd.NaT
+
+    recent, labelled, awaiting = drift.classified_window(raw, contract, suite, quality_policy())
+
+    assert len(recent) == 40 and drift.quarantine_summary(labelled, awaiting)["quarantined_rows"] == 0
+
+
+def quality_policy() -> QualityPolicy:
+    return QualityPolicy(max_quarantine_share=0.05)
+
+
+# --- the false-alarm study (issue 32): windows from the simulate-arrivals generator -------------------------
+
+
+@pytest.mark.parametrize("rows", [30, 60])
+def test_clean_windows_raise_a_false_alarm_in_at_most_5_percent(contract: DatasetContract, policy: DriftPolicy,
+                                                                 rows: int) -> None:
+    rate = drift_study.window_rate(demo.demo_records(), contract, policy, "clean", rows, batches=100, seed=1000)
+
+    assert rate.share <= 0.05, f"{rate.flagged} of {rate.batches} clean windows of {rows} rows flagged"
+
+
+def test_a_bmi_shift_of_4_is_seen_in_at_least_90_percent_of_60_row_windows(contract: DatasetContract,
+                                                                           policy: DriftPolicy) -> None:
+    rate = drift_study.window_rate(demo.demo_records(), contract, policy, "bmi +4", 60, batches=60, seed=2000)
+
+    assert rate.share >= 0.9, f"only {rate.flagged} of {rate.batches} windows with bmi +4 flagged"
+
+
+def test_the_study_table_has_a_share_per_scenario_and_size() -> None:
+    rates = [drift_study.Rate("clean", 30, 10, 1), drift_study.Rate("clean", 60, 10, 0),
+             drift_study.Rate("bmi +4", 30, 10, 9), drift_study.Rate("bmi +4", 60, 10, 10)]
+
+    assert drift_study.as_markdown(rates).splitlines() == [
+        "| windows | 30 rows | 60 rows |", "|---|---|---|",
+        "| clean | 0.100 (1/10) | 0.000 (0/10) |", "| bmi +4 | 0.900 (9/10) | 1.000 (10/10) |"]
+
+
+def test_the_cli_text_names_the_quarantined_rows_apart_from_drift() -> None:
+    from pipeline.cli.monitor import text_drift
+
+    result = {"verdict": "stable", "recent_rows": 90, "quarantined_rows": 10, "report_path": None, "features": [],
+              "quarantine_reasons": {"unknown_category": 4, "out_of_range": 6}}
+
+    assert text_drift(result).splitlines()[:2] == [
+        "drift verdict: stable over 90 recent rows",
+        "quarantined by the contract and left out (a data-quality signal, not drift): 10 rows "
+        "{'unknown_category': 4, 'out_of_range': 6}"]

@@ -3,11 +3,13 @@ the report page, and the demo's outcome generator."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from pipeline.contract.config import PerformancePolicy
 from pipeline.data import demo
@@ -105,6 +107,39 @@ def test_shifted_errors_degrade_the_champion_and_stable_ones_do_not() -> None:
     assert stable["ratio_low"] < 1.0 < stable["ratio_high"]
     assert borderline["ratio"] == pytest.approx(1.3)  # worse than the limit, but not surely: not degraded
     assert borderline["ratio_low"] <= POLICY.max_ratio and borderline["degraded"] is False
+
+
+def scipy_ratio_interval(live: np.ndarray, held: np.ndarray, samples: int, seed: int) -> tuple[float, float]:
+    """scipy's percentile bootstrap of sqrt(mean live) / sqrt(mean held), each sample resampled on its own."""
+    def ratio(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.asarray(np.sqrt(a.mean(axis=axis)) / np.sqrt(b.mean(axis=axis)))
+    found = stats.bootstrap((live, held), ratio, paired=False, vectorized=True, n_resamples=samples,
+                            confidence_level=0.95, method="percentile", rng=np.random.default_rng(seed))
+    return float(found.confidence_interval.low), float(found.confidence_interval.high)
+
+
+def test_the_ratio_interval_resamples_both_samples_as_scipys_bootstrap_does() -> None:
+    # 60 live outcomes, 88 holdout rows (the demo's holdout): both RMSEs are estimates.
+    live, held = squared_errors(60.0, rows=60, seed=3), squared_errors(55.0, rows=88, seed=4)
+    policy = dataclasses.replace(POLICY, bootstrap_samples=40_000)
+    verdict = performance.judge_champion(live, math.sqrt(held.mean()), policy, seed=5, version=2, holdout_errors=held)
+    low, high = scipy_ratio_interval(live, held, 40_000, seed=6)
+
+    # Seeds apart, the two agree within ~0.004 at 40,000 resamples; resampling the live outcomes alone is 0.02 off.
+    assert verdict["ratio_low"] == pytest.approx(low, abs=0.01)
+    assert verdict["ratio_high"] == pytest.approx(high, abs=0.01)
+    live_only = performance.judge_champion(live, math.sqrt(held.mean()), policy, seed=5, version=2)
+    assert live_only["ratio_high"] - live_only["ratio_low"] < 0.9 * (high - low)  # the old, too narrow interval
+    assert "resampling the live outcomes and the 88 holdout rows" in verdict["reason"]
+    assert "holdout RMSE is taken as exact" in live_only["reason"]
+
+
+def test_live_coverage_per_slice_is_checked_against_its_exact_binomial_interval() -> None:
+    low, high = stats.binomtest(70, 100).proportion_ci(0.95, method="exact")
+
+    assert performance.coverage_check({"rows": 100, "coverage": 0.7, "nominal_coverage": 0.9}) == (
+        f"[{low:.1%}, {high:.1%}] below")
+    assert performance.coverage_check({"rows": 20, "coverage": 0.85, "nominal_coverage": 0.9}).endswith(" ok")
 
 
 def test_too_few_outcomes_no_holdout_and_no_champion_give_no_verdict() -> None:
