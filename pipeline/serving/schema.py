@@ -96,6 +96,9 @@ class IntervalSummary(BaseModel):
     coverage: float
     half_width: float | None
     method: str
+    guarantee: str | None = Field(default=None, description="what the interval's method guarantees, in words")
+    conditional_on: str | None = Field(default=None, description="the slice it is calibrated within, if any")
+    group_half_widths: dict[str, float | None] | None = None
 
 
 class ModelSummary(BaseModel):
