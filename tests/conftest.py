@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +21,28 @@ LIVE_AIRFLOW_FILES = ("tests/dags/test_celery_workers.py", "tests/dags/test_live
                       "tests/ui/test_browser.py", "tests/ui/test_models_view.py")
 
 
+LIVE_AIRFLOW_TIMEOUT = 2400  # seconds a test that starts a whole Airflow may take; every other test: pyproject's
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the live-Airflow files; under xdist, keep every other file in one process, in file order."""
+    """Mark the live-Airflow files (with a longer timeout); under xdist, keep every other file in one process,
+    in file order."""
     for item in items:
         path = item.path.relative_to(PROJECT_ROOT).as_posix()
-        item.add_marker(pytest.mark.live_airflow if path in LIVE_AIRFLOW_FILES else pytest.mark.xdist_group(path))
+        if path in LIVE_AIRFLOW_FILES:
+            item.add_marker(pytest.mark.live_airflow)
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(LIVE_AIRFLOW_TIMEOUT))
+        else:
+            item.add_marker(pytest.mark.xdist_group(path))
+
+
+def missing_tool(reason: str) -> None:
+    """Skip the module whose tool is missing; on CI (CI=true) fail instead: a green CI never hides a test that
+    did not run."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: a missing tool fails the run instead of skipping)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
 
 
 @pytest.fixture(scope="session")

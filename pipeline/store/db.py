@@ -20,6 +20,9 @@ SQL_DIR = PROJECT_ROOT / "sql"
 _SCHEMA_LOCK_ID = 72_410_001  # pg_advisory_xact_lock key: one schema apply at a time
 
 
+log = logging.getLogger(__name__)
+
+
 def start_embedded_postgres(pgdata: Path) -> str:
     """Start (or attach to) the embedded PostgreSQL in `pgdata` and return its URL."""
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", category=UserWarning)
@@ -40,10 +43,14 @@ def stop_embedded_postgres(pgdata: Path, timeout: float = 30.0) -> int | None:
     if not pid_file.is_file():
         return None
     pid = int(pid_file.read_text().split()[0])
+    if not serves_data_directory(pid, pgdata):
+        log.warning("%s names pid %d, which is not a PostgreSQL serving %s: a stale file, nothing signalled",
+                    pid_file, pid, pgdata)
+        return None  # the server died without removing it, and the pid may belong to another process now
     try:
         os.kill(pid, signal.SIGINT)  # PostgreSQL's "fast" shutdown
     except ProcessLookupError:
-        return None  # a stale pid file: the server died without removing it
+        return None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -52,6 +59,19 @@ def stop_embedded_postgres(pgdata: Path, timeout: float = 30.0) -> int | None:
             return pid
         time.sleep(0.05)
     raise TimeoutError(f"embedded PostgreSQL (pid {pid}, data {pgdata}) did not stop within {timeout:g} s")
+
+
+def serves_data_directory(pid: int, pgdata: Path) -> bool:
+    """Whether process `pid` is a postgres server whose data directory (-D) is `pgdata` (read from /proc)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    words = [a.decode(errors="replace") for a in args if a]
+    if not words or Path(words[0]).name not in ("postgres", "postmaster") or "-D" not in words:
+        return False
+    given = words.index("-D") + 1
+    return given < len(words) and Path(words[given]).resolve() == pgdata.resolve()
 
 
 def database_url(settings: Settings) -> str:

@@ -29,14 +29,14 @@ from pipeline.model import train
 from pipeline.model.features import model_inputs
 from pipeline.registry import records
 from pipeline.workspace import Workspace
+from tests.conftest import missing_tool
 from tests.standalone import scratch_airflow, wait_for, wait_until_ready
 
 RUN_TIMEOUT = 420
 SLOW_FAMILY = "random_forest"  # made slow enough (many trees) that a worker can be killed in the middle of it
 
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
-                                reason="redis-server is not installed (Debian: apt-get install redis-server); "
-                                       ".ci/run installs it")
+if shutil.which("redis-server") is None:
+    missing_tool("redis-server is not installed (Debian: apt-get install redis-server); .ci/run installs it")
 
 
 def _config(tmp: Path) -> Path:

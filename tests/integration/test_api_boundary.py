@@ -229,6 +229,7 @@ def test_the_openapi_document_is_typed_and_valid_openapi_3_1(served: Served) -> 
     assert "HTTPValidationError" not in json.dumps(document)
 
 
+@pytest.mark.timeout(1500)
 def test_schemathesis_finds_no_failure(served: Served, tmp_path: Path) -> None:
     """Schemathesis, bounded and seeded, with every check, against the live service and its own document."""
     config = tmp_path / "schemathesis.toml"

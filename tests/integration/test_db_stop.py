@@ -63,3 +63,29 @@ def test_a_stale_pid_file_counts_as_not_running(own_pgdata: Path) -> None:
     (own_pgdata / "postmaster.pid").write_text("999999999\n/somewhere\n")
 
     assert db.stop_embedded_postgres(own_pgdata) is None
+
+
+def test_a_stale_pid_file_naming_a_live_unrelated_process_signals_nothing(tmp_path: Path) -> None:
+    """The server died without removing postmaster.pid, and its pid now belongs to another process."""
+    import subprocess
+    import sys
+
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        pgdata = tmp_path / "pgdata"
+        pgdata.mkdir()
+        (pgdata / "postmaster.pid").write_text(f"{bystander.pid}\n{pgdata}\n")
+        assert db.stop_embedded_postgres(pgdata, timeout=5) is None
+        assert bystander.poll() is None and running(bystander.pid)  # not signalled: still alive
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_the_server_is_known_by_its_data_directory(own_pgdata: Path) -> None:
+    db.start_embedded_postgres(own_pgdata)
+    pid = int((own_pgdata / "postmaster.pid").read_text().split()[0])
+    assert db.serves_data_directory(pid, own_pgdata)
+    assert not db.serves_data_directory(pid, own_pgdata.parent)
+    assert not db.serves_data_directory(os.getpid(), own_pgdata)
+    assert db.stop_embedded_postgres(own_pgdata) == pid and not running(pid)

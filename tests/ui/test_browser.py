@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.conftest import missing_tool
 from tests.ui.conftest import ViewAirflow, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -22,8 +23,8 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 MODEL = "diabetes_progression"
 
 if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
-    pytest.skip(f"no browser: {CHROMIUM} or {CHROMEDRIVER} is missing; install Debian's chromium and "
-                "chromium-driver (.ci/run does, as root) to run the browser test", allow_module_level=True)
+    missing_tool(f"no browser: {CHROMIUM} or {CHROMEDRIVER} is missing; install Debian's chromium and "
+                 "chromium-driver (.ci/run does, as root) to run the browser test")
 
 from selenium import webdriver  # noqa: E402  (only once a browser is known to exist)
 from selenium.webdriver.common.by import By  # noqa: E402
