@@ -40,6 +40,8 @@ REQUESTS = {"api": {1: 120, 100: 40}, "peer": {1: 120, 100: 40}, "bare": {1: 400
 TARGET_RATIO = 2.0  # single-record p50: the API within this factor of the bare endpoint
 TARGET_PEER_P50 = 0.5  # single-record p50: the API at most this share of the hand-written peer's, 1 and 4 clients
 TARGET_PEER_THROUGHPUT = 2.0  # single-record requests per second at CLIENTS clients: at least this many times the peer's
+SOAK_REQUESTS = 10_000  # single-record requests after which the service's memory is compared with before them
+TARGET_SOAK_GROWTH_MB = 20.0  # resident memory the service may gain over SOAK_REQUESTS (flat, give or take)
 
 
 def _free_port() -> int:
@@ -165,6 +167,18 @@ def _load(url: str, body: bytes, headers: dict[str, str], requests_total: int, c
             "requests_per_second": len(ordered) / wall}
 
 
+def _soak(endpoint: str, body: bytes, headers: dict[str, str], requests_total: int) -> dict[str, Any]:
+    """The process's resident memory before and after `requests_total` single-record requests (the service
+    runs in this process: its threads, its model, its prediction log)."""
+    from bench.measure import rss_mb
+
+    _load(endpoint, body, headers, 500)  # caches, pools and the prediction log at their working size
+    before = rss_mb()
+    measured = _load(endpoint, body, headers, requests_total)
+    return {"requests": requests_total, "rss_before_mb": before, "rss_after_mb": rss_mb(),
+            "growth_mb": rss_mb() - before, "failed": measured["failed"]}
+
+
 def _artifact(ws: Workspace) -> Path:
     from pipeline.registry.records import current_champion
 
@@ -174,7 +188,7 @@ def _artifact(ws: Workspace) -> Path:
     return artifacts.local_copy(ws.store, "models", champion["artifact_hash"])
 
 
-def measure(server_url: str, say: Callable[[str], None] = print) -> dict[str, Any]:
+def measure(server_url: str, say: Callable[[str], None] = print, soak: int = SOAK_REQUESTS) -> dict[str, Any]:
     """Latency and throughput of the API, the hand-written peer and the bare endpoint, 1 and 100 records."""
     with tempfile.TemporaryDirectory(prefix="bench-rest-") as folder:
         url, ws = _champion(server_url, Path(folder))
@@ -195,6 +209,10 @@ def measure(server_url: str, say: Callable[[str], None] = print) -> dict[str, An
                         say(f"REST {name:>4} {size:>3} record(s), {clients} client(s): p50 {m['p50_ms']:8.1f} ms  "
                             f"p99 {m['p99_ms']:8.1f} ms  {m['requests_per_second']:7.1f} req/s  ({m['requests']} "
                             f"requests, {m['failed']} failed)")
+                if soak:
+                    results["soak"] = m = _soak(endpoints["api"], json.dumps(records[0]).encode(), headers, soak)
+                    say(f"REST  api memory over {soak} requests: {m['rss_before_mb']:.0f} MB -> {m['rss_after_mb']:.0f}"
+                        f" MB ({m['growth_mb']:+.1f} MB, {m['failed']} failed)")
         finally:
             ws.engine.dispose()
             db.drop_database(url)
@@ -216,9 +234,18 @@ def verdict(results: dict[str, Any]) -> str:
             f"{results['api_100']['requests_per_second'] * 100:.0f} records/s with {results['clients']} clients\n"
             f"REST against the hand-written peer: p50 {one:.2f}x (1 client), {many:.2f}x ({results['clients']} clients)"
             f" (target <= {TARGET_PEER_P50:g}x); throughput {rate:.2f}x (target >= {TARGET_PEER_THROUGHPUT:g}x) "
-            f"{'OK' if met else 'MISSED'}")
+            f"{'OK' if met else 'MISSED'}"
+            + (f"\nREST memory over {results['soak']['requests']} requests: {results['soak']['growth_mb']:+.1f} MB "
+               f"(target <= {TARGET_SOAK_GROWTH_MB:g} MB) "
+               f"{'OK' if results['soak']['growth_mb'] <= TARGET_SOAK_GROWTH_MB else 'MISSED'}" if "soak" in results
+               else ""))
 
 
 if __name__ == "__main__":
-    measured = measure(db.database_url(Settings.from_env()))
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--soak", type=int, default=SOAK_REQUESTS, help="single-record requests of the memory soak "
+                        "(0: none)")
+    measured = measure(db.database_url(Settings.from_env()), soak=parser.parse_args().soak)
     print(verdict(measured))
