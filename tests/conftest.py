@@ -13,28 +13,33 @@ from pipeline.contract.config import PipelineConfig, load_config
 from pipeline.contract.settings import PROJECT_ROOT, Settings
 from pipeline.store import db
 
-# The files that start a whole Airflow (scheduler, API server, triggerer, workers) are marked `live_airflow`:
-# `make test` runs them in one process after the rest, which runs on two (pytest-xdist, --dist loadgroup).
-# Under xdist the live scheduler's module-scoped Airflow was set up twice, and its last test, which builds on
-# the earlier ones, then waited on a paused DAG.
-LIVE_AIRFLOW_FILES = ("tests/dags/test_celery_workers.py", "tests/dags/test_live_scheduler.py",
-                      "tests/ui/test_browser.py", "tests/ui/test_models_view.py")
-
-
+# A test that starts a whole Airflow (scheduler, API server, triggerer, workers) requests `starts_airflow`, through
+# the fixture that starts it: such tests are marked `live_airflow`, and `make test` runs them in one process after
+# the rest, which runs on two (pytest-xdist, --dist loadgroup). Under xdist the live scheduler's module-scoped
+# Airflow was set up twice, and its last test, which builds on the earlier ones, then waited on a paused DAG.
+# `tests.standalone.scratch_airflow` refuses to start one for a test that did not request it.
+STARTS_AIRFLOW = "PIPELINE_TEST_STARTS_AIRFLOW"
 LIVE_AIRFLOW_TIMEOUT = 2400  # seconds a test that starts a whole Airflow may take; every other test: pyproject's
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the live-Airflow files (with a longer timeout); under xdist, keep every other file in one process,
-    in file order."""
+    """Mark the tests that start Airflow (with a longer timeout); under xdist, keep every other file in one
+    process, in file order."""
     for item in items:
-        path = item.path.relative_to(PROJECT_ROOT).as_posix()
-        if path in LIVE_AIRFLOW_FILES:
+        if "starts_airflow" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.live_airflow)
             if item.get_closest_marker("timeout") is None:
                 item.add_marker(pytest.mark.timeout(LIVE_AIRFLOW_TIMEOUT))
         else:
-            item.add_marker(pytest.mark.xdist_group(path))
+            item.add_marker(pytest.mark.xdist_group(item.path.relative_to(PROJECT_ROOT).as_posix()))
+
+
+@pytest.fixture(scope="session")
+def starts_airflow() -> Iterator[None]:
+    """Requested by every fixture that starts a whole Airflow: its tests run as `live_airflow`."""
+    os.environ[STARTS_AIRFLOW] = "1"
+    yield
+    os.environ.pop(STARTS_AIRFLOW, None)
 
 
 def missing_tool(reason: str) -> None:

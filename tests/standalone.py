@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from pipeline.contract.settings import PROJECT_ROOT
 from pipeline.data import demo
 from pipeline.store import db
-from tests.conftest import create_scratch_database
+from tests.conftest import STARTS_AIRFLOW, create_scratch_database
 
 START_TIMEOUT = 150
 
@@ -67,7 +67,10 @@ class ScratchAirflow:
 def scratch_airflow(server_url: str, tmp: Path, config_path: Path,
                     extra_env: dict[str, str] | None = None) -> Iterator[ScratchAirflow]:
     """New pipeline and metadata databases (dropped afterwards) and the environment every Airflow part of a
-    test runs with; the demo study is seeded."""
+    test runs with; the demo study is seeded. Only for a fixture that requests `starts_airflow`."""
+    if os.environ.get(STARTS_AIRFLOW) != "1":
+        raise RuntimeError("a test starts Airflow without requesting the `starts_airflow` fixture: request it from "
+                           "the fixture that starts Airflow, so the test runs as live_airflow (tests/conftest.py)")
     pipeline_url = create_scratch_database(server_url)
     metadata_url = db.with_database(server_url, f"airflow_live_{uuid.uuid4().hex[:8]}")
     db.ensure_database(metadata_url)

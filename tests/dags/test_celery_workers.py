@@ -72,7 +72,8 @@ class CeleryAirflow:
 
 
 @pytest.fixture(scope="module")
-def celery(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CeleryAirflow]:
+def celery(server_url: str, tmp_path_factory: pytest.TempPathFactory,
+           starts_airflow: None) -> Iterator[CeleryAirflow]:
     tmp = tmp_path_factory.mktemp("celery-airflow")
     lost_worker_after = {"AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
                          "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5"}

@@ -101,7 +101,8 @@ def _test_config(tmp: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def live_airflow(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveAirflow]:
+def live_airflow(server_url: str, tmp_path_factory: pytest.TempPathFactory,
+                 starts_airflow: None) -> Iterator[LiveAirflow]:
     tmp = tmp_path_factory.mktemp("live-airflow")
     with standalone_airflow(server_url, tmp, _test_config(tmp)) as airflow:
         yield LiveAirflow(airflow.base_url, airflow.token, airflow.engine, airflow.log_path, airflow.artifact_dir,

@@ -104,7 +104,8 @@ def _fill_registry(live: ViewAirflow) -> None:
 
 
 @pytest.fixture(scope="session")
-def view_airflow(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewAirflow]:
+def view_airflow(server_url: str, tmp_path_factory: pytest.TempPathFactory,
+                 starts_airflow: None) -> Iterator[ViewAirflow]:
     tmp = tmp_path_factory.mktemp("models-view")
     with standalone_airflow(server_url, tmp, _view_config(tmp),
                             {"PIPELINE_MODELS_DIR": str(tmp / "no-more-models")}) as airflow:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipeline.contract.settings import PROJECT_ROOT
 
 
@@ -65,3 +67,16 @@ def test_ci_run_checks_the_tools_before_the_tests() -> None:
     lines = [line.strip() for line in (PROJECT_ROOT / ".ci" / "run").read_text().splitlines()]
     assert lines.index("bash .ci/require-tools") < lines.index("make test")
     assert os.access(PROJECT_ROOT / ".ci" / "require-tools", os.X_OK)
+
+
+def test_airflow_starts_only_for_a_test_that_requested_starts_airflow(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Path) -> None:
+    """A new test that starts Airflow without the fixture would run under xdist beside the others: refused."""
+    from tests.conftest import STARTS_AIRFLOW
+    from tests.standalone import scratch_airflow
+
+    monkeypatch.delenv(STARTS_AIRFLOW, raising=False)
+    with pytest.raises(RuntimeError, match="starts_airflow"), scratch_airflow("postgresql://unused/x", tmp_path,
+                                                                               tmp_path / "pipeline.yaml"):
+        pass
+    assert not list(tmp_path.iterdir())  # refused before anything was made
