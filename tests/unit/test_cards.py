@@ -354,6 +354,7 @@ def test_every_plot_is_large_and_labels_its_axes(card: cards.CardContent) -> Non
                cards.plot_slice_rmse(slice_rows(with_champion=True)), cards.plot_importance(card.importance),
                cards.plot_bootstrap(comparison()["evidence"]["bootstrap"])]
 
+    assert all(figure.axes for figure in figures)  # each figure has axes to check
     for figure in figures:
         for axes in figure.axes:
             assert axes.get_xlabel() and axes.get_ylabel(), axes.get_title()

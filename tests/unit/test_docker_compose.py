@@ -161,6 +161,7 @@ def test_airflow_services_share_image_build_and_environment(
 
 def test_environment_values_are_strings(compose: dict) -> None:
     # An unquoted `false` or `4` would reach YAML as bool/int; compose only promises strings.
+    assert sum(len(environment(s)) for s in [compose[COMMON_KEY], *compose["services"].values()]) >= 20
     for name, service in [(COMMON_KEY, compose[COMMON_KEY]), *compose["services"].items()]:
         for key, value in environment(service).items():
             assert isinstance(value, str), f"{name}: {key}={value!r} is not a string"
@@ -174,6 +175,7 @@ def test_airflow_core_settings(common_env: dict[str, str]) -> None:
 
 def test_simple_auth_manager_users_are_user_role_pairs(common_env: dict[str, str]) -> None:
     users = common_env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")
+    assert users and users[0].strip()
     for user in users:
         username, _, role = user.strip().partition(":")
         assert username, f"empty user name in {user!r}"
@@ -187,6 +189,8 @@ def test_simple_auth_manager_users_are_user_role_pairs(common_env: dict[str, str
 
 
 def test_pipeline_variables_are_the_ones_pipeline_settings_reads(compose: dict) -> None:
+    set_anywhere = {k for s in [compose[COMMON_KEY], *compose["services"].values()] for k in environment(s)}
+    assert {k for k in set_anywhere if k.startswith("PIPELINE_")} >= {ENV_DATABASE_URL, ENV_CONFIG}  # checks something
     for name, service in [(COMMON_KEY, compose[COMMON_KEY]), *compose["services"].items()]:
         unknown = {
             k for k in environment(service) if k.startswith("PIPELINE_")
@@ -253,6 +257,7 @@ def test_written_paths_live_on_named_volumes(
 def test_named_volumes_and_configs_are_declared(compose: dict) -> None:
     declared_volumes = set(compose.get("volumes") or {})
     declared_configs = set(compose.get("configs") or {})
+    assert declared_volumes and any(mounts(service) for service in compose["services"].values())
     for name, service in compose["services"].items():
         for source, target in mounts(service):
             if source and not is_host_path(source):
