@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
@@ -91,6 +91,36 @@ async def read_request(request: Request, ws: Workspace) -> tuple[list[Any], bool
     return parse_records(body, ws.config.serving.max_request_records)
 
 
+async def forecast_answer(records: list[Any], single: bool, served: Served, ws: Workspace, state: dict[str, Any],
+                          request_id: str) -> Response:
+    """Score records whose room in the prediction log is kept, and answer; the forecasts are recorded once the
+    answer has been sent. A failure answers 500, names only the exception's type, and records nothing."""
+    writer: PredictionLog = state["writer"]
+    headers = {"X-Request-ID": request_id}
+    started = time.perf_counter()
+    try:
+        scored = await run_in_threadpool(score_records, records, served, ws, state["suite"], request_id,
+                                         state["judging"])
+    except Exception as exc:  # noqa: BLE001 - the exception's text may quote a value: log its type only
+        writer.release(len(records))
+        log.error("request %s failed scoring %d records with version %s: %s", request_id, len(records),
+                  served.version, type(exc).__name__)
+        return JSONResponse({"detail": "internal error", "request_id": request_id}, 500, headers)
+    writer.release(len(records) - len(scored.log_rows))
+    status, body = answer(scored, single, {"request_id": request_id, "model": ws.model,
+                                           "model_version": served.version})
+    try:
+        response = RecordedResponse(body, headers, writer, scored.log_rows, status)
+    except ValueError as exc:  # a number JSON cannot carry: nothing is answered, so nothing is recorded
+        writer.release(len(scored.log_rows))
+        log.error("request %s: answer not renderable (%s)", request_id, type(exc).__name__)
+        return JSONResponse({"detail": "internal error", "request_id": request_id}, 500, headers)
+    log.info("request %s: %d records, %d scored, %d refused, version %s, %.0f ms", request_id, len(records),
+             len(scored.log_rows), len(records) - len(scored.log_rows), served.version,
+             1000 * (time.perf_counter() - started))
+    return response
+
+
 def router(tokens: Sequence[str], state: dict[str, Any]) -> APIRouter:
     """The routes, authenticated by `tokens` (none: unauthenticated), answering from `state`."""
     api = APIRouter()
@@ -159,27 +189,6 @@ def router(tokens: Sequence[str], state: dict[str, Any]) -> APIRouter:
         if not writer.admit(len(records)):
             log.warning("request %s refused: %s", request_id, writer.trouble())
             return unavailable(f"forecasts cannot be recorded now ({writer.trouble()}): try again", request_id)
-        started = time.perf_counter()
-        try:
-            scored = await run_in_threadpool(score_records, records, served, ws, state["suite"], request_id,
-                                             state["judging"])
-        except Exception as exc:  # noqa: BLE001 - the exception's text may quote a value: log its type only
-            writer.release(len(records))
-            log.error("request %s failed scoring %d records with version %s: %s", request_id, len(records),
-                      served.version, type(exc).__name__)
-            return JSONResponse({"detail": "internal error", "request_id": request_id}, 500, headers)
-        writer.release(len(records) - len(scored.log_rows))
-        status, body = answer(scored, single, {"request_id": request_id, "model": ws.model,
-                                               "model_version": served.version})
-        try:
-            response = RecordedResponse(body, headers, writer, scored.log_rows, status)
-        except ValueError as exc:  # a number JSON cannot carry: nothing is answered, so nothing is recorded
-            writer.release(len(scored.log_rows))
-            log.error("request %s: answer not renderable (%s)", request_id, type(exc).__name__)
-            return JSONResponse({"detail": "internal error", "request_id": request_id}, 500, headers)
-        log.info("request %s: %d records, %d scored, %d refused, version %s, %.0f ms", request_id, len(records),
-                 len(scored.log_rows), len(records) - len(scored.log_rows), served.version,
-                 1000 * (time.perf_counter() - started))
-        return response
+        return await forecast_answer(records, single, served, ws, state, request_id)
 
     return api
