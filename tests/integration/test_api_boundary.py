@@ -241,6 +241,7 @@ def test_schemathesis_finds_no_failure(served: Served, tmp_path: Path) -> None:
          "--max-failures", "20"],
         capture_output=True, text=True, timeout=900, cwd=tmp_path, check=False)
     summary = result.stdout[-6000:]
+    print(summary)  # shown with -s: the run's own summary
     assert result.returncode == 0, summary
     assert "No issues found" in summary or "passed" in summary.lower(), summary
 
