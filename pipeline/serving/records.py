@@ -284,6 +284,14 @@ class RecordChecks:
                 errors.setdefault(i, []).append(_error(column, code, rule, value))
         return rows, bounded(errors)
 
+    def valid_rows(self, records: list[Any], now: datetime) -> tuple[pd.DataFrame, Errors] | None:
+        """The valid records as one frame of the contract's dtypes, and every record's errors (`rest.RecordChecks`)."""
+        judged = self.judge(records, now)
+        if judged is None:
+            return None
+        rows, errors = judged
+        return rows_frame([rows[i] for i in range(len(records)) if i not in errors], self.contract), errors
+
     def _typed(self, records: list[Any], now: datetime) -> tuple[list[Row], Errors]:
         """Records cast (`rest.records_frame`) and normalised (`quality.normalise`), with their cast errors."""
         contract, types = self.contract, self.contract.column_types()

@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 from pipeline.contract.config import PipelineConfig, load_config
 from pipeline.contract.settings import PROJECT_ROOT
 from pipeline.data.validate import load_suite
+from pipeline.model.features import model_inputs
+from pipeline.model.intervals import input_hashes
 from pipeline.serving import rest
 from pipeline.serving.records import RecordChecks, compile_checks, rows_frame
 
@@ -150,6 +152,10 @@ def assert_same(checks: RecordChecks, records: list[Any]) -> bool:
     expected = normalised.iloc[valid].reset_index(drop=True)
     got = rows_frame([rows[i] for i in valid], CONTRACT)
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    if valid:  # what the model scores and the prediction log hashes: the same for any model
+        pd.testing.assert_frame_equal(model_inputs(got, CONTRACT), model_inputs(expected.reset_index(drop=True),
+                                                                                CONTRACT), check_exact=True)
+        assert input_hashes(got, CONTRACT) == input_hashes(expected, CONTRACT)
     return True
 
 
