@@ -23,6 +23,7 @@ from pipeline.contract.settings import Settings
 from pipeline.data import validate
 from pipeline.registry.runs import error_line
 from pipeline.serving import routes, schema
+from pipeline.serving.records import compile_checks
 from pipeline.serving.rest import Champion, PredictionLog, check_tokens
 from pipeline.workspace import Workspace
 
@@ -64,8 +65,11 @@ def create_app(source: Workspace | Settings, tokens: Sequence[str] | None, insec
         ws = source if isinstance(source, Workspace) else await run_in_threadpool(Workspace.open, source)
         champion, stop = Champion(ws), threading.Event()
         writer = PredictionLog(ws.engine, capacity=ws.config.serving.max_pending_forecasts)
-        state.update(ws=ws, champion=champion, writer=writer, judging=threading.Lock(),
-                     suite=validate.load_suite(ws.config.dataset.expectation_suite))
+        suite = validate.load_suite(ws.config.dataset.expectation_suite)
+        checks = compile_checks(ws.config.dataset, suite, ws.config.quality)
+        log.info("records are judged by %s", "the compiled checks" if checks else
+                 "pandas (the suite holds a rule the compiled checks do not handle)")
+        state.update(ws=ws, champion=champion, writer=writer, judging=threading.Lock(), suite=suite, checks=checks)
         try:
             await run_in_threadpool(champion.refresh)
         except Exception as exc:  # noqa: BLE001 - not ready yet; the poller tries again

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -522,16 +522,35 @@ class Scored:
     log_rows: list[dict[str, Any]]
 
 
-def score_records(records: list[Any], served: Served, ws: Workspace, suite: dict[str, Any], request_id: str,
-                  judging: threading.Lock) -> Scored:
-    """Judge the records by the contract and score the valid ones with the served version."""
-    contract = ws.config.dataset
-    frame, cast_errors = records_frame(records, contract, datetime.now(UTC))
+class RecordChecks(Protocol):
+    """Record checks compiled from the contract and suite (`pipeline.serving.records`), which builds on this module."""
+
+    def valid_rows(self, records: list[Any], now: datetime) -> tuple[pd.DataFrame, dict[int, list[dict[str, Any]]]] | None:
+        """The valid records' typed rows and every record's errors; None: left to the pandas path."""
+
+
+def judged_rows(records: list[Any], ws: Workspace, suite: dict[str, Any], judging: threading.Lock,
+                checks: RecordChecks | None = None) -> tuple[pd.DataFrame, dict[int, list[dict[str, Any]]]]:
+    """The valid records' typed rows and every record's errors: by the compiled `checks` when they decide
+    the request, else through pandas (`records_frame`, `judge`)."""
+    contract, now = ws.config.dataset, datetime.now(UTC)
+    compiled = checks.valid_rows(records, now) if checks is not None else None
+    if compiled is not None:
+        return compiled
+    frame, cast_errors = records_frame(records, contract, now)
     with judging:  # Great Expectations (a suite the fast checks do not cover) keeps state: one at a time
-        normalised, errors = judge(frame, contract, suite, ws, cast_errors)
-    errors = bounded(errors)
+        normalised, found = judge(frame, contract, suite, ws, cast_errors)
+    errors = bounded(found)
+    return normalised.iloc[[i for i in range(len(records)) if i not in errors]], errors
+
+
+def score_records(records: list[Any], served: Served, ws: Workspace, suite: dict[str, Any], request_id: str,
+                  judging: threading.Lock, checks: RecordChecks | None = None) -> Scored:
+    """Judge the records by the contract (through the compiled `checks` where given) and score the valid
+    ones with the served version."""
+    contract = ws.config.dataset
+    rows, errors = judged_rows(records, ws, suite, judging, checks)
     valid = [i for i in range(len(records)) if i not in errors]
-    rows = normalised.iloc[valid]
     forecasts = intervals.forecast(served.model, rows, contract, served.interval) if valid else None
     hashes = intervals.input_hashes(rows, contract) if valid else []
     results: list[dict[str, Any]] = [{} for _ in records]

@@ -100,7 +100,7 @@ async def forecast_answer(records: list[Any], single: bool, served: Served, ws: 
     started = time.perf_counter()
     try:
         scored = await run_in_threadpool(score_records, records, served, ws, state["suite"], request_id,
-                                         state["judging"])
+                                         state["judging"], state.get("checks"))
     except Exception as exc:  # noqa: BLE001 - the exception's text may quote a value: log its type only
         writer.release(len(records))
         log.error("request %s failed scoring %d records with version %s: %s", request_id, len(records),
