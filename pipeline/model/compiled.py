@@ -378,7 +378,7 @@ def checked(model: Pipeline, contract: DatasetContract, rows: pd.DataFrame, scor
     parity = check_parity(np.asarray(model.predict(X), dtype="float64"), got, row_labels(rows, contract))
     if parity.failed:
         return fallback(model, contract, parity.reason(), parity)
-    log.info("%s scores through ONNX: max relative difference %.2e from the Pipeline over %d holdout rows",
+    log.debug("%s scores through ONNX: max relative difference %.2e from the Pipeline over %d holdout rows",
              family_of(model), parity.max_relative_difference, parity.rows)
     return Compiled(model, contract, family_of(model), "onnx", None, parity, scorer)
 
