@@ -52,8 +52,9 @@ peak MB     getrusage high-water mark of the step's own process (interpreter and
             the JSON also has ready_mb, resident memory just before the call). The whole DAG's peak is
             its largest stage's, since each task runs in its own process.
 scoring     score_batch over every row of the table (serving.score_records: all) in a fresh process, after
-            the measured retrain; its floor: COPY of the same rows TO STDOUT into nothing (binary) plus
-            the champion's bare predict on them already typed in memory, best of {repeats} each.
+            the measured retrain; its floor: COPY of the same rows TO STDOUT into nothing (binary), the
+            champion's bare predict on them already typed in memory, and COPY of one forecast a row into a
+            temporary table shaped as pipeline.predictions, best of {repeats} each.
 busy        'retrain with a busy process beside it': the measured retrain's stages again, each in a fresh
             process, for a run of their own on the same rows, while `python -c 'while 1: pass'` keeps a
             core busy; its floor is the quiet retrain (vs floor = quiet s / busy s; target >= 0.5).

@@ -273,6 +273,7 @@ def run_validation_floor(spec: dict[str, Any]) -> dict[str, Any]:
 def run_predict_floor(spec: dict[str, Any]) -> dict[str, Any]:
     """The candidate's bare `predict` on its holdout's model inputs, already in memory, on the threads a stage
     gets; best of up to three."""
+    from pipeline.model import train
     from pipeline.model.features import model_inputs
     from pipeline.registry import records
     from pipeline.runtime import threads
@@ -281,7 +282,7 @@ def run_predict_floor(spec: dict[str, Any]) -> dict[str, Any]:
         ws = workspace(spec)
         with ws.engine.connect() as conn:
             model = records.get_model(conn, spec["version"], ws.model)
-        _, holdout = ws.holdout_rows(model["snapshot_hash"], ws.config.training.holdout_fraction)
+        _, holdout = train.holdout_rows(ws, model["snapshot_hash"], ws.config.training.holdout_fraction)
         inputs, fitted = model_inputs(holdout, ws.config.dataset), ws.load_model(model["artifact_hash"])
         seconds = min(timed(fitted.predict, inputs)[1] for _ in range(min(spec["repeats"], 3)))
     return {"seconds": seconds, "rows": len(inputs), "peak_mb": peak_mb()}
