@@ -1,0 +1,32 @@
+"""The bench's floors run against the pipeline as it is: each probe called in-process on a real champion, so a
+layout change that breaks one fails here, not in the next `make bench`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench import probe, scoring
+from pipeline.contract.settings import Settings
+from pipeline.registry.records import current_champion
+from pipeline.workspace import Workspace
+from tests.integration.stage_runs import promote_demo_champion, quick_workspace
+
+
+def _spec(settings: Settings, **extra: Any) -> dict[str, Any]:
+    return {"database_url": settings.database_url, "config_path": str(settings.config_path),
+            "artifact_dir": str(settings.artifact_dir), "pgdata_dir": str(settings.pgdata_dir), "repeats": 1,
+            "run_id": "bench-probe", **extra}
+
+
+def test_the_predict_and_scoring_floors_measure_the_champion(settings: Settings) -> None:
+    ws = quick_workspace(Workspace.open(settings))
+    promote_demo_champion(ws)
+    with ws.engine.connect() as conn:
+        champion = current_champion(conn, ws.model)
+    assert champion is not None
+    predict = probe.run_predict_floor(_spec(settings, version=champion["version"]))
+    assert predict["rows"] == 88 and predict["seconds"] > 0
+    floor = scoring.run_score_floor(_spec(settings))
+    assert floor["rows"] == 442 and floor["write_seconds"] > 0
+    assert floor["seconds"] == floor["copy_seconds"] + floor["predict_seconds"] + floor["write_seconds"]
+    ws.engine.dispose()
