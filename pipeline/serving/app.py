@@ -59,14 +59,15 @@ def create_app(source: Workspace | Settings, tokens: Sequence[str] | None, insec
     tokens = tuple(tokens or ())
     check_tokens(tokens, insecure_local)
     state: dict[str, Any] = {}
+    config = source.config if isinstance(source, Workspace) else load_config(source.config_path)
+    suite = validate.load_suite(config.dataset.expectation_suite)  # once: the routes' checks and the document
+    checks = compile_checks(config.dataset, suite, config.quality)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ws = source if isinstance(source, Workspace) else await run_in_threadpool(Workspace.open, source)
         champion, stop = Champion(ws), threading.Event()
         writer = PredictionLog(ws.engine, capacity=ws.config.serving.max_pending_forecasts)
-        suite = validate.load_suite(ws.config.dataset.expectation_suite)
-        checks = compile_checks(ws.config.dataset, suite, ws.config.quality)
         log.info("records are judged by %s", "the compiled checks" if checks else
                  "pandas (the suite holds a rule the compiled checks do not handle)")
         state.update(ws=ws, champion=champion, writer=writer, judging=threading.Lock(), suite=suite, checks=checks)
@@ -91,12 +92,11 @@ def create_app(source: Workspace | Settings, tokens: Sequence[str] | None, insec
 
     app = FastAPI(title="Diabetes progression forecasts", description=DESCRIPTION, version="1", lifespan=lifespan)
     app.include_router(routes.router(tokens, state))
-    config = source.config if isinstance(source, Workspace) else load_config(source.config_path)
     document: dict[str, Any] = {}
 
     def openapi() -> dict[str, Any]:
         if not document:
-            document.update(schema.openapi_document(app, config.dataset, schema.suite_of(config.dataset), config.model))
+            document.update(schema.openapi_document(app, config.dataset, suite, config.model))
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -16,7 +16,6 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
 
 from pipeline.contract.config import DatasetContract
-from pipeline.data import validate
 
 INT64 = (-(2**63), 2**63 - 1)
 API_ERROR_CODES = ["missing_required", "out_of_range", "unknown_category", "wrong_type", "not_finite",
@@ -282,8 +281,3 @@ def openapi_document(app: Any, contract: DatasetContract, suite: dict[str, Any],
     components["schemas"] = _schemas(record)
     _document_paths(document["paths"], str(record.model_config.get("title")))
     return document
-
-
-def suite_of(contract: DatasetContract) -> dict[str, Any]:
-    """The expectation suite the contract names."""
-    return validate.load_suite(contract.expectation_suite)

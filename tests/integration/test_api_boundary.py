@@ -328,9 +328,7 @@ def test_a_lost_database_turns_forecasts_into_503_then_recovers_without_a_restar
                    timeout=120)  # a fresh process: this one remembers the server as stopped
     wait_until(lambda: _ready(base), "the service to be ready again")
     assert call(next(calls)).status_code == 200
-    with ws.engine.connect() as conn:
-        rows = dict(conn.execute(sa.text("SELECT run_id, count(*) FROM pipeline.predictions "
-                                         "WHERE run_id LIKE 'outage-%' GROUP BY run_id")).all())
+    rows = _counts(ws)
     expected = {rid: 1 for rid, status in answers.items() if status == 200}
     wait_until(lambda: _counts(ws) == expected, "every answered forecast recorded once, and no other")
     assert all(status in (200, 503) for status in answers.values())

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.contract.config import PipelineConfig
+from pipeline.data import validate
 from pipeline.serving import rest, schema
 
 
@@ -70,7 +71,7 @@ def test_error_lists_are_bounded_per_record_and_per_answer() -> None:
 
 
 def test_the_record_schema_states_the_contract(config: PipelineConfig) -> None:
-    suite = schema.suite_of(config.dataset)
+    suite = validate.load_suite(config.dataset.expectation_suite)
     model = schema.record_model(config.dataset, suite, config.model)
     document = model.model_json_schema()
     assert document["title"] == "DiabetesProgressionRecord" and document["additionalProperties"] is False
