@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = dataclasses.replace(settings, config_path=Path(args.config))
     if args.command == "airflow":
         airflow.exec_airflow(settings, args.airflow_args)
+    if args.command == "airflow-celery" and args.add_worker:
+        airflow.run_extra_worker(settings)
     if args.command == "airflow-celery":
         airflow.run_celery_airflow(settings, args.workers, args.concurrency, args.broker_url)
         return 0

@@ -1,11 +1,12 @@
-"""The database and the data: init-db, seed-demo, seed-clinic-export, simulate-arrivals, simulate-outcomes, db-url, db-stop, check-config."""
+"""The database and the data: init-db, seed-demo, seed-clinic-export, simulate-arrivals, simulate-outcomes, db-url, db-stop, check-config, health."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
-from pipeline.cli.common import count_arg, shifts_of
+from pipeline.cli.common import aligned, count_arg, shifts_of
 from pipeline.contract.config import load_config
 from pipeline.contract.settings import Settings
 from pipeline.data import demo
@@ -67,6 +68,20 @@ def cmd_db_url(ws: Workspace, args: argparse.Namespace) -> Any:
     return {"url": ws.engine.url.render_as_string(hide_password=False)}
 
 
+def check_health(settings: Settings) -> dict[str, Any]:
+    """`health`: the stack's readiness (pipeline.store.health); every check failing is named in the error."""
+    from pipeline.store import health
+
+    checks = health.readiness(os.environ, db.database_url(settings))
+    if not all(c.ok for c in checks):
+        raise health.Unhealthy(checks)
+    return health.report(checks)
+
+
+def text_health(result: dict[str, Any]) -> str:
+    return "\n".join(["healthy", *aligned([[name, c["detail"]] for name, c in result["checks"].items()])])
+
+
 def check_config(settings: Settings) -> dict[str, Any]:
     """`check-config`: load and check the config (and its suite) alone, touching no database."""
     config = load_config(settings.config_path)
@@ -119,5 +134,8 @@ def register(add: Any) -> None:
         text=lambda result: result["url"], json_help="{url}")
     add("db-stop", None, "stop the embedded PostgreSQL (PIPELINE_PGDATA); data is kept", text=text_db_stop,
         json_help="{stopped_pid (null when none ran), pgdata}").set_defaults(without_database=stop_embedded)
+    add("health", None, "is the stack ready: its databases, its broker (PING) and a live Celery worker; exit "
+        "status 1 naming what is down", text=text_health,
+        json_help="{healthy, checks: {name: {ok, detail}}}").set_defaults(without_database=check_health)
     add("check-config", None, "check the config and its expectation suite, without a database",
         text=text_check_config, json_help="{config, model, ok}").set_defaults(without_database=check_config)
