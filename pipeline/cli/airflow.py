@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import sys
-import time
 from typing import Any
 
 from pipeline.contract.settings import Settings

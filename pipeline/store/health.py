@@ -54,9 +54,9 @@ def check_broker(url: str) -> Check:
                                       socket_connect_timeout=TIMEOUT_SECONDS) as client:
                 client.ping()
         else:
-            from kombu import Connection
+            from kombu.connection import Connection
 
-            with Connection(url, connect_timeout=TIMEOUT_SECONDS) as connection:
+            with Connection(url, connect_timeout=TIMEOUT_SECONDS) as connection:  # type: ignore[no-untyped-call]
                 connection.ensure_connection(max_retries=1)
     except Exception as exc:  # noqa: BLE001 - any failure to reach it means the broker is down
         return Check("broker", False, f"{shown(url)} does not answer: {exc}")
