@@ -26,11 +26,12 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import psutil
 import sqlalchemy as sa
 
-from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_ARTIFACT_STORE, PROJECT_ROOT
+from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_ARTIFACT_STORE, ENV_DATABASE_URL, PROJECT_ROOT
 from pipeline.runtime.threads import MACHINE_SLOTS
 
 WORKER_NAME = "PIPELINE_WORKER_NAME"
@@ -88,6 +89,39 @@ def celery_environment(env: dict[str, str], broker_url: str, concurrency: int, w
         "AIRFLOW__API_AUTH__JWT_SECRET": env.get("AIRFLOW__API_AUTH__JWT_SECRET") or secrets.token_urlsafe(32),
         ENV_ARTIFACT_STORE: env.get(ENV_ARTIFACT_STORE) or "postgres",
     }
+
+
+EXECUTION_API = "AIRFLOW__CORE__EXECUTION_API_SERVER_URL"
+# What a worker dials: each must name a host every worker's machine can reach.
+WORKER_ADDRESSES = (EXECUTION_API, "AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__RESULT_BACKEND",
+                    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", ENV_DATABASE_URL)
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def reached_at(url: str, host: str) -> str:
+    """`url` with a loopback host replaced by `host` (an address given by the user stays)."""
+    parts = urlsplit(url)
+    if parts.hostname not in LOOPBACK:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    address = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc="@".join([*netloc[:-1], address])))
+
+
+def unshared_addresses(env: dict[str, str]) -> list[str]:
+    """The addresses in `env` a worker on another machine could not reach: loopback hosts, Unix sockets."""
+    found = []
+    for name in WORKER_ADDRESSES:
+        url = env.get(name, "").removeprefix("db+")
+        if not url:
+            continue
+        parts = urlsplit(url)
+        socket_dir = parse_qs(parts.query).get("host", [""])[0]
+        if socket_dir.startswith("/") or (parts.scheme.startswith("postgresql") and not parts.hostname):
+            found.append(f"{name} reaches its database over the Unix socket in {socket_dir or 'the default folder'}")
+        elif parts.hostname in LOOPBACK:
+            found.append(f"{name} names {parts.hostname}")
+    return found
 
 
 def worker_environment(env: dict[str, str], name: str, workdir: Path) -> dict[str, str]:
@@ -201,27 +235,27 @@ def airflow_binary() -> str:
 
 
 @contextmanager
-def redis_server(port: int, folder: Path) -> Iterator[str]:
-    """A private redis-server (Debian's package) on `port`, keeping nothing on disk; its URL."""
+def redis_server(port: int, folder: Path, host: str = "127.0.0.1") -> Iterator[str]:
+    """A private redis-server (Debian's package) on `host`:`port`, keeping nothing on disk; its URL."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise FileNotFoundError("redis-server is not installed (Debian: apt-get install redis-server); "
                                 "or pass --broker-url redis://HOST:PORT/0 of a running Redis")
     folder.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", host, "--save", "", "--appendonly",
                                 "no", "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                with socket.create_connection((host, port), timeout=1):
                     break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server did not start on port {port}") from None
                 time.sleep(0.1)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://{host}:{port}/0"
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -229,20 +263,23 @@ def redis_server(port: int, folder: Path) -> Iterator[str]:
 
 @contextmanager
 def celery_airflow(env: dict[str, str], root: Path, workers: int = 2, concurrency: int = 1,
-                   broker_url: str | None = None) -> Iterator[Cluster]:
+                   broker_url: str | None = None, host: str = "127.0.0.1") -> Iterator[Cluster]:
     """Redis (unless `broker_url`), then every Airflow part on the CeleryExecutor, under `root` (logs in
-    root/logs, worker N's working directory root/worker-N); everything is stopped on exit."""
+    root/logs, worker N's working directory root/worker-N); everything is stopped on exit. `host` is the
+    address the workers reach this machine's parts at (the API server, the Redis started here)."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     log_dir = root / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        broker = broker_url or stack.enter_context(redis_server(free_port(), root / "redis"))
+        broker = broker_url or stack.enter_context(redis_server(free_port(), root / "redis", host))
         # The workers share this machine's cores: each task's thread pools get cores // every slot (pipeline.runtime.threads).
         cluster_env = {**celery_environment(env, broker, concurrency, workers),
                        MACHINE_SLOTS: str(workers * concurrency)}
         port = cluster_env.get("AIRFLOW__API__PORT", "8080")
-        cluster = Cluster(cluster_env, f"http://127.0.0.1:{port}", log_dir)
+        cluster_env[EXECUTION_API] = reached_at(cluster_env.get(EXECUTION_API) or f"http://{host}:{port}/execution/",
+                                                host)
+        cluster = Cluster(cluster_env, f"http://{host}:{port}", log_dir)
         stack.callback(cluster.stop)
         airflow = airflow_binary()
         migrated = subprocess.run([airflow, "db", "migrate"], env=cluster_env, cwd=PROJECT_ROOT,
