@@ -55,7 +55,14 @@ LOST_WORK_SETTINGS = {
         "task_publish_retry": True,
         "task_publish_retry_policy": {"max_retries": 1000, "interval_start": 0, "interval_step": 0.5,
                                       "interval_max": 1},
-        "broker_connection_retry": True, "broker_connection_max_retries": None}),
+        "broker_connection_retry": True, "broker_connection_max_retries": None,
+        # Connection attempts go on for this long (Celery's default: 4 s, under the publish timeout, so a refused
+        # connection failed the try); Airflow's publish timeout ends them first.
+        "broker_connection_timeout": 60}),
+    "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__MAX_RETRIES": "1000",
+    "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__INTERVAL_START": "0",
+    "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__INTERVAL_STEP": "0.5",
+    "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__INTERVAL_MAX": "1",
 }
 
 
