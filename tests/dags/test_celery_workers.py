@@ -107,10 +107,18 @@ class CeleryAirflow:
     token: str
     engine: sa.engine.Engine
     settings: Settings  # the test's own view of the pipeline: its own artifact cache of the team store
+    env: dict[str, str]  # what the stack was started with: `python -m pipeline` with it reaches the same stack
 
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        response = requests.request(method, f"{self.base_url}/api/v2{path}",
-                                    headers={"Authorization": f"Bearer {self.token}"}, timeout=30, **kwargs)
+        """A REST API call; a read that times out (the API server shares two busy cores) is asked again."""
+        for attempt in range(3):
+            try:
+                response = requests.request(method, f"{self.base_url}/api/v2{path}",
+                                            headers={"Authorization": f"Bearer {self.token}"}, timeout=60, **kwargs)
+                break
+            except requests.Timeout:
+                if method != "GET" or attempt == 2:
+                    raise
         response.raise_for_status()
         return response
 
@@ -160,7 +168,7 @@ def celery(server_url: str, tmp_path_factory: pytest.TempPathFactory,
             wait_for(lambda: stopped() or (stack.root / STATE_FILE).exists(), 300, "the stack to start")
             token, _ = wait_until_ready(scratch.base_url, tmp / "airflow-home", stopped)
             settings = dataclasses.replace(Settings.from_env(scratch.env), artifact_dir=tmp / "test-cache")
-            yield CeleryAirflow(stack, broker, scratch.base_url, token, scratch.engine, settings)
+            yield CeleryAirflow(stack, broker, scratch.base_url, token, scratch.engine, settings, env)
         finally:
             stop_stack(process)
             broker.stop()
@@ -261,6 +269,32 @@ def test_retrain_fans_out_over_two_workers_and_survives_losing_one(celery: Celer
     print(f"\ntask placement (try, worker), {lost} killed during {SLOW_FAMILY}: {placement}")
     for name, workdir in workdirs.items():  # no shared folder: each cached what it used
         assert any((workdir / "artifacts").rglob("*.parquet")), name
+
+
+def answering_workers(celery: CeleryAirflow) -> str:
+    response = celery.readiness()
+    return str(response.json()["checks"]["workers"]["detail"]) if response.status_code == 200 else ""
+
+
+def test_a_worker_is_added_and_one_stopped_by_hand(celery: CeleryAirflow, tmp_path: Path) -> None:
+    log = tmp_path / "added-worker.log"
+    with log.open("wb") as out:
+        added = subprocess.Popen([sys.executable, "-m", "pipeline", "airflow-celery", "--add-worker"],
+                                 cwd=PROJECT_ROOT, env=celery.env, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    try:
+        wait_for(lambda: "worker-3@" in answering_workers(celery), 180, "the added worker-3 to answer a ping",
+                 interval=2)
+    finally:
+        added.send_signal(signal.SIGTERM)  # what Ctrl-C or `kill -TERM` does: a warm shutdown
+        code = added.wait(timeout=120)
+    assert code == 0, log.read_text()[-3000:]
+
+    stopped = celery.stack.state()["parts"]["worker-2"]
+    os.kill(stopped, signal.SIGTERM)  # the worker alone, not its process group: it finishes its task first
+    wait_for(lambda: "worker-2" not in celery.stack.state()["parts"], 120, "the supervisor to let worker-2 go")
+    assert f"worker-2 (pid {stopped}) stopped (exit status 0); not restarted" in celery.stack.output()
+    assert celery.stack.state()["workers"] == ["worker-1"]
 
 
 def test_sigterm_stops_the_stack_and_everything_it_started(celery: CeleryAirflow) -> None:
