@@ -181,9 +181,9 @@ class Cluster:
         self.seen.pop(name, None)
 
     def look(self) -> None:
-        """Note what each running part has started: once a part is dead, its orphans can no longer be found."""
+        """Note what each running worker has started: once a worker is dead, its orphans can no longer be found."""
         for name, process in self.processes.items():
-            if process.poll() is None:
+            if name in self.workdirs and process.poll() is None:
                 self.seen[name] = descendants(process.pid)
 
     def end_orphans(self, name: str) -> list[int]:
@@ -331,7 +331,7 @@ def exit_reason(code: int) -> str:
 
 
 def supervise(cluster: Cluster, folder: Path, stopping: Callable[[], bool], say: Callable[[str], None],
-              backoff: Backoff = Backoff(), interval: float = 0.5) -> str | None:
+              backoff: Backoff = Backoff(), interval: float = 1.0) -> str | None:
     """Watch the parts until `stopping()`. A worker that dies is restarted after a back-off while the other parts
     keep running; one that exits with status 0 was stopped on purpose (SIGTERM: a warm shutdown) and is let go.
     Any other part that stops ends the watch: its name is returned. `stack.json` in `folder` follows the pids."""
