@@ -2,9 +2,9 @@
 
 Output. Every command prints text for people on stdout: one line per thing, columns aligned. With `--json` it
 prints one JSON document instead, for scripts (`status --json | jq .champion`). Read commands (status, quality,
-history, drift, performance, shadow without --add/--remove, card, reproduce, check-config, db-url) show the
-state; write commands (init-db, seed-*, simulate-*, ingest, validate, train, evaluate, promote, retrain, score,
-rollback, shadow --add/--remove, db-stop) change it and print a short summary of what they did, or with
+history, drift, performance, shadow without --add/--remove, card, reproduce, check-config, db-url, health) show
+the state; write commands (init-db, seed-*, simulate-*, ingest, validate, train, evaluate, promote, retrain, score,
+rollback, shadow --add/--remove, db-stop, migrate-store) change it and print a short summary of what they did, or with
 `--json` everything they return. `serve`, `airflow` and `airflow-celery` run until stopped and have no --json. A failure is one
 `error: ...` line on stderr and exit status 1, nothing on stdout; a run id or version that names nothing the
 command can work on is refused so before anything runs. Piped into `head`, a command stops quietly.
@@ -88,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = dataclasses.replace(settings, config_path=Path(args.config))
     if args.command == "airflow":
         airflow.exec_airflow(settings, args.airflow_args)
+    if args.command == "airflow-celery" and args.add_worker:
+        airflow.run_extra_worker(settings)
     if args.command == "airflow-celery":
-        airflow.run_celery_airflow(settings, args.workers, args.concurrency, args.broker_url)
+        airflow.run_celery_airflow(settings, args.workers, args.concurrency, args.broker_url, args.host)
         return 0
     try:
         result = execute(args, settings)

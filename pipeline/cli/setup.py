@@ -1,11 +1,13 @@
-"""The database and the data: init-db, seed-demo, seed-clinic-export, simulate-arrivals, simulate-outcomes, db-url, db-stop, check-config."""
+"""The database and the data: init-db, seed-demo, seed-clinic-export, simulate-arrivals, simulate-outcomes, db-url, db-stop, check-config, health, migrate-store."""
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 from typing import Any
 
-from pipeline.cli.common import count_arg, shifts_of
+from pipeline.cli.common import aligned, count_arg, shifts_of
 from pipeline.contract.config import load_config
 from pipeline.contract.settings import Settings
 from pipeline.data import demo
@@ -67,6 +69,40 @@ def cmd_db_url(ws: Workspace, args: argparse.Namespace) -> Any:
     return {"url": ws.engine.url.render_as_string(hide_password=False)}
 
 
+def cmd_migrate_store(ws: Workspace, args: argparse.Namespace) -> Any:
+    """`migrate-store`: this machine's artifacts into the team store, registry paths in the store's form."""
+    from dataclasses import asdict
+
+    from pipeline.registry.store_paths import migrate_store
+
+    root = Path(args.source) if args.source else ws.settings.artifact_dir
+    db.apply_schema(ws.engine)
+    return {"from": str(root), **asdict(migrate_store(ws.engine, root))}
+
+
+def text_migrate_store(result: dict[str, Any]) -> str:
+    rewritten = ", ".join(f"{k} {v}" for k, v in result["rewritten"].items()) or "none"
+    lines = [f"from {result['from']}: copied {len(result['copied'])} files into the team store "
+             f"({result['in_store']} there already); paths rewritten: {rewritten}"]
+    lines += [f"  missing (found neither here nor in the team store): {m}" for m in result["missing"]]
+    lines += [f"  skipped (names no stored file): {s}" for s in result["skipped"]]
+    return "\n".join(lines)
+
+
+def check_health(settings: Settings) -> dict[str, Any]:
+    """`health`: the stack's readiness (pipeline.store.health); every check failing is named in the error."""
+    from pipeline.store import health
+
+    checks = health.readiness(os.environ, db.database_url(settings))
+    if not all(c.ok for c in checks):
+        raise health.Unhealthy(checks)
+    return health.report(checks)
+
+
+def text_health(result: dict[str, Any]) -> str:
+    return "\n".join(["healthy", *aligned([[name, c["detail"]] for name, c in result["checks"].items()])])
+
+
 def check_config(settings: Settings) -> dict[str, Any]:
     """`check-config`: load and check the config (and its suite) alone, touching no database."""
     config = load_config(settings.config_path)
@@ -119,5 +155,13 @@ def register(add: Any) -> None:
         text=lambda result: result["url"], json_help="{url}")
     add("db-stop", None, "stop the embedded PostgreSQL (PIPELINE_PGDATA); data is kept", text=text_db_stop,
         json_help="{stopped_pid (null when none ran), pgdata}").set_defaults(without_database=stop_embedded)
+    p = add("migrate-store", cmd_migrate_store, "copy this machine's artifacts that the registry names into the team "
+            "store (pipeline.artifact_objects) and record their paths in its form, <kind>/<sha256><suffix> (safe "
+            "twice)", text=text_migrate_store, json_help="{from, copied, in_store, rewritten, missing, skipped}")
+    p.add_argument("--from", dest="source", metavar="DIR", help="the artifact folder the files are in (default: "
+                   "PIPELINE_ARTIFACT_DIR); an absolute path in the registry is read where it points")
+    add("health", None, "is the stack ready: its databases, its broker (PING) and a live Celery worker; exit "
+        "status 1 naming what is down", text=text_health,
+        json_help="{healthy, checks: {name: {ok, detail}}}").set_defaults(without_database=check_health)
     add("check-config", None, "check the config and its expectation suite, without a database",
         text=text_check_config, json_help="{config, model, ok}").set_defaults(without_database=check_config)

@@ -167,10 +167,17 @@ def test_environment_values_are_strings(compose: dict) -> None:
             assert isinstance(value, str), f"{name}: {key}={value!r} is not a string"
 
 
+def interpolated(value: str) -> str:
+    """A compose value with each `${VAR:-default}` as compose reads it when VAR is unset."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+
+
 def test_airflow_core_settings(common_env: dict[str, str]) -> None:
     assert common_env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert common_env["AIRFLOW__CORE__LOAD_EXAMPLES"].lower() == "false"
-    assert int(common_env["AIRFLOW__CORE__PARALLELISM"]) > 0
+    # The cap on running tasks leaves room for a scaled-out stack: 8 workers' slots at least.
+    parallelism = int(interpolated(common_env["AIRFLOW__CORE__PARALLELISM"]))
+    assert parallelism >= 8 * int(common_env["AIRFLOW__CELERY__WORKER_CONCURRENCY"])
 
 
 def test_simple_auth_manager_users_are_user_role_pairs(common_env: dict[str, str]) -> None:
@@ -353,12 +360,23 @@ def test_execution_api_url_reaches_the_api_server(
     assert url.path.rstrip("/") == "/execution"
 
 
-def test_api_server_healthcheck_uses_its_port(compose: dict) -> None:
+def test_api_server_healthcheck_is_the_stacks_readiness(compose: dict) -> None:
+    """The API server is healthy when the databases, the broker and a worker answer (plugins/stack_health.py)."""
     service = compose["services"]["airflow-apiserver"]
     test = " ".join(service["healthcheck"]["test"])
     url = urlsplit(re.search(r"https?://\S+", test).group(0))
     assert url.port in published_container_ports(service)
-    assert url.path == "/api/v2/monitor/health"
+    prefix = re.search(r'^URL_PREFIX = "(\S+)"$', (ROOT / "plugins" / "stack_health.py").read_text(), re.MULTILINE)
+    assert prefix and url.path.rstrip("/") == prefix.group(1)
+    # So a worker cannot wait for the API server to be healthy: it is healthy only once a worker answers.
+    assert compose["services"][WORKER]["depends_on"]["airflow-apiserver"]["condition"] == "service_started"
+
+
+def test_lost_work_settings_are_the_supervisors(common_env: dict[str, str]) -> None:
+    """The heartbeat timeout and the broker retries are those `make airflow EXECUTOR=celery` runs with."""
+    from pipeline.cli.cluster import LOST_WORK_SETTINGS
+
+    assert {k: common_env.get(k) for k in LOST_WORK_SETTINGS} == LOST_WORK_SETTINGS
 
 
 # --- image ---------------------------------------------------------------------------------------
