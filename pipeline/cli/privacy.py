@@ -16,7 +16,7 @@ def cmd_quarantine(ws: Workspace, args: argparse.Namespace) -> Any:
     from pipeline.views import models_view
 
     return models_view.read_quarantine(ws.engine, ws.model, accesslog.cli_principal(), accesslog.command_line(),
-                                       "quarantine", args.run_id, args.code, args.limit)
+                                       "quarantine", args.run_id, args.code, args.limit, channel="cli")
 
 
 def text_quarantine(rows: list[dict[str, Any]]) -> str:

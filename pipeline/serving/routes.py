@@ -128,16 +128,16 @@ def router(tokens: Sequence[str], state: dict[str, Any]) -> APIRouter:
     """The routes, authenticated by `tokens` (none: unauthenticated), answering from `state`."""
     api = APIRouter()
 
-    def authenticated(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> str:
-        """The caller's principal name (the token's, never the token), for the access log."""
-        if not tokens:
-            return ANONYMOUS
-        principal = None if credentials is None or credentials.scheme.lower() != "bearer" else principal_of(
-            credentials.credentials, tokens)
+    def authenticated(request: Request,
+                      credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
+        """Refuse a call without a valid token; keep the caller's principal name (the token's, never the token)
+        on the request, for the access log."""
+        principal = ANONYMOUS if not tokens else None if credentials is None or \
+            credentials.scheme.lower() != "bearer" else principal_of(credentials.credentials, tokens)
         if principal is None:
             raise HTTPException(401, "a valid bearer token is required (Authorization: Bearer <token>)",
                                 headers={"WWW-Authenticate": "Bearer"})
-        return principal
+        request.state.principal = principal
 
     def known(model: str) -> Workspace:
         ws: Workspace = state["ws"]
@@ -180,9 +180,9 @@ def router(tokens: Sequence[str], state: dict[str, Any]) -> APIRouter:
             log.warning("model card of version %s not readable: %s", served_now().version, type(exc).__name__)
             return unavailable("the model card cannot be read now (the artifact store): try again")
 
-    @api.post("/v1/models/{model}/predict", operation_id="predict",
+    @api.post("/v1/models/{model}/predict", dependencies=[Depends(authenticated)], operation_id="predict",
               summary="forecast one record (an object) or many (a list); see the description for the rules")
-    async def predict(model: str, request: Request, principal: Annotated[str, Depends(authenticated)]) -> Any:
+    async def predict(model: str, request: Request) -> Any:
         ws = known(model)
         request_id = request_id_of(request.headers.get("x-request-id"))
         headers = {"X-Request-ID": request_id}
@@ -195,6 +195,7 @@ def router(tokens: Sequence[str], state: dict[str, Any]) -> APIRouter:
         if not writer.admit(len(records)):
             log.warning("request %s refused: %s", request_id, writer.trouble())
             return unavailable(f"forecasts cannot be recorded now ({writer.trouble()}): try again", request_id)
-        return await forecast_answer(records, single, served, ws, state, request_id, principal, request.url.path)
+        return await forecast_answer(records, single, served, ws, state, request_id, request.state.principal,
+                                     request.url.path)
 
     return api

@@ -187,13 +187,14 @@ def quarantine_rows(conn: Connection, model: str, run_id: str | None = None, cod
 
 
 def read_quarantine(engine: Engine, model: str, principal: str, request: str, what: str,
-                    run_id: str | None = None, code: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-    """`quarantine_rows` for a person (the quarantine page, its CSV export), the read recorded in
-    pipeline.access_log in the same transaction: who, what (with its filters), how many rows."""
+                    run_id: str | None = None, code: str | None = None, limit: int | None = None,
+                    channel: str = "view") -> list[dict[str, Any]]:
+    """`quarantine_rows` for a person (the quarantine page, its CSV export, the `quarantine` command), the read
+    recorded in pipeline.access_log in the same transaction: who, what (with its filters), how many rows."""
     filters = "".join(f" {k}={v}" for k, v in (("run_id", run_id), ("code", code)) if v)
     with engine.begin() as conn:
         rows = quarantine_rows(conn, model, run_id, code, limit)
-        accesslog.record(conn, [accesslog.Access(principal, "view", f"{what}{filters}", len(rows), request, model)])
+        accesslog.record(conn, [accesslog.Access(principal, channel, f"{what}{filters}", len(rows), request, model)])
     return rows
 
 
