@@ -124,8 +124,9 @@ def process_request(ws: Workspace, request_id: int) -> dict[str, Any]:
         try:
             earlier = _record_tombstone(ws, request_id, stone)
             outcome = Sweep(ws, request_id, source_id).run()
-        except Exception as exc:
-            _finish(ws, request_id, "failed", stone, {"error": f"{type(exc).__name__}: {exc}"[:500]}, keep_id=True)
+        except Exception as exc:  # the request stays pending: the DAG tries it again; the error is recorded
+            _finish(ws, request_id, "pending", stone, {"last_error": f"{type(exc).__name__}: {exc}"[:500]},
+                    keep_id=True)
             raise
     outcome = {**outcome, "seconds": round((datetime.now(UTC) - started).total_seconds(), 3)}
     status = "duplicate" if earlier is not None and not outcome["changed"] else "done"
@@ -145,7 +146,7 @@ def _record_tombstone(ws: Workspace, request_id: int, stone: str) -> int | None:
         if earlier is None:
             conn.execute(sa.text("INSERT INTO pipeline.erasure_tombstones (tombstone, request_id) VALUES (:t, :r)"),
                          {"t": stone, "r": request_id})
-    return None if earlier is None else int(earlier)
+    return None if earlier is None or int(earlier) == request_id else int(earlier)  # itself: an earlier try
 
 
 def _finish(ws: Workspace, request_id: int, status: str, stone: str, outcome: dict[str, Any],
@@ -154,8 +155,8 @@ def _finish(ws: Workspace, request_id: int, status: str, stone: str, outcome: di
     with ws.engine.begin() as conn:
         conn.execute(sa.text(f"""
             UPDATE pipeline.erasure_requests
-               SET status = :status, tombstone = :t, processed_at = now(), outcome = CAST(:outcome AS jsonb)
-                   {'' if keep_id else ', source_id = NULL'}
+               SET status = :status, tombstone = :t, outcome = CAST(:outcome AS jsonb)
+                   {'' if keep_id else ', source_id = NULL, processed_at = now()'}
              WHERE request_id = :r
         """), {"status": status, "t": stone, "outcome": json.dumps(outcome, default=str), "r": request_id})
 
@@ -202,13 +203,12 @@ class Sweep:
             path = artifacts.local_copy(self.ws.store, "snapshots", snapshot["snapshot_hash"])
             if not path.is_file():
                 continue  # shredded already, or never on this store: nothing to read the id from
-            table = _read_verified_table(path, snapshot["snapshot_hash"])
-            if id_column not in table.column_names:
+            ids = _read_verified_table(path, snapshot["snapshot_hash"], [id_column])
+            if id_column not in ids.column_names or not pc.any(_id_mask(ids.column(id_column), self.source_id)).as_py():
                 continue
+            table = _read_verified_table(path, snapshot["snapshot_hash"])
             hits = _id_mask(table.column(id_column), self.source_id)
-            removed = int(pc.sum(hits).as_py() or 0)
-            if removed:
-                self.snapshots.append(self._rewrite(dict(snapshot), table, hits, removed, path))
+            self.snapshots.append(self._rewrite(dict(snapshot), table, hits, int(pc.sum(hits).as_py()), path))
 
     def _rewrite(self, snapshot: dict[str, Any], table: pa.Table, hits: pa.ChunkedArray, removed: int,
                  path: Path) -> dict[str, Any]:
@@ -289,10 +289,13 @@ class Sweep:
                                    "bytes_written": len(data), "path": self.ws.relative(new_path)})
 
 
-def _read_verified_table(path: Path, digest: str) -> pa.Table:
+def _read_verified_table(path: Path, digest: str, columns: list[str] | None = None) -> pa.Table:
+    """A snapshot file read after checking its bytes against its name: every column, or those of `columns` it has."""
     verified = artifacts.open_verified(path, digest)
     try:
-        return pq.read_table(verified.handle)
+        parquet = pq.ParquetFile(verified.handle)
+        wanted = None if columns is None else [c for c in columns if c in parquet.schema_arrow.names]
+        return parquet.read(columns=wanted)
     finally:
         verified.close()
 
