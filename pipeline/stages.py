@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+import sqlalchemy as sa
 
 from pipeline.contract.config import PromotionPolicy
 from pipeline.contract.settings import Settings
-from pipeline.data import ingest, quality, validate
+from pipeline.data import ingest, quality, tombstones, validate
 from pipeline.data.chunked_quality import CHUNK_ROWS, NotStreamable, classify_snapshots, streamable
 from pipeline.registry import records, runs
 from pipeline.registry.runs import Run
@@ -106,9 +107,17 @@ def ingest_snapshot(ws: Workspace, run: Run, params: dict[str, Any] | None = Non
 
 @stage("ingest")
 def _ingest(ws: Workspace, run: Run, recorded: dict[str, Any] | None) -> dict[str, Any]:
+    if recorded is not None and (live := ws.live_snapshot(recorded["snapshot_hash"])) != recorded["snapshot_hash"]:
+        with ws.engine.connect() as conn:  # an erasure rewrote the run's snapshot: its redacted copy stands for it
+            recorded = records.get_snapshot(conn, live)
     if recorded is not None and ws.snapshot_path(recorded["snapshot_hash"]).is_file():
         return _recorded_snapshot(ws, run, recorded)
-    snapshot, _ = ingest.take_snapshot(ws.engine, ws.config.dataset, run.watermark, ws.store, keep_table=False)
+    erased = tombstones.refuser(ws.engine, ws.settings.erasure_key_file)
+    snapshot, _ = ingest.take_snapshot(ws.engine, ws.config.dataset, run.watermark, ws.store, keep_table=False,
+                                       erased=erased)
+    if snapshot.erased_rows:
+        log.warning("ingest: %d source row(s) refused as erased (their id has a tombstone in "
+                    "pipeline.erasure_tombstones); not in the snapshot", snapshot.erased_rows)
     if recorded is not None and snapshot.snapshot_hash != recorded["snapshot_hash"]:
         raise LineageError(
             f"run {run.run_id} recorded snapshot {recorded['snapshot_hash'][:16]}… ({recorded['row_count']} rows up to "
@@ -149,6 +158,16 @@ def has_new_data(ws: Workspace, run: Run, snapshot_hash: str, force: bool = Fals
     """False (and the run recorded as skipped) when the latest model was trained on these very rows."""
     with ws.engine.connect() as conn:
         last = records.last_trained_snapshot(conn, ws.model, exclude_run=run.run_id)
+        if last is not None:  # a snapshot an erasure rewrote is compared as its redacted copy
+            last["snapshot_hash"] = records.live_snapshot_hash(conn, last["snapshot_hash"])
+        snapshot_hash = records.live_snapshot_hash(conn, snapshot_hash)
+        due = None if force else records.erasure_retrain_due(conn, ws.model, ws.config.erasure.retrain_within_days,
+                                                              run.watermark)
+    if due is not None:
+        log.warning("retrain forced: champion version %s was trained on rows erased since %s and must be replaced by "
+                    "%s (erasure.retrain_within_days %g)", due["champion"], due["first_erasure_at"], due["deadline"],
+                    due["retrain_within_days"])
+        return True
     if force or last is None or last["snapshot_hash"] != snapshot_hash:
         log.info("new data: %s", "force=true" if force and last and last["snapshot_hash"] == snapshot_hash else
                  "no model trained yet" if last is None else
@@ -208,6 +227,7 @@ def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str,
     with the same verdicts, result and clean snapshot either way.
     """
     contract, limit = ws.config.dataset, ws.config.quality.max_quarantine_share
+    snapshot_hash = ws.live_snapshot(snapshot_hash)  # an erasure may have rewritten it since ingest
     suite = validate.load_suite(contract.expectation_suite)
     result, awaiting, awaiting_hash, clean = _classify_snapshot(ws, snapshot_hash, suite, chunk_rows)
     result.check_reconciles()
@@ -450,12 +470,34 @@ def _champion_training_ids(ws: Workspace, champion: dict[str, Any]) -> Any:
             "snapshot is in the store") from exc
     ids = keys[contract.id_column]
     first_held_out = quality.source_id(ids.iloc[held[0]])
+    if (erased := _rows_erased_since(ws, champion["snapshot_hash"])):
+        # rows erased since it trained: the split of the redacted snapshot can move by as many rows, and an
+        # erased row can be in no holdout (its id is refused at ingest), so the ids left are the ones to keep out
+        if abs(len(trained) - champion["train_rows"]) > erased:
+            raise ChampionRowsUnknown(
+                f"champion version {champion['version']}'s redacted training snapshot {path} splits into "
+                f"{len(trained)} training rows; the version records {champion['train_rows']}, and only {erased} "
+                "were erased since: the rows it trained on are unknown")
+        return ids.iloc[trained]
     if len(trained) != champion["train_rows"] or started.get(contract.id_column, first_held_out) != first_held_out:
         raise ChampionRowsUnknown(
             f"champion version {champion['version']}'s training snapshot {path} splits into {len(trained)} "
             f"training rows and a holdout starting at id {first_held_out}, but the version records "
             f"{champion['train_rows']} and {started}: the rows it trained on are unknown")
     return ids.iloc[trained]
+
+
+def _rows_erased_since(ws: Workspace, snapshot_hash: str) -> int:
+    """How many rows erasures removed from a snapshot since it was written (0 when it was never redacted)."""
+    with ws.engine.connect() as conn:
+        return int(conn.scalar(sa.text("""
+            WITH RECURSIVE chain AS (
+                SELECT old_hash, new_hash, rows_removed FROM pipeline.snapshot_redactions WHERE old_hash = :h
+                UNION ALL
+                SELECT r.old_hash, r.new_hash, r.rows_removed FROM pipeline.snapshot_redactions r
+                  JOIN chain c ON r.old_hash = c.new_hash)
+            SELECT coalesce(sum(rows_removed), 0) FROM chain
+        """), {"h": snapshot_hash}) or 0)
 
 
 def _among(values: Any, known: Any) -> np.ndarray:
@@ -559,18 +601,27 @@ def evaluate_candidate(ws: Workspace, run: Run, version: int, margin: float | No
         candidate = records.get_model(conn, version, ws.model)
         champion = records.current_champion(conn, ws.model)
         already_promoted = records.promoted_by_run(conn, run.run_id) == version
+        erased = records.erasure_retrain_due(conn, ws.model, ws.config.erasure.retrain_within_days, run.watermark)
         recorded = records.get_evaluation(conn, run.run_id) if already_promoted else None
     if recorded is not None:  # a retried task after this run promoted: the record stands
         return {**_evaluation_summary(recorded), **_render_pages(ws, version, run.run_id)}
     scored = None
+    # a champion trained on erased rows past (or near) its deadline is no bar: the candidate is judged on the floor
+    # alone, as a first model is, so that it replaces the champion in time (erasure.retrain_within_days)
+    judged_against = None if erased is not None and candidate["version"] != erased["champion"] else champion
     try:
-        evidence, scored = gather_evidence(ws, candidate, champion, policy)
+        evidence, scored = gather_evidence(ws, candidate, judged_against, policy)
         if evidence["champion_error"]:
             decision = evaluate.Decision(False, f"fail closed: {evidence['champion_error']}")
         elif evidence["candidate"] is None:
             decision = evaluate.Decision(False, "fail closed: the candidate's holdout predictions are not finite")
         else:
             decision = evaluate.decide_promotion(evidence, policy)
+        if judged_against is None and champion is not None and erased is not None:
+            decision = replace(decision, reason=f"{decision.reason} [champion version {champion['version']} was "
+                               "trained on rows erased since; it must be replaced by "
+                               f"{erased['deadline']:%Y-%m-%d %H:%M %Z} (erasure.retrain_within_days), so the "
+                               "candidate was judged on the floor alone]")
         if evidence["holdout_rows_excluded_champion_trained"]:
             decision = replace(decision, reason=f"{decision.reason} [compared on {evidence['holdout_rows']} holdout "
                                f"rows: {evidence['holdout_rows_excluded_champion_trained']} the champion trained "
@@ -763,6 +814,8 @@ def reproduce_version(ws: Workspace, version: int) -> dict[str, Any]:
     contract = ws.config.dataset
     with ws.engine.connect() as conn:
         model = records.get_model(conn, version, ws.model)
+        erasures = records.erasures_of_version(conn, version)
+        live_hash = records.live_snapshot_hash(conn, model["snapshot_hash"])
     recorded = model["params"]
     policy = replace(ws.config.training, seed=recorded["seed"], holdout_fraction=recorded["holdout_fraction"],
                      families={model["model_family"]: recorded["family_params"]})
@@ -780,6 +833,12 @@ def reproduce_version(ws: Workspace, version: int) -> dict[str, Any]:
     rebuilt_hash = artifacts.sha256_bytes(artifacts.model_bytes(rebuilt))
     return {"version": version, "predictions_identical": same, "rows_compared": len(frame),
             "artifact_identical": rebuilt_hash == model["artifact_hash"], "snapshot_hash": model["snapshot_hash"],
+            "trained_on_erased": bool(erasures), "erasure_requests": [e["request_id"] for e in erasures],
+            "reproduced_on_snapshot": live_hash,
+            "erasure_note": (f"version {version} was trained on data later erased (request(s) "
+                             f"{', '.join(str(e['request_id']) for e in erasures)}): it was reproduced on the redacted "
+                             f"snapshot {live_hash}, without the erased rows, so it is not expected to be identical")
+                            if erasures else None,
             "train_rows": len(train_rows), "recorded_train_rows": model["train_rows"],
             "library_differences": differing, "code_version_recorded": model["code_version"],
             "code_version_now": train.code_version()}

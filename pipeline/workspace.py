@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from pipeline.contract.config import PipelineConfig, load_config
 from pipeline.contract.settings import Settings
 from pipeline.data import ingest
+from pipeline.registry import records
 from pipeline.store import artifacts, db
 
 
@@ -55,8 +56,15 @@ class Workspace:
 
     def load_snapshot(self, snapshot_hash: str, columns: list[str] | None = None) -> Any:
         """A stored snapshot as a frame (every column, or `columns`), found by its hash in the configured store
-        and checked against it."""
-        return ingest.load_snapshot(self.snapshot_path(snapshot_hash), snapshot_hash, columns)
+        and checked against it; a snapshot an erasure rewrote is read as its redacted copy (`live_snapshot`)."""
+        live = self.live_snapshot(snapshot_hash)
+        return ingest.load_snapshot(self.snapshot_path(live), live, columns)
+
+    def live_snapshot(self, snapshot_hash: str) -> str:
+        """The snapshot that stands for `snapshot_hash` now: itself, or the copy an erasure rewrote it as
+        (the old file is shredded; `pipeline.snapshot_redactions` records old -> new)."""
+        with self.engine.connect() as conn:
+            return records.live_snapshot_hash(conn, snapshot_hash)
 
     def load_model(self, artifact_hash: str) -> Any:
         """A stored model, found by its hash in the configured store; unpickled from the very bytes checked."""

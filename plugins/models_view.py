@@ -13,7 +13,7 @@ import re
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from airflow.api_fastapi.core_api.security import requires_access_dag
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
@@ -106,16 +106,20 @@ def run_report(request: Request, model: str, run_id: str, kind: str) -> str:
     return _report(request, model, kind, run_id)
 
 
-def _quarantine(model: str, run_id: str, code: str, limit: int | None) -> list[dict[str, Any]]:
+def _quarantine(request: Request, user: Any, model: str, run_id: str, code: str, limit: int | None,
+                what: str) -> list[dict[str, Any]]:
+    """The quarantined rows a person asked for; the read goes to pipeline.access_log under their Airflow user."""
     from pipeline.views import models_view
-    with _engine().connect() as conn:
-        return models_view.quarantine_rows(conn, _entry(model).name, run_id or None, code or None, limit)
+    principal = f"airflow:{user.get_name()}"
+    line = f"GET {request.url.path}{'?' + request.url.query if request.url.query else ''}"
+    return models_view.read_quarantine(_engine(), _entry(model).name, principal, line, what, run_id or None,
+                                       code or None, limit)
 
 
 @app.get("/{model}/quarantine", response_class=HTMLResponse)
-def quarantine(request: Request, model: str, run_id: str = "", code: str = "") -> str:
+def quarantine(request: Request, user: GetUserDep, model: str, run_id: str = "", code: str = "") -> str:
     from pipeline.views import models_view
-    rows = _quarantine(model, run_id, code, models_view.QUARANTINE_PAGE_ROWS)
+    rows = _quarantine(request, user, model, run_id, code, models_view.QUARANTINE_PAGE_ROWS, "quarantine page")
     with _engine().connect() as conn:
         codes = models_view.quarantine_codes(conn, model)
     return models_view.quarantine_html(_links(request), model, rows, codes, run_id, code,
@@ -123,9 +127,9 @@ def quarantine(request: Request, model: str, run_id: str = "", code: str = "") -
 
 
 @app.get("/{model}/quarantine.csv")
-def quarantine_csv(model: str, run_id: str = "", code: str = "") -> Response:
+def quarantine_csv(request: Request, user: GetUserDep, model: str, run_id: str = "", code: str = "") -> Response:
     from pipeline.views import models_view
-    body = models_view.quarantine_csv(_quarantine(model, run_id, code, None))
+    body = models_view.quarantine_csv(_quarantine(request, user, model, run_id, code, None, "quarantine.csv"))
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(p for p in (model, "quarantine", run_id, code) if p))
     return Response(body, media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})

@@ -103,6 +103,10 @@ def status_report(ws: Workspace, runs: int = 5) -> dict[str, Any]:
             "promoted_at": champion["promoted_at"], "promoted_by_run": champion["promoted_by_run"],
             "code_version": champion["code_version"],
         }
+    if summary is not None:
+        from pipeline import erasure
+
+        summary["erasure_deadline"] = erasure.retrain_deadline(ws)
     return {"model": ws.model, "champion": summary, "recent_runs": recent}
 
 
@@ -130,6 +134,10 @@ def text_status(report: dict[str, Any]) -> str:
                   f"{when(champion['promoted_at'])} by {champion['promoted_by_run']}",
                   f"  holdout {metrics_line(champion['holdout_metrics'])}",
                   f"  snapshot {champion['snapshot_hash'][:16]}…  artifact {champion['artifact_hash'][:16]}…"]
+        if deadline := champion.get("erasure_deadline"):
+            lines.append(f"  TRAINED ON ERASED DATA ({deadline['erasures']} erasure(s) since, the first "
+                         f"{when(deadline['first_erasure_at'])}): must be replaced by {when(deadline['deadline'])} "
+                         f"(erasure.retrain_within_days {deadline['retrain_within_days']:g}); the retrain DAG forces it")
     if not report["recent_runs"]:
         return "\n".join([*lines, "no runs yet"])
     rows = [["started", "run", "started by", "state", "reason"]] + [

@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from pipeline import stages
-from pipeline.cli import airflow, champion, monitor, retrain, serve, setup
+from pipeline.cli import airflow, champion, monitor, privacy, retrain, serve, setup
 from pipeline.cli.common import UnknownTarget, as_json, command_adder
 from pipeline.contract.settings import Settings
 from pipeline.registry import runs
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "else pipeline.yaml); every command works on the model it names")
     sub = parser.add_subparsers(dest="command", required=True)
     add = command_adder(sub)
-    for group in (setup, retrain, champion, monitor, serve):
+    for group in (setup, retrain, champion, monitor, serve, privacy):
         group.register(add)
     airflow.register(sub)
     return parser

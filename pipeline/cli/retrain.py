@@ -174,13 +174,14 @@ def text_pages(pages: dict[str, Any]) -> str:
 def cmd_reproduce(ws: Workspace, args: argparse.Namespace) -> Any:
     registered_version(ws, args.version)
     result = stages.reproduce_version(ws, args.version)
-    if not result["predictions_identical"]:
+    if not result["predictions_identical"] and not result.get("trained_on_erased"):
         print(f"version {args.version} did NOT reproduce", file=sys.stderr)
     return result
 
 
 def text_reproduce(result: dict[str, Any]) -> str:
     verdict = "reproduces" if result["predictions_identical"] else "did NOT reproduce"
+    note = [result["erasure_note"]] if result.get("erasure_note") else []
     same = {True: "identical", False: "different"}
     differences = ", ".join(f"{name} {v['recorded']} then, {v['now']} now"
                             for name, v in sorted(result["library_differences"].items())) or "none"
@@ -190,7 +191,7 @@ def text_reproduce(result: dict[str, Any]) -> str:
                           ["snapshot", result["snapshot_hash"]],
                           ["training rows", f"{result['train_rows']} (recorded {result['recorded_train_rows']})"],
                           ["code version", f"{result['code_version_recorded']} (now {result['code_version_now']})"],
-                          ["library differences", differences]])])
+                          ["library differences", differences]]), *note])
 
 
 def register(add: Any) -> None:

@@ -213,6 +213,14 @@ class DatabasePolicy:
 
 
 @dataclass(frozen=True)
+class ErasurePolicy:
+    """A patient's erasure (issue 30): how soon a champion trained on erased rows must be replaced."""
+
+    retrain_within_days: float = 30  # the retrain DAG forces a retrain when the deadline is this near or past
+    wait_seconds: int = 900  # how long an erasure waits for the stages at work to end before it fails
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     path: Path
     model: str  # the registry, the champion, runs, reports and DAG ids are all scoped by this name
@@ -223,6 +231,7 @@ class PipelineConfig:
     quality: QualityPolicy
     database: DatabasePolicy = field(default_factory=DatabasePolicy)
     serving: ServingPolicy = field(default_factory=ServingPolicy)
+    erasure: ErasurePolicy = field(default_factory=ErasurePolicy)
 
 
 def _require(section: dict[str, Any], key: str, where: str) -> Any:
@@ -534,6 +543,21 @@ def model_name(path: Path, raw: dict[str, Any] | None = None) -> str:
     return name
 
 
+def _parse_erasure(raw: dict[str, Any], path: Path) -> ErasurePolicy:
+    """The optional `erasure:` section; a key left out keeps its default."""
+    where, defaults = f"{path}: erasure", ErasurePolicy()
+    unknown = sorted(set(raw) - set(ErasurePolicy.__dataclass_fields__)) if isinstance(raw, dict) else []
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; it takes {sorted(ErasurePolicy.__dataclass_fields__)}")
+    days = _default(_optional(raw, "retrain_within_days", where, float), defaults.retrain_within_days)
+    wait = _default(_optional(raw, "wait_seconds", where, int), defaults.wait_seconds)
+    if not days > 0:
+        raise ConfigError(f"{where}.retrain_within_days must be more than 0 (days), got {days!r}")
+    if wait < 1:
+        raise ConfigError(f"{where}.wait_seconds must be at least 1 (seconds), got {wait!r}")
+    return ErasurePolicy(float(days), wait)
+
+
 def load_config(path: Path) -> PipelineConfig:
     """Read and check the pipeline configuration file, and every column it names against the contract."""
     raw = _read_yaml(path)
@@ -550,6 +574,7 @@ def load_config(path: Path) -> PipelineConfig:
         quality=_parse_quality(raw["quality"], path),
         database=_parse_database(raw.get("database") or {}, path),
         serving=_parse_serving(raw.get("serving") or {}, path),
+        erasure=_parse_erasure(raw.get("erasure") or {}, path),
     )
     check_ranges(config)
     check_column_names(config)

@@ -15,6 +15,7 @@ ENV_ARTIFACT_STORE = "PIPELINE_ARTIFACT_STORE"
 ARTIFACT_STORES = ("local", "postgres")  # postgres: the artifact dir is this machine's cache of the team store
 ENV_PGDATA = "PIPELINE_PGDATA"
 ENV_MODELS_DIR = "PIPELINE_MODELS_DIR"
+ENV_ERASURE_KEY_FILE = "PIPELINE_ERASURE_KEY_FILE"  # the key of erased ids' tombstones: outside the artifact store
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Settings:
     pgdata_dir: Path
     models_dir: Path = PROJECT_ROOT / "models"  # more model configs (*.yaml), each with DAGs of its own
     artifact_store: str = "local"  # see ARTIFACT_STORES and `pipeline.store.artifacts.ArtifactStore`
+    erasure_key_file: Path = PROJECT_ROOT / ".secrets" / "erasure.key"  # made on first use, mode 0600
 
     def __post_init__(self) -> None:
         if self.artifact_store not in ARTIFACT_STORES:
@@ -47,4 +49,5 @@ class Settings:
             pgdata_dir=Path(env.get(ENV_PGDATA) or PROJECT_ROOT / ".pgdata"),
             models_dir=Path(env.get(ENV_MODELS_DIR) or PROJECT_ROOT / "models"),
             artifact_store=env.get(ENV_ARTIFACT_STORE) or "local",
+            erasure_key_file=Path(env.get(ENV_ERASURE_KEY_FILE) or PROJECT_ROOT / ".secrets" / "erasure.key"),
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -63,6 +63,7 @@ class Snapshot:
     unlabelled_hash: str | None = None  # those rows, frozen beside the snapshot so validation can check them
     unlabelled_path: str | None = None
     unlabelled_query: str | None = None
+    erased_rows: int = 0  # source rows refused because their id was erased (a tombstone names it), never stored
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -385,10 +386,31 @@ def cursor_snapshot_table(cursor: Any, query: sa.Select[Any]) -> tuple[pa.Table,
     return written.table, written.data
 
 
-def cursor_snapshot(cursor: Any, query: sa.Select[Any], keep_table: bool) -> Written:
+@dataclass
+class Refusal:
+    """Which rows to leave out of a snapshot as erased: `erased(ids)` marks them, by the column `id_column`;
+    `rows` counts those left out."""
+
+    id_column: str
+    erased: Callable[[pa.Array], np.ndarray]
+    rows: int = 0
+
+    def kept(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            out = self.erased(batch.column(self.id_column))
+            if out.any():
+                self.rows += int(out.sum())
+                batch = batch.filter(pa.array(~out))
+            yield batch
+
+
+def cursor_snapshot(cursor: Any, query: sa.Select[Any], keep_table: bool, refusal: Refusal | None = None) -> Written:
     """A query's rows on an Arrow cursor as Parquet bytes, in one pass, and as an Arrow table if asked
-    (without it the rows stream through: a few row groups in memory besides the bytes)."""
+    (without it the rows stream through: a few row groups in memory besides the bytes); rows `refusal`
+    marks as erased are left out."""
     schema, batches = cursor_batches(cursor, query)
+    if refusal is not None:
+        batches = refusal.kept(batches)
     written = _write_parquet(_row_groups(batches, schema), schema, keep=keep_table)
     if not written.has_empty_column():
         return written
@@ -494,19 +516,22 @@ def read_labelled_rows(engine: Engine, contract: DatasetContract, watermark: dat
 
 def take_snapshot(
     engine: Engine, contract: DatasetContract, watermark: datetime, store: Path | ArtifactStore,
-    keep_table: bool = True,
+    keep_table: bool = True, erased: Callable[[pa.Array], np.ndarray] | None = None,
 ) -> tuple[Snapshot, pa.Table | None]:
     """Read the labelled rows, unchanged, and store them as an immutable snapshot named by its hash.
     The rows come back as Arrow (`arrow_to_frame` makes the pandas copy for a caller that needs one);
-    with `keep_table` False they only stream through to the snapshot's bytes, and None comes back."""
+    with `keep_table` False they only stream through to the snapshot's bytes, and None comes back. Rows whose
+    id `erased` marks (`pipeline.data.tombstones`) are refused: never stored, counted in `erased_rows`."""
     watermark = datetime.fromisoformat(watermark.isoformat())  # plain datetime (Airflow passes pendulum)
     query, waiting_query = labelled_rows_query(contract, watermark), unlabelled_rows_query(contract, watermark)
+    refusals = [Refusal(contract.id_column, erased) if erased else None for _ in range(2)]
     with arrow_cursor(engine, contract, consistent=True) as cursor:  # no row is in both, or in neither
-        labelled = cursor_snapshot(cursor, query, keep_table)
-        waiting = cursor_snapshot(cursor, waiting_query, keep_table=False)
+        labelled = cursor_snapshot(cursor, query, keep_table, refusals[0])
+        waiting = cursor_snapshot(cursor, waiting_query, keep_table=False, refusal=refusals[1])
     table, data, waiting_data = labelled.table, labelled.data, waiting.data
     digest, path = store_bytes(store, "snapshots", data, ".parquet")
-    snapshot = Snapshot(digest, str(path), labelled.rows, watermark.isoformat(), contract.table, query_sql(query))
+    snapshot = Snapshot(digest, str(path), labelled.rows, watermark.isoformat(), contract.table, query_sql(query),
+                        erased_rows=sum(r.rows for r in refusals if r is not None))
     if waiting.rows:
         waiting_digest, waiting_path = store_bytes(store, "snapshots", waiting_data, ".parquet")
         snapshot = replace(snapshot, unlabelled_rows=waiting.rows, unlabelled_hash=waiting_digest,

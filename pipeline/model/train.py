@@ -90,6 +90,7 @@ def holdout_rows(ws: Workspace, snapshot_hash: str, fraction: float) -> tuple[fl
     contract = ws.config.dataset
     with ws.engine.connect() as conn:
         records.get_snapshot(conn, snapshot_hash)  # registered, or a clear error naming it
+    snapshot_hash = ws.live_snapshot(snapshot_hash)  # its redacted copy, when an erasure rewrote it
     with ingest.SnapshotFile(ws.snapshot_path(snapshot_hash), snapshot_hash) as snapshot:
         keys = snapshot.read(split_columns(contract))
         trained, held = split_positions(keys, contract, fraction)

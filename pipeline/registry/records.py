@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -109,12 +109,12 @@ def record_snapshot(conn: Connection, snapshot: Snapshot, run_id: str) -> None:
     """Register a snapshot once (same rows, same hash) and link the run to it."""
     conn.execute(sa.text("""
         INSERT INTO pipeline.snapshots (snapshot_hash, source_table, query, watermark, row_count, path, first_run_id,
-                                        unlabelled_rows)
-        VALUES (:h, :t, :q, :wm, :n, :p, :run_id, :unlabelled)
+                                        unlabelled_rows, erased_rows)
+        VALUES (:h, :t, :q, :wm, :n, :p, :run_id, :unlabelled, :erased)
         ON CONFLICT (snapshot_hash) DO NOTHING
     """), {"h": snapshot.snapshot_hash, "t": snapshot.source_table, "q": snapshot.query,
            "wm": snapshot.watermark, "n": snapshot.row_count, "p": snapshot.path, "run_id": run_id,
-           "unlabelled": snapshot.unlabelled_rows})
+           "unlabelled": snapshot.unlabelled_rows, "erased": snapshot.erased_rows})
     conn.execute(sa.text("UPDATE pipeline.training_runs SET snapshot_hash = :h WHERE run_id = :run_id"),
                  {"h": snapshot.snapshot_hash, "run_id": run_id})
 
@@ -133,11 +133,67 @@ def record_derived_snapshot(conn: Connection, kind: str, snapshot_hash: str, pat
 
 
 def unlabelled_snapshot(conn: Connection, raw_hash: str) -> dict[str, Any] | None:
-    """The snapshot of rows awaiting their outcome that was taken with a raw snapshot, if any."""
-    return _row(conn.execute(sa.text("""
+    """The snapshot of rows awaiting their outcome that was taken with a raw snapshot, if any: for a raw snapshot
+    an erasure rewrote, the one taken with the original, as it stands now (its redacted copy, if rewritten too)."""
+    row = _row(conn.execute(sa.text("""
         SELECT * FROM pipeline.snapshots WHERE parent_hash = :h AND kind = 'unlabelled'
          ORDER BY created_at LIMIT 1
     """), {"h": raw_hash}))
+    if row is None:
+        older = conn.scalar(sa.text(
+            "SELECT old_hash FROM pipeline.snapshot_redactions WHERE new_hash = :h ORDER BY at LIMIT 1"), {"h": raw_hash})
+        return None if older is None else unlabelled_snapshot(conn, str(older))
+    live = live_snapshot_hash(conn, row["snapshot_hash"])
+    return row if live == row["snapshot_hash"] else get_snapshot(conn, live)
+
+
+def live_snapshot_hash(conn: Connection, snapshot_hash: str) -> str:
+    """The snapshot that stands for `snapshot_hash` now: itself, or the redacted copy an erasure rewrote it as
+    (following erasure after erasure; pipeline.snapshot_redactions)."""
+    current, seen = snapshot_hash, {snapshot_hash}
+    while (newer := conn.scalar(sa.text("SELECT new_hash FROM pipeline.snapshot_redactions WHERE old_hash = :h"),
+                                {"h": current})) is not None:
+        if newer in seen:
+            raise ValueError(f"snapshot redactions of {snapshot_hash} go round in a circle at {newer}")
+        current = str(newer)
+        seen.add(current)
+    return current
+
+
+def erasures_of_version(conn: Connection, version: int) -> list[dict[str, Any]]:
+    """The erasure requests that removed rows this version was trained on (it is `trained_on_erased`), oldest first."""
+    rows = conn.execute(sa.text("""
+        SELECT l.request_id, l.at, r.reason FROM pipeline.erased_lineage l
+          JOIN pipeline.erasure_requests r USING (request_id)
+         WHERE l.version = :v ORDER BY l.request_id
+    """), {"v": version}).mappings()
+    return [dict(r) for r in rows]
+
+
+def erasure_deadline(conn: Connection, model: str, within_days: float) -> dict[str, Any] | None:
+    """When the model's champion was trained on rows erased since (pipeline.trained_on_erased): the first such
+    erasure and the deadline `within_days` after it by which the champion must be replaced; else None."""
+    row = _row(conn.execute(sa.text("""
+        SELECT c.version, t.first_erasure_at, t.erasures FROM pipeline.champion c
+          JOIN pipeline.trained_on_erased t USING (version)
+         WHERE c.model = :model AND c.slot = 'production'
+    """), {"model": model}))
+    if row is None:
+        return None
+    return {"champion": int(row["version"]), "first_erasure_at": row["first_erasure_at"],
+            "erasures": int(row["erasures"]), "retrain_within_days": within_days,
+            "deadline": row["first_erasure_at"] + timedelta(days=within_days)}
+
+
+ERASURE_RETRAIN_MARGIN = timedelta(days=1)  # a retrain is forced when the deadline is this near, or past
+
+
+def erasure_retrain_due(conn: Connection, model: str, within_days: float, at: datetime) -> dict[str, Any] | None:
+    """The erasure deadline when a retrain must replace the champion now (past, or within a day of `at`)."""
+    deadline = erasure_deadline(conn, model, within_days)
+    if deadline is None or deadline["deadline"] - ERASURE_RETRAIN_MARGIN > at:
+        return None
+    return deadline
 
 
 def get_snapshot(conn: Connection, snapshot_hash: str) -> dict[str, Any]:

@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 _RUN_LOCK_ID = 72_410_004  # pg_advisory_lock(key, hashtext(run_id)): one process works on a run at a time
 IDLE_RUN_HOURS = 24  # a run no stage has worked on for this long (between stages, say its scheduler gone) is dead
 LOCK_WAIT_SECONDS = 5.0  # a reaper holds a run's lock for a moment; a live stage holds it for its length
+# pg_advisory_lock(key): every stage holds it shared while it works; an erasure holds it exclusive, so an erasure
+# waits for the stages at work to end, and a stage starting meanwhile waits for the erasure: no stage ever reads
+# a snapshot while an erasure rewrites it, or registers one the erasure did not see.
+ERASURE_LOCK_ID = 72_410_030
+ERASURE_WAIT_SECONDS = 900.0  # how long a stage waits for an erasure in progress before it fails (and is retried)
 
 @dataclass(frozen=True)
 class Run:
@@ -72,6 +77,49 @@ INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
 
 class RunBusy(RuntimeError):
     """Another live process is working on the run."""
+
+
+class ErasureInProgress(InfrastructureFailure):
+    """A stage waited too long for a patient's erasure to end; retried like any infrastructure failure."""
+
+
+def _hold_erasure_lock_shared(conn: Connection, run_id: str, stage: str) -> None:
+    """Hold the erasure lock shared on `conn` (see ERASURE_LOCK_ID), waiting for an erasure in progress."""
+    deadline = time.monotonic() + ERASURE_WAIT_SECONDS
+    while not conn.scalar(sa.text("SELECT pg_try_advisory_lock_shared(:k)"), {"k": ERASURE_LOCK_ID}):
+        if time.monotonic() > deadline:
+            raise ErasureInProgress(
+                f"run {run_id}, stage {stage}: a patient's erasure has held the erasure lock for over "
+                f"{ERASURE_WAIT_SECONDS:.0f} s; the stage did not start, so it never read rows being erased. "
+                "Retry once the erasure ends (pipeline.erasure_requests)")
+        time.sleep(0.2)
+
+
+def _release_erasure_lock_shared(conn: Connection) -> None:
+    conn.execute(sa.text("SELECT pg_advisory_unlock_shared(:k)"), {"k": ERASURE_LOCK_ID})
+
+
+@contextmanager
+def erasure_lock(engine: Engine, wait_seconds: float) -> Iterator[Connection]:
+    """Hold the erasure lock exclusive for the block: every stage at work has ended, and none starts until the
+    block ends. Waits up to `wait_seconds`, then fails naming the runs whose stages hold it."""
+    conn = _autocommit(engine)
+    try:
+        deadline = time.monotonic() + wait_seconds
+        while not conn.scalar(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": ERASURE_LOCK_ID}):
+            if time.monotonic() > deadline:
+                busy = conn.execute(sa.text(
+                    "SELECT run_id, active_stage FROM pipeline.training_runs WHERE active_stage IS NOT NULL")).all()
+                named = ", ".join(f"{r.run_id} (stage {r.active_stage})" for r in busy) or "a stage"
+                raise RunBusy(f"the erasure waited {wait_seconds:.0f} s for {named} to end; nothing was erased. "
+                              "Retry when it ends (the request stays pending)")
+            time.sleep(0.2)
+        try:
+            yield conn
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": ERASURE_LOCK_ID})
+    finally:
+        conn.close()
 
 
 
@@ -231,7 +279,14 @@ def running(engine: Engine, settings: Settings, run_id: str, stage: str) -> Iter
     `retrain` around its stages) shares the lock."""
     held = _held.get(run_id)
     if held is None:
-        held = _held[run_id] = _Held(_acquire(engine, run_id))
+        conn = _acquire(engine, run_id)
+        try:
+            _hold_erasure_lock_shared(conn, run_id, stage)
+        except BaseException:
+            _unlock(conn, run_id)
+            conn.close()
+            raise
+        held = _held[run_id] = _Held(conn)
     held.stages.append(stage)
     try:
         _enter_stage(held.conn, run_id, stage)
@@ -262,9 +317,13 @@ def sharing(engine: Engine, settings: Settings, run_id: str, stage: str) -> Iter
                 raise RunBusy(f"run {run_id} is held by a stage that excludes others; wait for it to end")
             time.sleep(0.2)
         try:
-            _enter_stage(conn, run_id, stage)
-            yield
-            _leave_stage(conn, run_id, None)
+            _hold_erasure_lock_shared(conn, run_id, stage)
+            try:
+                _enter_stage(conn, run_id, stage)
+                yield
+                _leave_stage(conn, run_id, None)
+            finally:
+                _release_erasure_lock_shared(conn)
         except BaseException as exc:
             _record_failure(conn, run_id, stage, exc, settings)
             raise
@@ -286,6 +345,7 @@ def _release(held: _Held, run_id: str) -> None:
     try:
         _leave_stage(held.conn, run_id, held.stages[-1] if held.stages else None)
         if not held.stages:
+            _release_erasure_lock_shared(held.conn)
             _unlock(held.conn, run_id)
     except Exception:  # noqa: BLE001 - a lost connection has released the lock already
         log.debug("could not leave the stage of run %s cleanly", run_id, exc_info=True)

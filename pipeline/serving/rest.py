@@ -13,6 +13,7 @@ versions and request ids, never a patient's values.
 from __future__ import annotations
 
 import collections
+import hashlib
 import hmac
 import json
 import logging
@@ -41,6 +42,7 @@ from pipeline.model import intervals
 from pipeline.registry.records import current_champion, get_evaluation, get_model
 from pipeline.registry.runs import error_line
 from pipeline.serving.scoring import PREDICTIONS
+from pipeline.store import accesslog
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -73,13 +75,31 @@ class RequestProblem(Exception):
 # --- tokens --------------------------------------------------------------------------------------
 
 
+class Token(str):
+    """An API token (the secret itself, as a str) with the name its principal is logged under: the name given
+    before it on its line of the token file (`crm-prod <token>`), or `token:<first 8 hex of its SHA-256>`."""
+
+    principal: str
+
+    def __new__(cls, secret: str, principal: str | None = None) -> Token:
+        token = super().__new__(cls, secret)
+        token.principal = principal or f"token:{hashlib.sha256(secret.encode()).hexdigest()[:8]}"
+        return token
+
+
 def read_tokens(path: Path) -> tuple[str, ...]:
-    """The tokens in a file, one a line; blank lines and lines starting with # are ignored."""
+    """The tokens in a file, one a line (`NAME TOKEN`, or the token alone); blank lines and lines starting with
+    # are ignored. The name is who the access log says read patient data (pipeline.access_log)."""
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as exc:
         raise ServingError(f"cannot read the API token file {path} ({ENV_API_TOKEN_FILE}): {exc.strerror}") from None
-    return tuple(s for s in (line.strip() for line in lines) if s and not s.startswith("#"))
+    fields = [line.split() for line in (raw.strip() for raw in lines) if line and not line.startswith("#")]
+    for number, words in enumerate(fields, 1):
+        if len(words) > 2:
+            raise ServingError(f"API token file {path}: entry {number} has {len(words)} fields; write NAME TOKEN "
+                               "or the token alone")
+    return tuple(Token(words[-1], words[0] if len(words) == 2 else None) for words in fields)
 
 
 def tokens_from_environment(environ: Mapping[str, str]) -> tuple[str, ...]:
@@ -90,10 +110,15 @@ def tokens_from_environment(environ: Mapping[str, str]) -> tuple[str, ...]:
 
 def token_matches(presented: str, tokens: Sequence[str]) -> bool:
     """Whether `presented` is one of `tokens`, compared in constant time against every one."""
-    given = presented.encode()
-    found = False
+    return principal_of(presented, tokens) is not None
+
+
+def principal_of(presented: str, tokens: Sequence[str]) -> str | None:
+    """The principal name of the token `presented` is (compared in constant time against every one), or None."""
+    given, found = presented.encode(), None
     for token in tokens:
-        found |= hmac.compare_digest(given, token.encode())
+        if hmac.compare_digest(given, token.encode()) and found is None:
+            found = token.principal if isinstance(token, Token) else Token(token).principal
     return found
 
 
@@ -189,6 +214,7 @@ class PredictionLog:
                  seconds: float = WRITER_SECONDS) -> None:
         self.engine, self.capacity, self.batch_rows, self.seconds = engine, capacity, batch_rows, seconds
         self._rows: collections.deque[dict[str, Any]] = collections.deque()
+        self._reads: list[accesslog.Access] = []  # who read which forecasts: written with the next batch
         self._ready = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -208,11 +234,13 @@ class PredictionLog:
         with self._ready:
             self.reserved -= rows
 
-    def put(self, rows: list[dict[str, Any]]) -> None:
-        """Queue forecasts whose room was kept."""
+    def put(self, rows: list[dict[str, Any]], read: accesslog.Access | None = None) -> None:
+        """Queue forecasts whose room was kept, and the access-log row of the request that read them."""
         with self._ready:
             self.reserved -= len(rows)
             self._rows.extend(rows)
+            if read is not None:
+                self._reads.append(read)
             if len(self._rows) >= self.batch_rows:
                 self._ready.notify()
 
@@ -235,10 +263,18 @@ class PredictionLog:
                 self._ready.wait(self.seconds)
             return [self._rows.popleft() for _ in range(min(self.batch_rows, len(self._rows)))]
 
+    def _take_reads(self) -> list[accesslog.Access]:
+        with self._ready:
+            reads, self._reads = self._reads, []
+        return reads
+
     def _write(self, batch: list[dict[str, Any]]) -> bool:
+        reads = self._take_reads()
         try:
             with self.engine.begin() as conn:
-                conn.execute(sa.insert(PREDICTIONS), batch)
+                if batch:
+                    conn.execute(sa.insert(PREDICTIONS), batch)
+                accesslog.record(conn, reads)
         except Exception as exc:  # noqa: BLE001 - a database hiccup never fails a response: retry later
             self.failures += 1
             self.failing = f"{type(exc).__name__} writing to pipeline.predictions"
@@ -246,6 +282,7 @@ class PredictionLog:
                         self.failures, type(exc).__name__)
             with self._ready:
                 self._rows.extendleft(reversed(batch))
+                self._reads[:0] = reads
             return False
         if self.failing:
             log.info("recording forecasts again after %d failed attempts", self.failures)
@@ -256,7 +293,7 @@ class PredictionLog:
         backoff = self.seconds
         while not self._stop.is_set():
             batch = self._take()
-            if batch and not self._write(batch):
+            if (batch or self._reads) and not self._write(batch):
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
             elif batch:
@@ -270,7 +307,7 @@ class PredictionLog:
         if self._thread is not None:
             self._thread.join(timeout)
         deadline = time.monotonic() + timeout
-        while self._rows and time.monotonic() < deadline:
+        while (self._rows or self._reads) and time.monotonic() < deadline:
             batch = [self._rows.popleft() for _ in range(min(self.batch_rows, len(self._rows)))]
             if not self._write(batch):
                 time.sleep(0.5)

@@ -25,16 +25,17 @@ from pipeline.serving.rest import (
     Scored,
     Served,
     parse_records,
+    principal_of,
     read_body,
     request_id_of,
     score_records,
-    token_matches,
 )
-from pipeline.store import artifacts
+from pipeline.store import accesslog, artifacts
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
 RETRY_SECONDS = "5"
+ANONYMOUS = "anonymous (--insecure-local)"  # the principal of every call to a service without tokens
 
 
 class RecordedResponse(JSONResponse):
@@ -42,9 +43,9 @@ class RecordedResponse(JSONResponse):
     room in the log is given back and nothing is recorded."""
 
     def __init__(self, content: Any, headers: dict[str, str], writer: PredictionLog, rows: list[dict[str, Any]],
-                 status_code: int = 200) -> None:
+                 status_code: int = 200, read: accesslog.Access | None = None) -> None:
         super().__init__(content, status_code, headers)
-        self.writer, self.rows = writer, rows
+        self.writer, self.rows, self.read = writer, rows, read
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -52,7 +53,7 @@ class RecordedResponse(JSONResponse):
         except BaseException:
             self.writer.release(len(self.rows))
             raise
-        self.writer.put(self.rows)
+        self.writer.put(self.rows, self.read)
 
 
 def unavailable(reason: str, request_id: str | None = None) -> JSONResponse:
@@ -92,7 +93,7 @@ async def read_request(request: Request, ws: Workspace) -> tuple[list[Any], bool
 
 
 async def forecast_answer(records: list[Any], single: bool, served: Served, ws: Workspace, state: dict[str, Any],
-                          request_id: str) -> Response:
+                          request_id: str, principal: str = ANONYMOUS, path: str = "") -> Response:
     """Score records whose room in the prediction log is kept, and answer; the forecasts are recorded once the
     answer has been sent. A failure answers 500, names only the exception's type, and records nothing."""
     writer: PredictionLog = state["writer"]
@@ -109,8 +110,10 @@ async def forecast_answer(records: list[Any], single: bool, served: Served, ws: 
     writer.release(len(records) - len(scored.log_rows))
     status, body = answer(scored, single, {"request_id": request_id, "model": ws.model,
                                            "model_version": served.version})
+    read = accesslog.Access(principal, "rest", "predict", len(scored.log_rows), f"POST {path} request {request_id}",
+                            ws.model) if scored.log_rows else None
     try:
-        response = RecordedResponse(body, headers, writer, scored.log_rows, status)
+        response = RecordedResponse(body, headers, writer, scored.log_rows, status, read)
     except ValueError as exc:  # a number JSON cannot carry: nothing is answered, so nothing is recorded
         writer.release(len(scored.log_rows))
         log.error("request %s: answer not renderable (%s)", request_id, type(exc).__name__)
@@ -125,13 +128,16 @@ def router(tokens: Sequence[str], state: dict[str, Any]) -> APIRouter:
     """The routes, authenticated by `tokens` (none: unauthenticated), answering from `state`."""
     api = APIRouter()
 
-    def authenticated(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
-        if not tokens:
-            return
-        if credentials is None or credentials.scheme.lower() != "bearer" or not token_matches(
-                credentials.credentials, tokens):
+    def authenticated(request: Request,
+                      credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
+        """Refuse a call without a valid token; keep the caller's principal name (the token's, never the token)
+        on the request, for the access log."""
+        principal = ANONYMOUS if not tokens else None if credentials is None or \
+            credentials.scheme.lower() != "bearer" else principal_of(credentials.credentials, tokens)
+        if principal is None:
             raise HTTPException(401, "a valid bearer token is required (Authorization: Bearer <token>)",
                                 headers={"WWW-Authenticate": "Bearer"})
+        request.state.principal = principal
 
     def known(model: str) -> Workspace:
         ws: Workspace = state["ws"]
@@ -189,6 +195,7 @@ def router(tokens: Sequence[str], state: dict[str, Any]) -> APIRouter:
         if not writer.admit(len(records)):
             log.warning("request %s refused: %s", request_id, writer.trouble())
             return unavailable(f"forecasts cannot be recorded now ({writer.trouble()}): try again", request_id)
-        return await forecast_answer(records, single, served, ws, state, request_id)
+        return await forecast_answer(records, single, served, ws, state, request_id, request.state.principal,
+                                     request.url.path)
 
     return api

@@ -37,7 +37,7 @@ import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 
 from pipeline.contract.config import DatasetContract, QualityPolicy, suite_columns
-from pipeline.data import ingest, quality, validate
+from pipeline.data import ingest, quality, tombstones, validate
 from pipeline.model import intervals
 from pipeline.registry import records, runs
 from pipeline.registry.runs import error_line
@@ -338,8 +338,12 @@ def _write_run(ws: Workspace, run_id: str, champion: dict[str, Any]) -> dict[str
                        "AND source IN ('batch', 'shadow')", (run_id, ws.model))
         cursor.execute("DELETE FROM pipeline.scoring_refusals WHERE run_id = %s", (run_id,))
         writer = _Writer(cursor, run_id, ws.model, interval)
+        erased = tombstones.refuser(ws.engine, ws.settings.erasure_key_file)
+        refusal = ingest.Refusal(contract.id_column, erased) if erased else None
         with ingest.arrow_cursor(ws.engine, contract) as source:
             schema, batches = ingest.cursor_batches(source, selection_query(contract, serving.score_records))
+            if refusal is not None:  # an erased patient the source still holds is never forecast again
+                batches = refusal.kept(batches)
             for table in chunks(batches, schema, serving.batch_rows, contract.id_column):
                 _score_chunk(table, writer, model, contract, suite, ws.config.quality, shadows)
         if writer.selected != writer.scored + writer.refused:
@@ -350,7 +354,7 @@ def _write_run(ws: Workspace, run_id: str, champion: dict[str, Any]) -> dict[str
                    "score_records": serving.score_records, "rows_selected": writer.selected,
                    "rows_scored": writer.scored, "rows_refused": writer.refused,
                    "reason_counts": dict(sorted(writer.reason_counts.items())),
-                   "shadows": [s.record() for s in shadows]}
+                   "shadows": [s.record() for s in shadows], "rows_erased": refusal.rows if refusal else 0}
         cursor.execute("""
             UPDATE pipeline.scoring_runs
                SET status = 'done', version = %s, rows_selected = %s, rows_scored = %s, rows_refused = %s,

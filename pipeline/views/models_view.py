@@ -18,13 +18,13 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from pipeline.contract.config import ModelEntry
 from pipeline.model.cards import STYLE, text
 from pipeline.monitoring import performance
 from pipeline.registry import records
-from pipeline.store import artifacts
+from pipeline.store import accesslog, artifacts
 
 REPORT_KINDS = ("card", "comparison", "quality", "drift", "performance")
 QUARANTINE_PAGE_ROWS = 200
@@ -184,6 +184,18 @@ def quarantine_rows(conn: Connection, model: str, run_id: str | None = None, cod
     """), {"model": model, "run_id": run_id or None, "code": code or None,
            "code_json": json.dumps([{"code": code}]), "n": limit}).mappings()
     return [dict(r) for r in rows]
+
+
+def read_quarantine(engine: Engine, model: str, principal: str, request: str, what: str,
+                    run_id: str | None = None, code: str | None = None, limit: int | None = None,
+                    channel: str = "view") -> list[dict[str, Any]]:
+    """`quarantine_rows` for a person (the quarantine page, its CSV export, the `quarantine` command), the read
+    recorded in pipeline.access_log in the same transaction: who, what (with its filters), how many rows."""
+    filters = "".join(f" {k}={v}" for k, v in (("run_id", run_id), ("code", code)) if v)
+    with engine.begin() as conn:
+        rows = quarantine_rows(conn, model, run_id, code, limit)
+        accesslog.record(conn, [accesslog.Access(principal, channel, f"{what}{filters}", len(rows), request, model)])
+    return rows
 
 
 def quarantine_codes(conn: Connection, model: str) -> list[tuple[str, int]]:

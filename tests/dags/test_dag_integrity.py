@@ -113,7 +113,7 @@ def test_each_model_config_gets_dags_of_its_own() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     dags, clinic_asset, primary_asset = result.stdout.strip().splitlines()[-3:]
     assert dags == str(["monitor_drift", "monitor_drift__clinic_progression", "monitor_performance",
-                        "monitor_performance__clinic_progression", "retrain",
+                        "monitor_performance__clinic_progression", "process_erasures", "retrain",
                         "retrain__clinic_progression", "rollback", "rollback__clinic_progression", "score_patients",
                         "score_patients__clinic_progression"])
     assert clinic_asset == "labelled_records__clinic_progression ['clinic_progression', 'training']"

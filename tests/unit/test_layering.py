@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("serving",),         # forecasts out
     ("monitoring",),      # drift, live performance, outcomes
     ("stages",),          # one function per stage
-    ("champion", "tasks"),  # an operator's say over the champion; a stage as an Airflow task
+    ("champion", "tasks", "erasure"),  # an operator's say over the champion; a stage as an Airflow task; erasure
     ("views",),           # what Airflow shows
     ("cli", "__main__"),  # the command line
 ]

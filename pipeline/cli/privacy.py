@@ -1,0 +1,111 @@
+"""Patient data: who read it (quarantine, access-log), and a patient's erasure (erase, erasure-report)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from pipeline.cli.common import aligned, count_arg, operator_name, when
+from pipeline.store import accesslog
+from pipeline.workspace import Workspace
+
+
+def cmd_quarantine(ws: Workspace, args: argparse.Namespace) -> Any:
+    """The quarantined rows with their reasons and original values; the read goes to pipeline.access_log."""
+    from pipeline.views import models_view
+
+    return models_view.read_quarantine(ws.engine, ws.model, accesslog.cli_principal(), accesslog.command_line(),
+                                       "quarantine", args.run_id, args.code, args.limit, channel="cli")
+
+
+def text_quarantine(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no quarantined rows"
+    table = [["run", "row", "source id", "reasons", "original values"]]
+    table += [[r["run_id"], str(r["row_number"]), str(r["source_id"]),
+               ", ".join(str(x.get("code")) for x in r["reasons"] or []),
+               json.dumps(r["original"] or {}, default=str)] for r in rows]
+    return "\n".join(aligned(table, indent=""))
+
+
+def cmd_access_log(ws: Workspace, args: argparse.Namespace) -> Any:
+    with ws.engine.connect() as conn:
+        return accesslog.recent(conn, args.limit)
+
+
+def text_access_log(entries: list[dict[str, Any]]) -> str:
+    if not entries:
+        return "no reads of patient data recorded"
+    table = [["when", "who", "channel", "what", "rows", "request"]]
+    table += [[when(e["at"]), e["principal"], e["channel"], e["what"], str(e["rows"]), e["request"]] for e in entries]
+    return "\n".join(aligned(table, indent=""))
+
+
+def cmd_erase(ws: Workspace, args: argparse.Namespace) -> Any:
+    from pipeline import erasure
+
+    return erasure.erase(ws, args.id, args.reason, operator_name())
+
+
+def text_erase(result: dict[str, Any]) -> str:
+    if result["status"] == "duplicate":
+        return (f"erasure request {result['request_id']}: this id was erased before (request "
+                f"{result.get('first_request')}); nothing left to change")
+    lines = [f"erasure request {result['request_id']}: {result['status']} in {result.get('seconds', 0):.1f} s, "
+             f"{result.get('bytes_rewritten', 0)} bytes rewritten"]
+    lines += [f"  snapshot {s['old_hash'][:16]}… ({s['kind']}) -> {s['new_hash'][:16]}…, {s['rows_removed']} row(s) "
+              "removed, old file shredded" for s in result.get("snapshots", [])]
+    lines += [f"  {p['kind']} page {p['old_hash'][:16]}… -> {p['new_hash'][:16]}…" for p in result.get("pages", [])]
+    rows = {k: v for k, v in (result.get("rows_deleted") or {}).items() if v}
+    scrubbed = {k: v for k, v in (result.get("json_scrubbed") or {}).items() if v}
+    lines.append(f"  rows deleted: {rows or 'none'}; ids scrubbed from registry JSON: {scrubbed or 'none'}")
+    if result.get("versions_trained_on_erased"):
+        lines.append(f"  versions trained on the erased rows (flagged trained_on_erased): "
+                     f"{', '.join(f'v{v}' for v in result['versions_trained_on_erased'])}")
+    return "\n".join(lines)
+
+
+def cmd_erasure_report(ws: Workspace, args: argparse.Namespace) -> Any:
+    from pipeline import erasure
+
+    return erasure.erasure_report(ws, args.id)
+
+
+def text_erasure_report(report: dict[str, Any]) -> str:
+    verdict = ("ERASED: every place searched, nothing found" if report["erased"] else
+               f"NOT ERASED: found {report['found']} time(s)" if report["found"] else
+               "not erased: no erasure request recorded for this id (nothing found either)")
+    lines = [f"patient {report['source_id']}: {verdict}",
+             f"tombstone: {'recorded by request ' + str(report['tombstone_request']) if report['tombstone_recorded'] else 'none'}"]
+    lines += [f"request {r['request_id']}: {r['status']} {when(r['processed_at'])} by {r['requested_by']}: {r['reason']}"
+              for r in report["requests"]]
+    if report["versions_trained_on_erased"]:
+        lines.append("versions trained on the erased rows: "
+                     + ", ".join(f"v{v}" for v in report["versions_trained_on_erased"]))
+    rows = [["place", "searched", "found"]] + [[p["place"], str(p["searched"]), str(p["found"])]
+                                               for p in report["places"]]
+    return "\n".join([*lines, *aligned(rows)])
+
+
+def register(add: Any) -> None:
+    """The parsers of the patient-data commands."""
+    p = add("quarantine", cmd_quarantine, "the quarantined rows, with their reasons and original values (the read "
+            "is recorded in pipeline.access_log)", text=text_quarantine,
+            json_help="[{run_id, snapshot_hash, row_number, source_id, labelled, reasons, original, created_at}]")
+    p.add_argument("--run-id", help="only this run's rows")
+    p.add_argument("--code", help="only rows with this reason code")
+    p.add_argument("--limit", type=count_arg, default=200)
+    p = add("access-log", cmd_access_log, "the latest reads of patient data: who, what, when, how many rows",
+            text=text_access_log, json_help="[{entry_id, at, principal, channel, what, model, rows, request}]")
+    p.add_argument("--limit", type=count_arg, default=50)
+    p = add("erase", cmd_erase, "erase a patient from every copy the pipeline holds (snapshots, quarantine, "
+            "forecasts, reports), keeping lineage honest", text=text_erase,
+            json_help="{request_id, status, snapshots, versions_trained_on_erased, rows_deleted, json_scrubbed, "
+            "pages, bytes_rewritten, seconds}")
+    p.add_argument("--id", required=True, help="the patient's id in the source table")
+    p.add_argument("--reason", required=True, help="why: recorded with the request")
+    p = add("erasure-report", cmd_erasure_report, "search every place the pipeline keeps patient data for an id",
+            text=text_erasure_report, json_help="{source_id, erased, found, tombstone_recorded, requests, "
+            "versions_trained_on_erased, places: [{place, searched, found}]}")
+    p.add_argument("id", help="the patient's id in the source table")
