@@ -25,7 +25,9 @@ def monitor_drift_dag(model: ModelEntry) -> Any:
     asset = labelled_records(model)
 
     @dag(dag_id=model.dag_id("monitor_drift"), schedule="@hourly", start_date=datetime(2026, 1, 1), catchup=False,
-         max_active_runs=1, tags=["monitoring", model.name], doc_md=__doc__)
+         max_active_runs=1, tags=["monitoring", model.name], doc_md=__doc__,
+         description="Hourly: recent records against the champion's training rows, feature by feature; drift starts "
+                     f"a retrain (asset {asset.name})")
     def monitor_drift() -> None:
         @task(retries=2, retry_delay=timedelta(seconds=30), retry_exponential_backoff=2.0)
         def check_drift() -> dict[str, Any]:

@@ -44,6 +44,8 @@ def monitor_performance_dag(model: ModelEntry) -> Any:
         catchup=False,
         max_active_runs=1,
         tags=["monitoring", model.name],
+        description=("Daily at 01:30 UTC, or when outcomes arrive (asset "
+                     f"{asset.name}): the champion judged on real outcomes; a degraded one starts a retrain"),
         doc_md=__doc__,
     )
     def monitor_performance() -> None:

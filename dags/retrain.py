@@ -198,6 +198,8 @@ def retrain_dag(model: ModelEntry) -> Any:
         catchup=False,
         max_active_runs=1,
         tags=["training", model.name],
+        description=("Nightly at 02:00 UTC, or when new labelled rows land or drift is found (asset "
+                     f"{labelled_records(model).name}): snapshot, validate, train, evaluate, promote only over the champion"),
         doc_md=__doc__,
         default_args={"retries": 0, "on_failure_callback": partial(_record_failure, model)},
         params=PARAMS,

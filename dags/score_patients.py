@@ -47,6 +47,8 @@ def score_patients_dag(model: ModelEntry) -> Any:
         catchup=False,
         max_active_runs=1,
         tags=["serving", model.name],
+        description=("Nightly at 03:30 UTC, or when the champion changes (asset "
+                     f"{champion_model(model).name}): the champion's forecast for every record awaiting one, for the CRM"),
         doc_md=__doc__,
     )
     def score_patients() -> None:

@@ -330,8 +330,8 @@ def trend_svg(points: Sequence[Mapping[str, Any]], width: int = 640, height: int
 
 def actions_html(links: Links, entry: ModelEntry, champion: int | None) -> str:
     """How to change the champion or the shadow set: through the DAGs' triggers, never from this page."""
-    rollback = entry.dag_id("rollback")
-    return (f"<p>To change the champion, trigger the {link(links.dag(rollback), rollback, top=True)} DAG "
+    set_champion = entry.dag_id("set_champion")
+    return (f"<p>To change the champion, trigger the {link(links.dag(set_champion), set_champion, top=True)} DAG "
             "(<b>Trigger</b> on its page) with its params: <code>mode</code> <code>rollback</code> (back to an "
             "earlier champion; the previous one when <code>to_version</code> is empty) or <code>promote</code> "
             "(make any registered version champion), <code>to_version</code>, a <code>reason</code> (recorded "

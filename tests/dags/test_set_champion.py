@@ -1,4 +1,4 @@
-"""The `rollback` (set champion) DAG through Airflow (dag.test) on a real PostgreSQL: promote a shadow, roll back."""
+"""The `set_champion` DAG through Airflow (dag.test) on a real PostgreSQL: promote a shadow, roll back."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _events(ws: Workspace) -> list[tuple[Any, ...]]:
 def test_operators_promote_a_shadow_and_roll_back_with_params(airflow_db: None, dag_bag: Any,
                                                               pipeline_env: Settings) -> None:
     ws = _two_versions(pipeline_env)
-    dag = dag_bag.dags["rollback"]
+    dag = dag_bag.dags["set_champion"]
 
     promoted = dag.test(run_conf={"mode": "promote", "to_version": 2, "reason": "better on live outcomes"})
 
@@ -68,7 +68,7 @@ def test_operators_promote_a_shadow_and_roll_back_with_params(airflow_db: None, 
 
 
 def test_set_champion_params_for_operators(dag_bag: Any) -> None:
-    dag = dag_bag.dags["rollback"]
+    dag = dag_bag.dags["set_champion"]
     params = dag.params
     assert params.get_param("mode").schema["enum"] == ["rollback", "promote"] and params["mode"] == "rollback"
     assert params.get_param("to_version").schema["type"] == ["null", "integer"]

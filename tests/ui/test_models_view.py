@@ -68,7 +68,7 @@ def test_the_model_page_shows_versions_decisions_promotions_trend_and_actions(vi
     history = page.split("id='promotions'")[1].split("</section>")[0]
     assert f"v{promotion['to_version']}" in history and promotion["actor"] in history
     assert "<svg" in page and "<polyline" in page and "v1 holdout RMSE" in page
-    assert "/dags/rollback" in _links(page) and "to_version" in page
+    assert "/dags/set_champion" in _links(page) and "to_version" in page
     assert "drift-check-1" in page and f"/models-view/{MODEL}/runs/drift-check-1/drift" in _links(page)
 
 

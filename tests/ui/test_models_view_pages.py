@@ -31,7 +31,7 @@ def test_values_are_escaped_and_run_ids_quoted_in_links() -> None:
     page = models_view.model_html(LINKS, ModelEntry("m", Path("m.yaml"), True), _overview(reason=HOSTILE))
     assert HOSTILE not in page and "&lt;script&gt;" in page
     assert "/models-view/m/runs/manual__2026-01-01T00%3A00%3A00%2B00%3A00/comparison" in page
-    assert "/models-view/m/runs/perf-1/performance" in page and "/dags/rollback" in page
+    assert "/models-view/m/runs/perf-1/performance" in page and "/dags/set_champion" in page
 
 
 def test_refused_outcomes_are_shown_with_each_performance_report() -> None:

@@ -1,8 +1,8 @@
 """
-### rollback: set the champion
+### set_champion
 
-Manual only (`rollback` for the primary model config, `rollback__<model>` for each other; shown as
-"Set champion"): make a chosen version of the model champion, in one transaction, recorded in
+Manual only (`set_champion` for the primary model config, `set_champion__<model>` for each other;
+`rollback` / `rollback__<model>` is the same DAG under its old id, kept for existing callers): make a chosen version of the model champion, in one transaction, recorded in
 `pipeline.promotion_events` with the operator and the reason. The version's artifact is checked
 against its registered SHA-256 before it becomes champion. A version that failed its policy checks
 when it was evaluated (behaviour, prediction range, R² floor), or never was, is refused unless
@@ -30,13 +30,17 @@ from retrain_assets import champion_model, models
 from pipeline.contract.config import ModelEntry
 
 
-def rollback_dag(model: ModelEntry) -> Any:
-    """The set-champion (rollback) DAG of one model config."""
+def set_champion_dag(model: ModelEntry, base_id: str = "set_champion") -> Any:
+    """The Set champion DAG of one model config, under `base_id` (`rollback`: its old id, for existing callers)."""
     champion = champion_model(model)
+    old_id = base_id != "set_champion"
 
     @dag(
-        dag_id=model.dag_id("rollback"),
-        dag_display_name="Set champion" + ("" if model.primary else f" ({model.name})"),
+        dag_id=model.dag_id(base_id),
+        dag_display_name=("Set champion" + ("" if model.primary else f" ({model.name})")
+                          + (f" (old id, same as {model.dag_id('set_champion')})" if old_id else "")),
+        description=("Manual: make a chosen version champion (roll back, or promote a shadow), checked and recorded; "
+                     "then score_patients runs" + (f". The old id of {model.dag_id('set_champion')}" if old_id else "")),
         schedule=None,
         start_date=datetime(2026, 1, 1),
         catchup=False,
@@ -57,7 +61,7 @@ def rollback_dag(model: ModelEntry) -> Any:
                            "(they are named in the error, and recorded with the event)."),
         },
     )
-    def rollback() -> None:
+    def set_champion_run() -> None:
         @task(outlets=[champion])  # a new champion: score_patients runs
         def set_champion(params: dict[str, Any] | None = None) -> dict[str, Any]:
             from pipeline.champion import promote_version
@@ -78,8 +82,9 @@ def rollback_dag(model: ModelEntry) -> Any:
 
         set_champion()
 
-    return rollback()
+    return set_champion_run()
 
 
 for _model in models():
-    rollback_dag(_model)
+    set_champion_dag(_model)
+    set_champion_dag(_model, "rollback")
