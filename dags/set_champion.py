@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
+from alerting import on_failure
 from retrain_assets import champion_model, models
 
 from pipeline.contract.config import ModelEntry
@@ -62,22 +63,31 @@ def set_champion_dag(model: ModelEntry, base_id: str = "set_champion") -> Any:
         },
     )
     def set_champion_run() -> None:
-        @task(outlets=[champion])  # a new champion: score_patients runs
+        # a new champion: score_patients runs. A refusal (a failure on the data) is noted and told as such.
+        @task(outlets=[champion], on_failure_callback=on_failure(model, refusals=True))
         def set_champion(params: dict[str, Any] | None = None) -> dict[str, Any]:
+            from alerting import PipelineNotifier, record_note
+
             from pipeline.champion import promote_version
-            from pipeline.stages import rollback_champion
+            from pipeline.monitoring import alerts
+            from pipeline.stages import FORM, rollback_champion
             from pipeline.tasks import in_airflow
+            from pipeline.views.run_notes import champion_note
 
             context = get_current_context()
             dag_run = context["dag_run"]
             actor = f"airflow:{getattr(dag_run, 'triggering_user_name', None) or 'operator'}"
             chosen, run_id = params or {}, model.run_id(dag_run.run_id)
-            change = promote_version if chosen.get("mode") == "promote" else rollback_champion
+            mode = chosen.get("mode") or "rollback"
+            change = promote_version if mode == "promote" else rollback_champion
             result: dict[str, Any] = in_airflow(model.config_path, lambda ws: change(
-                ws, run_id, to_version=chosen.get("to_version"), reason=chosen["reason"], actor=actor,
-                force=bool(chosen.get("force"))))
+                ws, run_id, to_version=chosen.get("to_version"), reason=chosen.get("reason") or "", actor=actor,
+                force=bool(chosen.get("force")), ask=FORM))
             context["outlet_events"][champion].extra = {
-                "source": chosen.get("mode") or "rollback", "version": result["champion"], "reason": result["reason"]}
+                "source": mode, "version": result["champion"], "reason": result["reason"]}
+            record_note(dag_run, champion_note(result, mode))
+            PipelineNotifier(model, alerts.new_champion(model.name, result["champion"], result["replaced"],
+                                                        f"{mode} ({actor})", result["reason"], run_id))(context)
             return result
 
         set_champion()

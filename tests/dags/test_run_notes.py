@@ -21,12 +21,17 @@ def _engine(settings: Settings) -> sa.engine.Engine:
     return db.create_engine(db.database_url(settings))
 
 
-def _note(run_id: str) -> str | None:
+def run_note(dag_id: str, run_id: str) -> str | None:
+    """The note Airflow shows beside a run (written by the `run_notes` plugin when the run ended)."""
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        return session.scalar(sa.select(DagRun).where(DagRun.dag_id == "retrain", DagRun.run_id == run_id)).note
+        return session.scalar(sa.select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)).note
+
+
+def _note(run_id: str) -> str | None:
+    return run_note("retrain", run_id)
 
 
 def _training_run(engine: sa.engine.Engine, run_id: str) -> Any:
