@@ -140,8 +140,9 @@ def performance_note(result: dict[str, Any]) -> str:
     """'v1 DEGRADED: live RMSE 127.5 on 40 outcomes, 2.36 x holdout 54.1 [2.14, 2.57]: retrain requested', or
     the verdict's own sentence when there is none to judge."""
     version, verdict = result.get("champion_version") or result.get("version"), result["verdict"]
-    refused = f"; {result['refused_outcomes']} outcomes refused by the contract" if result.get("refused_outcomes") \
-        else ""
+    count = result.get("refused_outcomes")
+    count = (count or {}).get("refused", 0) if isinstance(count, dict) or count is None else count
+    refused = f"; {count} outcomes refused by the contract" if count else ""
     if verdict in ("degraded", "not_degraded"):
         ratio = result["live_rmse"] / result["holdout_rmse"]
         interval = f" [{result['ratio_low']:.2f}, {result['ratio_high']:.2f}]" if result.get("ratio_low") is not None \
