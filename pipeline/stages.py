@@ -248,10 +248,12 @@ def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str,
             error = validate.ValidationFailed(suite["name"], failures, headline=problem)
             records.finish_run(conn, run.run_id, "validation_failed", str(error))
     if problem:
+        log.info("validation report %s", ws.report_url(run.run_id, "quality"))
         raise error
     log.info("validation: %d rows read, %d valid, %d quarantined %s; %d await their outcome (%d with faults %s); "
              "report %s", result.rows_read, result.valid_count, len(result.quarantined), result.reason_counts(),
-             awaiting.rows_read, len(awaiting.quarantined), awaiting.reason_counts(), report_path)
+             awaiting.rows_read, len(awaiting.quarantined), awaiting.reason_counts(),
+             ws.report_url(run.run_id, "quality"))
     return summary
 
 
@@ -688,8 +690,9 @@ def monitor_drift(ws: Workspace, run: Run) -> dict[str, Any]:
         records.record_drift_report(conn, report)
     drifted = [f["feature"] for f in report["features"] if f["drifted"]]
     log.info("drift verdict %s (%d recent rows; %d quarantined by the contract, a quality signal: %s); drifted "
-             "features: %s", report["verdict"], report["recent_rows"], report["quarantined_rows"],
-             report["quarantine_reasons"], drifted)
+             "features: %s%s", report["verdict"], report["recent_rows"], report["quarantined_rows"],
+             report["quarantine_reasons"], drifted,
+             f"; report {ws.report_url(run.run_id, 'drift')}" if report["report_path"] else "")
     return {"run_id": run.run_id, "verdict": report["verdict"], "drifted_features": drifted,
             "champion_version": report["champion_version"],
             "recent_rows": report["recent_rows"], "unreadable_rows": report["unreadable_rows"],

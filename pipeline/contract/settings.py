@@ -15,6 +15,8 @@ ENV_ARTIFACT_STORE = "PIPELINE_ARTIFACT_STORE"
 ARTIFACT_STORES = ("local", "postgres")  # postgres: the artifact dir is this machine's cache of the team store
 ENV_PGDATA = "PIPELINE_PGDATA"
 ENV_MODELS_DIR = "PIPELINE_MODELS_DIR"
+ENV_VIEW_URL = "PIPELINE_VIEW_URL"
+VIEW_PATH = "/models-view"  # where plugins/models_view.py mounts the Models view in the Airflow UI
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Settings:
     pgdata_dir: Path
     models_dir: Path = PROJECT_ROOT / "models"  # more model configs (*.yaml), each with DAGs of its own
     artifact_store: str = "local"  # see ARTIFACT_STORES and `pipeline.store.artifacts.ArtifactStore`
+    view_url: str = VIEW_PATH  # the Models view, as logs link reports (http://host:8080/models-view under Airflow)
 
     def __post_init__(self) -> None:
         if self.artifact_store not in ARTIFACT_STORES:
@@ -47,4 +50,5 @@ class Settings:
             pgdata_dir=Path(env.get(ENV_PGDATA) or PROJECT_ROOT / ".pgdata"),
             models_dir=Path(env.get(ENV_MODELS_DIR) or PROJECT_ROOT / "models"),
             artifact_store=env.get(ENV_ARTIFACT_STORE) or "local",
+            view_url=(env.get(ENV_VIEW_URL) or VIEW_PATH).rstrip("/"),
         )
