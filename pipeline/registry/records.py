@@ -471,5 +471,6 @@ def record_run_note(engine: Engine, dag_id: str, run_id: str, note: str) -> None
 
 def run_note(conn: Connection, dag_id: str, run_id: str) -> str | None:
     """The outcome note a task recorded for an Airflow run, if any."""
-    return conn.scalar(sa.text("SELECT note FROM pipeline.run_notes WHERE dag_id = :d AND run_id = :r"),
+    note = conn.scalar(sa.text("SELECT note FROM pipeline.run_notes WHERE dag_id = :d AND run_id = :r"),
                        {"d": dag_id, "r": run_id})
+    return None if note is None else str(note)
