@@ -86,7 +86,7 @@ def validation_note(reason: str | None) -> str:
     headline = lines[0].rstrip(":") if lines else "no reason recorded"
     failed = []
     for line in lines[1:]:
-        found = re.match(r"\s*- (\S+) on (\S+?)(?:: (\d+) row\(s\))?(?::|$)", line)
+        found = re.match(r"\s*- (\S+) on (\S+?)(?:: (\d+) row\(s\))?(?:[:,]|$)", line)
         if found:
             expectation, column, rows = found.groups()
             failed.append(f"{expectation} on {column}" + (f" ({rows} rows)" if rows else ""))
