@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
+from alerting import on_failure
 from retrain_assets import labelled_records, models
 
 from pipeline.contract.config import ModelEntry
@@ -44,20 +45,31 @@ def monitor_performance_dag(model: ModelEntry) -> Any:
         catchup=False,
         max_active_runs=1,
         tags=["monitoring", model.name],
+        description=("Daily at 01:30 UTC, or when outcomes arrive (asset "
+                     f"{asset.name}): the champion judged on real outcomes; a degraded one starts a retrain"),
         doc_md=__doc__,
     )
     def monitor_performance() -> None:
-        @task(retries=2, retry_delay=timedelta(seconds=30), retry_exponential_backoff=2.0)
+        @task(retries=2, retry_delay=timedelta(seconds=30), retry_exponential_backoff=2.0,
+              on_failure_callback=on_failure(model))
         def check_performance() -> dict[str, Any]:
+            from alerting import PipelineNotifier, record_note
+
+            from pipeline.monitoring import alerts
             from pipeline.monitoring.performance import monitor_performance
             from pipeline.registry.runs import Run
             from pipeline.tasks import in_airflow
+            from pipeline.views.run_notes import performance_note
 
             context = get_current_context()
             dag_run = context["dag_run"]
             run = Run(run_id=model.run_id(dag_run.run_id), watermark=context.get("data_interval_end") or dag_run.run_after,
                       triggered_by="monitor_performance")
             result = in_airflow(model.config_path, lambda ws: monitor_performance(ws, run))
+            record_note(dag_run, performance_note(result))
+            degraded = alerts.degraded_champion(model.name, result)
+            if degraded is not None:
+                PipelineNotifier(model, degraded)(context)
             return {"run_id": result["run_id"], "verdict": result["verdict"], "degraded": result["degraded"],
                     "version": result["champion_version"], "outcomes": result["outcomes"],
                     "live_rmse": result["live_rmse"], "holdout_rmse": result["holdout_rmse"],

@@ -44,6 +44,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
+from alerting import on_failure
 from retrain_assets import champion_model, labelled_records, models
 
 from pipeline.contract.config import ModelEntry
@@ -178,8 +179,15 @@ def stage_tasks(model: ModelEntry, champion: Any) -> SimpleNamespace:
 
     @task(outlets=[champion], **RETRY)
     def announce_champion(result: dict[str, Any]) -> None:
-        get_current_context()["outlet_events"][champion].extra = {
+        from alerting import PipelineNotifier
+
+        from pipeline.monitoring import alerts
+
+        context = get_current_context()
+        context["outlet_events"][champion].extra = {
             "source": "promotion", "version": result["candidate_version"], "reason": result["reason"]}
+        PipelineNotifier(model, alerts.new_champion(model.name, result["candidate_version"], result.get("replaced"),
+                                                    "promoted", result["reason"], model.run_id(context["dag_run"].run_id)))(context)
 
     return SimpleNamespace(**{name: value for name, value in locals().items() if name not in ("model", "champion")})
 
@@ -198,8 +206,10 @@ def retrain_dag(model: ModelEntry) -> Any:
         catchup=False,
         max_active_runs=1,
         tags=["training", model.name],
+        description=("Nightly at 02:00 UTC, or when new labelled rows land or drift is found (asset "
+                     f"{labelled_records(model).name}): snapshot, validate, train, evaluate, promote only over the champion"),
         doc_md=__doc__,
-        default_args={"retries": 0, "on_failure_callback": partial(_record_failure, model)},
+        default_args={"retries": 0, "on_failure_callback": [partial(_record_failure, model), *on_failure(model)]},
         params=PARAMS,
     )
     def retrain() -> None:

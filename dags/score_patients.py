@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
+from alerting import on_failure
 from retrain_assets import champion_model, models
 
 from pipeline.contract.config import ModelEntry
@@ -47,16 +48,23 @@ def score_patients_dag(model: ModelEntry) -> Any:
         catchup=False,
         max_active_runs=1,
         tags=["serving", model.name],
+        description=("Nightly at 03:30 UTC, or when the champion changes (asset "
+                     f"{champion_model(model).name}): the champion's forecast for every record awaiting one, for the CRM"),
         doc_md=__doc__,
     )
     def score_patients() -> None:
-        @task(**RETRY)
+        @task(on_failure_callback=on_failure(model), **RETRY)
         def score_records() -> dict[str, Any]:
+            from alerting import record_note
+
             from pipeline.serving.scoring import score_batch
             from pipeline.tasks import in_airflow
+            from pipeline.views.run_notes import score_note
 
-            run_id = model.run_id(get_current_context()["dag_run"].run_id)
-            return in_airflow(model.config_path, lambda ws: score_batch(ws, run_id))
+            dag_run = get_current_context()["dag_run"]
+            summary: dict[str, Any] = in_airflow(model.config_path, lambda ws: score_batch(ws, model.run_id(dag_run.run_id)))
+            record_note(dag_run, score_note(summary))
+            return summary
 
         score_records()
 

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from pipeline.data import ingest
 from pipeline.registry import records
 from pipeline.serving.scoring import PREDICTIONS
-from pipeline.stages import verify_artifact, vet_champion_to_be
+from pipeline.stages import CLI, Asking, verify_artifact, vet_champion_to_be
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -61,19 +61,20 @@ def _performance(ws: Workspace, version: int) -> dict[str, Any]:
 
 
 def promote_version(ws: Workspace, run_id: str, to_version: int | None, reason: str, actor: str = "operator",
-                    force: bool = False) -> dict[str, Any]:
+                    force: bool = False, ask: Asking = CLI) -> dict[str, Any]:
     """Make a registered version champion by an operator's choice, hash-checked first, its live evidence in
-    the event. A version that failed its policy checks when evaluated (or never was) needs `force`."""
+    the event. A version that failed its policy checks when evaluated (or never was) needs `force`. A refusal
+    says what to set in the operator's words (`ask`: the CLI's flags, or the form's fields)."""
     if not reason or not reason.strip():
-        raise ValueError("a promotion needs a reason (--reason)")
+        raise ValueError(f"a promotion needs a reason ({ask.reason})")
     if to_version is None:
-        raise ValueError("a promotion needs the version to make champion (--to VERSION; to_version in the DAG)")
+        raise ValueError(f"a promotion needs the version to make champion: {ask.version}")
     with ws.engine.connect() as conn:
         records.get_model(conn, to_version, ws.model)  # a version of this model, or an error naming it
         current = records.current_champion(conn, ws.model)
     if current is not None and current["version"] == to_version:
         raise ValueError(f"version {to_version} is already the champion of {ws.model}")
-    failed = vet_champion_to_be(ws, to_version, force, "Promote it")
+    failed = vet_champion_to_be(ws, to_version, force, "Promote it", ask)
     evidence = live_evidence(ws, to_version)
     recorded = reason.strip() + (f" [forced past failed checks: {'; '.join(failed)}]" if failed else "")
     replaced = records.set_champion(ws.engine, ws.model, to_version, run_id, actor, f"promote: {recorded}",

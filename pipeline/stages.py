@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -268,10 +268,12 @@ def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str,
             error = validate.ValidationFailed(suite["name"], failures, headline=problem)
             records.finish_run(conn, run.run_id, "validation_failed", str(error))
     if problem:
+        log.info("validation report %s", ws.report_url(run.run_id, "quality"))
         raise error
     log.info("validation: %d rows read, %d valid, %d quarantined %s; %d await their outcome (%d with faults %s); "
              "report %s", result.rows_read, result.valid_count, len(result.quarantined), result.reason_counts(),
-             awaiting.rows_read, len(awaiting.quarantined), awaiting.reason_counts(), report_path)
+             awaiting.rows_read, len(awaiting.quarantined), awaiting.reason_counts(),
+             ws.report_url(run.run_id, "quality"))
     return summary
 
 
@@ -692,7 +694,8 @@ def promote_candidate(ws: Workspace, run: Run, dry_run: bool = False, actor: str
     with ws.engine.begin() as conn:
         records.finish_run(conn, run.run_id, status, outcome)
     log.info("promote: %s", outcome)
-    return {"status": status, "candidate_version": version, "reason": outcome}
+    return {"status": status, "candidate_version": version, "reason": outcome,
+            "replaced": evaluation["champion_version"]}
 
 
 def mark_run_failed(ws: Workspace, run_id: str, reason: str, kind: str = "data") -> None:
@@ -738,9 +741,11 @@ def monitor_drift(ws: Workspace, run: Run) -> dict[str, Any]:
         records.record_drift_report(conn, report)
     drifted = [f["feature"] for f in report["features"] if f["drifted"]]
     log.info("drift verdict %s (%d recent rows; %d quarantined by the contract, a quality signal: %s); drifted "
-             "features: %s", report["verdict"], report["recent_rows"], report["quarantined_rows"],
-             report["quarantine_reasons"], drifted)
+             "features: %s%s", report["verdict"], report["recent_rows"], report["quarantined_rows"],
+             report["quarantine_reasons"], drifted,
+             f"; report {ws.report_url(run.run_id, 'drift')}" if report["report_path"] else "")
     return {"run_id": run.run_id, "verdict": report["verdict"], "drifted_features": drifted,
+            "champion_version": report["champion_version"],
             "recent_rows": report["recent_rows"], "unreadable_rows": report["unreadable_rows"],
             "quarantined_rows": report["quarantined_rows"], "quarantine_reasons": report["quarantine_reasons"],
             "report_path": report["report_path"],
@@ -771,7 +776,22 @@ def failed_policy_checks(conn: Any, model: dict[str, Any]) -> list[str]:
     return failed
 
 
-def vet_champion_to_be(ws: Workspace, version: int, force: bool, verb: str) -> list[str]:
+@dataclass(frozen=True)
+class Asking:
+    """How a refusal tells the operator to set an option of a champion change: the CLI's flags by default, the
+    Set champion form's fields (`FORM`) when the DAG made the change."""
+
+    reason: str = "--reason"
+    version: str = "name one with --to VERSION"
+    force: str = "with --force"
+
+
+CLI = Asking()
+FORM = Asking(reason="the form's Reason field", version="choose one in the form's Version field",
+              force="with Force ticked in the form")
+
+
+def vet_champion_to_be(ws: Workspace, version: int, force: bool, verb: str, ask: Asking = CLI) -> list[str]:
     """Before an operator makes `version` champion: it is a version of this model, its artifact matches its
     registered SHA-256, and it passed its policy checks unless `force`; returns the checks it failed."""
     with ws.engine.connect() as conn:
@@ -779,7 +799,7 @@ def vet_champion_to_be(ws: Workspace, version: int, force: bool, verb: str) -> l
         failed = failed_policy_checks(conn, model)
     if failed and not force:
         raise ValueError(f"version {version} failed its policy checks: {'; '.join(failed)}. {verb} only "
-                         "with --force (the checks are recorded in the promotion event)")
+                         f"{ask.force} (the checks are recorded in the promotion event)")
     verify_artifact(ws, model)
     return failed
 
@@ -790,16 +810,17 @@ def verify_artifact(ws: Workspace, model: dict[str, Any]) -> None:
 
 
 def rollback_champion(ws: Workspace, run_id: str, reason: str, to_version: int | None = None,
-                      actor: str = "operator", force: bool = False) -> dict[str, Any]:
+                      actor: str = "operator", force: bool = False, ask: Asking = CLI) -> dict[str, Any]:
     """Make an earlier version champion again (default: the one the champion replaced), hash-checked first.
-    A version that failed policy checks when evaluated needs `force`; the checks go into the event."""
+    A version that failed policy checks when evaluated needs `force`; the checks go into the event. A refusal
+    says what to set in the operator's words (`ask`: the CLI's flags, or the form's fields)."""
     if not reason or not reason.strip():
-        raise ValueError("a rollback needs a reason (--reason)")
+        raise ValueError(f"a rollback needs a reason ({ask.reason})")
     with ws.engine.connect() as conn:
         target = to_version if to_version is not None else records.previous_champion(conn, ws.model)
     if target is None:
-        raise ValueError(f"no earlier champion of {ws.model} to roll back to; name one with --to VERSION")
-    failed = vet_champion_to_be(ws, target, force, "Roll back to it")
+        raise ValueError(f"no earlier champion of {ws.model} to roll back to; {ask.version}")
+    failed = vet_champion_to_be(ws, target, force, "Roll back to it", ask)
     recorded = reason.strip() + (f" [forced past failed checks: {'; '.join(failed)}]" if failed else "")
     replaced = records.rollback(ws.engine, ws.model, target, run_id, actor, recorded)
     log.info("rolled back: version %s is champion again (replacing %s): %s", target, replaced, recorded)

@@ -46,7 +46,9 @@ def in_airflow(config_path: str | Path, work: Callable[[Any], Any]) -> Any:
     pools sized to its slot on the worker (`threads.for_task`): opening the workspace (the database) fails the
     same way as the work itself."""
     from pipeline.runtime import threads
+    from pipeline.runtime.logs import quiet_libraries
 
+    quiet_libraries()  # before the stage imports Great Expectations: its import alone logs ~210 lines
     settings = replace(Settings.from_env(), config_path=Path(config_path))
 
     def task() -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy.engine import Engine
 
@@ -73,3 +74,7 @@ class Workspace:
 
     def relative(self, path: Path | str) -> str:
         return artifacts.relative_path(self.settings.artifact_dir, Path(path))
+
+    def report_url(self, run_id: str, kind: str) -> str:
+        """Where the Models view shows a run's report (`kind`: quality, drift, performance...): logs link it."""
+        return f"{self.settings.view_url}/{quote(self.model, safe='')}/runs/{quote(run_id, safe='')}/{kind}"

@@ -2,7 +2,8 @@
 
 Routes only: every query and every page comes from `pipeline.views.models_view`. Access is Airflow's own:
 each request must carry the UI's session cookie or an API Bearer token that Airflow's auth manager
-accepts and that may read DAGs; anything else is refused (401 without a token, 403 for a bad one).
+accepts and that may read DAGs; anything else is refused (401 without a token, 403 for a bad one); a
+browser asking for a page without one is sent to Airflow's login, and back.
 The pipeline package (pandas, scikit-learn) is imported on the first request, not when Airflow
 loads plugins in every process.
 """
@@ -16,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -60,6 +63,19 @@ def _links(request: Request) -> Links:
     from pipeline.views.models_view import Links
     base = str(request.scope.get("root_path", "")).rstrip("/")  # where this app is mounted, behind any base_url
     return Links(base=base, airflow=base.removesuffix(URL_PREFIX))
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _login_first(request: Request, exc: StarletteHTTPException) -> Response:
+    """A browser that is not logged in (401 on a request for a page) goes to Airflow's login, which sends it
+    back here; any other client, and any other refusal, gets the error as before."""
+    if exc.status_code == 401 and "text/html" in request.headers.get("accept", ""):
+        from airflow.api_fastapi.app import get_auth_manager
+
+        login = get_auth_manager().get_url_login(next_url=str(request.url))
+        airflow = str(request.scope.get("root_path", "")).rstrip("/").removesuffix(URL_PREFIX)
+        return RedirectResponse(airflow + login if login.startswith("/") else login, status_code=303)
+    return await http_exception_handler(request, exc)
 
 
 @app.get("/", response_class=HTMLResponse)

@@ -2,7 +2,8 @@
 changes emit.
 
 Each model config (PIPELINE_CONFIG, plus every *.yaml in PIPELINE_MODELS_DIR) gets its own
-`retrain`, `monitor_drift`, `monitor_performance`, `rollback` and `score_patients` DAGs and its own assets; the primary config's
+`retrain`, `monitor_drift`, `monitor_performance`, `set_champion` (and its old id `rollback`) and
+`score_patients` DAGs and its own assets; the primary config's
 keep the plain ids (`retrain`, `labelled_patient_records`, `champion_model`), the others carry the model name.
 Parsing reads only each file's `model:` name: pipeline.contract.config and pipeline.contract.settings import no
 heavy library.

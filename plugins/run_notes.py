@@ -1,11 +1,13 @@
-"""The outcome of every `retrain` run as its DAG run note ("promoted v3: RMSE 46.9 → 45.1", "skipped: no new data").
+"""The outcome of every run of the project's DAGs as its DAG run note ("promoted v3: RMSE 46.9 → 45.1", "skipped:
+no new data", "v3 scored 34 of 40 records; 6 refused: ...", "refused: ...; nothing changed").
 
 A task cannot write its run's note in Airflow 3: the Task SDK reads `dag_run.note` but has no call that
 sets it, and a task process has no access to the metadata database. So the note is written by a
 listener, in the process that sets the run's final state (the scheduler, or the one running `dag.test()`),
 which may use Airflow's ORM: `on_dag_run_success` / `on_dag_run_failed`. The words come from
-`pipeline.views.run_notes`, read from the registry, so a run that failed, was skipped or was refused
-gets its note too. A note the operator gave at trigger time is kept below the outcome.
+`pipeline.views.run_notes`: a retrain's are read from the registry, so a run that failed, was skipped or was
+refused gets its note too; every other DAG's task records its outcome, or its failure, in `pipeline.run_notes`
+(`plugins/alerting.py`), read here. A note the operator gave at trigger time is kept below the outcome.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 log = logging.getLogger(__name__)
+MAX_NOTE = 1000  # dag_run_note.content is a varchar(1000)
 
 
 def _engine() -> Engine:
@@ -37,25 +40,41 @@ def _engine_on(url: str) -> Engine:
     return db.create_engine(url)
 
 
-def _registry_run_id(dag_id: str, run_id: str) -> str | None:
-    """The registry's id of a retrain DAG run; None for any other DAG."""
+NOTED_DAGS = ("retrain", "score_patients", "monitor_drift", "monitor_performance", "set_champion", "rollback")
+
+
+def _kind_of(dag_id: str) -> tuple[str, Any] | None:
+    """Which of the project's DAGs this is ('retrain', 'score_patients', ...) and its model; None for another."""
     from retrain_assets import models
 
-    return next((m.run_id(run_id) for m in models() if m.dag_id("retrain") == dag_id), None)
+    return next(((base, m) for m in models() for base in NOTED_DAGS if m.dag_id(base) == dag_id), None)
 
 
-def write_outcome_note(dag_run: Any) -> None:
-    """Set the note of a finished retrain run to its outcome, keeping a note given at trigger time."""
+def _outcome(dag_run: Any, failed: bool) -> str | None:
+    """The note of a finished run: a retrain's from the registry, any other's as its task recorded it."""
+    from pipeline.registry import records
     from pipeline.views.run_notes import note_of_run
 
-    run_id = _registry_run_id(dag_run.dag_id, dag_run.run_id)
-    if run_id is None:
-        return
+    found = _kind_of(dag_run.dag_id)
+    if found is None:
+        return None
+    base, model = found
+    with _engine().connect() as conn:
+        if base == "retrain":
+            return note_of_run(conn, model.run_id(dag_run.run_id))
+        recorded = records.run_note(conn, dag_run.dag_id, dag_run.run_id)
+    return recorded or ("failed before any stage ran: see the task log" if failed else None)
+
+
+def write_outcome_note(dag_run: Any, failed: bool = False) -> None:
+    """Set the note of a finished run of the project's DAGs to its outcome, keeping a note given at trigger time."""
+    run_id = dag_run.run_id
     try:
-        with _engine().connect() as conn:
-            outcome = note_of_run(conn, run_id)
+        outcome = _outcome(dag_run, failed)
     except Exception:  # noqa: BLE001 - a note never fails the scheduler; the run's state stands
         log.warning("no outcome note for run %s: the registry could not be read", run_id, exc_info=True)
+        return
+    if outcome is None:
         return
     try:
         _set_note(dag_run.id, outcome)
@@ -80,7 +99,8 @@ def _set_note(dag_run_pk: int, outcome: str) -> None:
         run = session.get(DagRun, dag_run_pk)
         given = run.note if run else None
         if run is not None and given != outcome:
-            run.note = outcome if not given or given.startswith(outcome) else f"{outcome}\n\n{given}"
+            note = outcome if not given or given.startswith(outcome) else f"{outcome}\n\n{given}"
+            run.note = note if len(note) <= MAX_NOTE else note[: MAX_NOTE - 1] + "…"
             session.commit()
 
 
@@ -91,7 +111,7 @@ class _RunNotes:
 
     @hookimpl
     def on_dag_run_failed(self, dag_run: Any, msg: str) -> None:
-        write_outcome_note(dag_run)
+        write_outcome_note(dag_run, failed=True)
 
 
 class RunNotesPlugin(AirflowPlugin):

@@ -84,6 +84,7 @@ def scratch_airflow(server_url: str, tmp: Path, config_path: Path,
         "AIRFLOW__API__PORT": str(port), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
         "AIRFLOW__SCHEDULER__WORKER_LOG_SERVER_PORT": str(free_port()),
         "AIRFLOW__TRIGGERER__TRIGGERER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",  # a test unpauses what it runs (make airflow: all)
         **(extra_env or {}),
     })
     try:

@@ -17,6 +17,8 @@ def exec_airflow(settings: Settings, airflow_args: list[str]) -> None:
     from pipeline.cli.localenv import ADMIN_USER, admin_password, airflow_environment, airflow_home
 
     env = {**os.environ, **airflow_environment(settings, dict(os.environ))}
+    if airflow_args[:1] == ["standalone"]:  # `make airflow`: every DAG starts unpaused (UNPAUSED_DAGS in the README)
+        env.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False")
     bin_dir = os.path.dirname(sys.executable)  # `airflow standalone` starts `airflow ...` from PATH
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
     if airflow_args[:1] in (["standalone"], ["api-server"]):

@@ -11,7 +11,7 @@ import os
 import secrets
 from pathlib import Path
 
-from pipeline.contract.settings import ENV_DATABASE_URL, PROJECT_ROOT, Settings
+from pipeline.contract.settings import ENV_DATABASE_URL, ENV_VIEW_URL, PROJECT_ROOT, VIEW_PATH, Settings
 from pipeline.store import db
 
 ADMIN_USER = "admin"
@@ -56,6 +56,8 @@ def airflow_environment(settings: Settings, environ: dict[str, str], metadata_db
         # Task processes reach the API server here; follow the port when it is not 8080.
         port = environ.get("AIRFLOW__API__PORT") or "8080"
         env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://localhost:{port}/execution/"
+    if not environ.get(ENV_VIEW_URL):  # task logs link reports by their Models-view URL
+        env[ENV_VIEW_URL] = f"http://localhost:{environ.get('AIRFLOW__API__PORT') or '8080'}{VIEW_PATH}"
     if not environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
         metadata_url = db.with_database(pipeline_url, metadata_db)
         db.ensure_database(metadata_url)

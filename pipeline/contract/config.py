@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -212,6 +212,35 @@ class DatabasePolicy:
     lock_timeout_seconds: int = 60  # waiting for a lock: promotion, schema apply, arrival signals
 
 
+ALERT_EVENTS = ("failed_run", "degraded_champion", "drift_alarm", "refused_promotion", "new_champion")
+
+
+@dataclass(frozen=True)
+class EmailAlerts:
+    """Where alert e-mails go: an SMTP server (its password, if any, in PIPELINE_SMTP_PASSWORD), sender, recipients."""
+
+    smtp_host: str
+    sender: str
+    recipients: tuple[str, ...]
+    smtp_port: int = 25
+    starttls: bool = False
+    username: str | None = None
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    """Who is told when something happens (`alerts:`): off unless an e-mail or a webhook is set."""
+
+    email: EmailAlerts | None = None
+    webhook_url: str | None = None  # a Slack- or Teams-compatible incoming webhook: a JSON POST {"text": ...}
+    events: tuple[str, ...] = ALERT_EVENTS
+    timeout_seconds: float = 10.0  # one delivery attempt; a failed one is logged, never retried
+
+    @property
+    def enabled(self) -> bool:
+        return self.email is not None or self.webhook_url is not None
+
+
 @dataclass(frozen=True)
 class ErasurePolicy:
     """A patient's erasure (issue 30): how soon a champion trained on erased rows must be replaced."""
@@ -232,6 +261,7 @@ class PipelineConfig:
     database: DatabasePolicy = field(default_factory=DatabasePolicy)
     serving: ServingPolicy = field(default_factory=ServingPolicy)
     erasure: ErasurePolicy = field(default_factory=ErasurePolicy)
+    alerts: AlertPolicy = field(default_factory=AlertPolicy)
 
 
 def _require(section: dict[str, Any], key: str, where: str) -> Any:
@@ -501,6 +531,51 @@ def _parse_serving(raw: dict[str, Any], path: Path) -> ServingPolicy:
                          interval_conditional_on=_conditional_on(raw.get("interval_conditional_on"), where))
 
 
+def _known_keys(raw: Any, known: Iterable[str], where: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {raw!r}")
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    return raw
+
+
+def _parse_alerts(raw: Any, path: Path) -> AlertPolicy:
+    where = f"{path}: alerts"
+    raw = _known_keys(raw, ("email", "webhook_url", "events", "timeout_seconds"), where)
+    events = raw.get("events", list(ALERT_EVENTS))
+    if not isinstance(events, list) or any(e not in ALERT_EVENTS for e in events):
+        raise ConfigError(f"{where}.events must be a list of {list(ALERT_EVENTS)}, got {events!r}")
+    url = raw.get("webhook_url")
+    if url is not None and not (isinstance(url, str) and re.match(r"https?://\S+$", url)):
+        raise ConfigError(f"{where}.webhook_url must be an http(s) URL, got {url!r}")
+    timeout = float(_as_number(raw.get("timeout_seconds", 10.0), f"{where}.timeout_seconds"))
+    if not timeout > 0:
+        raise ConfigError(f"{where}.timeout_seconds must be over 0, got {timeout}")
+    email = None if raw.get("email") is None else _parse_email(raw["email"], f"{where}.email")
+    return AlertPolicy(email=email, webhook_url=url, events=tuple(events), timeout_seconds=timeout)
+
+
+def _parse_email(raw: Any, where: str) -> EmailAlerts:
+    raw = _known_keys(raw, [f.name for f in fields(EmailAlerts)], where)
+    for key in ("smtp_host", "sender"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise ConfigError(f"{where}.{key} is needed (a text), got {raw.get(key)!r}")
+    recipients = raw.get("recipients")
+    if not isinstance(recipients, list) or not recipients or not all(isinstance(r, str) and "@" in r
+                                                                     for r in recipients):
+        raise ConfigError(f"{where}.recipients must be a list of e-mail addresses, got {recipients!r}")
+    port = int(_as_number(raw.get("smtp_port", 25), f"{where}.smtp_port", int))
+    if not 0 < port < 65536:
+        raise ConfigError(f"{where}.smtp_port must be a port number, got {port}")
+    starttls = raw.get("starttls", False)
+    if not isinstance(starttls, bool):
+        raise ConfigError(f"{where}.starttls must be true or false, got {starttls!r}")
+    username = raw.get("username")
+    return EmailAlerts(smtp_host=raw["smtp_host"], sender=raw["sender"], recipients=tuple(recipients), smtp_port=port,
+                       starttls=starttls, username=None if username is None else str(username))
+
+
 def _origins(raw: Any, key: str) -> tuple[str, ...]:
     """Browser origins such as https://crm.example.org: scheme and host (and port), no path, no wildcard."""
     if not isinstance(raw, list) or not all(isinstance(o, str) for o in raw):
@@ -575,6 +650,7 @@ def load_config(path: Path) -> PipelineConfig:
         database=_parse_database(raw.get("database") or {}, path),
         serving=_parse_serving(raw.get("serving") or {}, path),
         erasure=_parse_erasure(raw.get("erasure") or {}, path),
+        alerts=_parse_alerts(raw.get("alerts") or {}, path),
     )
     check_ranges(config)
     check_column_names(config)

@@ -16,6 +16,8 @@ ARTIFACT_STORES = ("local", "postgres")  # postgres: the artifact dir is this ma
 ENV_PGDATA = "PIPELINE_PGDATA"
 ENV_MODELS_DIR = "PIPELINE_MODELS_DIR"
 ENV_ERASURE_KEY_FILE = "PIPELINE_ERASURE_KEY_FILE"  # the key of erased ids' tombstones: outside the artifact store
+ENV_VIEW_URL = "PIPELINE_VIEW_URL"
+VIEW_PATH = "/models-view"  # where plugins/models_view.py mounts the Models view in the Airflow UI
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Settings:
     models_dir: Path = PROJECT_ROOT / "models"  # more model configs (*.yaml), each with DAGs of its own
     artifact_store: str = "local"  # see ARTIFACT_STORES and `pipeline.store.artifacts.ArtifactStore`
     erasure_key_file: Path = PROJECT_ROOT / ".secrets" / "erasure.key"  # made on first use, mode 0600
+    view_url: str = VIEW_PATH  # the Models view, as logs link reports (http://host:8080/models-view under Airflow)
 
     def __post_init__(self) -> None:
         if self.artifact_store not in ARTIFACT_STORES:
@@ -50,4 +53,5 @@ class Settings:
             models_dir=Path(env.get(ENV_MODELS_DIR) or PROJECT_ROOT / "models"),
             artifact_store=env.get(ENV_ARTIFACT_STORE) or "local",
             erasure_key_file=Path(env.get(ENV_ERASURE_KEY_FILE) or PROJECT_ROOT / ".secrets" / "erasure.key"),
+            view_url=(env.get(ENV_VIEW_URL) or VIEW_PATH).rstrip("/"),
         )

@@ -514,3 +514,19 @@ def last_kept_candidate(conn: Connection, model: str) -> int | None:
          WHERE r.model = :model AND r.status = 'kept' ORDER BY e.created_at DESC, e.candidate_version DESC LIMIT 1
     """), {"model": model})
     return int(version) if version is not None else None
+
+
+def record_run_note(engine: Engine, dag_id: str, run_id: str, note: str) -> None:
+    """The outcome note of an Airflow run (`pipeline.run_notes`), replacing an earlier try's."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("""
+            INSERT INTO pipeline.run_notes (dag_id, run_id, note) VALUES (:dag_id, :run_id, :note)
+            ON CONFLICT (dag_id, run_id) DO UPDATE SET note = EXCLUDED.note, recorded_at = now()
+        """), {"dag_id": dag_id, "run_id": run_id, "note": note})
+
+
+def run_note(conn: Connection, dag_id: str, run_id: str) -> str | None:
+    """The outcome note a task recorded for an Airflow run, if any."""
+    note = conn.scalar(sa.text("SELECT note FROM pipeline.run_notes WHERE dag_id = :d AND run_id = :r"),
+                       {"d": dag_id, "r": run_id})
+    return None if note is None else str(note)

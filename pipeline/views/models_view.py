@@ -212,9 +212,27 @@ def quarantine_codes(conn: Connection, model: str) -> list[tuple[str, int]]:
 # --- HTML pieces -----------------------------------------------------------------------------------
 
 def link(href: str, label: Any, top: bool = False) -> Html:
-    """An escaped link; `top` opens it in the whole window (an Airflow page, out of the view's frame)."""
-    target = " target='_top'" if top else ""
+    """An escaped link; `top` opens it in the whole window (an Airflow page, out of the view's frame:
+    `FRAME_LINKS` when the view is framed, `target='_top'` when it is not)."""
+    target = " target='_top' data-airflow='1'" if top else ""
     return Html(f"<a href='{html.escape(href, quote=True)}'{target}>{text(label)}</a>")
+
+
+# Airflow frames the view with sandbox="allow-scripts allow-same-origin allow-forms allow-downloads": no
+# allow-top-navigation, so a target='_top' link does nothing there ("Unsafe attempt to initiate navigation").
+# The frame is same-origin, so a link to an Airflow page is handed to the UI's own router instead: a new entry in
+# the top window's history and the popstate event its router listens to, which is no navigation of the frame's.
+FRAME_LINKS = """<script>document.addEventListener('click', function (e) {
+  var a = e.target.closest ? e.target.closest('a[data-airflow]') : null;
+  if (!a || window.top === window || e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey) { return; }
+  try {
+    var top = window.top, state = top.history.state || {};
+    top.history.pushState({usr: null, key: Math.random().toString(36).slice(2, 10), idx: (state.idx || 0) + 1},
+                          '', a.href);
+    top.dispatchEvent(new top.PopStateEvent('popstate', {state: top.history.state}));
+    e.preventDefault();
+  } catch (err) { /* a parent of another origin: the link's own target stands */ }
+});</script>"""
 
 
 def cell(value: Any) -> str:
@@ -242,7 +260,8 @@ def nav(items: Iterable[tuple[str, str]]) -> str:
 def page(title: str, body: str, crumbs: Iterable[tuple[str, str]] = ()) -> str:
     """A whole HTML document of the view."""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{VIEW_STYLE}</style></head><body>{nav(crumbs)}<h1>{html.escape(title)}</h1>{body}</body></html>")
+            f"<style>{VIEW_STYLE}</style>{FRAME_LINKS}</head><body>{nav(crumbs)}<h1>{html.escape(title)}</h1>{body}"
+            "</body></html>")
 
 
 def metric(metrics: Mapping[str, Any] | None, name: str) -> Any:
@@ -342,8 +361,8 @@ def trend_svg(points: Sequence[Mapping[str, Any]], width: int = 640, height: int
 
 def actions_html(links: Links, entry: ModelEntry, champion: int | None) -> str:
     """How to change the champion or the shadow set: through the DAGs' triggers, never from this page."""
-    rollback = entry.dag_id("rollback")
-    return (f"<p>To change the champion, trigger the {link(links.dag(rollback), rollback, top=True)} DAG "
+    set_champion = entry.dag_id("set_champion")
+    return (f"<p>To change the champion, trigger the {link(links.dag(set_champion), set_champion, top=True)} DAG "
             "(<b>Trigger</b> on its page) with its params: <code>mode</code> <code>rollback</code> (back to an "
             "earlier champion; the previous one when <code>to_version</code> is empty) or <code>promote</code> "
             "(make any registered version champion), <code>to_version</code>, a <code>reason</code> (recorded "

@@ -115,9 +115,32 @@ def test_each_model_config_gets_dags_of_its_own() -> None:
     assert dags == str(["monitor_drift", "monitor_drift__clinic_progression", "monitor_performance",
                         "monitor_performance__clinic_progression", "process_erasures", "retrain",
                         "retrain__clinic_progression", "rollback", "rollback__clinic_progression", "score_patients",
-                        "score_patients__clinic_progression"])
+                        "score_patients__clinic_progression", "set_champion", "set_champion__clinic_progression"])
     assert clinic_asset == "labelled_records__clinic_progression ['clinic_progression', 'training']"
     assert primary_asset == "labelled_patient_records"
+
+
+def test_every_dag_explains_itself(dag_bag: Any) -> None:
+    """A description on each DAG (the UI's list shows it), saying when it runs; the scheduled ones show the cron and
+    the asset in their schedule."""
+    assert len(dag_bag.dags) >= 6
+    for dag in dag_bag.dags.values():
+        assert dag.description and len(dag.description) > 40, dag.dag_id
+    for dag_id, cron, asset in (("retrain", "0 2 * * *", "labelled_patient_records"),
+                                ("score_patients", "30 3 * * *", "champion_model"),
+                                ("monitor_performance", "30 1 * * *", "labelled_patient_records")):
+        dag = dag_bag.dags[dag_id]
+        assert dag.timetable.timetable.expression == cron, dag_id  # the UI's schedule: "Asset or <cron>"
+        assert dag.timetable.asset_condition.name == asset and asset in dag.description, dag_id
+    assert dag_bag.dags["monitor_drift"].timetable.expression == "0 * * * *"
+
+
+def test_set_champion_keeps_its_old_id_for_existing_callers(dag_bag: Any) -> None:
+    new, old = dag_bag.dags["set_champion"], dag_bag.dags["rollback"]
+    assert new.dag_display_name == "Set champion" and "set_champion" in old.dag_display_name
+    assert set(new.task_ids) == set(old.task_ids) == {"set_champion"}
+    assert new.params.dump() == old.params.dump()
+    assert [a.name for a in old.get_task("set_champion").outlets] == ["champion_model"]
 
 
 def _edges(dag: Any) -> set[tuple[str, str]]:

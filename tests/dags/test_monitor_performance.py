@@ -11,6 +11,7 @@ from pipeline import stages
 from pipeline.contract.settings import Settings
 from pipeline.store import db
 from pipeline.workspace import Workspace
+from tests.dags.test_run_notes import run_note
 from tests.integration.test_performance import add_records, degraded_history, register_versions
 
 
@@ -44,11 +45,16 @@ def test_a_degraded_champion_requests_a_retrain_once(airflow_db: None, dag_bag: 
         report = conn.execute(sa.text("SELECT * FROM pipeline.performance_reports WHERE run_id = :r"),
                               {"r": first.run_id}).mappings().one()
     assert (report["verdict"], report["degraded"], report["signal_id"]) == ("degraded", True, event["signal_id"])
+    assert run_note("monitor_performance", first.run_id) == (
+        f"v{version} DEGRADED: live RMSE {report['live_rmse']:.1f} on {report['outcomes']} outcomes, "
+        f"{report['live_rmse'] / 10.0:.2f} x holdout 10.0 [{report['ratio_low']:.2f}, {report['ratio_high']:.2f}]: "
+        "retrain requested")
 
     second = dag.test()  # the same evidence: the signal is remembered, nothing is emitted
 
     assert second.state == "success"
     assert _retrain_events(second.run_id) == []
+    assert (run_note("monitor_performance", second.run_id) or "").endswith(": retrain already requested")
     ws.engine.dispose()
 
 

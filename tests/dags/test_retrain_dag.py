@@ -12,6 +12,7 @@ from pipeline.contract.settings import Settings
 from pipeline.data import demo
 from pipeline.registry import records
 from pipeline.store import db
+from tests.dags.test_run_notes import run_note
 
 
 def _engine(settings: Settings) -> sa.engine.Engine:
@@ -76,6 +77,10 @@ def test_failed_validation_fails_the_run_and_keeps_the_champion(airflow_db: None
     assert any(f["column"] == "sex" and 10 in f["sample_ids"] for f in stored.failures)
     assert run.status == "validation_failed"
     assert "expect_column_values_to_be_in_set on sex" in run.reason
+    failures = [f"{f['expectation']} on {f['column']}" + (f" ({f['unexpected_count']} rows)" if f.get("unexpected_count")
+                                                          else "") for f in stored.failures]
+    headline = run.reason.splitlines()[0].rstrip(":")
+    assert run_note("retrain", failed.run_id) == f"validation failed: {headline}: {'; '.join(failures)}"  # in full
 
 
 def test_an_out_of_range_param_is_refused_before_the_run(airflow_db: None, dag_bag: Any, pipeline_env: Settings) -> None:

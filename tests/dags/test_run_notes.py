@@ -3,9 +3,11 @@ PostgreSQL, the project's plugins loaded as Airflow loads them)."""
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
@@ -21,12 +23,17 @@ def _engine(settings: Settings) -> sa.engine.Engine:
     return db.create_engine(db.database_url(settings))
 
 
-def _note(run_id: str) -> str | None:
+def run_note(dag_id: str, run_id: str) -> str | None:
+    """The note Airflow shows beside a run (written by the `run_notes` plugin when the run ended)."""
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        return session.scalar(sa.select(DagRun).where(DagRun.dag_id == "retrain", DagRun.run_id == run_id)).note
+        return session.scalar(sa.select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)).note
+
+
+def _note(run_id: str) -> str | None:
+    return run_note("retrain", run_id)
 
 
 def _training_run(engine: sa.engine.Engine, run_id: str) -> Any:
@@ -40,14 +47,35 @@ def _count(engine: sa.engine.Engine, table: str) -> int:
         return int(conn.scalar(sa.text(f"SELECT count(*) FROM pipeline.{table}")))
 
 
-def test_a_promotion_and_a_run_without_new_data_say_so(airflow_db: None, dag_bag: Any, pipeline_env: Settings) -> None:
+def _task_log(records: list[logging.LogRecord], task_id: str) -> list[str]:
+    """The lines a task logged at INFO and above in a dag.test() run, between its start and end."""
+    lines, inside = [], False
+    for record in records:
+        message = record.getMessage()
+        inside = inside or f"starting task_id={task_id} " in message
+        if inside:
+            lines.append(message)
+        if f"end task task_id={task_id} " in message:
+            break
+    return lines
+
+
+def test_a_promotion_and_a_run_without_new_data_say_so(airflow_db: None, dag_bag: Any, pipeline_env: Settings,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
     engine = _engine(pipeline_env)
     demo.seed_demo(engine)
     dag = dag_bag.dags["retrain"]
 
-    first = dag.test()
+    with caplog.at_level(logging.INFO):  # a task logs at INFO in Airflow
+        first = dag.test()
     assert first.state == "success"
     assert re.fullmatch(r"promoted v1: RMSE \d+\.\d \(first champion\)", _note(first.run_id) or "")
+    # the validation says what it did in a few lines (no library chatter), its report linked in the Models view
+    validate_log = _task_log(caplog.records, "validate_snapshot")
+    assert 2 < len(validate_log) <= 8, validate_log
+    view = Settings.from_env().view_url
+    assert any(f"report {view}/diabetes_progression/runs/{quote(first.run_id, safe='')}/quality" in line
+               for line in validate_log), validate_log
 
     # the form's Logical Date is no data cut-off: a manual run reads the rows recorded up to its trigger time
     triggered = datetime.now(UTC)

@@ -12,6 +12,7 @@ from pipeline.contract.settings import Settings
 from pipeline.data import demo
 from pipeline.store import db
 from pipeline.workspace import Workspace
+from tests.dags.test_run_notes import run_note
 from tests.integration.stage_runs import SCORER_WAITING, promote_demo_champion, quick_workspace, wait_until
 
 
@@ -59,6 +60,9 @@ def test_a_promotion_announces_the_champion_and_scoring_runs(airflow_db: None, d
                                 {"r": scored.run_id})
     assert (run["status"], run["rows_selected"], run["rows_refused"]) == ("done", 25, 2)
     assert run["rows_scored"] == 23 == forecasts
+    refused = ", ".join(f"{k} {v}" for k, v in sorted(run["reason_counts"].items(), key=lambda kv: (-kv[1], kv[0])))
+    assert run_note("score_patients", scored.run_id) == (
+        f"v1 scored 23 of 25 records (awaiting_outcome); 2 refused: {refused}")
 
     kept = dag_bag.dags["retrain"].test(run_conf={"dry_run": True, "force": True})  # no new champion: no event
     assert kept.state == "success"
@@ -77,6 +81,7 @@ def test_without_a_champion_scoring_fails_in_one_line(airflow_db: None, dag_bag:
                            {"r": failed.run_id}).one()
     assert run.status == "failed"
     assert run.reason.startswith("model 'diabetes_progression' has no champion")
+    assert run_note("score_patients", failed.run_id) == f"failed (data) in score_records: {run.reason}"
 
 
 def test_promotion_and_rollback_emit_the_asset_scoring_is_scheduled_on(dag_bag: Any) -> None:

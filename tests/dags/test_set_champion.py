@@ -1,4 +1,4 @@
-"""The `rollback` (set champion) DAG through Airflow (dag.test) on a real PostgreSQL: promote a shadow, roll back."""
+"""The `set_champion` DAG through Airflow (dag.test) on a real PostgreSQL: promote a shadow, roll back."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pipeline import champion
 from pipeline.contract.settings import Settings
 from pipeline.data import demo
 from pipeline.workspace import Workspace
+from tests.dags.test_run_notes import run_note
 from tests.dags.test_score_dag import _champion_events
 from tests.integration.stage_runs import fetch, make_run, promote_demo_champion, quick_workspace, retrain_through_stages
 
@@ -38,7 +39,7 @@ def _events(ws: Workspace) -> list[tuple[Any, ...]]:
 def test_operators_promote_a_shadow_and_roll_back_with_params(airflow_db: None, dag_bag: Any,
                                                               pipeline_env: Settings) -> None:
     ws = _two_versions(pipeline_env)
-    dag = dag_bag.dags["rollback"]
+    dag = dag_bag.dags["set_champion"]
 
     promoted = dag.test(run_conf={"mode": "promote", "to_version": 2, "reason": "better on live outcomes"})
 
@@ -49,6 +50,7 @@ def test_operators_promote_a_shadow_and_roll_back_with_params(airflow_db: None, 
     assert fetch(ws, "SELECT version FROM pipeline.shadows") == []  # the champion left the shadow set
     assert _champion_events(promoted.run_id) == [
         {"source": "promote", "version": 2, "reason": "better on live outcomes"}]
+    assert run_note("set_champion", promoted.run_id) == "done: v2 is champion (was v1), promote: better on live outcomes"
 
     # every param named: dag.test in one process keeps the last run's conf as the DAG's params
     rolled_back = dag.test(run_conf={"mode": "rollback", "to_version": None, "reason": "version 2 over-predicts"})
@@ -62,13 +64,22 @@ def test_operators_promote_a_shadow_and_roll_back_with_params(airflow_db: None, 
 
     assert refused.state == "failed"
     assert _events(ws) == before and _champion_events(refused.run_id) == []
+    assert run_note("set_champion", refused.run_id) == (
+        "refused: version 1 is already the champion of diabetes_progression; nothing changed")
+
+    # a refusal says what to set in the form's words, never a CLI flag
+    unnamed = dag.test(run_conf={"mode": "promote", "to_version": None, "reason": "the better one"})
+    assert unnamed.state == "failed"
+    assert run_note("set_champion", unnamed.run_id) == (
+        "refused: a promotion needs the version to make champion: choose one in the form's Version field; "
+        "nothing changed")
     with ws.engine.connect() as conn:
         assert conn.scalar(sa.text("SELECT version FROM pipeline.champion")) == 1
     ws.engine.dispose()
 
 
 def test_set_champion_params_for_operators(dag_bag: Any) -> None:
-    dag = dag_bag.dags["rollback"]
+    dag = dag_bag.dags["set_champion"]
     params = dag.params
     assert params.get_param("mode").schema["enum"] == ["rollback", "promote"] and params["mode"] == "rollback"
     assert params.get_param("to_version").schema["type"] == ["null", "integer"]

@@ -89,7 +89,7 @@ def test_first_retrain_promotes_version_1(ws: Workspace, config: PipelineConfig,
     assert evaluation["decision"] == "promote"
     assert evaluation["champion_version"] is None and evaluation["champion_metrics"] is None
     assert evaluation["candidate_metrics"]["r2"] > config.promotion.min_r2
-    assert outcome == {"status": "promoted", "candidate_version": 1, "reason": outcome["reason"]}
+    assert outcome == {"status": "promoted", "candidate_version": 1, "reason": outcome["reason"], "replaced": None}
     assert outcome["reason"].startswith("version 1 promoted: first model")
 
     with ws.engine.connect() as conn:

@@ -38,6 +38,14 @@ def test_anonymous_and_bad_token_requests_are_refused(view_airflow: ViewAirflow,
     assert MODEL not in forged.text + cookie.text
 
 
+def test_a_logged_out_browser_is_sent_to_the_login_and_back(view_airflow: ViewAirflow) -> None:
+    page = view_airflow.view(f"/{MODEL}", token="", headers={"Accept": "text/html,*/*"}, allow_redirects=False)
+    assert page.status_code == 303
+    login = urlsplit(page.headers["location"])
+    assert login.path.startswith("/auth/") and login.path.endswith("/login")
+    assert f"next={quote(view_airflow.base_url + '/models-view/' + MODEL, safe='')}" in login.query
+
+
 def test_the_ui_session_cookie_is_accepted(view_airflow: ViewAirflow) -> None:
     page = view_airflow.view("/", token="", cookies={"_token": view_airflow.token})
     assert page.status_code == 200 and MODEL in page.text
@@ -68,7 +76,7 @@ def test_the_model_page_shows_versions_decisions_promotions_trend_and_actions(vi
     history = page.split("id='promotions'")[1].split("</section>")[0]
     assert f"v{promotion['to_version']}" in history and promotion["actor"] in history
     assert "<svg" in page and "<polyline" in page and "v1 holdout RMSE" in page
-    assert "/dags/rollback" in _links(page) and "to_version" in page
+    assert "/dags/set_champion" in _links(page) and "to_version" in page
     assert "drift-check-1" in page and f"/models-view/{MODEL}/runs/drift-check-1/drift" in _links(page)
 
 

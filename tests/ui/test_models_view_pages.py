@@ -31,7 +31,7 @@ def test_values_are_escaped_and_run_ids_quoted_in_links() -> None:
     page = models_view.model_html(LINKS, ModelEntry("m", Path("m.yaml"), True), _overview(reason=HOSTILE))
     assert HOSTILE not in page and "&lt;script&gt;" in page
     assert "/models-view/m/runs/manual__2026-01-01T00%3A00%3A00%2B00%3A00/comparison" in page
-    assert "/models-view/m/runs/perf-1/performance" in page and "/dags/rollback" in page
+    assert "/models-view/m/runs/perf-1/performance" in page and "/dags/set_champion" in page
 
 
 def test_refused_outcomes_are_shown_with_each_performance_report() -> None:
@@ -84,3 +84,11 @@ def test_served_reports_get_the_view_links_after_body() -> None:
     assert page.index("<nav class='models-view'>") < page.index("<h1>x</h1>")
     assert "/models-view/m/runs/r1/quality" in page and "/models-view/m/versions/2/card" in page
     assert "/models-view/m/runs/r1/comparison" not in page
+
+
+def test_links_to_airflow_pages_work_from_inside_its_sandboxed_frame() -> None:
+    """Airflow's frame has no allow-top-navigation: links to its pages go through its router (FRAME_LINKS)."""
+    page = models_view.model_html(LINKS, ModelEntry("m", Path("m.yaml"), True), _overview())
+    assert "<a href='/dags/set_champion' target='_top' data-airflow='1'>" in page
+    assert models_view.FRAME_LINKS in page and "pushState" in models_view.FRAME_LINKS
+    assert "data-airflow" not in models_view.link("/models-view/m", "m")  # the view's own pages stay in the frame

@@ -489,3 +489,29 @@ def test_database_timeouts_default_and_are_checked(tmp_path: Path, config: Pipel
         load_config(write_variant(tmp_path, set_key("database.lock_timeout_seconds", 0)))
     with pytest.raises(ConfigError, match=r"database: unknown key\(s\) \['timeout'\]"):
         load_config(write_variant(tmp_path, set_key("database.timeout", 5)))
+
+
+def test_alerts_are_off_by_default_and_checked_key_by_key(tmp_path: Path) -> None:
+    shipped = load_config(PROJECT_ROOT / "pipeline.yaml").alerts
+    assert not shipped.enabled and "failed_run" in shipped.events
+
+    def alerting(raw: dict[str, Any]) -> None:
+        raw["alerts"] = {"webhook_url": "https://hooks.example.org/x", "events": ["failed_run", "new_champion"],
+                         "email": {"smtp_host": "smtp.example.org", "smtp_port": 587, "starttls": True,
+                                   "sender": "p@example.org", "recipients": ["ops@example.org"]}}
+
+    policy = load_config(write_variant(tmp_path, alerting)).alerts
+    assert policy.enabled and policy.events == ("failed_run", "new_champion")
+    assert policy.email is not None and (policy.email.smtp_port, policy.email.starttls) == (587, True)
+
+    for change, message in (
+        ({"webhook": "https://x"}, r"alerts: unknown key\(s\) \['webhook'\]"),
+        ({"events": ["drift"]}, r"alerts.events must be a list of"),
+        ({"webhook_url": "ftp://x"}, r"alerts.webhook_url must be an http\(s\) URL"),
+        ({"email": {"smtp_host": "h", "sender": "s", "recipients": ["a@b"], "tls": True}},
+         r"alerts.email: unknown key\(s\) \['tls'\]"),
+        ({"email": {"smtp_host": "h", "sender": "s", "recipients": "a@b"}}, r"alerts.email.recipients must be a list"),
+    ):
+        path = write_variant(tmp_path, lambda raw, c=change: raw.update(alerts=c))  # type: ignore[misc]
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)

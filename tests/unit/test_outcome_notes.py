@@ -71,3 +71,44 @@ def test_a_run_the_registry_never_saw() -> None:
 
 def test_a_long_reason_is_cut() -> None:
     assert len(short_reason("x" * 500)) == 160 and short_reason("x" * 500).endswith("…")
+
+
+def test_a_failed_validation_lists_every_failed_expectation_compactly_within_airflows_limit() -> None:
+    from pipeline.data.validate import ValidationFailed
+    from pipeline.views.run_notes import MAX_NOTE, validation_note
+
+    failures = [{"expectation": f"expect_column_values_to_be_between_{i}", "column": f"feature_{i}",
+                 "unexpected_count": 100 + i, "sample_ids": list(range(20))} for i in range(40)]
+    reason = str(ValidationFailed("patients", failures[:3], headline="12 of 400 rows quarantined (3.0%):"))
+    assert validation_note(reason) == (
+        "validation failed: 12 of 400 rows quarantined (3.0%): expect_column_values_to_be_between_0 on feature_0 "
+        "(100 rows); expect_column_values_to_be_between_1 on feature_1 (101 rows); "
+        "expect_column_values_to_be_between_2 on feature_2 (102 rows)")
+    many = validation_note(str(ValidationFailed("patients", failures, headline="schema problem:")))
+    assert len(many) <= MAX_NOTE and many.endswith("more (see the quality report)")
+    shown = many.count(" on feature_")
+    assert many.endswith(f"and {40 - shown} more (see the quality report)") and shown > 5
+
+
+def test_the_other_dags_notes_say_what_happened() -> None:
+    from pipeline.views.run_notes import champion_note, drift_note, failure_note, performance_note, score_note
+
+    assert score_note({"version": 3, "rows_scored": 34, "rows_selected": 40, "rows_refused": 6,
+                       "score_records": "awaiting_outcome", "reason_counts": {"impossible_dates": 2,
+                                                                             "missing_required": 4},
+                       "shadows": [{"version": 2, "status": "done", "rows_scored": 34}]}) == (
+        "v3 scored 34 of 40 records (awaiting_outcome); 6 refused: missing_required 4, impossible_dates 2; "
+        "shadow v2 scored 34")
+    features = [{"feature": "bmi", "psi": 0.41, "drifted": True}, {"feature": "ldl", "psi": 0.02, "drifted": False}]
+    assert drift_note({"verdict": "drift", "recent_rows": 60, "drifted_features": ["bmi"], "features": features}) == (
+        "drift in bmi (PSI 0.41) on 60 recent records: retrain requested")
+    assert drift_note({"verdict": "stable", "recent_rows": 60, "features": features[1:]}) == (
+        "stable: no feature drifted on 60 recent records (largest PSI 0.02, ldl)")
+    assert performance_note({"verdict": "degraded", "champion_version": 1, "live_rmse": 127.5, "holdout_rmse": 54.1,
+                             "outcomes": 40, "ratio_low": 2.14, "ratio_high": 2.57, "signal_id": 7}) == (
+        "v1 DEGRADED: live RMSE 127.5 on 40 outcomes, 2.36 x holdout 54.1 [2.14, 2.57]: retrain requested")
+    assert champion_note({"champion": 2, "replaced": 1, "reason": "better live", "forced_past": []}, "promote") == (
+        "done: v2 is champion (was v1), promote: better live")
+    assert failure_note("set_champion", "a rollback needs a reason (the form's Reason field)", "data", refused=True) \
+        == "refused: a rollback needs a reason (the form's Reason field); nothing changed"
+    assert failure_note("score_records", "disk full", "infrastructure") == "failed (infrastructure) in score_records: disk full"
