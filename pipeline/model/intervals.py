@@ -304,7 +304,7 @@ def row_hashes(rows: list[dict[str, Any]], contract: DatasetContract) -> list[st
     texts: dict[str, list[str]] = {}
     for kind, columns in by_type.items():
         values = pa.array([r[c] for c in columns for r in rows], type=kind, from_pandas=True)
-        cast = pc.fill_null(values.cast(pa.string()), "").to_pylist()
+        cast = ["" if text is None else text for text in values.cast(pa.string()).to_pylist()]  # fill_null's text
         for k, column in enumerate(columns):
             texts[column] = cast[k * len(rows):(k + 1) * len(rows)]
     return [hashlib.sha256("\x1f".join(f"{c}={texts[c][n]}" for c in features).encode()).hexdigest()
