@@ -142,6 +142,19 @@ def graph_inputs(X: pd.DataFrame, inputs: tuple[Prepared, ...]) -> dict[str, np.
     return feeds
 
 
+def row_values(rows: list[dict[str, Any]], prepared: Prepared) -> np.ndarray:
+    """One graph input from plain typed rows (`pipeline.serving.records`: None for missing, dates as naive
+    datetimes, numbers as int or float, text as str), as `prepared_values` makes it from their frame."""
+    if prepared.kind == "age":
+        birth, event = (np.array([np.datetime64("NaT") if r[c] is None else r[c] for r in rows],
+                                 dtype="datetime64[us]") for c in prepared.columns)
+        return ages_in_years(birth, event).reshape(-1, 1)
+    [column] = prepared.columns
+    if prepared.kind == "text":
+        return np.array([str(prepared.fill) if r[column] is None else r[column] for r in rows], dtype=str).reshape(-1, 1)
+    return np.array([np.nan if r[column] is None else float(r[column]) for r in rows], dtype="float64").reshape(-1, 1)
+
+
 def unfit_columns(X: pd.DataFrame, inputs: tuple[Prepared, ...]) -> list[str]:
     """The columns whose values the graph cannot take exactly: a numeric column of another dtype, or a
     categorical one holding something other than text."""
@@ -276,7 +289,9 @@ class OnnxScorer:
     def __init__(self, graph: onnx.ModelProto, inputs: tuple[Prepared, ...]) -> None:
         self.graph, self.inputs = graph, inputs
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.intra_op_num_threads = options.inter_op_num_threads = 1  # a request's few rows: no pool to wake,
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL  # and concurrent requests do not
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # spin on the two cores
         self.session = onnxruntime.InferenceSession(graph.SerializeToString(), options,
                                                     providers=["CPUExecutionProvider"])
 
@@ -285,6 +300,13 @@ class OnnxScorer:
         feeds = graph_inputs(X, self.inputs)
         if feeds is None:
             return None
+        return self.run(feeds)
+
+    def predict_rows(self, rows: list[dict[str, Any]]) -> np.ndarray:
+        """Predictions for plain typed rows (`row_values`), with no frame built for them."""
+        return self.run({prepared.name: row_values(rows, prepared) for prepared in self.inputs})
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         predicted: np.ndarray = np.asarray(self.session.run(None, feeds)[0], dtype="float64").ravel()
         return predicted
 
@@ -350,6 +372,11 @@ class Compiled:
         if predicted is None:
             predicted = np.asarray(self.model.predict(model_inputs(frame, self.contract)), dtype="float64")
         return predicted
+
+    def predict_rows(self, rows: list[dict[str, Any]]) -> np.ndarray | None:
+        """Predictions for plain typed rows holding every contract column (`pipeline.serving.records`), through
+        the graph with no frame; None when this model scores through its Pipeline, which needs the frame."""
+        return None if self.scorer is None else self.scorer.predict_rows(rows)
 
     def describe(self) -> dict[str, Any]:
         """What `GET /v1/models/{model}` shows of how the model scores."""

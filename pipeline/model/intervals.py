@@ -22,6 +22,7 @@ half-widths when conditional, and the inputs that recompute them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -37,6 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from pipeline.contract.config import DatasetContract, SliceSpec, TrainingPolicy
+from pipeline.data.casting import DTYPES
 from pipeline.model import evaluate, train
 from pipeline.model.features import model_inputs
 from pipeline.registry import records
@@ -229,11 +231,35 @@ def forecast(model: Any, frame: pd.DataFrame, contract: DatasetContract, interva
     """Each record's forecast and the interval around it, cut to the outcomes that are possible (which
     loses no coverage: no outcome lies outside them)."""
     predicted = np.asarray(model.predict(model_inputs(frame, contract)), dtype="float64")
-    half_widths = interval.half_widths(frame, contract)
+    lower, upper = around(predicted, interval.half_widths(frame, contract), interval)
+    return pd.DataFrame({"prediction": predicted, "lower": lower, "upper": upper}, index=frame.index)
+
+
+def forecast_rows(model: Any, rows: list[dict[str, Any]], interval: Interval) -> tuple[
+        np.ndarray, np.ndarray, np.ndarray] | None:
+    """`forecast` of plain typed rows (`pipeline.serving.records`) with no frame: predictions, lower and upper
+    bounds; None when the model needs a frame (`Compiled.predict_rows`) or the interval is per group."""
+    if not scores_rows(model, interval):
+        return None
+    predicted = model.predict_rows(rows)
+    if predicted is None:
+        return None
+    return (predicted, *around(predicted, np.full(len(rows), interval.half_width), interval))
+
+
+def scores_rows(model: Any, interval: Interval) -> bool:
+    """Whether `forecast_rows` forecasts plain rows with this model and interval: a compiled graph (not the
+    Pipeline, which reads a frame) and one half-width for every record (the groups need the frame's slice)."""
+    return getattr(model, "scorer", None) is not None and (
+        interval.conditional_on is None or interval.group_half_widths is None)
+
+
+def around(predicted: np.ndarray, half_widths: np.ndarray, interval: Interval) -> tuple[np.ndarray, np.ndarray]:
+    """The interval's bounds around each prediction, cut to the possible outcomes."""
     lower, upper = predicted - half_widths, predicted + half_widths
     if interval.bounds is not None:
         lower, upper = np.clip(lower, *interval.bounds), np.clip(upper, *interval.bounds)
-    return pd.DataFrame({"prediction": predicted, "lower": lower, "upper": upper}, index=frame.index)
+    return lower, upper
 
 
 def holdout_coverage(observed: np.ndarray, predicted: np.ndarray, half_width: float | np.ndarray) -> float:
@@ -262,7 +288,39 @@ def slice_coverage(inside: np.ndarray, labels: pd.Series, coverage: float, confi
 def input_hashes(frame: pd.DataFrame, contract: DatasetContract) -> list[str]:
     """SHA-256 of each record's model input values as text (`column=value` in the contract's order, a
     missing value empty), built by Arrow; the same values always give the same hash."""
-    inputs = pa.Table.from_pandas(model_inputs(frame, contract), preserve_index=False)
+    return table_hashes(pa.Table.from_pandas(model_inputs(frame, contract), preserve_index=False))
+
+
+def row_hashes(rows: list[dict[str, Any]], contract: DatasetContract) -> list[str]:
+    """`input_hashes` of plain typed rows (`pipeline.serving.records`: None for missing, dates as naive
+    datetimes), with no frame: the values go to Arrow as the type `Table.from_pandas` gives their column's
+    dtype and are cast to text by the same cast, one array per type rather than per column (a cast reads each
+    value alone), so the same values give the same text and the same hash."""
+    features = contract.feature_names()
+    types = arrow_types(tuple((c, DTYPES[t]) for c, t in contract.column_types().items() if c in features))
+    by_type: dict[pa.DataType, list[str]] = {}
+    for column in features:
+        by_type.setdefault(types[column], []).append(column)
+    texts: dict[str, list[str]] = {}
+    for kind, columns in by_type.items():
+        values = pa.array([r[c] for c in columns for r in rows], type=kind, from_pandas=True)
+        cast = ["" if text is None else text for text in values.cast(pa.string()).to_pylist()]  # fill_null's text
+        for k, column in enumerate(columns):
+            texts[column] = cast[k * len(rows):(k + 1) * len(rows)]
+    return [hashlib.sha256("\x1f".join(f"{c}={texts[c][n]}" for c in features).encode()).hexdigest()
+            for n in range(len(rows))]
+
+
+@functools.lru_cache(maxsize=8)
+def arrow_types(dtypes: tuple[tuple[str, str], ...]) -> dict[str, pa.DataType]:
+    """The Arrow type `Table.from_pandas` gives each (column, pandas dtype)."""
+    empty = pd.DataFrame({c: pd.Series([], dtype=d) for c, d in dtypes})
+    schema = pa.Schema.from_pandas(empty, preserve_index=False)
+    return {c: schema.field(c).type for c, _ in dtypes}
+
+
+def table_hashes(inputs: pa.Table) -> list[str]:
+    """SHA-256 of each row of `inputs` as `column=value` text joined by \x1f, a missing value empty."""
     parts = []
     for column in inputs.column_names:
         values = inputs.column(column)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -312,6 +313,44 @@ def test_forecasts_are_recorded_as_api_predictions(service: Service) -> None:
         assert row["prediction"] == pytest.approx(served["prediction"])
         assert (row["lower"], row["upper"]) == pytest.approx((served["interval"]["lower"], served["interval"]["upper"]))
         assert len(row["input_hash"]) == 64
+
+
+def test_concurrent_records_each_get_their_own_forecast_recorded_once(service: Service) -> None:
+    """Single records sent at once by four clients, most scored on the event loop with no frame, a few (a category
+    padded with a no-break space, which only pandas reads) on a worker thread: each answer is its own record's
+    forecast, as the same records sent as one list (all through pandas) give it, and the log holds one row per
+    answered record, with the list's input hash."""
+    records = patient_records(service.ws, 24)
+    for record in records[::5]:
+        record["sex"] = "\u00a0" + record["sex"]
+    listed = post(service.base, records, request_id="concurrent-list")
+    assert listed.status_code == 200, listed.text
+    expected = listed.json()["results"]
+
+    def one(i: int) -> requests.Response:
+        return post(service.base, records[i], request_id=f"concurrent-{i}")
+
+    with ThreadPoolExecutor(4) as clients:
+        answers = list(clients.map(one, range(len(records))))
+
+    assert [a.status_code for a in answers] == [r["status"] for r in expected]
+    answered = [i for i, a in enumerate(answers) if a.status_code == 200]
+    assert len(answered) >= len(records) - len(records[::5])
+    for i in answered:
+        body = answers[i].json()
+        assert (body["request_id"], body["id"]) == (f"concurrent-{i}", records[i]["patient_id"])
+        assert body["prediction"] == pytest.approx(expected[i]["prediction"], rel=1e-12)
+        assert body["interval"] == pytest.approx(expected[i]["interval"], rel=1e-12)
+    logged = wait_until(lambda: len(found := fetch(
+        service.ws, "SELECT run_id, source_id, prediction, input_hash FROM pipeline.predictions "
+        "WHERE run_id LIKE 'concurrent-%'")) == 2 * len(answered) and found, "the forecasts to be recorded")
+    by_request = {(r["run_id"], r["source_id"]): r for r in logged}
+    assert len(by_request) == len(logged)  # nothing recorded twice
+    for i in answered:
+        single, in_list = by_request[f"concurrent-{i}", str(records[i]["patient_id"])], \
+            by_request["concurrent-list", str(records[i]["patient_id"])]
+        assert single["prediction"] == pytest.approx(answers[i].json()["prediction"], rel=1e-12)
+        assert single["input_hash"] == in_list["input_hash"]
 
 
 def test_a_record_without_an_id_is_logged_but_not_offered_to_the_crm(service: Service) -> None:

@@ -95,6 +95,27 @@ def test_missing_values_and_unknown_categories_go_through_the_graph(
                                    rtol=compiled.RELATIVE_TOLERANCE, atol=0)
 
 
+def plain_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """A frame's rows as the compiled record checks give them: None for missing, dates as datetimes."""
+    return [{c: None if pd.isna(v) else v.to_pydatetime() if isinstance(v, pd.Timestamp) else v
+             for c, v in row.items()} for row in frame.astype(object).to_dict("records")]
+
+
+@pytest.mark.parametrize("family", sorted(SMALL_FAMILIES))
+def test_plain_rows_predict_as_their_frame(family: str, models: dict[str, Pipeline],
+                                           split: tuple[pd.DataFrame, pd.DataFrame], contract: DatasetContract) -> None:
+    """The API's frameless path (`predict_rows`) feeds the graph what the frame gives it: the same predictions,
+    bit for bit, missing values and an unknown category included, one row or many."""
+    result = compiled.compile_model(models[family], contract, split[1])
+    rows = pd.concat([split[1].head(20), awkward_rows(split[1], contract)])
+    got = result.predict_rows(plain_rows(rows))
+    assert got is not None
+    np.testing.assert_array_equal(got, result.predict(rows))
+    for position in (0, len(rows) - 1):
+        np.testing.assert_array_equal(result.predict_rows(plain_rows(rows.iloc[[position]])),
+                                      result.predict(rows.iloc[[position]]))
+
+
 def test_compiling_leaves_the_pipeline_as_it_was(models: dict[str, Pipeline], split: tuple[pd.DataFrame, pd.DataFrame],
                                                  contract: DatasetContract) -> None:
     model = models["hist_gradient_boosting"]
@@ -137,6 +158,7 @@ def test_an_estimator_skl2onnx_cannot_convert_scores_through_the_pipeline_and_sa
     assert "KernelRidge" in result.reason.removeprefix("KernelRidge:")  # skl2onnx's message names the step
     assert result.describe()["scoring"] == "pipeline" and result.describe()["reason"] == result.reason
     np.testing.assert_array_equal(result.predict(holdout), model.predict(model_inputs(holdout, contract)))
+    assert result.predict_rows(plain_rows(holdout.head(2))) is None  # the Pipeline reads a frame: the caller builds it
 
 
 def shifted_intercept(graph: onnx.ModelProto, shift: float) -> onnx.ModelProto:

@@ -22,7 +22,7 @@ from pipeline.contract.config import PipelineConfig, load_config
 from pipeline.contract.settings import PROJECT_ROOT
 from pipeline.data.validate import load_suite
 from pipeline.model.features import model_inputs
-from pipeline.model.intervals import input_hashes
+from pipeline.model.intervals import input_hashes, row_hashes
 from pipeline.serving import rest
 from pipeline.serving.records import RecordChecks, compile_checks, rows_frame
 
@@ -156,6 +156,7 @@ def assert_same(checks: RecordChecks, records: list[Any]) -> bool:
         pd.testing.assert_frame_equal(model_inputs(got, CONTRACT), model_inputs(expected.reset_index(drop=True),
                                                                                 CONTRACT), check_exact=True)
         assert input_hashes(got, CONTRACT) == input_hashes(expected, CONTRACT)
+        assert row_hashes([rows[i] for i in valid], CONTRACT) == input_hashes(expected, CONTRACT)  # no frame
     return True
 
 
@@ -193,3 +194,19 @@ def test_values_pandas_reads_its_own_way_are_left_to_it(value: str) -> None:
 def test_a_suite_with_an_unhandled_rule_does_not_compile(expectation: dict[str, Any]) -> None:
     suite = {**SUITE, "expectations": [*SUITE["expectations"], expectation]}
     assert compile_checks(CONTRACT, suite, CONFIG.quality) is None
+
+
+def test_rows_hash_as_their_frame_hashes() -> None:
+    """What the API hashes with no frame (`row_hashes`) is what the frame path and batch scoring hash: missing
+    values of every type, floats Arrow writes its own way, whole floats, non-ASCII text, dates at the edges."""
+    assert CHECKS is not None
+    judged = CHECKS.judge([dict(VALID)], NOW)
+    assert judged is not None
+    base = judged[0][0]
+    features = CONTRACT.feature_names()
+    rows = [base, {**base, **{c: None for c in features}}]
+    for value in (0.1, 1e20, 1e-7, 123456789.123, 2.0, 5e-324, 1.7976931348623157e308, 33.333333333333336):
+        rows.append({**base, "bmi": value, "glucose": -value})
+    rows += [{**base, "sex": "ß\u00e9 \x1f="}, {**base, "birth_date": datetime(1, 1, 1), "visit_date": datetime(9999, 12, 31)}]
+    assert row_hashes(rows, CONTRACT) == input_hashes(rows_frame(rows, CONTRACT), CONTRACT)
+    assert len(set(row_hashes(rows, CONTRACT))) == len(rows)
