@@ -746,10 +746,13 @@ def vet_champion_to_be(ws: Workspace, version: int, force: bool, verb: str) -> l
     with ws.engine.connect() as conn:
         model = records.get_model(conn, version, ws.model)
         failed = failed_policy_checks(conn, model)
+    try:  # first: a file that is not what was registered is refused as such, whatever the checks and --force say
+        verify_artifact(ws, model)
+    except artifacts.ArtifactIntegrityError as exc:
+        raise artifacts.ArtifactIntegrityError(f"version {version} cannot become champion: {exc}") from exc
     if failed and not force:
         raise ValueError(f"version {version} failed its policy checks: {'; '.join(failed)}. {verb} only "
                          "with --force (the checks are recorded in the promotion event)")
-    verify_artifact(ws, model)
     return failed
 
 
