@@ -65,8 +65,8 @@ def check_families(policy: TrainingPolicy) -> None:
         try:
             estimator._validate_params()  # scikit-learn's own parameter constraints, as fit checks them
         except (ValueError, TypeError) as exc:
-            key = next((k for k in params if f"'{k}' parameter" in str(exc)), None)
-            raise ConfigError(f"{where}{'.' + key if key else ''}: {exc}") from None
+            named = next((f".{k}" for k in params if f"'{k}' parameter" in str(exc)), "")
+            raise ConfigError(f"{where}{named}: {exc}") from None
 
 
 def build_model(contract: DatasetContract, family: str, policy: TrainingPolicy, n_jobs: int | None = 1) -> Pipeline:
