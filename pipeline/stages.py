@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
-from pipeline.contract.config import PromotionPolicy
+from pipeline.contract.config import PipelineConfig, PromotionPolicy
 from pipeline.contract.settings import Settings
 from pipeline.data import ingest, quality, tombstones, validate
 from pipeline.data.chunked_quality import CHUNK_ROWS, NotStreamable, classify_snapshots, streamable
@@ -95,11 +96,30 @@ def _load_snapshot(ws: Workspace, snapshot_hash: str, columns: list[str] | None 
     return ws.load_snapshot(snapshot_hash, columns)
 
 
+def preflight(config: PipelineConfig, engine: Engine, watermark: datetime) -> dict[str, Any]:
+    """Everything a run can know is wrong before it starts, checked before it writes anything (the config
+    itself was checked when it loaded): every model family's parameters, by building its estimator without
+    fitting; the source table's columns and their types, by one catalogue query; and that the watermark
+    selects at least one labelled row, by one EXISTS. A failure is one line naming the key or the column;
+    `check-config` runs the same checks."""
+    from pipeline.model import train
+
+    train.check_families(config.training)
+    ingest.check_source_columns(engine, config.dataset)
+    ingest.check_selection(engine, config.dataset, watermark)
+    return {"families": list(config.training.families), "table": config.dataset.table,
+            "watermark": watermark.isoformat()}
+
+
 def ingest_snapshot(ws: Workspace, run: Run, params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Snapshot the labelled rows up to the run's watermark and register it; a retried run reuses the
-    snapshot it recorded (see `_recorded_snapshot`)."""
-    with ws.engine.begin() as conn:
+    snapshot it recorded (see `_recorded_snapshot`). A new run is checked first (`preflight`): a run refused
+    there leaves no row, file or event behind."""
+    with ws.engine.connect() as conn:
         recorded = records.run_snapshot(conn, run.run_id)
+    if recorded is None:
+        preflight(ws.config, ws.engine, run.watermark)
+    with ws.engine.begin() as conn:
         records.start_run(conn, ws.model, run.run_id, run.triggered_by, run.watermark, params or {},
                            run.trigger_event)
     return _ingest(ws, run, recorded)
@@ -797,10 +817,13 @@ def vet_champion_to_be(ws: Workspace, version: int, force: bool, verb: str, ask:
     with ws.engine.connect() as conn:
         model = records.get_model(conn, version, ws.model)
         failed = failed_policy_checks(conn, model)
+    try:  # first: a file that is not what was registered is refused as such, whatever the checks and --force say
+        verify_artifact(ws, model)
+    except artifacts.ArtifactIntegrityError as exc:
+        raise artifacts.ArtifactIntegrityError(f"version {version} cannot become champion: {exc}") from exc
     if failed and not force:
         raise ValueError(f"version {version} failed its policy checks: {'; '.join(failed)}. {verb} only "
                          f"{ask.force} (the checks are recorded in the promotion event)")
-    verify_artifact(ws, model)
     return failed
 
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
+from pipeline import stages
 from pipeline.cli.common import aligned, count_arg, shifts_of
 from pipeline.contract.config import load_config
 from pipeline.contract.settings import Settings
 from pipeline.data import demo
+from pipeline.registry.runs import database_error
 from pipeline.store import db
 from pipeline.workspace import Workspace
 
@@ -104,13 +109,49 @@ def text_health(result: dict[str, Any]) -> str:
 
 
 def check_config(settings: Settings) -> dict[str, Any]:
-    """`check-config`: load and check the config (and its suite) alone, touching no database."""
+    """`check-config`: the config and its suite, every family's parameters, and, when its database can be reached
+    (never starting the embedded one), the checks a run makes before it writes anything (`stages.preflight`), as
+    of now. Nothing is written."""
+    from pipeline.model import train
+
     config = load_config(settings.config_path)
-    return {"config": str(config.path), "model": config.model, "ok": True}
+    train.check_families(config.training)
+    result: dict[str, Any] = {"config": str(config.path), "model": config.model, "ok": True}
+    url, why_not = _reachable_database(settings)
+    if url is None:
+        return {**result, "source": {"checked": False, "why": why_not}}
+    engine = db.create_engine(url, config.database)
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.DBAPIError as exc:
+        engine.dispose()
+        return {**result, "source": {"checked": False, "why": database_error(exc, settings)}}
+    try:
+        checked = stages.preflight(config, engine, datetime.now(UTC))
+    finally:
+        engine.dispose()
+    return {**result, "source": {"checked": True, "table": checked["table"], "watermark": checked["watermark"]}}
+
+
+def _reachable_database(settings: Settings) -> tuple[str | None, str]:
+    """The database URL to check the source on, or None and why not: the embedded server is used only when it runs."""
+    if settings.database_url:
+        return settings.database_url, ""
+    pid_file = settings.pgdata_dir / "postmaster.pid"
+    running = pid_file.is_file() and db.serves_data_directory(int(pid_file.read_text().split()[0]),
+                                                               settings.pgdata_dir)
+    if not running:
+        return None, (f"no database: PIPELINE_DATABASE_URL is not set and the embedded PostgreSQL in "
+                      f"{settings.pgdata_dir} is not running (check-config does not start it)")
+    return db.database_url(settings), ""
 
 
 def text_check_config(result: dict[str, Any]) -> str:
-    return f"{result['config']}: model {result['model']}, config and expectation suite ok"
+    source = result["source"]
+    checked = (f"source {source['table']}: columns, types and labelled rows up to now ok (checked on the database)"
+               if source["checked"] else f"source not checked: {source['why']}")
+    return f"{result['config']}: model {result['model']}, config, expectation suite and model parameters ok; {checked}"
 
 
 def stop_embedded(settings: Settings) -> dict[str, Any]:
@@ -163,5 +204,6 @@ def register(add: Any) -> None:
     add("health", None, "is the stack ready: its databases, its broker (PING) and a live Celery worker; exit "
         "status 1 naming what is down", text=text_health,
         json_help="{healthy, checks: {name: {ok, detail}}}").set_defaults(without_database=check_health)
-    add("check-config", None, "check the config and its expectation suite, without a database",
-        text=text_check_config, json_help="{config, model, ok}").set_defaults(without_database=check_config)
+    add("check-config", None, "check the config, its expectation suite and model parameters; and the source "
+        "table's columns, types and rows when its database is reachable (nothing is written)",
+        text=text_check_config, json_help="{config, model, ok, source: {checked, table, watermark | why}}").set_defaults(without_database=check_config)

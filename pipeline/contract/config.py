@@ -663,6 +663,7 @@ def check_ranges(config: PipelineConfig) -> None:
     A threshold left out (None) is not checked here: promotion fails closed on it."""
     t, p, m = config.training, config.promotion, config.monitoring
     rules: list[tuple[str, Any, Callable[[float], bool], str]] = [
+        ("training.seed", t.seed, lambda v: 0 <= v < 2**32, "from 0 to 4294967295 (2**32 - 1, numpy's seeds)"),
         ("training.cv_folds", t.cv_folds, lambda v: v >= 2, "at least 2"),
         ("training.n_jobs", t.n_jobs, lambda v: v >= 1, "at least 1"),
         ("training.search_budget_seconds", t.search_budget_seconds, lambda v: v > 0, "more than 0"),

@@ -104,31 +104,51 @@ def check_declared(values: pd.Series, text: pd.Series, kind: str, fmt: str | Non
                       f"declares no format to read them by; set {fix} under dataset in the config")
 
 
+NON_ASCII_DIGIT = r"(?![0-9])\d"  # a Unicode digit other than 0-9 ('١٩٨٠', '１９８０'): strptime would read it
+
+
 def _parse_text_dates(text: pd.Series, fmt: str, utc: bool) -> pd.Series:
-    """Text read with exactly the declared pattern; a pattern without a zone reads as UTC."""
-    stripped = text.astype("string").str.strip().astype(object)
-    return pd.to_datetime(stripped, format=fmt, exact=True, errors="coerce", utc=utc)
+    """Text read with exactly the declared pattern, in the digits 0-9 only (as numbers are); a pattern without a
+    zone reads as UTC."""
+    stripped = text.astype("string").str.strip()
+    plain = stripped.where(~stripped.str.contains(NON_ASCII_DIGIT, regex=True).fillna(False).astype(bool))
+    return pd.to_datetime(plain.astype(object), format=fmt, exact=True, errors="coerce", utc=utc)
 
 
 def _typed_dates(values: pd.Series, utc: bool) -> pd.Series:
-    """Date and time objects as they are; anything else (a number, say) is not a date."""
+    """Date and time objects as they are (for a date, a zoned time is taken in UTC); anything else (a number, a
+    boolean) is not a date."""
     if not pd.api.types.is_datetime64_any_dtype(values.dtype):
         kind = pd.api.types.infer_dtype(values, skipna=True)
         if kind not in ("date", "datetime", "datetime64", "empty"):
             datelike = values.map(lambda v: isinstance(v, date | np.datetime64)).astype(bool)
             values = values.where(datelike)
-    return pd.to_datetime(values, errors="coerce", utc=utc)
+    typed = pd.to_datetime(values, errors="coerce", utc=utc)
+    if not utc and isinstance(typed.dtype, pd.DatetimeTZDtype):  # a timestamptz column read as a date
+        typed = typed.dt.tz_convert("UTC").dt.tz_localize(None)
+    return typed
 
 
 def _cast_dates(values: pd.Series, text: pd.Series, kind: str, fmt: str | None) -> pd.Series:
     utc, target = kind == "timestamp", DTYPES[kind]
     if not text.any():
-        return _typed_dates(values, utc).astype(target)
-    out = pd.Series(pd.NaT, index=values.index, dtype=target)
-    out[text] = _parse_text_dates(values[text], str(fmt), utc).astype(target)
-    if not text.all():
-        out[~text] = _typed_dates(values[~text], utc).astype(target)
-    return out
+        out = _typed_dates(values, utc).astype(target)
+    else:
+        out = pd.Series(pd.NaT, index=values.index, dtype=target)
+        out[text] = _parse_text_dates(values[text], str(fmt), utc).astype(target)
+        if not text.all():
+            out[~text] = _typed_dates(values[~text], utc).astype(target)
+    return out.dt.normalize() if kind == "date" else out  # a date holds no time of day
+
+
+def _booleans(values: pd.Series) -> pd.Series:
+    """Which cells hold a boolean: True is no measurement, though Python counts it as 1."""
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return values.notna().astype(bool)
+    if values.dtype != object or pd.api.types.infer_dtype(values, skipna=True) in (
+            "string", "floating", "integer", "decimal", "mixed-integer-float", "empty"):
+        return pd.Series(False, index=values.index)
+    return values.map(lambda v: isinstance(v, bool | np.bool_)).astype(bool)
 
 
 def _parse_text_numbers(text: pd.Series, mark: str) -> pd.Series:
@@ -165,6 +185,9 @@ def cast_column(values: pd.Series, kind: str, fmt: str | None, column: str) -> t
     if kind == "text":
         cast = values.astype("string")
     else:
+        booleans = _booleans(values) if kind in NUMBER_KINDS else None
+        if booleans is not None and booleans.any():
+            values = values.astype(object).where(~booleans)
         text = text_cells(values)
         check_declared(values, text, kind, fmt, column)
         if kind in DATE_KINDS:

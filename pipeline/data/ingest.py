@@ -186,6 +186,23 @@ def check_source_columns(engine: Engine, contract: DatasetContract) -> None:
     check_declared_formats(contract, present)
 
 
+class EmptySelection(ValueError):
+    """No labelled row is recorded up to the run's watermark: nothing to train on."""
+
+
+def check_selection(engine: Engine, contract: DatasetContract, watermark: datetime) -> None:
+    """Refuse a watermark that selects no labelled row, with one EXISTS over the query ingest would run."""
+    watermark = datetime.fromisoformat(watermark.isoformat())  # plain datetime (Airflow passes pendulum)
+    with engine.connect() as conn:
+        if conn.scalar(sa.select(labelled_rows_query(contract, watermark).order_by(None).exists())):
+            return
+        first = conn.scalar(sa.select(sa.func.min(source_table(contract).c[contract.timestamp_column])))
+    raise EmptySelection(
+        f"no labelled rows of {contract.table} recorded up to {watermark.isoformat()} (the run's watermark, "
+        f"{contract.timestamp_column} <= it, {contract.target_column} known): nothing to train on" + (
+            f"; its first row was recorded at {first}" if first is not None else "; the table has no rows"))
+
+
 # SQL column types each contract type can be read from; text columns are cast row by row in
 # validation, where a value that will not cast quarantines its row instead of failing the batch.
 COMPATIBLE_SQL_TYPES: dict[str, tuple[type[Any], ...]] = {

@@ -18,7 +18,7 @@ from sklearn.metrics import root_mean_squared_error
 from sklearn.model_selection import KFold
 from sklearn.pipeline import Pipeline
 
-from pipeline.contract.config import DatasetContract, TrainingPolicy
+from pipeline.contract.config import ConfigError, DatasetContract, TrainingPolicy
 from pipeline.contract.settings import PROJECT_ROOT
 from pipeline.data import ingest
 from pipeline.model.features import build_preprocessor, model_inputs
@@ -43,6 +43,30 @@ def make_estimator(family: str, params: dict[str, Any], seed: int, n_jobs: int |
         f"unknown model family '{family}' in training.families; "
         "use ridge, random_forest or hist_gradient_boosting"
     )
+
+
+SET_BY_PIPELINE = {"random_state": "training.seed", "n_jobs": "training.n_jobs"}
+
+
+def check_families(policy: TrainingPolicy) -> None:
+    """Every family's parameters build its estimator and pass its own checks, without fitting anything: a
+    parameter the estimator does not have, or a value it refuses, is a ConfigError naming the config key."""
+    for family, params in policy.families.items():
+        where = f"training.families.{family}"
+        default = make_estimator(family, {}, policy.seed, 1)
+        known = default.get_params(deep=False)
+        for key in params:
+            if key in SET_BY_PIPELINE and family != "ridge":
+                raise ConfigError(f"{where}.{key}: set by {SET_BY_PIPELINE[key]}, not per family; remove it here")
+            if key not in known:
+                raise ConfigError(f"{where}.{key}: {family} ({type(default).__name__}) "
+                                  f"has no parameter '{key}'; it takes {', '.join(sorted(known))}")
+        estimator = make_estimator(family, params, policy.seed, 1)
+        try:
+            estimator._validate_params()  # scikit-learn's own parameter constraints, as fit checks them
+        except (ValueError, TypeError) as exc:
+            named = next((f".{k}" for k in params if f"'{k}' parameter" in str(exc)), "")
+            raise ConfigError(f"{where}{named}: {exc}") from None
 
 
 def build_model(contract: DatasetContract, family: str, policy: TrainingPolicy, n_jobs: int | None = 1) -> Pipeline:

@@ -65,10 +65,18 @@ def unavailable(reason: str, request_id: str | None = None) -> JSONResponse:
     return JSONResponse(body, 503, headers)
 
 
+def no_champion(state: dict[str, Any]) -> str:
+    """Why no champion is served: none loaded yet, and the registry's champion that was refused, with the reason
+    (a file that does not hash to what the registry says, say)."""
+    refused = state["champion"].refused if state else None
+    return "no champion loaded" + (f": version {refused['version']} was refused ({refused['reason']})"
+                                   if refused else " yet")
+
+
 def not_ready(state: dict[str, Any]) -> str | None:
     """Why the service cannot serve forecasts now, or None when it can."""
     if not state or state["champion"].current is None:
-        return "no champion loaded"
+        return no_champion(state)
     writer: PredictionLog = state["writer"]
     return writer.trouble()
 
@@ -156,7 +164,7 @@ def router(tokens: Sequence[str], state: dict[str, Any]) -> APIRouter:
     def served_now() -> Served:
         served: Served | None = state["champion"].current
         if served is None:
-            raise HTTPException(503, "no champion loaded yet", headers={"Retry-After": RETRY_SECONDS})
+            raise HTTPException(503, no_champion(state), headers={"Retry-After": RETRY_SECONDS})
         return served
 
     @api.get("/healthz", operation_id="healthz", summary="the process is up")

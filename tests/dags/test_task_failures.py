@@ -18,23 +18,24 @@ from pipeline.workspace import Workspace
 
 
 def test_a_failure_on_the_data_fails_the_task_at_once_in_one_line(airflow_db: None, dag_bag: Any,
-                                                                  pipeline_env: Settings) -> None:
+                                                                  pipeline_env: Settings,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
     engine = db.create_engine(db.database_url(pipeline_env))
     Workspace.open(pipeline_env).engine.dispose()  # the pipeline schema, and the demo table, exist
     with engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE public.patient_records"))
 
-    run = dag_bag.dags["retrain"].test()
+    with caplog.at_level("ERROR", logger="pipeline.tasks"):
+        run = dag_bag.dags["retrain"].test()
 
     assert run.state == "failed"
     ingest = run.get_task_instance("ingest_snapshot")
     assert (ingest.state, ingest.try_number) == ("failed", 1)  # AirflowFailException: never retried
-    with engine.connect() as conn:
-        row = conn.execute(sa.text("SELECT status, failure_kind, reason FROM pipeline.training_runs")).mappings().one()
+    assert [r.getMessage() for r in caplog.records if r.name == "pipeline.tasks"] == [
+        "source table public.patient_records does not exist (dataset.table in the config)"]
+    with engine.connect() as conn:  # refused before the run wrote anything (pipeline.stages.preflight)
+        assert conn.scalar(sa.text("SELECT count(*) FROM pipeline.training_runs")) == 0
     engine.dispose()
-    assert (row["status"], row["failure_kind"]) == ("failed", "data")
-    assert row["reason"] == ("ingest: source table public.patient_records does not exist "
-                             "(dataset.table in the config)")
 
 
 def test_an_unreachable_database_is_retried_and_said_in_one_line_without_its_password(tmp_path: Path) -> None:

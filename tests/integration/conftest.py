@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, Settings
 from pipeline.workspace import Workspace
-from tests.integration.stage_runs import Cli, cli_runner
+from tests.integration.stage_runs import Cli, cli_in_process, cli_runner
 
 
 @pytest.fixture
@@ -29,3 +29,14 @@ def cli(database_url: str, tmp_path: Path) -> Cli:
            "OMP_NUM_THREADS": "1"}  # the CLI shares two cores with the test run
     env.pop(ENV_CONFIG, None)
     return cli_runner(env)
+
+
+@pytest.fixture
+def cli_here(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+             capsys: pytest.CaptureFixture[str]) -> Cli:
+    """The `cli` fixture's commands, in this process (`pipeline.cli.main.main(argv)`): for tests of what a command
+    does, not of the process boundary, without paying a new interpreter's imports per command."""
+    monkeypatch.setenv(ENV_DATABASE_URL, database_url)
+    monkeypatch.setenv(ENV_ARTIFACT_DIR, str(tmp_path / "artifacts"))
+    monkeypatch.delenv(ENV_CONFIG, raising=False)
+    return cli_in_process(capsys)

@@ -93,6 +93,22 @@ def cli_runner(env: dict[str, str]) -> Cli:
     return run
 
 
+def cli_in_process(capsys: Any) -> Cli:
+    """`python -m pipeline ARGS` as `pipeline.cli.main.main(ARGS)` in this process, its output read from `capsys`:
+    the same exit status, stdout and stderr as `cli_runner` gives, for tests that do not test the process itself."""
+    from pipeline.cli.main import main
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        capsys.readouterr()  # what came before is not this command's
+        try:
+            status = main(list(args))
+        except SystemExit as exc:  # argparse's refusals (exit status 2) and --help
+            status = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["python", "-m", "pipeline", *args], status, out, err)
+    return run
+
+
 def output(result: subprocess.CompletedProcess[str]) -> Any:
     """The command's JSON output, after checking it succeeded."""
     assert result.returncode == 0, result.stderr

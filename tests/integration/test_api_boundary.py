@@ -321,6 +321,8 @@ def test_a_lost_database_turns_forecasts_into_503_then_recovers_without_a_restar
     assert unready.status_code == 503 and "database" in unready.json()["reason"]
     described = requests.get(f"{base}/v1/models/{MODEL}", headers=auth(), timeout=TIMEOUT)
     assert described.status_code == 200 and described.json()["version"] == 1  # known from memory
+    card = requests.get(f"{base}/v1/models/{MODEL}/card", headers=auth(), timeout=TIMEOUT)
+    assert card.status_code in (200, 503), card.text  # the store's file, or said unreadable: never a 500
 
     restart = ("import sys; from pathlib import Path; from pipeline.store import db; "
                "print(db.start_embedded_postgres(Path(sys.argv[1])))")

@@ -1,4 +1,6 @@
-"""`python -m pipeline` as an operator runs it: a subprocess on the test's own database."""
+"""`python -m pipeline` as an operator runs it, on the test's own database: a real subprocess where the process
+itself is tested (its output and exit status end to end, a pipe closed early), the CLI's own entry point in this
+process (`cli_here`) where what a command does is tested."""
 
 from __future__ import annotations
 
@@ -65,19 +67,19 @@ def test_retrain_promotes_and_status_reports_the_champion(cli: Cli, tmp_path: Pa
     assert (tmp_path / "artifacts" / "models" / f"{champion['artifact_hash']}.joblib").is_file()
 
 
-def test_simulate_arrivals_appends_rows(cli: Cli, database_url: str) -> None:
+def test_simulate_arrivals_appends_rows(cli_here: Cli, database_url: str) -> None:
     engine = db.create_engine(database_url)
     demo.seed_demo(engine)
     engine.dispose()
 
-    arrived = output(cli("simulate-arrivals", "--rows", "5", "--seed", "3", "--json"))
+    arrived = output(cli_here("simulate-arrivals", "--rows", "5", "--seed", "3", "--json"))
 
     assert arrived == {"inserted": 5, "first_id": 443, "last_id": 447}
     assert count_records(database_url) == 447
 
 
-def test_validate_unknown_snapshot_is_one_error_line(cli: Cli) -> None:
-    result = cli("validate", "--snapshot", "deadbeef")
+def test_validate_unknown_snapshot_is_one_error_line(cli_here: Cli) -> None:
+    result = cli_here("validate", "--snapshot", "deadbeef")
 
     assert result.returncode == 1
     assert result.stdout == ""
@@ -86,25 +88,23 @@ def test_validate_unknown_snapshot_is_one_error_line(cli: Cli) -> None:
     assert lines[0].startswith("error:") and "deadbeef" in lines[0]
 
 
-def test_a_failed_cli_run_ends_as_failed_not_running(cli: Cli, database_url: str, tmp_path: Path) -> None:
+def test_a_cli_run_on_a_missing_table_is_refused_before_any_run_is_recorded(cli_here: Cli, database_url: str,
+                                                                            tmp_path: Path) -> None:
     raw = yaml.safe_load((PROJECT_ROOT / "pipeline.yaml").read_text())
     raw["dataset"]["expectation_suite"] = str(PROJECT_ROOT / raw["dataset"]["expectation_suite"])
     raw["dataset"]["table"] = "public.no_such_visits"
     config = tmp_path / "missing.yaml"
     config.write_text(yaml.safe_dump(raw))
 
-    result = cli("--config", str(config), "retrain", "--run-id", "broken")
+    result = cli_here("--config", str(config), "retrain", "--run-id", "broken")
 
     assert result.returncode == 1
     assert result.stderr.strip() == ("error: source table public.no_such_visits does not exist "
                                      "(dataset.table in the config)")
     engine = db.create_engine(database_url)
-    with engine.connect() as conn:
-        row = conn.execute(sa.text("SELECT status, reason, finished_at FROM pipeline.training_runs")).mappings().one()
+    with engine.connect() as conn:  # refused by the preflight: no run to leave running (tests/integration/test_preflight)
+        assert conn.scalar(sa.text("SELECT count(*) FROM pipeline.training_runs")) == 0
     engine.dispose()
-    assert (row["status"], row["reason"]) == ("failed", "ingest: source table public.no_such_visits does not exist "
-                                                        "(dataset.table in the config)")
-    assert row["finished_at"] is not None
 
 
 # --- one convention: text for people, --json for scripts; unknown ids and versions refused ----------------------
@@ -133,28 +133,28 @@ READ_COMMANDS: dict[tuple[str, ...], set[str]] = {  # each read command and the 
     ("card", "1", "--comparison", "first"): {"card", "comparison"},
     ("reproduce", "1"): {"version", "predictions_identical", "rows_compared", "artifact_identical", "snapshot_hash",
                          "train_rows", "recorded_train_rows", "library_differences"},
-    ("check-config",): {"config", "model", "ok"},
+    ("check-config",): {"config", "model", "ok", "source"},
     ("db-url",): {"url"},
     ("performance",): {"model", "as_of", "verdict", "reason", "warnings", "versions", "shadows", "report_path",
                        "refused_outcomes"},
 }
 
 
-def test_every_read_command_prints_text_and_json_with_its_keys(served: Workspace, cli: Cli) -> None:
+def test_every_read_command_prints_text_and_json_with_its_keys(served: Workspace, cli_here: Cli) -> None:
     for command, keys in READ_COMMANDS.items():
-        document = output(cli(*command, "--json"))
+        document = output(cli_here(*command, "--json"))
         first = document[0] if isinstance(document, list) else document
         assert keys <= set(first), (command, sorted(first))
-        text = cli(*command)
+        text = cli_here(*command)
         assert text.returncode == 0, (command, text.stderr)
         assert text.stdout.strip() and text.stdout.lstrip()[0] not in "{[", (command, text.stdout)
         assert "{'" not in text.stdout and "{}" not in text.stdout, (command, text.stdout)  # no Python reprs
-    [run] = output(cli("status", "--json"))["recent_runs"]
+    [run] = output(cli_here("status", "--json"))["recent_runs"]
     assert (run["run_id"], run["triggered_by"]) == ("first", "operator:admin")
 
 
-def test_status_shows_how_each_run_was_started(served: Workspace, cli: Cli) -> None:
-    text = cli("status").stdout
+def test_status_shows_how_each_run_was_started(served: Workspace, cli_here: Cli) -> None:
+    text = cli_here("status").stdout
 
     header = next(line for line in text.splitlines() if "started by" in line)
     [row] = [line for line in text.splitlines() if " first " in line]
@@ -191,7 +191,7 @@ def test_piped_into_head_a_command_stops_quietly(database_url: str, tmp_path: Pa
         assert len(piped.stdout.splitlines()) == 1, piped.stdout
 
 
-def test_unknown_run_ids_and_versions_are_refused_naming_them(ws: Workspace, cli: Cli) -> None:
+def test_unknown_run_ids_and_versions_are_refused_naming_them(ws: Workspace, cli_here: Cli) -> None:
     promote_demo_champion(quick_workspace(ws))
     evaluations = fetch(ws, "SELECT run_id FROM pipeline.evaluations")
 
@@ -207,7 +207,7 @@ def test_unknown_run_ids_and_versions_are_refused_naming_them(ws: Workspace, cli
                         (("reproduce", "999"), "model version 999 is not registered"),
                         (("validate", "--run-id", "nope", "--snapshot", "x"), "unknown run id 'nope'"),
                         (("train", "--run-id", "nope", "--snapshot", "x"), "unknown run id 'nope'")):
-        refused = cli(*args, "--json")
+        refused = cli_here(*args, "--json")
 
         assert (refused.returncode, refused.stdout) == (1, ""), (args, refused.stdout)
         [line] = refused.stderr.strip().splitlines()

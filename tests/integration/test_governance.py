@@ -15,7 +15,7 @@ import dataclasses
 import os
 import stat
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +234,30 @@ def test_rollback_to_a_tampered_artifact_is_refused(gws: Workspace, two_champion
 
     assert champion_rows(gws) == before
     assert champion_version(gws) == 2
+
+
+def tamper(ws: Workspace, version: int) -> tuple[Path, str, str]:
+    """Alter a version's stored artifact: its file, the hash the registry holds, the hash it has now."""
+    registered = model(ws, version)["artifact_hash"]
+    path = artifacts.stored_path(ws.settings.artifact_dir, "models", registered)
+    overwrite(path, path.read_bytes()[:-16] + b"tampered-bytes!!")
+    return path, registered, artifacts.sha256_file(path)
+
+
+def test_a_rollback_to_a_tampered_version_names_the_file_and_both_hashes(
+        gws: Workspace, champion: dict[str, Any], config_path: Path, cli_here: Cli) -> None:
+    unjudged = train_candidate(gws, make_run("unjudged", datetime.now(UTC)))["version"]  # never evaluated
+    path, registered, actual = tamper(gws, unjudged)
+
+    for extra in ([], ["--force"]):  # its failed policy checks come second: the altered file is what is said
+        refused = cli_here("--config", str(config_path), "rollback", "--to", str(unjudged), "--reason", "try", *extra)
+
+        assert refused.returncode == 1 and refused.stdout == ""
+        [line] = refused.stderr.splitlines()
+        assert line == (f"error: version {unjudged} cannot become champion: artifact {path} hashes to {actual}, but "
+                        f"the registry says {registered}: it was modified or corrupted; restore it or retrain")
+    with gws.engine.connect() as conn:
+        assert records.current_champion(conn, gws.model)["version"] == 1
 
 
 # --- reproduce -----------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from pipeline.data import demo
 from pipeline.registry.records import current_champion, get_model, promote
 from pipeline.serving import rest
 from pipeline.serving.app import create_app
-from pipeline.store import db
+from pipeline.store import artifacts, db
 from pipeline.workspace import Workspace
 from tests.conftest import create_scratch_database
 from tests.integration.stage_runs import fetch, make_run, promote_demo_champion, quick_workspace, wait_until
@@ -516,3 +516,46 @@ def test_cli_serve_answers_records_and_flushes_on_shutdown(service: Service, tmp
     assert rows == [{"source": "api", "source_id": "55501234"}]
     assert "cli-serve-check" in log_text and "prediction log closed" in log_text
     assert "55501234" not in log_text and "41.2345" not in log_text
+
+
+def test_a_service_restarted_on_a_corrupted_champion_answers_503_and_names_the_hash_mismatch(
+        ws: Workspace, tmp_path: Path) -> None:
+    promote_demo_champion(quick_workspace(ws))
+    with ws.engine.connect() as conn:
+        registered = get_model(conn, 1, ws.model)["artifact_hash"]
+    path = artifacts.stored_path(ws.settings.artifact_dir, "models", registered)
+    os.chmod(path, path.stat().st_mode | stat.S_IWUSR)
+    path.write_bytes(path.read_bytes()[:-16] + b"tampered-bytes!!")
+    actual = artifacts.sha256_file(path)
+    (tmp_path / "tokens").write_text(TOKEN)
+    port, log_path = free_port(), tmp_path / "serve.log"
+    env = {**os.environ, ENV_DATABASE_URL: str(ws.settings.database_url),
+           ENV_ARTIFACT_DIR: str(ws.settings.artifact_dir), ENV_CONFIG: str(PROJECT_ROOT / "pipeline.yaml"),
+           rest.ENV_API_TOKEN_FILE: str(tmp_path / "tokens")}
+    base = f"http://127.0.0.1:{port}"
+    with log_path.open("w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port)],
+                                  cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def up() -> bool:
+        try:
+            return requests.get(base + "/healthz", timeout=5).status_code == 200
+        except requests.ConnectionError:
+            assert server.poll() is None, log_path.read_text()[-3000:]
+            return False
+
+    try:
+        wait_until(up, "python -m pipeline serve to answer")
+        mismatch = f"artifact {path} hashes to {actual}, but the registry says {registered}"
+        wait_until(lambda: mismatch in log_path.read_text(), "the service's log to name the mismatch")
+        ready = requests.get(base + "/readyz", timeout=TIMEOUT)
+        described = requests.get(f"{base}/v1/models/{MODEL}", headers=auth(), timeout=TIMEOUT)
+        forecast = post(base, patient_records(ws, 1)[0])
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(60)
+    for answer, key in ((ready, "reason"), (described, "detail"), (forecast, "detail")):
+        assert answer.status_code == 503 and answer.headers["Retry-After"]
+        assert answer.json()[key] == f"no champion loaded: version 1 was refused ({mismatch}: it was modified " \
+                                     "or corrupted; restore it or retrain)"
+    assert f"champion version 1 of {MODEL} not loaded ({mismatch}" in log_path.read_text()

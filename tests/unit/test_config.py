@@ -465,7 +465,11 @@ def test_check_config_runs_the_checks_alone_without_a_database(tmp_path: Path) -
     good = subprocess.run([sys.executable, "-m", "pipeline", "check-config", "--json"], cwd=PROJECT_ROOT, capture_output=True,
                           text=True, timeout=120, check=False, env={**os.environ, ENV_DATABASE_URL: "postgresql://x@127.0.0.1:1/none"})
     assert good.returncode == 0, good.stderr
-    assert json.loads(good.stdout) == {"config": str(SHIPPED), "model": "diabetes_progression", "ok": True}
+    checked = json.loads(good.stdout)
+    assert {k: checked[k] for k in ("config", "model", "ok")} == {"config": str(SHIPPED), "model": "diabetes_progression",
+                                                                  "ok": True}
+    assert checked["source"]["checked"] is False  # the database cannot be reached: said, not failed
+    assert checked["source"]["why"].startswith("database postgresql://x@127.0.0.1:1/none (PIPELINE_DATABASE_URL): ")
     bad = write_variant(tmp_path, set_key("promotion.confidence", 1.5))
     refused = subprocess.run([sys.executable, "-m", "pipeline", "--config", str(bad), "check-config"],
                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False)
