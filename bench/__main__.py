@@ -53,8 +53,9 @@ peak MB     getrusage high-water mark of the step's own process (interpreter and
             its largest stage's, since each task runs in its own process.
 scoring     score_batch over every row of the table (serving.score_records: all) in a fresh process, after
             the measured retrain; its floor: COPY of the same rows TO STDOUT into nothing (binary), the
-            champion's bare predict on them already typed in memory, and COPY of one forecast a row into a
-            temporary table shaped as pipeline.predictions, best of {repeats} each.
+            champion's bare predict on them already typed in memory, and binary COPY of one forecast a row
+            into a temporary table shaped as pipeline.predictions, best of {repeats} each (the same COPY into
+            pipeline.predictions itself, rolled back, is shown beside it: its indexes and foreign key cost).
 busy        'retrain with a busy process beside it': the measured retrain's stages again, each in a fresh
             process, for a run of their own on the same rows, while `python -c 'while 1: pass'` keeps a
             core busy; its floor is the quiet retrain (vs floor = quiet s / busy s; target >= 0.5).
