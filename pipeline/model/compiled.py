@@ -1,10 +1,12 @@
 """A fitted model compiled for scoring: its Pipeline converted to ONNX and run by ONNX Runtime, trusted only
 after it predicts the version's holdout as the Pipeline does; the Pipeline itself wherever that fails.
 
-The joblib `Pipeline` stays the system of record: the graph is rebuilt from it at load and never stored.
-The REST API and the batch compile a version once per process as they load it (`for_version`: the holdout
-from `train.holdout_rows`, then `compile_model`); `predict` takes the frame `Pipeline.predict` takes, and
-`describe` is what `GET /v1/models/{model}` shows under `scoring`.
+The joblib `Pipeline` stays the system of record: the graph is built from it and checked on the version's
+holdout once (`for_version`: the holdout from `train.holdout_rows`, then `compile_model`), at promotion or at
+the first load, and kept as a cache beside the artifacts (`compiled/<artifact sha256>.json` and `.onnx`),
+found by the artifact's hash and checked against its own: another artifact, other libraries or a damaged
+entry are never served from it, they are compiled again. `predict` takes the frame `Pipeline.predict` takes,
+and `describe` is what `GET /v1/models/{model}` shows under `scoring`.
 
 What runs where. ONNX has no date type and no missing text, so three things are prepared in numpy before the
 graph, each exactly as the Pipeline's own first steps compute them: age in years from the date pair
@@ -19,8 +21,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,6 +52,7 @@ from sklearn.preprocessing import FunctionTransformer
 from pipeline.contract.config import DatasetContract
 from pipeline.model.features import AgeFromDates, missing_as_nan, model_inputs, typed_dates
 from pipeline.registry import records
+from pipeline.store import artifacts
 from pipeline.store.artifacts import ArtifactIntegrityError
 from pipeline.workspace import Workspace
 
@@ -402,17 +407,91 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else "no message"
 
 
+CACHE_FORMAT = 1  # bump when what a cache entry holds, or how a graph is built, changes
+
+
+def cache_fingerprint(contract: DatasetContract) -> dict[str, Any]:
+    """What a compiled graph depends on besides the artifact: the converting and running libraries and the
+    contract's feature columns and types. An entry made under another fingerprint is rebuilt."""
+    import skl2onnx
+    import sklearn
+
+    types = contract.column_types()
+    return {"format": CACHE_FORMAT, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "skl2onnx": skl2onnx.__version__, "sklearn": sklearn.__version__,
+            "features": [[name, types.get(name)] for name in contract.feature_names()]}
+
+
+def cache_paths(artifact_dir: Path, artifact_hash: str) -> tuple[Path, Path]:
+    """A version's cache entry, named by its artifact's SHA-256: (the description, the graph)."""
+    folder = artifact_dir / "compiled"
+    return folder / f"{artifact_hash}.json", folder / f"{artifact_hash}.onnx"
+
+
+def save_compiled(artifact_dir: Path, artifact_hash: str, result: Compiled) -> None:
+    """Keep a compile's outcome (the graph, its inputs and parity; or the reason it falls back) for the
+    artifact, so the next process loads it instead of converting and checking again."""
+    described, graph_path = cache_paths(artifact_dir, artifact_hash)
+    entry: dict[str, Any] = {"artifact_hash": artifact_hash, "fingerprint": cache_fingerprint(result.contract),
+                             "family": result.family, "method": result.method, "reason": result.reason,
+                             "parity": dataclasses.asdict(result.parity) if result.parity else None}
+    if result.scorer is not None:
+        graph = result.scorer.graph.SerializeToString()
+        entry["graph_sha256"] = artifacts.sha256_bytes(graph)
+        entry["inputs"] = [dataclasses.asdict(p) for p in result.scorer.inputs]
+        described.parent.mkdir(parents=True, exist_ok=True)
+        artifacts.write_atomically(graph_path, graph)
+    described.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.write_atomically(described, json.dumps(entry, indent=1).encode())
+
+
+def load_compiled(artifact_dir: Path, artifact_hash: str, model: Pipeline, contract: DatasetContract) -> Compiled | None:
+    """The artifact's cached compile, or None when there is none, or it was made for another artifact, other
+    libraries or another contract, or its graph's bytes are not the ones it recorded (then it is rebuilt)."""
+    described, graph_path = cache_paths(artifact_dir, artifact_hash)
+    try:
+        entry = json.loads(described.read_bytes())
+        if entry.get("artifact_hash") != artifact_hash or entry.get("fingerprint") != cache_fingerprint(contract):
+            return None
+        parity = Parity(**entry["parity"]) if entry.get("parity") else None
+        if entry["method"] != "onnx":
+            return Compiled(model, contract, entry["family"], entry["method"], entry["reason"], parity)
+        graph = artifacts.read_verified(graph_path, entry["graph_sha256"])
+        inputs = tuple(Prepared(p["name"], p["kind"], tuple(p["columns"]), p["fill"]) for p in entry["inputs"])
+        scorer = OnnxScorer(onnx.load_model_from_string(graph), inputs)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - a damaged entry is rebuilt, never trusted
+        log.warning("compiled model cache %s not used, it is rebuilt: %s: %s", described, type(exc).__name__,
+                    first_line(exc))
+        return None
+    return Compiled(model, contract, entry["family"], "onnx", None, parity, scorer)
+
+
 def for_version(ws: Workspace, model: Pipeline, version: int) -> Compiled:
     """A registered version's model compiled for scoring, checked on the version's own holdout; the Pipeline
-    itself, with the reason, where the holdout cannot be read or the check fails."""
+    itself, with the reason, where the holdout cannot be read or the check fails.
+
+    The outcome is kept on disk beside the artifacts, named by the version's artifact hash (`compiled/`): the
+    next process loads the checked graph instead of converting and checking it again. `model` must be the
+    version's artifact as `ws.load_model` gives it (hash-checked): the cache is found by that hash."""
     from pipeline.model import train
 
     with ws.engine.connect() as conn:
         record = records.get_model(conn, version, ws.model)
+    artifact_dir, contract = ws.settings.artifact_dir, ws.config.dataset
+    cached = load_compiled(artifact_dir, record["artifact_hash"], model, contract)
+    if cached is not None:
+        return cached
     fraction = float(record["params"].get("holdout_fraction", ws.config.training.holdout_fraction))
     try:
         _, rows = train.holdout_rows(ws, record["snapshot_hash"], fraction)
     except (OSError, LookupError, ValueError, ArtifactIntegrityError) as exc:
-        return fallback(model, ws.config.dataset, f"its holdout could not be read to check ONNX against "
-                                                  f"({type(exc).__name__}: {first_line(exc)})")
-    return compile_model(model, ws.config.dataset, rows)
+        return fallback(model, contract, f"its holdout could not be read to check ONNX against "
+                                         f"({type(exc).__name__}: {first_line(exc)})")
+    result = compile_model(model, contract, rows)
+    try:
+        save_compiled(artifact_dir, record["artifact_hash"], result)
+    except OSError as exc:  # a read-only store still scores; the next process compiles again
+        log.warning("compiled model of version %s not cached: %s", version, exc)
+    return result
