@@ -110,7 +110,8 @@ def text_values(column: pd.Series, fill: str) -> np.ndarray | None:
     which the graph could not compare the way the one-hot encoder compares objects."""
     values = column.to_numpy(dtype=object, copy=True)  # a copy: the caller's frame is not filled in
     missing = pd.isna(values)
-    if not all(isinstance(value, str) for value in values[~missing]):
+    typed_text = isinstance(column.dtype, pd.StringDtype)  # holds only text and missing values: no need to look
+    if not typed_text and not all(isinstance(value, str) for value in values[~missing]):
         return None
     values[missing] = fill
     text: np.ndarray = values.astype(str).reshape(-1, 1)
