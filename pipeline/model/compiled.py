@@ -24,24 +24,13 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 import onnxruntime
 import pandas as pd
-from onnx import numpy_helper
-from skl2onnx import convert_sklearn
-from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
-from skl2onnx.common.tree_ensemble import (
-    add_tree_to_attribute_pairs,
-    add_tree_to_attribute_pairs_hist_gradient_boosting,
-    get_default_tree_regressor_attribute_pairs,
-)
-from skl2onnx.operator_converters.common import concatenate_variables
-from skl2onnx.operator_converters.imputer_op import convert_sklearn_imputer
-from skl2onnx.proto import onnx_proto
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
 from sklearn.impute import SimpleImputer
@@ -55,6 +44,9 @@ from pipeline.registry import records
 from pipeline.store import artifacts
 from pipeline.store.artifacts import ArtifactIntegrityError
 from pipeline.workspace import Workspace
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +194,8 @@ def graph_pipeline(model: Pipeline, contract: DatasetContract) -> tuple[Pipeline
 
 def initial_types(inputs: tuple[Prepared, ...]) -> list[tuple[str, Any]]:
     """skl2onnx's declaration of the graph inputs: one column each, text as strings, the rest as doubles."""
+    from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
+
     return [(p.name, StringTensorType([None, 1]) if p.kind == "text" else DoubleTensorType([None, 1]))
             for p in inputs]
 
@@ -209,6 +203,11 @@ def initial_types(inputs: tuple[Prepared, ...]) -> list[tuple[str, Any]]:
 def convert_double_imputer(scope: Any, operator: Any, container: Any) -> None:
     """SimpleImputer on doubles: NaN replaced by the fitted statistics, in double (skl2onnx's Imputer
     node holds float32 statistics, and ONNX Runtime has no double Imputer)."""
+    from skl2onnx.common.data_types import DoubleTensorType
+    from skl2onnx.operator_converters.common import concatenate_variables
+    from skl2onnx.operator_converters.imputer_op import convert_sklearn_imputer
+    from skl2onnx.proto import onnx_proto
+
     imputer = operator.raw_operator
     if not isinstance(operator.inputs[0].type, DoubleTensorType):
         convert_sklearn_imputer(scope, operator, container)
@@ -227,6 +226,12 @@ def convert_double_imputer(scope: Any, operator: Any, container: Any) -> None:
 
 def tree_attributes(estimator: Any) -> dict[str, Any]:
     """A forest's or a boosted ensemble's trees as TreeEnsembleRegressor attributes, values in double."""
+    from skl2onnx.common.tree_ensemble import (
+        add_tree_to_attribute_pairs,
+        add_tree_to_attribute_pairs_hist_gradient_boosting,
+        get_default_tree_regressor_attribute_pairs,
+    )
+
     attributes: dict[str, Any] = get_default_tree_regressor_attribute_pairs()
     attributes["n_targets"] = 1
     if isinstance(estimator, RandomForestRegressor):
@@ -251,6 +256,9 @@ def convert_tree_ensemble(scope: Any, operator: Any, container: Any) -> None:
     leaf values (skl2onnx rounds both to float32). A forest compares float32 inputs to its double thresholds,
     as scikit-learn's trees do; boosting compares doubles. ONNX Runtime sums the trees in double and gives
     float32 (ml opset 3), cast back to double: within 6e-8 relative of scikit-learn's sum."""
+    from onnx import numpy_helper
+    from skl2onnx.proto import onnx_proto
+
     estimator = operator.raw_operator
     attributes = tree_attributes(estimator)
     for key in ("nodes_values", "nodes_hitrates", "target_weights", "base_values"):
@@ -277,14 +285,18 @@ CONVERTERS = {SimpleImputer: convert_double_imputer, RandomForestRegressor: conv
 
 
 class OnnxScorer:
-    """A converted graph in one ONNX Runtime session (one thread), with the inputs it reads."""
+    """A converted graph in one ONNX Runtime session (one thread), with the inputs it reads. The graph is
+    given as converted (a ModelProto) or as its serialized bytes (from the cache: no onnx import needed)."""
 
-    def __init__(self, graph: onnx.ModelProto, inputs: tuple[Prepared, ...]) -> None:
+    def __init__(self, graph: onnx.ModelProto | bytes, inputs: tuple[Prepared, ...]) -> None:
         self.graph, self.inputs = graph, inputs
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(graph.SerializeToString(), options,
-                                                    providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(self.graph_bytes(), options, providers=["CPUExecutionProvider"])
+
+    def graph_bytes(self) -> bytes:
+        """The graph serialized, as ONNX Runtime and the cache take it."""
+        return self.graph if isinstance(self.graph, bytes) else self.graph.SerializeToString()
 
     def predict(self, X: pd.DataFrame) -> np.ndarray | None:
         """Predictions for a frame holding the contract's feature columns, or None if its values need the Pipeline."""
@@ -297,6 +309,8 @@ class OnnxScorer:
 
 def convert(model: Pipeline, contract: DatasetContract) -> OnnxScorer:
     """The fitted Pipeline as an ONNX graph in a session; raises if a step has no exact ONNX form."""
+    from skl2onnx import convert_sklearn  # heavy (seconds on a busy machine): only where a graph is built
+
     rewired, inputs = graph_pipeline(model, contract)
     graph = convert_sklearn(rewired, initial_types=initial_types(inputs), target_opset=TARGET_OPSET,
                             custom_conversion_functions=CONVERTERS)
@@ -414,12 +428,9 @@ CACHE_FORMAT = 1  # bump when what a cache entry holds, or how a graph is built,
 def cache_fingerprint(contract: DatasetContract) -> dict[str, Any]:
     """What a compiled graph depends on besides the artifact: the converting and running libraries and the
     contract's feature columns and types. An entry made under another fingerprint is rebuilt."""
-    import skl2onnx
-    import sklearn
-
     types = contract.column_types()
-    return {"format": CACHE_FORMAT, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "skl2onnx": skl2onnx.__version__, "sklearn": sklearn.__version__,
+    return {"format": CACHE_FORMAT, "onnx": metadata.version("onnx"), "onnxruntime": onnxruntime.__version__,
+            "skl2onnx": metadata.version("skl2onnx"), "sklearn": metadata.version("scikit-learn"),
             "features": [[name, types.get(name)] for name in contract.feature_names()]}
 
 
@@ -437,7 +448,7 @@ def save_compiled(artifact_dir: Path, artifact_hash: str, result: Compiled) -> N
                              "family": result.family, "method": result.method, "reason": result.reason,
                              "parity": dataclasses.asdict(result.parity) if result.parity else None}
     if result.scorer is not None:
-        graph = result.scorer.graph.SerializeToString()
+        graph = result.scorer.graph_bytes()
         entry["graph_sha256"] = artifacts.sha256_bytes(graph)
         entry["inputs"] = [dataclasses.asdict(p) for p in result.scorer.inputs]
         described.parent.mkdir(parents=True, exist_ok=True)
@@ -459,7 +470,7 @@ def load_compiled(artifact_dir: Path, artifact_hash: str, model: Pipeline, contr
             return Compiled(model, contract, entry["family"], entry["method"], entry["reason"], parity)
         graph = artifacts.read_verified(graph_path, entry["graph_sha256"])
         inputs = tuple(Prepared(p["name"], p["kind"], tuple(p["columns"]), p["fill"]) for p in entry["inputs"])
-        scorer = OnnxScorer(onnx.load_model_from_string(graph), inputs)
+        scorer = OnnxScorer(graph, inputs)
     except FileNotFoundError:
         return None
     except Exception as exc:  # noqa: BLE001 - a damaged entry is rebuilt, never trusted

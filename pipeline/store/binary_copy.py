@@ -119,8 +119,8 @@ def _segment(parts: list[tuple[str, np.ndarray]], rows: int) -> list[bytes]:
     array = np.empty(rows, dtype=[(name, values.dtype) for name, values in parts])
     for name, values in parts:
         array[name] = values
-    segment: list[bytes] = array.view(np.dtype((np.void, array.dtype.itemsize))).tolist()
-    return segment
+    segment = array.view(np.dtype((np.void, array.dtype.itemsize))).tolist()  # bytes, one per row
+    return segment  # type: ignore[return-value]
 
 
 def encode(columns: Sequence[Column], rows: int) -> bytes:
