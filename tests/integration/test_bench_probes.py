@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy as sa
+
 from bench import probe, scoring
 from pipeline.contract.settings import Settings
 from pipeline.registry.records import current_champion
@@ -29,4 +31,7 @@ def test_the_predict_and_scoring_floors_measure_the_champion(settings: Settings)
     floor = scoring.run_score_floor(_spec(settings))
     assert floor["rows"] == 442 and floor["write_seconds"] > 0
     assert floor["seconds"] == floor["copy_seconds"] + floor["predict_seconds"] + floor["write_seconds"]
+    assert floor["table_write_seconds"] > 0  # the same COPY into pipeline.predictions itself, rolled back:
+    with ws.engine.connect() as conn:
+        assert conn.scalar(sa.text("SELECT count(*) FROM pipeline.predictions WHERE run_id = 'floor'")) == 0
     ws.engine.dispose()
