@@ -23,7 +23,7 @@ from pipeline.contract.settings import PROJECT_ROOT
 from pipeline.data import ingest
 from pipeline.model.features import build_preprocessor, model_inputs
 from pipeline.registry import records
-from pipeline.runtime import memory
+from pipeline.runtime import memory, threads
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -159,12 +159,14 @@ class SearchBudget:
 def fold_predictions(contract: DatasetContract, family: str, policy: TrainingPolicy, X: pd.DataFrame,
                      y: np.ndarray, fold: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Predictions for one fold's test rows of the family fitted on its other rows; fitted on `n_jobs`
-    threads (a forest's trees are seeded one by one, so the fit does not depend on them), predicted on one."""
+    threads (a forest's trees are seeded one by one, so the fit does not depend on them), its BLAS and OpenMP
+    on the threads its size gets (`threads.for_fit`), predicted on one."""
     fit_rows, test_rows = fold
     model = build_model(contract, family, policy, n_jobs=policy.n_jobs)
-    model.fit(X.iloc[fit_rows], y[fit_rows])
-    freeze_threads(model)
-    return np.asarray(model.predict(X.iloc[test_rows]), dtype="float64")
+    with threads.for_fit(len(fit_rows), policy.n_jobs):
+        model.fit(X.iloc[fit_rows], y[fit_rows])
+        freeze_threads(model)
+        return np.asarray(model.predict(X.iloc[test_rows]), dtype="float64")
 
 
 def cross_validate_family(contract: DatasetContract, family: str, policy: TrainingPolicy, X: pd.DataFrame,
@@ -226,9 +228,11 @@ def best_family(cv_table: dict[str, dict[str, Any]]) -> str:
 
 
 def fit_family(train: pd.DataFrame, contract: DatasetContract, policy: TrainingPolicy, family: str) -> Pipeline:
-    """One family fitted on all training rows, ready to predict (one thread)."""
+    """One family fitted on all training rows (on the threads their count gets: `threads.for_fit`), ready to
+    predict (one thread)."""
     model = build_model(contract, family, policy, n_jobs=policy.n_jobs)
-    model.fit(model_inputs(train, contract), train[contract.target_column].to_numpy())
+    with threads.for_fit(len(train), policy.n_jobs):
+        model.fit(model_inputs(train, contract), train[contract.target_column].to_numpy())
     freeze_threads(model)
     return model
 

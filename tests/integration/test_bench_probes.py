@@ -3,11 +3,12 @@ layout change that breaks one fails here, not in the next `make bench`."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-from bench import probe, scoring
+from bench import probe, scoring, workload
 from pipeline.contract.settings import Settings
 from pipeline.registry.records import current_champion
 from pipeline.workspace import Workspace
@@ -20,9 +21,9 @@ def _spec(settings: Settings, **extra: Any) -> dict[str, Any]:
             "run_id": "bench-probe", **extra}
 
 
-def test_the_predict_and_scoring_floors_measure_the_champion(settings: Settings) -> None:
+def test_the_floors_measure_the_champion_and_its_snapshots(settings: Settings, tmp_path: Path) -> None:
     ws = quick_workspace(Workspace.open(settings))
-    promote_demo_champion(ws)
+    retrain = promote_demo_champion(ws)
     with ws.engine.connect() as conn:
         champion = current_champion(conn, ws.model)
     assert champion is not None
@@ -34,4 +35,11 @@ def test_the_predict_and_scoring_floors_measure_the_champion(settings: Settings)
     assert floor["table_write_seconds"] > 0  # the same COPY into pipeline.predictions itself, rolled back:
     with ws.engine.connect() as conn:
         assert conn.scalar(sa.text("SELECT count(*) FROM pipeline.predictions WHERE run_id = 'floor'")) == 0
+    bench_config = workload.write_config(settings.config_path, tmp_path / "bench.yaml")  # ridge and HGB
+    search = probe.run_search_floor(_spec(settings, config_path=str(bench_config),
+                                          clean_snapshot_hash=retrain["clean_snapshot_hash"]))
+    assert search["folds"] == 5 and search["shape"][0] == search["search_rows"] == 354  # 442 - 88 held out
+    assert search["best"] in workload.BENCH_FAMILIES and search["seconds"] > 0
+    listing = probe.run_validation_floor(_spec(settings, snapshot_hash=retrain["snapshot"]["snapshot_hash"]))
+    assert listing["rows"] == 442 and listing["chunks"] == 1 and listing["result_format"] == "COMPLETE, rows by id"
     ws.engine.dispose()

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from bench import report, workload
+from bench import peer, report, workload
 from bench.__main__ import busy_machine_note, stage_verdicts, verdicts
 from pipeline.contract.config import load_config
 from pipeline.contract.settings import PROJECT_ROOT
@@ -78,12 +78,44 @@ def test_verdicts_name_each_target_and_whether_it_was_met() -> None:
     assert whole.startswith(f"whole retrain at 10^6: {3.0 / sum(SECONDS.values()):.2f} of its floor")
 
 
-def test_validation_is_judged_against_great_expectations_alone() -> None:
+def test_validation_is_judged_against_great_expectations_listing_rows_on_the_same_chunks() -> None:
     steps = {s["step"]: s for s in size(10**6, SECONDS, PEAKS)["steps"]}
     steps["validate_snapshot"] = report.step("validate_snapshot", 3.0, 10**6, 1.0)
-    assert stage_verdicts(steps)[0] == "validate_snapshot at 10^6: 3.00 s, 3.0x Great Expectations alone (target <= 2x) MISSED"
+    assert stage_verdicts(steps)[0] == ("validate_snapshot at 10^6: 3.00 s, 3.0x GX listing unexpected rows on the "
+                                        "same chunks (target <= 2x) MISSED")
     steps["validate_snapshot"] = report.step("validate_snapshot", 1.5, 10**6, 1.0)
-    assert stage_verdicts(steps)[0].endswith("1.5x Great Expectations alone (target <= 2x) OK")
+    assert stage_verdicts(steps)[0].endswith("1.5x GX listing unexpected rows on the same chunks (target <= 2x) OK")
+
+
+def test_training_and_the_whole_retrain_are_judged_on_their_floors_at_every_size() -> None:
+    steps = {s["step"]: s for s in size(10**4, SECONDS, PEAKS)["steps"]}
+    steps["train_candidate"] = report.step("train_candidate", 10.0, 10**4, 8.0)
+    steps[report.DAG_ROW] = report.step(report.DAG_ROW, 20.0, 10**4, 11.0)
+
+    lines = stage_verdicts(steps, 10**4)
+
+    assert lines == [
+        "train_candidate at 10^4: 0.80 of its floor, the same search by bare scikit-learn (target >= 0.7) OK",
+        "whole retrain at 10^4: 0.55 of its floor, COPY + bare search + GX listing rows + bare predict "
+        "(target >= 0.6) MISSED"]  # validation and evaluation are judged at 10^6 only
+
+
+def test_the_peer_row_holds_our_retrain_as_its_floor_and_is_judged_on_time_and_memory() -> None:
+    measured = {"seconds": 40.0, "steps": {name: 8.0 for name in peer.STEPS}, "peak_mb": 500.0, "ready_mb": 200.0,
+                "best": "Ridge", "cv_rmse": 30.0, "holdout_rmse": 29.0, "gx": {"success": False}, "holdout_rows": 2}
+    sized = size(10**4, SECONDS, PEAKS)
+    ours = next(s for s in sized["steps"] if s["step"] == report.DAG_ROW)
+    sized["steps"] += peer.rows(measured, ours, 10**4)
+
+    total = next(s for s in sized["steps"] if s["step"] == peer.ROW)
+    (line,) = peer.verdicts([sized])
+
+    assert total["vs_floor"] == sum(SECONDS.values()) / 40.0
+    assert [s["step"] for s in sized["steps"][-len(peer.STEPS):]] == [f"  peer: {name}" for name in peer.STEPS]
+    assert line == (f"our retrain / the hand-wired peer at 10^4: {sum(SECONDS.values()):.2f} s / 40.00 s = "
+                    f"{sum(SECONDS.values()) / 40:.2f} (target <= 0.5) MISSED; peak 1,500 MB per task, the peer's "
+                    "500 MB (target <=) MISSED")
+    assert "peer: hand-wired retrain" in report.table([sized], {})
 
 
 def test_previous_results_are_read_for_comparison(tmp_path: Path) -> None:
@@ -149,3 +181,15 @@ def test_a_probe_reports_its_own_peak_not_its_parents() -> None:
                           capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert done.returncode == 0, done.stderr
     assert float(done.stdout) < 200 < held.nbytes / 2**20, done.stdout
+
+
+def test_the_peers_grid_has_each_configured_family_with_its_parameters() -> None:
+    families = load_config(PROJECT_ROOT / "pipeline.yaml").training.families
+    grid = peer.param_grid(families, seed=7)
+
+    assert [type(entry["model"][0]).__name__ for entry in grid] == [
+        {"ridge": "Ridge", "random_forest": "RandomForestRegressor",
+         "hist_gradient_boosting": "HistGradientBoostingRegressor"}[family] for family in families]
+    for entry, params in zip(grid, families.values(), strict=True):
+        assert {k: v for k, v in entry.items() if k != "model"} == {f"model__{k}": [v] for k, v in params.items()}
+        assert entry["model"][0].get_params()["random_state"] == 7

@@ -105,6 +105,30 @@ def test_sized_from_the_workers_slots_and_restored_after(monkeypatch: pytest.Mon
     assert pools() == before
 
 
+@pytest.mark.parametrize(("rows", "pool", "n_jobs", "expected"), [
+    (8_000, 2, None, 1),  # a clinic's search: each CV fold on one thread
+    (160_000, 2, None, 1),  # a fold of the capped search (search_max_rows 200,000)
+    (threads.ONE_THREAD_BELOW_ROWS - 1, 4, None, 1),
+    (threads.ONE_THREAD_BELOW_ROWS, 4, None, 4),  # from the threshold on: the task's pool
+    (800_000, 2, None, 2),  # the final fit at 10^6 rows
+    (8_000_000, 1, None, 1),  # a pool of one stays one
+    (8_000, 2, 2, 2),  # training.n_jobs wins at every size
+    (800_000, 2, 1, 1),
+])
+def test_a_fit_gets_one_thread_below_the_size_and_the_pool_above(rows: int, pool: int, n_jobs: int | None,
+                                                                 expected: int) -> None:
+    assert threads.fit_threads(rows, pool, n_jobs) == expected
+
+
+def test_inside_for_fit_blas_and_openmp_have_the_fits_count_and_the_pool_after() -> None:
+    with threads.sized(2):
+        with threads.for_fit(8_000) as small:
+            assert small == 1 and pools() == {"blas": {1}, "openmp": {1}}
+        with threads.for_fit(threads.ONE_THREAD_BELOW_ROWS) as large:
+            assert large == 2 and pools() == {"blas": {2}, "openmp": {2}}
+        assert pools() == {"blas": {2}, "openmp": {2}}
+
+
 def test_openmp_loaded_inside_sized_gets_the_slots_count() -> None:
     """A task that trains imports scikit-learn (and OpenMP) inside `sized`, not before: the pool it loads then
     has the slot's count too, and a task that never trains never loads scikit-learn."""
