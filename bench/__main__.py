@@ -281,7 +281,7 @@ def verdicts(sizes: list[dict[str, Any]], dag_parse: list[dict[str, Any]]) -> li
                      f"{one_process:,.0f} MB all stages in one process (target < {MEMORY_LIMIT_MB}) "
                      f"{'OK' if worst < MEMORY_LIMIT_MB else 'MISSED'}")
         lines += stage_verdicts(at[10**6])
-    for rows in sorted(set(at) - {10**6}):
+    for rows in sorted(r for r in set(at) - {10**6} if report.DAG_ROW in at[r]):  # not with --scoring-only
         lines += stage_verdicts(at[rows], rows)
     growth = [(size["rows"], max(s["peak_mb"] - s["ready_mb"] for s in size["steps"] if s["step"] in report.STAGES))
               for size in sizes if any(s["step"] in report.STAGES for s in size["steps"])]
