@@ -65,8 +65,9 @@ peak MB     getrusage high-water mark of the step's own process (interpreter and
             its largest stage's, since each task runs in its own process.
 scoring     score_batch over every row of the table (serving.score_records: all) in a fresh process, after
             the measured retrain; its floor: COPY of the same rows TO STDOUT into nothing (binary), the
-            champion's bare predict on them already typed in memory, and COPY of one forecast a row into a
-            temporary table shaped as pipeline.predictions, best of {repeats} each.
+            champion's bare predict on them already typed in memory, and binary COPY of one forecast a row
+            into a temporary table shaped as pipeline.predictions, best of {repeats} each (the same COPY into
+            pipeline.predictions itself, rolled back, is shown beside it: its indexes and foreign key cost).
 busy        'retrain with a busy process beside it': the measured retrain's stages again, each in a fresh
             process, for a run of their own on the same rows, while `python -c 'while 1: pass'` keeps a
             core busy; its floor is the quiet retrain (vs floor = quiet s / busy s; target >= 0.5).
@@ -229,6 +230,30 @@ def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, ke
 BUSY_CORES = 0.2  # other processes' load during the read measurement that makes its ratio unreliable
 
 
+def measure_scoring(rows: int, server_url: str, config_path: Path, repeats: int, keep: bool) -> dict[str, Any]:
+    """Generate `rows` rows, retrain once for a champion, then only batch scoring beside its floor."""
+    label = f"[{report.fmt(rows, 'rows')}]"
+    url = workload.scratch_url(server_url, rows)
+    say(f"{label} generating {rows:,} rows in database {url.rsplit('/', 1)[-1].split('?')[0]} ...", end=" ")
+    generated = workload.create_table(url, rows, progress=lambda n: say(f"{n:,}", end=" ") if rows > 10**6 else None)
+    say(f"{generated:.1f} s")
+    artifacts = tempfile.mkdtemp(prefix=f"bench-artifacts-{rows}-")
+    base = {"database_url": url, "config_path": str(config_path), "artifact_dir": artifacts,
+            "pgdata_dir": str(Settings.from_env().pgdata_dir), "watermark": workload.WATERMARK.isoformat(),
+            "repeats": repeats, "run_id": f"bench-{rows}"}
+    try:
+        say(f"{label} first retrain, all stages in one process (it makes the champion) ...", end=" ")
+        first = probe({**base, "probe": "retrain", "run_id": f"bench-{rows}-first"})
+        say(f"{first['seconds']:.1f} s, {first['result'].get('status')}")
+        score_step, score_floor = scoring.measure(probe, say, base, label)
+    finally:
+        shutil.rmtree(artifacts, ignore_errors=True)
+        if not keep:
+            db.drop_database(url)
+    return {"rows": rows, "snapshot_rows": rows, "generate_seconds": generated, "steps": [score_step],
+            "floors": {scoring.FLOOR: score_floor}}
+
+
 def busy_machine_note(other_cores: float | None) -> str:
     """A warning when other work competed with the read and its floor (the read needs more CPU)."""
     if other_cores is None:
@@ -244,7 +269,7 @@ def verdicts(sizes: list[dict[str, Any]], dag_parse: list[dict[str, Any]]) -> li
     sizes = [size for size in sizes if "error" not in size]
     lines = peer.verdicts(sizes)
     at = {size["rows"]: {s["step"]: s for s in size["steps"]} for size in sizes}
-    if 10**6 in at:
+    if 10**6 in at and report.DAG_ROW in at[10**6]:
         read, dag, ingest = at[10**6][report.READ_ROW], at[10**6][report.DAG_ROW], at[10**6]["ingest_snapshot"]
         lines.append(f"read rows -> Arrow at 10^6: {read['vs_floor']:.2f} of COPY-into-nothing throughput "
                      f"(target >= {READ_TARGET}) {'OK' if read['vs_floor'] >= READ_TARGET else 'MISSED'}; "
@@ -256,10 +281,10 @@ def verdicts(sizes: list[dict[str, Any]], dag_parse: list[dict[str, Any]]) -> li
                      f"{one_process:,.0f} MB all stages in one process (target < {MEMORY_LIMIT_MB}) "
                      f"{'OK' if worst < MEMORY_LIMIT_MB else 'MISSED'}")
         lines += stage_verdicts(at[10**6])
-    for rows in sorted(set(at) - {10**6}):
+    for rows in sorted(r for r in set(at) - {10**6} if report.DAG_ROW in at[r]):  # not with --scoring-only
         lines += stage_verdicts(at[rows], rows)
     growth = [(size["rows"], max(s["peak_mb"] - s["ready_mb"] for s in size["steps"] if s["step"] in report.STAGES))
-              for size in sizes]
+              for size in sizes if any(s["step"] in report.STAGES for s in size["steps"])]
     if len(growth) > 1:
         lines.append("memory above imports, largest stage: " + ", ".join(
             f"{report.fmt(r, 'rows')} {mb:,.0f} MB ({mb * 1024 / r:,.1f} KB per row)" for r, mb in growth))
@@ -311,6 +336,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="train every family pipeline.yaml ships (random forest too), not only ridge and HGB")
     parser.add_argument("--sizes", type=int, nargs="+", help="row counts to measure instead of 10^4 10^5 10^6")
     parser.add_argument("--repeats", type=int, default=5, help="runs of each floor and of the Arrow read (best kept)")
+    parser.add_argument("--scoring-only", action="store_true",
+                        help="only batch scoring beside its floor (after the first retrain that makes the champion); "
+                             "no DAG parse, REST API or retrain stages")
     parser.add_argument("--keep-databases", action="store_true", help="leave the generated bench_<rows>_<pid> databases")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     return parser.parse_args(argv)
@@ -333,15 +361,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{load_before[0]:.1f} (other work on this machine slows every step); training: "
         f"{workload.describe_config(config_path)}")
     clock = time.perf_counter()
-    dag_parse = measure_dag_parsing()
+    dag_parse = [] if args.scoring_only else measure_dag_parsing()
+    rest_api: dict[str, Any] = {"error": "skipped (--scoring-only)"}
     try:
-        rest_api: dict[str, Any] = rest.measure(server_url, say)
+        rest_api = rest_api if args.scoring_only else rest.measure(server_url, say)
     except Exception as exc:  # noqa: BLE001 - the stage measurements still run; say what broke
         rest_api = {"error": str(exc)}
+    measure = measure_scoring if args.scoring_only else measure_size
     results = []
     for rows in sizes:
         try:
-            results.append(measure_size(rows, server_url, config_path, args.repeats, args.keep_databases))
+            results.append(measure(rows, server_url, config_path, args.repeats, args.keep_databases))
         except BenchError as exc:  # keep the sizes measured so far, and say what broke
             say(f"\n[{report.fmt(rows, 'rows')}] {exc}")
             results.append({"rows": rows, "error": str(exc), "steps": [], "floors": {}})
@@ -369,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     say(rest.verdict(rest_api) if "error" not in rest_api else f"REST API: not measured: {rest_api['error']}")
     say("")
     say(document["method"])
+    if args.scoring_only:  # a partial run: latest.json stays the last full one, the base of 'last run'
+        (args.results_dir / f"{stamp}-scoring.json").write_text(json.dumps(document, indent=2, default=str))
+        say(f"\nwritten: {args.results_dir / f'{stamp}-scoring.json'}")
+        return 0
     for name in (f"{stamp}.json", "latest.json"):
         (args.results_dir / name).write_text(json.dumps(document, indent=2, default=str))
     report.plot([size for size in results if "error" not in size], args.results_dir / f"{stamp}.png")

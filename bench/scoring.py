@@ -2,9 +2,11 @@
 
 The floor is the whole necessary work, each part best of `repeats`: reading the same rows (COPY of the
 selection's SQL into nothing, binary), the champion's bare `predict` on those rows already typed in memory,
-and writing one forecast a row (COPY of a frame shaped as `pipeline.predictions` into a temporary table of
-its shape, as scoring's own writer does). Scoring also checks every row against the contract, computes
-intervals and input hashes, and writes in one transaction, chunk by chunk in bounded memory.
+and writing one forecast a row (binary COPY, with scoring's own writer, into a temporary table shaped as
+`pipeline.predictions`). The same COPY into `pipeline.predictions` itself (its three indexes and its foreign
+key kept up, then rolled back) is measured and shown beside the floor, not counted in it. Scoring also checks
+every row against the contract, computes intervals and input hashes, and writes in one transaction, chunk by
+chunk in bounded memory.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from typing import Any
+
+import sqlalchemy as sa
 
 from bench import report
 
@@ -59,29 +63,36 @@ def run_score_floor(spec: dict[str, Any]) -> dict[str, Any]:
     inputs = model_inputs(frame, contract)
     predicts = [timed(model.predict, inputs)[1] for _ in range(spec["repeats"])]
     writes = _forecast_writes(ws, model.predict(inputs), spec["repeats"])
-    return {"seconds": min(copies) + min(predicts) + min(writes), "copy_seconds": min(copies),
-            "predict_seconds": min(predicts), "write_seconds": min(writes), "rows": len(frame), "peak_mb": peak_mb()}
+    write = min(writes["temporary"])
+    return {"seconds": min(copies) + min(predicts) + write, "copy_seconds": min(copies),
+            "predict_seconds": min(predicts), "write_seconds": write, "table_write_seconds": min(writes["table"]),
+            "rows": len(frame), "peak_mb": peak_mb()}
 
 
-def _forecast_writes(ws: Any, predicted: Any, repeats: int) -> list[float]:
-    """Seconds to COPY one forecast a row, shaped as pipeline.predictions, into a temporary table of its shape."""
-    import pandas as pd
-
+def _forecast_writes(ws: Any, predicted: Any, repeats: int) -> dict[str, list[float]]:
+    """Seconds to COPY one forecast a row (binary, with scoring's own writer) into a temporary table shaped as
+    pipeline.predictions ("temporary": the floor), and into pipeline.predictions itself, its indexes and
+    foreign key kept up, rolled back ("table": shown beside the floor, not in it)."""
     from bench.measure import timed
-    from pipeline.serving.scoring import PREDICTION_COLUMNS, _copy
+    from pipeline.serving.scoring import copy_forecasts
 
     n = len(predicted)
-    frame = pd.DataFrame({"model": ws.model, "version": 1, "source_id": [str(i) for i in range(n)],
-                          "prediction": predicted, "lower": predicted - 1.0, "upper": predicted + 1.0,
-                          "coverage": 0.9, "run_id": "floor", "source": "batch", "input_hash": "0" * 64})
+    with ws.engine.connect() as conn:
+        version = conn.scalar(sa.text("SELECT max(version) FROM pipeline.model_versions"))
+    values = {"model": ws.model, "version": version, "source_id": [str(i) for i in range(n)],
+              "prediction": predicted, "lower": predicted - 1.0, "upper": predicted + 1.0, "coverage": 0.9,
+              "run_id": "floor", "source": "batch", "input_hash": "0" * 64}
     raw = ws.engine.raw_connection()
+    seconds: dict[str, list[float]] = {"temporary": [], "table": []}
     try:
         cursor = raw.cursor()
         cursor.execute("CREATE TEMP TABLE floor_predictions (LIKE pipeline.predictions INCLUDING DEFAULTS)")
-        seconds = []
         for _ in range(repeats):
-            seconds.append(timed(_copy, cursor, "floor_predictions", frame[list(PREDICTION_COLUMNS)])[1])
+            seconds["temporary"].append(timed(copy_forecasts, cursor, "floor_predictions", values, n)[1])
             cursor.execute("TRUNCATE floor_predictions")
+            cursor.execute("SAVEPOINT table_write")
+            seconds["table"].append(timed(copy_forecasts, cursor, "pipeline.predictions", values, n)[1])
+            cursor.execute("ROLLBACK TO SAVEPOINT table_write")
         return seconds
     finally:
         raw.rollback()
@@ -101,12 +112,14 @@ def measure(probe: Callable[[dict[str, Any]], dict[str, Any]], say: Callable[...
         f"peak {scored['peak_mb']:,.0f} MB")
     say(f"{label} floor: COPY of the same rows into nothing + a bare predict + COPY of the forecasts ...", end=" ")
     floor = probe({**base, "probe": "score_floor"})
-    say(f"{floor['copy_seconds']:.2f} s + {floor['predict_seconds']:.2f} s + {floor['write_seconds']:.2f} s")
+    say(f"{floor['copy_seconds']:.2f} s + {floor['predict_seconds']:.2f} s + {floor['write_seconds']:.2f} s "
+        f"(the same COPY into pipeline.predictions itself, indexes and foreign key kept: "
+        f"{floor['table_write_seconds']:.2f} s)")
     step = report.step(STEP, scored["seconds"], result["rows_selected"], floor["seconds"], scored["peak_mb"],
                        ready_mb=scored["ready_mb"], result=result)
     return step, {"seconds": floor["seconds"], "rows": floor["rows"], "peak_mb": floor["peak_mb"],
                   "copy_seconds": floor["copy_seconds"], "predict_seconds": floor["predict_seconds"],
-                  "write_seconds": floor["write_seconds"]}
+                  "write_seconds": floor["write_seconds"], "table_write_seconds": floor["table_write_seconds"]}
 
 
 def verdicts(sizes: list[dict[str, Any]]) -> list[str]:
@@ -116,7 +129,14 @@ def verdicts(sizes: list[dict[str, Any]]) -> list[str]:
         step = next((s for s in size["steps"] if s["step"] == STEP), None)
         if step is None or step["vs_floor"] is None:
             continue
+        floor = size["floors"].get(FLOOR, {})
+        with_table = ""
+        if floor.get("table_write_seconds"):
+            seconds = floor["seconds"] - floor["write_seconds"] + floor["table_write_seconds"]
+            with_table = (f"; {seconds / step['seconds']:.2f} of the floor writing into pipeline.predictions itself "
+                          f"(its indexes and foreign key: {floor['table_write_seconds']:.2f} s, not "
+                          f"{floor['write_seconds']:.2f} s)")
         lines.append(f"batch scoring at {report.fmt(size['rows'], 'rows')}: {step['rows_per_second']:,.0f} rows/s, "
                      f"{step['vs_floor']:.2f} of its floor ({FLOOR}) (target >= {TARGET}) "
-                     f"{'OK' if step['vs_floor'] >= TARGET else 'MISSED'}")
+                     f"{'OK' if step['vs_floor'] >= TARGET else 'MISSED'}{with_table}")
     return lines

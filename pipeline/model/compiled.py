@@ -1,10 +1,12 @@
 """A fitted model compiled for scoring: its Pipeline converted to ONNX and run by ONNX Runtime, trusted only
 after it predicts the version's holdout as the Pipeline does; the Pipeline itself wherever that fails.
 
-The joblib `Pipeline` stays the system of record: the graph is rebuilt from it at load and never stored.
-The REST API and the batch compile a version once per process as they load it (`for_version`: the holdout
-from `train.holdout_rows`, then `compile_model`); `predict` takes the frame `Pipeline.predict` takes, and
-`describe` is what `GET /v1/models/{model}` shows under `scoring`.
+The joblib `Pipeline` stays the system of record: the graph is built from it and checked on the version's
+holdout once (`for_version`: the holdout from `train.holdout_rows`, then `compile_model`), at promotion or at
+the first load, and kept as a cache beside the artifacts (`compiled/<artifact sha256>.json` and `.onnx`),
+found by the artifact's hash and checked against its own: another artifact, other libraries or a damaged
+entry are never served from it, they are compiled again. `predict` takes the frame `Pipeline.predict` takes,
+and `describe` is what `GET /v1/models/{model}` shows under `scoring`.
 
 What runs where. ONNX has no date type and no missing text, so three things are prepared in numpy before the
 graph, each exactly as the Pipeline's own first steps compute them: age in years from the date pair
@@ -19,25 +21,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 import onnxruntime
 import pandas as pd
-from onnx import numpy_helper
-from skl2onnx import convert_sklearn
-from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
-from skl2onnx.common.tree_ensemble import (
-    add_tree_to_attribute_pairs,
-    add_tree_to_attribute_pairs_hist_gradient_boosting,
-    get_default_tree_regressor_attribute_pairs,
-)
-from skl2onnx.operator_converters.common import concatenate_variables
-from skl2onnx.operator_converters.imputer_op import convert_sklearn_imputer
-from skl2onnx.proto import onnx_proto
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
 from sklearn.impute import SimpleImputer
@@ -48,8 +41,12 @@ from sklearn.preprocessing import FunctionTransformer
 from pipeline.contract.config import DatasetContract
 from pipeline.model.features import AgeFromDates, missing_as_nan, model_inputs, typed_dates
 from pipeline.registry import records
+from pipeline.store import artifacts
 from pipeline.store.artifacts import ArtifactIntegrityError
 from pipeline.workspace import Workspace
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +102,8 @@ def text_values(column: pd.Series, fill: str) -> np.ndarray | None:
     which the graph could not compare the way the one-hot encoder compares objects."""
     values = column.to_numpy(dtype=object, copy=True)  # a copy: the caller's frame is not filled in
     missing = pd.isna(values)
-    if not all(isinstance(value, str) for value in values[~missing]):
+    typed_text = isinstance(column.dtype, pd.StringDtype)  # holds only text and missing values: no need to look
+    if not typed_text and not all(isinstance(value, str) for value in values[~missing]):
         return None
     values[missing] = fill
     text: np.ndarray = values.astype(str).reshape(-1, 1)
@@ -209,6 +207,8 @@ def graph_pipeline(model: Pipeline, contract: DatasetContract) -> tuple[Pipeline
 
 def initial_types(inputs: tuple[Prepared, ...]) -> list[tuple[str, Any]]:
     """skl2onnx's declaration of the graph inputs: one column each, text as strings, the rest as doubles."""
+    from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
+
     return [(p.name, StringTensorType([None, 1]) if p.kind == "text" else DoubleTensorType([None, 1]))
             for p in inputs]
 
@@ -216,6 +216,11 @@ def initial_types(inputs: tuple[Prepared, ...]) -> list[tuple[str, Any]]:
 def convert_double_imputer(scope: Any, operator: Any, container: Any) -> None:
     """SimpleImputer on doubles: NaN replaced by the fitted statistics, in double (skl2onnx's Imputer
     node holds float32 statistics, and ONNX Runtime has no double Imputer)."""
+    from skl2onnx.common.data_types import DoubleTensorType
+    from skl2onnx.operator_converters.common import concatenate_variables
+    from skl2onnx.operator_converters.imputer_op import convert_sklearn_imputer
+    from skl2onnx.proto import onnx_proto
+
     imputer = operator.raw_operator
     if not isinstance(operator.inputs[0].type, DoubleTensorType):
         convert_sklearn_imputer(scope, operator, container)
@@ -234,6 +239,12 @@ def convert_double_imputer(scope: Any, operator: Any, container: Any) -> None:
 
 def tree_attributes(estimator: Any) -> dict[str, Any]:
     """A forest's or a boosted ensemble's trees as TreeEnsembleRegressor attributes, values in double."""
+    from skl2onnx.common.tree_ensemble import (
+        add_tree_to_attribute_pairs,
+        add_tree_to_attribute_pairs_hist_gradient_boosting,
+        get_default_tree_regressor_attribute_pairs,
+    )
+
     attributes: dict[str, Any] = get_default_tree_regressor_attribute_pairs()
     attributes["n_targets"] = 1
     if isinstance(estimator, RandomForestRegressor):
@@ -258,6 +269,9 @@ def convert_tree_ensemble(scope: Any, operator: Any, container: Any) -> None:
     leaf values (skl2onnx rounds both to float32). A forest compares float32 inputs to its double thresholds,
     as scikit-learn's trees do; boosting compares doubles. ONNX Runtime sums the trees in double and gives
     float32 (ml opset 3), cast back to double: within 6e-8 relative of scikit-learn's sum."""
+    from onnx import numpy_helper
+    from skl2onnx.proto import onnx_proto
+
     estimator = operator.raw_operator
     attributes = tree_attributes(estimator)
     for key in ("nodes_values", "nodes_hitrates", "target_weights", "base_values"):
@@ -284,16 +298,20 @@ CONVERTERS = {SimpleImputer: convert_double_imputer, RandomForestRegressor: conv
 
 
 class OnnxScorer:
-    """A converted graph in one ONNX Runtime session (one thread), with the inputs it reads."""
+    """A converted graph in one ONNX Runtime session (one thread), with the inputs it reads. The graph is
+    given as converted (a ModelProto) or as its serialized bytes (from the cache: no onnx import needed)."""
 
-    def __init__(self, graph: onnx.ModelProto, inputs: tuple[Prepared, ...]) -> None:
+    def __init__(self, graph: onnx.ModelProto | bytes, inputs: tuple[Prepared, ...]) -> None:
         self.graph, self.inputs = graph, inputs
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1  # a request's few rows: no pool to wake,
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL  # and concurrent requests do not
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # spin on the two cores
-        self.session = onnxruntime.InferenceSession(graph.SerializeToString(), options,
-                                                    providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(self.graph_bytes(), options, providers=["CPUExecutionProvider"])
+
+    def graph_bytes(self) -> bytes:
+        """The graph serialized, as ONNX Runtime and the cache take it."""
+        return self.graph if isinstance(self.graph, bytes) else self.graph.SerializeToString()
 
     def predict(self, X: pd.DataFrame) -> np.ndarray | None:
         """Predictions for a frame holding the contract's feature columns, or None if its values need the Pipeline."""
@@ -313,6 +331,8 @@ class OnnxScorer:
 
 def convert(model: Pipeline, contract: DatasetContract) -> OnnxScorer:
     """The fitted Pipeline as an ONNX graph in a session; raises if a step has no exact ONNX form."""
+    from skl2onnx import convert_sklearn  # heavy (seconds on a busy machine): only where a graph is built
+
     rewired, inputs = graph_pipeline(model, contract)
     graph = convert_sklearn(rewired, initial_types=initial_types(inputs), target_opset=TARGET_OPSET,
                             custom_conversion_functions=CONVERTERS)
@@ -429,17 +449,88 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else "no message"
 
 
+CACHE_FORMAT = 1  # bump when what a cache entry holds, or how a graph is built, changes
+
+
+def cache_fingerprint(contract: DatasetContract) -> dict[str, Any]:
+    """What a compiled graph depends on besides the artifact: the converting and running libraries and the
+    contract's feature columns and types. An entry made under another fingerprint is rebuilt."""
+    types = contract.column_types()
+    return {"format": CACHE_FORMAT, "onnx": metadata.version("onnx"), "onnxruntime": onnxruntime.__version__,
+            "skl2onnx": metadata.version("skl2onnx"), "sklearn": metadata.version("scikit-learn"),
+            "features": [[name, types.get(name)] for name in contract.feature_names()]}
+
+
+def cache_paths(artifact_dir: Path, artifact_hash: str) -> tuple[Path, Path]:
+    """A version's cache entry, named by its artifact's SHA-256: (the description, the graph)."""
+    folder = artifact_dir / "compiled"
+    return folder / f"{artifact_hash}.json", folder / f"{artifact_hash}.onnx"
+
+
+def save_compiled(artifact_dir: Path, artifact_hash: str, result: Compiled) -> None:
+    """Keep a compile's outcome (the graph, its inputs and parity; or the reason it falls back) for the
+    artifact, so the next process loads it instead of converting and checking again."""
+    described, graph_path = cache_paths(artifact_dir, artifact_hash)
+    entry: dict[str, Any] = {"artifact_hash": artifact_hash, "fingerprint": cache_fingerprint(result.contract),
+                             "family": result.family, "method": result.method, "reason": result.reason,
+                             "parity": dataclasses.asdict(result.parity) if result.parity else None}
+    if result.scorer is not None:
+        graph = result.scorer.graph_bytes()
+        entry["graph_sha256"] = artifacts.sha256_bytes(graph)
+        entry["inputs"] = [dataclasses.asdict(p) for p in result.scorer.inputs]
+        described.parent.mkdir(parents=True, exist_ok=True)
+        artifacts.write_atomically(graph_path, graph)
+    described.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.write_atomically(described, json.dumps(entry, indent=1).encode())
+
+
+def load_compiled(artifact_dir: Path, artifact_hash: str, model: Pipeline, contract: DatasetContract) -> Compiled | None:
+    """The artifact's cached compile, or None when there is none, or it was made for another artifact, other
+    libraries or another contract, or its graph's bytes are not the ones it recorded (then it is rebuilt)."""
+    described, graph_path = cache_paths(artifact_dir, artifact_hash)
+    try:
+        entry = json.loads(described.read_bytes())
+        if entry.get("artifact_hash") != artifact_hash or entry.get("fingerprint") != cache_fingerprint(contract):
+            return None
+        parity = Parity(**entry["parity"]) if entry.get("parity") else None
+        if entry["method"] != "onnx":
+            return Compiled(model, contract, entry["family"], entry["method"], entry["reason"], parity)
+        graph = artifacts.read_verified(graph_path, entry["graph_sha256"])
+        inputs = tuple(Prepared(p["name"], p["kind"], tuple(p["columns"]), p["fill"]) for p in entry["inputs"])
+        scorer = OnnxScorer(graph, inputs)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - a damaged entry is rebuilt, never trusted
+        log.warning("compiled model cache %s not used, it is rebuilt: %s: %s", described, type(exc).__name__,
+                    first_line(exc))
+        return None
+    return Compiled(model, contract, entry["family"], "onnx", None, parity, scorer)
+
+
 def for_version(ws: Workspace, model: Pipeline, version: int) -> Compiled:
     """A registered version's model compiled for scoring, checked on the version's own holdout; the Pipeline
-    itself, with the reason, where the holdout cannot be read or the check fails."""
+    itself, with the reason, where the holdout cannot be read or the check fails.
+
+    The outcome is kept on disk beside the artifacts, named by the version's artifact hash (`compiled/`): the
+    next process loads the checked graph instead of converting and checking it again. `model` must be the
+    version's artifact as `ws.load_model` gives it (hash-checked): the cache is found by that hash."""
     from pipeline.model import train
 
     with ws.engine.connect() as conn:
         record = records.get_model(conn, version, ws.model)
+    artifact_dir, contract = ws.settings.artifact_dir, ws.config.dataset
+    cached = load_compiled(artifact_dir, record["artifact_hash"], model, contract)
+    if cached is not None:
+        return cached
     fraction = float(record["params"].get("holdout_fraction", ws.config.training.holdout_fraction))
     try:
         _, rows = train.holdout_rows(ws, record["snapshot_hash"], fraction)
     except (OSError, LookupError, ValueError, ArtifactIntegrityError) as exc:
-        return fallback(model, ws.config.dataset, f"its holdout could not be read to check ONNX against "
-                                                  f"({type(exc).__name__}: {first_line(exc)})")
-    return compile_model(model, ws.config.dataset, rows)
+        return fallback(model, contract, f"its holdout could not be read to check ONNX against "
+                                         f"({type(exc).__name__}: {first_line(exc)})")
+    result = compile_model(model, contract, rows)
+    try:
+        save_compiled(artifact_dir, record["artifact_hash"], result)
+    except OSError as exc:  # a read-only store still scores; the next process compiles again
+        log.warning("compiled model of version %s not cached: %s", version, exc)
+    return result

@@ -327,4 +327,5 @@ def table_hashes(inputs: pa.Table) -> list[str]:
         text = values.cast(pa.string()) if not pa.types.is_null(values.type) else pa.nulls(len(values), pa.string())
         parts.append(pc.binary_join_element_wise(f"{column}=", pc.fill_null(text, ""), ""))
     joined = pc.binary_join_element_wise(*parts, "\x1f") if parts else pa.array([""] * len(inputs))
-    return [hashlib.sha256(value.encode()).hexdigest() for value in joined.to_pylist()]
+    sha256 = hashlib.sha256
+    return [sha256(value).hexdigest() for value in joined.cast(pa.binary()).to_pylist()]  # UTF-8 bytes as they are

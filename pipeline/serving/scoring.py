@@ -41,6 +41,7 @@ from pipeline.data import ingest, quality, tombstones, validate
 from pipeline.model import intervals
 from pipeline.registry import records, runs
 from pipeline.registry.runs import error_line
+from pipeline.store import binary_copy
 
 if TYPE_CHECKING:
     from pipeline.workspace import Workspace
@@ -136,8 +137,21 @@ def judge(frame: pd.DataFrame, contract: DatasetContract, suite: dict[str, Any],
 def _id_texts(ids: pd.Series) -> list[str]:
     """Source ids as the predictions table holds them (text): 17, not 17.0."""
     if pd.api.types.is_integer_dtype(ids.dtype) or pd.api.types.is_string_dtype(ids.dtype):
-        return [str(v) for v in ids.astype(str)]
+        texts: list[str] = ids.astype(str).tolist()
+        return texts
     return [str(quality.source_id(v)) for v in ids]
+
+
+FORECAST_TYPES = {"model": "text", "version": "int4", "prediction": "float8", "lower": "float8", "upper": "float8",
+                  "coverage": "float8", "run_id": "text", "source": "text", "input_hash": "text", "source_id": "text"}
+
+
+def copy_forecasts(cursor: Any, table: str, values: dict[str, Any], rows: int) -> int:
+    """COPY forecasts (each of PREDICTION_COLUMNS: an array, a list, or one value for every row) into `table`
+    with binary COPY: the numbers arrive exactly as computed, no text parsed. The columns of one width for every
+    row go first (`FORECAST_TYPES`' order), laid out by numpy; the source ids, of any length, last."""
+    columns = [binary_copy.Column(name, kind, values[name]) for name, kind in FORECAST_TYPES.items()]
+    return binary_copy.copy_in(cursor, table, columns, rows)
 
 
 def _copy(cursor: Any, table: str, frame: pd.DataFrame) -> None:
@@ -176,13 +190,11 @@ class _Writer:
 
     def _copy_forecasts(self, valid: pd.DataFrame, forecast: pd.DataFrame, hashes: list[str], id_column: str,
                         interval: intervals.Interval, source: str) -> int:
-        frame = pd.DataFrame({
+        return copy_forecasts(self.cursor, "pipeline.predictions", {
             "model": self.model, "version": interval.version, "source_id": _id_texts(valid[id_column]),
-            "prediction": forecast["prediction"].to_numpy(), "lower": forecast["lower"].to_numpy(),
-            "upper": forecast["upper"].to_numpy(), "coverage": interval.coverage, "run_id": self.run_id,
-            "source": source, "input_hash": hashes})
-        _copy(self.cursor, "pipeline.predictions", frame[list(PREDICTION_COLUMNS)])
-        return len(frame)
+            "prediction": forecast["prediction"].to_numpy(dtype="float64"),
+            "lower": forecast["lower"].to_numpy(dtype="float64"), "upper": forecast["upper"].to_numpy(dtype="float64"),
+            "coverage": interval.coverage, "run_id": self.run_id, "source": source, "input_hash": hashes}, len(valid))
 
     def forecasts(self, valid: pd.DataFrame, forecast: pd.DataFrame, hashes: list[str], id_column: str) -> None:
         self.scored += self._copy_forecasts(valid, forecast, hashes, id_column, self.interval, "batch")

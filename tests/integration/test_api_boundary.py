@@ -403,12 +403,12 @@ def test_the_champion_scores_through_onnx_checked_on_its_holdout(served: Served)
 
 def test_a_model_that_cannot_be_checked_scores_through_its_pipeline_and_says_why(
         served: Served, tmp_path: Path) -> None:
-    """The holdout ONNX is checked on is gone (snapshots not on this machine): the Pipeline scores, and the
-    description says why."""
+    """The holdout ONNX is checked on is gone (snapshots not on this machine, nor the compiled cache): the
+    Pipeline scores, and the description says why."""
     import shutil
 
     artifacts = tmp_path / "artifacts"
-    shutil.copytree(served.ws.settings.artifact_dir, artifacts, ignore=shutil.ignore_patterns("snapshots"))
+    shutil.copytree(served.ws.settings.artifact_dir, artifacts, ignore=shutil.ignore_patterns("snapshots", "compiled"))
     ws = dataclasses.replace(served.ws, settings=dataclasses.replace(served.ws.settings, artifact_dir=artifacts))
     with running(create_app(ws, [TOKEN])) as base:
         scoring = requests.get(f"{base}/v1/models/{MODEL}", headers=auth(), timeout=TIMEOUT).json()["scoring"]

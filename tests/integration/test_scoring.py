@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -206,3 +207,36 @@ def test_cli_score_json_and_summary(qws: Workspace, settings: Settings) -> None:
     assert human.stdout.startswith(f"scoring run cli-score: {ARRIVALS} records selected (awaiting_outcome), "
                                    f"{result['rows_scored']} scored by version 1")
     assert len(predictions(qws, "cli-score")) == result["rows_scored"]
+
+
+def test_the_champion_is_compiled_once_and_a_changed_artifact_is_never_served_from_its_cache(
+        qws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Promotion compiled the champion and kept it by artifact hash: a run loads it (converting again would fail
+    here) and forecasts as the Pipeline does; once the artifact's bytes change, no run scores, cache or not."""
+    from pipeline.model import compiled
+    from pipeline.store import artifacts
+
+    [champion] = fetch(qws, "SELECT artifact_hash FROM pipeline.model_versions WHERE version = 1")
+    described, _ = compiled.cache_paths(qws.settings.artifact_dir, champion["artifact_hash"])
+    assert json.loads(described.read_text())["method"] == "onnx"
+    with monkeypatch.context() as patched:
+        patched.setattr(compiled, "compile_model", lambda *a: pytest.fail("compiled again despite the cache"))
+        cached = scoring.score_batch(qws, "from-cache")
+    with monkeypatch.context() as patched:  # the Pipeline itself, as if nothing converted
+        patched.setattr(compiled, "load_compiled", lambda *a: None)
+        patched.setattr(compiled, "compile_model", lambda model, contract, rows: compiled.fallback(
+            model, contract, "the test asks for the Pipeline"))
+        patched.setattr(compiled, "save_compiled", lambda *a: None)
+        pipeline = scoring.score_batch(qws, "from-pipeline")
+    assert cached["rows_scored"] == pipeline["rows_scored"] == ARRIVALS - BAD_ROWS
+    for onnx, joblib in zip(predictions(qws, "from-cache"), predictions(qws, "from-pipeline"), strict=True):
+        assert (onnx["source_id"], onnx["input_hash"]) == (joblib["source_id"], joblib["input_hash"])
+        for bound in ("prediction", "lower", "upper"):
+            assert onnx[bound] == pytest.approx(joblib[bound], rel=compiled.RELATIVE_TOLERANCE)
+
+    stored = artifacts.stored_path(qws.settings.artifact_dir, "models", champion["artifact_hash"])
+    stored.chmod(0o600)
+    stored.write_bytes(stored.read_bytes() + b"\x00")
+    with pytest.raises(artifacts.ArtifactIntegrityError, match=champion["artifact_hash"][:16]):
+        scoring.score_batch(qws, "tampered")
+    assert predictions(qws, "tampered") == []

@@ -5,6 +5,8 @@ Pipeline, saying why."""
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -237,3 +239,62 @@ def test_holdout_values_the_graph_cannot_take_exactly_leave_the_pipeline_scoring
     np.testing.assert_array_equal(result.predict(rows), model.predict(model_inputs(rows, contract)))
     good = compiled.compile_model(model, contract, split[1])
     np.testing.assert_array_equal(good.predict(rows), model.predict(model_inputs(rows, contract)))  # asks the Pipeline
+
+
+ARTIFACT = "ab" * 32  # the artifact hash a cache entry is named by (the cache never reads the artifact itself)
+
+
+def test_a_cached_compile_loads_as_it_was_checked(models: dict[str, Pipeline], split: tuple[pd.DataFrame, pd.DataFrame],
+                                                 contract: DatasetContract, tmp_path: Path) -> None:
+    model, holdout = models["hist_gradient_boosting"], split[1]
+    built = compiled.compile_model(model, contract, holdout)
+    compiled.save_compiled(tmp_path, ARTIFACT, built)
+    loaded = compiled.load_compiled(tmp_path, ARTIFACT, model, contract)
+    assert loaded is not None and loaded.describe() == built.describe() and loaded.scorer is not None
+    np.testing.assert_array_equal(loaded.predict(holdout), built.predict(holdout))
+    assert compiled.load_compiled(tmp_path, "cd" * 32, model, contract) is None  # another artifact: nothing cached
+
+
+def test_a_fallback_is_cached_with_its_reason(split: tuple[pd.DataFrame, pd.DataFrame], contract: DatasetContract,
+                                             tmp_path: Path) -> None:
+    model = Pipeline([("features", build_preprocessor(contract)), ("model", KernelRidge())])
+    model.fit(model_inputs(split[0], contract), split[0][contract.target_column])
+    built = compiled.compile_model(model, contract, split[1])
+    compiled.save_compiled(tmp_path, ARTIFACT, built)
+    loaded = compiled.load_compiled(tmp_path, ARTIFACT, model, contract)
+    assert loaded is not None and (loaded.method, loaded.reason) == ("pipeline", built.reason)
+
+
+def test_a_stale_or_tampered_cache_entry_is_never_served(
+        models: dict[str, Pipeline], split: tuple[pd.DataFrame, pd.DataFrame], contract: DatasetContract,
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The entry of another artifact copied under this one's name, a graph swapped for another (a wrong
+    intercept), libraries or contract features that changed since: each is rebuilt, none is loaded."""
+    model = models["ridge"]
+    built = compiled.compile_model(model, contract, split[1])
+    described, graph = compiled.cache_paths(tmp_path, ARTIFACT)
+
+    compiled.save_compiled(tmp_path, "cd" * 32, built)
+    other_described, _ = compiled.cache_paths(tmp_path, "cd" * 32)
+    described.write_bytes(other_described.read_bytes())
+    assert compiled.load_compiled(tmp_path, ARTIFACT, model, contract) is None
+
+    compiled.save_compiled(tmp_path, ARTIFACT, built)
+    assert built.scorer is not None
+    graph.chmod(0o600)
+    graph.write_bytes(shifted_intercept(built.scorer.graph, 0.01).SerializeToString())
+    with caplog.at_level("WARNING", logger="pipeline.model.compiled"):
+        assert compiled.load_compiled(tmp_path, ARTIFACT, model, contract) is None
+    assert "is rebuilt" in caplog.text and ARTIFACT in caplog.text
+
+    compiled.save_compiled(tmp_path, ARTIFACT, built)
+    entry = json.loads(described.read_text())
+    entry["fingerprint"]["onnxruntime"] = "0.0.1"
+    described.chmod(0o600)
+    described.write_text(json.dumps(entry))
+    assert compiled.load_compiled(tmp_path, ARTIFACT, model, contract) is None
+
+    compiled.save_compiled(tmp_path, ARTIFACT, built)
+    fewer = dataclasses.replace(contract, features=tuple(f for f in contract.features if f.name != "glucose"))
+    assert compiled.load_compiled(tmp_path, ARTIFACT, model, fewer) is None
+    assert compiled.load_compiled(tmp_path, ARTIFACT, model, contract) is not None  # the entry itself was sound
