@@ -139,8 +139,9 @@ def run_stage(base: dict[str, Any], label: str, name: str, **arguments: Any) -> 
     return measured
 
 
-def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, keep: bool) -> dict[str, Any]:
-    """Generate `rows` rows, retrain once for a champion, add 1 % arrivals, then measure floors and each stage."""
+def generate(rows: int, server_url: str, config_path: Path, repeats: int) -> tuple[str, str, float, str, dict[str, Any]]:
+    """`rows` generated rows in a scratch database, and what every probe on them is given: the size's label, the
+    database URL, the seconds generating took, a scratch artifact folder, the probes' common spec."""
     label = f"[{report.fmt(rows, 'rows')}]"
     url = workload.scratch_url(server_url, rows)
     say(f"{label} generating {rows:,} rows in database {url.rsplit('/', 1)[-1].split('?')[0]} ...", end=" ")
@@ -150,6 +151,12 @@ def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, ke
     base = {"database_url": url, "config_path": str(config_path), "artifact_dir": artifacts,
             "pgdata_dir": str(Settings.from_env().pgdata_dir), "watermark": workload.WATERMARK.isoformat(),
             "repeats": repeats}
+    return label, url, generated, artifacts, base
+
+
+def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, keep: bool) -> dict[str, Any]:
+    """Generate `rows` rows, retrain once for a champion, add 1 % arrivals, then measure floors and each stage."""
+    label, url, generated, artifacts, base = generate(rows, server_url, config_path, repeats)
     try:
         say(f"{label} first retrain, all stages in one process (it makes the champion) ...", end=" ")
         first = probe({**base, "probe": "retrain", "run_id": f"bench-{rows}-first"})
@@ -232,15 +239,8 @@ BUSY_CORES = 0.2  # other processes' load during the read measurement that makes
 
 def measure_scoring(rows: int, server_url: str, config_path: Path, repeats: int, keep: bool) -> dict[str, Any]:
     """Generate `rows` rows, retrain once for a champion, then only batch scoring beside its floor."""
-    label = f"[{report.fmt(rows, 'rows')}]"
-    url = workload.scratch_url(server_url, rows)
-    say(f"{label} generating {rows:,} rows in database {url.rsplit('/', 1)[-1].split('?')[0]} ...", end=" ")
-    generated = workload.create_table(url, rows, progress=lambda n: say(f"{n:,}", end=" ") if rows > 10**6 else None)
-    say(f"{generated:.1f} s")
-    artifacts = tempfile.mkdtemp(prefix=f"bench-artifacts-{rows}-")
-    base = {"database_url": url, "config_path": str(config_path), "artifact_dir": artifacts,
-            "pgdata_dir": str(Settings.from_env().pgdata_dir), "watermark": workload.WATERMARK.isoformat(),
-            "repeats": repeats, "run_id": f"bench-{rows}"}
+    label, url, generated, artifacts, base = generate(rows, server_url, config_path, repeats)
+    base["run_id"] = f"bench-{rows}"
     try:
         say(f"{label} first retrain, all stages in one process (it makes the champion) ...", end=" ")
         first = probe({**base, "probe": "retrain", "run_id": f"bench-{rows}-first"})

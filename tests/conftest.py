@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,21 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         artifact_dir=tmp_path / "artifacts",
         pgdata_dir=PROJECT_ROOT / ".pgdata",
     )
+
+
+class Broker:
+    """A redis-server on a free port that a test stops and starts again on the same port (the stack's broker)."""
+
+    def __init__(self, folder: Path) -> None:
+        from pipeline.cli.cluster import free_port
+
+        self.port, self.folder, self.stack = free_port(), folder, ExitStack()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        from pipeline.cli.cluster import redis_server
+
+        self.stack.enter_context(redis_server(self.port, self.folder))
+
+    def stop(self) -> None:
+        self.stack.close()

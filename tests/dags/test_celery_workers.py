@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +31,13 @@ import requests
 import sqlalchemy as sa
 import yaml
 
-from pipeline.cli.cluster import ENV_FILE, STATE_FILE, free_port, redis_server
+from pipeline.cli.cluster import ENV_FILE, STATE_FILE
 from pipeline.contract.settings import PROJECT_ROOT, Settings
 from pipeline.model import train
 from pipeline.model.features import model_inputs
 from pipeline.registry import records
 from pipeline.workspace import Workspace
-from tests.conftest import missing_tool
+from tests.conftest import Broker, missing_tool
 from tests.integration.stage_runs import cli_runner
 from tests.standalone import scratch_airflow, wait_for, wait_until_ready
 
@@ -59,18 +58,6 @@ def _config(tmp: Path) -> Path:
     return path
 
 
-class Broker:
-    """The stack's redis-server, which the test stops and starts again on the same port."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port, self.folder, self.stack = free_port(), folder, ExitStack()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.stack.enter_context(redis_server(self.port, self.folder))
-
-    def stop(self) -> None:
-        self.stack.close()
 
 
 @dataclass

@@ -10,33 +10,19 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
-from pipeline.cli.cluster import free_port, redis_server
 from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL
 from pipeline.store import health
-from tests.conftest import missing_tool
+from tests.conftest import Broker, missing_tool
 from tests.integration.stage_runs import cli_runner, output, wait_until
 
 if shutil.which("redis-server") is None:
     missing_tool("redis-server is not installed (Debian: apt-get install redis-server); .ci/run installs it")
 
 
-class Broker:
-    """A redis-server that the test stops and starts again on the same port."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port, self.folder, self.stack = free_port(), folder, ExitStack()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.stack.enter_context(redis_server(self.port, self.folder))
-
-    def stop(self) -> None:
-        self.stack.close()
 
 
 @pytest.fixture
