@@ -29,7 +29,13 @@ def _refused_in_first_task(dag: Any, engine: sa.engine.Engine, settings: Setting
     assert run.get_task_instance("validate_snapshot").state != "success"
     lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.tasks"]
     assert any(words in line and "\n" not in line for line in lines), lines
-    assert registry_state(engine, settings.artifact_dir) == before  # no run row, snapshot, file or event
+    after = registry_state(engine, settings.artifact_dir)
+    # no run row, snapshot, file or event; only the Airflow run's note, which tells the operator why (issue 31)
+    with engine.connect() as conn:
+        notes = conn.scalars(sa.text("SELECT note FROM pipeline.run_notes WHERE dag_id = 'retrain'")).all()
+    assert len(notes) == after["rows"].pop("run_notes") - before["rows"].pop("run_notes") == 1, notes
+    assert words in notes[0], notes
+    assert after == before
 
 
 @pytest.fixture
