@@ -31,7 +31,7 @@ from pipeline.contract.settings import Settings
 from pipeline.data import ingest, quality, tombstones, validate
 from pipeline.data.chunked_quality import CHUNK_ROWS, NotStreamable, classify_snapshots, streamable
 from pipeline.registry import records, runs
-from pipeline.registry.runs import Run, error_line
+from pipeline.registry.runs import Run
 from pipeline.runtime import memory
 from pipeline.store import artifacts
 from pipeline.workspace import Workspace
@@ -711,27 +711,11 @@ def promote_candidate(ws: Workspace, run: Run, dry_run: bool = False, actor: str
             status, outcome = "promoted", f"version {version} promoted: {reason}"  # now, or by an earlier try
         except records.StaleChampionError as exc:
             status, outcome = "kept", str(exc)
-        else:
-            compile_champion(ws, version)
     with ws.engine.begin() as conn:
         records.finish_run(conn, run.run_id, status, outcome)
     log.info("promote: %s", outcome)
     return {"status": status, "candidate_version": version, "reason": outcome,
             "replaced": evaluation["champion_version"]}
-
-
-def compile_champion(ws: Workspace, version: int) -> None:
-    """Compile a new champion for scoring now (ONNX, checked on its holdout, kept on disk by artifact hash), so
-    the batch's and the API's first load of it finds the graph built. A failure here only means they build it."""
-    try:
-        from pipeline.model import compiled  # ONNX Runtime and skl2onnx load where a model is compiled
-
-        with ws.engine.connect() as conn:
-            artifact_hash = records.get_model(conn, version, ws.model)["artifact_hash"]
-        compiled.for_version(ws, ws.load_model(artifact_hash), version)
-    except Exception as exc:  # noqa: BLE001 - the promotion stands; scoring compiles at its first load instead
-        log.warning("promote: version %s not compiled for scoring now (the first scoring load will): %s", version,
-                    error_line(exc, ws.settings))
 
 
 def mark_run_failed(ws: Workspace, run_id: str, reason: str, kind: str = "data") -> None:

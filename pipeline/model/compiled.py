@@ -2,9 +2,9 @@
 after it predicts the version's holdout as the Pipeline does; the Pipeline itself wherever that fails.
 
 The joblib `Pipeline` stays the system of record: the graph is built from it and checked on the version's
-holdout once (`for_version`: the holdout from `train.holdout_rows`, then `compile_model`), at promotion or at
-the first load, and kept as a cache beside the artifacts (`compiled/<artifact sha256>.json` and `.onnx`),
-found by the artifact's hash and checked against its own: another artifact, other libraries or a damaged
+holdout once (`for_version`: the holdout from `train.holdout_rows`, then `compile_model`), at the first load
+on a machine (never at promotion, which reads no artifact), and kept as a cache beside the artifacts
+(`compiled/<artifact sha256>.json` and `.onnx`), found by the artifact's hash and checked against its own: another artifact, other libraries or a damaged
 entry are never served from it, they are compiled again. `predict` takes the frame `Pipeline.predict` takes,
 and `describe` is what `GET /v1/models/{model}` shows under `scoring`.
 
