@@ -21,7 +21,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import dag, task
+from airflow.sdk import dag, get_current_context, task
+from alerting import on_failure
 from retrain_assets import models
 
 from pipeline.contract.config import ModelEntry
@@ -40,19 +41,26 @@ def process_erasures_dag(model: ModelEntry) -> Any:
         catchup=False,
         max_active_runs=1,
         tags=["privacy"],
+        description=("Every 15 minutes: each pending row of pipeline.erasure_requests erased from every copy the "
+                     "pipeline holds (snapshots, quarantine, forecasts, reports), with a tombstone against re-ingest"),
         doc_md=__doc__,
     )
     def process_erasures() -> None:
-        @task(**RETRY)
+        @task(on_failure_callback=on_failure(model), **RETRY)
         def erase_pending() -> list[dict[str, Any]]:
+            from alerting import record_note
+
             from pipeline.tasks import in_airflow
+            from pipeline.views.run_notes import erasure_note
 
             def work(ws: Any) -> list[dict[str, Any]]:
                 from pipeline import erasure
 
                 return [{k: r[k] for k in ("request_id", "status", "bytes_rewritten", "versions_trained_on_erased")
                          if k in r} for r in erasure.process_pending(ws)]
-            return list(in_airflow(model.config_path, work))
+            results = list(in_airflow(model.config_path, work))
+            record_note(get_current_context()["dag_run"], erasure_note(results))
+            return results
 
         erase_pending()
 

@@ -114,6 +114,20 @@ def score_note(summary: dict[str, Any]) -> str:
     return _capped(text)
 
 
+def erasure_note(results: list[dict[str, Any]]) -> str:
+    """'2 erasure requests: #4 done (3 snapshots rewritten), #5 duplicate' or 'no erasure request pending'
+    (never a patient's id: the note is read by every operator)."""
+    if not results:
+        return "no erasure request pending"
+    parts = []
+    for r in results:
+        part = f"#{r['request_id']} {r['status']}"
+        if r.get("versions_trained_on_erased"):
+            part += f" (versions trained on the patient: {', '.join(f'v{v}' for v in r['versions_trained_on_erased'])})"
+        parts.append(part)
+    return _capped(f"{len(results)} erasure request{'s' if len(results) != 1 else ''}: {', '.join(parts)}")
+
+
 def drift_note(result: dict[str, Any]) -> str:
     """'drift in bmi (PSI 0.41), glucose (PSI 0.28) on 60 recent records: retrain requested' or the quiet verdicts."""
     verdict, rows = result["verdict"], result.get("recent_rows", 0)

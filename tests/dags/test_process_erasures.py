@@ -29,6 +29,8 @@ def test_a_crm_request_is_processed_by_the_dag(airflow_db: None, dag_bag: Any, p
         request = conn.execute(sa.text("SELECT * FROM pipeline.erasure_requests")).mappings().one()
         redacted = conn.scalar(sa.text("SELECT new_hash FROM pipeline.snapshot_redactions WHERE old_hash = :h"),
                                {"h": snapshot["snapshot_hash"]})
+        note = conn.scalar(sa.text("SELECT note FROM pipeline.run_notes WHERE dag_id = 'process_erasures'"))
     assert (request["status"], request["source_id"]) == ("done", None) and request["tombstone"]
     assert redacted is not None and not ws.snapshot_path(snapshot["snapshot_hash"]).exists()
+    assert note == f"1 erasure request: #{request['request_id']} done"  # the operator's words, no patient id
     ws.engine.dispose()

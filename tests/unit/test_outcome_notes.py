@@ -112,3 +112,12 @@ def test_the_other_dags_notes_say_what_happened() -> None:
     assert failure_note("set_champion", "a rollback needs a reason (the form's Reason field)", "data", refused=True) \
         == "refused: a rollback needs a reason (the form's Reason field); nothing changed"
     assert failure_note("score_records", "disk full", "infrastructure") == "failed (infrastructure) in score_records: disk full"
+
+
+def test_an_erasure_note_counts_requests_and_never_names_the_patient() -> None:
+    from pipeline.views.run_notes import erasure_note
+
+    assert erasure_note([]) == "no erasure request pending"
+    note = erasure_note([{"request_id": 4, "status": "done", "versions_trained_on_erased": [1, 3]},
+                         {"request_id": 5, "status": "duplicate"}])
+    assert note == "2 erasure requests: #4 done (versions trained on the patient: v1, v3), #5 duplicate"
