@@ -60,7 +60,8 @@ def test_no_champion(ws: Workspace) -> None:
 
     result = stages.monitor_drift(ws, make_run("monitor"))
 
-    assert result == {"run_id": "monitor", "verdict": "no_champion", "drifted_features": [], "recent_rows": 0, "unreadable_rows": 0,
+    assert result == {"run_id": "monitor", "verdict": "no_champion", "drifted_features": [], "champion_version": None,
+                      "recent_rows": 0, "unreadable_rows": 0,
                       "quarantined_rows": 0, "quarantine_reasons": {}, "report_path": None, "features": []}
     [row] = drift_rows(ws)
     assert (row["run_id"], row["verdict"], row["champion_version"], row["reference_snapshot"]) == (

@@ -211,13 +211,16 @@ def test_cli_score_json_and_summary(qws: Workspace, settings: Settings) -> None:
 
 def test_the_champion_is_compiled_once_and_a_changed_artifact_is_never_served_from_its_cache(
         qws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Promotion compiled the champion and kept it by artifact hash: a run loads it (converting again would fail
-    here) and forecasts as the Pipeline does; once the artifact's bytes change, no run scores, cache or not."""
+    """The champion's first load compiles it and keeps it by artifact hash: a later run loads it (converting again
+    would fail here) and forecasts as the Pipeline does; once the artifact's bytes change, no run scores, cache or
+    not."""
     from pipeline.model import compiled
     from pipeline.store import artifacts
 
     [champion] = fetch(qws, "SELECT artifact_hash FROM pipeline.model_versions WHERE version = 1")
     described, _ = compiled.cache_paths(qws.settings.artifact_dir, champion["artifact_hash"])
+    assert not described.exists()  # promotion reads no artifact, so it compiled nothing
+    compiled.for_version(qws, qws.load_model(champion["artifact_hash"]), 1)  # the first load on this machine
     assert json.loads(described.read_text())["method"] == "onnx"
     with monkeypatch.context() as patched:
         patched.setattr(compiled, "compile_model", lambda *a: pytest.fail("compiled again despite the cache"))
