@@ -50,7 +50,7 @@ class ViewAirflow:
     def view(self, path: str, token: str | None = None, **kwargs: Any) -> requests.Response:
         """GET a Models view page; with the admin's token unless `token` says otherwise ('' = anonymous)."""
         token = self.token if token is None else token
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {**({"Authorization": f"Bearer {token}"} if token else {}), **kwargs.pop("headers", {})}
         return requests.get(f"{self.base_url}/models-view{path}", headers=headers, timeout=60, **kwargs)
 
     def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
