@@ -1,4 +1,5 @@
-"""Patient data: who read it (quarantine, access-log), and a patient's erasure (erase, erasure-report)."""
+"""Patient data: who read it (quarantine, access-log), a patient's erasure (erase, erasure-report), and the keys
+that encrypt it at rest (rotate-keys)."""
 
 from __future__ import annotations
 
@@ -88,6 +89,18 @@ def text_erasure_report(report: dict[str, Any]) -> str:
     return "\n".join([*lines, *aligned(rows)])
 
 
+def cmd_rotate_keys(ws: Workspace, args: argparse.Namespace) -> Any:
+    from pipeline.store import keys
+
+    return keys.rotate_keys(ws.engine, keys.open_key_manager(ws.settings, ws.config))
+
+
+def text_rotate_keys(result: dict[str, Any]) -> str:
+    return (f"{result['source']}: master key {result['current_key_id']} is current (was {result['previous_key_id']}); "
+            f"{result['rewrapped']} data key(s) re-wrapped under it, no file rewritten; the old master key stays for "
+            "backups")
+
+
 def register(add: Any) -> None:
     """The parsers of the patient-data commands."""
     p = add("quarantine", cmd_quarantine, "the quarantined rows, with their reasons and original values (the read "
@@ -109,3 +122,6 @@ def register(add: Any) -> None:
             text=text_erasure_report, json_help="{source_id, erased, found, tombstone_recorded, requests, "
             "versions_trained_on_erased, places: [{place, searched, found}]}")
     p.add_argument("id", help="the patient's id in the source table")
+    add("rotate-keys", cmd_rotate_keys, "make a new master key current in the key manager (security.key_manager) "
+        "and re-wrap every data key in pipeline.data_keys under it; no encrypted file is rewritten",
+        text=text_rotate_keys, json_help="{source, previous_key_id, current_key_id, rewrapped}")

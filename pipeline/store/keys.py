@@ -321,3 +321,27 @@ def rewrap_all(engine: Engine, km: KeyManager) -> int:
                 {"m": master_id, "w": wrapped, "r": row.key_ref})
     return len(rows)
 
+
+
+def describe(settings: Settings, config: PipelineConfig) -> dict[str, Any]:
+    """Which key manager the config names, and whether it opens (check-config); nothing is made or written."""
+    security = config.security
+    found: dict[str, Any] = {"encrypt_at_rest": security.encrypt_at_rest, "manager": security.key_manager}
+    try:
+        km = open_key_manager(settings, security)
+        found["source"] = km.source
+        found["current_key_id"] = km.current_key_id()
+        found["opened"] = True
+    except NoMasterKey as exc:
+        found.update(opened=True, current_key_id=None, why=f"no master key yet: {exc}")
+    except KeyUnavailable as exc:
+        found.update(opened=False, source=exc.source, why=str(exc))
+    return found
+
+
+def rotate_keys(engine: Engine, km: KeyManager) -> dict[str, Any]:
+    """`rotate-keys`: a new current master key, and every live data key re-wrapped under it (no file changes)."""
+    previous = ensure_key_source(engine, km)
+    current = km.rotate()
+    return {"source": km.source, "previous_key_id": previous, "current_key_id": current,
+            "rewrapped": rewrap_all(engine, km)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,13 +19,27 @@ from typing import Any
 
 import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
-from pkcs11.exceptions import PKCS11Error
+from pkcs11.exceptions import NoSuchToken, PKCS11Error
 from pkcs11.mechanisms import GCMParams
 
 from pipeline.contract.config import Pkcs11Policy
 from pipeline.store.keys import KeyManagerUnreachable, KeyUnavailable, NoMasterKey, refuse_open_mode
 
 NONCE_BYTES = 12
+# One PKCS#11 call at a time in a process: re-initialising the module (to see a token made after it was loaded)
+# ends every session of the process, so no other thread may hold one then.
+_MODULE_LOCK = threading.RLock()
+
+
+def _token(module: str, label: str) -> Any:
+    """The token labelled `label`; the module is re-initialised once when none is (a token initialised after this
+    process loaded the module is seen only then)."""
+    lib = pkcs11.lib(module)
+    try:
+        return lib.get_token(token_label=label)
+    except NoSuchToken:
+        lib.reinitialize()
+        return lib.get_token(token_label=label)
 
 
 @dataclass
@@ -55,19 +70,18 @@ class Pkcs11KeyManager:
     def _session(self) -> Iterator[Any]:
         """A read-write session logged in to the token; KeyManagerUnreachable naming module and token otherwise."""
         where = f"PKCS#11 module {self.policy.module}, token {self.policy.token_label!r}"
-        try:
-            lib = pkcs11.lib(str(self.policy.module))
-            token = lib.get_token(token_label=self.policy.token_label)
-            session = token.open(user_pin=self._pin(), rw=True)
-        except KeyUnavailable:
-            raise
-        except (PKCS11Error, OSError, RuntimeError) as exc:
-            raise KeyManagerUnreachable(f"{where} cannot be opened ({type(exc).__name__}: {exc}): the key manager "
-                                        "is down or misconfigured; the run is retried", source=self.source) from exc
-        try:
-            yield session
-        finally:
-            session.close()
+        with _MODULE_LOCK:
+            pin = self._pin()
+            try:
+                session = _token(str(self.policy.module), self.policy.token_label).open(user_pin=pin, rw=True)
+            except (PKCS11Error, OSError, RuntimeError) as exc:
+                raise KeyManagerUnreachable(
+                    f"{where} cannot be opened ({type(exc).__name__}: {exc}): the key manager is down or "
+                    "misconfigured; a run failing on it is retried", source=self.source) from exc
+            try:
+                yield session
+            finally:
+                session.close()
 
     def _keys(self, session: Any) -> dict[str, Any]:
         prefix = self.policy.key_label + "/"
