@@ -470,6 +470,18 @@ def test_check_config_runs_the_checks_alone_without_a_database(tmp_path: Path) -
                                                                   "ok": True}
     assert checked["source"]["checked"] is False  # the database cannot be reached: said, not failed
     assert checked["source"]["why"].startswith("database postgresql://x@127.0.0.1:1/none (PIPELINE_DATABASE_URL): ")
+    # which key manager, and whether it opens (a key file not made yet is said, never made by a check)
+    assert {k: checked["keys"][k] for k in ("encrypt_at_rest", "manager", "opened")} == {
+        "encrypt_at_rest": True, "manager": "local", "opened": True}
+    hsm = write_variant(tmp_path, lambda raw: raw.update(security={"key_manager": "pkcs11", "pkcs11": {
+        "module": str(tmp_path / "no-such-module.so"), "token_label": "pipeline"}}))
+    down = subprocess.run([sys.executable, "-m", "pipeline", "--config", str(hsm), "check-config"], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, ENV_DATABASE_URL: "postgresql://x@127.0.0.1:1/none",
+                               "PIPELINE_PKCS11_PIN": "1234"})
+    assert down.returncode == 0, down.stderr
+    assert (f"key manager pkcs11 (pkcs11:pipeline@{tmp_path / 'no-such-module.so'}): CANNOT BE OPENED: PKCS#11 module "
+            f"{tmp_path / 'no-such-module.so'}, token 'pipeline' cannot be opened") in down.stdout, down.stdout
     bad = write_variant(tmp_path, set_key("promotion.confidence", 1.5))
     refused = subprocess.run([sys.executable, "-m", "pipeline", "--config", str(bad), "check-config"],
                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False)
