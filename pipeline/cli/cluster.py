@@ -66,6 +66,11 @@ LOST_WORK_SETTINGS = {
 }
 
 
+# Task logs go to the pipeline's PostgreSQL when a try ends, and the API server reads them from there
+# (plugins/task_log_store.py): it needs no worker's log folder or log server for a finished try.
+TASK_LOG_STORE = {"AIRFLOW__LOGGING__LOGGING_CONFIG_CLASS": "plugins.task_log_store.LOGGING_CONFIG"}
+
+
 def worker_hostname() -> str:
     """The hostname Airflow records for a task instance (`[core] hostname_callable`): the worker's name where
     one is set, as when several workers share a machine, else the machine's fully qualified name."""
@@ -82,10 +87,12 @@ def celery_environment(env: dict[str, str], broker_url: str, concurrency: int, w
     """`env` (Airflow's, from `pipeline.cli.localenv.airflow_environment`) switched to the CeleryExecutor: Redis as
     the broker, the metadata database as the result backend, one JWT secret for every process (the API server
     signs what the workers present), the team artifact store, worker names as task hostnames, as many running
-    tasks as the workers have slots, and lost work noticed within a minute (LOST_WORK_SETTINGS)."""
+    tasks as the workers have slots, lost work noticed within a minute (LOST_WORK_SETTINGS), and task logs kept
+    in the database (TASK_LOG_STORE)."""
     metadata = sa.make_url(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]).set(drivername="postgresql")
     return {
         **LOST_WORK_SETTINGS,
+        **TASK_LOG_STORE,
         **env,
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__CORE__PARALLELISM": str(workers * concurrency),

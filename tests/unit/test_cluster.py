@@ -44,6 +44,7 @@ def test_celery_environment_sizes_parallelism_and_lets_the_environment_win() -> 
                               "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20"},
                              "redis://10.0.0.5:6379/0", concurrency=2, workers=3)
     assert env["AIRFLOW__CORE__PARALLELISM"] == "6"
+    assert env["AIRFLOW__LOGGING__LOGGING_CONFIG_CLASS"] == "plugins.task_log_store.LOGGING_CONFIG"
     assert env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] == "20"
     assert env["AIRFLOW__CELERY__OPERATION_TIMEOUT"] == LOST_WORK_SETTINGS["AIRFLOW__CELERY__OPERATION_TIMEOUT"]
     # Celery retries a publish longer than Airflow's timeout allows one attempt, so a refused connection ends
