@@ -1,18 +1,30 @@
 """Airflow task logs in the pipeline's PostgreSQL (table pipeline.task_logs), so that any machine reads a log any
-worker wrote: one row per upload of a try's log file, keyed by the file's path relative to the log folder.
-Airflow's side (the remote-logging object that calls these) is plugins/task_log_store.py."""
+worker wrote: the whole file when a try ends, and its lines in chunks while it runs (what is left of a try whose
+worker was lost), keyed by the file's path relative to the log folder. Airflow's side (the remote-logging object
+that calls these) is plugins/task_log_store.py."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-INSERT = sa.text("INSERT INTO pipeline.task_logs (relative_path, content, size_bytes, hostname) "
-                 "VALUES (:path, :content, :size, :hostname)")
-NEWEST = sa.text("SELECT content, hostname, uploaded_at FROM pipeline.task_logs WHERE relative_path = :path "
-                 "ORDER BY id DESC LIMIT 1")
+INSERT = sa.text("INSERT INTO pipeline.task_logs (relative_path, content, complete, size_bytes, hostname) "
+                 "VALUES (:path, :content, :complete, :size, :hostname)")
+NEWEST_COMPLETE = sa.text("SELECT content, hostname, uploaded_at FROM pipeline.task_logs "
+                          "WHERE relative_path = :path AND complete ORDER BY id DESC LIMIT 1")
+CHUNKS = sa.text("SELECT content, hostname, uploaded_at FROM pipeline.task_logs "
+                 "WHERE relative_path = :path AND NOT complete ORDER BY id")
+
+
+@dataclass(frozen=True)
+class StoredLog:
+    content: str
+    hostname: str  # the worker that wrote it
+    uploaded_at: str  # ISO time of the (last) upload
+    complete: bool  # the whole file as the try ended; else the chunks sent while it ran
 
 
 def relative_log_path(path: str | Path, base_log_folder: Path) -> str:
@@ -23,14 +35,24 @@ def relative_log_path(path: str | Path, base_log_folder: Path) -> str:
     return given.as_posix()
 
 
-def save_log(conn: Connection, relative_path: str, data: bytes, hostname: str) -> int:
-    """Store one upload of the log at `relative_path` (its bytes as text; PostgreSQL text holds no NUL); its size."""
-    text = data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-    conn.execute(INSERT, {"path": relative_path, "content": text, "size": len(data), "hostname": hostname})
+def as_text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")  # PostgreSQL text holds no NUL
+
+
+def save_log(conn: Connection, relative_path: str, data: bytes, hostname: str, complete: bool = True) -> int:
+    """Store the log at `relative_path` (the whole file, or with `complete=False` a chunk of its lines); its size."""
+    conn.execute(INSERT, {"path": relative_path, "content": as_text(data), "complete": complete, "size": len(data),
+                          "hostname": hostname})
     return len(data)
 
 
-def newest_log(conn: Connection, relative_path: str) -> tuple[str, str, str] | None:
-    """(content, hostname, uploaded_at as ISO text) of the newest upload at `relative_path`, or None."""
-    row = conn.execute(NEWEST, {"path": relative_path}).first()
-    return None if row is None else (row.content, row.hostname, row.uploaded_at.isoformat())
+def stored_log(conn: Connection, relative_path: str) -> StoredLog | None:
+    """The newest whole upload of the log at `relative_path`, else its chunks joined in order, else None."""
+    row = conn.execute(NEWEST_COMPLETE, {"path": relative_path}).first()
+    if row is not None:
+        return StoredLog(row.content, row.hostname, row.uploaded_at.isoformat(), True)
+    chunks = conn.execute(CHUNKS, {"path": relative_path}).all()
+    if not chunks:
+        return None
+    return StoredLog("".join(c.content for c in chunks), chunks[-1].hostname, chunks[-1].uploaded_at.isoformat(),
+                     False)

@@ -24,6 +24,19 @@ UPLOAD = f"""
 from airflow.sdk.log import load_remote_log_handler
 load_remote_log_handler().upload({RELATIVE!r})
 """
+# What a task supervisor does with a try's log file (airflow.sdk.execution_time.supervisor._configure_logging),
+# then dies without uploading: SIGKILL, as when its worker is lost.
+WRITE_AND_DIE = f"""
+import os, signal, time
+import structlog
+from airflow.sdk.log import init_log_file, logging_processors
+path = init_log_file({RELATIVE!r})
+log = structlog.wrap_logger(structlog.BytesLogger(path.open("ab")), processors=logging_processors(json_output=True),
+                            logger_name="task").bind()
+log.info("searching random_forest", family="random_forest")
+time.sleep(3)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
 READ = f"""
 import json
 from airflow.logging_config import get_remote_task_log
@@ -82,5 +95,24 @@ def test_a_log_never_uploaded_says_so_and_lets_airflow_look_elsewhere(database_u
     empty.mkdir()
     sources, logs = json.loads(run_airflow_python(READ, airflow_env(database_url, tmp_path / "home", empty)))
     assert logs is None
-    assert sources == [f"pipeline.task_logs has no upload of {RELATIVE} (the try has not ended, or its worker was "
-                       "lost before it could upload)"]
+    assert sources == [f"pipeline.task_logs has no line of {RELATIVE} yet"]
+
+
+@pytest.mark.timeout(300)
+def test_the_lines_of_a_try_whose_worker_died_are_read_from_another_machine(database_url: str,
+                                                                           tmp_path: Path) -> None:
+    import json
+
+    worker = airflow_env(database_url, tmp_path / "home-a", tmp_path / "worker-a-logs")
+    died = subprocess.run([sys.executable, "-c", WRITE_AND_DIE], env=worker, cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert died.returncode == -9, died.stderr[-3000:]
+    written = (tmp_path / "worker-a-logs" / RELATIVE).read_text()
+
+    empty = tmp_path / "api-server-logs"
+    empty.mkdir()
+    sources, logs = json.loads(run_airflow_python(READ, airflow_env(database_url, tmp_path / "home-b", empty)))
+    assert "the lines worker-a sent while the try ran" in sources[0] and "its worker was lost" in sources[0]
+    [line] = [json.loads(text) for text in logs[0].splitlines()]
+    assert (line["event"], line["family"]) == ("searching random_forest", "random_forest")
+    assert json.loads(written)["event"] == line["event"]
