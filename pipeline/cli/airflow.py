@@ -82,7 +82,8 @@ def register(sub: Any) -> None:
     p.add_argument("airflow_args", nargs=argparse.REMAINDER)
     p = sub.add_parser("airflow-celery", help="run Airflow on the CeleryExecutor: Redis, scheduler, API server, "
                        "triggerer, DAG processor and Celery workers (until Ctrl-C)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="Celery workers started here (0: every worker runs on "
+                   "another machine, with this stack's settings)")
     p.add_argument("--concurrency", type=int, default=1, help="task slots per worker")
     p.add_argument("--broker-url", help="a running Redis (default: start redis-server on a free port)")
     p.add_argument("--host", default="127.0.0.1", help="the address workers reach this machine's parts at (the "

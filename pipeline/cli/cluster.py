@@ -95,7 +95,9 @@ def celery_environment(env: dict[str, str], broker_url: str, concurrency: int, w
         **TASK_LOG_STORE,
         **env,
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-        "AIRFLOW__CORE__PARALLELISM": str(workers * concurrency),
+        # No worker here (they all run on other machines): the count is unknown, the environment's cap holds.
+        "AIRFLOW__CORE__PARALLELISM": str(workers * concurrency) if workers else env.get(
+            "AIRFLOW__CORE__PARALLELISM") or "32",
         "AIRFLOW__CELERY__BROKER_URL": broker_url,
         "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + metadata.render_as_string(hide_password=False),
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(concurrency),
@@ -280,9 +282,11 @@ def celery_airflow(env: dict[str, str], root: Path, workers: int = 2, concurrenc
                    broker_url: str | None = None, host: str = "127.0.0.1") -> Iterator[Cluster]:
     """Redis (unless `broker_url`), then every Airflow part on the CeleryExecutor, under `root` (logs in
     root/logs, worker N's working directory root/worker-N); everything is stopped on exit. `host` is the
-    address the workers reach this machine's parts at (the API server, the Redis started here)."""
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+    address the workers reach this machine's parts at (the API server, the Redis started here); with
+    `workers=0` every worker runs elsewhere. A `host` other than loopback means workers on other machines: every
+    address they dial must then be one they can reach, or nothing starts."""
+    if workers < 0:
+        raise ValueError(f"workers must be 0 or more, got {workers}")
     log_dir = root / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
@@ -293,6 +297,11 @@ def celery_airflow(env: dict[str, str], root: Path, workers: int = 2, concurrenc
         port = cluster_env.get("AIRFLOW__API__PORT", "8080")
         cluster_env[EXECUTION_API] = reached_at(cluster_env.get(EXECUTION_API) or f"http://{host}:{port}/execution/",
                                                 host)
+        if host not in LOOPBACK and (unreachable := unshared_addresses(cluster_env)):
+            raise ValueError(f"workers on other machines reach this stack at {host}, but could not reach: "
+                             f"{'; '.join(unreachable)}. Give each a host:port every machine reaches (a database "
+                             "over TCP: PIPELINE_DATABASE_URL and AIRFLOW__DATABASE__SQL_ALCHEMY_CONN; the embedded "
+                             "PostgreSQL listens on a Unix socket only)")
         cluster = Cluster(cluster_env, f"http://{host}:{port}", log_dir)
         stack.callback(cluster.stop)
         airflow = airflow_binary()

@@ -1,13 +1,18 @@
-"""The Celery stack's pure parts: restart back-off, the addresses a worker dials, the settings for lost work."""
+"""The Celery stack's pure parts: restart back-off, the addresses a worker dials (a stack for other machines
+refuses one they cannot reach before it starts anything), the settings for lost work."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from pipeline.cli.cluster import (
     EXECUTION_API,
     LOST_WORK_SETTINGS,
     Backoff,
+    celery_airflow,
     celery_environment,
     reached_at,
     unshared_addresses,
@@ -51,3 +56,19 @@ def test_celery_environment_sizes_parallelism_and_lets_the_environment_win() -> 
     # in the timeout Airflow retries, not in a failed try.
     policy = json.loads(env["AIRFLOW__CELERY__EXTRA_CELERY_CONFIG"])["task_publish_retry_policy"]
     assert policy["max_retries"] * policy["interval_max"] > float(env["AIRFLOW__CELERY__OPERATION_TIMEOUT"])
+
+
+def test_a_stack_for_other_machines_refuses_an_address_they_cannot_reach(tmp_path: Path) -> None:
+    env = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://postgres@/airflow?host=/srv/pgdata",
+           "PIPELINE_DATABASE_URL": METADATA}
+    with pytest.raises(ValueError, match="AIRFLOW__DATABASE__SQL_ALCHEMY_CONN reaches its database over the Unix "
+                                         "socket in /srv/pgdata"), \
+            celery_airflow(env, tmp_path, workers=0, broker_url="redis://10.0.0.5:6379/0", host="10.0.0.5"):
+        pass
+    assert not list((tmp_path / "logs").iterdir())  # nothing was started
+
+
+def test_no_worker_here_keeps_the_environments_parallelism() -> None:
+    env = celery_environment({"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": METADATA, "AIRFLOW__CORE__PARALLELISM": "8"},
+                             "redis://10.0.0.5:6379/0", concurrency=2, workers=0)
+    assert env["AIRFLOW__CORE__PARALLELISM"] == "8"
