@@ -36,6 +36,7 @@ def run_celery_airflow(settings: Settings, workers: int, concurrency: int, broke
     or until a part other than a worker stops (named, with its log's tail). A worker that dies is restarted."""
     from pipeline.cli.cluster import celery_airflow, supervise, unshared_addresses
     from pipeline.cli.localenv import ADMIN_USER, admin_password, airflow_environment, airflow_home
+    from pipeline.store.health import shown
 
     env = {**os.environ, **airflow_environment(settings, dict(os.environ))}
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
@@ -46,7 +47,7 @@ def run_celery_airflow(settings: Settings, workers: int, concurrency: int, broke
     with celery_airflow(env, root, workers, concurrency, broker_url, host) as cluster:
         pids = ", ".join(f"{name} {pid}" for name, pid in cluster.pids().items() if name in cluster.workdirs)
         print(f"Airflow UI: {cluster.base_url}  user: {ADMIN_USER}  password: {admin_password(home)}\n"
-              f"CeleryExecutor, broker {cluster.env['AIRFLOW__CELERY__BROKER_URL']}, {workers} worker(s) of "
+              f"CeleryExecutor, broker {shown(cluster.env['AIRFLOW__CELERY__BROKER_URL'])}, {workers} worker(s) of "
               f"concurrency {concurrency}: {', '.join(cluster.workdirs)}; logs in {cluster.log_dir}\n"
               f"A worker that dies is restarted; every pid is in {root / 'stack.json'}.\n"
               f"  add a worker:  python -m pipeline airflow-celery --add-worker   (in another terminal, same "

@@ -251,16 +251,18 @@ def airflow_binary() -> str:
 
 
 @contextmanager
-def redis_server(port: int, folder: Path, host: str = "127.0.0.1") -> Iterator[str]:
-    """A private redis-server (Debian's package) on `host`:`port`, keeping nothing on disk; its URL."""
+def redis_server(port: int, folder: Path, host: str = "127.0.0.1", password: str | None = None) -> Iterator[str]:
+    """A private redis-server (Debian's package) on `host`:`port`, keeping nothing on disk; its URL. Off loopback
+    it needs a `password`: Redis refuses other machines' connections without one (protected mode)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise FileNotFoundError("redis-server is not installed (Debian: apt-get install redis-server); "
                                 "or pass --broker-url redis://HOST:PORT/0 of a running Redis")
     folder.mkdir(parents=True, exist_ok=True)
+    secret = ["--requirepass", password] if password else []
     process = subprocess.Popen([binary, "--port", str(port), "--bind", host, "--save", "", "--appendonly",
-                                "no", "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+                                "no", "--dir", str(folder), *secret], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -271,7 +273,7 @@ def redis_server(port: int, folder: Path, host: str = "127.0.0.1") -> Iterator[s
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server did not start on port {port}") from None
                 time.sleep(0.1)
-        yield f"redis://{host}:{port}/0"
+        yield f"redis://:{password}@{host}:{port}/0" if password else f"redis://{host}:{port}/0"
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -290,7 +292,9 @@ def celery_airflow(env: dict[str, str], root: Path, workers: int = 2, concurrenc
     log_dir = root / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        broker = broker_url or stack.enter_context(redis_server(free_port(), root / "redis", host))
+        # Workers on other machines reach the Redis started here with a password (`host` off loopback).
+        password = None if host in LOOPBACK else secrets.token_urlsafe(24)
+        broker = broker_url or stack.enter_context(redis_server(free_port(), root / "redis", host, password))
         # The workers share this machine's cores: each task's thread pools get cores // every slot (pipeline.runtime.threads).
         cluster_env = {**celery_environment(env, broker, concurrency, workers),
                        MACHINE_SLOTS: str(workers * concurrency)}
