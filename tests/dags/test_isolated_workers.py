@@ -284,7 +284,10 @@ def test_a_run_survives_losing_a_worker_that_shares_nothing(isolated: Isolated) 
                            f"{SLOW_FAMILY} to run on one worker while the other searches too", interval=0.5)
     assert hosts == set(isolated.machines)
     lost = isolated.machines[slow["hostname"]]
-    time.sleep(3)  # the search has logged its first lines (sent at most a second after they are written)
+    # The search has begun (its first line, the threads it fits with, is the stage's own), and the API server already
+    # shows it: a running try's lines reach pipeline.task_logs while it runs.
+    wait_for(lambda: "threads:" in json.dumps(isolated.log_of(run_id, "search_family", slow_index, 1)), 120,
+             f"the running {SLOW_FAMILY} search's first line to be readable from the API server", interval=0.5)
     killed = isolated.net.kill_everything_in(lost.namespace)
     killed_at = time.strftime("%H:%M:%S", time.gmtime())
     assert killed and lost.process.wait(timeout=60) == -signal.SIGKILL
@@ -311,7 +314,7 @@ def test_a_run_survives_losing_a_worker_that_shares_nothing(isolated: Isolated) 
     lost_text, retry_text = json.dumps(lost_log), json.dumps(retry_log)
     assert f"the lines {lost.name} sent while the try ran" in lost_text and "its worker was lost" in lost_text, \
         lost_text[:3000]
-    assert SLOW_FAMILY in lost_text, lost_text[:3000]  # what the lost try wrote, not only where it came from
+    assert "threads:" in lost_text and '"try_number": 1' in lost_text, lost_text[:3000]  # what the lost try wrote
     assert f"uploaded by {survivor}" in retry_text, retry_text[:3000]
     # Nothing was shared: the API server's machine has no task log, each worker cached what it used.
     assert not [p for p in (isolated.stack_logs.parent.parent / "airflow-home" / "logs").rglob("attempt=*")]
