@@ -26,6 +26,7 @@ from bench.executors import rest_client
 from pipeline.cli.cluster import STATE_FILE
 from pipeline.contract.settings import PROJECT_ROOT, Settings
 from pipeline.store import db
+from tests.conftest import STARTS_AIRFLOW
 from tests.standalone import scratch_airflow, wait_for, wait_until_ready
 
 SLOW_FAMILY = "random_forest"
@@ -81,6 +82,7 @@ def timeline(call: Any, root: Path, slow_index: int) -> list[tuple[str, datetime
 def main() -> int:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     server_url = db.database_url(Settings.from_env())
+    os.environ[STARTS_AIRFLOW] = "1"  # scratch_airflow's guard against a test starting Airflow unmarked
     with tempfile.TemporaryDirectory(prefix="bench-kill-worker-") as name:
         folder = Path(name)
         with scratch_airflow(server_url, folder, slow_config(folder), {"PIPELINE_ARTIFACT_STORE": "postgres"}
