@@ -36,6 +36,7 @@ def run_celery_airflow(settings: Settings, workers: int, concurrency: int, broke
     or until a part other than a worker stops (named, with its log's tail). A worker that dies is restarted."""
     from pipeline.cli.cluster import celery_airflow, supervise, unshared_addresses
     from pipeline.cli.localenv import ADMIN_USER, admin_password, airflow_environment, airflow_home
+    from pipeline.store.health import shown
 
     env = {**os.environ, **airflow_environment(settings, dict(os.environ))}
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
@@ -46,7 +47,7 @@ def run_celery_airflow(settings: Settings, workers: int, concurrency: int, broke
     with celery_airflow(env, root, workers, concurrency, broker_url, host) as cluster:
         pids = ", ".join(f"{name} {pid}" for name, pid in cluster.pids().items() if name in cluster.workdirs)
         print(f"Airflow UI: {cluster.base_url}  user: {ADMIN_USER}  password: {admin_password(home)}\n"
-              f"CeleryExecutor, broker {cluster.env['AIRFLOW__CELERY__BROKER_URL']}, {workers} worker(s) of "
+              f"CeleryExecutor, broker {shown(cluster.env['AIRFLOW__CELERY__BROKER_URL'])}, {workers} worker(s) of "
               f"concurrency {concurrency}: {', '.join(cluster.workdirs)}; logs in {cluster.log_dir}\n"
               f"A worker that dies is restarted; every pid is in {root / 'stack.json'}.\n"
               f"  add a worker:  python -m pipeline airflow-celery --add-worker   (in another terminal, same "
@@ -82,7 +83,8 @@ def register(sub: Any) -> None:
     p.add_argument("airflow_args", nargs=argparse.REMAINDER)
     p = sub.add_parser("airflow-celery", help="run Airflow on the CeleryExecutor: Redis, scheduler, API server, "
                        "triggerer, DAG processor and Celery workers (until Ctrl-C)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="Celery workers started here (0: every worker runs on "
+                   "another machine, with this stack's settings)")
     p.add_argument("--concurrency", type=int, default=1, help="task slots per worker")
     p.add_argument("--broker-url", help="a running Redis (default: start redis-server on a free port)")
     p.add_argument("--host", default="127.0.0.1", help="the address workers reach this machine's parts at (the "

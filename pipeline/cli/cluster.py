@@ -75,6 +75,11 @@ LOST_WORK_SETTINGS = {
 }
 
 
+# Task logs go to the pipeline's PostgreSQL when a try ends, and the API server reads them from there
+# (plugins/task_log_store.py): it needs no worker's log folder or log server for a finished try.
+TASK_LOG_STORE = {"AIRFLOW__LOGGING__LOGGING_CONFIG_CLASS": "plugins.task_log_store.LOGGING_CONFIG"}
+
+
 def worker_hostname() -> str:
     """The hostname Airflow records for a task instance (`[core] hostname_callable`): the worker's name where
     one is set, as when several workers share a machine, else the machine's fully qualified name."""
@@ -109,14 +114,17 @@ def celery_environment(env: dict[str, str], broker_url: str, concurrency: int, w
     """`env` (Airflow's, from `pipeline.cli.localenv.airflow_environment`) switched to the CeleryExecutor: Redis as
     the broker, the metadata database as the result backend, one JWT secret for every process (the API server
     signs what the workers present), the team artifact store, worker names as task hostnames, as many running
-    tasks as the workers have slots, lost work noticed within a minute (LOST_WORK_SETTINGS), and one key source
-    for every worker (`shared_key_files`)."""
+    tasks as the workers have slots, lost work noticed within a minute (LOST_WORK_SETTINGS), one key source for
+    every worker (`shared_key_files`), and task logs kept in the database (TASK_LOG_STORE)."""
     metadata = sa.make_url(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]).set(drivername="postgresql")
     return {
         **LOST_WORK_SETTINGS,
+        **TASK_LOG_STORE,
         **env,
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-        "AIRFLOW__CORE__PARALLELISM": str(workers * concurrency),
+        # No worker here (they all run on other machines): the count is unknown, the environment's cap holds.
+        "AIRFLOW__CORE__PARALLELISM": str(workers * concurrency) if workers else env.get(
+            "AIRFLOW__CORE__PARALLELISM") or "32",
         "AIRFLOW__CELERY__BROKER_URL": broker_url,
         "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + metadata.render_as_string(hide_password=False),
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(concurrency),
@@ -272,16 +280,18 @@ def airflow_binary() -> str:
 
 
 @contextmanager
-def redis_server(port: int, folder: Path, host: str = "127.0.0.1") -> Iterator[str]:
-    """A private redis-server (Debian's package) on `host`:`port`, keeping nothing on disk; its URL."""
+def redis_server(port: int, folder: Path, host: str = "127.0.0.1", password: str | None = None) -> Iterator[str]:
+    """A private redis-server (Debian's package) on `host`:`port`, keeping nothing on disk; its URL. Off loopback
+    it needs a `password`: Redis refuses other machines' connections without one (protected mode)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise FileNotFoundError("redis-server is not installed (Debian: apt-get install redis-server); "
                                 "or pass --broker-url redis://HOST:PORT/0 of a running Redis")
     folder.mkdir(parents=True, exist_ok=True)
+    secret = ["--requirepass", password] if password else []
     process = subprocess.Popen([binary, "--port", str(port), "--bind", host, "--save", "", "--appendonly",
-                                "no", "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+                                "no", "--dir", str(folder), *secret], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -292,7 +302,7 @@ def redis_server(port: int, folder: Path, host: str = "127.0.0.1") -> Iterator[s
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server did not start on port {port}") from None
                 time.sleep(0.1)
-        yield f"redis://{host}:{port}/0"
+        yield f"redis://:{password}@{host}:{port}/0" if password else f"redis://{host}:{port}/0"
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -303,19 +313,28 @@ def celery_airflow(env: dict[str, str], root: Path, workers: int = 2, concurrenc
                    broker_url: str | None = None, host: str = "127.0.0.1") -> Iterator[Cluster]:
     """Redis (unless `broker_url`), then every Airflow part on the CeleryExecutor, under `root` (logs in
     root/logs, worker N's working directory root/worker-N); everything is stopped on exit. `host` is the
-    address the workers reach this machine's parts at (the API server, the Redis started here)."""
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+    address the workers reach this machine's parts at (the API server, the Redis started here); with
+    `workers=0` every worker runs elsewhere. A `host` other than loopback means workers on other machines: every
+    address they dial must then be one they can reach, or nothing starts."""
+    if workers < 0:
+        raise ValueError(f"workers must be 0 or more, got {workers}")
     log_dir = root / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        broker = broker_url or stack.enter_context(redis_server(free_port(), root / "redis", host))
+        # Workers on other machines reach the Redis started here with a password (`host` off loopback).
+        password = None if host in LOOPBACK else secrets.token_urlsafe(24)
+        broker = broker_url or stack.enter_context(redis_server(free_port(), root / "redis", host, password))
         # The workers share this machine's cores: each task's thread pools get cores // every slot (pipeline.runtime.threads).
         cluster_env = {**celery_environment(env, broker, concurrency, workers),
                        MACHINE_SLOTS: str(workers * concurrency)}
         port = cluster_env.get("AIRFLOW__API__PORT", "8080")
         cluster_env[EXECUTION_API] = reached_at(cluster_env.get(EXECUTION_API) or f"http://{host}:{port}/execution/",
                                                 host)
+        if host not in LOOPBACK and (unreachable := unshared_addresses(cluster_env)):
+            raise ValueError(f"workers on other machines reach this stack at {host}, but could not reach: "
+                             f"{'; '.join(unreachable)}. Give each a host:port every machine reaches (a database "
+                             "over TCP: PIPELINE_DATABASE_URL and AIRFLOW__DATABASE__SQL_ALCHEMY_CONN; the embedded "
+                             "PostgreSQL listens on a Unix socket only)")
         cluster = Cluster(cluster_env, f"http://{host}:{port}", log_dir)
         stack.callback(cluster.stop)
         airflow = airflow_binary()

@@ -77,3 +77,16 @@ def test_health_is_unhealthy_while_the_broker_is_down(broker: Broker, worker: st
     broker.start()  # same port: the worker's connection retries find it
     wait_until(lambda: all(c.ok for c in checks().values()), "the worker to reconnect to the restarted broker")
     assert cli("health").returncode == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_redis_started_with_a_password_answers_only_with_it(tmp_path: Path) -> None:
+    """What `airflow-celery --host` starts for workers on other machines (Redis refuses them without a password)."""
+    from pipeline.cli.cluster import free_port, redis_server
+
+    with redis_server(free_port(), tmp_path / "redis", password="s3cret") as url:
+        assert url.startswith("redis://:s3cret@127.0.0.1:")
+        assert health.check_broker(url).ok
+        refused = health.check_broker(url.replace(":s3cret@", ""))
+        assert not refused.ok and "authenticated" in refused.detail, refused.detail
+        assert "s3cret" not in health.check_broker(url).detail

@@ -1,4 +1,5 @@
-"""The Celery stack's pure parts: restart back-off, the addresses a worker dials, the settings for lost work."""
+"""The Celery stack's pure parts: restart back-off, the addresses a worker dials (a stack for other machines
+refuses one they cannot reach before it starts anything), the settings for lost work."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pipeline.cli.cluster import (
     EXECUTION_API,
     LOST_WORK_SETTINGS,
     Backoff,
+    celery_airflow,
     celery_environment,
     reached_at,
     unshared_addresses,
@@ -49,6 +51,7 @@ def test_celery_environment_sizes_parallelism_and_lets_the_environment_win() -> 
                               "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20"},
                              "redis://10.0.0.5:6379/0", concurrency=2, workers=3)
     assert env["AIRFLOW__CORE__PARALLELISM"] == "6"
+    assert env["AIRFLOW__LOGGING__LOGGING_CONFIG_CLASS"] == "plugins.task_log_store.LOGGING_CONFIG"
     assert env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] == "20"
     assert env["AIRFLOW__CELERY__OPERATION_TIMEOUT"] == LOST_WORK_SETTINGS["AIRFLOW__CELERY__OPERATION_TIMEOUT"]
     # Celery retries a publish longer than Airflow's timeout allows one attempt, so a refused connection ends
@@ -75,3 +78,19 @@ def test_a_relative_key_file_is_made_absolute_for_workers_in_other_folders(tmp_p
     env = celery_environment({"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": METADATA, ENV_KEY_FILE: "keys/master.key"},
                              "redis://h:6379/0", 1)
     assert env[ENV_KEY_FILE] == str(tmp_path / "keys" / "master.key")
+
+
+def test_a_stack_for_other_machines_refuses_an_address_they_cannot_reach(tmp_path: Path) -> None:
+    env = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://postgres@/airflow?host=/srv/pgdata",
+           "PIPELINE_DATABASE_URL": METADATA}
+    with pytest.raises(ValueError, match="AIRFLOW__DATABASE__SQL_ALCHEMY_CONN reaches its database over the Unix "
+                                         "socket in /srv/pgdata"), \
+            celery_airflow(env, tmp_path, workers=0, broker_url="redis://10.0.0.5:6379/0", host="10.0.0.5"):
+        pass
+    assert not list((tmp_path / "logs").iterdir())  # nothing was started
+
+
+def test_no_worker_here_keeps_the_environments_parallelism() -> None:
+    env = celery_environment({"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": METADATA, "AIRFLOW__CORE__PARALLELISM": "8"},
+                             "redis://10.0.0.5:6379/0", concurrency=2, workers=0)
+    assert env["AIRFLOW__CORE__PARALLELISM"] == "8"

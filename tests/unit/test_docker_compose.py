@@ -380,6 +380,15 @@ def test_lost_work_settings_are_the_supervisors(common_env: dict[str, str]) -> N
     assert {k: common_env.get(k) for k in LOST_WORK_SETTINGS} == LOST_WORK_SETTINGS
 
 
+def test_task_logs_go_to_the_database_and_no_worker_mounts_a_log_folder(compose: dict,
+                                                                       common_env: dict[str, str]) -> None:
+    """A worker shares no folder with the API server: task logs reach it through pipeline.task_logs."""
+    from pipeline.cli.cluster import TASK_LOG_STORE
+
+    assert {k: common_env.get(k) for k in TASK_LOG_STORE} == TASK_LOG_STORE
+    assert not [target for _, target in mounts(compose["services"][WORKER]) if "logs" in target.parts]
+
+
 # --- image ---------------------------------------------------------------------------------------
 
 
