@@ -134,8 +134,10 @@ def judge(frame: pd.DataFrame, contract: DatasetContract, suite: dict[str, Any],
     return typed.loc[~typed[quality.ROW_COLUMN].isin(refused), contract.columns()], refusals
 
 
-def _id_texts(ids: pd.Series) -> list[str]:
-    """Source ids as the predictions table holds them (text): 17, not 17.0."""
+def _id_texts(ids: pd.Series) -> list[str] | pa.Array:
+    """Source ids as the predictions table holds them (text): 17, not 17.0; whole numbers cast by Arrow at once."""
+    if pd.api.types.is_integer_dtype(ids.dtype) and not ids.hasnans:
+        return pa.array(ids.to_numpy(dtype="int64")).cast(pa.string())
     if pd.api.types.is_integer_dtype(ids.dtype) or pd.api.types.is_string_dtype(ids.dtype):
         texts: list[str] = ids.astype(str).tolist()
         return texts
@@ -188,7 +190,7 @@ class _Writer:
         self.selected = self.scored = self.refused = 0
         self.reason_counts: Counter[str] = Counter()
 
-    def _copy_forecasts(self, valid: pd.DataFrame, forecast: pd.DataFrame, hashes: list[str], id_column: str,
+    def _copy_forecasts(self, valid: pd.DataFrame, forecast: pd.DataFrame, hashes: np.ndarray, id_column: str,
                         interval: intervals.Interval, source: str) -> int:
         return copy_forecasts(self.cursor, "pipeline.predictions", {
             "model": self.model, "version": interval.version, "source_id": _id_texts(valid[id_column]),
@@ -196,10 +198,10 @@ class _Writer:
             "lower": forecast["lower"].to_numpy(dtype="float64"), "upper": forecast["upper"].to_numpy(dtype="float64"),
             "coverage": interval.coverage, "run_id": self.run_id, "source": source, "input_hash": hashes}, len(valid))
 
-    def forecasts(self, valid: pd.DataFrame, forecast: pd.DataFrame, hashes: list[str], id_column: str) -> None:
+    def forecasts(self, valid: pd.DataFrame, forecast: pd.DataFrame, hashes: np.ndarray, id_column: str) -> None:
         self.scored += self._copy_forecasts(valid, forecast, hashes, id_column, self.interval, "batch")
 
-    def shadow_forecasts(self, shadow: Shadow, valid: pd.DataFrame, forecast: pd.DataFrame, hashes: list[str],
+    def shadow_forecasts(self, shadow: Shadow, valid: pd.DataFrame, forecast: pd.DataFrame, hashes: np.ndarray,
                          id_column: str) -> None:
         assert shadow.interval is not None  # a shadow scores only once loaded
         shadow.scored += self._copy_forecasts(valid, forecast, hashes, id_column, shadow.interval, "shadow")
@@ -238,7 +240,7 @@ def _score_chunk(table: pa.Table, writer: _Writer, model: Any, contract: Dataset
                                                                                              contract.id_column])),
                              "reasons": [{**NOT_FINITE_FORECAST, "value": value}]})
         valid, forecast = valid.loc[finite], forecast.loc[finite]
-        hashes = intervals.input_hashes(valid, contract)
+        hashes = intervals.input_digests(valid, contract)  # hex texts (S64), written by the COPY as they are
         writer.forecasts(valid, forecast, hashes, contract.id_column)
         for shadow in shadows:  # the records the champion scored, and only those
             if shadow.failure is None:
@@ -256,7 +258,7 @@ def _stop_shadow(writer: _Writer, shadow: Shadow, reason: str) -> None:
                 writer.run_id, shadow.version, writer.model, reason)
 
 
-def _shadow_chunk(writer: _Writer, shadow: Shadow, valid: pd.DataFrame, hashes: list[str],
+def _shadow_chunk(writer: _Writer, shadow: Shadow, valid: pd.DataFrame, hashes: np.ndarray,
                   contract: DatasetContract) -> None:
     """The shadow's forecasts of the chunk's scored records, inside a savepoint: a failure takes back only its own."""
     writer.cursor.execute("SAVEPOINT shadow_chunk")
@@ -266,7 +268,7 @@ def _shadow_chunk(writer: _Writer, shadow: Shadow, valid: pd.DataFrame, hashes: 
         finite = _finite(forecast)
         shadow.not_finite += int((~finite).sum())
         writer.shadow_forecasts(shadow, valid.loc[finite], forecast.loc[finite],
-                                [h for h, keep in zip(hashes, finite, strict=True) if keep], contract.id_column)
+                                hashes[finite], contract.id_column)
     except Exception as exc:  # noqa: BLE001 - a shadow never breaks the champion's batch; the reason is kept
         writer.cursor.execute("ROLLBACK TO SAVEPOINT shadow_chunk")
         first_line = (str(exc).strip().splitlines() or [""])[0]
