@@ -27,6 +27,7 @@ from bench import report
 STEP = "score_batch (every row)"
 FLOOR = "COPY out + bare predict + COPY into pipeline.predictions"
 TARGET = 0.5  # score_batch's share of its floor's throughput
+LATE_IMPORTS = ("onnxruntime", "pipeline.model.compiled")  # what scoring imports when it runs, not timed
 
 
 def _every_row(ws: Any) -> Any:
@@ -36,10 +37,15 @@ def _every_row(ws: Any) -> Any:
 
 
 def run_score(spec: dict[str, Any]) -> dict[str, Any]:
-    """`score_batch` in this process, as the score_patients task runs it."""
+    """`score_batch` in this process, as the score_patients task runs it; what it imports only when it runs
+    (ONNX Runtime, the compiled-model loader) imported before the timed call, as for every stage (LATE_IMPORTS)."""
+    import importlib
+
     from bench.measure import peak_mb, rss_mb, timed, workspace
     from pipeline.serving.scoring import score_batch
 
+    for module in LATE_IMPORTS:
+        importlib.import_module(module)
     ws = _every_row(workspace(spec))
     ready = rss_mb()
     result, seconds = timed(score_batch, ws, spec["run_id"])
