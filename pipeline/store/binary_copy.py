@@ -177,6 +177,10 @@ def encode(columns: Sequence[Column], rows: int) -> bytes:
 
 def copy_in(cursor: Any, table: str, columns: Sequence[Column], rows: int) -> int:
     """COPY `rows` rows of `columns` into `table` (FORMAT binary) on the cursor's transaction; the rows written."""
-    names = ", ".join(column.name for column in columns)
-    cursor.copy_expert(f"COPY {table} ({names}) FROM STDIN WITH (FORMAT binary)", io.BytesIO(encode(columns, rows)))
+    cursor.copy_expert(statement(table, columns), io.BytesIO(encode(columns, rows)))
     return rows
+
+
+def statement(table: str, columns: Sequence[Column]) -> str:
+    """The COPY statement that reads `encode`'s stream of `columns` into `table`."""
+    return f"COPY {table} ({', '.join(column.name for column in columns)}) FROM STDIN WITH (FORMAT binary)"
