@@ -64,10 +64,12 @@ peak MB     getrusage high-water mark of the step's own process (interpreter and
             the JSON also has ready_mb, resident memory just before the call). The whole DAG's peak is
             its largest stage's, since each task runs in its own process.
 scoring     score_batch over every row of the table (serving.score_records: all) in a fresh process, after
-            the measured retrain; its floor: COPY of the same rows TO STDOUT into nothing (binary), the
-            champion's bare predict on them already typed in memory, and binary COPY of one forecast a row
-            into a temporary table shaped as pipeline.predictions, best of {repeats} each (the same COPY into
-            pipeline.predictions itself, rolled back, is shown beside it: its indexes and foreign key cost).
+            the measured retrain and a first scoring run of its own (which compiles the champion's ONNX graph
+            into the machine's cache, once per champion: shown, not compared); its floor: COPY of the same rows
+            TO STDOUT into nothing (binary), the champion's bare predict on them already typed in memory, and
+            binary COPY of one forecast a row into the table the CRM reads, pipeline.predictions itself (its
+            primary key, the indexes its readers need and its foreign key kept up; rolled back), best of
+            {repeats} each (the same COPY into an unindexed temporary table is shown beside it, not counted).
 busy        'retrain with a busy process beside it': the measured retrain's stages again, each in a fresh
             process, for a run of their own on the same rows, while `python -c 'while 1: pass'` keeps a
             core busy; its floor is the quiet retrain (vs floor = quiet s / busy s; target >= 0.5).

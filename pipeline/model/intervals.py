@@ -288,7 +288,13 @@ def slice_coverage(inside: np.ndarray, labels: pd.Series, coverage: float, confi
 def input_hashes(frame: pd.DataFrame, contract: DatasetContract) -> list[str]:
     """SHA-256 of each record's model input values as text (`column=value` in the contract's order, a
     missing value empty), built by Arrow; the same values always give the same hash."""
-    return table_hashes(pa.Table.from_pandas(model_inputs(frame, contract), preserve_index=False))
+    return [h.decode() for h in input_digests(frame, contract).tolist()]
+
+
+def input_digests(frame: pd.DataFrame, contract: DatasetContract) -> np.ndarray:
+    """`input_hashes` as one numpy array of 64-byte hex texts (dtype S64): what a binary COPY writes as it is,
+    with no Python string per record."""
+    return table_digests(pa.Table.from_pandas(model_inputs(frame, contract), preserve_index=False))
 
 
 def row_hashes(rows: list[dict[str, Any]], contract: DatasetContract) -> list[str]:
@@ -321,6 +327,12 @@ def arrow_types(dtypes: tuple[tuple[str, str], ...]) -> dict[str, pa.DataType]:
 
 def table_hashes(inputs: pa.Table) -> list[str]:
     """SHA-256 of each row of `inputs` as `column=value` text joined by \x1f, a missing value empty."""
+    return [h.decode() for h in table_digests(inputs).tolist()]
+
+
+def table_digests(inputs: pa.Table) -> np.ndarray:
+    """`table_hashes` as one numpy array of 64-byte hex texts (S64): each row's digest taken in one loop, the
+    hex text of all of them made at once."""
     parts = []
     for column in inputs.column_names:
         values = inputs.column(column)
@@ -328,4 +340,5 @@ def table_hashes(inputs: pa.Table) -> list[str]:
         parts.append(pc.binary_join_element_wise(f"{column}=", pc.fill_null(text, ""), ""))
     joined = pc.binary_join_element_wise(*parts, "\x1f") if parts else pa.array([""] * len(inputs))
     sha256 = hashlib.sha256
-    return [sha256(value).hexdigest() for value in joined.cast(pa.binary()).to_pylist()]  # UTF-8 bytes as they are
+    digests = b"".join([sha256(value).digest() for value in joined.cast(pa.binary()).to_pylist()])  # UTF-8 bytes
+    return np.frombuffer(digests.hex().encode(), dtype="S64")

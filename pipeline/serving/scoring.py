@@ -25,7 +25,8 @@ import io
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -134,8 +135,10 @@ def judge(frame: pd.DataFrame, contract: DatasetContract, suite: dict[str, Any],
     return typed.loc[~typed[quality.ROW_COLUMN].isin(refused), contract.columns()], refusals
 
 
-def _id_texts(ids: pd.Series) -> list[str]:
-    """Source ids as the predictions table holds them (text): 17, not 17.0."""
+def _id_texts(ids: pd.Series) -> list[str] | pa.Array:
+    """Source ids as the predictions table holds them (text): 17, not 17.0; whole numbers cast by Arrow at once."""
+    if pd.api.types.is_integer_dtype(ids.dtype) and not ids.hasnans:
+        return pa.array(ids.to_numpy(dtype="int64")).cast(pa.string())
     if pd.api.types.is_integer_dtype(ids.dtype) or pd.api.types.is_string_dtype(ids.dtype):
         texts: list[str] = ids.astype(str).tolist()
         return texts
@@ -152,6 +155,10 @@ def copy_forecasts(cursor: Any, table: str, values: dict[str, Any], rows: int) -
     row go first (`FORECAST_TYPES`' order), laid out by numpy; the source ids, of any length, last."""
     columns = [binary_copy.Column(name, kind, values[name]) for name, kind in FORECAST_TYPES.items()]
     return binary_copy.copy_in(cursor, table, columns, rows)
+
+
+PIECES = 4  # a chunk's forecasts go out in this many COPYs: the server stores one while the next is hashed
+PIECE_ROWS = 2_500  # the smallest piece worth its own COPY
 
 
 def _copy(cursor: Any, table: str, frame: pd.DataFrame) -> None:
@@ -181,25 +188,60 @@ class Shadow:
 
 
 class _Writer:
-    """Writes one chunk's forecasts and refusals on the run's transaction, and keeps the tally."""
+    """Writes one chunk's forecasts and refusals on the run's transaction, and keeps the tally. A COPY of
+    forecasts runs on a thread of its own (psycopg2 waits for the server without the GIL): the server stores
+    one piece while this process hashes and encodes the next, or reads and judges the next chunk. One
+    statement at a time on the connection: every other use waits for the COPY in flight (`execute`, `drain`)."""
 
     def __init__(self, cursor: Any, run_id: str, model: str, interval: intervals.Interval) -> None:
         self.cursor, self.run_id, self.model, self.interval = cursor, run_id, model, interval
         self.selected = self.scored = self.refused = 0
         self.reason_counts: Counter[str] = Counter()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"copy-{run_id}")
+        self._in_flight: Future[int] | None = None
 
-    def _copy_forecasts(self, valid: pd.DataFrame, forecast: pd.DataFrame, hashes: list[str], id_column: str,
+    def drain(self) -> None:
+        """Wait for the COPY in flight; its error, if any, is raised here."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.result()
+
+    def execute(self, sql: str, parameters: tuple[Any, ...] = ()) -> None:
+        self.drain()
+        self.cursor.execute(sql, parameters)
+
+    def settle(self) -> None:
+        """Wait for the COPY in flight, whatever its outcome: what failed is rolled back next."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.exception()
+
+    def close(self) -> None:
+        """Settle the COPY in flight and stop the thread."""
+        self.settle()
+        self._thread.shutdown(wait=True)
+
+    def _send(self, copy: Callable[[], int]) -> None:
+        self.drain()
+        self._in_flight = self._thread.submit(copy)
+
+    def _copy_forecasts(self, valid: pd.DataFrame, forecast: pd.DataFrame, hashes: np.ndarray, id_column: str,
                         interval: intervals.Interval, source: str) -> int:
-        return copy_forecasts(self.cursor, "pipeline.predictions", {
-            "model": self.model, "version": interval.version, "source_id": _id_texts(valid[id_column]),
-            "prediction": forecast["prediction"].to_numpy(dtype="float64"),
-            "lower": forecast["lower"].to_numpy(dtype="float64"), "upper": forecast["upper"].to_numpy(dtype="float64"),
-            "coverage": interval.coverage, "run_id": self.run_id, "source": source, "input_hash": hashes}, len(valid))
+        values = {"model": self.model, "version": interval.version, "source_id": _id_texts(valid[id_column]),
+                  "prediction": forecast["prediction"].to_numpy(dtype="float64"),
+                  "lower": forecast["lower"].to_numpy(dtype="float64"),
+                  "upper": forecast["upper"].to_numpy(dtype="float64"), "coverage": interval.coverage,
+                  "run_id": self.run_id, "source": source, "input_hash": hashes}
+        columns = [binary_copy.Column(name, kind, values[name]) for name, kind in FORECAST_TYPES.items()]
+        data, sql = io.BytesIO(binary_copy.encode(columns, len(valid))), binary_copy.statement("pipeline.predictions",
+                                                                                               columns)
+        self._send(lambda: self.cursor.copy_expert(sql, data))
+        return len(valid)
 
-    def forecasts(self, valid: pd.DataFrame, forecast: pd.DataFrame, hashes: list[str], id_column: str) -> None:
+    def forecasts(self, valid: pd.DataFrame, forecast: pd.DataFrame, hashes: np.ndarray, id_column: str) -> None:
         self.scored += self._copy_forecasts(valid, forecast, hashes, id_column, self.interval, "batch")
 
-    def shadow_forecasts(self, shadow: Shadow, valid: pd.DataFrame, forecast: pd.DataFrame, hashes: list[str],
+    def shadow_forecasts(self, shadow: Shadow, valid: pd.DataFrame, forecast: pd.DataFrame, hashes: np.ndarray,
                          id_column: str) -> None:
         assert shadow.interval is not None  # a shadow scores only once loaded
         shadow.scored += self._copy_forecasts(valid, forecast, hashes, id_column, shadow.interval, "shadow")
@@ -215,6 +257,7 @@ class _Writer:
         frame = pd.DataFrame({"run_id": self.run_id, "source_id": list(merged),
                               "reasons": [json.dumps(r, default=str) for r in merged.values()]})
         if len(frame):
+            self.drain()
             _copy(self.cursor, "pipeline.scoring_refusals", frame)
         self.refused += len(refusals)
 
@@ -238,8 +281,7 @@ def _score_chunk(table: pa.Table, writer: _Writer, model: Any, contract: Dataset
                                                                                              contract.id_column])),
                              "reasons": [{**NOT_FINITE_FORECAST, "value": value}]})
         valid, forecast = valid.loc[finite], forecast.loc[finite]
-        hashes = intervals.input_hashes(valid, contract)
-        writer.forecasts(valid, forecast, hashes, contract.id_column)
+        hashes = _write_pieces(writer, valid, forecast, contract)
         for shadow in shadows:  # the records the champion scored, and only those
             if shadow.failure is None:
                 _shadow_chunk(writer, shadow, valid, hashes, contract)
@@ -247,33 +289,48 @@ def _score_chunk(table: pa.Table, writer: _Writer, model: Any, contract: Dataset
     writer.selected += len(frame)
 
 
+def _write_pieces(writer: _Writer, valid: pd.DataFrame, forecast: pd.DataFrame, contract: DatasetContract
+                  ) -> np.ndarray:
+    """Hash and write the chunk's forecasts in pieces (PIECES), each COPY under way while the next is hashed;
+    the input hashes of every row, as hex texts (S64)."""
+    step = max(PIECE_ROWS, -(-len(valid) // PIECES))
+    hashes = []
+    for start in range(0, len(valid), step):
+        part = valid.iloc[start:start + step]
+        hashes.append(intervals.input_digests(part, contract))  # written by the COPY as they are
+        writer.forecasts(part, forecast.iloc[start:start + step], hashes[-1], contract.id_column)
+    return np.concatenate(hashes) if hashes else np.empty(0, dtype="S64")
+
+
 def _stop_shadow(writer: _Writer, shadow: Shadow, reason: str) -> None:
     """Stop a shadow for the rest of the run: its rows of the run taken back, the reason logged and kept."""
-    writer.cursor.execute("DELETE FROM pipeline.predictions WHERE run_id = %s AND model = %s AND version = %s "
+    writer.execute("DELETE FROM pipeline.predictions WHERE run_id = %s AND model = %s AND version = %s "
                           "AND source = 'shadow'", (writer.run_id, writer.model, shadow.version))
     shadow.failure, shadow.scored, shadow.not_finite = reason, 0, 0
     log.warning("scoring run %s: shadow version %s of %s stopped, the champion's forecasts go on: %s",
                 writer.run_id, shadow.version, writer.model, reason)
 
 
-def _shadow_chunk(writer: _Writer, shadow: Shadow, valid: pd.DataFrame, hashes: list[str],
+def _shadow_chunk(writer: _Writer, shadow: Shadow, valid: pd.DataFrame, hashes: np.ndarray,
                   contract: DatasetContract) -> None:
     """The shadow's forecasts of the chunk's scored records, inside a savepoint: a failure takes back only its own."""
-    writer.cursor.execute("SAVEPOINT shadow_chunk")
+    writer.execute("SAVEPOINT shadow_chunk")
     try:
         assert shadow.interval is not None
         forecast = intervals.forecast(shadow.model, valid, contract, shadow.interval)
         finite = _finite(forecast)
         shadow.not_finite += int((~finite).sum())
         writer.shadow_forecasts(shadow, valid.loc[finite], forecast.loc[finite],
-                                [h for h, keep in zip(hashes, finite, strict=True) if keep], contract.id_column)
+                                hashes[finite], contract.id_column)
+        writer.drain()
     except Exception as exc:  # noqa: BLE001 - a shadow never breaks the champion's batch; the reason is kept
+        writer.settle()
         writer.cursor.execute("ROLLBACK TO SAVEPOINT shadow_chunk")
         first_line = (str(exc).strip().splitlines() or [""])[0]
         _stop_shadow(writer, shadow, f"could not score the chunk from record {writer.selected + 1} of the selection: "
                                      f"{type(exc).__name__}: {first_line}")
     else:
-        writer.cursor.execute("RELEASE SAVEPOINT shadow_chunk")
+        writer.execute("RELEASE SAVEPOINT shadow_chunk")
 
 
 def start_run(ws: Workspace, run_id: str) -> None:
@@ -343,6 +400,7 @@ def _write_run(ws: Workspace, run_id: str, champion: dict[str, Any]) -> dict[str
     interval = intervals.for_version(ws, champion["version"])
     shadows = load_shadows(ws, champion["version"])
     raw = ws.engine.raw_connection()
+    writer = None
     try:
         cursor = raw.cursor()
         cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_SCORING_LOCK_ID, run_id))
@@ -358,6 +416,7 @@ def _write_run(ws: Workspace, run_id: str, champion: dict[str, Any]) -> dict[str
                 batches = refusal.kept(batches)
             for table in chunks(batches, schema, serving.batch_rows, contract.id_column):
                 _score_chunk(table, writer, model, contract, suite, ws.config.quality, shadows)
+        writer.drain()
         if writer.selected != writer.scored + writer.refused:
             raise RuntimeError(f"scoring run {run_id}: {writer.selected} records selected, but {writer.scored} "
                                f"scored and {writer.refused} refused")
@@ -376,9 +435,13 @@ def _write_run(ws: Workspace, run_id: str, champion: dict[str, Any]) -> dict[str
               json.dumps(summary["reason_counts"]), json.dumps(summary["shadows"]), run_id))
         raw.commit()
     except BaseException:
+        if writer is not None:
+            writer.close()  # no COPY in flight while the run is taken back
         _roll_back(raw, run_id)
         raise
     finally:
+        if writer is not None:
+            writer.close()
         raw.close()
     return summary
 

@@ -4,11 +4,12 @@ PostgreSQL's binary COPY format: a header, then per row a 16-bit field count and
 length (-1 for NULL) followed by its bytes in network order, then a trailer. The server parses no text, so a
 float arrives exactly as computed, NaN and the infinities included.
 
-A column is a `Column`: its values (numbers for float8, int4 and int8; str for text; one value repeats on
-every row) and, optionally, where they are NULL. Each row is laid out as segments: numpy writes the field
-lengths and every field whose width is the same on every row (numbers, text of one length such as a model
-name or a SHA-256) as one structured array; a field whose width varies (ids of several lengths, a NULL)
-follows as its own bytes. The segments of all rows are then joined once.
+A column is a `Column`: its values (numbers for float8, int4 and int8; str for text, or a numpy bytes array
+whose values fill its width, such as hex digests; one value repeats on every row) and, optionally, where they
+are NULL. Each row is laid out as segments: numpy writes the field lengths and every field whose width is the
+same on every row (numbers, text of one length such as a model name or a SHA-256) as one structured array; a
+field whose width varies (ids of several lengths, a NULL) follows as its own segment. Arrow then joins each
+row's segments and the rows in one pass (`binary_join_element_wise`): no Python object per row or field.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import io
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -43,11 +43,12 @@ class Column:
 @dataclass
 class _Field:
     """A column encoded: each row's field length (-1: NULL), and its bytes as one fixed-width numpy array
-    (`fixed`, same width on every row, no NULL) or as each row's bytes (`varying`)."""
+    (`fixed`, same width on every row, no NULL) or as an Arrow binary array of each row's bytes (`varying`,
+    empty where NULL)."""
 
     lengths: np.ndarray
     fixed: np.ndarray | None = None
-    varying: list[bytes] | None = None
+    varying: pa.Array | None = None
 
 
 def _null_mask(column: Column, rows: int, found: np.ndarray | None = None) -> np.ndarray:
@@ -74,8 +75,7 @@ def _number_field(column: Column, rows: int) -> _Field:
     lengths = np.where(null, -1, dtype.itemsize).astype(">i4")
     if not null.any():
         return _Field(lengths, fixed=values.astype(dtype))
-    data = values.astype(dtype).view(np.dtype((np.void, dtype.itemsize))).tolist()
-    return _Field(lengths, varying=[b"" if n else d for d, n in zip(data, null.tolist(), strict=True)])
+    return _Field(lengths, varying=_binary(np.ascontiguousarray(values.astype(dtype)), dtype.itemsize, rows, null))
 
 
 def _text_field(column: Column, rows: int) -> _Field:
@@ -86,7 +86,10 @@ def _text_field(column: Column, rows: int) -> _Field:
         if not null.any():
             return _Field(lengths, fixed=np.full(rows, encoded, dtype=f"S{len(encoded)}") if encoded else
                           np.zeros(rows, dtype="V0"))
-        return _Field(lengths, varying=[b"" if n else encoded for n in null.tolist()])
+        return _Field(lengths, varying=_binary(np.full(rows, encoded, dtype=f"S{len(encoded)}"), len(encoded), rows,
+                                               null))
+    if isinstance(column.values, np.ndarray) and column.values.dtype.kind == "S":
+        return _bytes_field(column, rows)
     text = column.values if isinstance(column.values, pa.Array) else pa.array(column.values, type=pa.string())
     if len(text) != rows:
         raise ValueError(f"column {column.name!r} has {len(text)} values for {rows} rows")
@@ -100,10 +103,32 @@ def _text_field(column: Column, rows: int) -> _Field:
         start = int(offsets[0]) if rows else 0
         data = np.frombuffer(binary.buffers()[2] or b"", dtype=np.uint8)[start:start + rows * width]
         return _Field(lengths, fixed=data.view(f"S{width}") if width else np.zeros(rows, dtype="V0"))
-    values = pc.fill_null(binary, b"").to_pylist()
-    if null.any():
-        values = [b"" if n else v for v, n in zip(values, null.tolist(), strict=True)]
-    return _Field(lengths, varying=values)
+    varying = pc.if_else(pa.array(null), pa.scalar(b"", pa.binary()), pc.fill_null(binary, b"")) if null.any() \
+        else binary
+    return _Field(lengths, varying=varying)
+
+
+def _bytes_field(column: Column, rows: int) -> _Field:
+    """A numpy bytes array ('S' dtype) whose every value fills its width (a hex digest, say): written as it is."""
+    values = np.asarray(column.values)
+    if values.shape != (rows,):
+        raise ValueError(f"column {column.name!r} has {values.shape} values for {rows} rows")
+    width = values.dtype.itemsize
+    if rows and not (np.char.str_len(values) == width).all():
+        raise ValueError(f"column {column.name!r}: a numpy bytes value shorter than its width {width} (they are "
+                         "written whole, padding included): give str values instead")
+    null = _null_mask(column, rows)
+    lengths = np.where(null, -1, width).astype(">i4")
+    if not null.any():
+        return _Field(lengths, fixed=values)
+    return _Field(lengths, varying=_binary(values, width, rows, null))
+
+
+def _binary(values: np.ndarray, width: int, rows: int, null: np.ndarray) -> pa.Array:
+    """Fixed-width values as an Arrow binary array, empty where `null`."""
+    fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), rows, [None, pa.py_buffer(values)]) \
+        if width else pa.array([b""] * rows, pa.binary(0))
+    return pc.if_else(pa.array(null), pa.scalar(b"", pa.binary()), fixed.cast(pa.binary()))
 
 
 def _field(column: Column, rows: int) -> _Field:
@@ -114,20 +139,21 @@ def _field(column: Column, rows: int) -> _Field:
     raise ValueError(f"column {column.name!r}: binary COPY writes {sorted(NUMBER_TYPES)} or text, not {column.kind!r}")
 
 
-def _segment(parts: list[tuple[str, np.ndarray]], rows: int) -> list[bytes]:
-    """Fields side by side as one structured array: one bytes object per row."""
+def _segment(parts: list[tuple[str, np.ndarray]], rows: int) -> pa.Array:
+    """Fields side by side as one structured array: an Arrow binary array of one value per row."""
     array = np.empty(rows, dtype=[(name, values.dtype) for name, values in parts])
     for name, values in parts:
         array[name] = values
-    segment = array.view(np.dtype((np.void, array.dtype.itemsize))).tolist()  # bytes, one per row
-    return segment  # type: ignore[return-value]
+    width = array.dtype.itemsize
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), rows, [None, pa.py_buffer(array)]).cast(
+        pa.large_binary())
 
 
 def encode(columns: Sequence[Column], rows: int) -> bytes:
     """The rows of `columns` as one binary COPY stream (header, rows, trailer)."""
     if not columns:
         raise ValueError("a binary COPY needs at least one column")
-    segments: list[list[bytes]] = []
+    segments: list[pa.Array] = []
     parts: list[tuple[str, np.ndarray]] = [("count", np.full(rows, len(columns), dtype=">i2"))]
     for index, column in enumerate(columns):
         field = _field(column, rows)
@@ -137,15 +163,24 @@ def encode(columns: Sequence[Column], rows: int) -> bytes:
                 parts.append((f"value {index}", field.fixed))
             continue
         segments.append(_segment(parts, rows))
-        segments.append(field.varying or [])
+        assert field.varying is not None
+        segments.append(field.varying.cast(pa.large_binary()))
         parts = []
     if parts:
         segments.append(_segment(parts, rows))
-    return b"".join((HEADER, *chain.from_iterable(zip(*segments, strict=True)), TRAILER))
+    joined = pc.binary_join_element_wise(*segments, pa.scalar(b"", pa.large_binary())) if len(segments) > 1 \
+        else segments[0]
+    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset:joined.offset + rows + 1]
+    body = memoryview(joined.buffers()[2] or b"")[int(offsets[0]):int(offsets[-1])] if rows else b""
+    return b"".join((HEADER, body, TRAILER))
 
 
 def copy_in(cursor: Any, table: str, columns: Sequence[Column], rows: int) -> int:
     """COPY `rows` rows of `columns` into `table` (FORMAT binary) on the cursor's transaction; the rows written."""
-    names = ", ".join(column.name for column in columns)
-    cursor.copy_expert(f"COPY {table} ({names}) FROM STDIN WITH (FORMAT binary)", io.BytesIO(encode(columns, rows)))
+    cursor.copy_expert(statement(table, columns), io.BytesIO(encode(columns, rows)))
     return rows
+
+
+def statement(table: str, columns: Sequence[Column]) -> str:
+    """The COPY statement that reads `encode`'s stream of `columns` into `table`."""
+    return f"COPY {table} ({', '.join(column.name for column in columns)}) FROM STDIN WITH (FORMAT binary)"

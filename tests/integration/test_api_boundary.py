@@ -191,6 +191,56 @@ def test_tokens_are_read_from_the_authorization_header_only_and_never_logged(ser
         assert secret not in text, f"{secret} reached the log"
 
 
+def test_the_probe_table(served: Served) -> None:
+    """Issue 29's probes in one table, request -> status (printed with -s: the closing note's evidence), each
+    status as the issue asks; the query-string token is then searched for in the service's log file."""
+    record, other = patient_records(served.ws, 2)
+    body = json.dumps(record).encode()
+    in_list = lambda bmi: b"[" + body + b"," + record_text(other, bmi) + b"]"  # noqa: E731
+    probes: list[tuple[str, Any, int]] = [
+        ("nested JSON: [ x 5,000 (10 KB)", lambda: send(served.base, b"[" * 5000 + b"]" * 5000), 422),
+        ("nested JSON: {\"a\": x 5,000", lambda: send(served.base, b'{"a":' * 5000 + b"1" + b"}" * 5000), 422),
+        *[(f"bmi {v} alone", lambda v=v: send(served.base, record_text(record, v)), 422)
+          for v in ("NaN", "Infinity", "-Infinity", "1e400")],
+        *[(f"bmi {v} beside a valid record in a list (the list's status)", lambda v=v: send(served.base, in_list(v)),
+           200) for v in ("NaN", "Infinity", "-Infinity", "1e400")],
+        ("Content-Type: application/json", lambda: send(served.base, body), 200),
+        ("Content-Type: application/json; charset=utf-8",
+         lambda: send(served.base, body, "application/json; charset=utf-8"), 200),
+        ("no Content-Type", lambda: send(served.base, body, None), 415),
+        *[(f"Content-Type: {t}", lambda t=t: send(served.base, body, t), 415)
+          for t in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data")],
+        ("token in the query string only", lambda: requests.post(
+            f"{served.base}{PREDICT}?token={SECRETS[0]}", data=body, headers={"Content-Type": "application/json"},
+            timeout=TIMEOUT), 401),
+        ("token in the query string and the header", lambda: requests.post(
+            f"{served.base}{PREDICT}?token={SECRETS[0]}", data=body, timeout=TIMEOUT,
+            headers={**auth(), "Content-Type": "application/json"}), 200),
+    ]
+    noisy = json.dumps([{**record, **{f"unknown_field_{i:02d}": "x" * 40 for i in range(50)}}] * 280).encode()
+    lines, failed = [f"{'request':<72} {'status':<24} body bytes", "-" * 108], []
+    for what, call, expected in probes:
+        answer = call()
+        strict_json(answer.text)
+        statuses = [r["status"] for r in answer.json().get("results", [])] if answer.status_code == 200 else []
+        shown = f"{answer.status_code}" + (f" (records: {', '.join(map(str, statuses))})" if len(statuses) > 1 else "")
+        lines.append(f"{what:<72} {shown:<24} {len(answer.content):,}")
+        failed += [] if answer.status_code == expected else [f"{what}: {answer.status_code}, not {expected}"]
+        failed += [f"{what}: records {statuses}, not [200, 422]"] if "list" in what and statuses != [200, 422] else []
+    oversized = send(served.base, noisy)
+    lines.append(f"{'error response: 280 records x 50 unknown fields (' + format(len(noisy), ',') + ' bytes)':<72} "
+                 f"{oversized.status_code:<24} {len(oversized.content):,}")
+    wait_until(lambda: f"POST {PREDICT} 200" in served.log_file.read_text(), "the access log lines")
+    log_text = served.log_file.read_text()
+    found = SECRETS[0] in log_text
+    lines.append(f"{'the query-string token searched for in the log file (' + served.log_file.name + ')':<72} "
+                 f"{'FOUND' if found else 'absent'}")
+    print("\n" + "\n".join(lines))
+    assert not failed, failed
+    assert oversized.status_code == 200 and len(oversized.content) < len(noisy)
+    assert not found, "the query-string token reached the log"
+
+
 def test_cors_is_closed_unless_origins_are_configured(served: Served) -> None:
     preflight = {"Origin": "https://crm.example.org", "Access-Control-Request-Method": "POST",
                  "Access-Control-Request-Headers": "authorization,content-type"}

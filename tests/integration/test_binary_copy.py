@@ -78,6 +78,24 @@ def test_many_rows_of_several_id_lengths_keep_their_order_and_values(cursor: Any
     assert cursor.fetchall() == [(i, float(v), h) for i, v, h in zip(ids, values, hashes, strict=True)]
 
 
+def test_numpy_bytes_and_arrow_text_are_written_as_they_are(cursor: Any) -> None:
+    """What batch scoring hands the writer: hex digests as one numpy S64 array, ids as an Arrow string array;
+    a NULL in either is NULL, and a numpy value shorter than its width is refused (its padding would be written)."""
+    import pyarrow as pa
+
+    n = 1_000
+    cursor.execute("CREATE TEMP TABLE t (n bigserial, h text, id text)")
+    digests = np.frombuffer("".join(f"{k:064x}" for k in range(n)).encode(), dtype="S64")
+    ids = pa.array([None if k % 7 == 0 else str(k) for k in range(n)], pa.string())
+    null = np.arange(n) % 11 == 0
+    binary_copy.copy_in(cursor, "t", [Column("h", "text", digests, null=null), Column("id", "text", ids)], n)
+    cursor.execute("SELECT h, id FROM t ORDER BY n")
+    assert cursor.fetchall() == [(None if k % 11 == 0 else f"{k:064x}", None if k % 7 == 0 else str(k))
+                                 for k in range(n)]
+    with pytest.raises(ValueError, match="'h': a numpy bytes value shorter than its width 3"):
+        binary_copy.encode([Column("h", "text", np.array([b"abc", b"ab"], dtype="S3"))], 2)
+
+
 def test_no_rows_and_wrong_input_are_refused_before_the_server(cursor: Any) -> None:
     cursor.execute("CREATE TEMP TABLE t (i int4, s text)")
     assert binary_copy.copy_in(cursor, "t", [Column("i", "int4", []), Column("s", "text", [])], 0) == 0

@@ -159,6 +159,33 @@ def test_a_shadow_that_cannot_be_loaded_leaves_the_champions_batch_whole(sws: Wo
                for r in caplog.records)
 
 
+def test_a_shadow_whose_copy_fails_on_the_server_is_stopped_and_the_champions_batch_stays_whole(
+        sws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shadow's COPY runs on the writer's thread; when the server refuses it (here: a version the registry lacks,
+    a foreign key violation), the error reaches the shadow's savepoint, only its rows are taken back, the run goes on."""
+    champion.add_shadow(sws, 2, "test", "watch it")
+    loaded = scoring.load_shadows
+
+    def unknown_version(ws: Workspace, champion_version: int) -> list[scoring.Shadow]:
+        shadows = loaded(ws, champion_version)
+        for shadow in shadows:
+            assert shadow.interval is not None
+            shadow.interval = dataclasses.replace(shadow.interval, version=999)
+        return shadows
+
+    monkeypatch.setattr(scoring, "load_shadows", unknown_version)
+    result = scoring.score_batch(sws, "score-shadow-copy-fails")
+
+    assert (result["rows_scored"], result["rows_refused"]) == (AWAITING - FAULTY, FAULTY)
+    [shadow] = result["shadows"]
+    assert (shadow["version"], shadow["status"], shadow["rows_scored"]) == (2, "failed", 0)
+    assert "could not score the chunk" in shadow["reason"] and "ForeignKeyViolation" in shadow["reason"]
+    [run] = fetch(sws, "SELECT * FROM pipeline.scoring_runs WHERE run_id = 'score-shadow-copy-fails'")
+    assert run["status"] == "done"
+    assert forecasts(sws, "score-shadow-copy-fails", "shadow") == {}
+    assert len(forecasts(sws, "score-shadow-copy-fails", "batch")) == AWAITING - FAULTY
+
+
 # --- the shadow set --------------------------------------------------------------------------------
 
 
