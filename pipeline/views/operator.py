@@ -151,7 +151,7 @@ def action_html(links: Links, model: str, dag_id: str, act: Action, champion: in
             f"The champion now: <b>{'v' + str(champion) if champion else 'none yet'}</b>. Check the params, then "
             "press Trigger: the run is Airflow's own (validated against the DAG's params, audited under your "
             "user), and its page opens.</p>" + form +
-            f"<p class='note'>The conf it sends: <code data-conf>{html.escape(json.dumps(conf))}</code></p>")
+            f"<p class='note'>The conf it sends: <code data-conf>{html.escape(json.dumps(conf), quote=False)}</code></p>")
     return page(act.title, body, [(links.base + "/", "Models"), (links.model(model), model)], TRIGGER_SCRIPT)
 
 
