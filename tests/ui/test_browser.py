@@ -28,6 +28,7 @@ if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
                  "chromium-driver (.ci/run does, as root) to run the browser test")
 
 from selenium import webdriver  # noqa: E402  (only once a browser is known to exist)
+from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -152,7 +153,7 @@ def _follow(driver: WebDriver, live: ViewAirflow, page: str, href: str, to_airfl
     """Click `href` on the view's `page` inside the frame; where it landed: the top window's path for an Airflow
     page (the frame itself never leaves the view), the frame's path and query for a view page."""
     _frame(driver, live, page)
-    before = driver.execute_script("return location.href")
+    driver.execute_script("window.__before = true;")  # gone once a new page (even the same URL) has loaded
     _click(driver, href)
     wait = WebDriverWait(driver, WAIT)
     if to_airflow:  # Airflow's router took it: the top window is on the page, the view's frame is gone
@@ -162,7 +163,7 @@ def _follow(driver: WebDriver, live: ViewAirflow, page: str, href: str, to_airfl
         assert landed == urlsplit(href).path.replace("%3A", ":").replace("%2B", "+") or landed == urlsplit(href).path, \
             f"{href} from {page} landed on {landed}"
         return landed
-    wait.until(lambda d: d.execute_script("return location.href") != before
+    wait.until(lambda d: not d.execute_script("return window.__before === true")
                and d.execute_script("return document.readyState") == "complete" and d.find_elements(By.TAG_NAME, "h1"))
     text = driver.find_element(By.TAG_NAME, "body").text
     assert "Internal Server Error" not in text and '"detail"' not in text, f"{href}: {text[:300]}"
@@ -190,7 +191,13 @@ def test_an_operator_works_from_the_models_view(view_airflow: ViewAirflow, brows
     for href, to_airflow in _hrefs(browser):
         if href.endswith(".csv"):  # a download, no page: its content is test_models_view's
             continue
-        landed[href] = _follow(browser, live, model_page, href, to_airflow)
+        try:
+            landed[href] = _follow(browser, live, model_page, href, to_airflow)
+        except TimeoutException:
+            browser.switch_to.default_content()
+            _screenshot(browser, "failed-link.png")
+            raise AssertionError(f"the link {href} (Airflow page: {to_airflow}) did not land within {WAIT} s; the "
+                                 f"window is at {browser.current_url}") from None
         if to_airflow:
             browser.get(f"{live.base_url}/plugin/models")
     runs = [h for h in landed if h.startswith("/dags/retrain/runs/")]
