@@ -485,7 +485,7 @@ def trend_svg(points: Sequence[Mapping[str, Any]], width: int = 640, height: int
         parts.append(f"<polyline fill='none' stroke='{colour}' stroke-width='2' points='{line}'/>")
         parts += [f"<circle cx='{x(v):.1f}' cy='{y(val):.1f}' r='4' fill='{colour}'><title>v{v} {name}: {val:.3f}"
                   "</title></circle>" for v, val in pts]
-        parts.append(f"<text x='{width - right - 110}' y='{top + 12 + 14 * row}' font-size='11' fill='{colour}'>"
+        parts.append(f"<text x='{width - right - 110}' y='{top + 12 + 14 * row}' font-size='11' style='fill:{colour}'>"
                      f"{html.escape(name)}</text>")
     return "".join(parts) + "</svg>"
 

@@ -414,7 +414,7 @@ def line_chart(series: Mapping[str, Sequence[tuple[int, float]]], x_labels: Sequ
         parts.append(f"<polyline fill='none' stroke='{colour}' stroke-width='2' points='{line}'/>")
         parts += [f"<circle cx='{x(i):.1f}' cy='{y(v):.1f}' r='3.5' fill='{colour}'><title>{html.escape(name)}, "
                   f"{html.escape(x_labels[i])}: {v:.3f}</title></circle>" for i, v in points]
-        parts.append(f"<text x='{width - right + 8}' y='{top + 12 + 14 * row}' font-size='11' fill='{colour}'>"
+        parts.append(f"<text x='{width - right + 8}' y='{top + 12 + 14 * row}' font-size='11' style='fill:{colour}'>"
                      f"{html.escape(name)}</text>")
     return "".join(parts) + "</svg>"
 
@@ -430,9 +430,9 @@ def metrics_html(links: Links, model: str, monthly: Sequence[Mapping[str, Any]],
     labels = [f"{stamp(d['created_at'])[:10] if stamp(d['created_at']) else '?'} v{d['candidate_version']}"
               for d in decided]
     by_decision = {
-        "candidate (on the decision's rows)": [(i, d["candidate_rmse"]) for i, d in enumerate(decided)
+        "candidate": [(i, d["candidate_rmse"]) for i, d in enumerate(decided)
                                                if d["candidate_rmse"] is not None],
-        "champion (on the same rows)": [(i, d["champion_rmse"]) for i, d in enumerate(decided)
+        "champion (same rows)": [(i, d["champion_rmse"]) for i, d in enumerate(decided)
                                         if d["champion_rmse"] is not None]}
     live_rows = [(m["month"], f"v{m['version']}", m["source"], m["rows"], m["rmse"])
                  for m in sorted(monthly, key=lambda r: (r["month"], r["version"], r["source"]))]
