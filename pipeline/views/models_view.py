@@ -101,7 +101,8 @@ def versions(conn: Connection, model: str) -> list[dict[str, Any]]:
     its latest live metrics on real outcomes (served forecasts, all rows), and which pages it has."""
     rows = conn.execute(sa.text("""
         SELECT m.version, m.run_id, m.model_family, m.created_at, m.train_rows, m.holdout_rows,
-               e.candidate_metrics AS holdout, e.champion_version AS compared_with, e.decision, e.reason,
+               e.candidate_metrics AS holdout, e.champion_metrics AS champion_holdout,
+               e.champion_version AS compared_with, e.decision, e.reason,
                r.status AS run_status, r.reason AS run_reason,
                live.rmse AS live_rmse, live.rows AS live_outcomes, live.coverage AS live_coverage,
                live.run_id AS live_report,
@@ -490,6 +491,52 @@ def trend_svg(points: Sequence[Mapping[str, Any]], width: int = 640, height: int
     return "".join(parts) + "</svg>"
 
 
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+
+
+def line_chart(series: Mapping[str, Sequence[tuple[int, float]]], x_labels: Sequence[str], x_title: str,
+               y_title: str, label: str, width: int = 720, height: int = 280) -> str:
+    """An inline SVG line chart: each series a list of (position on the x axis, value); both axes titled."""
+    values = [y for points in series.values() for _, y in points]
+    if not values:
+        return "<p class='note'>Nothing to plot yet.</p>"
+    low, high = min(values), max(values)
+    pad = (high - low) * 0.1 or abs(high) * 0.05 or 1.0
+    low, high = low - pad, high + pad
+    left, right, top, bottom = 64, 150, 16, 56
+
+    def x(i: int) -> float:
+        return left + (width - left - right) * (i / max(len(x_labels) - 1, 1) if len(x_labels) > 1 else 0.5)
+
+    def y(v: float) -> float:
+        return top + (height - top - bottom) * (high - v) / (high - low)
+
+    mid = (top + height - bottom) / 2
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
+             f"aria-label='{html.escape(label, quote=True)}' class='trend'>",
+             f"<line x1='{left}' y1='{height - bottom}' x2='{width - right}' y2='{height - bottom}' stroke='currentColor'/>",
+             f"<line x1='{left}' y1='{top}' x2='{left}' y2='{height - bottom}' stroke='currentColor'/>",
+             f"<text class='x-title' x='{(width - right + left) / 2}' y='{height - 6}' text-anchor='middle' "
+             f"font-size='12'>{html.escape(x_title)}</text>",
+             f"<text class='y-title' x='14' y='{mid}' font-size='12' transform='rotate(-90 14 {mid})' "
+             f"text-anchor='middle'>{html.escape(y_title)}</text>"]
+    for tick in (low + pad, (low + high) / 2, high - pad):
+        parts.append(f"<text x='{left - 4}' y='{y(tick) + 4:.1f}' text-anchor='end' font-size='10'>{tick:.1f}</text>")
+    step = max(1, len(x_labels) // 12)
+    parts += [f"<text x='{x(i):.1f}' y='{height - bottom + 14}' text-anchor='middle' font-size='10'>"
+              f"{html.escape(name)}</text>" for i, name in enumerate(x_labels) if i % step == 0]
+    for row, ((name, points), colour) in enumerate(zip(series.items(), COLOURS * 8, strict=False)):
+        if not points:
+            continue
+        line = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in points)
+        parts.append(f"<polyline fill='none' stroke='{colour}' stroke-width='2' points='{line}'/>")
+        parts += [f"<circle cx='{x(i):.1f}' cy='{y(v):.1f}' r='3.5' fill='{colour}'><title>{html.escape(name)}, "
+                  f"{html.escape(x_labels[i])}: {v:.3f}</title></circle>" for i, v in points]
+        parts.append(f"<text x='{width - right + 8}' y='{top + 12 + 14 * row}' font-size='11' style='fill:{colour}'>"
+                     f"{html.escape(name)}</text>")
+    return "".join(parts) + "</svg>"
+
+
 def actions_html(links: Links, entry: ModelEntry, champion: int | None) -> str:
     """The model's actions: each link opens the matching DAG's trigger form, prefilled; nothing acts by itself."""
     model = entry.name
@@ -527,8 +574,12 @@ def model_html(links: Links, entry: ModelEntry, overview: Mapping[str, Any],
     summary = (f"<p class='champion'>Champion: {link(links.card(model, champion['version']), f'v{champion_version}')} "
                f"({text(champion['model_family'])}), promoted {text(stamp(champion['promoted_at']))} UTC by run "
                f"{text(champion['promoted_by_run'])}.</p>" if champion else "<p>No champion yet.</p>")
-    trend = [{"version": v["version"], "holdout_rmse": metric(v["holdout"], "rmse"), "live_rmse": v["live_rmse"]}
-             for v in reversed(overview["versions"])]
+    decided = [v for v in reversed(overview["versions"]) if v["decision"]]
+    labels = [f"v{v['version']} ({v['decision']})" for v in decided]
+    trend = {"candidate": [(i, metric(v["holdout"], "rmse")) for i, v in enumerate(decided)
+                           if metric(v["holdout"], "rmse") is not None],
+             "champion (same rows)": [(i, metric(v.get("champion_holdout"), "rmse")) for i, v in enumerate(decided)
+                                      if metric(v.get("champion_holdout"), "rmse") is not None]}
     promotions = [(stamp(e["at"]), f"v{e['from_version']}" if e["from_version"] else None, f"v{e['to_version']}",
                    e["actor"], e["reason"], e["run_id"]) for e in overview["promotions"]]
     drift = [(link(links.report(model, d["run_id"], "drift"), d["run_id"]) if d["report_path"] else d["run_id"],
@@ -542,9 +593,12 @@ def model_html(links: Links, entry: ModelEntry, overview: Mapping[str, Any],
         summary,
         "<p class='note'>Every time on this page is UTC, to the second.</p>",
         section("actions", "Actions", actions_html(links, entry, champion_version)),
-        section("trend", "Metric trend", trend_svg(trend) + "<p class='note'>Each version's holdout RMSE is on its "
-                "own run's holdout (the newest rows then), so two versions are not scored on the same rows here; "
-                f"{link(links.compare(model), 'compare')} scores any two on the same rows.</p>"),
+        section("trend", "Metric trend", line_chart(
+            trend, labels, "promotion decision (candidate version, decision)", "holdout RMSE on the decision's rows",
+            "holdout RMSE per decision") + "<p class='note'>At each decision, candidate and champion are scored on "
+            "the same rows (that run's holdout less the rows the champion trained on); two decisions are on different "
+            f"rows. {link(links.metrics(model), 'Metrics over time')} adds live RMSE per month; "
+            f"{link(links.compare(model), 'compare')} scores any two versions on the same rows.</p>"),
         section("versions", "Versions", _listed(
             links, model, vlist, rlist, versions_found, "versions",
             [("version", "version"), ("role", None), ("family", "family"), ("trained (UTC)", "trained"),

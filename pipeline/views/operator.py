@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline.store import accesslog
-from pipeline.views.models_view import Links, link, page, section, stamp, table
+from pipeline.views.models_view import Links, line_chart, link, page, section, stamp, table
 
 FORECAST_PAGE_ROWS = 50
 SCORING_RUNS_SHOWN = 30
@@ -371,52 +371,6 @@ def decisions(conn: Connection, model: str) -> list[dict[str, Any]]:
 
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
-
-
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
-
-
-def line_chart(series: Mapping[str, Sequence[tuple[int, float]]], x_labels: Sequence[str], x_title: str,
-               y_title: str, label: str, width: int = 720, height: int = 280) -> str:
-    """An inline SVG line chart: each series a list of (position on the x axis, value); both axes titled."""
-    values = [y for points in series.values() for _, y in points]
-    if not values:
-        return "<p class='note'>Nothing to plot yet.</p>"
-    low, high = min(values), max(values)
-    pad = (high - low) * 0.1 or abs(high) * 0.05 or 1.0
-    low, high = low - pad, high + pad
-    left, right, top, bottom = 64, 150, 16, 56
-
-    def x(i: int) -> float:
-        return left + (width - left - right) * (i / max(len(x_labels) - 1, 1) if len(x_labels) > 1 else 0.5)
-
-    def y(v: float) -> float:
-        return top + (height - top - bottom) * (high - v) / (high - low)
-
-    mid = (top + height - bottom) / 2
-    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
-             f"aria-label='{html.escape(label, quote=True)}' class='trend'>",
-             f"<line x1='{left}' y1='{height - bottom}' x2='{width - right}' y2='{height - bottom}' stroke='currentColor'/>",
-             f"<line x1='{left}' y1='{top}' x2='{left}' y2='{height - bottom}' stroke='currentColor'/>",
-             f"<text class='x-title' x='{(width - right + left) / 2}' y='{height - 6}' text-anchor='middle' "
-             f"font-size='12'>{html.escape(x_title)}</text>",
-             f"<text class='y-title' x='14' y='{mid}' font-size='12' transform='rotate(-90 14 {mid})' "
-             f"text-anchor='middle'>{html.escape(y_title)}</text>"]
-    for tick in (low + pad, (low + high) / 2, high - pad):
-        parts.append(f"<text x='{left - 4}' y='{y(tick) + 4:.1f}' text-anchor='end' font-size='10'>{tick:.1f}</text>")
-    step = max(1, len(x_labels) // 12)
-    parts += [f"<text x='{x(i):.1f}' y='{height - bottom + 14}' text-anchor='middle' font-size='10'>"
-              f"{html.escape(name)}</text>" for i, name in enumerate(x_labels) if i % step == 0]
-    for row, ((name, points), colour) in enumerate(zip(series.items(), COLOURS * 8, strict=False)):
-        if not points:
-            continue
-        line = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in points)
-        parts.append(f"<polyline fill='none' stroke='{colour}' stroke-width='2' points='{line}'/>")
-        parts += [f"<circle cx='{x(i):.1f}' cy='{y(v):.1f}' r='3.5' fill='{colour}'><title>{html.escape(name)}, "
-                  f"{html.escape(x_labels[i])}: {v:.3f}</title></circle>" for i, v in points]
-        parts.append(f"<text x='{width - right + 8}' y='{top + 12 + 14 * row}' font-size='11' style='fill:{colour}'>"
-                     f"{html.escape(name)}</text>")
-    return "".join(parts) + "</svg>"
 
 
 def metrics_html(links: Links, model: str, monthly: Sequence[Mapping[str, Any]],

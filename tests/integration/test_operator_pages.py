@@ -96,6 +96,8 @@ def test_the_model_page_offers_each_versions_actions_and_lists_by_query(seeded: 
     assert "/models-view/diabetes_progression/actions/score" in links
     assert "/models-view/diabetes_progression/compare?a=1&amp;b=2" in page
     assert "interval of the gain" not in page  # the recorded reason, in the view's one convention
+    trend = page.split("id='trend'")[1].split("</section>")[0]  # each decision on its own rows, both scored
+    assert "candidate, v2 (keep)" in trend and "champion (same rows), v2 (keep)" in trend
     assert re.search(r"<td>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d</td>", page)  # to the second, UTC as the page says
     only_v2 = models_view.model_html(LINKS, entry, overview, {"vq": "v2"})
     versions = only_v2.split("id='versions'")[1].split("</section>")[0]

@@ -77,7 +77,8 @@ def test_the_model_page_shows_versions_decisions_promotions_trend_and_actions(vi
     promotion = view_airflow.rows("SELECT * FROM pipeline.promotion_events ORDER BY event_id")[0]
     history = page.split("id='promotions'")[1].split("</section>")[0]
     assert f"v{promotion['to_version']}" in history and promotion["actor"] in history
-    assert "<svg" in page and "<polyline" in page and "v1 holdout RMSE" in page
+    assert "<svg" in page and "<polyline" in page and "candidate, v1 (promote)" in page
+    assert "champion (same rows), v2 (keep)" in page  # the kept v2 beside the champion on the same rows
     assert "/dags/set_champion" in _links(page) and "/dags/set_shadow" in _links(page)
     assert f"/models-view/{MODEL}/actions/retrain" in _links(page) and f"/models-view/{MODEL}/actions/score" in _links(page)
     assert "drift-check-1" in page and f"/models-view/{MODEL}/runs/drift-check-1/drift" in _links(page)
