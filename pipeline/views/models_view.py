@@ -448,49 +448,6 @@ def _run_rows(links: Links, model: str, dag_id: str, runs: Sequence[Mapping[str,
     return out
 
 
-def trend_svg(points: Sequence[Mapping[str, Any]], width: int = 640, height: int = 240) -> str:
-    """An inline SVG line chart of holdout RMSE (and live RMSE where known) across versions."""
-    series = {"holdout RMSE": [(p["version"], p["holdout_rmse"]) for p in points if p["holdout_rmse"] is not None],
-              "live RMSE": [(p["version"], p["live_rmse"]) for p in points if p["live_rmse"] is not None]}
-    values = [y for s in series.values() for _, y in s]
-    if not values:
-        return "<p class='note'>No version has holdout metrics yet.</p>"
-    versions_ = sorted({p["version"] for p in points})
-    low, high = min(values), max(values)
-    pad = (high - low) * 0.1 or abs(high) * 0.05 or 1.0
-    low, high = low - pad, high + pad
-    left, right, top, bottom = 60, 20, 20, 40
-
-    def x(version: int) -> float:
-        span = max(len(versions_) - 1, 1)
-        return left + (width - left - right) * (versions_.index(version) / span if len(versions_) > 1 else 0.5)
-
-    def y(value: float) -> float:
-        return float(top + (height - top - bottom) * (high - value) / (high - low))
-
-    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
-             "aria-label='RMSE by version' class='trend'>",
-             f"<line x1='{left}' y1='{height - bottom}' x2='{width - right}' y2='{height - bottom}' stroke='currentColor'/>",
-             f"<line x1='{left}' y1='{top}' x2='{left}' y2='{height - bottom}' stroke='currentColor'/>",
-             f"<text x='{(width + left) / 2}' y='{height - 5}' text-anchor='middle' font-size='12'>model version</text>",
-             f"<text x='14' y='{(height - bottom) / 2}' font-size='12' transform='rotate(-90 14 {(height - bottom) / 2})'"
-             " text-anchor='middle'>RMSE (lower is better)</text>",
-             f"<text x='{left - 4}' y='{y(high - pad) + 4:.1f}' text-anchor='end' font-size='10'>{high - pad:.1f}</text>",
-             f"<text x='{left - 4}' y='{y(low + pad) + 4:.1f}' text-anchor='end' font-size='10'>{low + pad:.1f}</text>"]
-    parts += [f"<text x='{x(v):.1f}' y='{height - bottom + 14}' text-anchor='middle' font-size='10'>v{v}</text>"
-              for v in versions_]
-    for (name, pts), colour, row in zip(series.items(), ("#1f77b4", "#d62728"), (0, 1), strict=True):
-        if not pts:
-            continue
-        line = " ".join(f"{x(v):.1f},{y(val):.1f}" for v, val in pts)
-        parts.append(f"<polyline fill='none' stroke='{colour}' stroke-width='2' points='{line}'/>")
-        parts += [f"<circle cx='{x(v):.1f}' cy='{y(val):.1f}' r='4' fill='{colour}'><title>v{v} {name}: {val:.3f}"
-                  "</title></circle>" for v, val in pts]
-        parts.append(f"<text x='{width - right - 110}' y='{top + 12 + 14 * row}' font-size='11' style='fill:{colour}'>"
-                     f"{html.escape(name)}</text>")
-    return "".join(parts) + "</svg>"
-
-
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 

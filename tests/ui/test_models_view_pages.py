@@ -49,12 +49,13 @@ def test_refused_outcomes_are_shown_with_each_performance_report() -> None:
     assert models_view.refused_text({}) == "0"
 
 
-def test_the_trend_plots_holdout_and_live_rmse() -> None:
-    svg = models_view.trend_svg([{"version": 1, "holdout_rmse": 50.0, "live_rmse": 55.0},
-                                 {"version": 2, "holdout_rmse": 48.0, "live_rmse": None}])
-    assert svg.count("<polyline") == 2 and "v2 holdout RMSE: 48.000" in svg and "v1 live RMSE: 55.000" in svg
-    assert "model version" in svg and "RMSE (lower is better)" in svg
-    assert "No version" in models_view.trend_svg([])
+def test_a_chart_titles_both_axes_and_names_each_point() -> None:
+    svg = models_view.line_chart({"candidate": [(0, 50.0), (1, 48.0)], "champion (same rows)": [(1, 47.0)]},
+                                 ["v1 (promote)", "v2 (keep)"], "promotion decision", "holdout RMSE", "RMSE")
+    assert svg.count("<polyline") == 2 and "candidate, v2 (keep): 48.000" in svg
+    assert "champion (same rows), v2 (keep): 47.000" in svg
+    assert "class='x-title'" in svg and ">promotion decision<" in svg and ">holdout RMSE<" in svg
+    assert "Nothing to plot" in models_view.line_chart({}, [], "x", "y", "empty")
 
 
 def test_the_csv_keeps_reasons_and_original_values() -> None:
