@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from airflow.plugins_manager import AirflowPlugin
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -91,8 +91,8 @@ def model_page(request: Request, model: str) -> str:
     from pipeline.views import models_view
     entry = _entry(model)
     with _engine().connect() as conn:
-        overview = models_view.model_overview(conn, entry.name)
-    return models_view.model_html(_links(request), entry, overview)
+        overview = models_view.model_overview(conn, entry.name, runs_limit=models_view.RUNS_LISTED)
+    return models_view.model_html(_links(request), entry, overview, dict(request.query_params))
 
 
 def _report(request: Request, model: str, kind: str, key: str | int) -> str:
@@ -149,6 +149,98 @@ def quarantine_csv(request: Request, user: GetUserDep, model: str, run_id: str =
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(p for p in (model, "quarantine", run_id, code) if p))
     return Response(body, media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
+
+
+@app.get("/{model}/actions/{key}", response_class=HTMLResponse)
+def action_form(request: Request, model: str, key: str, version: int | None = None) -> str:
+    """An action's trigger form, prefilled; nothing is triggered until its button is pressed."""
+    from pipeline.registry import records
+    from pipeline.views import operator
+    entry = _entry(model)
+    try:
+        act = operator.action(key, version)
+        with _engine().connect() as conn:
+            if version is not None:
+                records.get_model(conn, version, entry.name)
+            champion = records.current_champion(conn, entry.name)
+    except LookupError as error:
+        raise HTTPException(404, str(error)) from error
+    return operator.action_html(_links(request), entry.name, entry.dag_id(act.dag), act,
+                                champion["version"] if champion else None)
+
+
+def _forecasts(request: Request, user: Any, model: str, query: Any) -> str:
+    from pipeline.views import operator
+    entry = _entry(model)
+    line = f"{request.method} {request.url.path}{'?' + request.url.query if request.url.query else ''}"
+    data = operator.read_forecasts(_engine(), entry.name, query, f"airflow:{user.get_name()}", line)
+    return operator.forecasts_html(_links(request), entry.name, entry.dag_id("score_patients"), query, data)
+
+
+@app.get("/{model}/forecasts", response_class=HTMLResponse)
+def forecasts(request: Request, user: GetUserDep, model: str, page: int = 1, refused: str = "") -> str:
+    from pipeline.views import operator
+    return _forecasts(request, user, model, operator.ForecastQuery(page=max(page, 1), refused_run=refused))
+
+
+@app.post("/{model}/forecasts", response_class=HTMLResponse)
+def search_forecasts(request: Request, user: GetUserDep, model: str, ids: str = Form("")) -> str:
+    """A search by record id: the ids come in the body, so none is in a URL, a server log or the access log."""
+    from pipeline.views import operator
+    try:
+        query = operator.ForecastQuery(ids=operator.parse_ids(ids))
+    except ValueError as error:
+        raise HTTPException(400, str(error)) from error
+    return _forecasts(request, user, model, query)
+
+
+@app.get("/{model}/metrics", response_class=HTMLResponse)
+def metrics(request: Request, model: str) -> str:
+    from pipeline.views import operator
+    entry = _entry(model)
+    with _engine().connect() as conn:
+        monthly, decided = operator.monthly_live_rmse(conn, entry.name), operator.decisions(conn, entry.name)
+    return operator.metrics_html(_links(request), entry.name, monthly, decided)
+
+
+@cache
+def _workspace(model: str) -> Any:
+    """The model's workspace (its config, the store), opened once per process: the compare page scores with it."""
+    from dataclasses import replace
+
+    from pipeline.workspace import Workspace
+    return Workspace.open(replace(_settings(), config_path=_entry(model).config_path))
+
+
+_COMPARED: dict[tuple[str, int, int, int], dict[str, Any]] = {}  # (model, a, b, newest version): the scored pair
+
+
+@app.get("/{model}/compare", response_class=HTMLResponse)
+def compare(request: Request, model: str, a: int | None = None, b: int | None = None) -> str:
+    """Two versions side by side, both scored on the same rows; A defaults to the champion, B to the newest."""
+    from pipeline import compare as comparing
+    from pipeline.registry import records
+    from pipeline.views import operator
+    entry = _entry(model)
+    with _engine().connect() as conn:
+        versions = operator.version_numbers(conn, entry.name)
+        champion = records.current_champion(conn, entry.name)
+    a = a or (int(champion["version"]) if champion else None)
+    b = b or (max((v for v in versions if v != a), default=None))
+    data, error = None, None
+    if a and b and a != b:
+        ws = _workspace(entry.name)
+        try:
+            key = (entry.name, a, b, int(comparing.newest_version(ws)["version"]))
+            if key not in _COMPARED:
+                _COMPARED.clear() if len(_COMPARED) > 32 else None
+                _COMPARED[key] = comparing.compare_versions(ws, a, b)
+            data = _COMPARED[key]
+        except (LookupError, ValueError) as exc:
+            error = f"v{a} and v{b} cannot be compared on the same rows: {exc}"
+    elif a and a == b:
+        error = "pick two different versions"
+    return operator.compare_html(_links(request), entry.name, sorted(versions, reverse=True), a, b, data, error)
 
 
 class ModelsViewPlugin(AirflowPlugin):

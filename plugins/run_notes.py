@@ -40,7 +40,8 @@ def _engine_on(url: str) -> Engine:
     return db.create_engine(url)
 
 
-NOTED_DAGS = ("retrain", "score_patients", "monitor_drift", "monitor_performance", "set_champion", "rollback")
+NOTED_DAGS = ("retrain", "score_patients", "monitor_drift", "monitor_performance", "set_champion", "rollback",
+              "set_shadow")
 
 
 def _kind_of(dag_id: str) -> tuple[str, Any] | None:

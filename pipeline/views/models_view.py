@@ -13,6 +13,7 @@ import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -21,16 +22,28 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline.contract.config import ModelEntry
-from pipeline.model.cards import STYLE, text
+from pipeline.model.cards import STYLE, reason_as_change, text
 from pipeline.monitoring import performance
 from pipeline.registry import records
 from pipeline.store import accesslog, artifacts
 
 REPORT_KINDS = ("card", "comparison", "quality", "drift", "performance")
 QUARANTINE_PAGE_ROWS = 200
+RUNS_LISTED = 2000  # the newest runs the runs table searches, sorts and pages through
 NAV_STYLE = ("nav.models-view{font-family:sans-serif;font-size:small;padding:4px 0;border-bottom:1px solid #ccc;"
              "margin-bottom:8px}nav.models-view a{margin-right:12px}")
-VIEW_STYLE = STYLE + NAV_STYLE + "body{max-width:110em}td{vertical-align:top}.champion{font-weight:bold}.note{color:#555;font-size:small}code{font-size:small}"
+# Airflow's look, light and dark (prefers-color-scheme): its system font stack, its greys, its blue links.
+THEME_STYLE = ("body{font-family:Inter,system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#18181b;"
+               "background:#fff}a{color:#0369a1}th{border-bottom:1px solid #d4d4d8}svg.trend{color:#333}"
+               "input,select,button{font:inherit}button{padding:2px 10px}.fail{color:#b00}"
+               "@media (prefers-color-scheme: dark){body{color:#e4e4e7;background:#18181b}a{color:#7dd3fc}"
+               "tr:nth-child(even){background:#27272a}th{border-bottom-color:#3f3f46}.note{color:#a1a1aa}"
+               "nav.models-view{border-bottom-color:#3f3f46}svg.trend{color:#d4d4d8}.worse{background:#5b2121}"
+               ".worse-unjudged{background:#5a4a1a}.fail{color:#f87171}input,select,button{color:#e4e4e7;"
+               "background:#27272a;border:1px solid #52525b}}")
+VIEW_STYLE = (STYLE + NAV_STYLE + "body{max-width:110em}td{vertical-align:top}.champion{font-weight:bold}"
+              ".note{color:#555;font-size:small}code{font-size:small}th a{color:inherit}svg.trend text{fill:currentColor}"
+              + THEME_STYLE)
 
 
 class Html(str):
@@ -63,6 +76,23 @@ class Links:
     def dag_run(self, dag_id: str, run_id: str) -> str:
         return f"{self.dag(dag_id)}/runs/{quote(run_id, safe='')}"
 
+    def trigger_api(self, dag_id: str) -> str:
+        return f"{self.airflow}/api/v2/dags/{quote(dag_id, safe='')}/dagRuns"
+
+    def action(self, model: str, key: str, version: int | None = None) -> str:
+        return f"{self.model(model)}/actions/{quote(key, safe='')}" + (f"?version={int(version)}" if version else "")
+
+    def forecasts(self, model: str, page: int = 1, refused: str = "") -> str:
+        query = urlencode({k: v for k, v in (("page", page if page > 1 else ""), ("refused", refused)) if v})
+        return f"{self.model(model)}/forecasts{'?' + query if query else ''}"
+
+    def metrics(self, model: str) -> str:
+        return f"{self.model(model)}/metrics"
+
+    def compare(self, model: str, a: int | None = None, b: int | None = None) -> str:
+        query = urlencode({k: v for k, v in (("a", a), ("b", b)) if v})
+        return f"{self.model(model)}/compare{'?' + query if query else ''}"
+
 
 # --- queries ---------------------------------------------------------------------------------------
 
@@ -71,7 +101,8 @@ def versions(conn: Connection, model: str) -> list[dict[str, Any]]:
     its latest live metrics on real outcomes (served forecasts, all rows), and which pages it has."""
     rows = conn.execute(sa.text("""
         SELECT m.version, m.run_id, m.model_family, m.created_at, m.train_rows, m.holdout_rows,
-               e.candidate_metrics AS holdout, e.champion_version AS compared_with, e.decision, e.reason,
+               e.candidate_metrics AS holdout, e.champion_metrics AS champion_holdout,
+               e.champion_version AS compared_with, e.decision, e.reason,
                r.status AS run_status, r.reason AS run_reason,
                live.rmse AS live_rmse, live.rows AS live_outcomes, live.coverage AS live_coverage,
                live.run_id AS live_report,
@@ -222,16 +253,21 @@ def link(href: str, label: Any, top: bool = False) -> Html:
 # allow-top-navigation, so a target='_top' link does nothing there ("Unsafe attempt to initiate navigation").
 # The frame is same-origin, so a link to an Airflow page is handed to the UI's own router instead: a new entry in
 # the top window's history and the popstate event its router listens to, which is no navigation of the frame's.
-FRAME_LINKS = """<script>document.addEventListener('click', function (e) {
-  var a = e.target.closest ? e.target.closest('a[data-airflow]') : null;
-  if (!a || window.top === window || e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey) { return; }
+FRAME_LINKS = """<script>window.toAirflow = function (href) {
+  var url = new URL(href, window.location.href).href;
+  if (window.top === window) { window.location.assign(url); return true; }
   try {
     var top = window.top, state = top.history.state || {};
     top.history.pushState({usr: null, key: Math.random().toString(36).slice(2, 10), idx: (state.idx || 0) + 1},
-                          '', a.href);
+                          '', url);
     top.dispatchEvent(new top.PopStateEvent('popstate', {state: top.history.state}));
-    e.preventDefault();
-  } catch (err) { /* a parent of another origin: the link's own target stands */ }
+    return true;
+  } catch (err) { return false; /* a parent of another origin: the link's own target stands */ }
+};
+document.addEventListener('click', function (e) {
+  var a = e.target.closest ? e.target.closest('a[data-airflow]') : null;
+  if (!a || window.top === window || e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey) { return; }
+  if (window.toAirflow(a.href)) { e.preventDefault(); }
 });</script>"""
 
 
@@ -241,7 +277,7 @@ def cell(value: Any) -> str:
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], classes: Sequence[str] | None = None) -> str:
     """An HTML table; Html cells go in as they are, every other value is escaped."""
-    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>"
+    head = "<tr>" + "".join(f"<th>{cell(h)}</th>" for h in headers) + "</tr>"
     body = []
     for i, row in enumerate(rows):
         css = f" class='{html.escape(classes[i])}'" if classes and classes[i] else ""
@@ -257,15 +293,77 @@ def nav(items: Iterable[tuple[str, str]]) -> str:
     return "<nav class='models-view'>" + "".join(link(href, label) for href, label in items) + "</nav>"
 
 
-def page(title: str, body: str, crumbs: Iterable[tuple[str, str]] = ()) -> str:
-    """A whole HTML document of the view."""
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{VIEW_STYLE}</style>{FRAME_LINKS}</head><body>{nav(crumbs)}<h1>{html.escape(title)}</h1>{body}"
+def page(title: str, body: str, crumbs: Iterable[tuple[str, str]] = (), script: str = "") -> str:
+    """A whole HTML document of the view (`script`: more of its own, trusted, in the head)."""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><meta name='color-scheme' content='light dark'>"
+            f"<title>{html.escape(title)}</title><style>{VIEW_STYLE}</style>{FRAME_LINKS}{script}</head><body>{nav(crumbs)}<h1>{html.escape(title)}</h1>{body}"
             "</body></html>")
 
 
 def metric(metrics: Mapping[str, Any] | None, name: str) -> Any:
     return None if not metrics else metrics.get(name)
+
+
+def stamp(value: Any) -> Any:
+    """A timestamp in UTC to the second (`2026-12-07 19:05:03`); anything else as it is."""
+    if isinstance(value, datetime):
+        return (value.astimezone(UTC) if value.tzinfo else value).strftime("%Y-%m-%d %H:%M:%S")
+    return value
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A table's server-side view: a search text, a sort column (`-` before it: descending) and a page."""
+
+    prefix: str  # the query params' prefix: v for versions, r for runs
+    q: str = ""
+    sort: str = ""
+    page: int = 1
+    per_page: int = 25
+
+    @classmethod
+    def from_query(cls, prefix: str, query: Mapping[str, str], per_page: int = 25) -> Listing:
+        try:
+            number = max(int(query.get(f"{prefix}page", "1") or 1), 1)
+        except ValueError:
+            number = 1
+        return cls(prefix, query.get(f"{prefix}q", "").strip(), query.get(f"{prefix}sort", ""), number, per_page)
+
+    def apply(self, rows: Sequence[Any], searched: Any, keys: Mapping[str, Any]) -> tuple[list[Any], int]:
+        """The rows of this page (searched, then sorted), and how many matched the search."""
+        found = [r for r in rows if self.q.lower() in searched(r).lower()] if self.q else list(rows)
+        column = self.sort.lstrip("-")
+        if column in keys:
+            key = keys[column]
+            present = sorted((r for r in found if key(r) is not None), key=key, reverse=self.sort.startswith("-"))
+            found = present + [r for r in found if key(r) is None]
+        start = (self.page - 1) * self.per_page
+        return found[start:start + self.per_page], len(found)
+
+    def params(self, **changes: Any) -> dict[str, str]:
+        values = {"q": self.q, "sort": self.sort, "page": self.page, **changes}
+        return {f"{self.prefix}{k}": str(v) for k, v in values.items() if v not in ("", None, 1)}
+
+
+def listing_controls(href: str, listing: Listing, total: int, other: Mapping[str, str], anchor: str) -> str:
+    """The search box and the pager of a listed table (`other`: the other tables' params, kept)."""
+    pages = max(1, -(-total // listing.per_page))
+    hidden = "".join(f"<input type='hidden' name='{html.escape(k, quote=True)}' value='{html.escape(v, quote=True)}'>"
+                     for k, v in {**other, **listing.params(q="", page=1)}.items())
+    search = (f"<form method='get' action='{html.escape(href, quote=True)}#{anchor}' class='search'>{hidden}"
+              f"<input type='search' name='{listing.prefix}q' value='{html.escape(listing.q, quote=True)}' "
+              "placeholder='search'> <button type='submit'>Search</button></form>")
+    moves = " ".join(link(f"{href}?{urlencode({**other, **listing.params(page=n)})}#{anchor}", label)
+                     for n, label in ((listing.page - 1, "previous page"), (listing.page + 1, "next page"))
+                     if 1 <= n <= pages)
+    return search + f"<p class='note'>{total} found; page {min(listing.page, pages)} of {pages}. {moves}</p>"
+
+
+def sort_header(href: str, label: str, column: str, listing: Listing, other: Mapping[str, str], anchor: str) -> Html:
+    """A column header that sorts the table by it (ascending, then descending on a second click)."""
+    order = f"-{column}" if listing.sort == column else column
+    arrow = " ▲" if listing.sort == column else (" ▼" if listing.sort == f"-{column}" else "")
+    return link(f"{href}?{urlencode({**other, **listing.params(sort=order, page=1)})}#{anchor}", label + arrow)
 
 
 # --- pages -----------------------------------------------------------------------------------------
@@ -285,19 +383,53 @@ def index_html(links: Links, models: Sequence[Mapping[str, Any]]) -> str:
                 [(links.base + "/", "Models")])
 
 
+VERSION_SORTS = {"version": lambda v: v["version"], "trained": lambda v: v["created_at"],
+                 "holdout_rmse": lambda v: metric(v["holdout"], "rmse"), "live_rmse": lambda v: v["live_rmse"],
+                 "family": lambda v: v["model_family"]}
+RUN_SORTS = {"started": lambda r: r["started_at"], "status": lambda r: r["status"],
+             "candidate_rmse": lambda r: metric(r["candidate_metrics"], "rmse")}
+
+
+def _searched_version(v: Mapping[str, Any]) -> str:
+    return " ".join(str(x) for x in (f"v{v['version']}", v["model_family"], v["decision"], v["run_status"],
+                                     v["reason"], v["run_reason"], v["run_id"]) if x)
+
+
+def _searched_run(r: Mapping[str, Any]) -> str:
+    return " ".join(str(x) for x in (r["run_id"], r["triggered_by"], r["status"], r["reason"],
+                                     f"v{r['candidate_version']}" if r["candidate_version"] else "") if x)
+
+
+def action_links(links: Links, model: str, version: int, role: str, was_champion: bool,
+                 champion: int | None) -> Html:
+    """A version's actions: make champion or roll back to it, add as shadow, compare with the champion. Each
+    opens a prefilled trigger form or a page; none acts by itself."""
+    out = []
+    if role != "champion":
+        key, label = ("roll_back", "roll back to") if was_champion else ("make_champion", "make champion")
+        out.append(link(links.action(model, key, version), label))
+    if role not in ("champion", "shadow"):
+        out.append(link(links.action(model, "add_shadow", version), "add as shadow"))
+    if champion and champion != version:
+        out.append(link(links.compare(model, champion, version), f"compare with v{champion}"))
+    return Html(" · ".join(out))
+
+
 def _version_rows(links: Links, model: str, rows: Sequence[Mapping[str, Any]], champion: int | None,
-                  shadows: set[int]) -> tuple[list[tuple[Any, ...]], list[str]]:
+                  shadows: set[int], were_champion: set[int]) -> tuple[list[tuple[Any, ...]], list[str]]:
     out, classes = [], []
     for v in rows:
         role = "champion" if v["version"] == champion else ("shadow" if v["version"] in shadows else "")
         live = (link(links.report(model, v["live_report"], "performance"), f"{v['live_rmse']:.3f}")
                 if v["live_rmse"] is not None else None)
         out.append((link(links.card(model, v["version"]), f"v{v['version']}") if v["has_card"] else f"v{v['version']}",
-                    role, v["model_family"], v["created_at"], metric(v["holdout"], "rmse"), metric(v["holdout"], "mae"),
-                    metric(v["holdout"], "r2"), live, v["live_outcomes"], v["live_coverage"],
+                    role, v["model_family"], stamp(v["created_at"]), metric(v["holdout"], "rmse"),
+                    metric(v["holdout"], "mae"), metric(v["holdout"], "r2"), live, v["live_outcomes"],
+                    v["live_coverage"],
                     f"{v['decision']} (vs v{v['compared_with']})" if v["decision"] and v["compared_with"] else v["decision"],
-                    v["run_status"], v["reason"] or v["run_reason"],
-                    link(links.report(model, v["run_id"], "comparison"), "comparison") if v["decision"] else None))
+                    v["run_status"], reason_as_change(v["reason"] or v["run_reason"]),
+                    link(links.report(model, v["run_id"], "comparison"), "comparison") if v["decision"] else None,
+                    action_links(links, model, v["version"], role, v["version"] in were_champion, champion)))
         classes.append("champion" if role == "champion" else "")
     return out, classes
 
@@ -309,111 +441,140 @@ def _run_rows(links: Links, model: str, dag_id: str, runs: Sequence[Mapping[str,
         has = reports.get(r["run_id"], set())
         pages = Html(" ".join(link(links.report(model, r["run_id"], kind), kind) for kind in ("quality", "comparison")
                               if kind in has))
-        airflow = None if r["triggered_by"] == "cli" else link(links.dag_run(dag_id, r["run_id"]), "Airflow run", top=True)
-        out.append((r["run_id"], r["triggered_by"], r["started_at"], r["status"], r["reason"],
+        run = r["run_id"] if r["triggered_by"] == "cli" else link(links.dag_run(dag_id, r["run_id"]), r["run_id"], top=True)
+        out.append((run, r["triggered_by"], stamp(r["started_at"]), r["status"], reason_as_change(r["reason"]),
                     f"v{r['candidate_version']}" if r["candidate_version"] else None,
-                    metric(r["candidate_metrics"], "rmse"), metric(r["champion_metrics"], "rmse"), pages, airflow))
+                    metric(r["candidate_metrics"], "rmse"), metric(r["champion_metrics"], "rmse"), pages))
     return out
 
 
-def trend_svg(points: Sequence[Mapping[str, Any]], width: int = 640, height: int = 240) -> str:
-    """An inline SVG line chart of holdout RMSE (and live RMSE where known) across versions."""
-    series = {"holdout RMSE": [(p["version"], p["holdout_rmse"]) for p in points if p["holdout_rmse"] is not None],
-              "live RMSE": [(p["version"], p["live_rmse"]) for p in points if p["live_rmse"] is not None]}
-    values = [y for s in series.values() for _, y in s]
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+
+
+def line_chart(series: Mapping[str, Sequence[tuple[int, float]]], x_labels: Sequence[str], x_title: str,
+               y_title: str, label: str, width: int = 720, height: int = 280) -> str:
+    """An inline SVG line chart: each series a list of (position on the x axis, value); both axes titled."""
+    values = [y for points in series.values() for _, y in points]
     if not values:
-        return "<p class='note'>No version has holdout metrics yet.</p>"
-    versions_ = sorted({p["version"] for p in points})
+        return "<p class='note'>Nothing to plot yet.</p>"
     low, high = min(values), max(values)
     pad = (high - low) * 0.1 or abs(high) * 0.05 or 1.0
     low, high = low - pad, high + pad
-    left, right, top, bottom = 60, 20, 20, 40
+    left, right, top, bottom = 64, 150, 16, 56
 
-    def x(version: int) -> float:
-        span = max(len(versions_) - 1, 1)
-        return left + (width - left - right) * (versions_.index(version) / span if len(versions_) > 1 else 0.5)
+    def x(i: int) -> float:
+        return left + (width - left - right) * (i / max(len(x_labels) - 1, 1) if len(x_labels) > 1 else 0.5)
 
-    def y(value: float) -> float:
-        return float(top + (height - top - bottom) * (high - value) / (high - low))
+    def y(v: float) -> float:
+        return top + (height - top - bottom) * (high - v) / (high - low)
 
+    mid = (top + height - bottom) / 2
     parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
-             "aria-label='RMSE by version' class='trend'>",
-             f"<line x1='{left}' y1='{height - bottom}' x2='{width - right}' y2='{height - bottom}' stroke='#333'/>",
-             f"<line x1='{left}' y1='{top}' x2='{left}' y2='{height - bottom}' stroke='#333'/>",
-             f"<text x='{(width + left) / 2}' y='{height - 5}' text-anchor='middle' font-size='12'>model version</text>",
-             f"<text x='14' y='{(height - bottom) / 2}' font-size='12' transform='rotate(-90 14 {(height - bottom) / 2})'"
-             " text-anchor='middle'>RMSE (lower is better)</text>",
-             f"<text x='{left - 4}' y='{y(high - pad) + 4:.1f}' text-anchor='end' font-size='10'>{high - pad:.1f}</text>",
-             f"<text x='{left - 4}' y='{y(low + pad) + 4:.1f}' text-anchor='end' font-size='10'>{low + pad:.1f}</text>"]
-    parts += [f"<text x='{x(v):.1f}' y='{height - bottom + 14}' text-anchor='middle' font-size='10'>v{v}</text>"
-              for v in versions_]
-    for (name, pts), colour, row in zip(series.items(), ("#1f77b4", "#d62728"), (0, 1), strict=True):
-        if not pts:
+             f"aria-label='{html.escape(label, quote=True)}' class='trend'>",
+             f"<line x1='{left}' y1='{height - bottom}' x2='{width - right}' y2='{height - bottom}' stroke='currentColor'/>",
+             f"<line x1='{left}' y1='{top}' x2='{left}' y2='{height - bottom}' stroke='currentColor'/>",
+             f"<text class='x-title' x='{(width - right + left) / 2}' y='{height - 6}' text-anchor='middle' "
+             f"font-size='12'>{html.escape(x_title)}</text>",
+             f"<text class='y-title' x='14' y='{mid}' font-size='12' transform='rotate(-90 14 {mid})' "
+             f"text-anchor='middle'>{html.escape(y_title)}</text>"]
+    for tick in (low + pad, (low + high) / 2, high - pad):
+        parts.append(f"<text x='{left - 4}' y='{y(tick) + 4:.1f}' text-anchor='end' font-size='10'>{tick:.1f}</text>")
+    step = max(1, len(x_labels) // 12)
+    parts += [f"<text x='{x(i):.1f}' y='{height - bottom + 14}' text-anchor='middle' font-size='10'>"
+              f"{html.escape(name)}</text>" for i, name in enumerate(x_labels) if i % step == 0]
+    for row, ((name, points), colour) in enumerate(zip(series.items(), COLOURS * 8, strict=False)):
+        if not points:
             continue
-        line = " ".join(f"{x(v):.1f},{y(val):.1f}" for v, val in pts)
+        line = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in points)
         parts.append(f"<polyline fill='none' stroke='{colour}' stroke-width='2' points='{line}'/>")
-        parts += [f"<circle cx='{x(v):.1f}' cy='{y(val):.1f}' r='4' fill='{colour}'><title>v{v} {name}: {val:.3f}"
-                  "</title></circle>" for v, val in pts]
-        parts.append(f"<text x='{width - right - 110}' y='{top + 12 + 14 * row}' font-size='11' fill='{colour}'>"
+        parts += [f"<circle cx='{x(i):.1f}' cy='{y(v):.1f}' r='3.5' fill='{colour}'><title>{html.escape(name)}, "
+                  f"{html.escape(x_labels[i])}: {v:.3f}</title></circle>" for i, v in points]
+        parts.append(f"<text x='{width - right + 8}' y='{top + 12 + 14 * row}' font-size='11' style='fill:{colour}'>"
                      f"{html.escape(name)}</text>")
     return "".join(parts) + "</svg>"
 
 
 def actions_html(links: Links, entry: ModelEntry, champion: int | None) -> str:
-    """How to change the champion or the shadow set: through the DAGs' triggers, never from this page."""
-    set_champion = entry.dag_id("set_champion")
-    return (f"<p>To change the champion, trigger the {link(links.dag(set_champion), set_champion, top=True)} DAG "
-            "(<b>Trigger</b> on its page) with its params: <code>mode</code> <code>rollback</code> (back to an "
-            "earlier champion; the previous one when <code>to_version</code> is empty) or <code>promote</code> "
-            "(make any registered version champion), <code>to_version</code>, a <code>reason</code> (recorded "
-            "with the event) and <code>force</code>. Each change is a DAG run, audited by Airflow and appended to "
-            "the promotion history below.</p>"
-            f"<p>The version in production is <b>{'v' + str(champion) if champion else 'none yet'}</b>. Shadow "
-            "versions are set with <code>python -m pipeline shadow --add VERSION --reason ...</code>; the nightly "
-            f"{link(links.dag(entry.dag_id('score_patients')), entry.dag_id('score_patients'), top=True)} run scores "
-            f"them beside the champion. A retrain is started from {link(links.dag(entry.dag_id('retrain')), entry.dag_id('retrain'), top=True)}.</p>")
+    """The model's actions: each link opens the matching DAG's trigger form, prefilled; nothing acts by itself."""
+    model = entry.name
+    return (f"<p>{link(links.action(model, 'retrain'), 'retrain now')} · {link(links.action(model, 'score'), 'score now')}"
+            f" · {link(links.compare(model), 'compare two versions')} · {link(links.forecasts(model), 'forecasts')}"
+            f" · {link(links.metrics(model), 'metrics over time')}</p>"
+            "<p class='note'>Per version (the Versions table): make champion, roll back to (a former champion), "
+            "add as shadow. Each opens a form with the DAG's params filled in; the run starts only from its "
+            f"Trigger button, as an Airflow run audited under your user. The version in production is "
+            f"<b>{'v' + str(champion) if champion else 'none yet'}</b>; the DAGs: "
+            + ", ".join(link(links.dag(entry.dag_id(d)), entry.dag_id(d), top=True)
+                        for d in ("retrain", "score_patients", "set_champion", "set_shadow")) + ".</p>")
 
 
-def model_html(links: Links, entry: ModelEntry, overview: Mapping[str, Any]) -> str:
-    """The model's page: champion, versions, runs, promotions, trend, monitoring reports, actions."""
+def _listed(links: Links, model: str, listing: Listing, other: Listing, total: int, anchor: str,
+            headers: Sequence[tuple[str, str | None]], rows: Sequence[Sequence[Any]],
+            classes: Sequence[str] | None = None) -> str:
+    href, kept = links.model(model), other.params()
+    heads = [sort_header(href, label, column, listing, kept, anchor) if column else label for label, column in headers]
+    return listing_controls(href, listing, total, kept, anchor) + table(heads, rows, classes)
+
+
+def model_html(links: Links, entry: ModelEntry, overview: Mapping[str, Any],
+               query: Mapping[str, str] | None = None) -> str:
+    """The model's page: champion, actions, versions and runs (searched, sorted, paged by `query`), promotions,
+    trend, monitoring reports. Times are UTC, to the second."""
     model, champion = entry.name, overview["champion"]
     champion_version = champion["version"] if champion else None
     shadows = {int(s["version"]) for s in overview["shadows"]}
-    version_rows, classes = _version_rows(links, model, overview["versions"], champion_version, shadows)
+    were_champion = {int(e["to_version"]) for e in overview["promotions"] if e["to_version"]}
+    vlist, rlist = Listing.from_query("v", query or {}), Listing.from_query("r", query or {})
+    shown_versions, versions_found = vlist.apply(overview["versions"], _searched_version, VERSION_SORTS)
+    version_rows, classes = _version_rows(links, model, shown_versions, champion_version, shadows, were_champion)
+    shown_runs, runs_found = rlist.apply(overview["runs"], _searched_run, RUN_SORTS)
     summary = (f"<p class='champion'>Champion: {link(links.card(model, champion['version']), f'v{champion_version}')} "
-               f"({text(champion['model_family'])}), promoted {text(champion['promoted_at'])} by run "
+               f"({text(champion['model_family'])}), promoted {text(stamp(champion['promoted_at']))} UTC by run "
                f"{text(champion['promoted_by_run'])}.</p>" if champion else "<p>No champion yet.</p>")
-    trend = [{"version": v["version"], "holdout_rmse": metric(v["holdout"], "rmse"), "live_rmse": v["live_rmse"]}
-             for v in reversed(overview["versions"])]
-    promotions = [(e["at"], f"v{e['from_version']}" if e["from_version"] else None, f"v{e['to_version']}", e["actor"],
-                   e["reason"], e["run_id"]) for e in overview["promotions"]]
+    decided = [v for v in reversed(overview["versions"]) if v["decision"]]
+    labels = [f"v{v['version']} ({v['decision']})" for v in decided]
+    trend = {"candidate": [(i, metric(v["holdout"], "rmse")) for i, v in enumerate(decided)
+                           if metric(v["holdout"], "rmse") is not None],
+             "champion (same rows)": [(i, metric(v.get("champion_holdout"), "rmse")) for i, v in enumerate(decided)
+                                      if metric(v.get("champion_holdout"), "rmse") is not None]}
+    promotions = [(stamp(e["at"]), f"v{e['from_version']}" if e["from_version"] else None, f"v{e['to_version']}",
+                   e["actor"], e["reason"], e["run_id"]) for e in overview["promotions"]]
     drift = [(link(links.report(model, d["run_id"], "drift"), d["run_id"]) if d["report_path"] else d["run_id"],
-              d["created_at"], d["verdict"], f"v{d['champion_version']}" if d["champion_version"] else None,
-              d["window_start"], d["window_end"], d["recent_rows"]) for d in overview["drift"]]
+              stamp(d["created_at"]), d["verdict"], f"v{d['champion_version']}" if d["champion_version"] else None,
+              stamp(d["window_start"]), stamp(d["window_end"]), d["recent_rows"]) for d in overview["drift"]]
     perf = [(link(links.report(model, p["run_id"], "performance"), p["run_id"]) if p["report_path"] else p["run_id"],
-             p["created_at"], p["verdict"], f"v{p['champion_version']}" if p["champion_version"] else None,
+             stamp(p["created_at"]), p["verdict"], f"v{p['champion_version']}" if p["champion_version"] else None,
              p["outcomes"], p["live_rmse"], p["holdout_rmse"], refused_text(p["refused_outcomes"]))
             for p in overview["performance"]]
     body = "".join([
         summary,
-        section("trend", "Metric trend", trend_svg(trend) + "<p class='note'>Each version's holdout RMSE is on its "
-                "own run's holdout (the newest rows then), so two versions are not scored on the same rows here; "
-                "each decision's comparison page scores candidate and champion on the same rows.</p>"),
-        section("versions", "Versions", table(
-            ["version", "role", "family", "trained", "holdout RMSE", "holdout MAE", "holdout R²", "live RMSE",
-             "live outcomes", "live coverage", "decision", "run status", "reason", "page"], version_rows, classes)),
-        section("runs", "Retrain runs", table(
-            ["run", "started by", "started", "status", "reason", "candidate", "candidate RMSE", "champion RMSE",
-             "reports", "Airflow"], _run_rows(links, model, entry.dag_id("retrain"), overview["runs"], overview["reports"]))),
-        section("promotions", "Promotion history", table(["at", "from", "to", "by", "reason", "run"], promotions)),
-        section("drift", "Drift checks", table(["run", "at", "verdict", "champion", "window start", "window end",
-                                                "recent rows"], drift)),
+        "<p class='note'>Every time on this page is UTC, to the second.</p>",
+        section("actions", "Actions", actions_html(links, entry, champion_version)),
+        section("trend", "Metric trend", line_chart(
+            trend, labels, "promotion decision (candidate version, decision)", "holdout RMSE on the decision's rows",
+            "holdout RMSE per decision") + "<p class='note'>At each decision, candidate and champion are scored on "
+            "the same rows (that run's holdout less the rows the champion trained on); two decisions are on different "
+            f"rows. {link(links.metrics(model), 'Metrics over time')} adds live RMSE per month; "
+            f"{link(links.compare(model), 'compare')} scores any two versions on the same rows.</p>"),
+        section("versions", "Versions", _listed(
+            links, model, vlist, rlist, versions_found, "versions",
+            [("version", "version"), ("role", None), ("family", "family"), ("trained (UTC)", "trained"),
+             ("holdout RMSE", "holdout_rmse"), ("holdout MAE", None), ("holdout R²", None), ("live RMSE", "live_rmse"),
+             ("live outcomes", None), ("live coverage", None), ("decision", None), ("run status", None),
+             ("reason", None), ("page", None), ("actions", None)], version_rows, classes)),
+        section("runs", "Retrain runs", _listed(
+            links, model, rlist, vlist, runs_found, "runs",
+            [("run (its Airflow run)", None), ("started by", None), ("started (UTC)", "started"), ("status", "status"),
+             ("reason", None), ("candidate", None), ("candidate RMSE", "candidate_rmse"), ("champion RMSE", None),
+             ("reports", None)], _run_rows(links, model, entry.dag_id("retrain"), shown_runs, overview["reports"]))),
+        section("promotions", "Promotion history", table(["at (UTC)", "from", "to", "by", "reason", "run"], promotions)),
+        section("drift", "Drift checks", table(["run", "at (UTC)", "verdict", "champion", "window start",
+                                                "window end", "recent rows"], drift)),
         section("performance", "Performance on real outcomes", table(
-            ["run", "at", "verdict", "champion", "outcomes", "live RMSE", "holdout RMSE",
+            ["run", "at (UTC)", "verdict", "champion", "outcomes", "live RMSE", "holdout RMSE",
              "outcomes refused by the contract"], perf)),
         section("quarantine", "Data quality", f"<p>{link(links.quarantine(model), 'Quarantined rows')} (with reasons "
                 f"and original values; {link(links.quarantine(model, csv_export=True), 'CSV export')}).</p>"),
-        section("actions", "Actions", actions_html(links, entry, champion_version)),
     ])
     return page(f"Model {model}", body, [(links.base + "/", "Models"), (links.model(model), model)])
 

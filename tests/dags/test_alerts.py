@@ -105,3 +105,37 @@ def test_alerts_from_runs_once_each(alerting_dags: tuple[dict[str, Any], Path], 
                                          "drift_alarm"]
     assert delivered[-1][1]["email"] == "sent" and delivered[-1][1]["webhook"].startswith("failed: ")
     engine.dispose()
+
+
+def test_a_degraded_champion_is_told_once_by_a_monitor_run(alerting_dags: tuple[dict[str, Any], Path],
+                                                            received: Received, pipeline_env: Settings,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.workspace import Workspace
+    from tests.integration.test_performance import add_records, degraded_history, register_versions
+
+    dags, config = alerting_dags
+    _write_config(config, received.webhook_url, received.smtp_port)  # live receivers (an earlier test may break one)
+    monkeypatch.setenv(ENV_CONFIG, str(config))
+    ws = Workspace.open(Settings.from_env())  # this test's database, the alerting config
+    version, = register_versions(ws, [10.0], champion=0)
+    ids = list(range(8001, 8061))
+    add_records(ws, ids)
+    degraded_history(ws, ids, version, spread=25.0)  # live RMSE far above the holdout's 10.0
+    mails, posts = len(received.mails), len(received.posts)
+
+    first = dags["monitor_performance"].test()
+
+    assert first.state == "success"
+    subject = f"[diabetes_progression] champion v{version} is degraded"
+    assert _kinds(received)[mails:] == [subject]
+    [post] = received.posts[posts:]
+    assert post["text"].startswith(subject) and "live RMSE" in post["text"]
+
+    again = dags["monitor_performance"].test()  # the same champion, the same evidence: told already
+
+    assert again.state == "success"
+    assert len(received.mails) == mails + 1 and len(received.posts) == posts + 1
+    with ws.engine.connect() as conn:
+        kinds = conn.execute(sa.text("SELECT kind FROM pipeline.alerts_sent ORDER BY sent_at")).scalars().all()
+    assert kinds == ["degraded_champion"]
+    ws.engine.dispose()

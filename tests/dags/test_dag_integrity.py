@@ -115,7 +115,8 @@ def test_each_model_config_gets_dags_of_its_own() -> None:
     assert dags == str(["monitor_drift", "monitor_drift__clinic_progression", "monitor_performance",
                         "monitor_performance__clinic_progression", "process_erasures", "retrain",
                         "retrain__clinic_progression", "rollback", "rollback__clinic_progression", "score_patients",
-                        "score_patients__clinic_progression", "set_champion", "set_champion__clinic_progression"])
+                        "score_patients__clinic_progression", "set_champion", "set_champion__clinic_progression",
+                        "set_shadow", "set_shadow__clinic_progression"])
     assert clinic_asset == "labelled_records__clinic_progression ['clinic_progression', 'training']"
     assert primary_asset == "labelled_patient_records"
 

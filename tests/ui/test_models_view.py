@@ -9,6 +9,7 @@ import re
 from urllib.parse import quote, urlsplit
 
 import pytest
+import requests
 
 from tests.ui.conftest import BAD_ROWS, ViewAirflow
 
@@ -28,7 +29,8 @@ def test_the_plugin_is_registered_with_a_nav_entry(view_airflow: ViewAirflow) ->
 
 
 @pytest.mark.parametrize("path", ["/", f"/{MODEL}", f"/{MODEL}/versions/1/card", f"/{MODEL}/quarantine",
-                                  f"/{MODEL}/quarantine.csv"])
+                                  f"/{MODEL}/quarantine.csv", f"/{MODEL}/forecasts", f"/{MODEL}/compare",
+                                  f"/{MODEL}/metrics", f"/{MODEL}/actions/score"])
 def test_anonymous_and_bad_token_requests_are_refused(view_airflow: ViewAirflow, path: str) -> None:
     anonymous = view_airflow.view(path, token="")
     forged = view_airflow.view(path, token="not-a-jwt")
@@ -75,8 +77,10 @@ def test_the_model_page_shows_versions_decisions_promotions_trend_and_actions(vi
     promotion = view_airflow.rows("SELECT * FROM pipeline.promotion_events ORDER BY event_id")[0]
     history = page.split("id='promotions'")[1].split("</section>")[0]
     assert f"v{promotion['to_version']}" in history and promotion["actor"] in history
-    assert "<svg" in page and "<polyline" in page and "v1 holdout RMSE" in page
-    assert "/dags/set_champion" in _links(page) and "to_version" in page
+    assert "<svg" in page and "<polyline" in page and "candidate, v1 (promote)" in page
+    assert "champion (same rows), v2 (keep)" in page  # the kept v2 beside the champion on the same rows
+    assert "/dags/set_champion" in _links(page) and "/dags/set_shadow" in _links(page)
+    assert f"/models-view/{MODEL}/actions/retrain" in _links(page) and f"/models-view/{MODEL}/actions/score" in _links(page)
     assert "drift-check-1" in page and f"/models-view/{MODEL}/runs/drift-check-1/drift" in _links(page)
 
 
@@ -159,3 +163,45 @@ def test_the_quarantine_csv_has_every_row_with_reasons_and_values(view_airflow: 
     one_run = list(csv.DictReader(io.StringIO(
         view_airflow.view(f"/{MODEL}/quarantine.csv", params={"run_id": "nope"}).text)))
     assert one_run == []
+
+
+def test_each_action_opens_its_form_prefilled(view_airflow: ViewAirflow) -> None:
+    for path, dag_id, conf in ((f"/{MODEL}/actions/make_champion?version=2", "set_champion", '"to_version": 2'),
+                               (f"/{MODEL}/actions/roll_back?version=1", "set_champion", '"mode": "rollback"'),
+                               (f"/{MODEL}/actions/add_shadow?version=2", "set_shadow", '"version": 2'),
+                               (f"/{MODEL}/actions/retrain", "retrain", "{}"),
+                               (f"/{MODEL}/actions/score", "score_patients", "{}")):
+        page = view_airflow.view(path)
+        assert page.status_code == 200, f"{path}: {page.status_code} {page.text[:300]}"
+        assert f"data-api='/api/v2/dags/{dag_id}/dagRuns'" in page.text and conf in page.text.split("data-conf>")[1]
+    assert "no action 'nope'" in view_airflow.view(f"/{MODEL}/actions/nope").text
+    assert view_airflow.view(f"/{MODEL}/actions/make_champion?version=99").status_code == 404
+
+
+def test_the_compare_page_scores_two_versions_on_the_same_rows(view_airflow: ViewAirflow) -> None:
+    page = view_airflow.view(f"/{MODEL}/compare", params={"a": 1, "b": 2})
+    assert page.status_code == 200, page.text[:500]
+    assert page.text.count("interval of the RMSE change B − A (candidate − champion; negative: B is better)") == 1
+    assert "rows</b> neither trained on" in page.text and "id='params'" in page.text and "id='cv'" in page.text
+    default = view_airflow.view(f"/{MODEL}/compare").text  # A: the champion, B: the newest other version
+    assert "<option value='1' selected>" in default or "<option value='2' selected>" in default
+
+
+def test_the_metrics_page_titles_its_axes(view_airflow: ViewAirflow) -> None:
+    page = view_airflow.view(f"/{MODEL}/metrics").text
+    assert "promotion decision (date, candidate)" in page and "holdout RMSE on the decision" in page
+    assert page.count("<polyline") >= 1 and "month of the outcome (UTC)" in page or "Nothing to plot yet" in page
+
+
+def test_the_forecasts_page_is_logged_without_the_ids_searched(view_airflow: ViewAirflow) -> None:
+    before = view_airflow.rows("SELECT count(*) AS n FROM pipeline.access_log")[0]["n"]
+    browsed = view_airflow.view(f"/{MODEL}/forecasts")
+    searched = requests.post(f"{view_airflow.base_url}/models-view/{MODEL}/forecasts", data={"ids": "12345 67890"},
+                             headers={"Authorization": f"Bearer {view_airflow.token}"}, timeout=60)
+    assert browsed.status_code == searched.status_code == 200
+    assert "Scoring runs" in browsed.text and "2 id(s) searched" in searched.text
+    log = view_airflow.rows("SELECT what, principal, request FROM pipeline.access_log ORDER BY entry_id OFFSET :n",
+                            n=before)
+    assert [e["what"] for e in log] == ["forecasts page 1", "forecasts searched by 2 id(s)"]
+    assert all(e["principal"] == "airflow:admin" for e in log)
+    assert not any("12345" in e["request"] or "67890" in e["request"] for e in log)

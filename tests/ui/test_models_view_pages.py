@@ -49,12 +49,13 @@ def test_refused_outcomes_are_shown_with_each_performance_report() -> None:
     assert models_view.refused_text({}) == "0"
 
 
-def test_the_trend_plots_holdout_and_live_rmse() -> None:
-    svg = models_view.trend_svg([{"version": 1, "holdout_rmse": 50.0, "live_rmse": 55.0},
-                                 {"version": 2, "holdout_rmse": 48.0, "live_rmse": None}])
-    assert svg.count("<polyline") == 2 and "v2 holdout RMSE: 48.000" in svg and "v1 live RMSE: 55.000" in svg
-    assert "model version" in svg and "RMSE (lower is better)" in svg
-    assert "No version" in models_view.trend_svg([])
+def test_a_chart_titles_both_axes_and_names_each_point() -> None:
+    svg = models_view.line_chart({"candidate": [(0, 50.0), (1, 48.0)], "champion (same rows)": [(1, 47.0)]},
+                                 ["v1 (promote)", "v2 (keep)"], "promotion decision", "holdout RMSE", "RMSE")
+    assert svg.count("<polyline") == 2 and "candidate, v2 (keep): 48.000" in svg
+    assert "champion (same rows), v2 (keep): 47.000" in svg
+    assert "class='x-title'" in svg and ">promotion decision<" in svg and ">holdout RMSE<" in svg
+    assert "Nothing to plot" in models_view.line_chart({}, [], "x", "y", "empty")
 
 
 def test_the_csv_keeps_reasons_and_original_values() -> None:
@@ -92,3 +93,33 @@ def test_links_to_airflow_pages_work_from_inside_its_sandboxed_frame() -> None:
     assert "<a href='/dags/set_champion' target='_top' data-airflow='1'>" in page
     assert models_view.FRAME_LINKS in page and "pushState" in models_view.FRAME_LINKS
     assert "data-airflow" not in models_view.link("/models-view/m", "m")  # the view's own pages stay in the frame
+
+
+def test_a_listing_searches_sorts_and_pages_and_keeps_missing_values_last() -> None:
+    rows = [{"v": i, "name": f"row {i}", "x": None if i == 3 else 10 - i} for i in range(1, 8)]
+    listing = models_view.Listing("v", q="row", sort="-x", page=2, per_page=3)
+    shown, found = listing.apply(rows, lambda r: r["name"], {"x": lambda r: r["x"]})
+    assert found == 7 and [r["v"] for r in shown] == [5, 6, 7]  # x descending: 9, 8, 6 | 5, 4, 3 | missing last
+    assert models_view.Listing("v", q="row 2").apply(rows, lambda r: r["name"], {})[1] == 1
+    query = models_view.Listing.from_query("r", {"rq": " v2 ", "rsort": "started", "rpage": "x"})
+    assert (query.q, query.sort, query.page) == ("v2", "started", 1)
+    header = models_view.sort_header("/m", "started", "started", query, {"vq": "a"}, "runs")
+    assert "rsort=-started" in header and "vq=a" in header and "rq=v2" in header and "▲" in header
+
+
+def test_the_view_follows_the_light_or_dark_scheme_and_states_utc() -> None:
+    page = models_view.model_html(LINKS, ModelEntry("m", Path("m.yaml"), True), _overview())
+    assert "@media (prefers-color-scheme: dark)" in page and "content='light dark'" in page
+    assert "Every time on this page is UTC, to the second." in page
+    from datetime import UTC, datetime, timedelta, timezone
+    assert models_view.stamp(datetime(2026, 1, 2, 4, 5, 6, 789, tzinfo=timezone(timedelta(hours=2)))) == \
+        "2026-01-02 02:05:06"
+    assert models_view.stamp(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02 03:04:05"
+
+
+def test_a_recorded_gain_is_shown_as_the_change_candidate_minus_champion() -> None:
+    reason = ("does not beat the champion (the gain is not significant): candidate RMSE 55.000 vs champion 56.500 "
+              "(needs < 55.935, margin 1.0%); 95% interval of the gain [-0.750, +3.875]")
+    page = models_view.model_html(LINKS, ModelEntry("m", Path("m.yaml"), True), _overview(reason=reason))
+    assert "interval of the gain" not in page
+    assert "interval of the RMSE change (candidate − champion) [-3.875, +0.750]" in page

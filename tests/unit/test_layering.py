@@ -27,7 +27,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("serving",),         # forecasts out
     ("monitoring",),      # drift, live performance, outcomes
     ("stages",),          # one function per stage
-    ("champion", "tasks", "erasure"),  # an operator's say over the champion; a stage as an Airflow task; erasure
+    ("champion", "compare", "tasks", "erasure"),  # an operator's say over the champion, two versions compared; a stage
+                                                  # as an Airflow task; erasure
     ("views",),           # what Airflow shows
     ("cli", "__main__"),  # the command line
 ]
