@@ -473,10 +473,8 @@ def test_check_config_runs_the_checks_alone_without_a_database(tmp_path: Path) -
         "encrypt_at_rest": True, "manager": "local", "opened": True}
     hsm = write_variant(tmp_path, lambda raw: raw.update(security={"key_manager": "pkcs11", "pkcs11": {
         "module": str(tmp_path / "no-such-module.so"), "token_label": "pipeline"}}))
-    down = subprocess.run([sys.executable, "-m", "pipeline", "--config", str(hsm), "check-config"], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, ENV_DATABASE_URL: "postgresql://x@127.0.0.1:1/none",
-                               "PIPELINE_PKCS11_PIN": "1234"})
+    down = cli_in_process({**os.environ, ENV_DATABASE_URL: "postgresql://x@127.0.0.1:1/none",
+                           "PIPELINE_PKCS11_PIN": "1234"})("--config", str(hsm), "check-config")
     assert down.returncode == 0, down.stderr
     assert (f"key manager pkcs11 (pkcs11:pipeline@{tmp_path / 'no-such-module.so'}): CANNOT BE OPENED: PKCS#11 module "
             f"{tmp_path / 'no-such-module.so'}, token 'pipeline' cannot be opened") in down.stdout, down.stdout
