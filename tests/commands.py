@@ -33,13 +33,14 @@ def cli_subprocess(env: dict[str, str]) -> Cli:
 
 def cli_in_process(env: dict[str, str]) -> Cli:
     """`python -m pipeline ARGS` as `pipeline.cli.main.main(ARGS)` in this process, giving what `cli_subprocess(env)`
-    gives: the environment is exactly `env` and the folder the project's while it runs, its logging goes to its own
-    stderr as a fresh interpreter's would, and everything it changed is put back afterwards."""
+    gives: the environment is exactly `env`, `sys.argv` and the folder are the real process's while it runs, its
+    logging goes to its own stderr as a fresh interpreter's would, and everything it changed is put back
+    afterwards."""
     from pipeline.cli.main import main
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         out, err = io.StringIO(), io.StringIO()
-        with as_a_new_process(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with as_a_new_process(env, args), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 status = main(list(args))
             except SystemExit as exc:  # argparse's refusals (exit status 2) and --help
@@ -53,17 +54,19 @@ def cli_in_process(env: dict[str, str]) -> Cli:
 
 
 @contextlib.contextmanager
-def as_a_new_process(env: dict[str, str]) -> Iterator[None]:
-    """Inside: exactly `env` as the environment, the project folder as the current one, and the root logger with
-    no handler (so the command's `logging.basicConfig` writes to the stderr it sees). Outside again: the test's
-    environment, folder, logging and Arrow memory pool (a stage switches it), whatever the command did."""
-    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+def as_a_new_process(env: dict[str, str], args: tuple[str, ...]) -> Iterator[None]:
+    """Inside: exactly `env` as the environment, `python -m pipeline ARGS`'s `sys.argv` (the access log records
+    it), the project folder as the current one, and the root logger with no handler (so the command's
+    `logging.basicConfig` writes to the stderr it sees). Outside again: the test's environment, argv, folder,
+    logging and Arrow memory pool (a stage switches it), whatever the command did."""
+    saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
     loggers = [logging.getLogger(name) for name in CLI_LOGGERS]
     saved_levels, saved_handlers = [lg.level for lg in loggers], logging.root.handlers[:]
     saved_pool = sys.modules["pyarrow"].default_memory_pool() if "pyarrow" in sys.modules else None
     os.environ.clear()
     os.environ.update(env)
     os.chdir(PROJECT_ROOT)
+    sys.argv = [str(PROJECT_ROOT / "pipeline" / "__main__.py"), *args]
     logging.root.handlers = []
     try:
         yield
@@ -76,6 +79,7 @@ def as_a_new_process(env: dict[str, str]) -> Iterator[None]:
         if saved_pool is not None:
             sys.modules["pyarrow"].set_memory_pool(saved_pool)
         os.chdir(saved_cwd)
+        sys.argv = saved_argv
         os.environ.clear()
         os.environ.update(saved_env)
 
