@@ -96,27 +96,16 @@ def _stage(model: ModelEntry, name: str, *args: Any, **kwargs: Any) -> Any:
     return in_airflow(model.config_path, work)
 
 
-def _checked_params(model: ModelEntry) -> dict[str, Any]:
+def _checked_params() -> dict[str, Any]:
     """The run's conf checked against `pipeline.contract.params` before anything runs: an unknown key (Airflow's own
-    validation lets it through), a bad value or an `as_of` after the trigger time fails the run at once,
-    recorded with the reason."""
-    from airflow.sdk.exceptions import AirflowFailException
-
+    validation lets it through), a bad value or an `as_of` after the trigger time fails the task at once with the
+    one-line reason, and nothing is written but the run's note (and an alert, when configured)."""
     from pipeline.contract import params
-    from pipeline.registry import runs
-    from pipeline.stages import describe_trigger
-    from pipeline.tasks import in_airflow
+    from pipeline.contract.settings import Settings
+    from pipeline.tasks import airflow_task
 
     dag_run = get_current_context()["dag_run"]
-    try:
-        return params.check_conf(dag_run.conf, dag_run.run_after)
-    except params.ParamsRefused as exc:
-        reason = str(exc)
-    run_type = getattr(dag_run.run_type, "value", str(dag_run.run_type))
-    label, _ = describe_trigger(run_type, getattr(dag_run, "triggering_user_name", None), [])
-    in_airflow(model.config_path, lambda ws: runs.refuse_run(
-        ws.engine, ws.model, model.run_id(dag_run.run_id), label, dag_run.run_after, dict(dag_run.conf or {}), reason))
-    raise AirflowFailException(reason)
+    return dict(airflow_task(Settings.from_env(), lambda: params.check_trigger(dag_run.conf, dag_run.run_after)))
 
 
 def _record_failure(model: ModelEntry, context: Any) -> None:
@@ -136,7 +125,7 @@ def stage_tasks(model: ModelEntry, champion: Any) -> SimpleNamespace:
 
     @task(**RETRY)
     def ingest_snapshot() -> dict[str, Any]:
-        return _stage(model, "ingest_snapshot", _checked_params(model))
+        return _stage(model, "ingest_snapshot", _checked_params())
 
     @task.short_circuit(**RETRY)
     def has_new_data(snapshot: dict[str, Any], params: dict[str, Any] | None = None) -> bool:

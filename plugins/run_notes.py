@@ -52,7 +52,8 @@ def _kind_of(dag_id: str) -> tuple[str, Any] | None:
 
 
 def _outcome(dag_run: Any, failed: bool) -> str | None:
-    """The note of a finished run: a retrain's from the registry, any other's as its task recorded it."""
+    """The note of a finished run: a retrain's from the registry (or, refused before it wrote its run, as its failed
+    task recorded it), any other's as its task recorded it."""
     from pipeline.registry import records
     from pipeline.views.run_notes import note_of_run
 
@@ -61,7 +62,7 @@ def _outcome(dag_run: Any, failed: bool) -> str | None:
         return None
     base, model = found
     with _engine().connect() as conn:
-        if base == "retrain":
+        if base == "retrain" and records.get_run(conn, model.run_id(dag_run.run_id)) is not None:
             return note_of_run(conn, model.run_id(dag_run.run_id))
         recorded = records.run_note(conn, dag_run.dag_id, dag_run.run_id)
     return recorded or ("failed before any stage ran: see the task log" if failed else None)

@@ -62,34 +62,5 @@ BEGIN
 END $$;
 
 -- Two append-only tables can hold a patient's id inside JSON: a version's holdout start (its first held-out
--- row) and a performance report's refused outcomes (sample ids), with the report's page. An erasure, and
--- only an erasure (it sets pipeline.erasure_request in its transaction), may UPDATE those columns, and no
--- other; every other UPDATE, every DELETE and TRUNCATE stay refused.
-CREATE OR REPLACE FUNCTION pipeline.refuse_change_but_erasure() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    before jsonb := to_jsonb(OLD);
-    after jsonb := to_jsonb(NEW);
-    c text;
-BEGIN
-    IF TG_OP = 'UPDATE' AND coalesce(current_setting('pipeline.erasure_request', true), '') <> '' THEN
-        FOREACH c IN ARRAY TG_ARGV LOOP
-            before := before - c;
-            after := after - c;
-        END LOOP;
-        IF before = after THEN
-            RETURN NEW;
-        END IF;
-    END IF;
-    RAISE EXCEPTION 'pipeline.% is append-only: % refused', TG_TABLE_NAME, TG_OP;
-END $$;
-
-DROP TRIGGER IF EXISTS model_versions_append_only ON pipeline.model_versions;
-CREATE TRIGGER model_versions_append_only
-    BEFORE UPDATE OR DELETE ON pipeline.model_versions
-    FOR EACH ROW EXECUTE FUNCTION pipeline.refuse_change_but_erasure('holdout_start');
-
-DROP TRIGGER IF EXISTS performance_reports_append_only ON pipeline.performance_reports;
-CREATE TRIGGER performance_reports_append_only
-    BEFORE UPDATE OR DELETE ON pipeline.performance_reports
-    FOR EACH ROW EXECUTE FUNCTION pipeline.refuse_change_but_erasure('refused_outcomes', 'report_path', 'report_sha256');
+-- row) and a performance report's refused outcomes (sample ids), with the report's page. Only an erasure may
+-- UPDATE those columns: the trigger that allows it is sql/025_append_only_exceptions.sql's.

@@ -1,8 +1,8 @@
--- The two narrow exceptions to append-only model_versions and performance_reports, together: 021 lets an
--- erasure (pipeline.erasure_request set in its transaction) UPDATE the columns that can hold a patient's id,
--- and 024 lets `migrate-store` rewrite a registry path to the team store's form. Each migration replaced the
--- table's trigger with its own function, so the later one would have undone the earlier; this trigger asks
--- both functions' questions. Every other UPDATE, every DELETE and TRUNCATE stay refused. Safe to apply twice.
+-- The two narrow exceptions to append-only model_versions and performance_reports, in one trigger function (the
+-- only one: a second would undo the first): an erasure (pipeline.erasure_request set in its transaction) may
+-- UPDATE the columns that can hold a patient's id (021), and `migrate-store` may rewrite a registry path to the
+-- team store's form, <kind>/<sha256><suffix> with the same file name it had (an absolute path of one machine
+-- before). Every other UPDATE, every DELETE and TRUNCATE stay refused. Safe to apply twice.
 -- TG_ARGV: the path column, then the columns an erasure may change.
 CREATE OR REPLACE FUNCTION pipeline.refuse_change_but_erasure_or_store_path() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -43,3 +43,7 @@ CREATE TRIGGER performance_reports_append_only
     BEFORE UPDATE OR DELETE ON pipeline.performance_reports
     FOR EACH ROW EXECUTE FUNCTION pipeline.refuse_change_but_erasure_or_store_path(
         'report_path', 'refused_outcomes', 'report_path', 'report_sha256');
+
+-- The one-exception functions earlier versions of 021 and 024 installed, unused once the triggers above replace theirs.
+DROP FUNCTION IF EXISTS pipeline.refuse_change_but_erasure();
+DROP FUNCTION IF EXISTS pipeline.refuse_change_but_store_path();

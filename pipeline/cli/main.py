@@ -70,6 +70,8 @@ def execute(args: argparse.Namespace, settings: Settings) -> Any:
         if getattr(args, "run_id", None) and not isinstance(exc, UnknownTarget):
             end_failed_run(ws, args.run_id, f"{args.command}: {error_line(exc, settings)}", runs.failure_kind(exc))
         raise
+    finally:
+        ws.engine.dispose()  # the command leaves no connection behind (also when called in a longer process)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,14 +105,19 @@ def parse_timestamp(text: str, now: datetime) -> datetime:
     return stamp
 
 
+def in_the_form(spec: ParamSpec) -> str:
+    """A param as the Trigger form shows it, its conf key beside: 'Promotion margin (margin)'."""
+    return f"{spec.title} ({spec.name})"
+
+
 def check_conf(conf: dict[str, Any] | None, trigger_time: datetime) -> dict[str, Any]:
     """A trigger's conf as checked params (defaults filled in); refuses an unknown key by name, a value of the
-    wrong type, out of range, or an `as_of` after `trigger_time`."""
+    wrong type, out of range, or an `as_of` after `trigger_time`, naming the field as the Trigger form shows it."""
     conf = dict(conf or {})
     unknown = sorted(set(conf) - set(BY_NAME))
     if unknown:
         raise ParamsRefused(f"unknown param {', '.join(map(repr, unknown))}: the retrain params are "
-                            f"{', '.join(BY_NAME)} (a typo? nothing was run)")
+                            f"{', '.join(map(in_the_form, SPECS))} (a typo?)")
     checked = {spec.name: conf.get(spec.name, spec.default) for spec in SPECS}
     for spec in SPECS:
         value = checked[spec.name]
@@ -126,7 +131,7 @@ def check_conf(conf: dict[str, Any] | None, trigger_time: datetime) -> dict[str,
             elif spec.kind == "timestamp":
                 parse_timestamp(value if isinstance(value, str) else repr(value), trigger_time)
         except ParamsRefused as exc:
-            raise ParamsRefused(f"param {spec.name}: {exc}") from None
+            raise ParamsRefused(f"param {in_the_form(spec)}: {exc}") from None
     return checked
 
 
@@ -134,3 +139,11 @@ def as_of(checked: dict[str, Any], trigger_time: datetime) -> datetime | None:
     """The past cut-off a run's checked params ask for, or None."""
     value = checked.get("as_of")
     return parse_timestamp(value, trigger_time) if value else None
+
+
+def check_trigger(conf: dict[str, Any] | None, trigger_time: datetime) -> dict[str, Any]:
+    """`check_conf` for a DAG run's conf: a refusal says that the trigger's params were refused and nothing ran."""
+    try:
+        return check_conf(conf, trigger_time)
+    except ParamsRefused as exc:
+        raise ParamsRefused(f"trigger params refused, nothing ran: {exc}") from None

@@ -245,17 +245,6 @@ def fail_run(conn: Connection, run_id: str, reason: str, kind: str) -> None:
     """), {"run_id": run_id, "reason": reason, "kind": kind})
 
 
-def refuse_run(engine: Engine, model: str, run_id: str, triggered_by: str, cut_off: Any, conf: dict[str, Any],
-               reason: str) -> None:
-    """Record a run whose params were refused before any stage ran: failed (a data failure, never retried),
-    with the reason naming the param, so `status` and the run's note say why nothing ran."""
-    from pipeline.registry import records
-
-    with engine.begin() as conn:
-        records.start_run(conn, model, run_id, triggered_by, cut_off, conf)
-        fail_run(conn, run_id, f"params refused: {reason}", "data")
-
-
 def fail_if_idle(engine: Engine, run_id: str, reason: str, kind: str) -> bool:
     """Mark a run failed from outside its stages (the CLI's last word, Airflow's failure callback), unless
     another live process is working on it: that one records its own outcome. True when marked."""

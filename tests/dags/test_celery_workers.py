@@ -37,8 +37,8 @@ from pipeline.model import train
 from pipeline.model.features import model_inputs
 from pipeline.registry import records
 from pipeline.workspace import Workspace
+from tests.commands import cli_subprocess
 from tests.conftest import Broker, missing_tool
-from tests.integration.stage_runs import cli_runner
 from tests.standalone import scratch_airflow, wait_for, wait_until_ready
 
 RUN_TIMEOUT = 420
@@ -190,7 +190,7 @@ def test_readiness_is_unhealthy_while_the_broker_is_down(celery: CeleryAirflow) 
     assert down.status_code == 503
     assert not down.json()["checks"]["broker"]["ok"] and celery.broker.url in down.json()["checks"]["broker"]["detail"]
     assert down.json()["checks"]["database"]["ok"]
-    cli = cli_runner({**os.environ, **celery.stack.env})
+    cli = cli_subprocess({**os.environ, **celery.stack.env})  # the stack's own environment, as an operator beside it
     failed = cli("health")
     assert failed.returncode == 1 and f"broker: {celery.broker.url} does not answer" in failed.stderr, failed.stderr
     print(f"\nbroker down: GET /pipeline-health -> {down.status_code} {down.json()}\n"

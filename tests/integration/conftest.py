@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, Settings
 from pipeline.workspace import Workspace
-from tests.integration.stage_runs import Cli, cli_in_process, cli_runner
+from tests.commands import Cli, cli_in_process, cli_subprocess
 
 
 @pytest.fixture
@@ -21,22 +21,24 @@ def ws(settings: Settings) -> Iterator[Workspace]:
     workspace.engine.dispose()
 
 
-@pytest.fixture
-def cli(database_url: str, tmp_path: Path) -> Cli:
-    """`python -m pipeline ARGS` on the test's database and artifact folder (the `settings` fixture's), with
-    the shipped config."""
+def cli_environment(database_url: str, tmp_path: Path) -> dict[str, str]:
+    """The environment a command runs with on the test's database and artifact folder (the `settings` fixture's),
+    with the shipped config."""
     env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(tmp_path / "artifacts"),
            "OMP_NUM_THREADS": "1"}  # the CLI shares two cores with the test run
     env.pop(ENV_CONFIG, None)
-    return cli_runner(env)
+    return env
 
 
 @pytest.fixture
-def cli_here(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-             capsys: pytest.CaptureFixture[str]) -> Cli:
-    """The `cli` fixture's commands, in this process (`pipeline.cli.main.main(argv)`): for tests of what a command
-    does, not of the process boundary, without paying a new interpreter's imports per command."""
-    monkeypatch.setenv(ENV_DATABASE_URL, database_url)
-    monkeypatch.setenv(ENV_ARTIFACT_DIR, str(tmp_path / "artifacts"))
-    monkeypatch.delenv(ENV_CONFIG, raising=False)
-    return cli_in_process(capsys)
+def cli(database_url: str, tmp_path: Path) -> Cli:
+    """`python -m pipeline ARGS` on the test's database and artifact folder, in this process: for tests of what a
+    command does, without paying a new interpreter's imports per command."""
+    return cli_in_process(cli_environment(database_url, tmp_path))
+
+
+@pytest.fixture
+def cli_process(database_url: str, tmp_path: Path) -> Cli:
+    """The `cli` fixture's commands as a real `python -m pipeline` subprocess: only for tests of the process itself
+    (its exit status and output end to end); each says why."""
+    return cli_subprocess(cli_environment(database_url, tmp_path))

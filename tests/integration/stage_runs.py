@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -14,7 +11,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from pipeline import stages
-from pipeline.contract.settings import PROJECT_ROOT
 from pipeline.data import demo
 from pipeline.registry import records
 from pipeline.registry.runs import Run
@@ -80,39 +76,6 @@ def champion_state(ws: Workspace) -> dict[str, Any]:
         "events": fetch(ws, "SELECT * FROM pipeline.promotion_events ORDER BY event_id"),
         "artifact": (ws.settings.artifact_dir / model["artifact_path"]).read_bytes(),
     }
-
-
-Cli = Callable[..., subprocess.CompletedProcess[str]]  # `python -m pipeline ARGS`, as cli_runner gives it
-
-
-def cli_runner(env: dict[str, str]) -> Cli:
-    """`python -m pipeline ARGS` in the project, with this environment."""
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=PROJECT_ROOT, env=env,
-                              capture_output=True, text=True, timeout=300, check=False)
-    return run
-
-
-def cli_in_process(capsys: Any) -> Cli:
-    """`python -m pipeline ARGS` as `pipeline.cli.main.main(ARGS)` in this process, its output read from `capsys`:
-    the same exit status, stdout and stderr as `cli_runner` gives, for tests that do not test the process itself."""
-    from pipeline.cli.main import main
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        capsys.readouterr()  # what came before is not this command's
-        try:
-            status = main(list(args))
-        except SystemExit as exc:  # argparse's refusals (exit status 2) and --help
-            status = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(["python", "-m", "pipeline", *args], status, out, err)
-    return run
-
-
-def output(result: subprocess.CompletedProcess[str]) -> Any:
-    """The command's JSON output, after checking it succeeded."""
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def wait_until(condition: Callable[[], Any], what: str, deadline: float = 180.0) -> Any:

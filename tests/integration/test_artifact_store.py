@@ -28,7 +28,8 @@ from pipeline.store import artifacts, db
 from pipeline.store.artifacts import ArtifactIntegrityError, ArtifactStore
 from pipeline.views import models_view
 from pipeline.workspace import Workspace
-from tests.integration.stage_runs import DEMO_WATERMARK, cli_runner, fetch, make_run, quick_workspace
+from tests.commands import cli_subprocess
+from tests.integration.stage_runs import DEMO_WATERMARK, fetch, make_run, quick_workspace
 
 PAGE = b"<html><body>drift report</body></html>"
 
@@ -69,7 +70,8 @@ def test_settings_name_the_store_and_refuse_an_unknown_one(tmp_path: Path) -> No
 
 
 def test_the_cli_refuses_an_unknown_store_in_one_line() -> None:
-    result = cli_runner({**os.environ, ENV_ARTIFACT_STORE: "s3"})("status")
+    # A real subprocess: the environment a fresh interpreter starts with is what is tested.
+    result = cli_subprocess({**os.environ, ENV_ARTIFACT_STORE: "s3"})("status")
     assert result.returncode == 1
     assert result.stderr == ("error: PIPELINE_ARTIFACT_STORE='s3' is not an artifact store; set it to one of: "
                              "local, postgres (unset means local)\n")

@@ -3,6 +3,10 @@ whose rows changed, a moved store, a future timestamp, a rollback to a version t
 
 Each test checks that the champion is unchanged, that no run is left running, that no row is lost,
 and that the message names what is wrong.
+
+Commands run in this process (`tests.commands.cli_in_process`), except the four runs a test stops, kills or cuts
+off from its database mid-stage: those are real `python -m pipeline` subprocesses, since what they test is what
+happens to a process (its lock, its exit status, its last line on stderr) when it dies or loses its server.
 """
 
 from __future__ import annotations
@@ -29,14 +33,13 @@ from pipeline.data.validate import ValidationFailed
 from pipeline.registry import records, runs
 from pipeline.store import db
 from pipeline.workspace import Workspace
+from tests.commands import cli_in_process, output
 from tests.integration.stage_runs import (
     DEMO_WATERMARK,
     SCORER_WAITING,
     champion_state,
-    cli_runner,
     fetch,
     make_run,
-    output,
     promote_demo_champion,
     quick_workspace,
     wait_until,
@@ -78,6 +81,7 @@ def cli_env(settings: Settings) -> dict[str, str]:
 
 
 def test_a_killed_run_is_marked_abandoned_by_the_next_command(champion: Workspace) -> None:
+    """A real subprocess for the run: it is stopped (SIGSTOP) and killed (SIGKILL) mid-stage."""
     ws = champion
     demo.simulate_arrivals(ws.engine, rows=60, seed=3)
     before, rows = champion_state(ws), source_rows(ws)
@@ -92,7 +96,7 @@ def test_a_killed_run_is_marked_abandoned_by_the_next_command(champion: Workspac
         with pytest.raises(runs.RunBusy, match=rf"run killed is being worked on by \S+:{process.pid}"):
             with runs.running(ws.engine, ws.settings, "killed", "evaluate"):
                 pass
-        second = cli_runner(cli_env(ws.settings))("retrain", "--run-id", "killed")  # the same run, twice at once
+        second = cli_in_process(cli_env(ws.settings))("retrain", "--run-id", "killed")  # the same run, twice at once
         assert second.returncode == 1 and f":{process.pid} (stage " in second.stderr
         assert run_row(ws, "killed")["status"] == "running"  # the refused second never marks the first failed
         os.kill(process.pid, signal.SIGKILL)
@@ -100,7 +104,7 @@ def test_a_killed_run_is_marked_abandoned_by_the_next_command(champion: Workspac
         process.kill()
         process.wait()
 
-    report = wait_until(lambda: [r for r in output(cli_runner(cli_env(ws.settings))("status", "--json"))["recent_runs"]
+    report = wait_until(lambda: [r for r in output(cli_in_process(cli_env(ws.settings))("status", "--json"))["recent_runs"]
                                if r["run_id"] == "killed" and r["status"] != "running"], "the run to be reaped")
     [killed] = report
     assert (killed["status"], killed["failure_kind"]) == ("failed", "abandoned")
@@ -109,7 +113,7 @@ def test_a_killed_run_is_marked_abandoned_by_the_next_command(champion: Workspac
     assert champion_state(ws) == before
     assert source_rows(ws) == rows
     assert arrivals_waiting(ws) == 60  # a run that died did not consume the rows it came for
-    text = cli_runner(cli_env(ws.settings))("status")
+    text = cli_in_process(cli_env(ws.settings))("status")
     [line] = [line for line in text.stdout.splitlines() if " killed " in line]  # the status table's row of the run
     assert re.search(r" killed +cli +failed \(abandoned\) +abandoned: the process", line), text.stdout
 
@@ -301,7 +305,7 @@ def test_rolling_back_to_a_version_that_failed_its_checks_needs_force(champion: 
     bad = stages.train_candidate(strict, run, checked["clean_snapshot_hash"])["version"]
     assert stages.evaluate_candidate(strict, run, bad)["decision"] == "keep"
     before = champion_state(ws)
-    cli = cli_runner(cli_env(ws.settings))
+    cli = cli_in_process(cli_env(ws.settings))
 
     refused = cli("rollback", "--to", str(bad), "--reason", "try it")
 
@@ -334,7 +338,7 @@ def test_a_missing_suite_file_is_refused_before_any_run_is_recorded(ws: Workspac
     config.write_text((PROJECT_ROOT / "pipeline.yaml").read_text().replace(
         "expectations/patient_records.json", str(tmp_path / "gone.json")))
 
-    result = cli_runner(cli_env(ws.settings))("--config", str(config), "retrain", "--run-id", "no-suite")
+    result = cli_in_process(cli_env(ws.settings))("--config", str(config), "retrain", "--run-id", "no-suite")
 
     assert result.returncode == 1
     assert result.stderr.strip() == (f"error: dataset.expectation_suite: cannot read {tmp_path / 'gone.json'}: "
@@ -354,6 +358,8 @@ def own_server(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 
 def test_a_run_that_loses_its_database_mid_stage_ends_abandoned(own_server: tuple[Path, str], tmp_path: Path) -> None:
+    """A real subprocess for the run: it is held (SIGSTOP) while its server stops, and its exit status and last
+    stderr line are the real process's."""
     pgdata, url = own_server
     settings = dataclasses.replace(Settings.from_env(), database_url=url, artifact_dir=tmp_path / "artifacts")
     ws = quick_workspace(Workspace.open(settings))
@@ -380,7 +386,7 @@ def test_a_run_that_loses_its_database_mid_stage_ends_abandoned(own_server: tupl
     restarted = subprocess.run([sys.executable, "-c", restart, str(pgdata)], cwd=PROJECT_ROOT, capture_output=True,
                                text=True, check=True)  # a fresh process: this one remembers the server as running
     assert restarted.stdout.strip() == url
-    [run] = [r for r in output(cli_runner(cli_env(settings))("status", "--json"))["recent_runs"]
+    [run] = [r for r in output(cli_in_process(cli_env(settings))("status", "--json"))["recent_runs"]
              if r["run_id"] == "lost-db"]
     assert (run["status"], run["failure_kind"]) == ("failed", "abandoned")
     assert champion_state(ws) == before
@@ -390,6 +396,7 @@ def test_a_run_that_loses_its_database_mid_stage_ends_abandoned(own_server: tupl
 
 
 def test_a_killed_scoring_run_is_marked_abandoned_and_leaves_no_forecast(champion: Workspace) -> None:
+    """A real subprocess for the scoring run: it is killed (SIGKILL) mid-write."""
     ws = champion
     demo.simulate_arrivals(ws.engine, rows=200, seed=13, labelled=False)
     blocker = ws.engine.connect()  # holds the refusals table: the scorer waits there, mid-run, until killed
@@ -445,6 +452,8 @@ def block_refusals(ws: Workspace, run_id: str, source_id: int) -> sa.engine.Conn
 
 def test_scoring_that_loses_its_database_mid_write_says_so_in_one_line_and_reruns_whole(
         own_server: tuple[Path, str], tmp_path: Path) -> None:
+    """A real subprocess for the scoring run: what is tested is the real process's stderr when its server goes
+    mid-COPY (one line of ours, nothing from a later warning or from psycopg2's C code) and its exit status."""
     pgdata, url = own_server
     settings = dataclasses.replace(Settings.from_env(), database_url=url, artifact_dir=tmp_path / "artifacts")
     ws = quick_workspace(Workspace.open(settings))
@@ -484,7 +493,7 @@ def test_scoring_that_loses_its_database_mid_write_says_so_in_one_line_and_rerun
     assert fetch(ws, "SELECT * FROM pipeline.predictions WHERE run_id = 'lost-db-score'") == []  # rolled back whole
     assert fetch(ws, "SELECT * FROM pipeline.scoring_refusals WHERE run_id = 'lost-db-score'") == []
 
-    rerun = output(cli_runner(cli_env(settings))("score", "--run-id", "lost-db-score", "--json"))
+    rerun = output(cli_in_process(cli_env(settings))("score", "--run-id", "lost-db-score", "--json"))
 
     assert (rerun["rows_selected"], rerun["rows_scored"], rerun["rows_refused"]) == (40, 39, 1)
     [run] = fetch(ws, "SELECT status FROM pipeline.scoring_runs WHERE run_id = 'lost-db-score'")

@@ -1,6 +1,6 @@
-"""`python -m pipeline` as an operator runs it, on the test's own database: a real subprocess where the process
-itself is tested (its output and exit status end to end, a pipe closed early), the CLI's own entry point in this
-process (`cli_here`) where what a command does is tested."""
+"""`python -m pipeline` as an operator runs it, on the test's own database: the CLI's own entry point in this process
+(`cli`) where what a command does is tested; a real subprocess only where the process itself is (one retrain end to
+end through `python -m pipeline`, a pipe closed early)."""
 
 from __future__ import annotations
 
@@ -21,11 +21,10 @@ from pipeline.registry.runs import Run
 from pipeline.serving import scoring
 from pipeline.store import db
 from pipeline.workspace import Workspace
+from tests.commands import Cli, output
 from tests.integration.stage_runs import (
     DEMO_WATERMARK,
-    Cli,
     fetch,
-    output,
     promote_demo_champion,
     quick_workspace,
     retrain_through_stages,
@@ -46,7 +45,10 @@ def test_seed_demo_inserts_the_study_once(cli: Cli, database_url: str) -> None:
     assert count_records(database_url) == 442
 
 
-def test_retrain_promotes_and_status_reports_the_champion(cli: Cli, tmp_path: Path) -> None:
+def test_retrain_promotes_and_status_reports_the_champion(cli_process: Cli, tmp_path: Path) -> None:
+    """A real subprocess: the one retrain that goes through `python -m pipeline` itself (`pipeline/__main__.py`, the
+    environment read by a fresh interpreter, the exit status), as an operator types it."""
+    cli = cli_process
     output(cli("seed-demo", "--json"))
 
     retrained = output(cli("retrain", "--json"))
@@ -67,19 +69,19 @@ def test_retrain_promotes_and_status_reports_the_champion(cli: Cli, tmp_path: Pa
     assert (tmp_path / "artifacts" / "models" / f"{champion['artifact_hash']}.joblib").is_file()
 
 
-def test_simulate_arrivals_appends_rows(cli_here: Cli, database_url: str) -> None:
+def test_simulate_arrivals_appends_rows(cli: Cli, database_url: str) -> None:
     engine = db.create_engine(database_url)
     demo.seed_demo(engine)
     engine.dispose()
 
-    arrived = output(cli_here("simulate-arrivals", "--rows", "5", "--seed", "3", "--json"))
+    arrived = output(cli("simulate-arrivals", "--rows", "5", "--seed", "3", "--json"))
 
     assert arrived == {"inserted": 5, "first_id": 443, "last_id": 447}
     assert count_records(database_url) == 447
 
 
-def test_validate_unknown_snapshot_is_one_error_line(cli_here: Cli) -> None:
-    result = cli_here("validate", "--snapshot", "deadbeef")
+def test_validate_unknown_snapshot_is_one_error_line(cli: Cli) -> None:
+    result = cli("validate", "--snapshot", "deadbeef")
 
     assert result.returncode == 1
     assert result.stdout == ""
@@ -88,7 +90,7 @@ def test_validate_unknown_snapshot_is_one_error_line(cli_here: Cli) -> None:
     assert lines[0].startswith("error:") and "deadbeef" in lines[0]
 
 
-def test_a_cli_run_on_a_missing_table_is_refused_before_any_run_is_recorded(cli_here: Cli, database_url: str,
+def test_a_cli_run_on_a_missing_table_is_refused_before_any_run_is_recorded(cli: Cli, database_url: str,
                                                                             tmp_path: Path) -> None:
     raw = yaml.safe_load((PROJECT_ROOT / "pipeline.yaml").read_text())
     raw["dataset"]["expectation_suite"] = str(PROJECT_ROOT / raw["dataset"]["expectation_suite"])
@@ -96,7 +98,7 @@ def test_a_cli_run_on_a_missing_table_is_refused_before_any_run_is_recorded(cli_
     config = tmp_path / "missing.yaml"
     config.write_text(yaml.safe_dump(raw))
 
-    result = cli_here("--config", str(config), "retrain", "--run-id", "broken")
+    result = cli("--config", str(config), "retrain", "--run-id", "broken")
 
     assert result.returncode == 1
     assert result.stderr.strip() == ("error: source table public.no_such_visits does not exist "
@@ -140,21 +142,21 @@ READ_COMMANDS: dict[tuple[str, ...], set[str]] = {  # each read command and the 
 }
 
 
-def test_every_read_command_prints_text_and_json_with_its_keys(served: Workspace, cli_here: Cli) -> None:
+def test_every_read_command_prints_text_and_json_with_its_keys(served: Workspace, cli: Cli) -> None:
     for command, keys in READ_COMMANDS.items():
-        document = output(cli_here(*command, "--json"))
+        document = output(cli(*command, "--json"))
         first = document[0] if isinstance(document, list) else document
         assert keys <= set(first), (command, sorted(first))
-        text = cli_here(*command)
+        text = cli(*command)
         assert text.returncode == 0, (command, text.stderr)
         assert text.stdout.strip() and text.stdout.lstrip()[0] not in "{[", (command, text.stdout)
         assert "{'" not in text.stdout and "{}" not in text.stdout, (command, text.stdout)  # no Python reprs
-    [run] = output(cli_here("status", "--json"))["recent_runs"]
+    [run] = output(cli("status", "--json"))["recent_runs"]
     assert (run["run_id"], run["triggered_by"]) == ("first", "operator:admin")
 
 
-def test_status_shows_how_each_run_was_started(served: Workspace, cli_here: Cli) -> None:
-    text = cli_here("status").stdout
+def test_status_shows_how_each_run_was_started(served: Workspace, cli: Cli) -> None:
+    text = cli("status").stdout
 
     header = next(line for line in text.splitlines() if "started by" in line)
     [row] = [line for line in text.splitlines() if " first " in line]
@@ -179,6 +181,7 @@ def bulk_validations(database_url: str, runs: int) -> None:
 
 
 def test_piped_into_head_a_command_stops_quietly(database_url: str, tmp_path: Path) -> None:
+    """A real subprocess: a closed pipe (SIGPIPE, EPIPE on the real stdout) exists only between processes."""
     bulk_validations(database_url, 2000)  # some 200 kB: the command is still writing when head has gone
     env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(tmp_path / "artifacts")}
     env.pop(ENV_CONFIG, None)
@@ -191,7 +194,7 @@ def test_piped_into_head_a_command_stops_quietly(database_url: str, tmp_path: Pa
         assert len(piped.stdout.splitlines()) == 1, piped.stdout
 
 
-def test_unknown_run_ids_and_versions_are_refused_naming_them(ws: Workspace, cli_here: Cli) -> None:
+def test_unknown_run_ids_and_versions_are_refused_naming_them(ws: Workspace, cli: Cli) -> None:
     promote_demo_champion(quick_workspace(ws))
     evaluations = fetch(ws, "SELECT run_id FROM pipeline.evaluations")
 
@@ -207,7 +210,7 @@ def test_unknown_run_ids_and_versions_are_refused_naming_them(ws: Workspace, cli
                         (("reproduce", "999"), "model version 999 is not registered"),
                         (("validate", "--run-id", "nope", "--snapshot", "x"), "unknown run id 'nope'"),
                         (("train", "--run-id", "nope", "--snapshot", "x"), "unknown run id 'nope'")):
-        refused = cli_here(*args, "--json")
+        refused = cli(*args, "--json")
 
         assert (refused.returncode, refused.stdout) == (1, ""), (args, refused.stdout)
         [line] = refused.stderr.strip().splitlines()

@@ -15,11 +15,10 @@ from pipeline.contract.settings import PROJECT_ROOT, Settings
 from pipeline.data import demo
 from pipeline.registry import records
 from pipeline.workspace import Workspace
+from tests.commands import Cli, output
 from tests.integration.stage_runs import (
-    Cli,
     fetch,
     make_run,
-    output,
     promote_demo_champion,
     quick_workspace,
     retrain_through_stages,

@@ -101,6 +101,36 @@ def test_schema_has_the_append_only_triggers(engine: Engine) -> None:
     assert ("pipeline.promotion_events", "promotion_events_append_only") in triggers
 
 
+def append_only_functions(engine: Engine) -> dict[str, Any]:
+    """Which function each append-only trigger with exceptions calls, and which such functions exist."""
+    with engine.connect() as conn:
+        triggers = dict(conn.execute(sa.text("""
+            SELECT tgrelid::regclass::text, tgfoid::regproc::text FROM pg_trigger
+             WHERE tgname IN ('model_versions_append_only', 'performance_reports_append_only')""")).tuples().all())
+        functions = conn.scalars(sa.text("SELECT proname FROM pg_proc WHERE proname LIKE 'refuse_change_but%' "
+                                         "ORDER BY proname")).all()
+    return {"triggers": triggers, "functions": functions}
+
+
+def test_one_function_holds_the_append_only_exceptions_also_over_an_older_database(engine: Engine) -> None:
+    one = {"triggers": {"pipeline.model_versions": "pipeline.refuse_change_but_erasure_or_store_path",
+                        "pipeline.performance_reports": "pipeline.refuse_change_but_erasure_or_store_path"},
+           "functions": ["refuse_change_but_erasure_or_store_path"]}
+    assert append_only_functions(engine) == one
+    with engine.begin() as conn:  # what the earlier 021 and 024 left: a function each, 024's on the triggers
+        for old in ("refuse_change_but_erasure", "refuse_change_but_store_path"):
+            conn.execute(sa.text(f"CREATE FUNCTION pipeline.{old}() RETURNS trigger LANGUAGE plpgsql AS "
+                                 "$$ BEGIN RAISE EXCEPTION 'old'; END $$"))
+        for table in ("model_versions", "performance_reports"):
+            conn.execute(sa.text(f"DROP TRIGGER {table}_append_only ON pipeline.{table}; CREATE TRIGGER "
+                                 f"{table}_append_only BEFORE UPDATE OR DELETE ON pipeline.{table} FOR EACH ROW "
+                                 "EXECUTE FUNCTION pipeline.refuse_change_but_store_path()"))
+
+    db.apply_schema(engine)  # as when the files' fingerprints changed
+
+    assert append_only_functions(engine) == one
+
+
 @pytest.mark.parametrize(
     ("table", "operation", "statement"),
     [

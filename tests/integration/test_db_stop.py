@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from pipeline.contract.settings import ENV_DATABASE_URL, ENV_PGDATA
 from pipeline.store import db
-from tests.integration.stage_runs import cli_runner
+from tests.commands import cli_subprocess
 
 
 def running(pid: int) -> bool:
@@ -41,7 +41,9 @@ def test_db_stop_stops_the_embedded_server_and_keeps_its_data(own_pgdata: Path) 
     pid = int((own_pgdata / "postmaster.pid").read_text().split()[0])
     # The embedded server only: earlier tests in the session may have exported a database URL.
     env = {k: v for k, v in os.environ.items() if k != ENV_DATABASE_URL}
-    run = cli_runner({**env, ENV_PGDATA: str(own_pgdata)})
+    # Real subprocesses: `db-url` must start the server again as the next operator command would, from a process
+    # that has not seen it stopped.
+    run = cli_subprocess({**env, ENV_PGDATA: str(own_pgdata)})
 
     stopped = run("db-stop")
 

@@ -28,8 +28,9 @@ from pipeline.serving.app import create_app
 from pipeline.store import accesslog, db
 from pipeline.views import models_view
 from pipeline.workspace import Workspace
+from tests.commands import Cli, output
 from tests.conftest import create_scratch_database
-from tests.integration.stage_runs import Cli, fetch, make_run, output, quick_workspace, retrain_through_stages
+from tests.integration.stage_runs import fetch, make_run, quick_workspace, retrain_through_stages
 from tests.integration.test_serving import PREDICT, patient_records, running
 
 TOKEN = "erasure-test-token-0123456789"

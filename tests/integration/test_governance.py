@@ -2,7 +2,7 @@
 
 Models come from full retrains through the stage functions (ingest, validate, train on the
 clean snapshot, evaluate, promote) with only the ridge family configured, written to a copy
-of pipeline.yaml so the `python -m pipeline` subprocesses read the same configuration.
+of pipeline.yaml so the `python -m pipeline` commands (run in this process) read the same configuration.
 
 A second run that genuinely promotes needs a champion it can beat by the margin and
 significantly: version 1 is a heavily shrunk ridge (alpha 800, holdout R² about 0.4, over the
@@ -33,15 +33,8 @@ from pipeline.registry.runs import Run
 from pipeline.store import artifacts
 from pipeline.store.artifacts import ArtifactIntegrityError
 from pipeline.workspace import Workspace
-from tests.integration.stage_runs import (
-    DEMO_WATERMARK,
-    Cli,
-    cli_runner,
-    fetch,
-    make_run,
-    output,
-    promote_demo_champion,
-)
+from tests.commands import Cli, cli_in_process, output
+from tests.integration.stage_runs import DEMO_WATERMARK, fetch, make_run, promote_demo_champion
 
 WEAK_ALPHA = 800.0
 PROMOTE_ANY = -1.0  # margin: a candidate up to twice the champion's RMSE clears the margin test
@@ -76,11 +69,10 @@ def gws(settings: Settings, config_path: Path) -> Iterator[Workspace]:
 
 @pytest.fixture
 def cli(database_url: str, settings: Settings, config_path: Path) -> Cli:
-    """Run `python -m pipeline ARGS` on the test's database, artifacts and configuration."""
+    """`python -m pipeline ARGS`, in this process, on the test's database, artifacts and configuration."""
     env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(settings.artifact_dir),
            ENV_CONFIG: str(config_path), "OMP_NUM_THREADS": "1", "USER": "tester"}
-
-    return cli_runner(env)
+    return cli_in_process(env)
 
 
 def with_alpha(ws: Workspace, alpha: float) -> Workspace:
@@ -245,12 +237,12 @@ def tamper(ws: Workspace, version: int) -> tuple[Path, str, str]:
 
 
 def test_a_rollback_to_a_tampered_version_names_the_file_and_both_hashes(
-        gws: Workspace, champion: dict[str, Any], config_path: Path, cli_here: Cli) -> None:
+        gws: Workspace, champion: dict[str, Any], config_path: Path, cli: Cli) -> None:
     unjudged = train_candidate(gws, make_run("unjudged", datetime.now(UTC)))["version"]  # never evaluated
     path, registered, actual = tamper(gws, unjudged)
 
     for extra in ([], ["--force"]):  # its failed policy checks come second: the altered file is what is said
-        refused = cli_here("--config", str(config_path), "rollback", "--to", str(unjudged), "--reason", "try", *extra)
+        refused = cli("--config", str(config_path), "rollback", "--to", str(unjudged), "--reason", "try", *extra)
 
         assert refused.returncode == 1 and refused.stdout == ""
         [line] = refused.stderr.splitlines()

@@ -16,8 +16,9 @@ import pytest
 
 from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL
 from pipeline.store import health
+from tests.commands import cli_in_process, output
 from tests.conftest import Broker, missing_tool
-from tests.integration.stage_runs import cli_runner, output, wait_until
+from tests.integration.stage_runs import wait_until
 
 if shutil.which("redis-server") is None:
     missing_tool("redis-server is not installed (Debian: apt-get install redis-server); .ci/run installs it")
@@ -56,7 +57,7 @@ def test_health_is_unhealthy_while_the_broker_is_down(broker: Broker, worker: st
            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor", health.BROKER_URL: broker.url}
     env.pop(ENV_CONFIG, None)
     env.pop(health.METADATA_URL, None)
-    cli = cli_runner(env)
+    cli = cli_in_process(env)
 
     def checks() -> dict[str, health.Check]:
         return {c.name: c for c in health.readiness(env, database_url)}

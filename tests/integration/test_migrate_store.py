@@ -13,7 +13,8 @@ import sqlalchemy as sa
 from pipeline.registry.store_paths import PATH_COLUMNS, migrate_store
 from pipeline.store import artifacts
 from pipeline.workspace import Workspace
-from tests.integration.stage_runs import Cli, output, promote_demo_champion, quick_workspace
+from tests.commands import Cli, output
+from tests.integration.stage_runs import promote_demo_champion, quick_workspace
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -24,12 +24,11 @@ from pipeline.data.arrivals import claim_arrival_signal, count_new_labelled_rows
 from pipeline.registry import records
 from pipeline.store import db
 from pipeline.workspace import Workspace
+from tests.commands import cli_in_process, output
 from tests.integration.stage_runs import (
     DEMO_WATERMARK,
-    cli_runner,
     fetch,
     make_run,
-    output,
     quick_workspace,
     retrain_through_stages,
 )
@@ -192,7 +191,7 @@ def test_a_brand_new_database_works_through_the_cli(empty_database: str, tmp_pat
     env = {**os.environ, ENV_DATABASE_URL: empty_database, ENV_ARTIFACT_DIR: str(tmp_path / "artifacts"),
            "OMP_NUM_THREADS": "1"}
     env.pop(ENV_CONFIG, None)
-    cli = cli_runner(env)
+    cli = cli_in_process(env)
 
     status = output(cli("status", "--json"))  # no init-db first: the schema is applied on the way
     assert status == {"model": DEFAULT_MODEL, "config": str(PROJECT_ROOT / "pipeline.yaml"), "champion": None,

@@ -22,7 +22,8 @@ from pipeline.data import demo
 from pipeline.monitoring import outcomes, performance
 from pipeline.registry.runs import Run
 from pipeline.workspace import Workspace
-from tests.integration.stage_runs import fetch, output
+from tests.commands import output
+from tests.integration.stage_runs import fetch
 
 AS_OF = datetime(2026, 11, 30, tzinfo=UTC)
 

@@ -4,6 +4,7 @@ file, registry row or event is written, in one line naming the key or the column
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,10 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from pipeline.contract.settings import PROJECT_ROOT, Settings
+from pipeline.contract.settings import ENV_DATABASE_URL, PROJECT_ROOT, Settings
 from pipeline.data import demo
 from pipeline.workspace import Workspace
-from tests.integration.stage_runs import Cli
+from tests.commands import Cli, cli_in_process
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -83,7 +84,7 @@ CASES = {  # case: (config change, source change, extra arguments, the refusal's
 
 @pytest.mark.parametrize("case", CASES)
 def test_a_run_that_cannot_succeed_is_refused_before_it_writes_anything(
-        case: str, seeded: Workspace, settings: Settings, cli_here: Cli, tmp_path: Path) -> None:
+        case: str, seeded: Workspace, settings: Settings, cli: Cli, tmp_path: Path) -> None:
     change_config, change_source, extra, words = CASES[case]
     config = write_config(tmp_path, change_config or (lambda raw: None))
     if change_source:
@@ -91,30 +92,29 @@ def test_a_run_that_cannot_succeed_is_refused_before_it_writes_anything(
             change_source(conn)
     before = registry_state(seeded.engine, settings.artifact_dir)
 
-    refused = cli_here("--config", str(config), "retrain", "--run-id", "refused", *extra)
+    refused = cli("--config", str(config), "retrain", "--run-id", "refused", *extra)
 
     assert refused.returncode == 1 and refused.stdout == ""
     [line] = refused.stderr.splitlines()
     assert line.startswith("error: ") and words in line, line
     assert registry_state(seeded.engine, settings.artifact_dir) == before  # no run row, snapshot, file or event
     if case != "empty_selection":  # check-config checks as of now, and the demo rows are there by then
-        checked = cli_here("--config", str(config), "check-config")
+        checked = cli("--config", str(config), "check-config")
         assert checked.returncode == 1 and words in checked.stderr, checked.stderr
         assert registry_state(seeded.engine, settings.artifact_dir) == before
 
 
-def test_check_config_checks_the_source_when_it_reaches_the_database(seeded: Workspace, cli_here: Cli,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    reached = cli_here("check-config")
+def test_check_config_checks_the_source_when_it_reaches_the_database(seeded: Workspace, cli: Cli) -> None:
+    reached = cli("check-config")
     assert reached.returncode == 0, reached.stderr
     assert "source public.patient_records: columns, types and labelled rows up to now ok (checked on the database)" \
         in reached.stdout
     with seeded.engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM public.patient_records"))
-    empty = cli_here("check-config")
+    empty = cli("check-config")
     assert empty.returncode == 1 and "no labelled rows of public.patient_records" in empty.stderr
     assert "the table has no rows" in empty.stderr
-    monkeypatch.setenv("PIPELINE_DATABASE_URL", "postgresql+psycopg2://x@127.0.0.1:1/none")
-    unreached = cli_here("check-config")
+    unreached = cli_in_process({**os.environ, ENV_DATABASE_URL: "postgresql+psycopg2://x@127.0.0.1:1/none"})(
+        "check-config")
     assert unreached.returncode == 0, unreached.stderr
     assert "source not checked: database postgresql+psycopg2://x@127.0.0.1:1/none" in unreached.stdout

@@ -12,8 +12,6 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -23,11 +21,12 @@ import pytest
 import sqlalchemy as sa
 
 from pipeline import stages
-from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT
+from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL
 from pipeline.data import demo, ingest
 from pipeline.data.validate import ValidationFailed
 from pipeline.registry.runs import Run
 from pipeline.workspace import Workspace
+from tests.commands import cli_in_process
 from tests.integration.stage_runs import (
     DEMO_WATERMARK,
     champion_state,
@@ -201,8 +200,7 @@ def test_cli_quality_summarises_the_run(ws: Workspace, database_url: str,
            "OMP_NUM_THREADS": "1"}
     env.pop(ENV_CONFIG, None)
 
-    done = subprocess.run([sys.executable, "-m", "pipeline", "quality", "--json"], cwd=PROJECT_ROOT, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = cli_in_process(env)("quality", "--json")
 
     assert done.returncode == 0, done.stderr
     [summary] = json.loads(done.stdout)

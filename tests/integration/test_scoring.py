@@ -15,11 +15,10 @@ from pipeline.contract.settings import Settings
 from pipeline.data import demo
 from pipeline.serving import scoring
 from pipeline.workspace import Workspace
+from tests.commands import cli_in_process, output
 from tests.integration.stage_runs import (
-    cli_runner,
     fetch,
     make_run,
-    output,
     promote_demo_champion,
     quick_workspace,
     retrain_through_stages,
@@ -194,7 +193,7 @@ def test_no_champion_is_a_clear_error_and_a_failed_run(ws: Workspace) -> None:
 
 
 def test_cli_score_json_and_summary(qws: Workspace, settings: Settings) -> None:
-    cli = cli_runner({**os.environ, "PIPELINE_DATABASE_URL": settings.database_url or "",
+    cli = cli_in_process({**os.environ, "PIPELINE_DATABASE_URL": settings.database_url or "",
                       "PIPELINE_ARTIFACT_DIR": str(settings.artifact_dir)})
 
     result = output(cli("score", "--run-id", "cli-score", "--json"))

@@ -401,6 +401,7 @@ def test_service_refuses_to_start_without_tokens(ws: Workspace, tmp_path: Path, 
 
     env = {k: v for k, v in os.environ.items() if k != rest.ENV_API_TOKEN_FILE}
     env.update({ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(ws.settings.artifact_dir)})
+    # A real subprocess: a mistaken environment must not leave a server running in this one.
     refused = subprocess.run([sys.executable, "-m", "pipeline", "serve", "--port", str(free_port())], cwd=PROJECT_ROOT,
                              env=env, capture_output=True, text=True, timeout=300, check=False)
     assert refused.returncode == 1

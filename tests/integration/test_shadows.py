@@ -26,11 +26,10 @@ from pipeline.serving import scoring
 from pipeline.serving.app import create_app
 from pipeline.store.artifacts import ArtifactIntegrityError
 from pipeline.workspace import Workspace
+from tests.commands import Cli, cli_in_process, output
 from tests.integration.stage_runs import (
-    cli_runner,
     fetch,
     make_run,
-    output,
     promote_demo_champion,
     quick_workspace,
     retrain_through_stages,
@@ -64,10 +63,11 @@ def sws(ws: Workspace) -> Workspace:
 
 
 @pytest.fixture
-def cli(sws: Workspace, database_url: str, settings: Settings) -> Any:
+def cli(sws: Workspace, database_url: str, settings: Settings) -> Cli:
+    """`python -m pipeline ARGS`, in this process, on the test's database and artifacts (the shipped config)."""
     env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(settings.artifact_dir),
            "OMP_NUM_THREADS": "1", "USER": "tester"}
-    return cli_runner(env)
+    return cli_in_process(env)
 
 
 def forecasts(ws: Workspace, run_id: str, source: str) -> dict[str, dict[str, Any]]:
@@ -189,7 +189,7 @@ def test_a_shadow_whose_copy_fails_on_the_server_is_stopped_and_the_champions_ba
 # --- the shadow set --------------------------------------------------------------------------------
 
 
-def test_the_shadow_set_refuses_what_it_must_and_keeps_its_history(sws: Workspace, cli: Any) -> None:
+def test_the_shadow_set_refuses_what_it_must_and_keeps_its_history(sws: Workspace, cli: Cli) -> None:
     for version, error, match in ((1, ValueError, "version 1 is the champion"),
                                   (99, LookupError, "model version 99 is not registered")):
         with pytest.raises(error, match=match):
@@ -239,7 +239,7 @@ def retrain_snapshot(ws: Workspace, run_id: str) -> str:
 # --- promote --to ----------------------------------------------------------------------------------
 
 
-def test_promote_to_round_trips_with_history_and_live_evidence(sws: Workspace, cli: Any) -> None:
+def test_promote_to_round_trips_with_history_and_live_evidence(sws: Workspace, cli: Cli) -> None:
     champion.add_shadow(sws, 2, "test", "watch it")
     scored = scoring.score_batch(sws, "score-before")["rows_scored"]
     before = champion_rows(sws)
@@ -290,7 +290,7 @@ def test_promote_to_a_tampered_artifact_is_refused(sws: Workspace) -> None:
     assert champion_rows(sws) == before
 
 
-def test_shadow_add_of_a_tampered_version_is_refused_naming_the_hash(sws: Workspace, cli: Any) -> None:
+def test_shadow_add_of_a_tampered_version_is_refused_naming_the_hash(sws: Workspace, cli: Cli) -> None:
     overwrite_artifact(sws, 2)
     with sws.engine.connect() as conn:
         registered = records.get_model(conn, 2, sws.model)["artifact_hash"]

@@ -13,7 +13,7 @@ import yaml
 
 from pipeline.contract.settings import ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT
 from pipeline.store import db
-from tests.integration.stage_runs import cli_runner
+from tests.commands import cli_subprocess
 
 
 @pytest.fixture
@@ -38,9 +38,10 @@ def test_a_frozen_database_fails_in_one_line_within_the_connect_timeout(frozen_s
     raw["database"] = {"connect_timeout_seconds": 2}
     config = tmp_path / "impatient.yaml"
     config.write_text(yaml.safe_dump(raw))
-    cli = cli_runner({**os.environ, ENV_DATABASE_URL: frozen_server, ENV_CONFIG: str(config)})
+    # A real subprocess: a hang inside libpq would hold this process past any timeout; a child is killed at 300 s.
+    cli = cli_subprocess({**os.environ, ENV_DATABASE_URL: frozen_server, ENV_CONFIG: str(config)})
 
-    result = cli("status")  # cli_runner's own 300 s limit would fail this test if it hung
+    result = cli("status")
 
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()

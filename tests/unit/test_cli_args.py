@@ -67,6 +67,7 @@ def test_status_needs_a_positive_number_of_runs(capsys: pytest.CaptureFixture[st
 def test_an_unreachable_database_is_one_line_without_the_password() -> None:
     """Port 1 on loopback refuses at once: the command fails in one line naming the database."""
     env = {**os.environ, ENV_DATABASE_URL: "postgresql+psycopg2://crm:s3cret-pw@127.0.0.1:1/patients"}
+    # A real subprocess: everything the real process writes to stderr is one line (no driver or logging noise).
     result = subprocess.run([sys.executable, "-m", "pipeline", "status"], cwd=PROJECT_ROOT, env=env,
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 1

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from pipeline.contract.config import (
     suite_columns,
 )
 from pipeline.contract.settings import ENV_DATABASE_URL, PROJECT_ROOT
+from tests.commands import cli_in_process
 
 SHIPPED = PROJECT_ROOT / "pipeline.yaml"
 
@@ -462,8 +461,7 @@ def test_a_yaml_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
 
 
 def test_check_config_runs_the_checks_alone_without_a_database(tmp_path: Path) -> None:
-    good = subprocess.run([sys.executable, "-m", "pipeline", "check-config", "--json"], cwd=PROJECT_ROOT, capture_output=True,
-                          text=True, timeout=120, check=False, env={**os.environ, ENV_DATABASE_URL: "postgresql://x@127.0.0.1:1/none"})
+    good = cli_in_process({**os.environ, ENV_DATABASE_URL: "postgresql://x@127.0.0.1:1/none"})("check-config", "--json")
     assert good.returncode == 0, good.stderr
     checked = json.loads(good.stdout)
     assert {k: checked[k] for k in ("config", "model", "ok")} == {"config": str(SHIPPED), "model": "diabetes_progression",
@@ -475,16 +473,13 @@ def test_check_config_runs_the_checks_alone_without_a_database(tmp_path: Path) -
         "encrypt_at_rest": True, "manager": "local", "opened": True}
     hsm = write_variant(tmp_path, lambda raw: raw.update(security={"key_manager": "pkcs11", "pkcs11": {
         "module": str(tmp_path / "no-such-module.so"), "token_label": "pipeline"}}))
-    down = subprocess.run([sys.executable, "-m", "pipeline", "--config", str(hsm), "check-config"], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, ENV_DATABASE_URL: "postgresql://x@127.0.0.1:1/none",
-                               "PIPELINE_PKCS11_PIN": "1234"})
+    down = cli_in_process({**os.environ, ENV_DATABASE_URL: "postgresql://x@127.0.0.1:1/none",
+                           "PIPELINE_PKCS11_PIN": "1234"})("--config", str(hsm), "check-config")
     assert down.returncode == 0, down.stderr
     assert (f"key manager pkcs11 (pkcs11:pipeline@{tmp_path / 'no-such-module.so'}): CANNOT BE OPENED: PKCS#11 module "
             f"{tmp_path / 'no-such-module.so'}, token 'pipeline' cannot be opened") in down.stdout, down.stdout
     bad = write_variant(tmp_path, set_key("promotion.confidence", 1.5))
-    refused = subprocess.run([sys.executable, "-m", "pipeline", "--config", str(bad), "check-config"],
-                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False)
+    refused = cli_in_process(dict(os.environ))("--config", str(bad), "check-config")
     assert refused.returncode == 1
     assert refused.stderr.strip() == f"error: {bad}: promotion.confidence must be between 0 and 1, both excluded, got 1.5"
 

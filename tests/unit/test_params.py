@@ -16,14 +16,23 @@ def test_the_defaults_fill_an_empty_conf() -> None:
     assert params.check_conf({}, NOW) == {"margin": None, "dry_run": False, "force": False, "as_of": None}
 
 
-def test_an_unknown_key_is_refused_by_name() -> None:
-    with pytest.raises(params.ParamsRefused, match=r"unknown param 'marin': the retrain params are margin, dry_run"):
+def test_an_unknown_key_is_refused_by_name_listing_the_form_fields() -> None:
+    with pytest.raises(params.ParamsRefused, match=re.escape(
+            "unknown param 'marin': the retrain params are Promotion margin (margin), Dry run (dry_run), Force (force), "
+            "As of (past data cut-off) (as_of) (a typo?)")):
         params.check_conf({"marin": 5}, NOW)
+
+
+def test_a_refused_trigger_says_that_nothing_ran() -> None:
+    with pytest.raises(params.ParamsRefused, match=re.escape(
+            "trigger params refused, nothing ran: param Dry run (dry_run): 'yes' is not true or false")):
+        params.check_trigger({"dry_run": "yes"}, NOW)
+    assert params.check_trigger({"force": True}, NOW)["force"] is True
 
 
 @pytest.mark.parametrize("margin", [5, -0.01, 0.51, float("nan"), float("inf")])
 def test_a_margin_out_of_range_is_refused_not_clamped(margin: float) -> None:
-    with pytest.raises(params.ParamsRefused, match=r"param margin: .* is outside \[0, 0.5\] \(0.01 means 1 %\)"):
+    with pytest.raises(params.ParamsRefused, match=r"param Promotion margin \(margin\): .* is outside \[0, 0.5\] \(0.01 means 1 %\)"):
         params.check_conf({"margin": margin}, NOW)
 
 
@@ -33,11 +42,12 @@ def test_a_margin_in_range_is_kept_as_given(margin: float) -> None:
 
 
 @pytest.mark.parametrize(("conf", "message"), [
-    ({"margin": "0.1"}, "param margin: '0.1' is not a number"),
-    ({"margin": True}, "param margin: True is not a number"),
-    ({"dry_run": "yes"}, "param dry_run: 'yes' is not true or false"),
-    ({"as_of": "last tuesday"}, "param as_of: 'last tuesday' is not an ISO timestamp"),
-    ({"as_of": "2026-07-02T00:00:00+00:00"}, "param as_of: 2026-07-02T00:00:00+00:00 is in the future"),
+    ({"margin": "0.1"}, "param Promotion margin (margin): '0.1' is not a number"),
+    ({"margin": True}, "param Promotion margin (margin): True is not a number"),
+    ({"dry_run": "yes"}, "param Dry run (dry_run): 'yes' is not true or false"),
+    ({"as_of": "last tuesday"}, "param As of (past data cut-off) (as_of): 'last tuesday' is not an ISO timestamp"),
+    ({"as_of": "2026-07-02T00:00:00+00:00"},
+     "param As of (past data cut-off) (as_of): 2026-07-02T00:00:00+00:00 is in the future"),
 ])
 def test_a_value_of_the_wrong_kind_is_refused(conf: dict[str, object], message: str) -> None:
     with pytest.raises(params.ParamsRefused, match=re.escape(message)):
