@@ -15,7 +15,7 @@ from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_err
 from threadpoolctl import threadpool_limits
 
 from pipeline.contract.ages import monitored_columns
-from pipeline.contract.config import DatasetContract, PromotionPolicy, SliceSpec
+from pipeline.contract.config import RESAMPLING_METHODS, DatasetContract, PromotionPolicy, SliceSpec
 from pipeline.model.features import model_inputs
 from pipeline.runtime import threads
 
@@ -94,9 +94,8 @@ def bootstrap_improvement(observed: np.ndarray, champion: np.ndarray, candidate:
 
 # --- how the gain is resampled: every method by name, so a recorded decision is redone by its own method ---
 
-EXACT = "exact"  # the paired bootstrap of rows drawn with replacement, 2,000 resamples from one stream
-POISSON = "poisson-sequential"  # Poisson(1) row weights, one stream per resample, stopped once the decision is settled
-METHODS = (EXACT, POISSON)
+EXACT, POISSON = RESAMPLING_METHODS  # rows drawn with replacement, all resamples from one stream; Poisson(1) row
+# weights, one stream per resample, stopped once the decision is settled
 MC_Z = 3.29  # the Monte-Carlo band: 99.9 % (two-sided) around the decision probability and each interval endpoint
 FIRST_LOOK, LOOK_EVERY = 400, 200  # resamples before the first look at the decision, and between looks
 CHUNK_CELLS = 1 << 22  # resampled rows weighed at once: 4M float64 weights (32 MB) at any n
@@ -107,23 +106,27 @@ POISSON_WEIGHTS = np.searchsorted(_CDF, (np.arange(65536) + 0.5) / 65536, side="
 
 
 def resample_gain(method: str, observed: np.ndarray, champion: np.ndarray, candidate: np.ndarray,
-                  samples: int, confidence: float, seed: int) -> dict[str, Any]:
+                  samples: int, confidence: float, seed: int, **stop: Any) -> dict[str, Any]:
     """The interval of RMSE(champion) - RMSE(candidate) by the named method, with the method and its parameters,
-    so that `redo_resampling` gives the same numbers from the record alone."""
+    so that `redo_resampling` gives the same numbers from the record alone. `stop`: a sequential method's
+    first_look, look_every and mc_z, when not today's defaults."""
     if method == EXACT:
         return {"method": EXACT, "seed": seed,
                 **bootstrap_improvement(observed, champion, candidate, samples, confidence, seed)}
     if method == POISSON:
-        return poisson_improvement(observed, champion, candidate, samples, confidence, seed)
-    raise ValueError(f"unknown resampling method {method!r}: one of {', '.join(METHODS)}")
+        return poisson_improvement(observed, champion, candidate, samples, confidence, seed, **stop)
+    raise ValueError(f"unknown resampling method {method!r}: one of {', '.join(RESAMPLING_METHODS)}")
 
 
 def redo_resampling(recorded: dict[str, Any], observed: np.ndarray, champion: np.ndarray,
-                    candidate: np.ndarray) -> dict[str, Any]:
-    """A recorded interval computed again by the method it names (a record without one predates the choice: exact)."""
-    return resample_gain(recorded.get("method", EXACT), observed, champion, candidate,
-                         int(recorded.get("max_samples", recorded["samples"])), float(recorded["confidence"]),
-                         int(recorded["seed"]))
+                    candidate: np.ndarray, seed: int) -> dict[str, Any]:
+    """A recorded interval computed again by the method and parameters it names; a record without a method
+    predates the choice (the exact bootstrap), and one without a seed was drawn with training.seed, `seed`."""
+    redone = resample_gain(recorded.get("method", EXACT), observed, champion, candidate,
+                           int(recorded.get("max_samples", recorded["samples"])), float(recorded["confidence"]),
+                           int(recorded.get("seed", seed)),
+                           **{k: recorded[k] for k in ("first_look", "look_every", "mc_z") if k in recorded})
+    return redone if "method" in recorded else {k: v for k, v in redone.items() if k not in ("method", "seed")}
 
 
 def poisson_weights(seed: int, resample: int, out: np.ndarray, rows: np.ndarray) -> None:
@@ -170,28 +173,40 @@ def endpoint_band(gains: np.ndarray, quantile: float, z: float = MC_Z) -> list[f
     return [float(ordered[max(low, 0)]), float(ordered[min(high, b - 1)])]
 
 
-def poisson_improvement(observed: np.ndarray, champion: np.ndarray, candidate: np.ndarray,
-                        samples: int, confidence: float, seed: int) -> dict[str, Any]:
+def poisson_improvement(observed: np.ndarray, champion: np.ndarray, candidate: np.ndarray, samples: int,
+                        confidence: float, seed: int, first_look: int = FIRST_LOOK, look_every: int = LOOK_EVERY,
+                        mc_z: float = MC_Z) -> dict[str, Any]:
     """The paired Poisson bootstrap of RMSE(champion) - RMSE(candidate), stopped at the first look where the
     decision (the interval's low end above zero) lies outside the Monte-Carlo band; at most `samples` resamples."""
     errors = np.vstack([(champion - observed) ** 2, (candidate - observed) ** 2, np.ones(len(observed))])
     tail = (1.0 - confidence) / 2.0
-    first_look = min(FIRST_LOOK, samples)
+    first_look = min(first_look, samples)
     with threadpool_limits(1, user_api="blas"):  # sums added in one order whatever the task's threads
         gains = poisson_gains(errors, seed, 0, first_look)
         while True:
-            share, share_low, share_high = decision_band(gains)
+            share, share_low, share_high = decision_band(gains, mc_z)
             settled = share_high < tail or share_low > tail
             if settled or len(gains) >= samples:
                 break
-            more = poisson_gains(errors, seed, len(gains), min(LOOK_EVERY, samples - len(gains)))
+            more = poisson_gains(errors, seed, len(gains), min(look_every, samples - len(gains)))
             gains = np.concatenate([gains, more])
     return {"method": POISSON, "seed": seed, "mean": float(gains.mean()), "low": float(np.quantile(gains, tail)),
             "high": float(np.quantile(gains, 1.0 - tail)), "confidence": confidence, "samples": len(gains),
-            "max_samples": samples, "first_look": first_look, "look_every": LOOK_EVERY, "mc_z": MC_Z,
+            "max_samples": samples, "first_look": first_look, "look_every": look_every, "mc_z": mc_z,
             "stop_rule": "first look where the Clopper-Pearson band of the share of gains <= 0 excludes (1 - confidence) / 2",
             "share_not_better": share, "share_band": [share_low, share_high], "settled": settled,
-            "low_band": endpoint_band(gains, tail), "high_band": endpoint_band(gains, 1.0 - tail)}
+            "low_band": endpoint_band(gains, tail, mc_z), "high_band": endpoint_band(gains, 1.0 - tail, mc_z)}
+
+
+def resampling_words(recorded: dict[str, Any]) -> str:
+    """How an interval was resampled, in a few words: its method, resamples and, for a sequential one, whether
+    the decision was settled outside the Monte-Carlo band (a record without a method predates the choice: exact)."""
+    method, samples = recorded.get("method", EXACT), int(recorded.get("samples", 0))
+    if method != POISSON:
+        return f"{method} bootstrap, {samples} resamples"
+    band = math.erfc(recorded["mc_z"] / math.sqrt(2.0))
+    state = ("settled outside" if recorded["settled"] else "still inside, at the most it draws,")
+    return f"{method} bootstrap, {samples} resamples: the decision {state} the {1 - band:.1%} Monte-Carlo band"
 
 
 MISSING_GROUP = "(missing)"
@@ -310,7 +325,8 @@ def _challenge(candidate: dict[str, float], champion: dict[str, float], evidence
     boot = evidence["bootstrap"]
     verdict = (f"candidate RMSE {candidate['rmse']:.3f} vs champion {champion['rmse']:.3f} "
                f"(needs < {needed:.3f}, margin {policy.margin:.1%}); "
-               f"{boot['confidence']:.0%} interval of the gain [{boot['low']:+.3f}, {boot['high']:+.3f}]")
+               f"{boot['confidence']:.0%} interval of the gain [{boot['low']:+.3f}, {boot['high']:+.3f}] "
+               f"({resampling_words(boot)})")
     problems = []
     if not candidate["rmse"] < needed:  # strictly: an equally good model is no reason to switch
         problems.append("not better by the margin")
