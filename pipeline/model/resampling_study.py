@@ -49,12 +49,10 @@ def study_pairs(count: int, min_rows: int = 50, max_rows: int = 1_000_000, seed:
 
 
 def _noise(rng: np.random.Generator, distribution: str, n: int) -> np.ndarray:
-    if distribution == "t2":
-        return rng.standard_t(2, n)
-    if distribution == "t3":
-        return rng.standard_t(3, n)
+    if distribution in ("t2", "t3"):
+        return np.asarray(rng.standard_t(int(distribution[1]), n), dtype=np.float64)
     if distribution == "lognormal":
-        return rng.lognormal(0.0, 1.0, n) * rng.choice([-1.0, 1.0], n)
+        return np.asarray(rng.lognormal(0.0, 1.0, n) * rng.choice([-1.0, 1.0], n), dtype=np.float64)
     return rng.standard_normal(n)
 
 
