@@ -876,7 +876,7 @@ def reproduce_evaluation(ws: Workspace, run_id: str) -> dict[str, Any]:
     return {"run_id": run_id, "candidate_version": candidate["version"], "champion_version": recorded["champion_version"],
             "decision_recorded": recorded["decision"], "decision_now": decision.label,
             "resampling_recorded": None if before is None else {k: before.get(k, evaluate.EXACT) for k in keys},
-            "resampling_now": None if after is None else {k: after[k] for k in keys},
+            "resampling_now": None if after is None else {k: after.get(k, evaluate.EXACT) for k in keys},
             "interval_identical": before == after if before is None else
                                   all(before.get(k) == after.get(k) for k in ("low", "high", "mean", "samples")),
             "decision_identical": recorded["decision"] == decision.label}
