@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=300)
     parser.add_argument("--max-rows", type=int, default=1_000_000)
     parser.add_argument("--speed-rows", type=int, nargs="+", default=[100_000, 200_000, 1_000_000])
+    parser.add_argument("--part", type=int, nargs=2, metavar=("FIRST", "STOP"),
+                        help="only pairs FIRST..STOP-1 of the study (to share it between processes)")
     parser.add_argument("--speed-only", action="store_true")
     parser.add_argument("--study-only", action="store_true")
     args = parser.parse_args(argv)
@@ -61,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nagreement: {args.pairs} pairs, 50 to {args.max_rows} rows, at most {SAMPLES} resamples, "
               f"confidence {CONFIDENCE}")
         print(resampling_study.table([])[0])
-        rows = resampling_study.run_study(resampling_study.study_pairs(args.pairs, max_rows=args.max_rows),
+        pairs = resampling_study.study_pairs(args.pairs, max_rows=args.max_rows)
+        rows = resampling_study.run_study(pairs[slice(*args.part)] if args.part else pairs,
                                           SAMPLES, CONFIDENCE, SEED,
                                           progress=lambda row: print(resampling_study.table([row])[1], flush=True))
         ok, lines = resampling_study.verdict(rows)
