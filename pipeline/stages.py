@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -548,10 +548,12 @@ def comparison_holdout(ws: Workspace, holdout: Any, champion: dict[str, Any] | N
 
 
 def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str, Any] | None,
-                    policy: PromotionPolicy) -> tuple[dict[str, Any], cards.Scored | None]:
+                    policy: PromotionPolicy, resampled: dict[str, Any] | None = None,
+                    ) -> tuple[dict[str, Any], cards.Scored | None]:
     """Everything a promotion decision rests on, computed on the candidate's held-out rows less those the
     champion trained on (a champion judged on its own training rows would look better than it is); and,
-    when those are its whole holdout, the candidate's scores on it, for its card."""
+    when those are its whole holdout, the candidate's scores on it, for its card. `resampled`: a recorded
+    interval, to be computed again by its own method and parameters rather than the policy's."""
     from pipeline.model import cards, evaluate, features, train
 
     contract, fraction = ws.config.dataset, ws.config.training.holdout_fraction
@@ -580,9 +582,11 @@ def gather_evidence(ws: Workspace, candidate: dict[str, Any], champion: dict[str
     if finite:
         evidence["holdout_errors"] = store_holdout_errors(ws, observed, predicted)
     if finite and champion_predicted is not None and policy.confidence is not None:
-        evidence["bootstrap"] = evaluate.bootstrap_improvement(
-            observed, champion_predicted, predicted, policy.bootstrap_samples, policy.confidence,
-            seed=ws.config.training.seed)
+        evidence["bootstrap"] = (
+            evaluate.redo_resampling(resampled, observed, champion_predicted, predicted, ws.config.training.seed)
+            if resampled else evaluate.resample_gain(policy.bootstrap_method, observed, champion_predicted, predicted,
+                                                     policy.bootstrap_samples, policy.confidence,
+                                                     seed=ws.config.training.seed))
     scored = None if excluded else cards.Scored(int(candidate["version"]), fraction, train_mean, holdout, predicted,
                                                 evidence["behaviour"], model)
     return evidence, scored
@@ -849,6 +853,48 @@ def rollback_champion(ws: Workspace, run_id: str, reason: str, to_version: int |
     log.info("rolled back: version %s is champion again (replacing %s): %s", target, replaced, recorded)
     return {"champion": target, "replaced": replaced, "reason": reason.strip(), "run_id": run_id,
             "forced_past": failed}
+
+
+def reproduce_evaluation(ws: Workspace, run_id: str) -> dict[str, Any]:
+    """A run's recorded evaluation done again on the same versions, with the policy it recorded and its interval
+    resampled by the method it recorded (a record from before the choice of method: the exact bootstrap);
+    says whether the decision and the interval come out as recorded."""
+    from pipeline.model import evaluate
+
+    with ws.engine.connect() as conn:
+        recorded = records.get_evaluation(conn, run_id)
+        candidate = records.get_model(conn, recorded["candidate_version"], ws.model)
+        champion = (None if recorded["champion_version"] is None
+                    else records.get_model(conn, recorded["champion_version"], ws.model))
+    policy = recorded_policy(recorded["policy"] or {}, ws.config.promotion)
+    before = (recorded["evidence"] or {}).get("bootstrap")
+    evidence, _ = gather_evidence(ws, candidate, champion, policy, resampled=before)
+    decision = (evaluate.Decision(False, f"fail closed: {evidence['champion_error']}") if evidence["champion_error"]
+                else evaluate.decide_promotion(evidence, policy))
+    after = evidence["bootstrap"]
+    keys = ("method", "samples", "low", "high", "mean")
+    return {"run_id": run_id, "candidate_version": candidate["version"], "champion_version": recorded["champion_version"],
+            "decision_recorded": recorded["decision"], "decision_now": decision.label,
+            "resampling_recorded": None if before is None else {k: before.get(k, evaluate.EXACT) for k in keys},
+            "resampling_now": None if after is None else {k: after.get(k, evaluate.EXACT) for k in keys},
+            "interval_identical": before == after if before is None else
+                                  all(before.get(k) == after.get(k) for k in ("low", "high", "mean", "samples")),
+            "decision_identical": recorded["decision"] == decision.label}
+
+
+def recorded_policy(recorded: dict[str, Any], current: PromotionPolicy) -> PromotionPolicy:
+    """The promotion policy an evaluation recorded, over the current one for anything it did not record; a
+    record without a resampling method was made by the exact bootstrap, the only method then."""
+    from pipeline.contract.config import SliceSpec
+
+    known = {f.name for f in fields(PromotionPolicy)}
+    values = {k: v for k, v in recorded.items() if k in known}
+    values.setdefault("bootstrap_method", "exact")
+    if "slices" in values:
+        values["slices"] = tuple(SliceSpec(s["name"], s["column"], tuple(s.get("edges") or ())) for s in values["slices"])
+    if values.get("prediction_range") is not None:
+        values["prediction_range"] = tuple(values["prediction_range"])
+    return replace(current, **values)
 
 
 def reproduce_version(ws: Workspace, version: int) -> dict[str, Any]:

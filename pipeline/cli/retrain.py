@@ -1,4 +1,4 @@
-"""A retrain's stages by hand, with the arguments the DAG uses: ingest, validate, train, evaluate, promote, retrain, card, reproduce."""
+"""A retrain's stages by hand, with the arguments the DAG uses: ingest, validate, train, evaluate, promote, retrain, card, reproduce, reevaluate."""
 
 from __future__ import annotations
 
@@ -194,6 +194,27 @@ def text_reproduce(result: dict[str, Any]) -> str:
                           ["library differences", differences]]), *note])
 
 
+def cmd_reevaluate(ws: Workspace, args: argparse.Namespace) -> Any:
+    known_run(ws, args.run_id)
+    result = stages.reproduce_evaluation(ws, args.run_id)
+    if not (result["decision_identical"] and result["interval_identical"]):
+        print(f"the evaluation of run {args.run_id} did NOT reproduce", file=sys.stderr)
+    return result
+
+
+def text_reevaluate(result: dict[str, Any]) -> str:
+    def interval(r: dict[str, Any] | None) -> str:
+        return "none" if r is None else f"[{r['low']:+.3f}, {r['high']:+.3f}] by {r['method']}, {r['samples']} resamples"
+
+    same = {True: "identical", False: "different"}
+    return "\n".join([f"run {result['run_id']}: version {result['candidate_version']} against "
+                      f"{result['champion_version'] or 'no champion'}", *aligned([
+                          ["decision", f"{result['decision_now']} (recorded {result['decision_recorded']}): "
+                                       f"{same[result['decision_identical']]}"],
+                          ["interval", f"{interval(result['resampling_now'])} (recorded "
+                                       f"{interval(result['resampling_recorded'])}): {same[result['interval_identical']]}"]])])
+
+
 def register(add: Any) -> None:
     """The parsers of a retrain's stages."""
     add("ingest", cmd_ingest, "snapshot the labelled rows up to the watermark", run=True, text=text_ingest,
@@ -233,3 +254,8 @@ def register(add: Any) -> None:
             "snapshot_hash, train_rows, recorded_train_rows, library_differences, code_version_recorded, "
             "code_version_now}")
     p.add_argument("version", type=count_arg)
+    p = add("reevaluate", cmd_reevaluate, "evaluate a run's candidate again with its recorded policy and resampling "
+            "method; compare the decision and the interval", text=text_reevaluate,
+            json_help="{run_id, candidate_version, champion_version, decision_recorded, decision_now, "
+            "resampling_recorded, resampling_now, interval_identical, decision_identical}")
+    p.add_argument("run_id")

@@ -115,6 +115,12 @@ class SliceSpec:
     edges: tuple[float, ...] = ()  # numeric bands; empty: one slice per category
 
 
+# How evaluation resamples the holdout for the interval of the RMSE gain (pipeline.model.evaluate runs them):
+# "exact", the paired bootstrap of rows drawn with replacement, every one of bootstrap_samples resamples; and
+# "poisson-sequential", Poisson(1) row weights, stopped once the decision is outside the Monte-Carlo band.
+RESAMPLING_METHODS = ("exact", "poisson-sequential")
+
+
 @dataclass(frozen=True)
 class PromotionPolicy:
     """Promotion thresholds. A None threshold is not a default: promotion fails closed on it."""
@@ -123,7 +129,8 @@ class PromotionPolicy:
     min_r2: float | None
     margin: float | None
     confidence: float | None = None
-    bootstrap_samples: int = 2000
+    bootstrap_samples: int = 2000  # with poisson-sequential: the most it draws
+    bootstrap_method: str = "poisson-sequential"
     slice_tolerance: float | None = None
     min_slice_rows: int = 10
     slices: tuple[SliceSpec, ...] = ()
@@ -430,6 +437,14 @@ def _default(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
+def _resampling_method(value: Any, where: str) -> str:
+    if value is None:
+        return "poisson-sequential"
+    if value not in RESAMPLING_METHODS:
+        raise ConfigError(f"{where}.bootstrap_method must be one of {', '.join(RESAMPLING_METHODS)}, got {value!r}")
+    return str(value)
+
+
 def _parse_slices(raw: list[Any], where: str) -> tuple[SliceSpec, ...]:
     slices = []
     for i, item in enumerate(raw or []):
@@ -454,6 +469,7 @@ def _parse_promotion(raw: dict[str, Any], path: Path) -> PromotionPolicy:
         margin=_optional(raw, "margin", where, float),
         confidence=_optional(raw, "confidence", where, float),
         bootstrap_samples=_default(_optional(raw, "bootstrap_samples", where, int), 2000),
+        bootstrap_method=_resampling_method(raw.get("bootstrap_method"), where),
         slice_tolerance=_optional(raw, "slice_tolerance", where, float),
         min_slice_rows=_default(_optional(raw, "min_slice_rows", where, int), 10),
         slices=_parse_slices(raw.get("slices") or [], where),

@@ -548,7 +548,17 @@ def comparison_metrics_html(evaluation: Mapping[str, Any], evidence: Mapping[str
     return table(["metric", "candidate", "champion", "change (candidate − champion)"], rows) + note
 
 
-def bootstrap_html(bootstrap: Mapping[str, float] | None) -> str:
+def monte_carlo_words(bootstrap: Mapping[str, Any]) -> str:
+    """A sequential method's Monte-Carlo band of each endpoint of the change, in words; nothing for the exact one."""
+    if "low_band" not in bootstrap:
+        return ""
+    low, high = bootstrap["high_band"], bootstrap["low_band"]  # the change's low end is the gain's high end, negated
+    return (f" (the resamples place the change's low end in [{-low[1]:+.3f}, {-low[0]:+.3f}] and its high end in "
+            f"[{-high[1]:+.3f}, {-high[0]:+.3f}]; the share of resamples where the candidate is not better: "
+            f"{bootstrap['share_not_better']:.1%})")
+
+
+def bootstrap_html(bootstrap: Mapping[str, Any] | None) -> str:
     """The paired bootstrap interval of the RMSE change (candidate − champion), in words and as a plot."""
     if not bootstrap:
         return "<p>No bootstrap: there was no scored champion to compare with.</p>"
@@ -556,7 +566,8 @@ def bootstrap_html(bootstrap: Mapping[str, float] | None) -> str:
     words = (f"{bootstrap['confidence']:.0%} interval of the RMSE change (candidate − champion): "
              f"[{change['low']:+.3f}, {change['high']:+.3f}], mean {change['mean']:+.3f}"
              f" over {int(bootstrap.get('samples', 0))} resamples of the holdout rows. The candidate is "
-             "significantly better only when the whole interval lies below zero.")
+             "significantly better only when the whole interval lies below zero. Resampled by: "
+             f"{evaluate.resampling_words(dict(bootstrap))}{monte_carlo_words(bootstrap)}.")
     return f"<p class='interval'>{html.escape(words)}</p>" + image(
         plot_bootstrap(bootstrap), "Bootstrap interval of the RMSE change, with the zero mark")
 

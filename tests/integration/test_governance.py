@@ -12,6 +12,7 @@ significantly: version 1 is a heavily shrunk ridge (alpha 800, holdout R² about
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -382,6 +383,31 @@ def test_a_candidate_with_non_finite_predictions_is_kept_for_that_reason(gws: Wo
 # --- the evidence behind a decision ---------------------------------------------------------------
 
 
+def test_a_decision_is_redone_by_the_resampling_method_it_recorded(gws: Workspace, two_champions: dict[str, Any],
+                                                                  cli: Cli) -> None:
+    redone = output(cli("reevaluate", "second", "--json"))
+    assert (redone["decision_recorded"], redone["decision_now"]) == ("promote", "promote")
+    assert redone["decision_identical"] and redone["interval_identical"]
+    assert redone["resampling_now"] == redone["resampling_recorded"]
+    assert redone["resampling_now"]["method"] == "poisson-sequential"
+    # A record from before the method was recorded (no bootstrap_method in its policy, no method in its
+    # interval) was made by the exact bootstrap: it is redone by that, whatever the policy says today.
+    with gws.engine.connect() as conn:
+        candidate, champion = records.get_model(conn, 2, gws.model), records.get_model(conn, 1, gws.model)
+    exact = dataclasses.replace(gws.config.promotion, bootstrap_method="exact")
+    evidence, _ = stages.gather_evidence(gws, candidate, champion, exact)
+    old = {k: v for k, v in evidence["bootstrap"].items() if k not in ("method", "seed")}
+    with gws.engine.begin() as conn:
+        conn.execute(sa.text("""UPDATE pipeline.evaluations
+                                   SET evidence = jsonb_set(evidence, '{bootstrap}', CAST(:old AS jsonb)),
+                                       policy = policy - 'bootstrap_method'
+                                 WHERE run_id = 'second'"""), {"old": json.dumps(old)})
+    redone = stages.reproduce_evaluation(gws, "second")
+    assert redone["resampling_now"] == {**{k: old[k] for k in ("samples", "low", "high", "mean")}, "method": "exact"}
+    assert redone["interval_identical"] and redone["decision_identical"]
+    assert "by exact, 2000 resamples (recorded" in cli("reevaluate", "second").stdout
+
+
 def test_the_evidence_behind_each_decision_is_stored(gws: Workspace, two_champions: dict[str, Any]) -> None:
     rows = {r["run_id"]: r for r in fetch(gws, "SELECT * FROM pipeline.evaluations")}
     second, first = rows["second"], rows["first"]
@@ -389,9 +415,12 @@ def test_the_evidence_behind_each_decision_is_stored(gws: Workspace, two_champio
 
     assert (second["decision"], second["champion_version"]) == ("promote", 1)
     boot = evidence["bootstrap"]
-    assert (boot["confidence"], boot["samples"]) == (0.95, 2000)
+    assert (boot["confidence"], boot["max_samples"], boot["method"]) == (0.95, 2000, "poisson-sequential")
+    assert second["policy"]["bootstrap_method"] == "poisson-sequential" and boot["seed"] == gws.config.training.seed
+    assert boot["settled"] is True and boot["samples"] < 2000  # a clear gain: stopped at a look
     assert 0 < boot["low"] <= boot["mean"] <= boot["high"]
-    assert f"[{boot['low']:+.3f}, {boot['high']:+.3f}]" in second["reason"]
+    assert f"[{boot['low']:+.3f}, {boot['high']:+.3f}] (poisson-sequential bootstrap, {boot['samples']} resamples: " \
+           "the decision settled outside the 99.9% Monte-Carlo band)" in second["reason"]
     assert {(r["slice"], r["group"]) for r in evidence["slices"]} == SLICE_GROUPS
     for name in ("sex", "age", "bmi"):
         assert sum(r["n"] for r in evidence["slices"] if r["slice"] == name) == second["holdout_rows"]

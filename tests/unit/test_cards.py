@@ -145,6 +145,20 @@ def test_comparison_with_a_champion(card: cards.CardContent) -> None:
         "Bootstrap interval of the RMSE change, with the zero mark", "Candidate vs champion RMSE per slice group"]
 
 
+def test_comparison_names_the_resampling_method_and_its_monte_carlo_band() -> None:
+    old = section(cards.comparison_html(comparison(), slice_tolerance=0.1), "bootstrap")
+    assert "Resampled by: exact bootstrap, 2000 resamples." in old  # a record from before the method was recorded
+    evaluation = comparison()
+    evaluation["evidence"]["bootstrap"] |= {
+        "method": "poisson-sequential", "samples": 400, "max_samples": 2000, "mc_z": 3.29, "settled": True,
+        "share_not_better": 0.0, "low_band": [-1.0, -0.5], "high_band": [3.5, 4.25]}
+    words = section(cards.comparison_html(evaluation, slice_tolerance=0.1), "bootstrap")
+    assert "[-3.875, +0.750], mean -1.500 over 400 resamples" in words
+    assert ("Resampled by: poisson-sequential bootstrap, 400 resamples: the decision settled outside the 99.9% "
+            "Monte-Carlo band (the resamples place the change&#x27;s low end in [-4.250, -3.500] and its high end "
+            "in [+0.500, +1.000]; the share of resamples where the candidate is not better: 0.0%).") in words
+
+
 def test_comparison_highlights_slices_over_the_tolerance() -> None:
     slices = section(cards.comparison_html(comparison(), slice_tolerance=0.1), "slices")
     rows = re.findall(r"<tr( class='[^']*')?><td>(\w+)</td><td>([^<]*)</td>", slices)

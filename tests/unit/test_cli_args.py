@@ -80,7 +80,7 @@ def test_an_unreachable_database_is_one_line_without_the_password() -> None:
 # --- output: text for people by default, one JSON document with --json ----------------------------------------
 
 MINIMAL_ARGS = {"simulate-arrivals": ["--rows", "1"], "validate": ["--snapshot", "h"], "train": ["--snapshot", "h"],
-                "evaluate": ["--version", "1"], "card": ["1"], "reproduce": ["1"],
+                "evaluate": ["--version", "1"], "card": ["1"], "reproduce": ["1"], "reevaluate": ["r"],
                 "erase": ["--id", "17", "--reason", "asked"], "erasure-report": ["17"]}
 
 

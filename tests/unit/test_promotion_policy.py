@@ -18,7 +18,15 @@ import pytest
 import yaml
 from sklearn.pipeline import Pipeline
 
-from pipeline.contract.config import DatasetContract, Feature, PipelineConfig, PromotionPolicy, SliceSpec, load_config
+from pipeline.contract.config import (
+    RESAMPLING_METHODS,
+    DatasetContract,
+    Feature,
+    PipelineConfig,
+    PromotionPolicy,
+    SliceSpec,
+    load_config,
+)
 from pipeline.contract.settings import PROJECT_ROOT
 from pipeline.model import train
 from pipeline.model.evaluate import (
@@ -26,6 +34,7 @@ from pipeline.model.evaluate import (
     bootstrap_improvement,
     decide_promotion,
     regression_metrics,
+    resample_gain,
     slice_labels,
     slice_table,
 )
@@ -37,7 +46,7 @@ SLICES = (SliceSpec("sex", "sex"), SliceSpec("age", "age_years", (40.0, 60.0)), 
 POLICY = PromotionPolicy(
     metric="rmse", min_r2=0.2, margin=0.01, confidence=0.95, bootstrap_samples=2000, slice_tolerance=0.10,
     min_slice_rows=10, slices=SLICES, prediction_range=(0.0, 500.0), directions={"bmi": 10.0, "glucose": 50.0},
-    max_drop=5.0,
+    max_drop=5.0, bootstrap_method="exact",
 )
 THRESHOLDS = ["min_r2", "margin", "confidence", "slice_tolerance", "prediction_range", "max_drop"]
 SEED = 42  # the bootstrap seed (gather_evidence passes training.seed)
@@ -63,8 +72,8 @@ def build_evidence(holdout: pd.DataFrame, contract: DatasetContract, policy: Pro
         "slices": slice_table(holdout, contract, policy, candidate, champion),
     }
     if champion is not None and policy.confidence is not None:
-        evidence["bootstrap"] = bootstrap_improvement(observed, champion, candidate, policy.bootstrap_samples,
-                                                      policy.confidence, seed=SEED)
+        evidence["bootstrap"] = resample_gain(policy.bootstrap_method, observed, champion, candidate,
+                                              policy.bootstrap_samples, policy.confidence, seed=SEED)
     return evidence
 
 
@@ -87,11 +96,22 @@ def holdout(demo_frame: pd.DataFrame) -> pd.DataFrame:
     return demo_frame
 
 
+@pytest.fixture(scope="module", params=RESAMPLING_METHODS)
+def method(request: pytest.FixtureRequest) -> str:
+    """Each way of resampling the gain: every decision below is the same by either."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def clearly_better(holdout: pd.DataFrame, contract: DatasetContract) -> dict[str, Any]:
+def policy(method: str) -> PromotionPolicy:
+    return dataclasses.replace(POLICY, bootstrap_method=method)
+
+
+@pytest.fixture(scope="module")
+def clearly_better(holdout: pd.DataFrame, contract: DatasetContract, policy: PromotionPolicy) -> dict[str, Any]:
     """A champion with errors of sd 40 and a candidate with errors of sd 15."""
     y = outcome(holdout, contract)
-    return build_evidence(holdout, contract, POLICY, noisy(y, 15.0, seed=1), noisy(y, 40.0, seed=2),
+    return build_evidence(holdout, contract, policy, noisy(y, 15.0, seed=1), noisy(y, 40.0, seed=2),
                           train_mean=float(y.mean()))
 
 
@@ -99,11 +119,11 @@ def clearly_better(holdout: pd.DataFrame, contract: DatasetContract) -> dict[str
 
 
 def test_a_gain_that_is_only_noise_is_not_significant_even_past_the_margin(
-        holdout: pd.DataFrame, contract: DatasetContract) -> None:
+        holdout: pd.DataFrame, contract: DatasetContract, method: str) -> None:
     y = outcome(holdout, contract)
     champion = noisy(y, 40.0, seed=5)
     candidate = champion + np.random.default_rng(3).normal(0.0, 2.0, len(y))  # the champion, jittered
-    policy = dataclasses.replace(POLICY, margin=0.0005)
+    policy = dataclasses.replace(POLICY, margin=0.0005, bootstrap_method=method)
     evidence = build_evidence(holdout, contract, policy, candidate, champion, train_mean=float(y.mean()))
     # Preconditions: by the point estimate alone this candidate would pass the margin.
     assert evidence["candidate"]["rmse"] < evidence["champion"]["rmse"] * (1 - policy.margin)
@@ -120,7 +140,8 @@ def test_a_gain_that_is_only_noise_is_not_significant_even_past_the_margin(
 def test_a_clearly_better_candidate_is_significant_and_promoted(clearly_better: dict[str, Any]) -> None:
     boot = clearly_better["bootstrap"]
     assert 0 < boot["low"] < boot["mean"] < boot["high"]
-    assert (boot["confidence"], boot["samples"]) == (POLICY.confidence, POLICY.bootstrap_samples)
+    assert (boot["confidence"], boot.get("max_samples", boot["samples"])) == (POLICY.confidence, POLICY.bootstrap_samples)
+    assert boot.get("method", "exact") in RESAMPLING_METHODS and boot["samples"] <= POLICY.bootstrap_samples
     gain = clearly_better["champion"]["rmse"] - clearly_better["candidate"]["rmse"]
     assert boot["low"] < gain < boot["high"]
 
@@ -166,15 +187,15 @@ def test_bootstrap_agrees_with_an_independent_loop_and_is_seeded() -> None:
 # --- slices --------------------------------------------------------------------------------------
 
 
-def test_a_candidate_much_worse_on_one_slice_is_kept_naming_it(holdout: pd.DataFrame,
-                                                              contract: DatasetContract) -> None:
+def test_a_candidate_much_worse_on_one_slice_is_kept_naming_it(holdout: pd.DataFrame, contract: DatasetContract,
+                                                              policy: PromotionPolicy) -> None:
     y = outcome(holdout, contract)
     female = (holdout["sex"] == "F").to_numpy()
     champion_errors = np.random.default_rng(3).normal(0.0, 40.0, len(y))
     champion = y + champion_errors
     # Far better for men, exactly 15 % worse for women: better on average, over the 10 % tolerance on one slice.
     candidate = np.where(female, y + 1.15 * champion_errors, y + 0.1 * champion_errors)
-    evidence = build_evidence(holdout, contract, POLICY, candidate, champion, train_mean=float(y.mean()))
+    evidence = build_evidence(holdout, contract, policy, candidate, champion, train_mean=float(y.mean()))
     assert evidence["candidate"]["rmse"] < 0.9 * evidence["champion"]["rmse"]
     assert evidence["bootstrap"]["low"] > 0
     women = slice_row(evidence, "sex", "F")
@@ -188,15 +209,15 @@ def test_a_candidate_much_worse_on_one_slice_is_kept_naming_it(holdout: pd.DataF
     assert "not significant" not in decision.reason and "not better by the margin" not in decision.reason
 
 
-def test_a_slice_under_min_slice_rows_is_reported_but_not_judged(holdout: pd.DataFrame,
-                                                                 contract: DatasetContract) -> None:
+def test_a_slice_under_min_slice_rows_is_reported_but_not_judged(holdout: pd.DataFrame, contract: DatasetContract,
+                                                                 policy: PromotionPolicy) -> None:
     female_rows = holdout.index[holdout["sex"] == "F"][:5]
     few_women = holdout.loc[(holdout["sex"] == "M") | holdout.index.isin(female_rows)]
     y = outcome(few_women, contract)
     female = (few_women["sex"] == "F").to_numpy()
     champion_errors = np.random.default_rng(4).normal(0.0, 40.0, len(y))
     candidate = y + np.where(female, 3.0, 0.3) * champion_errors  # three times worse on the 5 women
-    evidence = build_evidence(few_women, contract, POLICY, candidate, y + champion_errors,
+    evidence = build_evidence(few_women, contract, policy, candidate, y + champion_errors,
                               train_mean=float(y.mean()))
     women = slice_row(evidence, "sex", "F")
     assert (women["n"], women["judged"]) == (5, False)
@@ -212,13 +233,13 @@ def test_a_slice_under_min_slice_rows_is_reported_but_not_judged(holdout: pd.Dat
 
 
 def test_a_slice_where_the_champion_is_exact_still_blocks_a_worse_candidate(
-        holdout: pd.DataFrame, contract: DatasetContract) -> None:
+        holdout: pd.DataFrame, contract: DatasetContract, policy: PromotionPolicy) -> None:
     y = outcome(holdout, contract)
     female = (holdout["sex"] == "F").to_numpy()
     errors = np.random.default_rng(6).normal(0.0, 1.0, len(y))
     champion = np.where(female, y + 60.0 * errors, y)       # exact for the 207 men
     candidate = np.where(female, y + 5.0 * errors, y + 20.0 * errors)
-    evidence = build_evidence(holdout, contract, POLICY, candidate, champion, train_mean=float(y.mean()))
+    evidence = build_evidence(holdout, contract, policy, candidate, champion, train_mean=float(y.mean()))
     men = slice_row(evidence, "sex", "M")
     assert men["judged"] is True and men["champion_rmse"] == 0.0 and men["candidate_rmse"] > 15.0
 
