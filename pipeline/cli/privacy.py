@@ -16,7 +16,8 @@ def cmd_quarantine(ws: Workspace, args: argparse.Namespace) -> Any:
     from pipeline.views import models_view
 
     return models_view.read_quarantine(ws.engine, ws.model, accesslog.cli_principal(), accesslog.command_line(),
-                                       "quarantine", args.run_id, args.code, args.limit, channel="cli")
+                                       "quarantine", args.run_id, args.code, args.limit, channel="cli",
+                                       keys=ws.keyring)
 
 
 def text_quarantine(rows: list[dict[str, Any]]) -> str:
