@@ -88,6 +88,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         config_path=PROJECT_ROOT / "pipeline.yaml",
         artifact_dir=tmp_path / "artifacts",
         pgdata_dir=PROJECT_ROOT / ".pgdata",
+        key_file=tmp_path / "secrets" / "master.key",  # the test's own master keys, outside its artifact store
     )
 
 

@@ -249,6 +249,31 @@ class ErasurePolicy:
     wait_seconds: int = 900  # how long an erasure waits for the stages at work to end before it fails
 
 
+KEY_MANAGERS = ("local", "pkcs11")  # pipeline.store.keys: a local key file, or a PKCS#11 token (an HSM, SoftHSM2)
+DEFAULT_PIN_ENV = "PIPELINE_PKCS11_PIN"
+
+
+@dataclass(frozen=True)
+class Pkcs11Policy:
+    """Where the PKCS#11 token is: the module (the vendor's .so), the token's label, the PIN's source."""
+
+    module: Path
+    token_label: str
+    pin_file: Path | None = None  # a file holding the user PIN (mode 0600); else the environment variable pin_env
+    pin_env: str = DEFAULT_PIN_ENV
+    key_label: str = "pipeline-master"  # the master keys on the token are labelled this, then '/' and their id
+
+
+@dataclass(frozen=True)
+class SecurityPolicy:
+    """Encryption at rest (issue 30): on by default; which key manager wraps the data keys."""
+
+    encrypt_at_rest: bool = True
+    key_manager: str = "local"  # see KEY_MANAGERS
+    key_file: Path | None = None  # local: PIPELINE_KEY_FILE wins; neither set: .secrets/master.key
+    pkcs11: Pkcs11Policy | None = None
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     path: Path
@@ -262,6 +287,7 @@ class PipelineConfig:
     serving: ServingPolicy = field(default_factory=ServingPolicy)
     erasure: ErasurePolicy = field(default_factory=ErasurePolicy)
     alerts: AlertPolicy = field(default_factory=AlertPolicy)
+    security: SecurityPolicy = field(default_factory=SecurityPolicy)
 
 
 def _require(section: dict[str, Any], key: str, where: str) -> Any:
@@ -540,6 +566,39 @@ def _known_keys(raw: Any, known: Iterable[str], where: str) -> dict[str, Any]:
     return raw
 
 
+def _parse_pkcs11(raw: Any, path: Path) -> Pkcs11Policy:
+    """`security.pkcs11`: the module and token are required; the PIN is never written here."""
+    where = f"{path}: security.pkcs11"
+    if isinstance(raw, dict) and "pin" in raw:
+        raise ConfigError(f"{where}.pin: a PIN is never written in the configuration; put it in a file named by "
+                          f"pin_file (mode 0600) or in the environment variable named by pin_env ({DEFAULT_PIN_ENV})")
+    raw = _known_keys(raw, [f.name for f in fields(Pkcs11Policy)], where)
+    pin_file = raw.get("pin_file")
+    return Pkcs11Policy(module=Path(str(_require(raw, "module", where))),
+                        token_label=str(_require(raw, "token_label", where)),
+                        pin_file=None if pin_file is None else (path.parent / str(pin_file)).resolve(),
+                        pin_env=str(raw.get("pin_env") or DEFAULT_PIN_ENV),
+                        key_label=str(raw.get("key_label") or Pkcs11Policy.key_label))
+
+
+def _parse_security(raw: Any, path: Path) -> SecurityPolicy:
+    """The optional `security:` section; a relative key_file is read from the configuration file's folder."""
+    where = f"{path}: security"
+    raw = _known_keys(raw, [f.name for f in fields(SecurityPolicy)], where)
+    encrypt = raw.get("encrypt_at_rest", True)
+    if not isinstance(encrypt, bool):
+        raise ConfigError(f"{where}.encrypt_at_rest must be true or false, got {encrypt!r}")
+    manager = raw.get("key_manager", "local")
+    if manager not in KEY_MANAGERS:
+        raise ConfigError(f"{where}.key_manager must be one of {list(KEY_MANAGERS)}, got {manager!r}")
+    pkcs11 = None if raw.get("pkcs11") is None else _parse_pkcs11(raw["pkcs11"], path)
+    if manager == "pkcs11" and pkcs11 is None:
+        raise ConfigError(f"{where}: key_manager is pkcs11 but security.pkcs11 (module, token_label) is missing")
+    key_file = raw.get("key_file")
+    return SecurityPolicy(encrypt_at_rest=encrypt, key_manager=manager, pkcs11=pkcs11,
+                          key_file=None if key_file is None else (path.parent / str(key_file)).resolve())
+
+
 def _parse_alerts(raw: Any, path: Path) -> AlertPolicy:
     where = f"{path}: alerts"
     raw = _known_keys(raw, ("email", "webhook_url", "events", "timeout_seconds"), where)
@@ -651,6 +710,7 @@ def load_config(path: Path) -> PipelineConfig:
         serving=_parse_serving(raw.get("serving") or {}, path),
         erasure=_parse_erasure(raw.get("erasure") or {}, path),
         alerts=_parse_alerts(raw.get("alerts") or {}, path),
+        security=_parse_security(raw.get("security") or {}, path),
     )
     check_ranges(config)
     check_column_names(config)

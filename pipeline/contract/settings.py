@@ -16,6 +16,7 @@ ARTIFACT_STORES = ("local", "postgres")  # postgres: the artifact dir is this ma
 ENV_PGDATA = "PIPELINE_PGDATA"
 ENV_MODELS_DIR = "PIPELINE_MODELS_DIR"
 ENV_ERASURE_KEY_FILE = "PIPELINE_ERASURE_KEY_FILE"  # the key of erased ids' tombstones: outside the artifact store
+ENV_KEY_FILE = "PIPELINE_KEY_FILE"  # the local master keys (security.key_file): one file every worker reaches
 ENV_VIEW_URL = "PIPELINE_VIEW_URL"
 VIEW_PATH = "/models-view"  # where plugins/models_view.py mounts the Models view in the Airflow UI
 
@@ -35,6 +36,7 @@ class Settings:
     models_dir: Path = PROJECT_ROOT / "models"  # more model configs (*.yaml), each with DAGs of its own
     artifact_store: str = "local"  # see ARTIFACT_STORES and `pipeline.store.artifacts.ArtifactStore`
     erasure_key_file: Path = PROJECT_ROOT / ".secrets" / "erasure.key"  # made on first use, mode 0600
+    key_file: Path | None = None  # PIPELINE_KEY_FILE; None: security.key_file, else .secrets/master.key
     view_url: str = VIEW_PATH  # the Models view, as logs link reports (http://host:8080/models-view under Airflow)
 
     def __post_init__(self) -> None:
@@ -53,5 +55,6 @@ class Settings:
             models_dir=Path(env.get(ENV_MODELS_DIR) or PROJECT_ROOT / "models"),
             artifact_store=env.get(ENV_ARTIFACT_STORE) or "local",
             erasure_key_file=Path(env.get(ENV_ERASURE_KEY_FILE) or PROJECT_ROOT / ".secrets" / "erasure.key"),
+            key_file=Path(env[ENV_KEY_FILE]) if env.get(ENV_KEY_FILE) else None,
             view_url=(env.get(ENV_VIEW_URL) or VIEW_PATH).rstrip("/"),
         )

@@ -34,6 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from pipeline.contract.settings import Settings
 from pipeline.store.artifacts import ArtifactIntegrityError
+from pipeline.store.keys import KeyUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,  # disk full, read-only, permissions
     MemoryError,
     ArtifactIntegrityError,  # a stored file missing or corrupted: the store, not the rows
+    KeyUnavailable,  # a key file or token missing, unreachable or wrong (pipeline.store.keys): not the rows
     InfrastructureFailure,
 )
 
