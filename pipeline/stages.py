@@ -323,7 +323,7 @@ def _training_rows(ws: Workspace, snapshot_hash: str) -> tuple[Any, dict[str, An
     first = frame.iloc[held[:1]]
     holdout = {"rows": len(held), "start": {
         contract.labelled_at_column(): str(train.labelled_at(first, contract).iloc[0]),
-        contract.id_column: quality.source_id(first[contract.id_column].iloc[0])}}
+        **holdout_start_id(ws, quality.source_id(first[contract.id_column].iloc[0]))}}
     return frame[list(dict.fromkeys([*contract.feature_names(), contract.target_column]))].iloc[trained], holdout
 
 
@@ -494,6 +494,9 @@ def _champion_training_ids(ws: Workspace, champion: dict[str, Any]) -> Any:
             "snapshot is in the store") from exc
     ids = keys[contract.id_column]
     first_held_out = quality.source_id(ids.iloc[held[0]])
+    if HOLDOUT_ID_HMAC in started:  # recorded as its keyed hash (encryption at rest): compared as one
+        started = {**started, contract.id_column: started[HOLDOUT_ID_HMAC]}
+        first_held_out = holdout_start_id(ws, first_held_out)[HOLDOUT_ID_HMAC]
     if (erased := _rows_erased_since(ws, champion["snapshot_hash"])):
         # rows erased since it trained: the split of the redacted snapshot can move by as many rows, and an
         # erased row can be in no holdout (its id is refused at ingest), so the ids left are the ones to keep out
@@ -509,6 +512,17 @@ def _champion_training_ids(ws: Workspace, champion: dict[str, Any]) -> Any:
             f"training rows and a holdout starting at id {first_held_out}, but the version records "
             f"{champion['train_rows']} and {started}: the rows it trained on are unknown")
     return ids.iloc[trained]
+
+
+HOLDOUT_ID_HMAC = "id_hmac"  # a version's holdout start names its first row by the keyed hash of its id
+
+
+def holdout_start_id(ws: Workspace, source_id: Any) -> dict[str, Any]:
+    """How a version records the id of its holdout's first row: with encryption at rest, as its keyed hash
+    (the erasure key's HMAC, as a tombstone: the registry then holds no patient id); else the id itself."""
+    if not ws.store.encrypt:
+        return {ws.config.dataset.id_column: source_id}
+    return {HOLDOUT_ID_HMAC: tombstones.tombstone(tombstones.load_key(ws.settings.erasure_key_file), source_id)}
 
 
 def _rows_erased_since(ws: Workspace, snapshot_hash: str) -> int:

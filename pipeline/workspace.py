@@ -54,7 +54,7 @@ class Workspace:
         every worker reaches the same key source."""
         from pipeline.store import keys
 
-        return crypto.Keyring(self.engine, lambda: keys.open_key_manager(self.config))
+        return crypto.Keyring(self.engine, lambda: keys.open_key_manager(self.settings, self.config))
 
     @cached_property
     def store(self) -> artifacts.ArtifactStore:

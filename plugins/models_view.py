@@ -50,9 +50,8 @@ def _engine() -> Engine:
 @cache
 def _keyring() -> Keyring:
     """The data keys sealed pages and quarantine rows open with: the key manager the main config names."""
-    from pipeline.contract.config import load_config
     from pipeline.store import crypto, keys
-    return crypto.Keyring(_engine(), lambda: keys.open_key_manager(load_config(_settings().config_path)))
+    return crypto.Keyring(_engine(), lambda: keys.open_key_manager(_settings()))
 
 
 def _entries() -> dict[str, ModelEntry]:

@@ -30,6 +30,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from pipeline.contract.settings import Settings
 from pipeline.store import crypto
+from pipeline.store.crypto import (
+    ArtifactIntegrityError as ArtifactIntegrityError,  # defined there: crypto raises it too
+)
 from pipeline.store.crypto import Keyring
 
 log = logging.getLogger(__name__)
@@ -72,10 +75,6 @@ MOVED_MODULES = {
     "pipeline.train": "pipeline.model.train",
     "pipeline.validate": "pipeline.data.validate",
 }
-
-
-class ArtifactIntegrityError(RuntimeError):
-    """A stored file's bytes no longer match the hash it was registered under."""
 
 
 def sha256_bytes(data: bytes | memoryview) -> str:

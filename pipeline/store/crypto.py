@@ -31,6 +31,8 @@ from typing import IO, Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from pipeline.store.keys import KeyUnavailable
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"\x89PSEAL\r\n"  # no Parquet (PAR1), pickle (\x80), HTML, NumPy (\x93NUMPY) or ONNX file starts so
@@ -41,12 +43,17 @@ _FIXED = len(MAGIC) + 2  # magic, version, len(key_ref)
 _VALUE_VERSION = b"\x01"
 
 
-class SealError(RuntimeError):
-    """A sealed file or value that cannot be opened: the wrong key, a destroyed or missing key, no key manager."""
+class ArtifactIntegrityError(RuntimeError):
+    """A stored file's bytes no longer match the hash it was registered under (`pipeline.store.artifacts`)."""
 
 
-class TamperedError(SealError):
-    """A sealed file whose bytes do not authenticate under its (right) key: modified, truncated or corrupted."""
+class SealError(KeyUnavailable):
+    """A sealed file or value that cannot be opened: the wrong key, a destroyed or missing key, no key manager.
+    The rows are not at fault: like every KeyUnavailable, an infrastructure failure."""
+
+
+class TamperedError(SealError, ArtifactIntegrityError):
+    """A sealed file or value whose bytes do not authenticate under its (right) key: modified, cut or corrupted."""
 
 
 @dataclass(eq=False)
@@ -70,8 +77,8 @@ class Keyring:
         """Where the master key lives, as errors name it (the key file, the PKCS#11 token)."""
         try:
             manager = self.manager
-        except Exception as exc:
-            return f"a key manager that does not open ({exc})"
+        except KeyUnavailable as exc:
+            return exc.source or f"a key manager that does not open ({exc})"
         return str(getattr(manager, "source", None) or manager)
 
     def new(self) -> tuple[str, bytes]:
@@ -89,9 +96,9 @@ class Keyring:
 
             try:
                 self._keys[ref] = keys.data_key(self.engine, self.manager, ref)
-            except Exception as exc:  # destroyed, unknown, the wrong master key, the key file missing
-                raise SealError(f"cannot open {what}: its data key {ref} cannot be unwrapped with the master key "
-                                f"from {self.source}: {exc}") from exc
+            except KeyUnavailable as exc:  # destroyed, unknown, the wrong master key, the key file missing
+                raise type(exc)(f"cannot open {what}: {exc} (key source {exc.source or self.source})", ref,
+                                exc.source or self.source) from exc
         return self._keys[ref]
 
     def sealer(self) -> ValueSealer:

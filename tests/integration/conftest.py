@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, Settings
+from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, ENV_KEY_FILE, Settings
 from pipeline.workspace import Workspace
 from tests.integration.stage_runs import Cli, cli_in_process, cli_runner
 
@@ -26,6 +26,7 @@ def cli(database_url: str, tmp_path: Path) -> Cli:
     """`python -m pipeline ARGS` on the test's database and artifact folder (the `settings` fixture's), with
     the shipped config."""
     env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(tmp_path / "artifacts"),
+           ENV_KEY_FILE: str(tmp_path / "secrets" / "master.key"),  # the `settings` fixture's master keys
            "OMP_NUM_THREADS": "1"}  # the CLI shares two cores with the test run
     env.pop(ENV_CONFIG, None)
     return cli_runner(env)
@@ -38,5 +39,6 @@ def cli_here(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     does, not of the process boundary, without paying a new interpreter's imports per command."""
     monkeypatch.setenv(ENV_DATABASE_URL, database_url)
     monkeypatch.setenv(ENV_ARTIFACT_DIR, str(tmp_path / "artifacts"))
+    monkeypatch.setenv(ENV_KEY_FILE, str(tmp_path / "secrets" / "master.key"))
     monkeypatch.delenv(ENV_CONFIG, raising=False)
     return cli_in_process(capsys)

@@ -34,8 +34,11 @@ SCORER_WAITING = ("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Loc
 
 
 def fetch(ws: Workspace, sql: str, **params: Any) -> list[dict[str, Any]]:
+    """The rows of `sql`; a sealed quarantine or validation row (encryption at rest) comes back opened, as its
+    readers see it (select its key_ref and sealed columns, or *, to have it opened)."""
     with ws.engine.connect() as conn:
-        return [dict(row) for row in conn.execute(sa.text(sql), params).mappings()]
+        rows = [dict(row) for row in conn.execute(sa.text(sql), params).mappings()]
+    return [records.opened(row, ws.keyring) if row.get("sealed") is not None else row for row in rows]
 
 
 def quick_workspace(ws: Workspace) -> Workspace:
