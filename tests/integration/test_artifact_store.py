@@ -24,7 +24,7 @@ from sklearn.preprocessing import StandardScaler
 from pipeline import stages
 from pipeline.contract.settings import ENV_ARTIFACT_STORE, Settings
 from pipeline.data import demo, ingest
-from pipeline.store import artifacts, db
+from pipeline.store import artifacts, crypto, db
 from pipeline.store.artifacts import ArtifactIntegrityError, ArtifactStore
 from pipeline.views import models_view
 from pipeline.workspace import Workspace
@@ -226,8 +226,8 @@ def test_a_retrain_across_workers_promotes(ws: Workspace, tmp_path: Path) -> Non
         quality_report = models_view.find_report(conn, ws.model, "quality", "first")
     assert b"<html" in models_view.read_report(viewer.store, card["path"]).lower()
     assert b"<html" in models_view.read_report(viewer.store, quality_report["path"]).lower()
-    assert artifacts.recorded_copy(viewer.store, card["path"]).read_bytes() == models_view.read_report(
-        viewer.store, card["path"])
+    assert crypto.read_plain(artifacts.recorded_copy(viewer.store, card["path"]), viewer.keyring) == \
+        models_view.read_report(viewer.store, card["path"])
 
     second = retrain_on_workers(ws, tmp_path, "second")  # a champion, loaded on a worker that never trained it
     assert second["evaluation"]["champion_version"] == 1

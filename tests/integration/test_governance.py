@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 import sqlalchemy as sa
 import yaml
@@ -41,6 +40,9 @@ from tests.integration.stage_runs import (
     make_run,
     output,
     promote_demo_champion,
+    rewrite_stored,
+    stored_bytes,
+    stored_frame,
 )
 
 WEAK_ALPHA = 800.0
@@ -240,8 +242,9 @@ def tamper(ws: Workspace, version: int) -> tuple[Path, str, str]:
     """Alter a version's stored artifact: its file, the hash the registry holds, the hash it has now."""
     registered = model(ws, version)["artifact_hash"]
     path = artifacts.stored_path(ws.settings.artifact_dir, "models", registered)
-    overwrite(path, path.read_bytes()[:-16] + b"tampered-bytes!!")
-    return path, registered, artifacts.sha256_file(path)
+    tampered = stored_bytes(ws, path)[:-16] + b"tampered-bytes!!"
+    rewrite_stored(ws, path, tampered)
+    return path, registered, artifacts.sha256_bytes(tampered)
 
 
 def test_a_rollback_to_a_tampered_version_names_the_file_and_both_hashes(
@@ -288,10 +291,9 @@ def test_reproduce_refuses_a_tampered_snapshot(gws: Workspace, champion: dict[st
                        h=recorded["snapshot_hash"])
     path = gws.settings.artifact_dir / snapshot["path"]
     # A readable parquet with different outcomes: only the hash check can tell it is not the snapshot.
-    frame = pd.read_parquet(path)
+    frame = stored_frame(gws, path)
     frame["progression_12m"] = frame["progression_12m"] + 50.0
-    overwrite(path, b"")
-    frame.to_parquet(path, index=False)
+    rewrite_stored(gws, path, frame.to_parquet(index=False))
 
     with pytest.raises(ArtifactIntegrityError, match=recorded["snapshot_hash"]):
         stages.reproduce_version(gws, 1)

@@ -31,6 +31,7 @@ from tests.integration.stage_runs import (
     promote_demo_champion,
     quick_workspace,
     retrain_through_stages,
+    stored_text,
 )
 
 LATE_IDS = list(range(1, 31))  # the study's earliest visits: recorded first, their outcomes filled in last
@@ -232,7 +233,7 @@ def test_holdout_rows_the_champion_trained_on_are_left_out_and_counted(ws: Works
                                                                                            ws.config.dataset)))
     assert evaluation["champion_metrics"]["rmse"] == pytest.approx(by_hand["rmse"], rel=1e-12)
     assert "89 the champion trained on were left out" in result["reason"]
-    page = (ws.settings.artifact_dir / result["comparison"]).read_text()
+    page = stored_text(ws, ws.settings.artifact_dir / result["comparison"])
     assert "89 holdout rows the champion trained on were left out" in page
 
 
