@@ -282,13 +282,36 @@ def _has_fileno(raw: IO[bytes]) -> bool:
     return True
 
 
+WHOLE_BYTES = 256 << 20  # a sealed file up to this size is opened whole into memory (each segment decrypted once)
+
+
+class _Opened(io.BytesIO):
+    """A sealed file's plaintext, opened whole: read at memory speed, its file descriptor still the file's own (so
+    `VerifiedFile.confirm_unchanged` sees a file rewritten since), closed with it."""
+
+    def __init__(self, data: bytes, raw: IO[bytes]) -> None:
+        super().__init__(data)
+        self.raw = raw
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
 def plain_reader(handle: IO[bytes], what: str, keyring: Keyring | None) -> IO[bytes]:
-    """`handle` read as its plaintext: itself for a plain file, a SealedReader for a sealed one."""
+    """`handle` read as its plaintext: itself for a plain file; for a sealed one, its plaintext opened whole when
+    small enough (WHOLE_BYTES), else a SealedReader that decrypts a segment when a read reaches it."""
     header = read_header(handle, what)
     if header is None:
         return handle
     ring = _need(keyring, what, header.ref)
-    return SealedReader(handle, header, ring.get(header.ref, what), what, ring.source)  # type: ignore[return-value]
+    reader = SealedReader(handle, header, ring.get(header.ref, what), what, ring.source)
+    if header.size <= WHOLE_BYTES and _has_fileno(handle):
+        return _Opened(reader.readall(), handle)
+    return reader  # type: ignore[return-value]
 
 
 def open_plain(path: Path, keyring: Keyring | None) -> IO[bytes]:

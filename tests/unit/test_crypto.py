@@ -22,8 +22,12 @@ def _keyring(key: bytes) -> crypto.Keyring:
     return ring
 
 
+@pytest.mark.parametrize("whole", [True, False])  # opened whole into memory, or a segment at a time
 @pytest.mark.parametrize("size", [0, 1, crypto.SEGMENT - 1, crypto.SEGMENT, crypto.SEGMENT + 1, 2 * crypto.SEGMENT + 517])
-def test_a_sealed_file_reads_back_whole_and_by_seeks_across_segments(tmp_path: Path, size: int) -> None:
+def test_a_sealed_file_reads_back_whole_and_by_seeks_across_segments(tmp_path: Path, size: int, whole: bool,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    if not whole:
+        monkeypatch.setattr(crypto, "WHOLE_BYTES", -1)
     data, key = os.urandom(size), os.urandom(32)
     path = tmp_path / "file"
     path.write_bytes(crypto.seal(data, REF, key))
