@@ -214,7 +214,7 @@ def test_a_retrain_across_workers_promotes(ws: Workspace, tmp_path: Path) -> Non
     assert result["evaluation"]["card"] and result["evaluation"]["comparison"]
     assert files_in(tmp_path / "first-promote") == []  # promotion reads no artifact
     fetched = tmp_path / "first-train" / "snapshots" / f"{result['checked']['clean_snapshot_hash']}.parquet"
-    assert artifacts.sha256_file(fetched) == result["checked"]["clean_snapshot_hash"]  # validate's output, via PostgreSQL
+    assert artifacts.sha256_plain(fetched, ws.keyring) == result["checked"]["clean_snapshot_hash"]  # via PostgreSQL
     [model] = fetch(ws, "SELECT * FROM pipeline.model_versions WHERE version = 1")
     evaluator = on_worker(ws, tmp_path / "first-evaluate")
     assert artifacts.stored_path(evaluator.settings.artifact_dir, "models", model["artifact_hash"]).is_file()

@@ -80,7 +80,8 @@ def gws(settings: Settings, config_path: Path) -> Iterator[Workspace]:
 def cli(database_url: str, settings: Settings, config_path: Path) -> Cli:
     """Run `python -m pipeline ARGS` on the test's database, artifacts and configuration."""
     env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(settings.artifact_dir),
-           ENV_CONFIG: str(config_path), "OMP_NUM_THREADS": "1", "USER": "tester"}
+           ENV_CONFIG: str(config_path), "PIPELINE_KEY_FILE": str(settings.key_file), "OMP_NUM_THREADS": "1",
+           "USER": "tester"}
 
     return cli_runner(env)
 
