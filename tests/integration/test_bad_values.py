@@ -204,7 +204,7 @@ def test_clinic_export_gets_the_checks_by_role(ws: Workspace, settings: Settings
         for visit_id, (column, literal, _) in zip(ids, faults, strict=True):
             write_fault(clinic, column, literal, table=demo.CLINIC_TABLE, id_column="visit_id", row_id=visit_id)
         checked = validate(clinic, "clinic-bad")
-        rows = fetch(clinic, "SELECT source_id, reasons FROM pipeline.quarantine WHERE run_id = 'clinic-bad'")
+        rows = fetch(clinic, "SELECT * FROM pipeline.quarantine WHERE run_id = 'clinic-bad'")  # opened
     finally:
         clinic.engine.dispose()
 
