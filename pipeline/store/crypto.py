@@ -310,7 +310,9 @@ def plain_reader(handle: IO[bytes], what: str, keyring: Keyring | None) -> IO[by
     ring = _need(keyring, what, header.ref)
     reader = SealedReader(handle, header, ring.get(header.ref, what), what, ring.source)
     if header.size <= WHOLE_BYTES and _has_fileno(handle):
-        return _Opened(reader.readall(), handle)
+        plaintext = reader.readall()
+        reader.raw = io.BytesIO()  # the reader is dropped: closing it must not close the file `_Opened` keeps
+        return _Opened(plaintext, handle)
     return reader  # type: ignore[return-value]
 
 
