@@ -56,6 +56,16 @@ def test_pyarrow_reads_a_sealed_parquet_file_through_the_reader(tmp_path: Path) 
         assert parquet.read(columns=["bmi"]).column(0).equals(table.column("bmi"))
 
 
+def test_an_opened_file_outlives_the_reader_that_decrypted_it(tmp_path: Path) -> None:
+    import gc
+
+    key, path = os.urandom(32), tmp_path / "file"
+    path.write_bytes(crypto.seal(b"hello" * 1000, REF, key))
+    with crypto.open_plain(path, _keyring(key)) as handle:
+        gc.collect()  # the SealedReader that decrypted it is gone: the file stays open for the caller
+        assert handle.read(5) == b"hello" and os.fstat(handle.fileno()).st_size == path.stat().st_size
+
+
 def test_a_plain_file_is_read_as_it_is(tmp_path: Path) -> None:
     path = tmp_path / "plain.html"
     path.write_bytes(b"<p>plain</p>")
