@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.contract.config import PipelineConfig, load_config
+from pipeline.contract.config import PipelineConfig, Pkcs11Policy, load_config
 from pipeline.contract.settings import PROJECT_ROOT, Settings
 from pipeline.store import db
 
@@ -49,6 +51,42 @@ def missing_tool(reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (CI=true: a missing tool fails the run instead of skipping)", pytrace=False)
     pytest.skip(reason, allow_module_level=True)
+
+
+SOFTHSM_MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+                   "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so")
+SOFTHSM_PIN = "pipeline-test-pin"
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SoftHSM2 (Debian's softhsm2) with its token folder in a temporary SOFTHSM2_CONF, for this test process; the
+    module's path. The module reads SOFTHSM2_CONF when it is first loaded, so every PKCS#11 test of a process
+    shares this folder, each on a token of its own (`pkcs11_token`)."""
+    module = next((Path(p) for p in SOFTHSM_MODULES if Path(p).is_file()), None)
+    if module is None or shutil.which("softhsm2-util") is None:
+        missing_tool("softhsm2 is not installed (Debian: apt-get install softhsm2; .ci/require-tools installs it): "
+                     "the PKCS#11 key manager is tested on a real token")
+    assert module is not None
+    folder = tmp_path_factory.mktemp("softhsm")
+    (folder / "tokens").mkdir()
+    conf = folder / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {folder / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
+                    "slots.removable = false\n")
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    return module
+
+
+@pytest.fixture
+def pkcs11_token(softhsm: Path, tmp_path: Path) -> Pkcs11Policy:
+    """A freshly initialised SoftHSM2 token for one test, its user PIN in a mode-0600 file."""
+    label = f"t-{uuid.uuid4().hex[:12]}"
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", "so-" + SOFTHSM_PIN,
+                    "--pin", SOFTHSM_PIN], check=True, capture_output=True, timeout=60)
+    pin_file = tmp_path / "hsm-pin"
+    pin_file.touch(mode=0o600)
+    pin_file.write_text(SOFTHSM_PIN)
+    return Pkcs11Policy(module=softhsm, token_label=label, pin_file=pin_file)
 
 
 @pytest.fixture(scope="session")

@@ -85,6 +85,7 @@ def scratch_airflow(server_url: str, tmp: Path, config_path: Path,
         "AIRFLOW__SCHEDULER__WORKER_LOG_SERVER_PORT": str(free_port()),
         "AIRFLOW__TRIGGERER__TRIGGERER_LOG_SERVER_PORT": str(free_port()),
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",  # a test unpauses what it runs (make airflow: all)
+        "PIPELINE_KEY_FILE": str(tmp / "secrets" / "master.key"),  # the stack's one key source, outside its store
         **(extra_env or {}),
     })
     try:

@@ -31,7 +31,16 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import psutil
 import sqlalchemy as sa
 
-from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_ARTIFACT_STORE, ENV_DATABASE_URL, PROJECT_ROOT
+from pipeline.contract.config import ConfigError, load_config
+from pipeline.contract.settings import (
+    ENV_ARTIFACT_DIR,
+    ENV_ARTIFACT_STORE,
+    ENV_DATABASE_URL,
+    ENV_ERASURE_KEY_FILE,
+    ENV_KEY_FILE,
+    PROJECT_ROOT,
+    Settings,
+)
 from pipeline.runtime.threads import MACHINE_SLOTS
 
 WORKER_NAME = "PIPELINE_WORKER_NAME"
@@ -78,11 +87,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def shared_key_files(env: dict[str, str]) -> dict[str, str]:
+    """The key files every worker must read, as absolute paths: the master keys of encryption at rest
+    (PIPELINE_KEY_FILE, else the config's security.key_file, else .secrets/master.key) and the erasure key. A
+    worker's own folder (its working directory, its artifact cache) never decides where a key is: worker-1 must
+    unwrap what worker-2 wrapped. A config that does not load is left to the parts to report."""
+    from pipeline.store import keys
+
+    settings = Settings.from_env(env)
+    shared = {ENV_ERASURE_KEY_FILE: str(settings.erasure_key_file.absolute())}
+    try:
+        security = load_config(settings.config_path).security
+    except ConfigError:
+        return shared
+    if security.key_manager == "local":
+        shared[ENV_KEY_FILE] = str(keys.key_file_path(settings, security))
+    return shared
+
+
 def celery_environment(env: dict[str, str], broker_url: str, concurrency: int, workers: int = 1) -> dict[str, str]:
     """`env` (Airflow's, from `pipeline.cli.localenv.airflow_environment`) switched to the CeleryExecutor: Redis as
     the broker, the metadata database as the result backend, one JWT secret for every process (the API server
     signs what the workers present), the team artifact store, worker names as task hostnames, as many running
-    tasks as the workers have slots, and lost work noticed within a minute (LOST_WORK_SETTINGS)."""
+    tasks as the workers have slots, lost work noticed within a minute (LOST_WORK_SETTINGS), and one key source
+    for every worker (`shared_key_files`)."""
     metadata = sa.make_url(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]).set(drivername="postgresql")
     return {
         **LOST_WORK_SETTINGS,
@@ -95,6 +123,7 @@ def celery_environment(env: dict[str, str], broker_url: str, concurrency: int, w
         "AIRFLOW__CORE__HOSTNAME_CALLABLE": "pipeline.cli.cluster.worker_hostname",
         "AIRFLOW__API_AUTH__JWT_SECRET": env.get("AIRFLOW__API_AUTH__JWT_SECRET") or secrets.token_urlsafe(32),
         ENV_ARTIFACT_STORE: env.get(ENV_ARTIFACT_STORE) or "postgres",
+        **shared_key_files(env),
     }
 
 
@@ -132,7 +161,8 @@ def unshared_addresses(env: dict[str, str]) -> list[str]:
 
 
 def worker_environment(env: dict[str, str], name: str, workdir: Path) -> dict[str, str]:
-    """One worker's environment: its name, its own artifact cache, its own log-server port."""
+    """One worker's environment: its name, its own artifact cache, its own log-server port; the key files are the
+    stack's (`shared_key_files`), the same for every worker."""
     return {**env, WORKER_NAME: name, ENV_ARTIFACT_DIR: str(workdir / "artifacts"),
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())}
 

@@ -1,5 +1,5 @@
-"""Patient data: who read it (quarantine, access-log), a patient's erasure (erase, erasure-report), and sealing
-an old plain store (encrypt-store)."""
+"""Patient data: who read it (quarantine, access-log), a patient's erasure (erase, erasure-report), the keys
+that encrypt it at rest (rotate-keys), and sealing an old plain store (encrypt-store)."""
 
 from __future__ import annotations
 
@@ -116,6 +116,18 @@ def text_erasure_report(report: dict[str, Any]) -> str:
     return "\n".join([*lines, *aligned(rows)])
 
 
+def cmd_rotate_keys(ws: Workspace, args: argparse.Namespace) -> Any:
+    from pipeline.store import keys
+
+    return keys.rotate_keys(ws.engine, keys.open_key_manager(ws.settings, ws.config))
+
+
+def text_rotate_keys(result: dict[str, Any]) -> str:
+    return (f"{result['source']}: master key {result['current_key_id']} is current (was {result['previous_key_id']}); "
+            f"{result['rewrapped']} data key(s) re-wrapped under it, no file rewritten; the old master key stays for "
+            "backups")
+
+
 def register(add: Any) -> None:
     """The parsers of the patient-data commands."""
     p = add("quarantine", cmd_quarantine, "the quarantined rows, with their reasons and original values (the read "
@@ -142,3 +154,6 @@ def register(add: Any) -> None:
         "results (safe twice: the second run has nothing to do)", text=text_encrypt_store,
         json_help="{store, key_source, sealed, already, refused, missing, team_sealed, quarantine_rows, "
         "validation_rows, nothing_to_do}")
+    add("rotate-keys", cmd_rotate_keys, "make a new master key current in the key manager (security.key_manager) "
+        "and re-wrap every data key in pipeline.data_keys under it; no encrypted file is rewritten",
+        text=text_rotate_keys, json_help="{source, previous_key_id, current_key_id, rewrapped}")

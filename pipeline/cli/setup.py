@@ -16,7 +16,7 @@ from pipeline.contract.config import load_config
 from pipeline.contract.settings import Settings
 from pipeline.data import demo
 from pipeline.registry.runs import database_error
-from pipeline.store import db
+from pipeline.store import db, keys
 from pipeline.workspace import Workspace
 
 
@@ -116,7 +116,8 @@ def check_config(settings: Settings) -> dict[str, Any]:
 
     config = load_config(settings.config_path)
     train.check_families(config.training)
-    result: dict[str, Any] = {"config": str(config.path), "model": config.model, "ok": True}
+    result: dict[str, Any] = {"config": str(config.path), "model": config.model, "ok": True,
+                              "keys": keys.describe(settings, config)}
     url, why_not = _reachable_database(settings)
     if url is None:
         return {**result, "source": {"checked": False, "why": why_not}}
@@ -151,7 +152,16 @@ def text_check_config(result: dict[str, Any]) -> str:
     source = result["source"]
     checked = (f"source {source['table']}: columns, types and labelled rows up to now ok (checked on the database)"
                if source["checked"] else f"source not checked: {source['why']}")
-    return f"{result['config']}: model {result['model']}, config, expectation suite and model parameters ok; {checked}"
+    return (f"{result['config']}: model {result['model']}, config, expectation suite and model parameters ok; "
+            f"{checked}\n{text_keys(result['keys'])}")
+
+
+def text_keys(found: dict[str, Any]) -> str:
+    """The key manager line of check-config."""
+    state = ("opens, current master key " + found["current_key_id"] if found.get("current_key_id") else
+             "opens; " + found["why"] if found["opened"] else "CANNOT BE OPENED: " + found["why"])
+    at_rest = "on" if found["encrypt_at_rest"] else "OFF (security.encrypt_at_rest: false)"
+    return f"encryption at rest {at_rest}; key manager {found['manager']} ({found.get('source')}): {state}"
 
 
 def stop_embedded(settings: Settings) -> dict[str, Any]:
@@ -206,4 +216,5 @@ def register(add: Any) -> None:
         json_help="{healthy, checks: {name: {ok, detail}}}").set_defaults(without_database=check_health)
     add("check-config", None, "check the config, its expectation suite and model parameters; and the source "
         "table's columns, types and rows when its database is reachable (nothing is written)",
-        text=text_check_config, json_help="{config, model, ok, source: {checked, table, watermark | why}}").set_defaults(without_database=check_config)
+        text=text_check_config, json_help="{config, model, ok, keys: {encrypt_at_rest, manager, source, opened, current_key_id | why}, "
+        "source: {checked, table, watermark | why}}").set_defaults(without_database=check_config)

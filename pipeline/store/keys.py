@@ -25,9 +25,11 @@ import logging
 import os
 import secrets
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,7 +41,7 @@ from cryptography.hazmat.primitives.keywrap import (
 )
 from sqlalchemy.engine import Engine
 
-from pipeline.contract.config import PipelineConfig, SecurityPolicy, load_config
+from pipeline.contract.config import PipelineConfig, Pkcs11Policy, SecurityPolicy, load_config
 from pipeline.contract.settings import ENV_KEY_FILE, PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -214,6 +216,145 @@ def _write_private(path: Path, text: str) -> None:
         raise
 
 
+# --- PKCS#11 -----------------------------------------------------------------------------------------------
+
+NONCE_BYTES = 12
+# One PKCS#11 call at a time in a process: re-initialising the module (to see a token made after it was loaded)
+# ends every session of the process, so no other thread may hold one then.
+_MODULE_LOCK = threading.RLock()
+
+
+def _token(module: str, label: str) -> Any:
+    """The token labelled `label`; the module is re-initialised once when none is (a token initialised after this
+    process loaded the module is seen only then)."""
+    import pkcs11
+    from pkcs11.exceptions import NoSuchToken
+
+    lib = pkcs11.lib(module)
+    try:
+        return lib.get_token(token_label=label)
+    except NoSuchToken:
+        lib.reinitialize()
+        return lib.get_token(token_label=label)
+
+
+@dataclass
+class Pkcs11KeyManager:
+    """AES master keys generated on a PKCS#11 token (an HSM; SoftHSM2 in tests), never extractable.
+
+    A data key is wrapped by AES-256-GCM on the token (12-byte nonce, the master key id as associated data), so a
+    wrong key or damaged bytes fail the tag check instead of giving garbage. Master keys carry the label
+    `<key_label>/<id>`; ids sort by creation time, and the newest is current. python-pkcs11 is imported only
+    when this manager is used."""
+
+    policy: Pkcs11Policy
+
+    @property
+    def source(self) -> str:
+        return f"pkcs11:{self.policy.token_label}@{self.policy.module}"
+
+    def _pin(self) -> str:
+        """The user PIN: from pin_file (mode 0600) or the environment variable pin_env; never from the config."""
+        pin_file = self.policy.pin_file
+        if pin_file is not None:
+            try:
+                refuse_open_mode(pin_file, "PIN file")
+                return pin_file.read_text().strip()
+            except OSError as exc:
+                raise KeyManagerUnreachable(f"PIN file {pin_file} of token {self.policy.token_label!r} cannot be "
+                                            f"read ({exc.strerror})", source=self.source) from exc
+        pin = os.environ.get(self.policy.pin_env)
+        if not pin:
+            raise KeyUnavailable(f"token {self.policy.token_label!r}: no PIN; set {self.policy.pin_env} or "
+                                 "security.pkcs11.pin_file", source=self.source)
+        return pin
+
+    @contextmanager
+    def _session(self) -> Iterator[Any]:
+        """A read-write session logged in to the token; KeyManagerUnreachable naming module and token otherwise."""
+        from pkcs11.exceptions import PKCS11Error
+
+        where = f"PKCS#11 module {self.policy.module}, token {self.policy.token_label!r}"
+        with _MODULE_LOCK:
+            pin = self._pin()
+            try:
+                session = _token(str(self.policy.module), self.policy.token_label).open(user_pin=pin, rw=True)
+            except (PKCS11Error, OSError, RuntimeError) as exc:
+                raise KeyManagerUnreachable(
+                    f"{where} cannot be opened ({type(exc).__name__}: {exc}): the key manager is down or "
+                    "misconfigured; a run failing on it is retried", source=self.source) from exc
+            try:
+                yield session
+            finally:
+                session.close()
+
+    def _keys(self, session: Any) -> dict[str, Any]:
+        from pkcs11 import Attribute, KeyType, ObjectClass
+
+        prefix = self.policy.key_label + "/"
+        found = {}
+        for key in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES}):
+            label = key.label or ""
+            if label.startswith(prefix):
+                found[label.removeprefix(prefix)] = key
+        return found
+
+    def current_key_id(self) -> str:
+        with self._session() as session:
+            keys = self._keys(session)
+        if not keys:
+            raise NoMasterKey(f"token {self.policy.token_label!r} holds no master key labelled "
+                              f"{self.policy.key_label}/…", source=self.source)
+        return max(keys)
+
+    def _key(self, session: Any, key_id: str) -> Any:
+        keys = self._keys(session)
+        if key_id not in keys:
+            raise KeyUnavailable(f"master key {key_id} is not on token {self.policy.token_label!r} ({self.source}; it "
+                                 f"holds {sorted(keys)}): this is not the token the key was wrapped with",
+                                 key_id, self.source)
+        return keys[key_id]
+
+    def wrap(self, data_key: bytes) -> tuple[str, bytes]:
+        from pkcs11 import Mechanism
+        from pkcs11.mechanisms import GCMParams
+
+        with self._session() as session:
+            keys = self._keys(session)
+            if not keys:
+                raise NoMasterKey(f"token {self.policy.token_label!r} holds no master key", source=self.source)
+            key_id = max(keys)
+            nonce = secrets.token_bytes(NONCE_BYTES)
+            sealed = keys[key_id].encrypt(data_key, mechanism=Mechanism.AES_GCM,
+                                          mechanism_param=GCMParams(nonce, key_id.encode()))
+        return key_id, nonce + bytes(sealed)
+
+    def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
+        from pkcs11 import Mechanism
+        from pkcs11.exceptions import PKCS11Error
+        from pkcs11.mechanisms import GCMParams
+
+        with self._session() as session:
+            key = self._key(session, key_id)
+            try:
+                return bytes(key.decrypt(wrapped[NONCE_BYTES:], mechanism=Mechanism.AES_GCM,
+                                         mechanism_param=GCMParams(wrapped[:NONCE_BYTES], key_id.encode())))
+            except PKCS11Error as exc:
+                raise KeyUnavailable(f"master key {key_id} on token {self.policy.token_label!r} does not unwrap "
+                                     f"these bytes ({type(exc).__name__}): they were damaged, or wrapped by another "
+                                     "key", key_id, self.source) from exc
+
+    def rotate(self) -> str:
+        """Generate a new AES-256 master key on the token (sensitive, never extractable); it becomes current."""
+        from pkcs11 import Attribute, KeyType
+
+        key_id = "mk-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f") + "-" + secrets.token_hex(2)
+        with self._session() as session:
+            session.generate_key(KeyType.AES, 256, label=f"{self.policy.key_label}/{key_id}", id=key_id.encode(),
+                                 store=True, template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False})
+        return key_id
+
+
 def key_file_path(settings: Settings, security: SecurityPolicy) -> Path:
     """The local key file: PIPELINE_KEY_FILE, else security.key_file, else .secrets/master.key; never inside
     the artifact store (a copy of the store must not carry its own keys)."""
@@ -232,8 +373,6 @@ def open_key_manager(settings: Settings, config: PipelineConfig | SecurityPolicy
         config = load_config(settings.config_path)
     security = config.security if isinstance(config, PipelineConfig) else config
     if security.key_manager == "pkcs11":
-        from pipeline.store.pkcs11_keys import Pkcs11KeyManager
-
         assert security.pkcs11 is not None  # the config loader requires it
         return Pkcs11KeyManager(security.pkcs11)
     return LocalKeyManager(key_file_path(settings, security))
@@ -321,3 +460,27 @@ def rewrap_all(engine: Engine, km: KeyManager) -> int:
                 {"m": master_id, "w": wrapped, "r": row.key_ref})
     return len(rows)
 
+
+
+def describe(settings: Settings, config: PipelineConfig) -> dict[str, Any]:
+    """Which key manager the config names, and whether it opens (check-config); nothing is made or written."""
+    security = config.security
+    found: dict[str, Any] = {"encrypt_at_rest": security.encrypt_at_rest, "manager": security.key_manager}
+    try:
+        km = open_key_manager(settings, security)
+        found["source"] = km.source
+        found["current_key_id"] = km.current_key_id()
+        found["opened"] = True
+    except NoMasterKey as exc:
+        found.update(opened=True, current_key_id=None, why=f"no master key yet: {exc}")
+    except KeyUnavailable as exc:
+        found.update(opened=False, source=exc.source, why=str(exc))
+    return found
+
+
+def rotate_keys(engine: Engine, km: KeyManager) -> dict[str, Any]:
+    """`rotate-keys`: a new current master key, and every live data key re-wrapped under it (no file changes)."""
+    previous = ensure_key_source(engine, km)
+    current = km.rotate()
+    return {"source": km.source, "previous_key_id": previous, "current_key_id": current,
+            "rewrapped": rewrap_all(engine, km)}

@@ -31,7 +31,7 @@ import requests
 import sqlalchemy as sa
 import yaml
 
-from pipeline.cli.cluster import ENV_FILE, STATE_FILE
+from pipeline.cli.cluster import ENV_FILE, STATE_FILE, worker_environment
 from pipeline.contract.settings import PROJECT_ROOT, Settings
 from pipeline.model import train
 from pipeline.model.features import model_inputs
@@ -159,6 +159,22 @@ def celery(server_url: str, tmp_path_factory: pytest.TempPathFactory,
         finally:
             stop_stack(process)
             broker.stop()
+
+
+def test_every_worker_runs_with_the_stacks_one_key_source(celery: CeleryAirflow) -> None:
+    """Encryption at rest: each worker has its own artifact cache, and the same absolute key files (a key file
+    beside a worker's cache once left worker-1 unable to unwrap the data keys worker-2 wrote). The workers' own
+    environments are the stack's plus their name, folder and port (`worker_environment`): a worker's
+    /proc/PID/environ cannot be read back, Celery's process title overwrites it."""
+    stack_env = celery.stack.env
+    shared = stack_env["PIPELINE_KEY_FILE"]
+    assert Path(shared).is_absolute() and shared == celery.env["PIPELINE_KEY_FILE"]
+    assert Path(stack_env["PIPELINE_ERASURE_KEY_FILE"]).is_absolute()
+    workers = {name: worker_environment(stack_env, name, folder) for name, folder in celery.stack.workdirs.items()}
+    assert len(workers) == 2 and {env["PIPELINE_KEY_FILE"] for env in workers.values()} == {shared}
+    caches = {env["PIPELINE_ARTIFACT_DIR"] for env in workers.values()}
+    assert len(caches) == 2 and not any(Path(shared).is_relative_to(cache) for cache in caches)
+    assert not any(Path(shared).is_relative_to(folder) for folder in celery.stack.workdirs.values())
 
 
 def test_readiness_is_unhealthy_while_the_broker_is_down(celery: CeleryAirflow) -> None:

@@ -133,7 +133,7 @@ READ_COMMANDS: dict[tuple[str, ...], set[str]] = {  # each read command and the 
     ("card", "1", "--comparison", "first"): {"card", "comparison"},
     ("reproduce", "1"): {"version", "predictions_identical", "rows_compared", "artifact_identical", "snapshot_hash",
                          "train_rows", "recorded_train_rows", "library_differences"},
-    ("check-config",): {"config", "model", "ok", "source"},
+    ("check-config",): {"config", "model", "ok", "keys", "source"},
     ("db-url",): {"url"},
     ("performance",): {"model", "as_of", "verdict", "reason", "warnings", "versions", "shadows", "report_path",
                        "refused_outcomes"},

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from pipeline.cli.cluster import (
     EXECUTION_API,
@@ -11,7 +14,9 @@ from pipeline.cli.cluster import (
     celery_environment,
     reached_at,
     unshared_addresses,
+    worker_environment,
 )
+from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_ERASURE_KEY_FILE, ENV_KEY_FILE, PROJECT_ROOT
 
 METADATA = "postgresql+psycopg2://airflow:pw@db.internal:5432/airflow"
 
@@ -50,3 +55,23 @@ def test_celery_environment_sizes_parallelism_and_lets_the_environment_win() -> 
     # in the timeout Airflow retries, not in a failed try.
     policy = json.loads(env["AIRFLOW__CELERY__EXTRA_CELERY_CONFIG"])["task_publish_retry_policy"]
     assert policy["max_retries"] * policy["interval_max"] > float(env["AIRFLOW__CELERY__OPERATION_TIMEOUT"])
+
+
+def test_every_worker_gets_the_same_absolute_key_files_whatever_its_own_cache(tmp_path: Path) -> None:
+    """A worker's folder never decides where a key is: worker-1 unwraps what worker-2 wrapped."""
+    base = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": METADATA}
+    env = celery_environment(base, "redis://10.0.0.5:6379/0", concurrency=1, workers=2)
+    one, two = (worker_environment(env, f"worker-{n}", tmp_path / f"worker-{n}") for n in (1, 2))
+    assert one[ENV_ARTIFACT_DIR] != two[ENV_ARTIFACT_DIR]
+    assert one[ENV_KEY_FILE] == two[ENV_KEY_FILE] == str(PROJECT_ROOT / ".secrets" / "master.key")
+    assert one[ENV_ERASURE_KEY_FILE] == two[ENV_ERASURE_KEY_FILE] == str(PROJECT_ROOT / ".secrets" / "erasure.key")
+    given = celery_environment({**base, ENV_KEY_FILE: str(tmp_path / "shared.key")}, "redis://h:6379/0", 1)
+    assert given[ENV_KEY_FILE] == str(tmp_path / "shared.key")
+
+
+def test_a_relative_key_file_is_made_absolute_for_workers_in_other_folders(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    env = celery_environment({"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": METADATA, ENV_KEY_FILE: "keys/master.key"},
+                             "redis://h:6379/0", 1)
+    assert env[ENV_KEY_FILE] == str(tmp_path / "keys" / "master.key")

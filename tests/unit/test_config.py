@@ -470,6 +470,18 @@ def test_check_config_runs_the_checks_alone_without_a_database(tmp_path: Path) -
                                                                   "ok": True}
     assert checked["source"]["checked"] is False  # the database cannot be reached: said, not failed
     assert checked["source"]["why"].startswith("database postgresql://x@127.0.0.1:1/none (PIPELINE_DATABASE_URL): ")
+    # which key manager, and whether it opens (a key file not made yet is said, never made by a check)
+    assert {k: checked["keys"][k] for k in ("encrypt_at_rest", "manager", "opened")} == {
+        "encrypt_at_rest": True, "manager": "local", "opened": True}
+    hsm = write_variant(tmp_path, lambda raw: raw.update(security={"key_manager": "pkcs11", "pkcs11": {
+        "module": str(tmp_path / "no-such-module.so"), "token_label": "pipeline"}}))
+    down = subprocess.run([sys.executable, "-m", "pipeline", "--config", str(hsm), "check-config"], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, ENV_DATABASE_URL: "postgresql://x@127.0.0.1:1/none",
+                               "PIPELINE_PKCS11_PIN": "1234"})
+    assert down.returncode == 0, down.stderr
+    assert (f"key manager pkcs11 (pkcs11:pipeline@{tmp_path / 'no-such-module.so'}): CANNOT BE OPENED: PKCS#11 module "
+            f"{tmp_path / 'no-such-module.so'}, token 'pipeline' cannot be opened") in down.stdout, down.stdout
     bad = write_variant(tmp_path, set_key("promotion.confidence", 1.5))
     refused = subprocess.run([sys.executable, "-m", "pipeline", "--config", str(bad), "check-config"],
                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False)
@@ -519,3 +531,39 @@ def test_alerts_are_off_by_default_and_checked_key_by_key(tmp_path: Path) -> Non
         path = write_variant(tmp_path, lambda raw, c=change: raw.update(alerts=c))  # type: ignore[misc]
         with pytest.raises(ConfigError, match=message):
             load_config(path)
+
+
+# --- security: encryption at rest and its key manager -------------------------------------------------------
+
+
+def test_security_defaults_to_encryption_on_with_the_local_key_file() -> None:
+    security = load_config(SHIPPED).security
+    assert security.encrypt_at_rest is True and security.key_manager == "local" and security.pkcs11 is None
+
+
+@pytest.mark.parametrize(("section", "refused"), [
+    ({"encrypt_at_rest": True, "key_manger": "local"}, r"security: unknown key\(s\) \['key_manger'\]"),
+    ({"encrypt_at_rest": "yes"}, r"security.encrypt_at_rest must be true or false, got 'yes'"),
+    ({"key_manager": "kmip"}, r"security.key_manager must be one of \['local', 'pkcs11'\], got 'kmip'"),
+    ({"key_manager": "pkcs11"}, r"key_manager is pkcs11 but security.pkcs11 \(module, token_label\) is missing"),
+    ({"key_manager": "pkcs11", "pkcs11": {"module": "/usr/lib/softhsm/libsofthsm2.so"}},
+     r"security.pkcs11: missing required key 'token_label'"),
+    ({"key_manager": "pkcs11", "pkcs11": {"module": "m.so", "token_label": "t", "slot": 0}},
+     r"security.pkcs11: unknown key\(s\) \['slot'\]"),
+    ({"key_manager": "pkcs11", "pkcs11": {"module": "m.so", "token_label": "t", "pin": "1234"}},
+     r"security.pkcs11.pin: a PIN is never written in the configuration"),
+])
+def test_a_bad_security_section_is_refused_by_name(tmp_path: Path, section: dict[str, Any], refused: str) -> None:
+    path = write_variant(tmp_path, lambda raw: raw.update(security=section))
+    with pytest.raises(ConfigError, match=refused):
+        load_config(path)
+
+
+def test_security_paths_are_read_from_the_config_files_folder(tmp_path: Path) -> None:
+    path = write_variant(tmp_path, lambda raw: raw.update(security={
+        "key_manager": "pkcs11", "key_file": "keys/master.key",
+        "pkcs11": {"module": "/usr/lib/softhsm/libsofthsm2.so", "token_label": "pipeline", "pin_file": "hsm-pin"}}))
+    security = load_config(path).security
+    assert security.key_file == tmp_path / "keys" / "master.key"
+    assert security.pkcs11 is not None and security.pkcs11.pin_file == tmp_path / "hsm-pin"
+    assert security.pkcs11.pin_env == "PIPELINE_PKCS11_PIN" and security.pkcs11.token_label == "pipeline"

@@ -21,6 +21,7 @@ from pipeline.contract.settings import (
     ENV_ARTIFACT_STORE,
     ENV_CONFIG,
     ENV_DATABASE_URL,
+    ENV_KEY_FILE,
     ENV_MODELS_DIR,
 )
 from pipeline.serving.rest import ENV_API_TOKEN_FILE
@@ -38,7 +39,7 @@ AIRFLOW_COMMANDS = {
 }
 AIRFLOW_SERVICES = ["airflow-init", *AIRFLOW_COMMANDS]
 PIPELINE_ENV_NAMES = {ENV_DATABASE_URL, ENV_CONFIG, ENV_ARTIFACT_DIR, ENV_ARTIFACT_STORE, ENV_MODELS_DIR,
-                      ENV_API_TOKEN_FILE}
+                      ENV_API_TOKEN_FILE, ENV_KEY_FILE}
 WORKER = "airflow-worker"
 SCORING = "scoring"
 
@@ -481,3 +482,17 @@ def test_workers_share_artifacts_only_through_the_team_store(compose: dict, comm
     assert common_env[ENV_ARTIFACT_STORE] == "postgres" and "postgres" in ARTIFACT_STORES
     worker = compose["services"][WORKER]
     assert all(target != PurePosixPath(common_env[ENV_ARTIFACT_DIR]) for _, target in mounts(worker))
+
+
+@pytest.mark.parametrize("name", [*AIRFLOW_SERVICES, WORKER, SCORING])
+def test_every_service_reads_the_master_keys_from_one_shared_volume(compose: dict, name: str) -> None:
+    """Encryption at rest: one key file for every service, on a named volume they all mount, outside the artifact
+    cache (a worker whose key file sat beside its own cache could not unwrap another worker's data keys)."""
+    service = compose["services"][name]
+    env = {**environment(compose[COMMON_KEY]), **environment(service)}
+    key_file = PurePosixPath(env[ENV_KEY_FILE])
+    source, target, _ = mount_for(service, str(key_file))
+    assert not is_host_path(source) and source in set(compose.get("volumes") or {}), (
+        f"{name}: {key_file} is on {source!r}, not a declared named volume")
+    assert not key_file.is_relative_to(PurePosixPath(env[ENV_ARTIFACT_DIR])), f"{name}: key file inside the cache"
+    assert str(target) in dockerfile(compose), f"{target} is not made (group-writable) in the image"
