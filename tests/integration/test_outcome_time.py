@@ -176,7 +176,7 @@ def test_a_late_outcome_is_counted_lands_in_the_next_snapshot_and_is_held_out(ws
     # Recorded first, labelled last: by record time they would all have been trained on.
     with ws.engine.connect() as conn:
         model = records.get_model(conn, version, ws.model)
-    assert set(model["holdout_start"]) == {"label_recorded_at", "patient_id"}
+    assert set(model["holdout_start"]) == {"label_recorded_at", stages.HOLDOUT_ID_HMAC}  # the id as its keyed hash
     [evaluation] = fetch(ws, "SELECT evidence FROM pipeline.evaluations WHERE run_id = 'second'")
     assert evaluation["evidence"]["holdout_rows_excluded_champion_trained"] == 0
 
