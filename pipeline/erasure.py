@@ -17,6 +17,11 @@ A request (`python -m pipeline erase --id ID --reason TEXT`, or a row a CRM inse
 5. every report and card page listing the id is rewritten without it (new hash, pointers moved, old file
    shredded).
 
+With encryption at rest (`pipeline.store.crypto`) every file is read through its data key, and shredding a file
+also destroys its data keys (crypto-shredding: a backup of the old bytes is unreadable too). Sealed quarantine rows
+are found by opening them; the rest of their run's rows are re-sealed under a new key and the old key destroyed.
+A sealed validation result naming the id is scrubbed and re-sealed under a new key, the old key destroyed.
+
 Processing the same id again finds nothing and changes nothing. `erasure_report` searches every place again
 and says what it found in each: nothing, after an erasure.
 """
@@ -29,10 +34,11 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -42,7 +48,8 @@ from sqlalchemy.engine import Connection
 
 from pipeline.data import ingest, tombstones
 from pipeline.registry import records, runs
-from pipeline.store import artifacts
+from pipeline.store import artifacts, crypto
+from pipeline.store.keys import DataKeyDestroyed
 from pipeline.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -64,10 +71,19 @@ class ErasureRefused(ValueError):
     """An erasure request that cannot be processed as given (no id, no reason)."""
 
 
-def shred_old_copy(path: Path) -> bool:
-    """Destroy the old copy of a rewritten file: today the file is deleted. Once encryption at rest lands, this
-    is where the file's data key is destroyed too (crypto-shredding: backups of the old bytes become unreadable);
-    the coordinator wires `destroy_data_key` in here. True when a file was there."""
+def shred_old_copy(path: Path, keyring: crypto.Keyring | None = None) -> bool:
+    """Destroy the old copy of a rewritten file: the file is deleted, and with `keyring` every data key it was
+    sealed under (its header's, and each the registry lists for its digest: another machine's copy, the team
+    store's) is destroyed, so backups of the old bytes are unreadable too. True when a file was there."""
+    refs = set()
+    if keyring is not None:
+        if path.is_file():
+            refs.add(crypto.key_ref_of(path))
+        with keyring.engine.connect() as conn:
+            refs |= set(conn.scalars(sa.text("SELECT key_ref FROM pipeline.sealed_files WHERE digest = :d"),
+                                     {"d": path.stem}).all())
+    for ref in sorted(r for r in refs if r):
+        keyring.destroy(ref)  # type: ignore[union-attr]
     try:
         path.chmod(0o644)
         path.unlink()
@@ -173,6 +189,49 @@ class Sweep:
     source_id: str
     snapshots: list[dict[str, Any]] = field(default_factory=list)
     pages: list[dict[str, Any]] = field(default_factory=list)
+    old_keys: list[str] = field(default_factory=list)  # data keys of sealed rows re-sealed: destroyed at the end
+
+    def delete_sealed_quarantine(self, conn: Connection) -> int:
+        """Delete the id's sealed quarantine rows (found by opening them); the rest of each such run's rows are
+        re-sealed under a new data key, and the run's old key is destroyed after the commit."""
+        keys = self.ws.keyring
+        rows = [records.opened(dict(r), keys) for r in conn.execute(sa.text(
+            "SELECT * FROM pipeline.quarantine WHERE sealed IS NOT NULL ORDER BY run_id, row_number")).mappings()]
+        hit_runs = {r["run_id"] for r in rows if tombstones.id_text(r["source_id"] or "") == self.source_id}
+        deleted = 0
+        for run_id in sorted(hit_runs):
+            run_rows = [r for r in rows if r["run_id"] == run_id]
+            kept = [r for r in run_rows if tombstones.id_text(r["source_id"] or "") != self.source_id]
+            deleted += len(run_rows) - len(kept)
+            conn.execute(sa.text("DELETE FROM pipeline.quarantine WHERE run_id = :r AND sealed IS NOT NULL"),
+                         {"r": run_id})
+            if kept:
+                _insert_resealed_quarantine(conn, run_id, kept, keys.sealer())
+            self.old_keys += sorted({r["key_ref"] for r in run_rows})
+        return deleted
+
+    def scrub_sealed_validations(self, conn: Connection) -> int:
+        """Scrub the id from sealed validation results (opened to be searched); each one changed is re-sealed
+        under a new data key, its old key destroyed after the commit."""
+        keys, id_column, changed = self.ws.keyring, self.ws.config.dataset.id_column, 0
+        for row in conn.execute(sa.text(
+                "SELECT * FROM pipeline.validation_results WHERE sealed IS NOT NULL")).mappings().all():
+            opened = records.opened(dict(row), keys)
+            scrubbed, found = scrub_json({k: opened[k] for k in records.SEALED_VALIDATION}, id_column, self.source_id)
+            if not found:
+                continue
+            resealed = records.seal_validation(scrubbed, row["run_id"], row["snapshot_hash"], keys.sealer())
+            conn.execute(sa.text("""
+                UPDATE pipeline.validation_results
+                   SET failures = CAST(:failures AS jsonb), result = CAST(:result AS jsonb),
+                       normalisations = CAST(:normalisations AS jsonb), key_ref = :key_ref, sealed = :sealed
+                 WHERE run_id = :run_id AND snapshot_hash = :snapshot_hash
+            """), {**{k: json.dumps(resealed[k], default=str) for k in records.SEALED_VALIDATION},
+                   "key_ref": resealed["key_ref"], "sealed": resealed["sealed"], "run_id": row["run_id"],
+                   "snapshot_hash": row["snapshot_hash"]})
+            self.old_keys.append(row["key_ref"])
+            changed += 1
+        return changed
 
     def run(self) -> dict[str, Any]:
         self.rewrite_snapshots()
@@ -181,8 +240,12 @@ class Sweep:
             conn.execute(sa.text("SELECT set_config('pipeline.erasure_request', :r, true)"),
                          {"r": str(self.request_id)})
             rows = {table: _delete_rows(conn, table, self.source_id) for table in ROW_PLACES}
+            rows["quarantine"] += self.delete_sealed_quarantine(conn)
             scrubbed = {f"{t}.{c}": _scrub_json_column(conn, t, c, self.ws.config.dataset.id_column, self.source_id)
                         for t, c in JSON_PLACES}
+            scrubbed["validation_results.sealed"] = self.scrub_sealed_validations(conn)
+        for ref in self.old_keys:  # after the commit: the rows they sealed are gone or sealed anew
+            self.ws.keyring.destroy(ref)
         self.rewrite_pages()
         changed = bool(self.snapshots or self.pages or any(rows.values()) or any(scrubbed.values()))
         return {"changed": changed, "snapshots": self.snapshots, "versions_trained_on_erased": flagged,
@@ -203,10 +266,10 @@ class Sweep:
             path = artifacts.local_copy(self.ws.store, "snapshots", snapshot["snapshot_hash"])
             if not path.is_file():
                 continue  # shredded already, or never on this store: nothing to read the id from
-            ids = _read_verified_table(path, snapshot["snapshot_hash"], [id_column])
+            ids = _read_verified_table(path, snapshot["snapshot_hash"], [id_column], self.ws.keyring)
             if id_column not in ids.column_names or not pc.any(_id_mask(ids.column(id_column), self.source_id)).as_py():
                 continue
-            table = _read_verified_table(path, snapshot["snapshot_hash"])
+            table = _read_verified_table(path, snapshot["snapshot_hash"], None, self.ws.keyring)
             hits = _id_mask(table.column(id_column), self.source_id)
             self.snapshots.append(self._rewrite(dict(snapshot), table, hits, int(pc.sum(hits).as_py()), path))
 
@@ -237,7 +300,7 @@ class Sweep:
                 INSERT INTO pipeline.snapshot_redactions (old_hash, new_hash, request_id, rows_removed, bytes_written)
                 VALUES (:old, :new, :r, :removed, :bytes)
             """), {"old": old_hash, "new": new_hash, "r": self.request_id, "removed": removed, "bytes": len(data)})
-        shred_old_copy(path)
+        shred_old_copy(path, self.ws.keyring)
         _drop_shared_copy(self.ws, old_hash)
         log.info("erasure %s: snapshot %s (%s) rewritten as %s without %d row(s); the old file shredded",
                  self.request_id, old_hash[:12], snapshot["kind"], new_hash[:12], removed)
@@ -266,7 +329,7 @@ class Sweep:
         for kind in PAGE_KINDS:
             folder = artifacts.store_root(self.ws.store) / kind
             for path in sorted(folder.glob("*.html")) if folder.is_dir() else []:
-                page = path.read_text(errors="replace")
+                page = crypto.read_plain(path, self.ws.keyring).decode(errors="replace")
                 scrubbed, found = scrub_page(page, self.ws.config.dataset.id_column, self.source_id)
                 if not found:
                     continue
@@ -283,15 +346,16 @@ class Sweep:
                     conn.execute(sa.text("""
                         UPDATE pipeline.performance_reports SET report_sha256 = :new WHERE report_sha256 = :old
                     """), {"old": path.stem, "new": new_hash})
-                shred_old_copy(path)
+                shred_old_copy(path, self.ws.keyring)
                 _drop_shared_copy(self.ws, path.stem)
                 self.pages.append({"kind": kind, "old_hash": path.stem, "new_hash": new_hash, "rows_removed": found,
                                    "bytes_written": len(data), "path": self.ws.relative(new_path)})
 
 
-def _read_verified_table(path: Path, digest: str, columns: list[str] | None = None) -> pa.Table:
+def _read_verified_table(path: Path, digest: str, columns: list[str] | None = None,
+                         keys: crypto.Keyring | None = None) -> pa.Table:
     """A snapshot file read after checking its bytes against its name: every column, or those of `columns` it has."""
-    verified = artifacts.open_verified(path, digest)
+    verified = artifacts.open_verified(path, digest, keys)
     try:
         parquet = pq.ParquetFile(verified.handle)
         wanted = None if columns is None else [c for c in columns if c in parquet.schema_arrow.names]
@@ -331,6 +395,19 @@ def _drop_shared_copy(ws: Workspace, digest: str) -> None:
         if oid is not None and conn.scalar(sa.text(
                 "SELECT 1 FROM pg_largeobject_metadata WHERE oid = :o"), {"o": oid}):
             conn.execute(sa.text("SELECT lo_unlink(:o)"), {"o": oid})
+
+
+def _insert_resealed_quarantine(conn: Connection, run_id: str, rows: list[dict[str, Any]],
+                                sealer: crypto.ValueSealer) -> None:
+    """Put a run's opened quarantine rows back, sealed under `sealer`'s key."""
+    for row in rows:
+        sealed = records.seal_quarantined(row, run_id, sealer)
+        conn.execute(sa.text("""
+            INSERT INTO pipeline.quarantine (run_id, snapshot_hash, row_number, source_id, reasons, original, labelled,
+                   created_at, key_ref, sealed)
+            VALUES (:run_id, :snapshot_hash, :row_number, NULL, CAST(:reasons AS jsonb), NULL, :labelled, :created_at,
+                    :key_ref, decode(:sealed, 'hex'))
+        """), {**sealed, "run_id": run_id, "reasons": json.dumps(sealed["reasons"], default=str)})
 
 
 def _delete_rows(conn: Connection, table: str, source_id: str) -> int:
@@ -466,6 +543,7 @@ def erasure_report(ws: Workspace, source_id: str) -> dict[str, Any]:
                                 {"id": source_id}) or 0)
             total = int(conn.scalar(sa.text(f"SELECT count(*) FROM pipeline.{table}")) or 0)
             places.append({"place": f"table pipeline.{table} (source_id)", "searched": total, "found": n})
+        places += list(_search_sealed_rows(conn, ws.keyring, id_column, source_id))
         for table, column in JSON_PLACES:
             rows = conn.execute(sa.text(f"""
                 SELECT {column} AS doc FROM pipeline.{table}
@@ -498,22 +576,59 @@ def erasure_report(ws: Workspace, source_id: str) -> dict[str, Any]:
             "places": places}
 
 
+def _search_sealed_rows(conn: Connection, keys: crypto.Keyring, id_column: str,
+                        source_id: str) -> Iterator[dict[str, Any]]:
+    """The sealed quarantine rows and validation results (encryption at rest), each opened and searched."""
+    quarantine = [records.opened(dict(r), keys) for r in conn.execute(sa.text(
+        "SELECT * FROM pipeline.quarantine WHERE sealed IS NOT NULL")).mappings()]
+    yield {"place": "table pipeline.quarantine (sealed rows, opened: source_id)", "searched": len(quarantine),
+           "found": sum(tombstones.id_text(r["source_id"] or "") == source_id for r in quarantine)}
+    validations = [records.opened(dict(r), keys) for r in conn.execute(sa.text(
+        "SELECT * FROM pipeline.validation_results WHERE sealed IS NOT NULL")).mappings()]
+    yield {"place": "table pipeline.validation_results (sealed values, opened: ids in JSON)",
+           "searched": len(validations),
+           "found": sum(scrub_json({k: r[k] for k in records.SEALED_VALIDATION}, id_column, source_id)[1]
+                        for r in validations)}
+
+
 def _search_files(ws: Workspace, source_id: str) -> Iterator[dict[str, Any]]:
-    """Every snapshot file (its id column, read back) and every report and card page (its id cells)."""
-    root, id_column = artifacts.store_root(ws.store), ws.config.dataset.id_column
+    """Every snapshot file (its id column, read back, sealed files opened) and every report and card page (its
+    id cells). A file whose key was destroyed (crypto-shredded) cannot hold anything readable: it counts as
+    searched."""
+    root, id_column, keys = artifacts.store_root(ws.store), ws.config.dataset.id_column, ws.keyring
     files = sorted((root / "snapshots").glob("*.parquet")) if (root / "snapshots").is_dir() else []
     found = 0
     for path in files:
-        schema = pq.read_schema(path)
-        if id_column in schema.names:
-            column = pq.read_table(path, columns=[id_column]).column(id_column)
-            found += int(pc.sum(_id_mask(column, source_id)).as_py() or 0)
+        with _opened_or_none(path, keys) as handle:
+            if handle is None:
+                continue
+            parquet = pq.ParquetFile(handle)
+            if id_column in parquet.schema_arrow.names:
+                column = parquet.read(columns=[id_column]).column(id_column)
+                found += int(pc.sum(_id_mask(column, source_id)).as_py() or 0)
     yield {"place": f"snapshot files under {root / 'snapshots'} (the {id_column} column, read back)",
            "searched": len(files), "found": found}
     for kind in PAGE_KINDS:
         pages = sorted((root / kind).glob("*.html")) if (root / kind).is_dir() else []
+        found = 0
+        for page in pages:
+            with _opened_or_none(page, keys) as handle:
+                if handle is not None:
+                    found += scrub_page(handle.read().decode(errors="replace"), id_column, source_id)[1]
         yield {"place": f"{kind} pages under {root / kind} (tables of ids, example ids)", "searched": len(pages),
-               "found": sum(scrub_page(p.read_text(errors="replace"), id_column, source_id)[1] for p in pages)}
+               "found": found}
+
+
+@contextmanager
+def _opened_or_none(path: Path, keys: crypto.Keyring) -> Iterator[IO[bytes] | None]:
+    """A stored file open as its plaintext, or None when its data key was destroyed (nothing readable is left)."""
+    try:
+        handle = crypto.open_plain(path, keys)
+    except DataKeyDestroyed:
+        yield None
+        return
+    with handle:
+        yield handle
 
 
 # --- a champion trained on erased rows --------------------------------------------------------------------

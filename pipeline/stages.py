@@ -159,7 +159,7 @@ def _ingest(ws: Workspace, run: Run, recorded: dict[str, Any] | None) -> dict[st
 def _recorded_snapshot(ws: Workspace, run: Run, recorded: dict[str, Any]) -> dict[str, Any]:
     """A retried run's ingest: the snapshot the run recorded, checked against its hash, never a new read
     (the source may have changed since, and the run's later stages were computed from these rows)."""
-    artifacts.verify_file(ws.snapshot_path(recorded["snapshot_hash"]), recorded["snapshot_hash"])
+    artifacts.verify_file(ws.snapshot_path(recorded["snapshot_hash"]), recorded["snapshot_hash"], ws.store.keyring)
     with ws.engine.connect() as conn:
         waiting = records.unlabelled_snapshot(conn, recorded["snapshot_hash"])
     log.info("run %s was ingested before: reusing its snapshot %s (%d rows up to %s), not reading the source again",
@@ -223,9 +223,9 @@ def _classify_snapshot(ws: Workspace, snapshot_hash: str, suite: dict[str, Any],
         hashes = [snapshot_hash] + ([str(waiting["snapshot_hash"])] if waiting else [])
         paths = [ws.snapshot_path(digest) for digest in hashes]
         for path, digest in zip(paths, hashes, strict=True):
-            artifacts.verify_file(path, digest)
+            artifacts.verify_file(path, digest, ws.store.keyring)
         try:
-            done = classify_snapshots(paths, contract, suite, ws.config.quality, chunk_rows)
+            done = classify_snapshots(paths, contract, suite, ws.config.quality, chunk_rows, ws.store.keyring)
             return done.result, done.awaiting, hashes[1] if waiting else None, done.clean
         except NotStreamable as exc:
             log.info("validation: the whole batch at once (%s)", exc)
@@ -275,15 +275,17 @@ def validate_snapshot(ws: Workspace, run: Run, snapshot_hash: str,
                "reason_counts": result.reason_counts(), "rows_unlabelled": awaiting.rows_read,
                "unlabelled_faulty": len(awaiting.quarantined), "unlabelled_reason_counts": awaiting.reason_counts(),
                "report_path": str(report_path)}
+    seal = ws.store.encrypt  # encryption at rest: the run's quarantined rows under one data key, its result another
+    sealers = (ws.keyring.sealer() if seal and quarantined else None, ws.keyring.sealer() if seal else None)
     with ws.engine.begin() as conn:
         raw = records.get_snapshot(conn, snapshot_hash)
         records.record_derived_snapshot(conn, "clean", clean_hash, str(clean_path), raw, result.valid_count,
                                          run.run_id)
-        records.record_quarantine(conn, run.run_id, quarantined)
+        records.record_quarantine(conn, run.run_id, quarantined, sealers[0])
         records.record_validation(conn, run.run_id, snapshot_hash, {
             **{k: v for k, v in summary.items() if k != "snapshot_hash"}, "suite_name": suite["name"],
             "success": problem is None, "statistics": result.gx_result["statistics"], "failures": failures,
-            "result": result.gx_result, "normalisations": result.normalisations})
+            "result": result.gx_result, "normalisations": result.normalisations}, sealers[1])
         if problem:
             error = validate.ValidationFailed(suite["name"], failures, headline=problem)
             records.finish_run(conn, run.run_id, "validation_failed", str(error))
@@ -321,7 +323,7 @@ def _training_rows(ws: Workspace, snapshot_hash: str) -> tuple[Any, dict[str, An
     first = frame.iloc[held[:1]]
     holdout = {"rows": len(held), "start": {
         contract.labelled_at_column(): str(train.labelled_at(first, contract).iloc[0]),
-        contract.id_column: quality.source_id(first[contract.id_column].iloc[0])}}
+        **holdout_start_id(ws, quality.source_id(first[contract.id_column].iloc[0]))}}
     return frame[list(dict.fromkeys([*contract.feature_names(), contract.target_column]))].iloc[trained], holdout
 
 
@@ -361,7 +363,7 @@ def _searched_table(ws: Workspace, searched: list[dict[str, Any]]) -> tuple[dict
                          f"{configured}: every configured family is searched once")
     residuals = {family: np.load(io.BytesIO(artifacts.read_verified(
                      artifacts.local_copy(ws.store, "residuals", entry["residuals_hash"]),
-                     entry["residuals_hash"])), allow_pickle=False)
+                     entry["residuals_hash"], ws.store.keyring)), allow_pickle=False)
                  for family, entry in by_family.items() if entry["residuals_hash"]}
     return {family: by_family[family]["cv"] for family in configured}, residuals
 
@@ -492,6 +494,9 @@ def _champion_training_ids(ws: Workspace, champion: dict[str, Any]) -> Any:
             "snapshot is in the store") from exc
     ids = keys[contract.id_column]
     first_held_out = quality.source_id(ids.iloc[held[0]])
+    if HOLDOUT_ID_HMAC in started:  # recorded as its keyed hash (encryption at rest): compared as one
+        started = {**started, contract.id_column: started[HOLDOUT_ID_HMAC]}
+        first_held_out = holdout_start_id(ws, first_held_out)[HOLDOUT_ID_HMAC]
     if (erased := _rows_erased_since(ws, champion["snapshot_hash"])):
         # rows erased since it trained: the split of the redacted snapshot can move by as many rows, and an
         # erased row can be in no holdout (its id is refused at ingest), so the ids left are the ones to keep out
@@ -507,6 +512,17 @@ def _champion_training_ids(ws: Workspace, champion: dict[str, Any]) -> Any:
             f"training rows and a holdout starting at id {first_held_out}, but the version records "
             f"{champion['train_rows']} and {started}: the rows it trained on are unknown")
     return ids.iloc[trained]
+
+
+HOLDOUT_ID_HMAC = "id_hmac"  # a version's holdout start names its first row by the keyed hash of its id
+
+
+def holdout_start_id(ws: Workspace, source_id: Any) -> dict[str, Any]:
+    """How a version records the id of its holdout's first row: with encryption at rest, as its keyed hash
+    (the erasure key's HMAC, as a tombstone: the registry then holds no patient id); else the id itself."""
+    if not ws.store.encrypt:
+        return {ws.config.dataset.id_column: source_id}
+    return {HOLDOUT_ID_HMAC: tombstones.tombstone(tombstones.load_key(ws.settings.erasure_key_file), source_id)}
 
 
 def _rows_erased_since(ws: Workspace, snapshot_hash: str) -> int:
@@ -833,7 +849,8 @@ def vet_champion_to_be(ws: Workspace, version: int, force: bool, verb: str, ask:
 
 def verify_artifact(ws: Workspace, model: dict[str, Any]) -> None:
     """Raise ArtifactIntegrityError (naming the hash) unless the version's stored artifact matches its registered SHA-256."""
-    artifacts.verify_file(artifacts.local_copy(ws.store, "models", model["artifact_hash"]), model["artifact_hash"])
+    artifacts.verify_file(artifacts.local_copy(ws.store, "models", model["artifact_hash"]), model["artifact_hash"],
+                          ws.store.keyring)
 
 
 def rollback_champion(ws: Workspace, run_id: str, reason: str, to_version: int | None = None,

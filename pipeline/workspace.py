@@ -7,6 +7,7 @@ embedded one if needed), applies the schema and checks the declared formats agai
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -17,7 +18,7 @@ from pipeline.contract.config import PipelineConfig, load_config
 from pipeline.contract.settings import Settings
 from pipeline.data import ingest
 from pipeline.registry import records
-from pipeline.store import artifacts, db
+from pipeline.store import artifacts, crypto, db
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,23 @@ class Workspace:
     def model(self) -> str:
         return self.config.model
 
-    @property
+    @cached_property
+    def keyring(self) -> crypto.Keyring:
+        """The data keys, through the key manager `security.key_manager` names (opened on first use: a store
+        that meets no sealed file and writes none never needs it). Never derived from the artifact folder, so
+        every worker reaches the same key source."""
+        from pipeline.store import keys
+
+        return crypto.Keyring(self.engine, lambda: keys.open_key_manager(self.settings, self.config))
+
+    @cached_property
     def store(self) -> artifacts.ArtifactStore:
-        """The artifact store: the local folder, and the team store in this database when configured."""
-        return artifacts.artifact_store(self.settings, self.engine)
+        """The artifact store: the local folder, and the team store in this database when configured; new files
+        sealed when `security.encrypt_at_rest` (the default), plain and loudly logged when not."""
+        encrypt = self.config.security.encrypt_at_rest
+        if not encrypt:
+            crypto.warn_plain_once(str(self.settings.config_path))
+        return artifacts.artifact_store(self.settings, self.engine, self.keyring, encrypt)
 
     def snapshot_path(self, snapshot_hash: str) -> Path:
         """A stored snapshot's file on this machine (fetched from the team store when it is not here yet)."""
@@ -59,7 +73,7 @@ class Workspace:
         """A stored snapshot as a frame (every column, or `columns`), found by its hash in the configured store
         and checked against it; a snapshot an erasure rewrote is read as its redacted copy (`live_snapshot`)."""
         live = self.live_snapshot(snapshot_hash)
-        return ingest.load_snapshot(self.snapshot_path(live), live, columns)
+        return ingest.load_snapshot(self.snapshot_path(live), live, columns, self.store.keyring)
 
     def live_snapshot(self, snapshot_hash: str) -> str:
         """The snapshot that stands for `snapshot_hash` now: itself, or the copy an erasure rewrote it as
@@ -70,7 +84,7 @@ class Workspace:
     def load_model(self, artifact_hash: str) -> Any:
         """A stored model, found by its hash in the configured store; unpickled from the very bytes checked."""
         return artifacts.load_model(artifacts.local_copy(self.store, "models", artifact_hash),
-                                    artifact_hash)
+                                    artifact_hash, self.store.keyring)
 
     def relative(self, path: Path | str) -> str:
         return artifacts.relative_path(self.settings.artifact_dir, Path(path))

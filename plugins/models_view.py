@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from pipeline.contract.config import ModelEntry
     from pipeline.contract.settings import Settings
+    from pipeline.store.crypto import Keyring
     from pipeline.views.models_view import Links
 
 URL_PREFIX = "/models-view"
@@ -44,6 +45,13 @@ def _settings() -> Settings:
 def _engine() -> Engine:
     from pipeline.store import db
     return db.create_engine(db.database_url(_settings()))
+
+
+@cache
+def _keyring() -> Keyring:
+    """The data keys sealed pages and quarantine rows open with: the key manager the main config names."""
+    from pipeline.store import crypto, keys
+    return crypto.Keyring(_engine(), lambda: keys.open_key_manager(_settings()))
 
 
 def _entries() -> dict[str, ModelEntry]:
@@ -102,7 +110,8 @@ def _report(request: Request, model: str, kind: str, key: str | int) -> str:
     try:
         with _engine().connect() as conn:
             found = models_view.find_report(conn, entry.name, kind, key)
-        document = models_view.read_report(artifacts.artifact_store(_settings(), _engine()), found["path"])
+        document = models_view.read_report(artifacts.artifact_store(_settings(), _engine(), _keyring()),
+                                           found["path"])
     except LookupError as error:
         raise HTTPException(404, str(error)) from error
     except artifacts.ArtifactIntegrityError as error:
@@ -129,7 +138,7 @@ def _quarantine(request: Request, user: Any, model: str, run_id: str, code: str,
     principal = f"airflow:{user.get_name()}"
     line = f"GET {request.url.path}{'?' + request.url.query if request.url.query else ''}"
     return models_view.read_quarantine(_engine(), _entry(model).name, principal, line, what, run_id or None,
-                                       code or None, limit)
+                                       code or None, limit, keys=_keyring())
 
 
 @app.get("/{model}/quarantine", response_class=HTMLResponse)

@@ -1,5 +1,5 @@
-"""Patient data: who read it (quarantine, access-log), a patient's erasure (erase, erasure-report), and the keys
-that encrypt it at rest (rotate-keys)."""
+"""Patient data: who read it (quarantine, access-log), a patient's erasure (erase, erasure-report), the keys
+that encrypt it at rest (rotate-keys), and sealing an old plain store (encrypt-store)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def cmd_quarantine(ws: Workspace, args: argparse.Namespace) -> Any:
     from pipeline.views import models_view
 
     return models_view.read_quarantine(ws.engine, ws.model, accesslog.cli_principal(), accesslog.command_line(),
-                                       "quarantine", args.run_id, args.code, args.limit, channel="cli")
+                                       "quarantine", args.run_id, args.code, args.limit, channel="cli",
+                                       keys=ws.keyring)
 
 
 def text_quarantine(rows: list[dict[str, Any]]) -> str:
@@ -28,6 +29,32 @@ def text_quarantine(rows: list[dict[str, Any]]) -> str:
                ", ".join(str(x.get("code")) for x in r["reasons"] or []),
                json.dumps(r["original"] or {}, default=str)] for r in rows]
     return "\n".join(aligned(table, indent=""))
+
+
+def cmd_encrypt_store(ws: Workspace, args: argparse.Namespace) -> Any:
+    """`encrypt-store`: every plain file and registry value of the store sealed in place (safe twice)."""
+    from dataclasses import asdict
+
+    from pipeline.registry.encrypt_store import encrypt_store
+
+    if not ws.config.security.encrypt_at_rest:
+        raise ValueError(f"security.encrypt_at_rest is false in {ws.config.path}: set it to true (the default) "
+                         "first, or new files would be written plain beside the sealed ones")
+    result = encrypt_store(ws.store, ws.engine)
+    return {"store": str(ws.settings.artifact_dir), "key_source": ws.keyring.source, **asdict(result),
+            "nothing_to_do": result.nothing_to_do}
+
+
+def text_encrypt_store(result: dict[str, Any]) -> str:
+    if result["nothing_to_do"]:
+        return (f"{result['store']}: nothing to do ({result['already']} files sealed already; "
+                f"keys from {result['key_source']})")
+    lines = [f"{result['store']}: sealed {len(result['sealed'])} files ({result['already']} sealed already), "
+             f"{result['team_sealed']} team-store objects, {result['quarantine_rows']} quarantine rows and "
+             f"{result['validation_rows']} validation results; keys from {result['key_source']}"]
+    lines += [f"  refused (does not hash to its name; left as it is): {r}" for r in result["refused"]]
+    lines += [f"  missing (the registry names it; not in this store): {m}" for m in result["missing"]]
+    return "\n".join(lines)
 
 
 def cmd_access_log(ws: Workspace, args: argparse.Namespace) -> Any:
@@ -122,6 +149,11 @@ def register(add: Any) -> None:
             text=text_erasure_report, json_help="{source_id, erased, found, tombstone_recorded, requests, "
             "versions_trained_on_erased, places: [{place, searched, found}]}")
     p.add_argument("id", help="the patient's id in the source table")
+    add("encrypt-store", cmd_encrypt_store, "seal every plain file of the artifact store (and the team store) in place "
+        "under a data key of its own, names unchanged, and the registry's plain quarantine rows and validation "
+        "results (safe twice: the second run has nothing to do)", text=text_encrypt_store,
+        json_help="{store, key_source, sealed, already, refused, missing, team_sealed, quarantine_rows, "
+        "validation_rows, nothing_to_do}")
     add("rotate-keys", cmd_rotate_keys, "make a new master key current in the key manager (security.key_manager) "
         "and re-wrap every data key in pipeline.data_keys under it; no encrypted file is rewritten",
         text=text_rotate_keys, json_help="{source, previous_key_id, current_key_id, rewrapped}")

@@ -45,6 +45,8 @@ from pipeline.data.quality import (
 )
 from pipeline.data.validate import SAMPLE_IDS, exception_message, run_suite, suite_validation
 from pipeline.runtime import memory
+from pipeline.store import crypto
+from pipeline.store.crypto import Keyring
 
 CHUNK_ROWS = 1 << 17  # rows per chunk: about 30 MB of raw rows, whatever the snapshot's size
 # pyarrow's own row group size (parquet's DEFAULT_MAX_ROW_GROUP_LENGTH), which `snapshot_bytes` leaves as is
@@ -147,16 +149,16 @@ def frame_chunks(frames: list[pd.DataFrame], chunk_rows: int) -> Chunks:
     return Chunks(chunks, dtypes)
 
 
-def parquet_chunks(paths: list[Path], chunk_rows: int) -> Chunks:
+def parquet_chunks(paths: list[Path], chunk_rows: int, keys: Keyring | None = None) -> Chunks:
     """Snapshot files (already checked against their hashes), one after the other, read `chunk_rows` at a
     time, with the dtypes `ingest.load_snapshot` and their concatenation give the whole frame."""
-    dtypes = _common_dtypes([_batch_dtypes(batch) for path in paths for batch in _batches(path, chunk_rows)])
+    dtypes = _common_dtypes([_batch_dtypes(batch) for path in paths for batch in _batches(path, chunk_rows, keys)])
     give_back_memory()
 
     def chunks() -> Iterator[pd.DataFrame]:
         offset = 0
         for path in paths:
-            for batch in _batches(path, chunk_rows):
+            for batch in _batches(path, chunk_rows, keys):
                 if batch.num_rows:
                     frame = _cheaply_conformed(ingest.arrow_to_frame(batch), dtypes)
                     yield _positioned(frame, offset)
@@ -164,9 +166,9 @@ def parquet_chunks(paths: list[Path], chunk_rows: int) -> Chunks:
     return Chunks(chunks, dtypes)
 
 
-def _batches(path: Path, chunk_rows: int) -> Iterator[pa.Table]:
-    with pq.ParquetFile(path, pre_buffer=False) as file:  # pre-buffering would read every row group up front
-        for batch in file.iter_batches(batch_size=chunk_rows):
+def _batches(path: Path, chunk_rows: int, keys: Keyring | None = None) -> Iterator[pa.Table]:
+    with crypto.open_plain(path, keys) as handle, pq.ParquetFile(handle, pre_buffer=False) as file:  # pre-buffering
+        for batch in file.iter_batches(batch_size=chunk_rows):  # would read every row group up front
             yield pa.Table.from_batches([batch])
 
 
@@ -501,8 +503,10 @@ def classify_chunks(chunks: Chunks, labelled: int, contract: DatasetContract, su
 
 
 def classify_snapshots(paths: list[Path], contract: DatasetContract, suite: dict[str, Any],
-                       policy: QualityPolicy | None = None, chunk_rows: int = CHUNK_ROWS) -> Classified:
+                       policy: QualityPolicy | None = None, chunk_rows: int = CHUNK_ROWS,
+                       keys: Keyring | None = None) -> Classified:
     """`classify_chunks` on snapshot files checked against their hashes: the labelled rows', then (if
     any) those awaiting their outcome."""
-    labelled = pq.read_metadata(paths[0]).num_rows
-    return classify_chunks(parquet_chunks(paths, chunk_rows), labelled, contract, suite, policy)
+    with crypto.open_plain(paths[0], keys) as handle:
+        labelled = pq.read_metadata(handle).num_rows
+    return classify_chunks(parquet_chunks(paths, chunk_rows, keys), labelled, contract, suite, policy)

@@ -31,6 +31,7 @@ from sqlalchemy.engine import Engine
 from pipeline.contract.config import ConfigError, DatasetContract
 from pipeline.data.casting import NOT_FINITE, OUT_OF_RANGE_DATE, Unreadable, cast_column, cast_strict
 from pipeline.store.artifacts import ArtifactStore, open_verified, store_bytes
+from pipeline.store.crypto import Keyring
 
 # Python's dates and times (years 1 to 9999), as days and as microseconds since 1970-01-01.
 FIRST_DAY, LAST_DAY = -719_162, 2_932_896
@@ -561,10 +562,11 @@ def store_clean_snapshot(frame: pd.DataFrame, store: Path | ArtifactStore) -> tu
     return store_bytes(store, "snapshots", snapshot_bytes(frame), ".parquet")
 
 
-def load_snapshot(path: Path, snapshot_hash: str, columns: list[str] | None = None) -> pd.DataFrame:
+def load_snapshot(path: Path, snapshot_hash: str, columns: list[str] | None = None,
+                  keys: Keyring | None = None) -> pd.DataFrame:
     """Read a stored snapshot after checking its bytes against its name: every column, or only `columns`
-    (those of them it has)."""
-    with SnapshotFile(path, snapshot_hash) as snapshot:
+    (those of them it has). A sealed snapshot opens with `keys`."""
+    with SnapshotFile(path, snapshot_hash, keys) as snapshot:
         return snapshot.read(columns)
 
 
@@ -576,8 +578,8 @@ class SnapshotFile:
     read as often as a stage needs through the same open file: some columns of every row, or every column
     of some rows. Every read is refused if the file was rewritten since the check."""
 
-    def __init__(self, path: Path, snapshot_hash: str) -> None:
-        self.file = open_verified(path, snapshot_hash)
+    def __init__(self, path: Path, snapshot_hash: str, keys: Keyring | None = None) -> None:
+        self.file = open_verified(path, snapshot_hash, keys)
         self.parquet = pq.ParquetFile(self.file.handle)
 
     def __enter__(self) -> SnapshotFile:

@@ -41,7 +41,7 @@ from sklearn.preprocessing import FunctionTransformer
 from pipeline.contract.config import DatasetContract
 from pipeline.model.features import AgeFromDates, missing_as_nan, model_inputs, typed_dates
 from pipeline.registry import records
-from pipeline.store import artifacts
+from pipeline.store import artifacts, crypto
 from pipeline.store.artifacts import ArtifactIntegrityError
 from pipeline.workspace import Workspace
 
@@ -467,10 +467,11 @@ def cache_paths(artifact_dir: Path, artifact_hash: str) -> tuple[Path, Path]:
     return folder / f"{artifact_hash}.json", folder / f"{artifact_hash}.onnx"
 
 
-def save_compiled(artifact_dir: Path, artifact_hash: str, result: Compiled) -> None:
+def save_compiled(store: Path | artifacts.ArtifactStore, artifact_hash: str, result: Compiled) -> None:
     """Keep a compile's outcome (the graph, its inputs and parity; or the reason it falls back) for the
-    artifact, so the next process loads it instead of converting and checking again."""
-    described, graph_path = cache_paths(artifact_dir, artifact_hash)
+    artifact, so the next process loads it instead of converting and checking again. Both files are sealed
+    (each under a data key of its own) when the store encrypts: the graph holds the model's parameters."""
+    described, graph_path = cache_paths(artifacts.store_root(store), artifact_hash)
     entry: dict[str, Any] = {"artifact_hash": artifact_hash, "fingerprint": cache_fingerprint(result.contract),
                              "family": result.family, "method": result.method, "reason": result.reason,
                              "parity": dataclasses.asdict(result.parity) if result.parity else None}
@@ -479,23 +480,26 @@ def save_compiled(artifact_dir: Path, artifact_hash: str, result: Compiled) -> N
         entry["graph_sha256"] = artifacts.sha256_bytes(graph)
         entry["inputs"] = [dataclasses.asdict(p) for p in result.scorer.inputs]
         described.parent.mkdir(parents=True, exist_ok=True)
-        artifacts.write_atomically(graph_path, graph)
+        artifacts.write_sealed(store, "compiled", graph_path, graph)
     described.parent.mkdir(parents=True, exist_ok=True)
-    artifacts.write_atomically(described, json.dumps(entry, indent=1).encode())
+    artifacts.write_sealed(store, "compiled", described, json.dumps(entry, indent=1).encode())
 
 
-def load_compiled(artifact_dir: Path, artifact_hash: str, model: Pipeline, contract: DatasetContract) -> Compiled | None:
+def load_compiled(store: Path | artifacts.ArtifactStore, artifact_hash: str, model: Pipeline,
+                  contract: DatasetContract) -> Compiled | None:
     """The artifact's cached compile, or None when there is none, or it was made for another artifact, other
-    libraries or another contract, or its graph's bytes are not the ones it recorded (then it is rebuilt)."""
-    described, graph_path = cache_paths(artifact_dir, artifact_hash)
+    libraries or another contract, or its graph's bytes are not the ones it recorded, or it does not open with
+    the store's keys (then it is rebuilt)."""
+    described, graph_path = cache_paths(artifacts.store_root(store), artifact_hash)
+    keys = artifacts.store_keys(store)
     try:
-        entry = json.loads(described.read_bytes())
+        entry = json.loads(crypto.read_plain(described, keys))
         if entry.get("artifact_hash") != artifact_hash or entry.get("fingerprint") != cache_fingerprint(contract):
             return None
         parity = Parity(**entry["parity"]) if entry.get("parity") else None
         if entry["method"] != "onnx":
             return Compiled(model, contract, entry["family"], entry["method"], entry["reason"], parity)
-        graph = artifacts.read_verified(graph_path, entry["graph_sha256"])
+        graph = artifacts.read_verified(graph_path, entry["graph_sha256"], keys)
         inputs = tuple(Prepared(p["name"], p["kind"], tuple(p["columns"]), p["fill"]) for p in entry["inputs"])
         scorer = OnnxScorer(graph, inputs)
     except FileNotFoundError:
@@ -518,8 +522,8 @@ def for_version(ws: Workspace, model: Pipeline, version: int) -> Compiled:
 
     with ws.engine.connect() as conn:
         record = records.get_model(conn, version, ws.model)
-    artifact_dir, contract = ws.settings.artifact_dir, ws.config.dataset
-    cached = load_compiled(artifact_dir, record["artifact_hash"], model, contract)
+    store, contract = ws.store, ws.config.dataset
+    cached = load_compiled(store, record["artifact_hash"], model, contract)
     if cached is not None:
         return cached
     fraction = float(record["params"].get("holdout_fraction", ws.config.training.holdout_fraction))
@@ -530,7 +534,7 @@ def for_version(ws: Workspace, model: Pipeline, version: int) -> Compiled:
                                          f"({type(exc).__name__}: {first_line(exc)})")
     result = compile_model(model, contract, rows)
     try:
-        save_compiled(artifact_dir, record["artifact_hash"], result)
+        save_compiled(store, record["artifact_hash"], result)
     except OSError as exc:  # a read-only store still scores; the next process compiles again
         log.warning("compiled model of version %s not cached: %s", version, exc)
     return result

@@ -115,7 +115,7 @@ def holdout_rows(ws: Workspace, snapshot_hash: str, fraction: float) -> tuple[fl
     with ws.engine.connect() as conn:
         records.get_snapshot(conn, snapshot_hash)  # registered, or a clear error naming it
     snapshot_hash = ws.live_snapshot(snapshot_hash)  # its redacted copy, when an erasure rewrote it
-    with ingest.SnapshotFile(ws.snapshot_path(snapshot_hash), snapshot_hash) as snapshot:
+    with ingest.SnapshotFile(ws.snapshot_path(snapshot_hash), snapshot_hash, ws.store.keyring) as snapshot:
         keys = snapshot.read(split_columns(contract))
         trained, held = split_positions(keys, contract, fraction)
         train_mean = float(keys[contract.target_column].iloc[trained].mean())

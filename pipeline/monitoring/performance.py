@@ -441,7 +441,7 @@ def holdout_errors(ws: Workspace, version: int) -> np.ndarray | None:
         """), {"model": ws.model, "version": version})
     if digest is None:
         return None
-    data = artifacts.read_verified(artifacts.local_copy(ws.store, HOLDOUT_ERRORS, digest), digest)
+    data = artifacts.read_verified(artifacts.local_copy(ws.store, HOLDOUT_ERRORS, digest), digest, ws.store.keyring)
     return np.asarray(np.load(io.BytesIO(data), allow_pickle=False), dtype="float64")
 
 

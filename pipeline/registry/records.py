@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline.data.ingest import Snapshot
+from pipeline.store import crypto
 
 _PROMOTION_LOCK_ID = 72_410_002  # pg_advisory_xact_lock key: promotions never interleave
 
@@ -204,19 +205,67 @@ def get_snapshot(conn: Connection, snapshot_hash: str) -> dict[str, Any]:
     return row
 
 
-def record_validation(conn: Connection, run_id: str, snapshot_hash: str, record: dict[str, Any]) -> None:
-    """Store one validation with its row counts; a retried task replaces its own row."""
+SEALED_VALIDATION = ("failures", "result", "normalisations")  # the columns that can hold patient values
+SEALED_QUARANTINE = ("source_id", "reasons", "original")
+
+
+def sealed_context(row: dict[str, Any]) -> str:
+    """The identity a sealed registry value is bound to (its associated data): its table and primary key."""
+    if "row_number" in row:
+        return f"quarantine|{row['run_id']}|{row['snapshot_hash']}|{row['row_number']}"
+    return f"validation_results|{row['run_id']}|{row['snapshot_hash']}"
+
+
+def opened(row: dict[str, Any], keys: crypto.Keyring | None) -> dict[str, Any]:
+    """A quarantine or validation row with its sealed values opened in place of their redacted copies (a plain
+    row as it is); a SealError names the row and the key when they do not open."""
+    if row.get("sealed") is None:
+        return {k: v for k, v in row.items() if k != "sealed"}
+    context = sealed_context(row)
+    what = f"pipeline.{context.split('|')[0]} row ({', '.join(context.split('|')[1:])})"
+    payload = crypto.open_value(row["sealed"], row["key_ref"], keys, context, what)
+    return {**{k: v for k, v in row.items() if k != "sealed"}, **payload}
+
+
+def _redacted(value: Any) -> Any:
+    """A validation document without what can name or describe a patient: sample ids, GX's lists of unexpected
+    values and rows; counts, rules and statistics stay."""
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()
+                if not (str(k).endswith("ids") or str(k).endswith("_list") or str(k).startswith("partial_unexpected")
+                        or str(k) in ("value", "values", "unexpected_rows"))}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
+
+
+def seal_validation(record: dict[str, Any], run_id: str, snapshot_hash: str,
+                    sealer: crypto.ValueSealer) -> dict[str, Any]:
+    """The record with its patient values sealed (`sealed`, `key_ref`) and redacted in the plain columns."""
+    payload = {k: _jsonable(record[k]) for k in SEALED_VALIDATION if k in record}
+    context = sealed_context({"run_id": run_id, "snapshot_hash": snapshot_hash})
+    return {**record, **{k: _redacted(v) for k, v in payload.items()}, "key_ref": sealer.ref,
+            "sealed": sealer.seal(payload, context)}
+
+
+def record_validation(conn: Connection, run_id: str, snapshot_hash: str, record: dict[str, Any],
+                      sealer: crypto.ValueSealer | None = None) -> None:
+    """Store one validation with its row counts; a retried task replaces its own row. With `sealer` (encryption
+    at rest) the values that can name patients are sealed under its key, and kept redacted in plain."""
     json_keys = ("statistics", "failures", "result", "reason_counts", "normalisations", "unlabelled_reason_counts")
+    if sealer is not None:
+        record = seal_validation(record, run_id, snapshot_hash, sealer)
+    record = {"key_ref": None, "sealed": None, **record}
     values = {k: (_json(v) if k in json_keys else v) for k, v in record.items()}
     conn.execute(sa.text("""
         INSERT INTO pipeline.validation_results
                (run_id, snapshot_hash, suite_name, success, statistics, failures, result, rows_read, rows_valid,
                 rows_quarantined, reason_counts, normalisations, clean_snapshot_hash, report_path,
-                rows_unlabelled, unlabelled_faulty, unlabelled_reason_counts)
+                rows_unlabelled, unlabelled_faulty, unlabelled_reason_counts, key_ref, sealed)
         VALUES (:run_id, :snapshot_hash, :suite_name, :success, CAST(:statistics AS jsonb),
                 CAST(:failures AS jsonb), CAST(:result AS jsonb), :rows_read, :rows_valid, :rows_quarantined,
                 CAST(:reason_counts AS jsonb), CAST(:normalisations AS jsonb), :clean_snapshot_hash, :report_path,
-                :rows_unlabelled, :unlabelled_faulty, CAST(:unlabelled_reason_counts AS jsonb))
+                :rows_unlabelled, :unlabelled_faulty, CAST(:unlabelled_reason_counts AS jsonb), :key_ref, :sealed)
         ON CONFLICT (run_id, snapshot_hash) DO UPDATE SET
                success = EXCLUDED.success, statistics = EXCLUDED.statistics, failures = EXCLUDED.failures,
                result = EXCLUDED.result, rows_read = EXCLUDED.rows_read, rows_valid = EXCLUDED.rows_valid,
@@ -224,7 +273,8 @@ def record_validation(conn: Connection, run_id: str, snapshot_hash: str, record:
                normalisations = EXCLUDED.normalisations, clean_snapshot_hash = EXCLUDED.clean_snapshot_hash,
                report_path = EXCLUDED.report_path, rows_unlabelled = EXCLUDED.rows_unlabelled,
                unlabelled_faulty = EXCLUDED.unlabelled_faulty,
-               unlabelled_reason_counts = EXCLUDED.unlabelled_reason_counts, created_at = now()
+               unlabelled_reason_counts = EXCLUDED.unlabelled_reason_counts, key_ref = EXCLUDED.key_ref,
+               sealed = EXCLUDED.sealed, created_at = now()
     """), {**values, "run_id": run_id, "snapshot_hash": snapshot_hash})
 
 
@@ -232,18 +282,34 @@ QUARANTINE_FIELDS = ("snapshot_hash", "row_number", "source_id", "reasons", "ori
 QUARANTINE_BATCH_ROWS = 10_000  # quarantined rows per INSERT, sent as one JSON document
 
 
-def record_quarantine(conn: Connection, run_id: str, rows: list[dict[str, Any]]) -> None:
+def seal_quarantined(row: dict[str, Any], run_id: str, sealer: crypto.ValueSealer) -> dict[str, Any]:
+    """A quarantined row with its source id, reasons' values and original row sealed; its reasons' codes,
+    columns and rules stay plain (the view filters and counts by code)."""
+    payload = _jsonable({k: row[k] for k in SEALED_QUARANTINE})
+    context = sealed_context({**row, "run_id": run_id})
+    return {**row, "source_id": None, "original": None, "key_ref": sealer.ref,
+            "reasons": [{k: v for k, v in reason.items() if k != "value"} for reason in row["reasons"]],
+            "sealed": sealer.seal(payload, context).hex()}
+
+
+def record_quarantine(conn: Connection, run_id: str, rows: list[dict[str, Any]],
+                      sealer: crypto.ValueSealer | None = None) -> None:
     """Replace this run's quarantined rows (so a retried task does not duplicate them). Each row names
-    its snapshot and whether it is labelled (left out of training) or awaits its outcome (reported)."""
+    its snapshot and whether it is labelled (left out of training) or awaits its outcome (reported). With
+    `sealer` (encryption at rest; one data key for the run's rows) the patient's values are sealed."""
     conn.execute(sa.text("DELETE FROM pipeline.quarantine WHERE run_id = :r"), {"r": run_id})
     for start in range(0, len(rows), QUARANTINE_BATCH_ROWS):  # one statement per batch, not one per row
+        batch = [{k: r[k] for k in QUARANTINE_FIELDS} for r in rows[start:start + QUARANTINE_BATCH_ROWS]]
+        if sealer is not None:
+            batch = [seal_quarantined(r, run_id, sealer) for r in batch]
         conn.execute(sa.text("""
-            INSERT INTO pipeline.quarantine (run_id, snapshot_hash, row_number, source_id, reasons, original, labelled)
-            SELECT :run_id, r.snapshot_hash, r.row_number, r.source_id, r.reasons, r.original, r.labelled
+            INSERT INTO pipeline.quarantine (run_id, snapshot_hash, row_number, source_id, reasons, original, labelled,
+                   key_ref, sealed)
+            SELECT :run_id, r.snapshot_hash, r.row_number, r.source_id, r.reasons, r.original, r.labelled, r.key_ref,
+                   decode(r.sealed, 'hex')
               FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(snapshot_hash text, row_number integer,
-                   source_id text, reasons jsonb, original jsonb, labelled boolean)
-        """), {"run_id": run_id, "rows": _json([{k: r[k] for k in QUARANTINE_FIELDS}
-                                                 for r in rows[start:start + QUARANTINE_BATCH_ROWS]])})
+                   source_id text, reasons jsonb, original jsonb, labelled boolean, key_ref text, sealed text)
+        """), {"run_id": run_id, "rows": _json(batch)})
 
 
 def quality_history(conn: Connection, model: str, limit: int = 10) -> list[dict[str, Any]]:

@@ -67,7 +67,7 @@ def migrate_store(engine: Engine, root: Path) -> Migration:
                 if local is None:
                     result.missing.append(where)
                     continue
-                artifacts.store_bytes(store, kind, artifacts.read_verified(local, digest), suffix)
+                artifacts.store_bytes(store, kind, artifacts.read_verified(local, digest, artifacts.store_keys(store)), suffix)
                 result.copied.append(relative)
             if recorded != relative:
                 with engine.begin() as conn:

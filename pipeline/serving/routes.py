@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
@@ -191,7 +191,8 @@ def router(tokens: Sequence[str], state: dict[str, Any]) -> APIRouter:
         if found is None:
             raise HTTPException(404, "no model card was written for this version (python -m pipeline card VERSION)")
         try:
-            return FileResponse(artifacts.recorded_copy(ws.store, found["path"]), media_type="text/html")
+            page = artifacts.recorded_copy(ws.store, found["path"])  # read as its plaintext, checked against its name
+            return Response(artifacts.read_verified(page, page.stem, ws.store.keyring), media_type="text/html")
         except Exception as exc:  # noqa: BLE001 - the store (a database in team mode) may be out of reach
             log.warning("model card of version %s not readable: %s", served_now().version, type(exc).__name__)
             return unavailable("the model card cannot be read now (the artifact store): try again")

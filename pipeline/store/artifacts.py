@@ -1,4 +1,9 @@
-"""The content-addressed artifact store: files named by the SHA-256 of their bytes.
+"""The content-addressed artifact store: files named by the SHA-256 of their (plaintext) bytes.
+
+With encryption at rest (`security.encrypt_at_rest`, on by default) each file is stored sealed under a data key
+of its own (`pipeline.store.crypto`); its name is still the hash of the plaintext, so hashes, lineage and
+`reproduce` do not change with keys, and every read checks the plaintext against the name. A plain file (an
+older store, or encryption off) is read as it is.
 
 With `PIPELINE_ARTIFACT_STORE=postgres` the files also live in the pipeline's PostgreSQL, one large object
 per digest (table pipeline.artifact_objects), and the local folder is this machine's cache of them: a
@@ -24,6 +29,11 @@ from joblib.numpy_pickle import NumpyUnpickler
 from sqlalchemy.engine import Connection, Engine
 
 from pipeline.contract.settings import Settings
+from pipeline.store import crypto
+from pipeline.store.crypto import (
+    ArtifactIntegrityError as ArtifactIntegrityError,  # defined there: crypto raises it too
+)
+from pipeline.store.crypto import Keyring
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +77,6 @@ MOVED_MODULES = {
 }
 
 
-class ArtifactIntegrityError(RuntimeError):
-    """A stored file's bytes no longer match the hash it was registered under."""
-
-
 def sha256_bytes(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -97,11 +103,21 @@ class ArtifactStore:
 
     root: Path
     engine: Engine | None = None
+    keyring: Keyring | None = None  # the data keys: opens sealed files, and seals new ones when `encrypt`
+    encrypt: bool = False
 
 
-def artifact_store(settings: Settings, engine: Engine) -> ArtifactStore:
-    """The store the settings ask for: the local folder alone, or also the team store in `engine`'s database."""
-    return ArtifactStore(settings.artifact_dir, engine if settings.artifact_store == "postgres" else None)
+def artifact_store(settings: Settings, engine: Engine, keyring: Keyring | None = None,
+                   encrypt: bool = False) -> ArtifactStore:
+    """The store the settings ask for: the local folder alone, or also the team store in `engine`'s database;
+    new files sealed under `keyring` when `encrypt`."""
+    return ArtifactStore(settings.artifact_dir, engine if settings.artifact_store == "postgres" else None,
+                         keyring, encrypt and keyring is not None)
+
+
+def store_keys(store: Path | ArtifactStore) -> Keyring | None:
+    """The keyring a store's sealed files open with (none for a bare folder)."""
+    return store.keyring if isinstance(store, ArtifactStore) else None
 
 
 def store_root(store: Path | ArtifactStore) -> Path:
@@ -114,7 +130,7 @@ def local_copy(store: Path | ArtifactStore, kind: str, digest: str) -> Path:
     (only bytes that hash to `digest` are put in the cache). Callers check it as any stored file."""
     path = stored_path(store_root(store), kind, digest)
     if isinstance(store, ArtifactStore) and store.engine is not None and not path.is_file():
-        _fetch_shared(store.engine, digest, path)
+        _fetch_shared(store.engine, digest, path, store.keyring)
     return path
 
 
@@ -142,27 +158,66 @@ def relative_path(root: Path, path: Path) -> str:
 def store_bytes(root: Path | ArtifactStore, kind: str, data: bytes | memoryview, suffix: str) -> tuple[str, Path]:
     """Write `data` under root/kind/<sha256><suffix> once; never overwrite good bytes. Returns (hash, path).
 
-    A stored copy whose bytes no longer match its name is moved aside (kept as evidence, named by what
-    it hashes to now) and replaced atomically by these bytes, which do: the name says what belongs there.
-    In a team store the bytes also go to PostgreSQL (once per digest), before the call returns.
+    The name is the hash of `data`, the plaintext: with `encrypt` the file holds it sealed under a new data key,
+    recorded in pipeline.sealed_files. A stored copy whose plaintext no longer matches its name (or that no longer
+    opens) is moved aside (kept as evidence) and replaced atomically by these bytes: the name says what belongs
+    there. In a team store the stored bytes also go to PostgreSQL (once per digest), before the call returns.
     """
-    if isinstance(root, ArtifactStore):
-        digest, path = store_bytes(root.root, kind, data, suffix)
-        if root.engine is not None:
-            _share(root.engine, kind, digest, suffix, data)
-        return digest, path
+    store = root if isinstance(root, ArtifactStore) else ArtifactStore(root)
     digest = sha256_bytes(data)
-    path = root / kind / f"{digest}{suffix}"
+    path = store.root / kind / f"{digest}{suffix}"
+    stored = _stored_bytes(store, path, digest, kind, data)
+    if store.engine is not None:
+        _share(store.engine, kind, digest, suffix, stored, len(memoryview(data).cast("B")))
+    return digest, path
+
+
+def _stored_bytes(store: ArtifactStore, path: Path, digest: str, kind: str, data: bytes | memoryview) -> bytes | memoryview:
+    """The bytes at `path` once it holds `data` (as it was, when good; else written now, sealed when `encrypt`)."""
     if path.exists():
-        actual = sha256_file(path)
+        try:
+            actual = sha256_plain(path, store.keyring)
+        except crypto.SealError as exc:
+            actual = f"unreadable ({exc})"
         if actual == digest:
-            return digest, path
-        aside = path.with_name(f"{path.name}.corrupt-{actual[:16]}")
+            return path.read_bytes() if store.engine is not None else b""
+        aside = path.with_name(f"{path.name}.corrupt-{sha256_file(path)[:16]}")
         os.replace(path, aside)
         log.warning("artifact %s hashed to %s, not its name: moved to %s and rewritten", path, actual, aside)
+    stored = seal_for(store, kind, digest, data)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, data)
-    return digest, path
+    write_atomically(path, stored)
+    return stored
+
+
+def seal_for(store: ArtifactStore, kind: str, digest: str, data: bytes | memoryview) -> bytes | memoryview:
+    """The bytes to store for the plaintext `data`: sealed under a new data key (recorded against `digest` in
+    pipeline.sealed_files) when the store encrypts, else `data` itself."""
+    if not store.encrypt or store.keyring is None:
+        return data
+    ref, key = store.keyring.new()
+    sealed = crypto.seal(data, ref, key)
+    with store.keyring.engine.begin() as conn:
+        conn.execute(sa.text("""
+            INSERT INTO pipeline.sealed_files (digest, kind, key_ref) VALUES (:d, :k, :r) ON CONFLICT DO NOTHING
+        """), {"d": digest, "k": kind, "r": ref})
+    return sealed
+
+
+def write_sealed(store: Path | ArtifactStore, kind: str, path: Path, data: bytes | memoryview) -> None:
+    """Write a file outside the content-addressed folders (the compiled cache) as `store_bytes` would: sealed
+    under a new data key when the store encrypts, atomically, read-only."""
+    stored = seal_for(store, kind, sha256_bytes(data), data) if isinstance(store, ArtifactStore) else data
+    write_atomically(path, stored)
+
+
+def sha256_plain(path: Path, keyring: Keyring | None) -> str:
+    """The SHA-256 of a stored file's plaintext (of its bytes, for a plain file)."""
+    digest = hashlib.sha256()
+    with crypto.open_plain(path, keyring) as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_atomically(path: Path, data: bytes | memoryview) -> None:
@@ -177,7 +232,7 @@ def _atomic_writer(path: Path) -> Iterator[IO[bytes]]:
     without an exception; on any exception it is removed and `path` is left as it was."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with os.fdopen(fd, "w+b") as handle:  # readable too: a fetched file is checked before it becomes `path`
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -195,17 +250,17 @@ def _missing(path: Path, expected_hash: str) -> ArtifactIntegrityError:
                                   "PIPELINE_ARTIFACT_DIR the store it was written to?")
 
 
-def verify_file(path: Path, expected_hash: str) -> None:
-    """Raise unless the file exists and its bytes hash to `expected_hash`."""
+def verify_file(path: Path, expected_hash: str, keys: Keyring | None = None) -> None:
+    """Raise unless the file exists and its plaintext hashes to `expected_hash`."""
     if not path.is_file():
         raise _missing(path, expected_hash)
-    _check_hash(path, sha256_file(path), expected_hash)
+    _check_hash(path, sha256_plain(path, keys), expected_hash)
 
 
-def read_verified(path: Path, expected_hash: str) -> bytes:
-    """The file's bytes, read once and checked against `expected_hash`: callers use exactly what was checked."""
+def read_verified(path: Path, expected_hash: str, keys: Keyring | None = None) -> bytes:
+    """The file's plaintext, read once and checked against `expected_hash`: callers use exactly what was checked."""
     try:
-        data = path.read_bytes()
+        data = crypto.read_plain(path, keys)
     except FileNotFoundError:
         raise _missing(path, expected_hash) from None
     _check_hash(path, sha256_bytes(data), expected_hash)
@@ -237,10 +292,10 @@ def _identity(handle: IO[bytes]) -> tuple[int, int]:
     return status.st_size, status.st_mtime_ns
 
 
-def open_verified(path: Path, expected_hash: str) -> VerifiedFile:
-    """The file open for reading, its bytes checked against `expected_hash` (see VerifiedFile)."""
+def open_verified(path: Path, expected_hash: str, keys: Keyring | None = None) -> VerifiedFile:
+    """The file open for reading as its plaintext, checked against `expected_hash` (see VerifiedFile)."""
     try:
-        handle = path.open("rb")
+        handle = crypto.open_plain(path, keys)
     except FileNotFoundError:
         raise _missing(path, expected_hash) from None
     try:
@@ -278,10 +333,10 @@ def store_model(root: Path | ArtifactStore, model: Any) -> tuple[str, Path]:
     return store_bytes(root, "models", model_bytes(model), ".joblib")
 
 
-def load_model(path: Path, expected_hash: str) -> Any:
+def load_model(path: Path, expected_hash: str, keys: Keyring | None = None) -> Any:
     """Unpickle a model from the very bytes that matched the hash the registry holds for it (the file is
     read once: a file swapped after the check is never what gets loaded)."""
-    return unpickle_model(read_verified(path, expected_hash))
+    return unpickle_model(read_verified(path, expected_hash, keys))
 
 
 class _MovedModulesUnpickler(NumpyUnpickler):  # type: ignore[misc]
@@ -296,9 +351,10 @@ def unpickle_model(data: bytes) -> Any:
     return _MovedModulesUnpickler("", io.BytesIO(data), ensure_native_byte_order=True).load()
 
 
-def _share(engine: Engine, kind: str, digest: str, suffix: str, data: bytes | memoryview) -> None:
-    """Put `data` in the team store as one large object and its index row, in one transaction; a digest
-    already there is left alone (writers of the same digest queue on an advisory lock, never fail)."""
+def _share(engine: Engine, kind: str, digest: str, suffix: str, data: bytes | memoryview, size: int) -> None:
+    """Put the stored bytes `data` (sealed or plain) of the plaintext `digest` (`size` bytes) in the team store as
+    one large object and its index row, in one transaction; a digest already there is left alone (writers of the
+    same digest queue on an advisory lock, never fail)."""
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k, hashtext(:d))"), {"k": _SHARE_LOCK_ID, "d": digest})
         if conn.scalar(sa.text(f"SELECT 1 FROM {TEAM_TABLE} WHERE digest = :d"), {"d": digest}):
@@ -311,13 +367,13 @@ def _share(engine: Engine, kind: str, digest: str, suffix: str, data: bytes | me
         target.close()
         conn.execute(sa.text(f"""
             INSERT INTO {TEAM_TABLE} (digest, kind, suffix, size_bytes, oid) VALUES (:d, :kind, :suffix, :size, :oid)
-        """), {"d": digest, "kind": kind, "suffix": suffix, "size": len(view), "oid": oid})
-    log.info("artifact %s (%s, %d bytes) put in the team store %s", digest, kind, len(view), TEAM_TABLE)
+        """), {"d": digest, "kind": kind, "suffix": suffix, "size": size, "oid": oid})
+    log.info("artifact %s (%s, %d bytes) put in the team store %s", digest, kind, size, TEAM_TABLE)
 
 
-def _fetch_shared(engine: Engine, digest: str, path: Path) -> None:
-    """Copy the team store's bytes of `digest` to `path` (atomically, streamed, a MiB at a time) when they
-    hash to `digest`; refuse them, leaving no file, when they do not. Nothing happens when it lacks them."""
+def _fetch_shared(engine: Engine, digest: str, path: Path, keys: Keyring | None = None) -> None:
+    """Copy the team store's bytes of `digest` to `path` (atomically, streamed, a MiB at a time) when their
+    plaintext hashes to `digest`; refuse them, leaving no file, when it does not. Nothing happens when it lacks them."""
     with engine.begin() as conn:
         oid = conn.scalar(sa.text(f"SELECT oid FROM {TEAM_TABLE} WHERE digest = :d"), {"d": digest})
         if oid is None:
@@ -325,10 +381,14 @@ def _fetch_shared(engine: Engine, digest: str, path: Path) -> None:
         source = _dbapi(conn, engine).lobject(oid, "rb")
         path.parent.mkdir(parents=True, exist_ok=True)
         with _atomic_writer(path) as handle:
-            hashed = hashlib.sha256()
             for block in iter(lambda: source.read(_CHUNK), b""):
-                hashed.update(block)
                 handle.write(block)
+            handle.flush()
+            handle.seek(0)
+            plain = crypto.plain_reader(handle, f"{digest} from the team store {TEAM_TABLE}", keys)  # not closed:
+            hashed = hashlib.sha256()  # the writer closes `handle`
+            for block in iter(lambda: plain.read(_CHUNK), b""):
+                hashed.update(block)
             if hashed.hexdigest() != digest:
                 raise ArtifactIntegrityError(
                     f"artifact {digest} in the team store {TEAM_TABLE} (large object {oid}) of database "

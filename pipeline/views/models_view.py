@@ -25,7 +25,7 @@ from pipeline.contract.config import ModelEntry
 from pipeline.model.cards import STYLE, reason_as_change, text
 from pipeline.monitoring import performance
 from pipeline.registry import records
-from pipeline.store import accesslog, artifacts
+from pipeline.store import accesslog, artifacts, crypto
 
 REPORT_KINDS = ("card", "comparison", "quality", "drift", "performance")
 QUARANTINE_PAGE_ROWS = 200
@@ -197,34 +197,36 @@ def read_report(store: Path | artifacts.ArtifactStore, recorded_path: str) -> by
     if path is None:
         raise LookupError(f"the page recorded at {recorded_path} is not in the artifact store {artifact_dir}; "
                           "is PIPELINE_ARTIFACT_DIR the store it was written to?")
-    data = path.read_bytes()
+    data = crypto.read_plain(path, artifacts.store_keys(store))  # a sealed page opens with the store's keys
     if artifacts.sha256_bytes(data) != path.stem:
         raise artifacts.ArtifactIntegrityError(f"{path} does not hash to its name: the page was changed on disk")
     return data
 
 
 def quarantine_rows(conn: Connection, model: str, run_id: str | None = None, code: str | None = None,
-                    limit: int | None = None) -> list[dict[str, Any]]:
-    """The model's quarantined rows, newest run first, optionally of one run and/or one reason code."""
+                    limit: int | None = None, keys: crypto.Keyring | None = None) -> list[dict[str, Any]]:
+    """The model's quarantined rows, newest run first, optionally of one run and/or one reason code; sealed rows
+    are opened with `keys` (encryption at rest)."""
     rows = conn.execute(sa.text(f"""
-        SELECT q.run_id, q.snapshot_hash, q.row_number, q.source_id, q.labelled, q.reasons, q.original, q.created_at
+        SELECT q.run_id, q.snapshot_hash, q.row_number, q.source_id, q.labelled, q.reasons, q.original, q.created_at,
+               q.key_ref, q.sealed
           FROM pipeline.quarantine q JOIN pipeline.training_runs r USING (run_id)
          WHERE r.model = :model AND (CAST(:run_id AS text) IS NULL OR q.run_id = :run_id)
            AND (CAST(:code AS text) IS NULL OR q.reasons @> CAST(:code_json AS jsonb))
          ORDER BY q.created_at DESC, q.run_id, q.row_number {'LIMIT :n' if limit else ''}
     """), {"model": model, "run_id": run_id or None, "code": code or None,
            "code_json": json.dumps([{"code": code}]), "n": limit}).mappings()
-    return [dict(r) for r in rows]
+    return [records.opened(dict(r), keys) for r in rows]
 
 
 def read_quarantine(engine: Engine, model: str, principal: str, request: str, what: str,
                     run_id: str | None = None, code: str | None = None, limit: int | None = None,
-                    channel: str = "view") -> list[dict[str, Any]]:
+                    channel: str = "view", keys: crypto.Keyring | None = None) -> list[dict[str, Any]]:
     """`quarantine_rows` for a person (the quarantine page, its CSV export, the `quarantine` command), the read
     recorded in pipeline.access_log in the same transaction: who, what (with its filters), how many rows."""
     filters = "".join(f" {k}={v}" for k, v in (("run_id", run_id), ("code", code)) if v)
     with engine.begin() as conn:
-        rows = quarantine_rows(conn, model, run_id, code, limit)
+        rows = quarantine_rows(conn, model, run_id, code, limit, keys)
         accesslog.record(conn, [accesslog.Access(principal, channel, f"{what}{filters}", len(rows), request, model)])
     return rows
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from pipeline.contract.config import DEFAULT_MODEL, load_config
 from pipeline.contract.settings import Settings
 from pipeline.data import demo
 from pipeline.registry import records
-from pipeline.store import db
+from pipeline.store import crypto, db, keys
 from tests.dags.test_run_notes import run_note
 
 
@@ -68,9 +69,11 @@ def test_failed_validation_fails_the_run_and_keeps_the_champion(airflow_db: None
 
     assert failed.state == "failed"
     assert _champion_state(engine, pipeline_env) == before
-    with engine.connect() as conn:
-        stored = conn.execute(sa.text(
-            "SELECT success, failures FROM pipeline.validation_results WHERE run_id = :r"), {"r": failed.run_id}).one()
+    keyring = crypto.Keyring(engine, lambda: keys.open_key_manager(pipeline_env))
+    with engine.connect() as conn:  # its sample ids are sealed (encryption at rest): opened with the stack's keys
+        row = conn.execute(sa.text(
+            "SELECT * FROM pipeline.validation_results WHERE run_id = :r"), {"r": failed.run_id}).mappings().one()
+        stored = SimpleNamespace(**records.opened(dict(row), keyring))
         run = conn.execute(sa.text("SELECT status, reason FROM pipeline.training_runs WHERE run_id = :r"),
                            {"r": failed.run_id}).one()
     assert stored.success is False

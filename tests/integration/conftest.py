@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, Settings
+from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, ENV_KEY_FILE, Settings
 from pipeline.workspace import Workspace
 from tests.commands import Cli, cli_in_process, cli_subprocess
 
@@ -25,6 +25,7 @@ def cli_environment(database_url: str, tmp_path: Path) -> dict[str, str]:
     """The environment a command runs with on the test's database and artifact folder (the `settings` fixture's),
     with the shipped config."""
     env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(tmp_path / "artifacts"),
+           ENV_KEY_FILE: str(tmp_path / "secrets" / "master.key"),  # the `settings` fixture's master keys
            "OMP_NUM_THREADS": "1"}  # the CLI shares two cores with the test run
     env.pop(ENV_CONFIG, None)
     return env

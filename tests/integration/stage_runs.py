@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import sqlalchemy as sa
 
 from pipeline import stages
 from pipeline.data import demo
 from pipeline.registry import records
 from pipeline.registry.runs import Run
+from pipeline.store import crypto
 from pipeline.workspace import Workspace
 
 DEMO_WATERMARK = datetime(2026, 7, 1, tzinfo=UTC)  # after every demo row (the last is 2026-06)
@@ -30,8 +34,34 @@ SCORER_WAITING = ("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Loc
 
 
 def fetch(ws: Workspace, sql: str, **params: Any) -> list[dict[str, Any]]:
+    """The rows of `sql`; a sealed quarantine or validation row (encryption at rest) comes back opened, as its
+    readers see it (select its key_ref and sealed columns, or *, to have it opened)."""
     with ws.engine.connect() as conn:
-        return [dict(row) for row in conn.execute(sa.text(sql), params).mappings()]
+        rows = [dict(row) for row in conn.execute(sa.text(sql), params).mappings()]
+    return [records.opened(row, ws.keyring) if row.get("sealed") is not None else row for row in rows]
+
+
+def stored_bytes(ws: Workspace, path: Path | str) -> bytes:
+    """A stored file's plaintext, as the pipeline reads it (a sealed file opened with the workspace's keys)."""
+    return crypto.read_plain(Path(path), ws.keyring)
+
+
+def stored_text(ws: Workspace, path: Path | str) -> str:
+    return stored_bytes(ws, path).decode()
+
+
+def stored_frame(ws: Workspace, path: Path | str) -> pd.DataFrame:
+    """A stored Parquet file as pandas reads it (`pd.read_parquet`), sealed or plain."""
+    return pd.read_parquet(io.BytesIO(stored_bytes(ws, path)))
+
+
+def rewrite_stored(ws: Workspace, path: Path, plaintext: bytes) -> None:
+    """Replace a stored file's content as someone with its key could: `plaintext` sealed under the file's own data
+    key (or written plain, for a plain file). Only the hash check can tell it is not what the name says."""
+    ref = crypto.key_ref_of(path)
+    data = plaintext if ref is None else crypto.seal(plaintext, ref, ws.keyring.get(ref, str(path)))
+    path.chmod(0o644)
+    path.write_bytes(data)
 
 
 def quick_workspace(ws: Workspace) -> Workspace:
@@ -74,7 +104,7 @@ def champion_state(ws: Workspace) -> dict[str, Any]:
         "champion": fetch(ws, "SELECT * FROM pipeline.champion"),
         "model": model,
         "events": fetch(ws, "SELECT * FROM pipeline.promotion_events ORDER BY event_id"),
-        "artifact": (ws.settings.artifact_dir / model["artifact_path"]).read_bytes(),
+        "artifact": stored_bytes(ws, ws.settings.artifact_dir / model["artifact_path"]),
     }
 
 

@@ -24,7 +24,7 @@ from sklearn.preprocessing import StandardScaler
 from pipeline import stages
 from pipeline.contract.settings import ENV_ARTIFACT_STORE, Settings
 from pipeline.data import demo, ingest
-from pipeline.store import artifacts, db
+from pipeline.store import artifacts, crypto, db
 from pipeline.store.artifacts import ArtifactIntegrityError, ArtifactStore
 from pipeline.views import models_view
 from pipeline.workspace import Workspace
@@ -216,7 +216,7 @@ def test_a_retrain_across_workers_promotes(ws: Workspace, tmp_path: Path) -> Non
     assert result["evaluation"]["card"] and result["evaluation"]["comparison"]
     assert files_in(tmp_path / "first-promote") == []  # promotion reads no artifact
     fetched = tmp_path / "first-train" / "snapshots" / f"{result['checked']['clean_snapshot_hash']}.parquet"
-    assert artifacts.sha256_file(fetched) == result["checked"]["clean_snapshot_hash"]  # validate's output, via PostgreSQL
+    assert artifacts.sha256_plain(fetched, ws.keyring) == result["checked"]["clean_snapshot_hash"]  # via PostgreSQL
     [model] = fetch(ws, "SELECT * FROM pipeline.model_versions WHERE version = 1")
     evaluator = on_worker(ws, tmp_path / "first-evaluate")
     assert artifacts.stored_path(evaluator.settings.artifact_dir, "models", model["artifact_hash"]).is_file()
@@ -228,8 +228,8 @@ def test_a_retrain_across_workers_promotes(ws: Workspace, tmp_path: Path) -> Non
         quality_report = models_view.find_report(conn, ws.model, "quality", "first")
     assert b"<html" in models_view.read_report(viewer.store, card["path"]).lower()
     assert b"<html" in models_view.read_report(viewer.store, quality_report["path"]).lower()
-    assert artifacts.recorded_copy(viewer.store, card["path"]).read_bytes() == models_view.read_report(
-        viewer.store, card["path"])
+    assert crypto.read_plain(artifacts.recorded_copy(viewer.store, card["path"]), viewer.keyring) == \
+        models_view.read_report(viewer.store, card["path"])
 
     second = retrain_on_workers(ws, tmp_path, "second")  # a champion, loaded on a worker that never trained it
     assert second["evaluation"]["champion_version"] == 1

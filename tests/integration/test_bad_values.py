@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -21,7 +20,7 @@ from pipeline import stages
 from pipeline.contract.settings import PROJECT_ROOT, Settings
 from pipeline.data import demo, ingest
 from pipeline.workspace import Workspace
-from tests.integration.stage_runs import DEMO_WATERMARK, LATER_WATERMARK, fetch, make_run
+from tests.integration.stage_runs import DEMO_WATERMARK, LATER_WATERMARK, fetch, make_run, stored_bytes, stored_text
 
 FAULTY_ID = 17
 STUDY_ROWS = 442
@@ -39,7 +38,8 @@ def validate(ws: Workspace, run_id: str, watermark: datetime = DEMO_WATERMARK) -
     snapshot = stages.ingest_snapshot(ws, run)
     checked = stages.validate_snapshot(ws, run, snapshot["snapshot_hash"])
     store = ws.settings.artifact_dir  # paths are the store's own, relative to it or absolute
-    return {**checked, "raw_path": store / snapshot["path"], "report_path": store / checked["report_path"]}
+    return {**checked, "raw_path": store / snapshot["path"], "report_path": store / checked["report_path"],
+            "report": stored_text(ws, store / checked["report_path"]), "raw": stored_bytes(ws, store / snapshot["path"])}
 
 
 def quarantine_record(ws: Workspace, run_id: str) -> dict[str, Any]:
@@ -51,7 +51,7 @@ def assert_one_quarantined(checked: dict[str, Any], code: str, rows: int = STUDY
     assert (checked["rows_read"], checked["rows_valid"], checked["rows_quarantined"]) == (rows, rows - 1, 1)
     assert checked["rows_read"] == checked["rows_valid"] + checked["rows_quarantined"]
     assert checked["reason_counts"] == {code: 1}
-    assert f"<td>{code}</td>" in Path(checked["report_path"]).read_text()
+    assert f"<td>{code}</td>" in checked["report"]
 
 
 # --- 1. infinite and out-of-range dates and times -------------------------------------------------
@@ -78,9 +78,9 @@ def test_out_of_range_date_is_quarantined_naming_its_column(ws: Workspace, colum
     assert int(record["source_id"]) == FAULTY_ID
     assert [(r["code"], r["column"], r["value"]) for r in record["reasons"]] == [("out_of_range_date", column, text)]
     assert record["original"][column] == text
-    assert f"out_of_range_date({column}={text})" in Path(checked["report_path"]).read_text()
+    assert f"out_of_range_date({column}={text})" in checked["report"]
     # The raw snapshot holds the value as the driver read it from the database: never rewritten.
-    raw = pq.read_table(checked["raw_path"])
+    raw = pq.read_table(pa.BufferReader(checked["raw"]))
     cell = raw.column(column).filter(pa.compute.equal(raw.column("patient_id"), FAULTY_ID))[0]
     kind = pa.int32() if pa.types.is_date32(cell.type) else pa.int64()
     first, last = ((ingest.FIRST_DAY, ingest.LAST_DAY) if kind == pa.int32()
@@ -204,7 +204,7 @@ def test_clinic_export_gets_the_checks_by_role(ws: Workspace, settings: Settings
         for visit_id, (column, literal, _) in zip(ids, faults, strict=True):
             write_fault(clinic, column, literal, table=demo.CLINIC_TABLE, id_column="visit_id", row_id=visit_id)
         checked = validate(clinic, "clinic-bad")
-        rows = fetch(clinic, "SELECT source_id, reasons FROM pipeline.quarantine WHERE run_id = 'clinic-bad'")
+        rows = fetch(clinic, "SELECT * FROM pipeline.quarantine WHERE run_id = 'clinic-bad'")  # opened
     finally:
         clinic.engine.dispose()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +23,7 @@ from tests.integration.stage_runs import (
     promote_demo_champion,
     quick_workspace,
     retrain_through_stages,
+    stored_text,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -68,7 +68,7 @@ def test_model_card_of_the_first_version(quick_ws: Workspace, first: dict[str, A
     path = cards.render_model_card(quick_ws, 1)
 
     assert path.parent == quick_ws.settings.artifact_dir / "cards" and path.suffix == ".html"
-    document = path.read_text()
+    document = stored_text(quick_ws, path)
     [model] = fetch(quick_ws, "SELECT * FROM pipeline.model_versions WHERE version = 1")
     lineage = section(document, "lineage")
     assert f"<td>{first['clean_snapshot_hash']} (clean)</td>" in lineage
@@ -111,7 +111,7 @@ def test_unknown_version_names_it(quick_ws: Workspace) -> None:
 
 
 def test_comparisons_without_and_with_a_champion(quick_ws: Workspace, first: dict[str, Any]) -> None:
-    first_page = cards.render_comparison(quick_ws, "first").read_text()
+    first_page = stored_text(quick_ws, cards.render_comparison(quick_ws, "first"))
     demo.simulate_arrivals(quick_ws.engine, rows=30, seed=7)
     retrain_through_stages(quick_ws, make_run("second"))
 
@@ -123,7 +123,7 @@ def test_comparisons_without_and_with_a_champion(quick_ws: Workspace, first: dic
     assert len(png_images(first_page)) == 1
     assert_every_slice_group_listed(first_page, initial["evidence"])
 
-    document = path.read_text()
+    document = stored_text(quick_ws, path)
     second = evaluation_row(quick_ws, "second")
     assert second["champion_version"] == 1
     assert "candidate version 2 vs champion version 1" in document
@@ -148,10 +148,10 @@ def test_comparisons_without_and_with_a_champion(quick_ws: Workspace, first: dic
                            "WHERE kind = 'comparison' ORDER BY version")
     assert [(r["version"], r["kind"], r["run_id"]) for r in rows] == [(1, "comparison", "first"),
                                                                       (2, "comparison", "second")]
-    assert rows[1]["path"] == str(path) and Path(rows[0]["path"]).read_text() == first_page
+    assert rows[1]["path"] == str(path) and stored_text(quick_ws, rows[0]["path"]) == first_page
 
     # the card of version 2 shows the champion's slice columns, and the tolerance the decision used
-    card = section(cards.render_model_card(quick_ws, 2).read_text(), "slices")
+    card = section(stored_text(quick_ws, cards.render_model_card(quick_ws, 2)), "slices")
     assert f"more than {tolerance:.0%} above champion RMSE (promotion.slice_tolerance = {tolerance:g})" in card
     assert "<th>champion RMSE</th><th>change</th>" in card
     for row in second["evidence"]["slices"]:

@@ -46,7 +46,8 @@ def test_chunks_of_the_stored_snapshots_give_the_whole_frame_verdicts(ws: Worksp
     whole, whole_awaiting = quality.classify_with_awaiting(labelled, awaiting, contract, suite, ws.config.quality)
     paths = [ws.snapshot_path(faulty_snapshot[key]) for key in ("snapshot_hash", "unlabelled_hash")]
 
-    streamed = chunked_quality.classify_snapshots(paths, contract, suite, ws.config.quality, chunk_rows=7)
+    streamed = chunked_quality.classify_snapshots(paths, contract, suite, ws.config.quality, chunk_rows=7,
+                                                  keys=ws.keyring)
 
     assert_same(whole, streamed.result, contract.id_column)
     assert_same(whole_awaiting, streamed.awaiting, contract.id_column)
@@ -64,12 +65,13 @@ def test_the_stage_stores_the_same_records_either_way(ws: Workspace, faulty_snap
     assert {k: v for k, v in streamed.items() if k != "report_path"} == {
         k: v for k, v in whole.items() if k != "report_path"}  # the clean snapshot's hash among them
     stored = {r["run_id"]: r for r in fetch(ws, "SELECT * FROM pipeline.validation_results")}
-    keys = set(stored["whole"]) - {"run_id", "id", "validated_at", "created_at", "result", "report_path"}
+    keys = set(stored["whole"]) - {"run_id", "id", "validated_at", "created_at", "result", "report_path", "key_ref"}
     assert {k: stored["chunked"][k] for k in keys} == {k: stored["whole"][k] for k in keys}
     assert without_load_time(stored["chunked"]["result"]) == without_load_time(stored["whole"]["result"])
-    quarantined = "SELECT row_number, source_id, reasons, original, labelled FROM pipeline.quarantine " \
-                  "WHERE run_id = :r ORDER BY labelled, row_number"
-    assert fetch(ws, quarantined, r="chunked") == fetch(ws, quarantined, r="whole")
+    quarantined = "SELECT * FROM pipeline.quarantine WHERE run_id = :r ORDER BY labelled, row_number"
+    fields = ("row_number", "source_id", "reasons", "original", "labelled")  # as opened: sealed under each run's key
+    assert [{k: r[k] for k in fields} for r in fetch(ws, quarantined, r="chunked")] == [
+        {k: r[k] for k in fields} for r in fetch(ws, quarantined, r="whole")]
 
 
 def quality_suite(ws: Workspace) -> dict[str, Any]:

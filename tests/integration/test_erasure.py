@@ -25,7 +25,7 @@ from pipeline.data import demo
 from pipeline.registry import runs
 from pipeline.serving import rest
 from pipeline.serving.app import create_app
-from pipeline.store import accesslog, db
+from pipeline.store import accesslog, crypto, db
 from pipeline.views import models_view
 from pipeline.workspace import Workspace
 from tests.commands import Cli, output
@@ -41,13 +41,19 @@ def _values(ws: Workspace, source_id: str) -> dict[str, Any]:
     return row
 
 
-def _parquet_hits(root: Path, id_column: str, source_id: str, values: dict[str, Any]) -> list[str]:
-    """Every Parquet file under the store, read back: the files holding the id, or a row with the patient's
-    numeric values (all of them at once)."""
+def _read_table(ws: Workspace, path: Path, columns: list[str] | None = None) -> Any:
+    """A stored Parquet file read back as its plaintext (sealed files open with the workspace's live keys)."""
+    with crypto.open_plain(path, ws.keyring) as handle:
+        return pq.read_table(handle, columns=columns)
+
+
+def _parquet_hits(ws: Workspace, root: Path, id_column: str, source_id: str, values: dict[str, Any]) -> list[str]:
+    """Every Parquet file under the store, read back (decrypted with live keys): the files holding the id, or a
+    row with the patient's numeric values (all of them at once)."""
     numeric = {k: v for k, v in values.items() if isinstance(v, float)}
     hits = []
     for path in root.rglob("*.parquet"):
-        frame = pq.read_table(path).to_pandas()
+        frame = _read_table(ws, path).to_pandas()
         if id_column in frame and (frame[id_column].astype(str) == source_id).any():
             hits.append(f"{path}: id")
         elif numeric and set(numeric) <= set(frame.columns):
@@ -87,7 +93,7 @@ def erased_world(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     folder = tmp_path_factory.mktemp("erasure")
     settings = Settings(database_url=url, config_path=PROJECT_ROOT / "pipeline.yaml",
                         artifact_dir=folder / "artifacts", pgdata_dir=PROJECT_ROOT / ".pgdata",
-                        erasure_key_file=folder / "keys" / "erasure.key")
+                        erasure_key_file=folder / "keys" / "erasure.key", key_file=folder / "keys" / "master.key")
     ws = Workspace.open(settings)
     try:
         yield _erased_world(quick_workspace(ws))
@@ -102,11 +108,11 @@ def _erased_world(quick: Workspace) -> dict[str, Any]:
     result = retrain_through_stages(quick, make_run("first"))
     assert result["outcome"]["status"] == "promoted"
     contract = quick.config.dataset
-    [quarantined] = fetch(quick, "SELECT source_id FROM pipeline.quarantine WHERE labelled ORDER BY row_number LIMIT 1")
+    [quarantined] = fetch(quick, "SELECT * FROM pipeline.quarantine WHERE labelled ORDER BY row_number LIMIT 1")
     start = fetch(quick, "SELECT holdout_start FROM pipeline.model_versions WHERE version = 1")[0]["holdout_start"]
     [trained] = fetch(quick, f"SELECT {contract.id_column}::text AS i FROM public.patient_records "
                       f"WHERE {contract.id_column}::text <> :s ORDER BY {contract.id_column} LIMIT 1",
-                      s=str(start[contract.id_column]))
+                      s=str(start.get(contract.id_column, "")))  # with encryption at rest: its keyed hash
     p, q = trained["i"], quarantined["source_id"]
     values = {"P": _values(quick, p), "Q": _values(quick, q)}
     with running(create_app(quick, [rest.Token(TOKEN, "crm-test")])) as base:
@@ -131,15 +137,20 @@ def test_an_erased_patient_is_in_no_file_and_no_table(erased_world: dict[str, An
     root, id_column = ws.settings.artifact_dir, ws.config.dataset.id_column
     for patient in ("P", "Q"):
         source_id = p if patient == "P" else q
-        assert _parquet_hits(root, id_column, source_id, erased_world["values"][patient]) == [], patient
+        assert _parquet_hits(ws, root, id_column, source_id, erased_world["values"][patient]) == [], patient
         assert _tables_with(ws, source_id) == [], patient
         for page in [*root.glob("reports/*.html"), *root.glob("cards/*.html")]:
-            assert erasure.scrub_page(page.read_text(), id_column, source_id)[1] == 0, page
+            text = crypto.read_plain(page, ws.keyring).decode()
+            assert erasure.scrub_page(text, id_column, source_id)[1] == 0, page
         report = erasure.erasure_report(ws, source_id)
         assert report["erased"] and report["found"] == 0 and report["tombstone_recorded"], report
         assert {pl["place"].split(" ")[0] for pl in report["places"]} >= {"snapshot", "reports", "cards", "table"}
     for old in outcome["snapshots"]:
         assert not (root / "snapshots" / f"{old['old_hash']}.parquet").exists()  # shredded
+        # and crypto-shredded: every data key it was sealed under is destroyed
+        destroyed = fetch(ws, "SELECT k.destroyed_at FROM pipeline.sealed_files f JOIN pipeline.data_keys k "
+                              "USING (key_ref) WHERE f.digest = :d", d=old["old_hash"])
+        assert destroyed and all(r["destroyed_at"] is not None for r in destroyed), old
     requests_left = fetch(ws, "SELECT source_id, tombstone, status FROM pipeline.erasure_requests ORDER BY request_id")
     assert [r["source_id"] for r in requests_left] == [None, None] and all(r["tombstone"] for r in requests_left)
 
@@ -173,7 +184,7 @@ def test_a_second_erasure_is_a_no_op_and_the_tombstone_blocks_reingest(erased_wo
     assert fetch(ws, "SELECT erased_rows FROM pipeline.snapshots WHERE snapshot_hash = :h",
                  h=snapshot["snapshot_hash"]) == [{"erased_rows": 2}]
     id_column = ws.config.dataset.id_column
-    ids = pq.read_table(ws.snapshot_path(snapshot["snapshot_hash"]), columns=[id_column]).column(0).to_pylist()
+    ids = _read_table(ws, ws.snapshot_path(snapshot["snapshot_hash"]), [id_column]).column(0).to_pylist()
     assert int(p) not in ids
     # re-added by the source under a new id, it is a new row
     with ws.engine.begin() as conn:
@@ -183,7 +194,7 @@ def test_a_second_erasure_is_a_no_op_and_the_tombstone_blocks_reingest(erased_wo
               FROM public.patient_records WHERE {id_column} = :p
         """), {"p": int(p)})
     readded = stages.ingest_snapshot(ws, make_run("re-added"))
-    ids = pq.read_table(ws.snapshot_path(readded["snapshot_hash"]), columns=[id_column]).column(0).to_pylist()
+    ids = _read_table(ws, ws.snapshot_path(readded["snapshot_hash"]), [id_column]).column(0).to_pylist()
     assert readded["erased_rows"] == 2 and 900000 in ids and int(p) not in ids
 
 
@@ -251,9 +262,9 @@ def test_every_read_of_patient_rows_is_logged_and_the_log_is_append_only(ws: Wor
     shown = output(cli("quarantine", "--json"))
     assert shown and all("original" in r for r in shown)
     page = models_view.read_quarantine(ws.engine, ws.model, "airflow:admin", "GET /models-view/m/quarantine",
-                                       "quarantine page", limit=models_view.QUARANTINE_PAGE_ROWS)
+                                       "quarantine page", limit=models_view.QUARANTINE_PAGE_ROWS, keys=ws.keyring)
     export = models_view.read_quarantine(ws.engine, ws.model, "airflow:admin", "GET /models-view/m/quarantine.csv",
-                                         "quarantine.csv", run_id="quality")
+                                         "quarantine.csv", run_id="quality", keys=ws.keyring)
     with ws.engine.connect() as conn:
         log = list(reversed(accesslog.recent(conn)))
     assert [(e["principal"], e["channel"], e["what"], e["rows"]) for e in log] == [

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 import sqlalchemy as sa
 import yaml
@@ -35,7 +34,15 @@ from pipeline.store import artifacts
 from pipeline.store.artifacts import ArtifactIntegrityError
 from pipeline.workspace import Workspace
 from tests.commands import Cli, cli_in_process, output
-from tests.integration.stage_runs import DEMO_WATERMARK, fetch, make_run, promote_demo_champion
+from tests.integration.stage_runs import (
+    DEMO_WATERMARK,
+    fetch,
+    make_run,
+    promote_demo_champion,
+    rewrite_stored,
+    stored_bytes,
+    stored_frame,
+)
 
 WEAK_ALPHA = 800.0
 PROMOTE_ANY = -1.0  # margin: a candidate up to twice the champion's RMSE clears the margin test
@@ -72,7 +79,8 @@ def gws(settings: Settings, config_path: Path) -> Iterator[Workspace]:
 def cli(database_url: str, settings: Settings, config_path: Path) -> Cli:
     """`python -m pipeline ARGS`, in this process, on the test's database, artifacts and configuration."""
     env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(settings.artifact_dir),
-           ENV_CONFIG: str(config_path), "OMP_NUM_THREADS": "1", "USER": "tester"}
+           ENV_CONFIG: str(config_path), "PIPELINE_KEY_FILE": str(settings.key_file), "OMP_NUM_THREADS": "1",
+           "USER": "tester"}
     return cli_in_process(env)
 
 
@@ -233,8 +241,9 @@ def tamper(ws: Workspace, version: int) -> tuple[Path, str, str]:
     """Alter a version's stored artifact: its file, the hash the registry holds, the hash it has now."""
     registered = model(ws, version)["artifact_hash"]
     path = artifacts.stored_path(ws.settings.artifact_dir, "models", registered)
-    overwrite(path, path.read_bytes()[:-16] + b"tampered-bytes!!")
-    return path, registered, artifacts.sha256_file(path)
+    tampered = stored_bytes(ws, path)[:-16] + b"tampered-bytes!!"
+    rewrite_stored(ws, path, tampered)
+    return path, registered, artifacts.sha256_bytes(tampered)
 
 
 def test_a_rollback_to_a_tampered_version_names_the_file_and_both_hashes(
@@ -281,10 +290,9 @@ def test_reproduce_refuses_a_tampered_snapshot(gws: Workspace, champion: dict[st
                        h=recorded["snapshot_hash"])
     path = gws.settings.artifact_dir / snapshot["path"]
     # A readable parquet with different outcomes: only the hash check can tell it is not the snapshot.
-    frame = pd.read_parquet(path)
+    frame = stored_frame(gws, path)
     frame["progression_12m"] = frame["progression_12m"] + 50.0
-    overwrite(path, b"")
-    frame.to_parquet(path, index=False)
+    rewrite_stored(gws, path, frame.to_parquet(index=False))
 
     with pytest.raises(ArtifactIntegrityError, match=recorded["snapshot_hash"]):
         stages.reproduce_version(gws, 1)

@@ -15,7 +15,7 @@ from pipeline import stages
 from pipeline.data import demo, ingest
 from pipeline.registry.runs import Run
 from pipeline.workspace import Workspace
-from tests.integration.stage_runs import DEMO_WATERMARK, LATER_WATERMARK
+from tests.integration.stage_runs import DEMO_WATERMARK, LATER_WATERMARK, stored_bytes
 
 
 def snapshot(ws: Workspace, watermark: datetime) -> tuple[ingest.Snapshot, pd.DataFrame]:
@@ -135,7 +135,7 @@ def test_ingest_stage_records_snapshot_and_run(ws: Workspace) -> None:
     assert "progression_12m IS NOT NULL" in row["query"] and "2026-07-01 00:00:00+00:00" in row["query"]
     assert row["source_table"] == "public.patient_records"
     assert row["first_run_id"] == "ingest-1"
-    assert hashlib.sha256((ws.settings.artifact_dir / row["path"]).read_bytes()).hexdigest() == row["snapshot_hash"]
+    assert hashlib.sha256(stored_bytes(ws, ws.settings.artifact_dir / row["path"])).hexdigest() == row["snapshot_hash"]
     assert run_row["run_id"] == "ingest-1"
     assert run_row["triggered_by"] == "test"
     assert run_row["watermark"] == DEMO_WATERMARK

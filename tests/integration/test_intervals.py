@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from pipeline.model import cards, intervals
 from pipeline.workspace import Workspace
-from tests.integration.stage_runs import fetch, promote_demo_champion, quick_workspace
+from tests.integration.stage_runs import fetch, promote_demo_champion, quick_workspace, stored_text
 
 
 def test_a_version_stores_its_interval_and_the_record_reproduces_it(ws: Workspace) -> None:
@@ -33,7 +33,7 @@ def test_a_version_stores_its_interval_and_the_record_reproduces_it(ws: Workspac
     evidence = fetch(ws, "SELECT evidence FROM pipeline.evaluations WHERE run_id = 'first'")[0]["evidence"]
     assert evidence["interval"]["holdout_coverage"] >= 0.9  # calibrated on these very rows: by construction
     assert evidence["interval"]["guarantee"].startswith("at least the stated share")
-    page = cards.render_model_card(ws, version).read_text()
+    page = stored_text(ws, cards.render_model_card(ws, version))
     assert "stated coverage" in page and "the holdout is the calibration set" in page
     assert "exchangeable" in page and "<td>sex</td><td>F</td>" in page and "<td>age</td><td>&lt;40</td>" in page
 

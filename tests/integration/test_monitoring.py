@@ -28,6 +28,7 @@ from tests.integration.stage_runs import (
     make_run,
     promote_demo_champion,
     quick_workspace,
+    stored_text,
 )
 
 MONITORED_FEATURES = {"sex", "bmi", "bp_mean", "tc", "ldl", "hdl", "tch", "ltg", "glucose", "age_years"}
@@ -111,8 +112,8 @@ def test_faulty_arrivals_are_a_quality_signal_not_drift(quick_ws: Workspace, cha
     [row] = drift_rows(quick_ws)
     assert (row["recent_rows"], row["quarantined_rows"]) == (90, 10)
     assert row["quarantine_reasons"] == result["quarantine_reasons"]
-    assert "10 more quarantined by it and left out: a data-quality signal, not drift" in Path(
-        result["report_path"]).read_text()
+    assert "10 more quarantined by it and left out: a data-quality signal, not drift" in stored_text(
+        quick_ws, result["report_path"])
 
 
 def test_the_champions_evaluation_stored_its_holdout_errors(quick_ws: Workspace, champion: dict[str, Any]) -> None:
@@ -138,7 +139,7 @@ def test_shifted_bmi_is_drift(quick_ws: Workspace, champion: dict[str, Any]) -> 
     assert row["verdict"] == "drift" and row["recent_rows"] == 100
     [stored_bmi] = [f for f in row["features"] if f["feature"] == "bmi"]
     assert stored_bmi["drifted"] is True and stored_bmi["psi"] == pytest.approx(bmi["psi"])
-    page = Path(result["report_path"]).read_text()
+    page = stored_text(quick_ws, result["report_path"])
     assert page.count("<img ") == len(MONITORED_FEATURES)
     assert "<tr class='major'><td>bmi</td>" in page
     assert "<tr><th>recent rows</th><td>100 valid by the contract</td></tr>" in page

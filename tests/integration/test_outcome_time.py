@@ -31,6 +31,7 @@ from tests.integration.stage_runs import (
     promote_demo_champion,
     quick_workspace,
     retrain_through_stages,
+    stored_text,
 )
 
 LATE_IDS = list(range(1, 31))  # the study's earliest visits: recorded first, their outcomes filled in last
@@ -175,7 +176,7 @@ def test_a_late_outcome_is_counted_lands_in_the_next_snapshot_and_is_held_out(ws
     # Recorded first, labelled last: by record time they would all have been trained on.
     with ws.engine.connect() as conn:
         model = records.get_model(conn, version, ws.model)
-    assert set(model["holdout_start"]) == {"label_recorded_at", "patient_id"}
+    assert set(model["holdout_start"]) == {"label_recorded_at", stages.HOLDOUT_ID_HMAC}  # the id as its keyed hash
     [evaluation] = fetch(ws, "SELECT evidence FROM pipeline.evaluations WHERE run_id = 'second'")
     assert evaluation["evidence"]["holdout_rows_excluded_champion_trained"] == 0
 
@@ -232,7 +233,7 @@ def test_holdout_rows_the_champion_trained_on_are_left_out_and_counted(ws: Works
                                                                                            ws.config.dataset)))
     assert evaluation["champion_metrics"]["rmse"] == pytest.approx(by_hand["rmse"], rel=1e-12)
     assert "89 the champion trained on were left out" in result["reason"]
-    page = (ws.settings.artifact_dir / result["comparison"]).read_text()
+    page = stored_text(ws, ws.settings.artifact_dir / result["comparison"])
     assert "89 holdout rows the champion trained on were left out" in page
 
 

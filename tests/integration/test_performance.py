@@ -23,7 +23,7 @@ from pipeline.monitoring import outcomes, performance
 from pipeline.registry.runs import Run
 from pipeline.workspace import Workspace
 from tests.commands import output
-from tests.integration.stage_runs import fetch
+from tests.integration.stage_runs import fetch, stored_text
 
 AS_OF = datetime(2026, 11, 30, tzinfo=UTC)
 
@@ -149,7 +149,7 @@ def test_live_metrics_equal_a_hand_computation_each_row_judged_by_its_own_versio
     report = fetch(ws, "SELECT * FROM pipeline.performance_reports WHERE run_id = 'perf-hand'")[0]
     page = Path(report["report_path"])
     assert page.is_file() and report["report_sha256"] == page.name.removesuffix(".html")
-    assert "Shadow against champion" in page.read_text()
+    assert "Shadow against champion" in stored_text(ws, page)
 
 
 def degraded_history(ws: Workspace, ids: list[int], version: int, spread: float, seed: int = 0) -> None:
@@ -242,8 +242,8 @@ def test_a_missing_threshold_disables_the_trigger_and_still_reports(ws: Workspac
     assert result["live_rmse"] > 30
     stored = fetch(ws, "SELECT warnings, verdict FROM pipeline.performance_reports WHERE run_id = 'perf-unset'")
     assert stored == [{"warnings": result["warnings"], "verdict": "disabled"}]
-    assert "warning: monitoring.performance max_ratio, confidence not configured" in Path(
-        result["report_path"]).read_text()
+    assert "warning: monitoring.performance max_ratio, confidence not configured" in stored_text(
+        ws, result["report_path"])
 
 
 def test_sentinel_outcomes_are_refused_by_reason_and_move_no_metric_verdict_or_signal(ws: Workspace) -> None:
@@ -271,7 +271,7 @@ def test_sentinel_outcomes_are_refused_by_reason_and_move_no_metric_verdict_or_s
                          "WHERE run_id = 'perf-sentinels'")
     assert stored == {"refused_outcomes": refused, "live_rmse": before["live_rmse"]}
     assert monitor(ws, "perf-sentinels", LATER)["refused_outcomes"] == refused  # a retried run: what it recorded
-    assert "out_of_range" in Path(after["report_path"]).read_text()
+    assert "out_of_range" in stored_text(ws, after["report_path"])
 
 
 def test_many_refused_outcomes_are_a_data_quality_signal_not_degradation(ws: Workspace) -> None:
@@ -287,7 +287,7 @@ def test_many_refused_outcomes_are_a_data_quality_signal_not_degradation(ws: Wor
     assert result["refused_outcomes"]["over_limit"] is True
     [signal] = [w for w in result["warnings"] if w.startswith("data quality:")]
     assert signal.startswith("data quality: 10 of 100 outcomes refused by the contract (10.0%: out_of_range 10")
-    assert "not a sign of degradation" in signal and signal in Path(result["report_path"]).read_text()
+    assert "not a sign of degradation" in signal and signal in stored_text(ws, result["report_path"])
 
 
 # --- by command line ---------------------------------------------------------------------------

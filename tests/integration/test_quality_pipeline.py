@@ -35,6 +35,8 @@ from tests.integration.stage_runs import (
     promote_demo_champion,
     quick_workspace,
     retrain_through_stages,
+    stored_frame,
+    stored_text,
 )
 
 FAULTY_ID = 10001
@@ -106,7 +108,7 @@ def test_each_bad_row_kind_is_quarantined_with_its_reason(ws: Workspace, kind: i
     stamps = {c: record["original"][c] for c in ("recorded_at", "label_recorded_at")}
     assert stamps["label_recorded_at"] == stamps["recorded_at"]  # sql/009: inserted with its outcome, known then
     assert record["original"] == {"patient_id": FAULTY_ID, **stamps, **{c: as_stored(v) for c, v in row.items()}}
-    page = Path(checked["report_path"]).read_text()
+    page = stored_text(ws, checked["report_path"])
     [shown] = re.findall(rf"<tr><td>{FAULTY_ID}</td><td>([^<]*)</td><td>([^<]*)</td></tr>", page)
     assert shown[0].startswith(reason) and "None" not in shown[0]
     named = record["reasons"][0]["column"].split("/")  # an impossible-dates row shows both its dates
@@ -114,7 +116,7 @@ def test_each_bad_row_kind_is_quarantined_with_its_reason(ws: Workspace, kind: i
         f"{c}={'missing' if as_stored(row[c]) is None else as_stored(row[c])}" for c in named))
     [snapshot] = fetch(ws, "SELECT path FROM pipeline.snapshots WHERE snapshot_hash = :h",
                        h=checked["clean_snapshot_hash"])
-    assert FAULTY_ID not in set(pd.read_parquet(ws.settings.artifact_dir / snapshot["path"])["patient_id"])
+    assert FAULTY_ID not in set(stored_frame(ws, ws.settings.artifact_dir / snapshot["path"])["patient_id"])
 
 
 # --- a retrain over a batch with bad rows: every row accounted for ---------------------------------
@@ -170,7 +172,7 @@ def test_normalisations_and_report_are_recorded(ws: Workspace, faulty_retrain: d
 
     report = Path(validation["report_path"])
     assert report == Path(faulty_retrain["checked"]["report_path"]) and report.is_file()
-    page = report.read_text()
+    page = stored_text(ws, report)
     for source_id, reason in faulty_retrain["expected"].items():
         assert f"<tr><td>{source_id}</td><td>" in page
         assert f"<td>{reason}</td>" in page
@@ -278,11 +280,11 @@ def test_text_numeric_column_quarantines_only_the_row_that_will_not_cast(ws: Wor
     assert record["original"]["bmi"] == "abc"
     [snapshot] = fetch(ws, "SELECT path FROM pipeline.snapshots WHERE snapshot_hash = :h",
                        h=checked["clean_snapshot_hash"])
-    clean = pd.read_parquet(ws.settings.artifact_dir / snapshot["path"]).set_index("patient_id")
+    clean = stored_frame(ws, ws.settings.artifact_dir / snapshot["path"]).set_index("patient_id")
     assert clean["bmi"].dtype == "float64"
     study = demo.demo_records().set_index("patient_id").drop(index=17)
     assert clean["bmi"].to_dict() == study["bmi"].to_dict()  # text and back loses nothing
-    page = Path(checked["report_path"]).read_text()
+    page = stored_text(ws, checked["report_path"])
     assert "<tr><td>17</td><td>wrong_type(bmi=abc)</td><td>bmi=abc</td></tr>" in page
 
 
@@ -302,7 +304,7 @@ def test_text_date_column_is_read_by_its_declared_format(ws: Workspace) -> None:
                                                     "rule": "cast to date with format %d/%m/%Y"}])
     [snapshot] = fetch(ws, "SELECT path FROM pipeline.snapshots WHERE snapshot_hash = :h",
                        h=checked["clean_snapshot_hash"])
-    clean = pd.read_parquet(ws.settings.artifact_dir / snapshot["path"]).set_index("patient_id")
+    clean = stored_frame(ws, ws.settings.artifact_dir / snapshot["path"]).set_index("patient_id")
     study = demo.demo_records().set_index("patient_id").drop(index=17)
     assert clean["birth_date"].dt.date.to_dict() == study["birth_date"].to_dict()  # no day read as a month
 

@@ -22,6 +22,7 @@ from tests.integration.stage_runs import (
     promote_demo_champion,
     quick_workspace,
     retrain_through_stages,
+    stored_text,
 )
 
 ARRIVALS, BAD_ROWS = 40, 6  # unlabelled arrivals, of which this many break the contract (one of each kind)
@@ -194,7 +195,8 @@ def test_no_champion_is_a_clear_error_and_a_failed_run(ws: Workspace) -> None:
 
 def test_cli_score_json_and_summary(qws: Workspace, settings: Settings) -> None:
     cli = cli_in_process({**os.environ, "PIPELINE_DATABASE_URL": settings.database_url or "",
-                      "PIPELINE_ARTIFACT_DIR": str(settings.artifact_dir)})
+                          "PIPELINE_ARTIFACT_DIR": str(settings.artifact_dir),
+                          "PIPELINE_KEY_FILE": str(settings.key_file)})  # the same master keys as the workspace
 
     result = output(cli("score", "--run-id", "cli-score", "--json"))
 
@@ -220,7 +222,7 @@ def test_the_champion_is_compiled_once_and_a_changed_artifact_is_never_served_fr
     described, _ = compiled.cache_paths(qws.settings.artifact_dir, champion["artifact_hash"])
     assert not described.exists()  # promotion reads no artifact, so it compiled nothing
     compiled.for_version(qws, qws.load_model(champion["artifact_hash"]), 1)  # the first load on this machine
-    assert json.loads(described.read_text())["method"] == "onnx"
+    assert json.loads(stored_text(qws, described))["method"] == "onnx"
     with monkeypatch.context() as patched:
         patched.setattr(compiled, "compile_model", lambda *a: pytest.fail("compiled again despite the cache"))
         cached = scoring.score_batch(qws, "from-cache")

@@ -13,7 +13,6 @@ from importlib import metadata
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 import sqlalchemy as sa
 
@@ -31,6 +30,8 @@ from tests.integration.stage_runs import (
     make_run,
     promote_demo_champion,
     quick_workspace,
+    stored_bytes,
+    stored_frame,
 )
 
 # With this margin a candidate up to twice the champion's RMSE "beats" it: the tests that need
@@ -111,16 +112,17 @@ def test_champion_lineage(ws: Workspace, first_retrain: dict[str, Any]) -> None:
     [snapshot] = fetch(ws, "SELECT * FROM pipeline.snapshots WHERE snapshot_hash = :h", h=champion["snapshot_hash"])
     path = ws.settings.artifact_dir / snapshot["path"]
     assert path.is_file()
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == snapshot["snapshot_hash"]
-    frame = pd.read_parquet(path)
+    assert hashlib.sha256(stored_bytes(ws, path)).hexdigest() == snapshot["snapshot_hash"]
+    frame = stored_frame(ws, path)
     assert len(frame) == snapshot["row_count"] == champion["train_rows"] + champion["holdout_rows"]
     # The holdout starts right after the training rows, in (recorded_at, patient_id) order.
     first_held_out = frame.sort_values(["recorded_at", "patient_id"]).iloc[champion["train_rows"]]
-    assert champion["holdout_start"]["patient_id"] == first_held_out["patient_id"]
+    assert champion["holdout_start"] == {"label_recorded_at": champion["holdout_start"]["label_recorded_at"],
+                                         **stages.holdout_start_id(ws, first_held_out["patient_id"])}
     assert champion["library_versions"]["scikit-learn"] == metadata.version("scikit-learn")
     artifact = ws.settings.artifact_dir / champion["artifact_path"]
     assert artifact.name == f"{champion['artifact_hash']}.joblib"
-    assert hashlib.sha256(artifact.read_bytes()).hexdigest() == champion["artifact_hash"]
+    assert hashlib.sha256(stored_bytes(ws, artifact)).hexdigest() == champion["artifact_hash"]
 
 
 def test_second_run_scores_champion_on_the_candidates_holdout(ws: Workspace,
@@ -139,7 +141,7 @@ def test_second_run_scores_champion_on_the_candidates_holdout(ws: Workspace,
 
     # Recompute the champion's RMSE on the candidate's holdout: the latest rows of its snapshot.
     [snapshot] = fetch(ws, "SELECT path FROM pipeline.snapshots WHERE snapshot_hash = :h", h=candidate["snapshot_hash"])
-    holdout = pd.read_parquet(ws.settings.artifact_dir / snapshot["path"]).sort_values(["recorded_at", "patient_id"]).tail(n)
+    holdout = stored_frame(ws, ws.settings.artifact_dir / snapshot["path"]).sort_values(["recorded_at", "patient_id"]).tail(n)
     assert set(arrivals) <= set(holdout["patient_id"])
     with ws.engine.connect() as conn:
         champion = records.current_champion(conn, ws.model)

@@ -14,6 +14,7 @@ from pipeline import stages
 from pipeline.contract.config import ConfigError
 from pipeline.contract.settings import PROJECT_ROOT, Settings
 from pipeline.data import demo
+from pipeline.registry import records
 from pipeline.workspace import Workspace
 from tests.integration.stage_runs import (
     DEMO_WATERMARK,
@@ -124,10 +125,11 @@ def test_text_ids_are_refused_unless_declared_then_kept_as_they_are(settings: Se
     ws = quick_workspace(Workspace.open(dataclasses.replace(settings, config_path=path)))
     result = retrain_through_stages(ws, make_run("text-ids", DEMO_WATERMARK))
     with ws.engine.connect() as conn:
-        quarantined = conn.execute(sa.text("SELECT source_id FROM pipeline.quarantine")).scalars().all()
+        quarantined = [records.opened(dict(r), ws.keyring)["source_id"]  # sealed at rest: opened
+                       for r in conn.execute(sa.text("SELECT * FROM pipeline.quarantine")).mappings()]
         holdout_start = conn.scalar(sa.text("SELECT holdout_start FROM pipeline.model_versions"))
     ws.engine.dispose()
 
     assert result["outcome"]["status"] == "promoted"
     assert quarantined == ["P-0007"]
-    assert holdout_start["patient_id"].startswith("P-")
+    assert set(holdout_start) == {"label_recorded_at", stages.HOLDOUT_ID_HMAC}  # a text id, as its keyed hash
