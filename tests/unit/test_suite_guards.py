@@ -32,7 +32,7 @@ def _path_without(tmp_path: Path, *hidden: str) -> str:
     """A PATH of one folder holding links to the tools .ci/require-tools asks for, less `hidden`."""
     folder = tmp_path / "bin"
     folder.mkdir()
-    for tool in ("id", "chromium", "chromedriver", "redis-server"):
+    for tool in ("id", "chromium", "chromedriver", "redis-server", "softhsm2-util"):
         found = shutil.which(tool)
         if tool not in hidden:
             (folder / tool).symlink_to(found or "/bin/true")  # a stand-in: only presence is looked at
@@ -46,12 +46,13 @@ def _require_tools(path: str, ci: bool) -> subprocess.CompletedProcess[str]:
 
 
 def test_on_ci_a_missing_browser_or_redis_fails_the_run(tmp_path: Path) -> None:
-    for hidden in (("chromium",), ("chromedriver",), ("redis-server",)):
+    for hidden in (("chromium",), ("chromedriver",), ("redis-server",), ("softhsm2-util",)):
         folder = tmp_path / "-".join(hidden)
         folder.mkdir()
         result = _require_tools(_path_without(folder, *hidden), ci=True)
         assert result.returncode == 1 and "missing on CI" in result.stderr, (hidden, result.stderr)
-        assert ("redis-server" if hidden == ("redis-server",) else "chromium") in result.stderr
+        named = {("redis-server",): "redis-server", ("softhsm2-util",): "softhsm2"}.get(hidden, "chromium")
+        assert named in result.stderr
 
 
 def test_off_ci_a_missing_tool_is_a_warning_and_with_every_tool_nothing_is_said(tmp_path: Path) -> None:

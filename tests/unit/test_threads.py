@@ -14,6 +14,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 from threadpoolctl import threadpool_info
 
 from pipeline import stages
@@ -157,10 +158,12 @@ def test_joblib_work_inside_sized_runs_on_threads_not_processes() -> None:
 
 
 class FakeWorkspace:
-    """What a stage sees of its workspace here: the config (no database)."""
+    """What a stage sees of its workspace here: the config, and an engine that never connects (the command
+    disposes it when it ends)."""
 
     def __init__(self, config: PipelineConfig) -> None:
         self.config = config
+        self.engine = sa.create_engine("postgresql+psycopg2://")
 
 
 def pools_and_jobs(_: Any, *__: Any) -> dict[str, Any]:
