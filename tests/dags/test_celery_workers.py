@@ -6,8 +6,8 @@ in PostgreSQL between them.
 
 The stack's readiness (/pipeline-health) goes unhealthy naming the broker while Redis is down, and healthy again
 when it is back. The model search fans out over both workers; one worker is SIGKILLed in the middle of a search
-task: the supervisor restarts it while every other part keeps its pid, the task is retried, and the run still
-succeeds with the champion the sequential search gives. SIGTERM to the supervisor then ends every process of the
+task: the supervisor restarts it while every other part keeps its pid, the task is retried without the lost try
+spending one of its retries, and the run still succeeds with the champion the sequential search gives. SIGTERM to the supervisor then ends every process of the
 stack."""
 
 from __future__ import annotations
@@ -247,6 +247,15 @@ def test_retrain_fans_out_over_two_workers_and_survives_losing_one(celery: Celer
     # Retried on a live worker: the other one, or the lost one's replacement.
     assert (final["state"], final["hostname"] in workdirs, final["try_number"]) == ("success", True, 2)
     assert final["rendered_map_index"] == SLOW_FAMILY
+    # The lost try was given back (plugins/lost_tries.py): max_tries was raised by one, so real failures of the
+    # retried try still get the two retries every stage task declares; no other task was charged or given any.
+    retries = {ti["map_index"]: ti["max_tries"] for ti in celery.task_instances(run_id)
+               if ti["task_id"] == "search_family"}
+    assert retries == {i: 3 if i == slow["map_index"] else 2 for i in retries}, retries
+    given = celery.call("GET", "/eventLogs", params={"dag_id": "retrain", "run_id": run_id,
+                                                     "event": "lost try given back"}).json()["event_logs"]
+    assert [(e["task_id"], e["map_index"], e["try_number"]) for e in given] == \
+           [("search_family", slow["map_index"], 1)], given
     print(f"\nkill-one-worker timeline: {lost} SIGKILLed at {killed_at} during {SLOW_FAMILY}; restarted as pid "
           f"{after[lost]}; try 1 ended {tries[0]['end_date']} ({tries[0]['state']}); try 2 on {final['hostname']} "
           f"{final['start_date']} to {final['end_date']}; run ended {run['end_date']}")
