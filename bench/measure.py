@@ -45,8 +45,10 @@ def workspace(spec: dict[str, Any]) -> Any:
     from pipeline.contract.settings import Settings
     from pipeline.workspace import Workspace
 
+    key_file = Path(spec["key_file"]) if spec.get("key_file") else None  # else the environment's, as every stage's
     return Workspace.open(Settings(database_url=spec["database_url"], config_path=Path(spec["config_path"]),
-                                   artifact_dir=Path(spec["artifact_dir"]), pgdata_dir=Path(spec["pgdata_dir"])))
+                                   artifact_dir=Path(spec["artifact_dir"]), pgdata_dir=Path(spec["pgdata_dir"]),
+                                   key_file=key_file or Settings.from_env().key_file))
 
 
 class Nothing:

@@ -29,6 +29,24 @@ from tests.conftest import STARTS_AIRFLOW, create_scratch_database
 START_TIMEOUT = 150
 
 
+def stored_bytes(env: dict[str, str], engine: sa.engine.Engine, path: Path) -> bytes:
+    """A stack's stored file as its plaintext, opened (sealed at rest) with the stack's own key source."""
+    from pipeline.contract.settings import Settings
+    from pipeline.store import crypto, keys
+
+    settings = Settings.from_env(env)
+    return crypto.read_plain(path, crypto.Keyring(engine, lambda: keys.open_key_manager(settings)))
+
+
+def stored_frame(env: dict[str, str], engine: sa.engine.Engine, path: Path) -> Any:
+    """A stack's stored Parquet file as a frame (see `stored_bytes`)."""
+    import io
+
+    import pandas as pd
+
+    return pd.read_parquet(io.BytesIO(stored_bytes(env, engine, path)))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -22,7 +22,7 @@ import yaml
 
 from pipeline.contract.settings import PROJECT_ROOT
 from pipeline.data import demo
-from tests.standalone import standalone_airflow, wait_for
+from tests.standalone import standalone_airflow, stored_bytes, stored_frame, wait_for
 
 RUN_TIMEOUT = 420  # a guard against a hung run, not a timing: generous so that a busy machine does not trip it
 MIN_NEW_ROWS = 20
@@ -194,9 +194,8 @@ def test_batches_landing_during_a_run_are_trained_on_by_the_next(live_airflow: L
     record = live_airflow.training_run(next_run["dag_run_id"])
     snapshot_path = live_airflow.scalar("SELECT path FROM pipeline.snapshots WHERE snapshot_hash = :h",
                                         h=record["snapshot_hash"])
-    import pandas as pd
-
-    trained_ids = set(pd.read_parquet(live_airflow.artifact_dir / snapshot_path)["patient_id"])
+    trained = stored_frame(live_airflow.env, live_airflow.engine, live_airflow.artifact_dir / snapshot_path)
+    trained_ids = set(trained["patient_id"])
     assert set(first) | set(second) <= trained_ids
     assert not (set(first) | set(second)) & set(range(busy_rows + 1, 0))  # sanity: ids are new
     assert len(trained_ids) == busy_rows + len(first) + len(second)
@@ -269,7 +268,8 @@ def test_drift_is_flagged_and_starts_a_retrain(live_airflow: LiveAirflow) -> Non
                                    {"r": check["dag_run_id"]}).mappings().one())
     bmi = next(f for f in report["features"] if f["feature"] == "bmi")
     assert report["verdict"] == "drift" and bmi["drifted"] and bmi["psi"] > 0.25
-    assert Path(report["report_path"]).read_text().count("<img") == len(report["features"])
+    page = stored_bytes(live_airflow.env, live_airflow.engine, live_airflow.artifact_dir / report["report_path"])
+    assert page.decode().count("<img") == len(report["features"])
 
     run = _new_run(live_airflow, "retrain", before, run_type="asset_triggered")
     live_airflow.wait_until_finished("retrain", run["dag_run_id"])

@@ -55,7 +55,7 @@ def served(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     (folder / "tokens").write_text(f"{TOKEN}\n")
     port, log_file = free_port(), folder / "serve.log"
     env = {**os.environ, "PIPELINE_DATABASE_URL": url, "PIPELINE_ARTIFACT_DIR": str(settings.artifact_dir),
-           "PIPELINE_API_TOKEN_FILE": str(folder / "tokens")}
+           "PIPELINE_KEY_FILE": str(settings.key_file), "PIPELINE_API_TOKEN_FILE": str(folder / "tokens")}
     with log_file.open("w") as out:
         process = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port)],
                                    cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -330,7 +330,8 @@ def outage_service(tmp_path: Path) -> Iterator[tuple[Path, Workspace, str]]:
         (tmp_path / "tokens").write_text(TOKEN)
         port = free_port()
         env = {**os.environ, "PIPELINE_DATABASE_URL": url, "PIPELINE_ARTIFACT_DIR": str(settings.artifact_dir),
-               "PIPELINE_API_TOKEN_FILE": str(tmp_path / "tokens"), "PIPELINE_CONFIG": str(config)}
+               "PIPELINE_API_TOKEN_FILE": str(tmp_path / "tokens"), "PIPELINE_CONFIG": str(config),
+               "PIPELINE_KEY_FILE": str(settings.key_file)}
         with (tmp_path / "serve.log").open("w") as out:
             process = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port)],
                                        cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)

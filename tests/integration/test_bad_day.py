@@ -27,7 +27,14 @@ import pytest
 import sqlalchemy as sa
 
 from pipeline import stages
-from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT, Settings
+from pipeline.contract.settings import (
+    ENV_ARTIFACT_DIR,
+    ENV_CONFIG,
+    ENV_DATABASE_URL,
+    ENV_KEY_FILE,
+    PROJECT_ROOT,
+    Settings,
+)
 from pipeline.data import arrivals, demo
 from pipeline.data.validate import ValidationFailed
 from pipeline.registry import records, runs
@@ -75,7 +82,7 @@ def champion(ws: Workspace) -> Workspace:
 
 def cli_env(settings: Settings) -> dict[str, str]:
     env = {**os.environ, ENV_DATABASE_URL: str(settings.database_url), ENV_ARTIFACT_DIR: str(settings.artifact_dir),
-           "OMP_NUM_THREADS": "1"}
+           ENV_KEY_FILE: str(settings.key_file), "OMP_NUM_THREADS": "1"}
     env.pop(ENV_CONFIG, None)
     return env
 

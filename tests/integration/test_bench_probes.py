@@ -18,6 +18,7 @@ from tests.integration.stage_runs import promote_demo_champion, quick_workspace
 def _spec(settings: Settings, **extra: Any) -> dict[str, Any]:
     return {"database_url": settings.database_url, "config_path": str(settings.config_path),
             "artifact_dir": str(settings.artifact_dir), "pgdata_dir": str(settings.pgdata_dir), "repeats": 1,
+            "key_file": str(settings.key_file),
             "run_id": "bench-probe", **extra}
 
 

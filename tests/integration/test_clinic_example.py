@@ -51,12 +51,11 @@ def faulty_ids(export: pd.DataFrame) -> dict[str, list[str]]:
 
 def quarantined_ids(ws: Workspace, run_id: str) -> dict[str, list[str]]:
     """The source ids quarantined by the run, by reason code."""
-    rows = fetch(ws, """
-        SELECT r->>'code' AS code, q.source_id FROM pipeline.quarantine q, jsonb_array_elements(q.reasons) r
-         WHERE q.run_id = :run_id""", run_id=run_id)
+    rows = fetch(ws, "SELECT * FROM pipeline.quarantine WHERE run_id = :run_id", run_id=run_id)  # opened if sealed
     by_reason: dict[str, set[str]] = {}
     for row in rows:
-        by_reason.setdefault(row["code"], set()).add(row["source_id"])
+        for reason in row["reasons"]:
+            by_reason.setdefault(reason["code"], set()).add(row["source_id"])
     return {code: sorted(ids) for code, ids in by_reason.items()}
 
 

@@ -18,7 +18,14 @@ import yaml
 
 from pipeline import stages
 from pipeline.contract.config import DEFAULT_MODEL, suite_columns
-from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT, Settings
+from pipeline.contract.settings import (
+    ENV_ARTIFACT_DIR,
+    ENV_CONFIG,
+    ENV_DATABASE_URL,
+    ENV_KEY_FILE,
+    PROJECT_ROOT,
+    Settings,
+)
 from pipeline.data import demo
 from pipeline.data.arrivals import claim_arrival_signal, count_new_labelled_rows, last_seen_watermark
 from pipeline.registry import records
@@ -189,7 +196,7 @@ def test_an_older_database_migrates_and_its_rows_belong_to_the_default_model(emp
 
 def test_a_brand_new_database_works_through_the_cli(empty_database: str, tmp_path: Path) -> None:
     env = {**os.environ, ENV_DATABASE_URL: empty_database, ENV_ARTIFACT_DIR: str(tmp_path / "artifacts"),
-           "OMP_NUM_THREADS": "1"}
+           ENV_KEY_FILE: str(tmp_path / "secrets" / "master.key"), "OMP_NUM_THREADS": "1"}
     env.pop(ENV_CONFIG, None)
     cli = cli_in_process(env)
 

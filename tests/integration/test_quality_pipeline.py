@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipeline import stages
-from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL
+from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, ENV_KEY_FILE
 from pipeline.data import demo, ingest
 from pipeline.data.validate import ValidationFailed
 from pipeline.registry.runs import Run
@@ -199,7 +199,7 @@ def test_normalisations_and_report_are_recorded(ws: Workspace, faulty_retrain: d
 def test_cli_quality_summarises_the_run(ws: Workspace, database_url: str,
                                         faulty_retrain: dict[str, Any]) -> None:
     env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(ws.settings.artifact_dir),
-           "OMP_NUM_THREADS": "1"}
+           ENV_KEY_FILE: str(ws.settings.key_file), "OMP_NUM_THREADS": "1"}
     env.pop(ENV_CONFIG, None)
 
     done = cli_in_process(env)("quality", "--json")

@@ -27,7 +27,14 @@ import pytest
 import requests
 
 from pipeline import stages
-from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, PROJECT_ROOT, Settings
+from pipeline.contract.settings import (
+    ENV_ARTIFACT_DIR,
+    ENV_CONFIG,
+    ENV_DATABASE_URL,
+    ENV_KEY_FILE,
+    PROJECT_ROOT,
+    Settings,
+)
 from pipeline.data import demo
 from pipeline.registry.records import current_champion, get_model, promote
 from pipeline.serving import rest
@@ -400,7 +407,8 @@ def test_service_refuses_to_start_without_tokens(ws: Workspace, tmp_path: Path, 
     assert "INSECURE" in captured_log.text
 
     env = {k: v for k, v in os.environ.items() if k != rest.ENV_API_TOKEN_FILE}
-    env.update({ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(ws.settings.artifact_dir)})
+    env.update({ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(ws.settings.artifact_dir),
+                ENV_KEY_FILE: str(ws.settings.key_file)})
     # A real subprocess: a mistaken environment must not leave a server running in this one.
     refused = subprocess.run([sys.executable, "-m", "pipeline", "serve", "--port", str(free_port())], cwd=PROJECT_ROOT,
                              env=env, capture_output=True, text=True, timeout=300, check=False)
@@ -492,7 +500,7 @@ def test_cli_serve_answers_records_and_flushes_on_shutdown(service: Service, tmp
     port = free_port()
     env = {**os.environ, ENV_DATABASE_URL: str(service.ws.settings.database_url),
            ENV_ARTIFACT_DIR: str(service.ws.settings.artifact_dir), ENV_CONFIG: str(PROJECT_ROOT / "pipeline.yaml"),
-           rest.ENV_API_TOKEN_FILE: str(tokens)}
+           ENV_KEY_FILE: str(service.ws.settings.key_file), rest.ENV_API_TOKEN_FILE: str(tokens)}
     server = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port)], cwd=PROJECT_ROOT,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -532,7 +540,7 @@ def test_a_service_restarted_on_a_corrupted_champion_answers_503_and_names_the_h
     port, log_path = free_port(), tmp_path / "serve.log"
     env = {**os.environ, ENV_DATABASE_URL: str(ws.settings.database_url),
            ENV_ARTIFACT_DIR: str(ws.settings.artifact_dir), ENV_CONFIG: str(PROJECT_ROOT / "pipeline.yaml"),
-           rest.ENV_API_TOKEN_FILE: str(tmp_path / "tokens")}
+           ENV_KEY_FILE: str(ws.settings.key_file), rest.ENV_API_TOKEN_FILE: str(tmp_path / "tokens")}
     base = f"http://127.0.0.1:{port}"
     with log_path.open("w") as out:
         server = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port)],

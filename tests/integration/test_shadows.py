@@ -19,7 +19,7 @@ import requests
 import sqlalchemy as sa
 
 from pipeline import champion, stages
-from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_DATABASE_URL, Settings
+from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_DATABASE_URL, ENV_KEY_FILE, Settings
 from pipeline.data import demo
 from pipeline.registry import records
 from pipeline.serving import scoring
@@ -66,7 +66,7 @@ def sws(ws: Workspace) -> Workspace:
 def cli(sws: Workspace, database_url: str, settings: Settings) -> Cli:
     """`python -m pipeline ARGS`, in this process, on the test's database and artifacts (the shipped config)."""
     env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(settings.artifact_dir),
-           "OMP_NUM_THREADS": "1", "USER": "tester"}
+           ENV_KEY_FILE: str(settings.key_file), "OMP_NUM_THREADS": "1", "USER": "tester"}
     return cli_in_process(env)
 
 

@@ -54,8 +54,16 @@ class ViewAirflow:
         return requests.get(f"{self.base_url}/models-view{path}", headers=headers, timeout=60, **kwargs)
 
     def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        """The rows of `sql`; a sealed quarantine or validation row (encryption at rest) comes back opened with the
+        stack's own keys, as its readers see it (select its key_ref and sealed columns, or *)."""
+        from pipeline.registry import records
+        from pipeline.store import crypto, keys
+
+        settings = Settings.from_env(self.env)
+        keyring = crypto.Keyring(self.engine, lambda: keys.open_key_manager(settings))
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(sa.text(sql), params).mappings()]
+            found = [dict(r) for r in conn.execute(sa.text(sql), params).mappings()]
+        return [records.opened(row, keyring) if row.get("sealed") is not None else row for row in found]
 
     def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
         response = self.api("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100})

@@ -6,11 +6,13 @@ from __future__ import annotations
 import csv
 import io
 import re
+from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
 import requests
 
+from tests.standalone import stored_bytes
 from tests.ui.conftest import BAD_ROWS, ViewAirflow
 
 MODEL = "diabetes_progression"
@@ -96,7 +98,7 @@ def test_every_page_linked_from_the_model_page_is_served(view_airflow: ViewAirfl
 def test_a_card_is_the_registered_page_with_its_plots_and_links(view_airflow: ViewAirflow) -> None:
     recorded = view_airflow.rows("SELECT path FROM pipeline.model_cards WHERE version = 1 AND kind = 'card'")[0]
     page = view_airflow.view(f"/{MODEL}/versions/1/card").text
-    stored = open(recorded["path"], encoding="utf-8").read()
+    stored = stored_bytes(view_airflow.env, view_airflow.engine, Path(recorded["path"])).decode()  # sealed at rest
     assert stored.split("<body>", 1)[1] in page  # the stored page whole, below the view's links
     assert "data:image/png;base64," in page
     links = _links(page)
