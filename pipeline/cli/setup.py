@@ -82,7 +82,7 @@ def cmd_migrate_store(ws: Workspace, args: argparse.Namespace) -> Any:
 
     root = Path(args.source) if args.source else ws.settings.artifact_dir
     db.apply_schema(ws.engine)
-    return {"from": str(root), **asdict(migrate_store(ws.engine, root))}
+    return {"from": str(root), **asdict(migrate_store(ws.engine, root, ws.keyring, ws.config.security.encrypt_at_rest))}
 
 
 def text_migrate_store(result: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pipeline.store import artifacts
+from pipeline.store.crypto import Keyring
 
 # Every registry column holding a stored file's path (sql/): table, column.
 PATH_COLUMNS = (("snapshots", "path"), ("validation_results", "report_path"), ("model_versions", "artifact_path"),
@@ -43,11 +44,12 @@ def in_team_store(engine: Engine, digest: str) -> bool:
         return bool(conn.scalar(sa.text(f"SELECT 1 FROM {artifacts.TEAM_TABLE} WHERE digest = :d"), {"d": digest}))
 
 
-def migrate_store(engine: Engine, root: Path) -> Migration:
+def migrate_store(engine: Engine, root: Path, keyring: Keyring | None = None, encrypt: bool = False) -> Migration:
     """Copy every file the registry names (an absolute path, or one relative to `root`, this machine's artifact
-    folder) into the team store, checked against its hash, then record its path in the store's form."""
+    folder) into the team store, checked against its hash, then record its path in the store's form. Sealed files
+    open with `keyring`; the team store's copies are sealed under it when `encrypt`."""
     result = Migration()
-    store = artifacts.ArtifactStore(root, engine)
+    store = artifacts.ArtifactStore(root, engine, keyring, encrypt and keyring is not None)
     for table, column in PATH_COLUMNS:
         with engine.connect() as conn:
             paths = conn.scalars(sa.text(f"SELECT DISTINCT {column} FROM pipeline.{table} "

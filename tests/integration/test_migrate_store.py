@@ -46,7 +46,7 @@ def test_migrate_store_copies_local_artifacts_and_rewrites_their_paths(ws: Works
     assert before["model_versions.artifact_path"] and before["model_cards.path"] and before["snapshots.path"]
     assert all(Path(p).is_absolute() for paths in before.values() for p in paths)
 
-    moved = migrate_store(ws.engine, root)
+    moved = migrate_store(ws.engine, root, ws.keyring, ws.config.security.encrypt_at_rest)
     assert not moved.missing and not moved.skipped
     after = recorded_paths(ws)
     assert after == {key: sorted(str(Path(p).relative_to(root)) for p in paths) for key, paths in before.items()}
@@ -61,7 +61,7 @@ def test_migrate_store_copies_local_artifacts_and_rewrites_their_paths(ws: Works
         for recorded in paths:
             copy = artifacts.recorded_copy(elsewhere.store, recorded)
             kind, name = Path(recorded).parts
-            artifacts.verify_file(copy, Path(name).stem)
+            artifacts.verify_file(copy, Path(name).stem, elsewhere.keyring)
             assert copy.is_relative_to(tmp_path / "other-machine"), kind
 
     # Only the path's form may change in an append-only table, and only to the store's form of the same file.
