@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import threading
@@ -542,9 +541,9 @@ def test_a_service_restarted_on_a_corrupted_champion_answers_503_and_names_the_h
     with ws.engine.connect() as conn:
         registered = get_model(conn, 1, ws.model)["artifact_hash"]
     path = artifacts.stored_path(ws.settings.artifact_dir, "models", registered)
-    os.chmod(path, path.stat().st_mode | stat.S_IWUSR)
-    path.write_bytes(path.read_bytes()[:-16] + b"tampered-bytes!!")
-    actual = artifacts.sha256_file(path)
+    tampered = stored_bytes(ws, path)[:-16] + b"tampered-bytes!!"
+    rewrite_stored(ws, path, tampered)  # resealed under its own key: only the hash check can tell
+    actual = artifacts.sha256_bytes(tampered)
     (tmp_path / "tokens").write_text(TOKEN)
     port, log_path = free_port(), tmp_path / "serve.log"
     env = {**os.environ, ENV_DATABASE_URL: str(ws.settings.database_url),
