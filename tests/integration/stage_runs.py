@@ -41,6 +41,14 @@ def fetch(ws: Workspace, sql: str, **params: Any) -> list[dict[str, Any]]:
     return [records.opened(row, ws.keyring) if row.get("sealed") is not None else row for row in rows]
 
 
+def key_file_of(ws: Workspace) -> str:
+    """The local key file the workspace's keys come from: what a command or server started beside it must name
+    (PIPELINE_KEY_FILE) to open what the workspace sealed."""
+    from pipeline.store import keys
+
+    return str(keys.key_file_path(ws.settings, ws.config.security))
+
+
 def stored_bytes(ws: Workspace, path: Path | str) -> bytes:
     """A stored file's plaintext, as the pipeline reads it (a sealed file opened with the workspace's keys)."""
     return crypto.read_plain(Path(path), ws.keyring)

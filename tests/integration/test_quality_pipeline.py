@@ -31,6 +31,7 @@ from tests.integration.stage_runs import (
     DEMO_WATERMARK,
     champion_state,
     fetch,
+    key_file_of,
     make_run,
     promote_demo_champion,
     quick_workspace,
@@ -199,7 +200,7 @@ def test_normalisations_and_report_are_recorded(ws: Workspace, faulty_retrain: d
 def test_cli_quality_summarises_the_run(ws: Workspace, database_url: str,
                                         faulty_retrain: dict[str, Any]) -> None:
     env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(ws.settings.artifact_dir),
-           ENV_KEY_FILE: str(ws.settings.key_file), "OMP_NUM_THREADS": "1"}
+           ENV_KEY_FILE: key_file_of(ws), "OMP_NUM_THREADS": "1"}
     env.pop(ENV_CONFIG, None)
 
     done = cli_in_process(env)("quality", "--json")

@@ -43,6 +43,7 @@ from pipeline.workspace import Workspace
 from tests.conftest import create_scratch_database
 from tests.integration.stage_runs import (
     fetch,
+    key_file_of,
     make_run,
     promote_demo_champion,
     quick_workspace,
@@ -415,7 +416,7 @@ def test_service_refuses_to_start_without_tokens(ws: Workspace, tmp_path: Path, 
 
     env = {k: v for k, v in os.environ.items() if k != rest.ENV_API_TOKEN_FILE}
     env.update({ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(ws.settings.artifact_dir),
-                ENV_KEY_FILE: str(ws.settings.key_file)})
+                ENV_KEY_FILE: key_file_of(ws)})
     # A real subprocess: a mistaken environment must not leave a server running in this one.
     refused = subprocess.run([sys.executable, "-m", "pipeline", "serve", "--port", str(free_port())], cwd=PROJECT_ROOT,
                              env=env, capture_output=True, text=True, timeout=300, check=False)
@@ -508,7 +509,7 @@ def test_cli_serve_answers_records_and_flushes_on_shutdown(service: Service, tmp
     port = free_port()
     env = {**os.environ, ENV_DATABASE_URL: str(service.ws.settings.database_url),
            ENV_ARTIFACT_DIR: str(service.ws.settings.artifact_dir), ENV_CONFIG: str(PROJECT_ROOT / "pipeline.yaml"),
-           ENV_KEY_FILE: str(service.ws.settings.key_file), rest.ENV_API_TOKEN_FILE: str(tokens)}
+           ENV_KEY_FILE: key_file_of(service.ws), rest.ENV_API_TOKEN_FILE: str(tokens)}
     server = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port)], cwd=PROJECT_ROOT,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -516,12 +517,16 @@ def test_cli_serve_answers_records_and_flushes_on_shutdown(service: Service, tmp
     def ready() -> bool:
         try:
             return requests.get(base + "/readyz", timeout=5).status_code == 200
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not up yet, or busy loading the champion
             assert server.poll() is None, server.communicate()[0]
             return False
 
     try:
-        wait_until(ready, "python -m pipeline serve to be ready")
+        try:
+            wait_until(ready, "python -m pipeline serve to be ready")
+        except AssertionError as waited:
+            server.send_signal(signal.SIGINT)
+            raise AssertionError(f"serve never got ready; its output:\n{server.communicate(timeout=DEADLINE)[0]}") from waited
         record = {**patient_records(service.ws, 1)[0], "patient_id": 55501234, "bmi": 41.2345}
         answer = post(base, [record], request_id="cli-serve-check")
         assert answer.json()["results"][0]["status"] == 200
@@ -548,7 +553,7 @@ def test_a_service_restarted_on_a_corrupted_champion_answers_503_and_names_the_h
     port, log_path = free_port(), tmp_path / "serve.log"
     env = {**os.environ, ENV_DATABASE_URL: str(ws.settings.database_url),
            ENV_ARTIFACT_DIR: str(ws.settings.artifact_dir), ENV_CONFIG: str(PROJECT_ROOT / "pipeline.yaml"),
-           ENV_KEY_FILE: str(ws.settings.key_file), rest.ENV_API_TOKEN_FILE: str(tmp_path / "tokens")}
+           ENV_KEY_FILE: key_file_of(ws), rest.ENV_API_TOKEN_FILE: str(tmp_path / "tokens")}
     base = f"http://127.0.0.1:{port}"
     with log_path.open("w") as out:
         server = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port)],
