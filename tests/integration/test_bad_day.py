@@ -82,7 +82,7 @@ def champion(ws: Workspace) -> Workspace:
 
 def cli_env(settings: Settings) -> dict[str, str]:
     env = {**os.environ, ENV_DATABASE_URL: str(settings.database_url), ENV_ARTIFACT_DIR: str(settings.artifact_dir),
-           ENV_KEY_FILE: str(settings.key_file), "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", **({ENV_KEY_FILE: str(settings.key_file)} if settings.key_file else {})}
     env.pop(ENV_CONFIG, None)
     return env
 
