@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.measure import scratch
 from pipeline import stages
 from pipeline.contract.settings import Settings
 from pipeline.data import demo
 from pipeline.registry.runs import Run
-from pipeline.store import db
 from pipeline.workspace import Workspace
 
 WATERMARK = datetime(2100, 1, 1, tzinfo=UTC)  # after every generated row
@@ -53,15 +51,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    base = Settings.from_env()
-    url = db.with_database(db.database_url(base), f"bench_encryption_{uuid.uuid4().hex[:8]}")
-    db.ensure_database(url)
-    folder = Path(tempfile.mkdtemp(prefix="bench-encryption-"))
-    try:
-        engine = db.create_engine(url)
-        db.apply_schema(engine)
-        demo.simulate_arrivals(engine, rows=args.rows, seed=7, bad_rows=max(args.rows // 1000, 1))
-        engine.dispose()
+    with scratch("encryption", lambda engine: demo.simulate_arrivals(
+            engine, rows=args.rows, seed=7, bad_rows=max(args.rows // 1000, 1))) as (base, url, folder):
         warm = workspace(base, url, folder / "warm-up", True)  # imports, GX, first connections: not timed
         ingest_and_validate(warm, "bench-warm-up")
         warm.engine.dispose()
@@ -75,8 +66,6 @@ def main() -> None:
         print(f"ingest + validate of {args.rows} rows, fastest of {args.rounds} rounds: encrypted {sealed:.2f} s, "
               f"plain {plain:.2f} s: {sealed / plain:.2f}x (every round: encrypted "
               f"{', '.join(f'{t:.2f}' for t in times[True])}; plain {', '.join(f'{t:.2f}' for t in times[False])})")
-    finally:
-        db.drop_database(url)
 
 
 if __name__ == "__main__":

@@ -11,21 +11,18 @@ rewritten and the bytes of the store before, and checks the patient is in none o
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 
+from bench.measure import scratch
 from pipeline import erasure
-from pipeline.contract.settings import Settings
 from pipeline.data import ingest
-from pipeline.store import artifacts, db
+from pipeline.store import artifacts
 from pipeline.workspace import Workspace
 
 STEP = 1000  # each snapshot's window of ids starts this much after the one before
@@ -72,14 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.rows <= (args.snapshots - 1) * STEP:
         parser.error(f"--rows must be over {(args.snapshots - 1) * STEP} so that every snapshot holds the patient")
-    base = Settings.from_env()
-    url = db.with_database(db.database_url(base), f"bench_erasure_{uuid.uuid4().hex[:8]}")
-    db.ensure_database(url)
-    folder = Path(tempfile.mkdtemp(prefix="bench-erasure-"))
-    try:
-        engine = db.create_engine(url)
-        db.apply_schema(engine)
-        engine.dispose()
+    with scratch("erasure") as (base, url, folder):
         ws = Workspace.open(replace(base, database_url=url, artifact_dir=folder / "artifacts",
                                     erasure_key_file=folder / "erasure.key", artifact_store="local"))
         stored = build(ws, args.snapshots, args.rows)
@@ -95,8 +85,6 @@ def main() -> None:
               f"{sum(p['searched'] for p in report['places'] if p['place'].startswith('snapshot'))} files searched, "
               f"{report['found']} found")
         ws.engine.dispose()
-    finally:
-        db.drop_database(url)
 
 
 if __name__ == "__main__":

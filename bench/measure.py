@@ -4,7 +4,12 @@ bench database, and a COPY whose rows go nowhere. Shared by `bench.probe` and `b
 from __future__ import annotations
 
 import resource
+import shutil
+import tempfile
 import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +71,29 @@ def copy_into_nothing(engine: Any, sql: str, binary: bool) -> None:
         raw.cursor().copy_expert(f"COPY ({sql}) TO STDOUT{options}", Nothing())
     finally:
         raw.close()
+
+
+@contextmanager
+def scratch(name: str, fill: Callable[[Any], None] | None = None) -> Iterator[tuple[Any, str, Path]]:
+    """A database of its own on the configured server, the pipeline schema applied and `fill(engine)` run on it,
+    and an empty scratch folder: (the environment's settings, the database URL, the folder). Both are removed
+    afterwards, whatever happened."""
+    from pipeline.contract.settings import Settings
+    from pipeline.store import db
+
+    base = Settings.from_env()
+    url = db.with_database(db.database_url(base), f"bench_{name}_{uuid.uuid4().hex[:8]}")
+    db.ensure_database(url)
+    folder = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    try:
+        engine = db.create_engine(url)
+        try:
+            db.apply_schema(engine)
+            if fill is not None:
+                fill(engine)
+        finally:
+            engine.dispose()
+        yield base, url, folder
+    finally:
+        db.drop_database(url)
+        shutil.rmtree(folder, ignore_errors=True)

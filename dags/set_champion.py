@@ -21,12 +21,11 @@ Either emits the asset `champion_model` (`champion_model__<model>`), which start
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
 from alerting import on_failure
-from retrain_assets import champion_model, models
+from retrain_assets import champion_model, manual_governance, models
 
 from pipeline.contract.config import ModelEntry
 
@@ -43,11 +42,7 @@ def set_champion_dag(model: ModelEntry, base_id: str = "set_champion") -> Any:
         description=("Manual: make a chosen version champion (roll back, or promote a shadow), checked and recorded; "
                      "then score_patients runs" + (f". The old id of {model.dag_id('set_champion')}" if old_id else "")),
         schedule=None,
-        start_date=datetime(2026, 1, 1),
-        catchup=False,
-        max_active_runs=1,
-        tags=["governance", model.name],
-        doc_md=__doc__,
+        **manual_governance(model, __doc__),
         params={
             "mode": Param("rollback", type="string", enum=["rollback", "promote"], title="Mode",
                           description="rollback: back to an earlier version (by default the previous champion). "

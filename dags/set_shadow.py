@@ -15,12 +15,11 @@ The Models view's "add as shadow" opens this DAG's form, prefilled.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
 from alerting import on_failure
-from retrain_assets import models
+from retrain_assets import manual_governance, models
 
 from pipeline.contract.config import ModelEntry
 
@@ -34,11 +33,7 @@ def set_shadow_dag(model: ModelEntry) -> Any:
         description=("Manual: put a version in shadow (scored beside the champion by score_patients, never shown "
                      "to the CRM) or take it out, checked and recorded"),
         schedule=None,
-        start_date=datetime(2026, 1, 1),
-        catchup=False,
-        max_active_runs=1,
-        tags=["governance", model.name],
-        doc_md=__doc__,
+        **manual_governance(model, __doc__),
         params={
             "action": Param("add", type="string", enum=["add", "remove"], title="Action",
                             description="add: put the version in shadow. remove: take it out."),

@@ -11,6 +11,9 @@ heavy library.
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from airflow.sdk import Asset, AssetWatcher
 from arrival_trigger import NewLabelledRowsTrigger
 
@@ -34,3 +37,10 @@ def labelled_records(model: ModelEntry) -> Asset:
 def champion_model(model: ModelEntry) -> Asset:
     """The asset a promotion or a rollback of the model's champion emits; it starts the batch scoring."""
     return Asset(name="champion_model" if model.primary else f"champion_model__{model.name}")
+
+
+def manual_governance(model: ModelEntry, doc: str | None) -> dict[str, Any]:
+    """The `@dag` arguments every manual governance DAG (set_champion, set_shadow) shares besides its schedule
+    (None, stated at the DAG): one run at a time, tagged `governance` and the model, documented by its module."""
+    return {"start_date": datetime(2026, 1, 1), "catchup": False, "max_active_runs": 1,
+            "tags": ["governance", model.name], "doc_md": doc}

@@ -75,6 +75,41 @@ class Standalone:
 
 
 @dataclass
+class AirflowRest:
+    """A client of a live Airflow's REST API (`/api/v2`) as the admin; a read that times out (the API server
+    shares two busy cores) is asked again, a write never is."""
+
+    base_url: str
+    token: str  # the admin's API token
+
+    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        for attempt in range(3):
+            try:
+                response = requests.request(method, f"{self.base_url}/api/v2{path}",
+                                            headers={"Authorization": f"Bearer {self.token}",
+                                                     "Accept": "application/json"}, timeout=60, **kwargs)
+                break
+            except requests.Timeout:
+                if method != "GET" or attempt == 2:
+                    raise
+        response.raise_for_status()
+        return response
+
+    def task_instances(self, run_id: str, dag_id: str = "retrain") -> list[dict[str, Any]]:
+        return list(self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
+                              params={"limit": 100}).json()["task_instances"])
+
+    def tries(self, run_id: str, task_id: str, map_index: int, dag_id: str = "retrain") -> list[dict[str, Any]]:
+        return list(self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/tries"
+                              ).json()["task_instances"])
+
+    def log_of(self, run_id: str, task_id: str, map_index: int, try_number: int, dag_id: str = "retrain"
+               ) -> list[dict[str, Any]]:
+        return list(self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
+                              params={"map_index": map_index, "full_content": True}).json()["content"])
+
+
+@dataclass
 class ScratchAirflow:
     env: dict[str, str]  # Airflow's environment on the scratch databases
     engine: sa.engine.Engine  # the pipeline's scratch database, the demo study seeded

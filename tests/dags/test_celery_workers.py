@@ -39,7 +39,7 @@ from pipeline.registry import records
 from pipeline.workspace import Workspace
 from tests.commands import cli_subprocess
 from tests.conftest import Broker, missing_tool
-from tests.standalone import scratch_airflow, wait_for, wait_until_ready
+from tests.standalone import AirflowRest, scratch_airflow, wait_for, wait_until_ready
 
 RUN_TIMEOUT = 420
 SLOW_FAMILY = "random_forest"  # made slow enough (many trees) that a worker can be killed in the middle of it
@@ -87,35 +87,12 @@ class Stack:
 
 
 @dataclass
-class CeleryAirflow:
+class CeleryAirflow(AirflowRest):
     stack: Stack
     broker: Broker
-    base_url: str
-    token: str
     engine: sa.engine.Engine
     settings: Settings  # the test's own view of the pipeline: its own artifact cache of the team store
     env: dict[str, str]  # what the stack was started with: `python -m pipeline` with it reaches the same stack
-
-    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """A REST API call; a read that times out (the API server shares two busy cores) is asked again."""
-        for attempt in range(3):
-            try:
-                response = requests.request(method, f"{self.base_url}/api/v2{path}",
-                                            headers={"Authorization": f"Bearer {self.token}"}, timeout=60, **kwargs)
-                break
-            except requests.Timeout:
-                if method != "GET" or attempt == 2:
-                    raise
-        response.raise_for_status()
-        return response
-
-    def task_instances(self, run_id: str) -> list[dict[str, Any]]:
-        return list(self.call("GET", f"/dags/retrain/dagRuns/{run_id}/taskInstances",
-                              params={"limit": 100}).json()["task_instances"])
-
-    def tries(self, run_id: str, task_id: str, map_index: int) -> list[dict[str, Any]]:
-        return list(self.call("GET", f"/dags/retrain/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/tries"
-                              ).json()["task_instances"])
 
     def readiness(self) -> requests.Response:
         return requests.get(f"{self.base_url}/pipeline-health/", timeout=30)
@@ -155,7 +132,8 @@ def celery(server_url: str, tmp_path_factory: pytest.TempPathFactory,
             wait_for(lambda: stopped() or (stack.root / STATE_FILE).exists(), 300, "the stack to start")
             token, _ = wait_until_ready(scratch.base_url, tmp / "airflow-home", stopped)
             settings = dataclasses.replace(Settings.from_env(scratch.env), artifact_dir=tmp / "test-cache")
-            yield CeleryAirflow(stack, broker, scratch.base_url, token, scratch.engine, settings, env)
+            yield CeleryAirflow(base_url=scratch.base_url, token=token, stack=stack, broker=broker,
+                                engine=scratch.engine, settings=settings, env=env)
         finally:
             stop_stack(process)
             broker.stop()

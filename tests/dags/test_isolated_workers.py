@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import yaml
 
 from pipeline.cli.cluster import (
@@ -40,7 +39,7 @@ from pipeline.cli.localenv import airflow_environment
 from pipeline.contract.settings import ENV_ARTIFACT_DIR, Settings
 from tests.conftest import missing_tool
 from tests.dags.test_celery_workers import SLOW_FAMILY, _config
-from tests.standalone import free_port, scratch_airflow, wait_for, wait_until_ready
+from tests.standalone import AirflowRest, free_port, scratch_airflow, wait_for, wait_until_ready
 
 RUN_TIMEOUT = 900
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -194,37 +193,10 @@ def start_machine(net: Network, index: int, stack_env: dict[str, str], config: P
 
 
 @dataclass
-class Isolated:
-    base_url: str
-    token: str
+class Isolated(AirflowRest):
     machines: dict[str, Machine]
     net: Network
     stack_logs: Path
-
-    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        for attempt in range(3):
-            try:
-                response = requests.request(method, f"{self.base_url}/api/v2{path}",
-                                            headers={"Authorization": f"Bearer {self.token}",
-                                                     "Accept": "application/json"}, timeout=60, **kwargs)
-                break
-            except requests.Timeout:
-                if method != "GET" or attempt == 2:
-                    raise
-        response.raise_for_status()
-        return response
-
-    def task_instances(self, run_id: str) -> list[dict[str, Any]]:
-        return list(self.call("GET", f"/dags/retrain/dagRuns/{run_id}/taskInstances",
-                              params={"limit": 100}).json()["task_instances"])
-
-    def tries(self, run_id: str, task_id: str, map_index: int) -> list[dict[str, Any]]:
-        return list(self.call("GET", f"/dags/retrain/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/tries"
-                              ).json()["task_instances"])
-
-    def log_of(self, run_id: str, task_id: str, map_index: int, try_number: int) -> list[dict[str, Any]]:
-        return list(self.call("GET", f"/dags/retrain/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
-                              params={"map_index": map_index, "full_content": True}).json()["content"])
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +229,8 @@ def isolated(tmp_path_factory: pytest.TempPathFactory, starts_airflow: None) -> 
             ended += [name for name, m in machines.items() if m.process.poll() is not None]
             return f"{ended} stopped" if ended else None
         token, _ = wait_until_ready(scratch.base_url, tmp / "airflow-home", stopped)
-        yield Isolated(scratch.base_url, token, machines, net, cluster.log_dir)
+        yield Isolated(base_url=scratch.base_url, token=token, machines=machines, net=net,
+                       stack_logs=cluster.log_dir)
 
 
 @pytest.mark.timeout(2400)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -14,6 +15,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from pipeline import stages
+from pipeline.contract.config import load_config
+from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, ENV_KEY_FILE, Settings
 from pipeline.data import demo
 from pipeline.registry import records
 from pipeline.registry.runs import Run
@@ -41,12 +44,20 @@ def fetch(ws: Workspace, sql: str, **params: Any) -> list[dict[str, Any]]:
     return [records.opened(row, ws.keyring) if row.get("sealed") is not None else row for row in rows]
 
 
-def key_file_of(ws: Workspace) -> str:
-    """The local key file the workspace's keys come from: what a command or server started beside it must name
-    (PIPELINE_KEY_FILE) to open what the workspace sealed."""
+def command_env(settings: Settings, config: Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment a `python -m pipeline` command or server started beside a test's workspace runs with: the
+    settings' database and artifact folder, and the local key file the workspace's keys come from (so it opens what
+    the workspace sealed); the shipped config unless `config` names another; one OpenMP thread (it shares two cores
+    with the test run); then `extra`."""
     from pipeline.store import keys
 
-    return str(keys.key_file_path(ws.settings, ws.config.security))
+    security = load_config(config or settings.config_path).security
+    env = {**os.environ, ENV_DATABASE_URL: str(settings.database_url), ENV_ARTIFACT_DIR: str(settings.artifact_dir),
+           ENV_KEY_FILE: str(keys.key_file_path(settings, security)), "OMP_NUM_THREADS": "1", **extra}
+    env.pop(ENV_CONFIG, None)
+    if config is not None:
+        env[ENV_CONFIG] = str(config)
+    return env
 
 
 def stored_bytes(ws: Workspace, path: Path | str) -> bytes:

@@ -23,7 +23,7 @@ from pipeline.serving.app import create_app
 from pipeline.store import db
 from pipeline.workspace import Workspace
 from tests.conftest import create_scratch_database
-from tests.integration.stage_runs import key_file_of, promote_demo_champion, quick_workspace, wait_until
+from tests.integration.stage_runs import command_env, promote_demo_champion, quick_workspace, wait_until
 from tests.integration.test_serving import MODEL, PREDICT, TIMEOUT, TOKEN, auth, free_port, patient_records, running
 
 SECRETS = ("query-secret-81f2", "header-secret-5c1e", "cookie-secret-0d9a", "body-secret-77b3")
@@ -54,8 +54,7 @@ def served(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     promote_demo_champion(ws)
     (folder / "tokens").write_text(f"{TOKEN}\n")
     port, log_file = free_port(), folder / "serve.log"
-    env = {**os.environ, "PIPELINE_DATABASE_URL": url, "PIPELINE_ARTIFACT_DIR": str(settings.artifact_dir),
-           "PIPELINE_KEY_FILE": key_file_of(ws), "PIPELINE_API_TOKEN_FILE": str(folder / "tokens")}
+    env = command_env(settings, PIPELINE_API_TOKEN_FILE=str(folder / "tokens"))
     with log_file.open("w") as out:
         process = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port)],
                                    cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -329,9 +328,7 @@ def outage_service(tmp_path: Path) -> Iterator[tuple[Path, Workspace, str]]:
                           .replace("reload_seconds: 2 ", "reload_seconds: 0.5 "))
         (tmp_path / "tokens").write_text(TOKEN)
         port = free_port()
-        env = {**os.environ, "PIPELINE_DATABASE_URL": url, "PIPELINE_ARTIFACT_DIR": str(settings.artifact_dir),
-               "PIPELINE_API_TOKEN_FILE": str(tmp_path / "tokens"), "PIPELINE_CONFIG": str(config),
-               "PIPELINE_KEY_FILE": key_file_of(ws)}
+        env = command_env(settings, config, PIPELINE_API_TOKEN_FILE=str(tmp_path / "tokens"))
         with (tmp_path / "serve.log").open("w") as out:
             process = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port)],
                                        cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -28,10 +28,6 @@ import sqlalchemy as sa
 
 from pipeline import stages
 from pipeline.contract.settings import (
-    ENV_ARTIFACT_DIR,
-    ENV_CONFIG,
-    ENV_DATABASE_URL,
-    ENV_KEY_FILE,
     PROJECT_ROOT,
     Settings,
 )
@@ -45,6 +41,7 @@ from tests.integration.stage_runs import (
     DEMO_WATERMARK,
     SCORER_WAITING,
     champion_state,
+    command_env,
     fetch,
     make_run,
     promote_demo_champion,
@@ -80,20 +77,13 @@ def champion(ws: Workspace) -> Workspace:
     return quick
 
 
-def cli_env(settings: Settings) -> dict[str, str]:
-    env = {**os.environ, ENV_DATABASE_URL: str(settings.database_url), ENV_ARTIFACT_DIR: str(settings.artifact_dir),
-           "OMP_NUM_THREADS": "1", **({ENV_KEY_FILE: str(settings.key_file)} if settings.key_file else {})}
-    env.pop(ENV_CONFIG, None)
-    return env
-
-
 def test_a_killed_run_is_marked_abandoned_by_the_next_command(champion: Workspace) -> None:
     """A real subprocess for the run: it is stopped (SIGSTOP) and killed (SIGKILL) mid-stage."""
     ws = champion
     demo.simulate_arrivals(ws.engine, rows=60, seed=3)
     before, rows = champion_state(ws), source_rows(ws)
     process = subprocess.Popen([sys.executable, "-m", "pipeline", "retrain", "--run-id", "killed"], cwd=PROJECT_ROOT,
-                               env=cli_env(ws.settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               env=command_env(ws.settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         stage = wait_until(lambda: fetch(ws, "SELECT active_stage FROM pipeline.training_runs WHERE run_id = 'killed' "
                                            "AND active_stage IN ('validate', 'train', 'evaluate')"), "a stage to start")
@@ -103,7 +93,7 @@ def test_a_killed_run_is_marked_abandoned_by_the_next_command(champion: Workspac
         with pytest.raises(runs.RunBusy, match=rf"run killed is being worked on by \S+:{process.pid}"):
             with runs.running(ws.engine, ws.settings, "killed", "evaluate"):
                 pass
-        second = cli_in_process(cli_env(ws.settings))("retrain", "--run-id", "killed")  # the same run, twice at once
+        second = cli_in_process(command_env(ws.settings))("retrain", "--run-id", "killed")  # the same run, twice at once
         assert second.returncode == 1 and f":{process.pid} (stage " in second.stderr
         assert run_row(ws, "killed")["status"] == "running"  # the refused second never marks the first failed
         os.kill(process.pid, signal.SIGKILL)
@@ -111,7 +101,7 @@ def test_a_killed_run_is_marked_abandoned_by_the_next_command(champion: Workspac
         process.kill()
         process.wait()
 
-    report = wait_until(lambda: [r for r in output(cli_in_process(cli_env(ws.settings))("status", "--json"))["recent_runs"]
+    report = wait_until(lambda: [r for r in output(cli_in_process(command_env(ws.settings))("status", "--json"))["recent_runs"]
                                if r["run_id"] == "killed" and r["status"] != "running"], "the run to be reaped")
     [killed] = report
     assert (killed["status"], killed["failure_kind"]) == ("failed", "abandoned")
@@ -120,7 +110,7 @@ def test_a_killed_run_is_marked_abandoned_by_the_next_command(champion: Workspac
     assert champion_state(ws) == before
     assert source_rows(ws) == rows
     assert arrivals_waiting(ws) == 60  # a run that died did not consume the rows it came for
-    text = cli_in_process(cli_env(ws.settings))("status")
+    text = cli_in_process(command_env(ws.settings))("status")
     [line] = [line for line in text.stdout.splitlines() if " killed " in line]  # the status table's row of the run
     assert re.search(r" killed +cli +failed \(abandoned\) +abandoned: the process", line), text.stdout
 
@@ -312,7 +302,7 @@ def test_rolling_back_to_a_version_that_failed_its_checks_needs_force(champion: 
     bad = stages.train_candidate(strict, run, checked["clean_snapshot_hash"])["version"]
     assert stages.evaluate_candidate(strict, run, bad)["decision"] == "keep"
     before = champion_state(ws)
-    cli = cli_in_process(cli_env(ws.settings))
+    cli = cli_in_process(command_env(ws.settings))
 
     refused = cli("rollback", "--to", str(bad), "--reason", "try it")
 
@@ -345,7 +335,7 @@ def test_a_missing_suite_file_is_refused_before_any_run_is_recorded(ws: Workspac
     config.write_text((PROJECT_ROOT / "pipeline.yaml").read_text().replace(
         "expectations/patient_records.json", str(tmp_path / "gone.json")))
 
-    result = cli_in_process(cli_env(ws.settings))("--config", str(config), "retrain", "--run-id", "no-suite")
+    result = cli_in_process(command_env(ws.settings))("--config", str(config), "retrain", "--run-id", "no-suite")
 
     assert result.returncode == 1
     assert result.stderr.strip() == (f"error: dataset.expectation_suite: cannot read {tmp_path / 'gone.json'}: "
@@ -374,7 +364,7 @@ def test_a_run_that_loses_its_database_mid_stage_ends_abandoned(own_server: tupl
     demo.simulate_arrivals(ws.engine, rows=60, seed=12)
     before, rows = champion_state(ws), source_rows(ws)
     process = subprocess.Popen([sys.executable, "-m", "pipeline", "retrain", "--run-id", "lost-db"], cwd=PROJECT_ROOT,
-                               env=cli_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               env=command_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: fetch(ws, "SELECT 1 FROM pipeline.training_runs WHERE run_id = 'lost-db' "
                                    "AND active_stage IN ('validate', 'train', 'evaluate')"), "a stage to start")
@@ -393,7 +383,7 @@ def test_a_run_that_loses_its_database_mid_stage_ends_abandoned(own_server: tupl
     restarted = subprocess.run([sys.executable, "-c", restart, str(pgdata)], cwd=PROJECT_ROOT, capture_output=True,
                                text=True, check=True)  # a fresh process: this one remembers the server as running
     assert restarted.stdout.strip() == url
-    [run] = [r for r in output(cli_in_process(cli_env(settings))("status", "--json"))["recent_runs"]
+    [run] = [r for r in output(cli_in_process(command_env(settings))("status", "--json"))["recent_runs"]
              if r["run_id"] == "lost-db"]
     assert (run["status"], run["failure_kind"]) == ("failed", "abandoned")
     assert champion_state(ws) == before
@@ -409,7 +399,7 @@ def test_a_killed_scoring_run_is_marked_abandoned_and_leaves_no_forecast(champio
     blocker = ws.engine.connect()  # holds the refusals table: the scorer waits there, mid-run, until killed
     blocker.execute(sa.text("LOCK TABLE pipeline.scoring_refusals IN ACCESS EXCLUSIVE MODE"))
     process = subprocess.Popen([sys.executable, "-m", "pipeline", "score", "--run-id", "killed-score"],
-                               cwd=PROJECT_ROOT, env=cli_env(ws.settings), stdout=subprocess.DEVNULL,
+                               cwd=PROJECT_ROOT, env=command_env(ws.settings), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
         wait_until(lambda: fetch(ws, "SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
@@ -470,7 +460,7 @@ def test_scoring_that_loses_its_database_mid_write_says_so_in_one_line_and_rerun
         conn.execute(sa.text("UPDATE public.patient_records SET sex = 'X' WHERE patient_id = :id"), {"id": ids[0]})
     blocker = block_refusals(ws, "lost-db-score", ids[0])
     process = subprocess.Popen([sys.executable, "-m", "pipeline", "score", "--run-id", "lost-db-score"],
-                               cwd=PROJECT_ROOT, env=cli_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               cwd=PROJECT_ROOT, env=command_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     try:
         wait_until(lambda: fetch(ws, SCORER_WAITING), "the scorer to wait mid-write")
@@ -500,7 +490,7 @@ def test_scoring_that_loses_its_database_mid_write_says_so_in_one_line_and_rerun
     assert fetch(ws, "SELECT * FROM pipeline.predictions WHERE run_id = 'lost-db-score'") == []  # rolled back whole
     assert fetch(ws, "SELECT * FROM pipeline.scoring_refusals WHERE run_id = 'lost-db-score'") == []
 
-    rerun = output(cli_in_process(cli_env(settings))("score", "--run-id", "lost-db-score", "--json"))
+    rerun = output(cli_in_process(command_env(settings))("score", "--run-id", "lost-db-score", "--json"))
 
     assert (rerun["rows_selected"], rerun["rows_scored"], rerun["rows_refused"]) == (40, 39, 1)
     [run] = fetch(ws, "SELECT status FROM pipeline.scoring_runs WHERE run_id = 'lost-db-score'")

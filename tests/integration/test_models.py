@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,10 +18,6 @@ import yaml
 from pipeline import stages
 from pipeline.contract.config import DEFAULT_MODEL, suite_columns
 from pipeline.contract.settings import (
-    ENV_ARTIFACT_DIR,
-    ENV_CONFIG,
-    ENV_DATABASE_URL,
-    ENV_KEY_FILE,
     PROJECT_ROOT,
     Settings,
 )
@@ -34,6 +29,7 @@ from pipeline.workspace import Workspace
 from tests.commands import cli_in_process, output
 from tests.integration.stage_runs import (
     DEMO_WATERMARK,
+    command_env,
     fetch,
     make_run,
     quick_workspace,
@@ -195,9 +191,9 @@ def test_an_older_database_migrates_and_its_rows_belong_to_the_default_model(emp
 
 
 def test_a_brand_new_database_works_through_the_cli(empty_database: str, tmp_path: Path) -> None:
-    env = {**os.environ, ENV_DATABASE_URL: empty_database, ENV_ARTIFACT_DIR: str(tmp_path / "artifacts"),
-           ENV_KEY_FILE: str(tmp_path / "secrets" / "master.key"), "OMP_NUM_THREADS": "1"}
-    env.pop(ENV_CONFIG, None)
+    env = command_env(Settings(database_url=empty_database, config_path=PROJECT_ROOT / "pipeline.yaml",
+                               artifact_dir=tmp_path / "artifacts", pgdata_dir=PROJECT_ROOT / ".pgdata",
+                               key_file=tmp_path / "secrets" / "master.key"))
     cli = cli_in_process(env)
 
     status = output(cli("status", "--json"))  # no init-db first: the schema is applied on the way

@@ -10,7 +10,6 @@ import dataclasses
 import html
 import json
 import math
-import os
 import re
 from datetime import date
 from pathlib import Path
@@ -21,7 +20,6 @@ import pytest
 import sqlalchemy as sa
 
 from pipeline import stages
-from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_CONFIG, ENV_DATABASE_URL, ENV_KEY_FILE
 from pipeline.data import demo, ingest
 from pipeline.data.validate import ValidationFailed
 from pipeline.registry.runs import Run
@@ -30,8 +28,8 @@ from tests.commands import cli_in_process
 from tests.integration.stage_runs import (
     DEMO_WATERMARK,
     champion_state,
+    command_env,
     fetch,
-    key_file_of,
     make_run,
     promote_demo_champion,
     quick_workspace,
@@ -199,9 +197,7 @@ def test_normalisations_and_report_are_recorded(ws: Workspace, faulty_retrain: d
 
 def test_cli_quality_summarises_the_run(ws: Workspace, database_url: str,
                                         faulty_retrain: dict[str, Any]) -> None:
-    env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(ws.settings.artifact_dir),
-           ENV_KEY_FILE: key_file_of(ws), "OMP_NUM_THREADS": "1"}
-    env.pop(ENV_CONFIG, None)
+    env = command_env(ws.settings)
 
     done = cli_in_process(env)("quality", "--json")
 

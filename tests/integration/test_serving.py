@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -27,10 +26,6 @@ import requests
 
 from pipeline import stages
 from pipeline.contract.settings import (
-    ENV_ARTIFACT_DIR,
-    ENV_CONFIG,
-    ENV_DATABASE_URL,
-    ENV_KEY_FILE,
     PROJECT_ROOT,
     Settings,
 )
@@ -42,8 +37,8 @@ from pipeline.store import artifacts, db
 from pipeline.workspace import Workspace
 from tests.conftest import create_scratch_database
 from tests.integration.stage_runs import (
+    command_env,
     fetch,
-    key_file_of,
     make_run,
     promote_demo_champion,
     quick_workspace,
@@ -414,9 +409,7 @@ def test_service_refuses_to_start_without_tokens(ws: Workspace, tmp_path: Path, 
     create_app(ws, [], insecure_local=True)  # builds, and says loudly that it is unprotected
     assert "INSECURE" in captured_log.text
 
-    env = {k: v for k, v in os.environ.items() if k != rest.ENV_API_TOKEN_FILE}
-    env.update({ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(ws.settings.artifact_dir),
-                ENV_KEY_FILE: key_file_of(ws)})
+    env = {k: v for k, v in command_env(ws.settings).items() if k != rest.ENV_API_TOKEN_FILE}
     # A real subprocess: a mistaken environment must not leave a server running in this one.
     refused = subprocess.run([sys.executable, "-m", "pipeline", "serve", "--port", str(free_port())], cwd=PROJECT_ROOT,
                              env=env, capture_output=True, text=True, timeout=300, check=False)
@@ -507,9 +500,7 @@ def test_cli_serve_answers_records_and_flushes_on_shutdown(service: Service, tmp
     tokens = tmp_path / "api-tokens"
     tokens.write_text(f"# the CRM\n{TOKEN}\n")
     port = free_port()
-    env = {**os.environ, ENV_DATABASE_URL: str(service.ws.settings.database_url),
-           ENV_ARTIFACT_DIR: str(service.ws.settings.artifact_dir), ENV_CONFIG: str(PROJECT_ROOT / "pipeline.yaml"),
-           ENV_KEY_FILE: key_file_of(service.ws), rest.ENV_API_TOKEN_FILE: str(tokens)}
+    env = command_env(service.ws.settings, **{rest.ENV_API_TOKEN_FILE: str(tokens)})
     server = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port)], cwd=PROJECT_ROOT,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -551,9 +542,7 @@ def test_a_service_restarted_on_a_corrupted_champion_answers_503_and_names_the_h
     actual = artifacts.sha256_bytes(tampered)
     (tmp_path / "tokens").write_text(TOKEN)
     port, log_path = free_port(), tmp_path / "serve.log"
-    env = {**os.environ, ENV_DATABASE_URL: str(ws.settings.database_url),
-           ENV_ARTIFACT_DIR: str(ws.settings.artifact_dir), ENV_CONFIG: str(PROJECT_ROOT / "pipeline.yaml"),
-           ENV_KEY_FILE: key_file_of(ws), rest.ENV_API_TOKEN_FILE: str(tmp_path / "tokens")}
+    env = command_env(ws.settings, **{rest.ENV_API_TOKEN_FILE: str(tmp_path / "tokens")})
     base = f"http://127.0.0.1:{port}"
     with log_path.open("w") as out:
         server = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port)],

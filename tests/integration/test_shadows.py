@@ -19,7 +19,7 @@ import requests
 import sqlalchemy as sa
 
 from pipeline import champion, stages
-from pipeline.contract.settings import ENV_ARTIFACT_DIR, ENV_DATABASE_URL, ENV_KEY_FILE, Settings
+from pipeline.contract.settings import Settings
 from pipeline.data import demo
 from pipeline.registry import records
 from pipeline.serving import scoring
@@ -28,6 +28,7 @@ from pipeline.store.artifacts import ArtifactIntegrityError
 from pipeline.workspace import Workspace
 from tests.commands import Cli, cli_in_process, output
 from tests.integration.stage_runs import (
+    command_env,
     fetch,
     make_run,
     promote_demo_champion,
@@ -65,8 +66,7 @@ def sws(ws: Workspace) -> Workspace:
 @pytest.fixture
 def cli(sws: Workspace, database_url: str, settings: Settings) -> Cli:
     """`python -m pipeline ARGS`, in this process, on the test's database and artifacts (the shipped config)."""
-    env = {**os.environ, ENV_DATABASE_URL: database_url, ENV_ARTIFACT_DIR: str(settings.artifact_dir),
-           ENV_KEY_FILE: str(settings.key_file), "OMP_NUM_THREADS": "1", "USER": "tester"}
+    env = command_env(settings, USER="tester")
     return cli_in_process(env)
 
 
