@@ -198,7 +198,7 @@ class _Writer:
         self.selected = self.scored = self.refused = 0
         self.reason_counts: Counter[str] = Counter()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"copy-{run_id}")
-        self._in_flight: Future[int] | None = None
+        self._in_flight: Future[object] | None = None
 
     def drain(self) -> None:
         """Wait for the COPY in flight; its error, if any, is raised here."""
@@ -221,7 +221,7 @@ class _Writer:
         self.settle()
         self._thread.shutdown(wait=True)
 
-    def _send(self, copy: Callable[[], int]) -> None:
+    def _send(self, copy: Callable[[], object]) -> None:
         self.drain()
         self._in_flight = self._thread.submit(copy)
 
@@ -256,9 +256,8 @@ class _Writer:
             self.reason_counts.update({r["code"] for r in refusal["reasons"]})
         frame = pd.DataFrame({"run_id": self.run_id, "source_id": list(merged),
                               "reasons": [json.dumps(r, default=str) for r in merged.values()]})
-        if len(frame):
-            self.drain()
-            _copy(self.cursor, "pipeline.scoring_refusals", frame)
+        if len(frame):  # on the COPY thread too, after the forecasts in flight: the next chunk is read meanwhile
+            self._send(lambda: _copy(self.cursor, "pipeline.scoring_refusals", frame))
         self.refused += len(refusals)
 
 
