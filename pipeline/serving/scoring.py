@@ -392,15 +392,16 @@ def load_shadows(ws: Workspace, champion_version: int) -> list[Shadow]:
 def _write_run(ws: Workspace, run_id: str, champion: dict[str, Any]) -> dict[str, Any]:
     """Score every selected record on one transaction: the run's earlier rows deleted, the new ones copied."""
     contract, serving = ws.config.dataset, ws.config.serving
-    suite = scoring_suite(validate.load_suite(contract.expectation_suite), contract)
-    from pipeline.model import compiled  # ONNX Runtime and skl2onnx load where a batch scores, not on import
-
-    model = compiled.for_version(ws, ws.load_model(champion["artifact_hash"]), champion["version"])  # hash-checked
-    interval = intervals.for_version(ws, champion["version"])
-    shadows = load_shadows(ws, champion["version"])
-    raw = ws.engine.raw_connection()
-    writer = None
+    early = ingest.EarlyConnection(ws.engine, contract)  # the source's connection opens while the champion loads
+    raw, writer = None, None
     try:
+        suite = scoring_suite(validate.load_suite(contract.expectation_suite), contract)
+        from pipeline.model import compiled  # ONNX Runtime and skl2onnx load where a batch scores, not on import
+
+        model = compiled.for_version(ws, ws.load_model(champion["artifact_hash"]), champion["version"])  # hashed
+        interval = intervals.for_version(ws, champion["version"])
+        shadows = load_shadows(ws, champion["version"])
+        raw = ws.engine.raw_connection()
         cursor = raw.cursor()
         cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_SCORING_LOCK_ID, run_id))
         cursor.execute("DELETE FROM pipeline.predictions WHERE run_id = %s AND model = %s "
@@ -409,7 +410,7 @@ def _write_run(ws: Workspace, run_id: str, champion: dict[str, Any]) -> dict[str
         writer = _Writer(cursor, run_id, ws.model, interval)
         erased = tombstones.refuser(ws.engine, ws.settings.erasure_key_file)
         refusal = ingest.Refusal(contract.id_column, erased) if erased else None
-        with ingest.arrow_cursor(ws.engine, contract) as source:
+        with ingest.arrow_cursor(ws.engine, contract, connection=early.take()) as source:
             schema, batches = ingest.cursor_batches(source, selection_query(contract, serving.score_records))
             if refusal is not None:  # an erased patient the source still holds is never forecast again
                 batches = refusal.kept(batches)
@@ -436,12 +437,15 @@ def _write_run(ws: Workspace, run_id: str, champion: dict[str, Any]) -> dict[str
     except BaseException:
         if writer is not None:
             writer.close()  # no COPY in flight while the run is taken back
-        _roll_back(raw, run_id)
+        if raw is not None:
+            _roll_back(raw, run_id)
         raise
     finally:
         if writer is not None:
             writer.close()
-        raw.close()
+        if raw is not None:
+            raw.close()
+        early.close()
     return summary
 
 
