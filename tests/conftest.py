@@ -7,14 +7,16 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from pipeline.contract.config import PipelineConfig, Pkcs11Policy, load_config
 from pipeline.contract.settings import PROJECT_ROOT, Settings
 from pipeline.store import db
+from pipeline.workspace import Workspace
 
 # A test that starts a whole Airflow (scheduler, API server, triggerer, workers) requests `starts_airflow`, through
 # the fixture that starts it: such tests are marked `live_airflow`, and `make test` runs them in one process after
@@ -108,6 +110,45 @@ def create_scratch_database(server_url: str) -> str:
     db.apply_schema(engine)
     engine.dispose()
     return url
+
+
+@contextmanager
+def shared_workspace(server_url: str, folder: Path, config_path: Path = PROJECT_ROOT / "pipeline.yaml"
+                     ) -> Iterator[Workspace]:
+    """A Workspace on a database of its own and an artifact folder (and master keys) under `folder`, for the tests of
+    one module to share what is costly to build (a trained, scored registry) and only read; the database is
+    dropped afterwards."""
+    url = create_scratch_database(server_url)
+    ws = Workspace.open(Settings(database_url=url, config_path=config_path, artifact_dir=folder / "artifacts", pgdata_dir=PROJECT_ROOT / ".pgdata",
+                                 key_file=folder / "secrets" / "master.key"))
+    try:
+        yield ws
+    finally:
+        ws.engine.dispose()
+        db.drop_database(url)
+
+
+def copy_workspace(template: Workspace, target: Workspace) -> None:
+    """Make `target`'s database, artifact folder and master keys a copy of `template`'s (a `shared_workspace`):
+    CREATE DATABASE ... TEMPLATE copies the files on the server, far faster than building the registry again, and
+    each test then changes its own copy. `target` must not have used its keys yet (a fresh `ws`)."""
+    template.engine.dispose()  # a template database must have no sessions
+    target.engine.dispose()
+    source, copy = template.engine.url.database, target.engine.url.database
+    admin = db.create_engine(db.with_database(target.engine.url.render_as_string(hide_password=False), "postgres"))
+    try:
+        with admin.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)'))
+            conn.execute(sa.text(f'CREATE DATABASE "{copy}" TEMPLATE "{source}"'))
+    finally:
+        admin.dispose()
+    shutil.rmtree(target.settings.artifact_dir, ignore_errors=True)
+    shutil.copytree(template.settings.artifact_dir, target.settings.artifact_dir)
+    for name in ("key_file", "erasure_key_file"):
+        given, wanted = getattr(template.settings, name), getattr(target.settings, name)
+        if given is not None and wanted is not None and given != wanted and Path(given).exists():
+            Path(wanted).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(given, wanted)
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def fetch(ws: Workspace, sql: str, **params: Any) -> list[dict[str, Any]]:
     return [records.opened(row, ws.keyring) if row.get("sealed") is not None else row for row in rows]
 
 
-def command_env(settings: Settings, config: Path | None = None, **extra: str) -> dict[str, str]:
+def command_env(settings: Settings, *, config: Path | None = None, **extra: str) -> dict[str, str]:
     """The environment a `python -m pipeline` command or server started beside a test's workspace runs with: the
     settings' database and artifact folder, and the local key file the workspace's keys come from (so it opens what
     the workspace sealed); the shipped config unless `config` names another; one OpenMP thread (it shares two cores

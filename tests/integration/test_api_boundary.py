@@ -328,7 +328,7 @@ def outage_service(tmp_path: Path) -> Iterator[tuple[Path, Workspace, str]]:
                           .replace("reload_seconds: 2 ", "reload_seconds: 0.5 "))
         (tmp_path / "tokens").write_text(TOKEN)
         port = free_port()
-        env = command_env(settings, config, PIPELINE_API_TOKEN_FILE=str(tmp_path / "tokens"))
+        env = command_env(settings, config=config, PIPELINE_API_TOKEN_FILE=str(tmp_path / "tokens"))
         with (tmp_path / "serve.log").open("w") as out:
             process = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port)],
                                        cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -16,6 +16,7 @@ import json
 import os
 import stat
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from pipeline.store import artifacts
 from pipeline.store.artifacts import ArtifactIntegrityError
 from pipeline.workspace import Workspace
 from tests.commands import Cli, cli_in_process, output
+from tests.conftest import copy_workspace, shared_workspace
 from tests.integration.stage_runs import (
     DEMO_WATERMARK,
     fetch,
@@ -130,15 +132,45 @@ def overwrite(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-@pytest.fixture
-def champion(gws: Workspace) -> dict[str, Any]:
-    """The demo study retrained with the configured ridge: version 1 is the champion."""
-    return promote_demo_champion(gws, retrain)
+@contextmanager
+def registry(server_url: str, folder: Path, build: Callable[[Workspace], dict[str, Any]]
+             ) -> Iterator[tuple[Workspace, dict[str, Any]]]:
+    """A registry built once for the module (on the ridge-only configuration), and what building it returned;
+    each test changes its own copy (`copy_workspace`)."""
+    with shared_workspace(server_url, folder, write_config(folder)) as ws:
+        yield ws, build(ws)
+
+
+@pytest.fixture(scope="module")
+def one_champion(server_url: str, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[tuple[Workspace, dict[str, Any]]]:
+    with registry(server_url, tmp_path_factory.mktemp("one-champion"),
+                  lambda ws: promote_demo_champion(ws, retrain)) as built:
+        yield built
+
+
+@pytest.fixture(scope="module")
+def two_champion_registry(server_url: str, tmp_path_factory: pytest.TempPathFactory
+                          ) -> Iterator[tuple[Workspace, dict[str, Any]]]:
+    with registry(server_url, tmp_path_factory.mktemp("two-champions"), promote_twice) as built:
+        yield built
 
 
 @pytest.fixture
-def two_champions(gws: Workspace) -> dict[str, Any]:
-    """A weak version 1 promoted first, then version 2 genuinely promoted over it."""
+def champion(one_champion: tuple[Workspace, dict[str, Any]], gws: Workspace) -> dict[str, Any]:
+    """The demo study retrained with the configured ridge: version 1 is the champion (the test's own copy)."""
+    copy_workspace(one_champion[0], gws)
+    return one_champion[1]
+
+
+@pytest.fixture
+def two_champions(two_champion_registry: tuple[Workspace, dict[str, Any]], gws: Workspace) -> dict[str, Any]:
+    """A weak version 1 promoted first, then version 2 genuinely promoted over it (the test's own copy)."""
+    copy_workspace(two_champion_registry[0], gws)
+    return two_champion_registry[1]
+
+
+def promote_twice(gws: Workspace) -> dict[str, Any]:
     demo.seed_demo(gws.engine)
     first = retrain(with_alpha(gws, WEAK_ALPHA), make_run("first", DEMO_WATERMARK))
     assert first["outcome"]["status"] == "promoted", first["outcome"]["reason"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +18,22 @@ from pipeline.serving import scoring
 from pipeline.store import accesslog
 from pipeline.views import models_view, operator
 from pipeline.workspace import Workspace
+from tests.conftest import shared_workspace
 from tests.integration.stage_runs import fetch, make_run, promote_demo_champion, quick_workspace, retrain_through_stages
 
 LINKS = models_view.Links(base="/models-view", airflow="")
 BAD_ROWS = 3
 
 
-@pytest.fixture
-def seeded(ws: Workspace) -> Workspace:
-    """v1 champion; v2 (a heavily shrunk ridge) trained on more rows and kept out; one scoring run."""
-    quick = quick_workspace(ws)
+@pytest.fixture(scope="module")
+def seeded(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    """v1 champion; v2 (a heavily shrunk ridge) trained on more rows and kept out; one scoring run. Built once for
+    the module: every test here only reads it (and the access log, which each test reads by its own requests)."""
+    with shared_workspace(server_url, tmp_path_factory.mktemp("operator-pages")) as ws:
+        yield _seed(quick_workspace(ws))
+
+
+def _seed(quick: Workspace) -> Workspace:
     promote_demo_champion(quick)
     demo.simulate_arrivals(quick.engine, rows=40, seed=7)
     weak = dataclasses.replace(quick.config.training, families={"ridge": {"alpha": 800.0}})
@@ -137,7 +144,7 @@ def test_the_forecasts_page_pages_searches_and_logs_each_read(seeded: Workspace)
                                     searched)
     assert f"<td>{first['lower']:.3f}</td><td>{first['upper']:.3f}</td>" in shown
     with seeded.engine.connect() as conn:
-        log = list(reversed(accesslog.recent(conn)))
+        log = [e for e in reversed(accesslog.recent(conn)) if "/models-view/m/forecasts" in str(e["request"])]
     assert [(e["principal"], e["channel"], e["what"], e["rows"]) for e in log] == [
         ("airflow:admin", "view", "forecasts page 1", len(browsed["forecasts"])),
         ("airflow:admin", "view", "forecasts searched by 2 id(s)", 2),

@@ -500,7 +500,7 @@ def test_cli_serve_answers_records_and_flushes_on_shutdown(service: Service, tmp
     tokens = tmp_path / "api-tokens"
     tokens.write_text(f"# the CRM\n{TOKEN}\n")
     port = free_port()
-    env = command_env(service.ws.settings, **{rest.ENV_API_TOKEN_FILE: str(tokens)})
+    env = {**command_env(service.ws.settings), rest.ENV_API_TOKEN_FILE: str(tokens)}
     server = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port)], cwd=PROJECT_ROOT,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -542,7 +542,7 @@ def test_a_service_restarted_on_a_corrupted_champion_answers_503_and_names_the_h
     actual = artifacts.sha256_bytes(tampered)
     (tmp_path / "tokens").write_text(TOKEN)
     port, log_path = free_port(), tmp_path / "serve.log"
-    env = command_env(ws.settings, **{rest.ENV_API_TOKEN_FILE: str(tmp_path / "tokens")})
+    env = {**command_env(ws.settings), rest.ENV_API_TOKEN_FILE: str(tmp_path / "tokens")}
     base = f"http://127.0.0.1:{port}"
     with log_path.open("w") as out:
         server = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port)],

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from pipeline.serving.app import create_app
 from pipeline.store.artifacts import ArtifactIntegrityError
 from pipeline.workspace import Workspace
 from tests.commands import Cli, cli_in_process, output
+from tests.conftest import copy_workspace, shared_workspace
 from tests.integration.stage_runs import (
     command_env,
     fetch,
@@ -51,10 +53,21 @@ def with_max_shadows(ws: Workspace, limit: int) -> Workspace:
     return dataclasses.replace(ws, config=dataclasses.replace(ws.config, serving=serving_policy))
 
 
+@pytest.fixture(scope="module")
+def registry(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    """Version 1 champion, version 2 evaluated and kept out, records awaiting their outcome: built once per module."""
+    with shared_workspace(server_url, tmp_path_factory.mktemp("shadows")) as ws:
+        yield _seed(quick_workspace(ws))
+
+
 @pytest.fixture
-def sws(ws: Workspace) -> Workspace:
-    """Version 1 champion, version 2 evaluated and kept out, records awaiting their outcome."""
-    quick = quick_workspace(ws)
+def sws(registry: Workspace, ws: Workspace) -> Workspace:
+    """The test's own copy of the module's registry, to change as it likes."""
+    copy_workspace(registry, ws)
+    return quick_workspace(ws)
+
+
+def _seed(quick: Workspace) -> Workspace:
     promote_demo_champion(quick)
     demo.simulate_arrivals(quick.engine, rows=30, seed=7)
     kept = retrain_through_stages(with_alpha(quick, WEAK_ALPHA), make_run("second"))
