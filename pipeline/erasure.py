@@ -233,12 +233,30 @@ class Sweep:
             changed += 1
         return changed
 
+    def reseal_refusals(self, conn: Connection) -> int:
+        """Re-seal, under a new data key, the other sealed refusals of each scoring run that refused the id (its own
+        rows go with ROW_PLACES); the run's old key is destroyed after the commit, so a backup's copy of the id's
+        sealed values no longer opens. The runs re-sealed."""
+        keys, runs = self.ws.keyring, conn.execute(sa.text("""
+            SELECT DISTINCT run_id, key_ref FROM pipeline.scoring_refusals
+             WHERE source_id = :id AND sealed IS NOT NULL ORDER BY run_id
+        """), {"id": self.source_id}).all()
+        for run_id, ref in runs:
+            others = [records.opened(dict(r), keys) for r in conn.execute(sa.text("""
+                SELECT * FROM pipeline.scoring_refusals WHERE run_id = :r AND key_ref = :k AND source_id <> :id
+            """), {"r": run_id, "k": ref, "id": self.source_id}).mappings()]
+            if others:
+                records.reseal_refusals(conn, run_id, others, keys.sealer())
+            self.old_keys.append(ref)
+        return len(runs)
+
     def run(self) -> dict[str, Any]:
         self.rewrite_snapshots()
         flagged = self.flag_lineage()
         with self.ws.engine.begin() as conn:
             conn.execute(sa.text("SELECT set_config('pipeline.erasure_request', :r, true)"),
                          {"r": str(self.request_id)})
+            resealed = self.reseal_refusals(conn)
             rows = {table: _delete_rows(conn, table, self.source_id) for table in ROW_PLACES}
             rows["quarantine"] += self.delete_sealed_quarantine(conn)
             scrubbed = {f"{t}.{c}": _scrub_json_column(conn, t, c, self.ws.config.dataset.id_column, self.source_id)
@@ -249,7 +267,7 @@ class Sweep:
         self.rewrite_pages()
         changed = bool(self.snapshots or self.pages or any(rows.values()) or any(scrubbed.values()))
         return {"changed": changed, "snapshots": self.snapshots, "versions_trained_on_erased": flagged,
-                "rows_deleted": rows, "json_scrubbed": scrubbed, "pages": self.pages,
+                "rows_deleted": rows, "json_scrubbed": scrubbed, "refusal_runs_resealed": resealed, "pages": self.pages,
                 "bytes_rewritten": sum(s["bytes_written"] for s in self.snapshots + self.pages)}
 
     def rewrite_snapshots(self) -> None:

@@ -182,7 +182,7 @@ def _forecasts(request: Request, user: Any, model: str, query: Any) -> str:
     from pipeline.views import operator
     entry = _entry(model)
     line = f"{request.method} {request.url.path}{'?' + request.url.query if request.url.query else ''}"
-    data = operator.read_forecasts(_engine(), entry.name, query, f"airflow:{user.get_name()}", line)
+    data = operator.read_forecasts(_engine(), entry.name, query, f"airflow:{user.get_name()}", line, _keyring())
     return operator.forecasts_html(_links(request), entry.name, entry.dag_id("score_patients"), query, data)
 
 

@@ -50,8 +50,9 @@ def text_encrypt_store(result: dict[str, Any]) -> str:
         return (f"{result['store']}: nothing to do ({result['already']} files sealed already; "
                 f"keys from {result['key_source']})")
     lines = [f"{result['store']}: sealed {len(result['sealed'])} files ({result['already']} sealed already), "
-             f"{result['team_sealed']} team-store objects, {result['quarantine_rows']} quarantine rows and "
-             f"{result['validation_rows']} validation results; keys from {result['key_source']}"]
+             f"{result['team_sealed']} team-store objects, {result['quarantine_rows']} quarantine rows, "
+             f"{result['validation_rows']} validation results and {result['refusal_rows']} refusals of scoring runs; "
+             f"keys from {result['key_source']}"]
     lines += [f"  refused (does not hash to its name; left as it is): {r}" for r in result["refused"]]
     lines += [f"  missing (the registry names it; not in this store): {m}" for m in result["missing"]]
     return "\n".join(lines)
@@ -153,7 +154,7 @@ def register(add: Any) -> None:
         "under a data key of its own, names unchanged, and the registry's plain quarantine rows and validation "
         "results (safe twice: the second run has nothing to do)", text=text_encrypt_store,
         json_help="{store, key_source, sealed, already, refused, missing, team_sealed, quarantine_rows, "
-        "validation_rows, nothing_to_do}")
+        "validation_rows, refusal_rows, nothing_to_do}")
     add("rotate-keys", cmd_rotate_keys, "make a new master key current in the key manager (security.key_manager) "
         "and re-wrap every data key in pipeline.data_keys under it; no encrypted file is rewritten",
         text=text_rotate_keys, json_help="{source, previous_key_id, current_key_id, rewrapped}")

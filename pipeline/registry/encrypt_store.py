@@ -33,10 +33,12 @@ class Encryption:
     team_sealed: int = 0  # large objects of the team store sealed now
     quarantine_rows: int = 0  # plain quarantine rows sealed now
     validation_rows: int = 0  # plain validation results sealed now
+    refusal_rows: int = 0  # plain refusals of scoring runs sealed now
 
     @property
     def nothing_to_do(self) -> bool:
-        return not (self.sealed or self.team_sealed or self.quarantine_rows or self.validation_rows)
+        return not (self.sealed or self.team_sealed or self.quarantine_rows or self.validation_rows
+                    or self.refusal_rows)
 
 
 def encrypt_store(store: artifacts.ArtifactStore, engine: sa.Engine) -> Encryption:
@@ -54,7 +56,7 @@ def encrypt_store(store: artifacts.ArtifactStore, engine: sa.Engine) -> Encrypti
     result.missing = _missing(engine, store.root)
     if store.engine is not None:
         result.team_sealed = _seal_team_store(sealing, store.engine)
-    result.quarantine_rows, result.validation_rows = _seal_rows(engine, store.keyring)
+    result.quarantine_rows, result.validation_rows, result.refusal_rows = _seal_rows(engine, store.keyring)
     return result
 
 
@@ -124,8 +126,9 @@ def _seal_team_store(store: artifacts.ArtifactStore, engine: sa.Engine) -> int:
     return sealed
 
 
-def _seal_rows(engine: sa.Engine, keyring: crypto.Keyring) -> tuple[int, int]:
-    """Seal the plain quarantine rows (one data key per run) and validation results (one per row)."""
+def _seal_rows(engine: sa.Engine, keyring: crypto.Keyring) -> tuple[int, int, int]:
+    """Seal the plain quarantine rows (one data key per run), validation results (one per row) and refusals of
+    scoring runs (one per run)."""
     with engine.begin() as conn:
         plain = [dict(r) for r in conn.execute(sa.text(
             "SELECT * FROM pipeline.quarantine WHERE sealed IS NULL ORDER BY run_id, row_number")).mappings()]
@@ -145,7 +148,11 @@ def _seal_rows(engine: sa.Engine, keyring: crypto.Keyring) -> tuple[int, int]:
                  WHERE run_id = :run_id AND snapshot_hash = :snapshot_hash
             """), {**{k: json.dumps(sealed[k], default=str) for k in records.SEALED_VALIDATION}, "key_ref": sealed["key_ref"],
                    "sealed": sealed["sealed"], "run_id": row["run_id"], "snapshot_hash": row["snapshot_hash"]})
-    return len(plain), len(validations)
+        refusals = [dict(r) for r in conn.execute(sa.text(
+            "SELECT * FROM pipeline.scoring_refusals WHERE sealed IS NULL ORDER BY run_id, source_id")).mappings()]
+        for run_id in sorted({r["run_id"] for r in refusals}):
+            records.reseal_refusals(conn, run_id, [r for r in refusals if r["run_id"] == run_id], keyring.sealer())
+    return len(plain), len(validations), len(refusals)
 
 
 def _reseal_quarantine(conn: sa.Connection, row: dict[str, Any]) -> None:

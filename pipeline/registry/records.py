@@ -213,7 +213,19 @@ def sealed_context(row: dict[str, Any]) -> str:
     """The identity a sealed registry value is bound to (its associated data): its table and primary key."""
     if "row_number" in row:
         return f"quarantine|{row['run_id']}|{row['snapshot_hash']}|{row['row_number']}"
+    if "snapshot_hash" not in row:
+        return f"scoring_refusals|{row['run_id']}|{row['source_id']}"
     return f"validation_results|{row['run_id']}|{row['snapshot_hash']}"
+
+
+def seal_refusal(run_id: str, source_id: str, reasons: list[dict[str, Any]], sealer: crypto.ValueSealer
+                 ) -> dict[str, Any]:
+    """A refused record's row (pipeline.scoring_refusals) with the values that broke the contract sealed: its
+    reasons' codes, columns and rules stay plain (the forecasts page counts and lists them by code)."""
+    context = sealed_context({"run_id": run_id, "source_id": source_id})
+    return {"run_id": run_id, "source_id": source_id, "key_ref": sealer.ref,
+            "reasons": [{k: v for k, v in reason.items() if k != "value"} for reason in reasons],
+            "sealed": sealer.seal({"reasons": reasons}, context)}
 
 
 def opened(row: dict[str, Any], keys: crypto.Keyring | None) -> dict[str, Any]:
@@ -246,6 +258,16 @@ def seal_validation(record: dict[str, Any], run_id: str, snapshot_hash: str,
     context = sealed_context({"run_id": run_id, "snapshot_hash": snapshot_hash})
     return {**record, **{k: _redacted(v) for k, v in payload.items()}, "key_ref": sealer.ref,
             "sealed": sealer.seal(payload, context)}
+
+
+def reseal_refusals(conn: Connection, run_id: str, rows: list[dict[str, Any]], sealer: crypto.ValueSealer) -> None:
+    """Write one scoring run's refusals back (plain ones, or sealed ones opened) sealed under `sealer`'s key."""
+    for row in rows:
+        sealed = seal_refusal(run_id, row["source_id"], row["reasons"], sealer)
+        conn.execute(sa.text("""
+            UPDATE pipeline.scoring_refusals SET reasons = CAST(:reasons AS jsonb), key_ref = :key_ref, sealed = :sealed
+             WHERE run_id = :run_id AND source_id = :source_id
+        """), {**sealed, "reasons": json.dumps(sealed["reasons"], default=str)})
 
 
 def record_validation(conn: Connection, run_id: str, snapshot_hash: str, record: dict[str, Any],

@@ -42,7 +42,7 @@ from pipeline.data import ingest, quality, tombstones, validate
 from pipeline.model import intervals
 from pipeline.registry import records, runs
 from pipeline.registry.runs import error_line
-from pipeline.store import binary_copy
+from pipeline.store import binary_copy, crypto
 
 if TYPE_CHECKING:
     from pipeline.workspace import Workspace
@@ -193,8 +193,11 @@ class _Writer:
     one piece while this process hashes and encodes the next, or reads and judges the next chunk. One
     statement at a time on the connection: every other use waits for the COPY in flight (`execute`, `drain`)."""
 
-    def __init__(self, cursor: Any, run_id: str, model: str, interval: intervals.Interval) -> None:
+    def __init__(self, cursor: Any, run_id: str, model: str, interval: intervals.Interval,
+                 new_sealer: Callable[[], crypto.ValueSealer] | None = None) -> None:
         self.cursor, self.run_id, self.model, self.interval = cursor, run_id, model, interval
+        self._new_sealer = new_sealer  # encryption at rest: one data key for the run's refusals, made at the first
+        self._sealer: crypto.ValueSealer | None = None
         self.selected = self.scored = self.refused = 0
         self.reason_counts: Counter[str] = Counter()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"copy-{run_id}")
@@ -254,11 +257,23 @@ class _Writer:
             found = merged.setdefault(key, [])
             found += [r for r in refusal["reasons"] if r not in found]
             self.reason_counts.update({r["code"] for r in refusal["reasons"]})
-        frame = pd.DataFrame({"run_id": self.run_id, "source_id": list(merged),
-                              "reasons": [json.dumps(r, default=str) for r in merged.values()]})
+        frame = self._refusal_rows(merged)
         if len(frame):  # on the COPY thread too, after the forecasts in flight: the next chunk is read meanwhile
             self._send(lambda: _copy(self.cursor, "pipeline.scoring_refusals", frame))
         self.refused += len(refusals)
+
+
+    def _refusal_rows(self, merged: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
+        """The refusals as pipeline.scoring_refusals rows; with encryption at rest, the values that broke the
+        contract sealed under the run's data key (made at its first refusal), their codes and rules plain."""
+        if self._new_sealer is None or not merged:
+            return pd.DataFrame({"run_id": self.run_id, "source_id": list(merged),
+                                 "reasons": [json.dumps(r, default=str) for r in merged.values()]})
+        sealer = self._sealer = self._sealer or self._new_sealer()
+        rows = [records.seal_refusal(self.run_id, source_id, reasons, sealer) for source_id, reasons in merged.items()]
+        return pd.DataFrame({"run_id": self.run_id, "source_id": list(merged),
+                             "reasons": [json.dumps(r["reasons"], default=str) for r in rows],
+                             "key_ref": sealer.ref, "sealed": ["\\x" + r["sealed"].hex() for r in rows]})
 
 
 def _finite(forecast: pd.DataFrame) -> np.ndarray:
@@ -407,7 +422,8 @@ def _write_run(ws: Workspace, run_id: str, champion: dict[str, Any]) -> dict[str
         cursor.execute("DELETE FROM pipeline.predictions WHERE run_id = %s AND model = %s "
                        "AND source IN ('batch', 'shadow')", (run_id, ws.model))
         cursor.execute("DELETE FROM pipeline.scoring_refusals WHERE run_id = %s", (run_id,))
-        writer = _Writer(cursor, run_id, ws.model, interval)
+        writer = _Writer(cursor, run_id, ws.model, interval,
+                         ws.keyring.sealer if ws.store.encrypt else None)
         erased = tombstones.refuser(ws.engine, ws.settings.erasure_key_file)
         refusal = ingest.Refusal(contract.id_column, erased) if erased else None
         with ingest.arrow_cursor(ws.engine, contract, connection=early.take()) as source:

@@ -17,7 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from pipeline.store import accesslog
+from pipeline.registry import records
+from pipeline.store import accesslog, crypto
 from pipeline.views.models_view import Links, line_chart, link, page, section, stamp, table
 
 FORECAST_PAGE_ROWS = 50
@@ -179,13 +180,17 @@ def scoring_runs(conn: Connection, model: str, limit: int = SCORING_RUNS_SHOWN) 
     return [dict(r) for r in rows]
 
 
-def refused_records(conn: Connection, model: str, run_id: str, limit: int) -> list[dict[str, Any]]:
-    """The records one scoring run refused, with their reasons."""
+def refused_records(conn: Connection, model: str, run_id: str, limit: int, keys: crypto.Keyring | None = None
+                    ) -> list[dict[str, Any]]:
+    """The records one scoring run refused, with their reasons (the values that broke the contract opened with
+    `keys` where encryption at rest sealed them)."""
     rows = conn.execute(sa.text("""
-        SELECT f.source_id, f.reasons FROM pipeline.scoring_refusals f JOIN pipeline.scoring_runs s USING (run_id)
+        SELECT f.run_id, f.source_id, f.reasons, f.key_ref, f.sealed
+          FROM pipeline.scoring_refusals f JOIN pipeline.scoring_runs s USING (run_id)
          WHERE s.model = :model AND f.run_id = :run ORDER BY f.source_id LIMIT :n
     """), {"model": model, "run": run_id, "n": limit}).mappings()
-    return [dict(r) for r in rows]
+    opened = [records.opened(dict(r), keys) for r in rows]
+    return [{"source_id": r["source_id"], "reasons": r["reasons"]} for r in opened]
 
 
 @dataclass(frozen=True)
@@ -204,12 +209,12 @@ class ForecastQuery:
 
 
 def read_forecasts(engine: Engine, model: str, query: ForecastQuery, principal: str,
-                   request: str) -> dict[str, Any]:
+                   request: str, keys: crypto.Keyring | None = None) -> dict[str, Any]:
     """The forecasts page's data for a person, the read recorded in pipeline.access_log in the same transaction."""
     with engine.begin() as conn:
         forecasts, total = latest_forecasts(conn, model, query.ids, (query.page - 1) * FORECAST_PAGE_ROWS,
                                             FORECAST_PAGE_ROWS)
-        refused = refused_records(conn, model, query.refused_run, FORECAST_PAGE_ROWS) if query.refused_run else []
+        refused = refused_records(conn, model, query.refused_run, FORECAST_PAGE_ROWS, keys) if query.refused_run else []
         runs = scoring_runs(conn, model)
         accesslog.record(conn, [accesslog.Access(principal, "view", query.describe(), len(forecasts) + len(refused),
                                                  request, model)])

@@ -22,7 +22,9 @@ from pipeline.contract.settings import PROJECT_ROOT, Settings
 from pipeline.data import demo
 from pipeline.model.features import model_inputs
 from pipeline.registry import records
+from pipeline.serving import scoring
 from pipeline.store import artifacts, crypto, db, keys
+from pipeline.views import operator
 from pipeline.workspace import Workspace
 from tests.conftest import create_scratch_database
 from tests.integration.stage_runs import fetch, make_run, quick_workspace, retrain_through_stages
@@ -270,6 +272,54 @@ def test_encryption_off_is_logged_once_and_writes_plain(worlds: dict[str, Worksp
     assert "security.encrypt_at_rest: false" in warnings[0].getMessage()
 
 
+BROKEN_BMI = 987.654  # a value the contract refuses (bmi out of range), distinctive enough to search for
+
+
+def _score_with_a_refusal(ws: Workspace, run_id: str) -> int:
+    """Five records awaiting their outcome, one with BROKEN_BMI, scored: the refused record's id."""
+    ids = demo.simulate_arrivals(ws.engine, rows=5, seed=21, labelled=False)
+    with ws.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE public.patient_records SET bmi = :v WHERE patient_id = :id"),
+                     {"v": BROKEN_BMI, "id": ids[0]})
+    result = scoring.score_batch(ws, run_id)
+    assert result["rows_refused"] >= 1, result
+    return ids[0]
+
+
+def _columns_holding(ws: Workspace, needle: bytes) -> list[str]:
+    """Every text, jsonb and bytea column of the pipeline schema whose bytes hold `needle`."""
+    with ws.engine.connect() as conn:
+        columns = conn.execute(sa.text("""
+            SELECT c.table_name, c.column_name, c.data_type FROM information_schema.columns c
+              JOIN information_schema.tables t USING (table_schema, table_name)
+             WHERE c.table_schema = 'pipeline' AND t.table_type = 'BASE TABLE'
+               AND c.data_type IN ('text', 'jsonb', 'bytea', 'character varying')
+        """)).all()
+        return [f"pipeline.{table}.{column}" for table, column, kind in columns
+                if any(needle in (bytes(v) if kind == "bytea" else str(v).encode()) for v in conn.scalars(sa.text(
+                    f"SELECT {column} FROM pipeline.{table} WHERE {column} IS NOT NULL")).all())]
+
+
+def test_a_scoring_runs_refusals_keep_the_values_that_broke_the_contract_sealed(
+        worlds: dict[str, Workspace]) -> None:
+    refused = {name: _score_with_a_refusal(ws, f"score-refusal-{name}") for name, ws in worlds.items()}
+    sealed, plain = worlds["sealed"], worlds["plain"]
+    needle = str(BROKEN_BMI).encode()
+    assert _columns_holding(sealed, needle) == []
+    assert _columns_holding(plain, needle) == ["pipeline.scoring_refusals.reasons"]  # the search can fail
+    [row] = fetch(sealed, "SELECT * FROM pipeline.scoring_refusals WHERE run_id = 'score-refusal-sealed'")
+    assert row["key_ref"].startswith("dk-") and row["source_id"] == str(refused["sealed"])  # the CRM's own key
+    with sealed.engine.connect() as conn:
+        [plain_row] = conn.execute(sa.text("SELECT reasons FROM pipeline.scoring_refusals WHERE run_id = :r"),
+                                   {"r": "score-refusal-sealed"}).scalars().all()
+        [listed] = operator.refused_records(conn, sealed.model, "score-refusal-sealed", 10, sealed.keyring)
+    assert [r["code"] for r in plain_row] == [r["code"] for r in listed["reasons"]]  # codes and rules stay plain
+    assert all("value" not in r for r in plain_row)
+    assert any(str(r.get("value")) == str(BROKEN_BMI) for r in listed["reasons"]), listed  # opened with the key
+    with pytest.raises(crypto.SealError, match="scoring_refusals"), sealed.engine.connect() as conn:
+        operator.refused_records(conn, sealed.model, "score-refusal-sealed", 10, None)
+
+
 def test_encrypt_store_seals_a_plain_store_in_place_and_a_second_run_has_nothing_to_do(
         server_url: str, tmp_path: Path) -> None:
     from pipeline.registry.encrypt_store import encrypt_store
@@ -278,6 +328,8 @@ def test_encrypt_store_seals_a_plain_store_in_place_and_a_second_run_has_nothing
     plain = _workspace(url, tmp_path, encrypt=False)
     try:
         _retrained(plain)
+        _score_with_a_refusal(plain, "score-plain")
+        refusals_before = fetch(plain, "SELECT source_id, reasons FROM pipeline.scoring_refusals ORDER BY source_id")
         root = plain.settings.artifact_dir
         before = {p.relative_to(root): artifacts.sha256_file(p) for p in root.rglob("*") if p.is_file()}
         quarantine_before = [{k: r[k] for k in ("run_id", "row_number", "source_id", "reasons", "original")}
@@ -293,7 +345,7 @@ def test_encrypt_store_seals_a_plain_store_in_place_and_a_second_run_has_nothing
         assert after == set(before)  # sealed in place: the same names
         assert sorted(first.sealed) == sorted(str(p) for p in before) and first.already == 0
         assert first.refused == [] and first.quarantine_rows == len(quarantine_before) > 0
-        assert first.validation_rows == 1
+        assert first.validation_rows == 1 and first.refusal_rows == len(refusals_before) > 0
         for relative in before:
             path = root / relative
             assert path.read_bytes()[:len(crypto.MAGIC)] == crypto.MAGIC, relative
@@ -305,6 +357,10 @@ def test_encrypt_store_seals_a_plain_store_in_place_and_a_second_run_has_nothing
         quarantine_after = [{k: r[k] for k in ("run_id", "row_number", "source_id", "reasons", "original")}
                             for r in fetch(sealed, "SELECT * FROM pipeline.quarantine ORDER BY run_id, row_number")]
         assert quarantine_after == quarantine_before  # opened, the rows are what they were
+        assert _columns_holding(sealed, str(BROKEN_BMI).encode()) == []
+        with sealed.engine.connect() as conn:
+            listed = operator.refused_records(conn, sealed.model, "score-plain", 10, sealed.keyring)
+        assert listed == refusals_before
 
         again = encrypt_store(sealed.store, sealed.engine)
         assert again.nothing_to_do and again.already == len(before) and again.sealed == []

@@ -23,14 +23,20 @@ from pipeline.cli.champion import status_report
 from pipeline.contract.settings import PROJECT_ROOT, Settings
 from pipeline.data import demo
 from pipeline.registry import runs
-from pipeline.serving import rest
+from pipeline.serving import rest, scoring
 from pipeline.serving.app import create_app
 from pipeline.store import accesslog, crypto, db
 from pipeline.views import models_view
 from pipeline.workspace import Workspace
 from tests.commands import Cli, output
 from tests.conftest import create_scratch_database
-from tests.integration.stage_runs import fetch, make_run, quick_workspace, retrain_through_stages
+from tests.integration.stage_runs import (
+    fetch,
+    make_run,
+    promote_demo_champion,
+    quick_workspace,
+    retrain_through_stages,
+)
 from tests.integration.test_serving import PREDICT, patient_records, running
 
 TOKEN = "erasure-test-token-0123456789"
@@ -215,6 +221,33 @@ def test_a_champion_trained_on_erased_rows_is_replaced_by_the_deadline(erased_wo
     assert "trained on rows erased since" in evaluation["reason"]
     assert stages.promote_candidate(soon, run, actor="test")["status"] == "promoted"
     assert status_report(soon)["champion"]["erasure_deadline"] is None
+
+
+def test_an_erased_patients_sealed_refusal_goes_and_the_runs_others_are_sealed_anew(ws: Workspace) -> None:
+    """A scoring run refused two patients (their broken values sealed under the run's data key); erasing one deletes
+    its refusal, re-seals the other under a new key and destroys the old one, so a backup's copy no longer opens."""
+    quick = quick_workspace(ws)
+    promote_demo_champion(quick)
+    ids = demo.simulate_arrivals(quick.engine, rows=6, seed=5, labelled=False)
+    with quick.engine.begin() as conn:
+        for patient, bmi in ((ids[0], 987.0), (ids[1], 654.0)):
+            conn.execute(sa.text("UPDATE public.patient_records SET bmi = :v WHERE patient_id = :id"),
+                         {"v": bmi, "id": patient})
+    scoring.score_batch(quick, "score-refused")
+    before = {r["source_id"]: r for r in fetch(quick, "SELECT * FROM pipeline.scoring_refusals")}
+    assert set(before) == {str(ids[0]), str(ids[1])}
+    [old_key] = {r["key_ref"] for r in before.values()}
+
+    outcome = erasure.erase(quick, str(ids[0]), "the patient asked", "test")
+
+    after = {r["source_id"]: r for r in fetch(quick, "SELECT * FROM pipeline.scoring_refusals")}
+    assert set(after) == {str(ids[1])} and outcome["rows_deleted"]["scoring_refusals"] == 1
+    assert outcome["refusal_runs_resealed"] == 1
+    kept = after[str(ids[1])]
+    assert kept["key_ref"] != old_key and kept["reasons"] == before[str(ids[1])]["reasons"]  # sealed anew, the same
+    [destroyed] = fetch(quick, "SELECT destroyed_at FROM pipeline.data_keys WHERE key_ref = :k", k=old_key)
+    assert destroyed["destroyed_at"] is not None
+    assert erasure.erasure_report(quick, str(ids[0]))["erased"]
 
 
 def test_an_erasure_waits_for_a_running_stage_or_fails_clearly(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -126,11 +126,12 @@ def test_the_forecasts_page_pages_searches_and_logs_each_read(seeded: Workspace)
                                        operator.ForecastQuery(ids=operator.parse_ids(", ".join(wanted))),
                                        "airflow:admin", "POST /models-view/m/forecasts")
     refused = operator.read_forecasts(seeded.engine, seeded.model, operator.ForecastQuery(refused_run="score-1"),
-                                      "airflow:admin", "GET /models-view/m/forecasts?refused=score-1")
+                                      "airflow:admin", "GET /models-view/m/forecasts?refused=score-1", seeded.keyring)
 
     assert browsed["total"] == len(scored) and len(browsed["forecasts"]) == min(len(scored), 50)
     assert sorted(f["source_id"] for f in searched["forecasts"]) == sorted(wanted)
     assert len(refused["refused"]) == BAD_ROWS
+    assert all("value" in r for f in refused["refused"] for r in f["reasons"])  # sealed at rest, opened to be shown
     [run] = browsed["runs"]
     assert (run["run_id"], run["rows_refused"]) == ("score-1", BAD_ROWS)
     page = operator.forecasts_html(LINKS, seeded.model, "score_patients", operator.ForecastQuery(refused_run="score-1"),

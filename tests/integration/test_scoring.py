@@ -49,7 +49,7 @@ def predictions(ws: Workspace, run_id: str) -> list[dict[str, Any]]:
 
 
 def refusals(ws: Workspace, run_id: str) -> dict[str, list[dict[str, Any]]]:
-    rows = fetch(ws, "SELECT source_id, reasons FROM pipeline.scoring_refusals WHERE run_id = :r", r=run_id)
+    rows = fetch(ws, "SELECT * FROM pipeline.scoring_refusals WHERE run_id = :r", r=run_id)  # sealed ones opened
     return {r["source_id"]: r["reasons"] for r in rows}
 
 
