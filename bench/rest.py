@@ -167,6 +167,24 @@ def _load(url: str, body: bytes, headers: dict[str, str], requests_total: int, c
             "requests_per_second": len(ordered) / wall}
 
 
+class PeerMismatch(RuntimeError):
+    """The hand-written peer does not serve what our API serves: its times would compare nothing."""
+
+
+def _same_forecast(endpoints: dict[str, str], body: bytes, headers: dict[str, str]) -> dict[str, float]:
+    """Our API's forecast and the peer's for one record: the same champion, so the same number (ours runs its
+    compiled graph: equal within 1e-6 relative); PeerMismatch when they differ."""
+    ours = requests.post(endpoints["api"], data=body, headers=headers, timeout=120)
+    theirs = requests.post(endpoints["peer"], data=body, headers=headers, timeout=120)
+    if ours.status_code != 200 or theirs.status_code != 200:
+        raise PeerMismatch(f"a forecast of the same record failed: our API {ours.status_code} {ours.text[:200]}, "
+                         f"the peer {theirs.status_code} {theirs.text[:200]}")
+    pair = {"api": float(ours.json()["prediction"]), "peer": float(theirs.json()["prediction"])}
+    if abs(pair["api"] - pair["peer"]) > 1e-6 * max(abs(pair["peer"]), 1.0):
+        raise PeerMismatch(f"our API and the hand-written peer forecast the same record differently: {pair}")
+    return pair
+
+
 def _soak(endpoint: str, body: bytes, headers: dict[str, str], requests_total: int) -> dict[str, Any]:
     """The process's resident memory before and after `requests_total` single-record requests (the service
     runs in this process: its threads, its model, its prediction log)."""
@@ -179,33 +197,42 @@ def _soak(endpoint: str, body: bytes, headers: dict[str, str], requests_total: i
             "growth_mb": rss_mb() - before, "failed": measured["failed"]}
 
 
-def _artifact(ws: Workspace) -> Path:
+def _artifact(ws: Workspace, folder: Path) -> Path:
+    """The champion as the hand-written peer has it: a plain joblib file (a user wiring the libraries together
+    keeps no sealed store), its bytes the stored artifact's plaintext, checked against the registered hash."""
     from pipeline.registry.records import current_champion
 
     with ws.engine.connect() as conn:
         champion = current_champion(conn, ws.model)
     assert champion is not None, "the bench's retrain makes a champion"
-    return artifacts.local_copy(ws.store, "models", champion["artifact_hash"])
+    stored = artifacts.local_copy(ws.store, "models", champion["artifact_hash"])
+    plain = folder / "champion.joblib"
+    plain.write_bytes(artifacts.read_verified(stored, champion["artifact_hash"], ws.keyring))
+    return plain
 
 
-def measure(server_url: str, say: Callable[[str], None] = print, soak: int = SOAK_REQUESTS) -> dict[str, Any]:
-    """Latency and throughput of the API, the hand-written peer and the bare endpoint, 1 and 100 records."""
+def measure(server_url: str, say: Callable[[str], None] = print, soak: int = SOAK_REQUESTS,
+            requests_per_shape: dict[str, dict[int, int]] | None = None) -> dict[str, Any]:
+    """Latency and throughput of the API, the hand-written peer and the bare endpoint, 1 and 100 records
+    (`requests_per_shape`: REQUESTS unless given, as a test does with a few)."""
+    counts = requests_per_shape or REQUESTS
     with tempfile.TemporaryDirectory(prefix="bench-rest-") as folder:
-        url, ws = _champion(server_url, Path(folder))
+        url, ws = _champion(server_url, Path(folder) / "store")
         try:
             records = _records(ws, 100)
             results: dict[str, Any] = {"clients": CLIENTS}
             headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-            peer = handwritten_app(_artifact(ws), ws.config.dataset.feature_names())
+            peer = handwritten_app(_artifact(ws, Path(folder)), ws.config.dataset.feature_names())
             with _served(create_app(ws, [TOKEN])) as api, _served(peer) as hand, _served(bare_app()) as bare:
                 endpoints = {"api": f"{api}/v1/models/{ws.model}/predict", "peer": f"{hand}/predict",
                              "bare": f"{bare}/predict"}
+                results["same_forecast"] = _same_forecast(endpoints, json.dumps(records[0]).encode(), headers)
                 for size, clients in ((1, 1), (1, CLIENTS), (100, CLIENTS)):
                     body = json.dumps(records[0] if size == 1 else records[:size]).encode()
                     for name, endpoint in endpoints.items():
                         _load(endpoint, body, headers, clients, clients)  # warm-up
                         key = f"{name}_{size}" + ("_1client" if clients == 1 else "")
-                        results[key] = m = _load(endpoint, body, headers, REQUESTS[name][size], clients)
+                        results[key] = m = _load(endpoint, body, headers, counts[name][size], clients)
                         say(f"REST {name:>4} {size:>3} record(s), {clients} client(s): p50 {m['p50_ms']:8.1f} ms  "
                             f"p99 {m['p99_ms']:8.1f} ms  {m['requests_per_second']:7.1f} req/s  ({m['requests']} "
                             f"requests, {m['failed']} failed)")
