@@ -404,10 +404,11 @@ def load_shadows(ws: Workspace, champion_version: int) -> list[Shadow]:
     return shadows
 
 
-def _write_run(ws: Workspace, run_id: str, champion: dict[str, Any]) -> dict[str, Any]:
-    """Score every selected record on one transaction: the run's earlier rows deleted, the new ones copied."""
+def _write_run(ws: Workspace, run_id: str, champion: dict[str, Any], early: ingest.EarlyConnection
+               ) -> dict[str, Any]:
+    """Score every selected record on one transaction: the run's earlier rows deleted, the new ones copied. `early`:
+    the source's connection, opening meanwhile."""
     contract, serving = ws.config.dataset, ws.config.serving
-    early = ingest.EarlyConnection(ws.engine, contract)  # the source's connection opens while the champion loads
     raw, writer = None, None
     try:
         suite = scoring_suite(validate.load_suite(contract.expectation_suite), contract)
@@ -461,7 +462,6 @@ def _write_run(ws: Workspace, run_id: str, champion: dict[str, Any]) -> dict[str
             writer.close()
         if raw is not None:
             raw.close()
-        early.close()
     return summary
 
 
@@ -478,13 +478,17 @@ def _roll_back(raw: Any, run_id: str) -> None:
 def score_batch(ws: Workspace, run_id: str) -> dict[str, Any]:
     """Forecast every record `serving.score_records` selects with the model's champion; refuse, with
     reasons, the records that break the data contract. Re-running a run id replaces its rows."""
-    with runs.running(ws.engine, ws.settings, run_id, "score"):  # a killed run is marked abandoned by the next
-        start_run(ws, run_id)
-        try:
-            summary = _write_run(ws, run_id, _champion(ws))
-        except BaseException as exc:
-            _fail_run(ws, run_id, error_line(exc, ws.settings))
-            raise
+    early = ingest.EarlyConnection(ws.engine, ws.config.dataset)  # opens while the run is recorded, the champion loads
+    try:
+        with runs.running(ws.engine, ws.settings, run_id, "score"):  # a killed run is marked abandoned by the next
+            start_run(ws, run_id)
+            try:
+                summary = _write_run(ws, run_id, _champion(ws), early)
+            except BaseException as exc:
+                _fail_run(ws, run_id, error_line(exc, ws.settings))
+                raise
+    finally:
+        early.close()
     log.info("scoring run %s: %d records selected (%s), %d scored by version %d of %s, %d refused %s",
              run_id, summary["rows_selected"], summary["score_records"], summary["rows_scored"], summary["version"],
              ws.model, summary["rows_refused"], summary["reason_counts"])
