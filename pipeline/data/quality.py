@@ -19,6 +19,7 @@ from pipeline.data import rowchecks
 from pipeline.data.casting import cast_column, describe_cast, unreadable_reason
 from pipeline.data.validate import (
     SAMPLE_IDS,
+    SAMPLE_ROWS_NAMED,
     batch_failure,
     bound_of,
     column_of,
@@ -507,7 +508,9 @@ def render_report(result: QualityResult, contract: DatasetContract, title: str,
 
 
 def failure_summary(result: QualityResult, id_column: str) -> list[dict[str, Any]]:
-    """One entry per (rule, column): how many rows broke it, with example source ids."""
+    """One entry per (rule, column): how many rows broke it, with example source ids (kept sealed with the
+    validation result) and the same rows' numbers in the snapshot (`sample_rows`, the quarantine's row_number:
+    what an error line names, since it is not sealed)."""
     ids = result.quarantined.set_index(ROW_COLUMN)[id_column]
     groups: dict[tuple[str, str], list[int]] = {}
     for position, reasons in sorted(result.reasons.items()):
@@ -517,6 +520,7 @@ def failure_summary(result: QualityResult, id_column: str) -> list[dict[str, Any
     for (rule, column), positions in groups.items():
         summary.append({"expectation": rule, "column": column, "unexpected_count": len(positions),
                         "sample_ids": [source_id(ids.get(p)) for p in positions[:SAMPLE_IDS]],
+                        "sample_rows": [int(p) for p in positions[:SAMPLE_ROWS_NAMED]],
                         "observed": None, "mismatched": None, "bound": {}, "error": None})
     return summary
 

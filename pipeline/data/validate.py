@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 SAMPLE_IDS = 20  # failing row ids kept per expectation in the summary (all are in `result`)
+SAMPLE_ROWS_NAMED = 5  # failing rows an error line names, by their number in the snapshot (never by id)
 
 
 class ValidationFailed(RuntimeError):
@@ -45,10 +46,14 @@ def load_suite(path: Path) -> dict[str, Any]:
 
 
 def describe_failure(failure: dict[str, Any]) -> str:
-    """One line per failed expectation: which rule, on which column(s), for which rows or with what observed."""
+    """One line per failed expectation: which rule, on which column(s), for how many rows or with what observed.
+    Never the rows' ids: this line goes to the run's record, its note, the task log and alerts, none of them
+    sealed at rest; the ids are in the quality report (sealed) and the quarantine."""
     text = f"{failure['expectation']} on {failure['column']}"
     if failure.get("unexpected_count"):
-        text += f": {failure['unexpected_count']} row(s), e.g. ids {failure['sample_ids']}"
+        rows = failure.get("sample_rows")
+        text += (f": {failure['unexpected_count']} row(s)" + (f", e.g. row numbers {rows}" if rows else "")
+                 + ", ids in the quality report")
     facts = []
     if failure.get("observed") is not None:
         facts.append(f"observed {failure['observed']!r}")

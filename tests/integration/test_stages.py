@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 from importlib import metadata
 from typing import Any
@@ -223,6 +224,14 @@ def test_too_many_bad_rows_fail_the_run_and_leave_the_champion(ws: Workspace, fi
     assert "expect_column_values_to_be_in_set on sex: 44 row(s)" in message and "10" in message
     [result] = fetch(ws, "SELECT * FROM pipeline.validation_results WHERE run_id = 'bad-sex'")
     assert result["success"] is False
+    # the ids stay out of the one-line error (the run's record, its note, logs, alerts: none sealed at rest)
+    [sex] = [f for f in result["failures"] if f["column"] == "sex"]
+    assert len(sex["sample_ids"]) >= 3 and "ids in the quality report" in message
+    assert ", ".join(str(i) for i in sex["sample_ids"][:3]) not in message
+    named = re.search(r"on sex: 44 row\(s\), e\.g\. row numbers \[([\d, ]+)\]", message)  # rows named by number
+    assert named is not None, message
+    quarantined = {r["row_number"] for r in fetch(ws, "SELECT row_number FROM pipeline.quarantine WHERE run_id = 'bad-sex'")}
+    assert {int(n) for n in named.group(1).split(", ")} <= quarantined
     assert (result["rows_read"], result["rows_valid"], result["rows_quarantined"]) == (442, 398, 44)
     assert [(f["expectation"], f["column"], f["unexpected_count"]) for f in result["failures"]] == [
         ("expect_column_values_to_be_in_set", "sex", 44)]
