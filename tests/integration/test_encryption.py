@@ -275,15 +275,15 @@ def test_encryption_off_is_logged_once_and_writes_plain(worlds: dict[str, Worksp
 BROKEN_BMI = 987.654  # a value the contract refuses (bmi out of range), distinctive enough to search for
 
 
-def _score_with_a_refusal(ws: Workspace, run_id: str) -> int:
-    """Five records awaiting their outcome, one with BROKEN_BMI, scored: the refused record's id."""
+def _score_with_a_refusal(ws: Workspace, run_id: str) -> list[int]:
+    """Five records awaiting their outcome, the first with BROKEN_BMI, scored: their ids."""
     ids = demo.simulate_arrivals(ws.engine, rows=5, seed=21, labelled=False)
     with ws.engine.begin() as conn:
         conn.execute(sa.text("UPDATE public.patient_records SET bmi = :v WHERE patient_id = :id"),
                      {"v": BROKEN_BMI, "id": ids[0]})
     result = scoring.score_batch(ws, run_id)
     assert result["rows_refused"] >= 1, result
-    return ids[0]
+    return ids
 
 
 def _columns_holding(ws: Workspace, needle: bytes) -> list[str]:
@@ -302,13 +302,16 @@ def _columns_holding(ws: Workspace, needle: bytes) -> list[str]:
 
 def test_a_scoring_runs_refusals_keep_the_values_that_broke_the_contract_sealed(
         worlds: dict[str, Workspace]) -> None:
-    refused = {name: _score_with_a_refusal(ws, f"score-refusal-{name}") for name, ws in worlds.items()}
+    scored = {name: _score_with_a_refusal(ws, f"score-refusal-{name}") for name, ws in worlds.items()}
     sealed, plain = worlds["sealed"], worlds["plain"]
     needle = str(BROKEN_BMI).encode()
     assert _columns_holding(sealed, needle) == []
     assert _columns_holding(plain, needle) == ["pipeline.scoring_refusals.reasons"]  # the search can fail
     [row] = fetch(sealed, "SELECT * FROM pipeline.scoring_refusals WHERE run_id = 'score-refusal-sealed'")
-    assert row["key_ref"].startswith("dk-") and row["source_id"] == str(refused["sealed"])  # the CRM's own key
+    assert row["key_ref"].startswith("dk-") and row["source_id"] == str(scored["sealed"][0])
+    # after scoring, the records' ids are in plain form only where the CRM reads them by id (the README says why)
+    hits = {hit.split(":")[0] for hit in _column_hits(sealed, {str(i): {} for i in scored["sealed"]})}
+    assert hits == {"pipeline.predictions.source_id", "pipeline.scoring_refusals.source_id"}, hits
     with sealed.engine.connect() as conn:
         [plain_row] = conn.execute(sa.text("SELECT reasons FROM pipeline.scoring_refusals WHERE run_id = :r"),
                                    {"r": "score-refusal-sealed"}).scalars().all()
