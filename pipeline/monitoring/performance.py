@@ -126,16 +126,17 @@ def read_judged(ws: Workspace, model: str, as_of: datetime, slices: Sequence[Sli
 
 def refused_outcomes(verdicts: quality.QualityResult, contract: DatasetContract,
                      policy: QualityPolicy) -> dict[str, Any]:
-    """The outcomes the contract refused: how many, by reason, examples, and against `quality.max_quarantine_share`
-    the data-quality signal (a sentence, None within the limit)."""
+    """The outcomes the contract refused: how many, by reason, example ids (`sample_ids`: for the report page,
+    which is sealed at rest; never in the registry row, the signal, a warning or a log), and against
+    `quality.max_quarantine_share` the data-quality signal (a sentence, None within the limit)."""
     n, refused = verdicts.rows_read, len(verdicts.quarantined)
     share = refused / n if n else 0.0
     counts = verdicts.reason_counts()
     ids = [quality.source_id(i) for i in verdicts.quarantined[contract.id_column].head(validate.SAMPLE_IDS)]
     over = share > policy.max_quarantine_share
     by_reason = ", ".join(f"{code} {count}" for code, count in counts.items())
-    signal = (f"data quality: {refused} of {n} outcomes refused by the contract ({share:.1%}: {by_reason}; e.g. "
-              f"{contract.id_column} {', '.join(map(str, ids))}), over quality.max_quarantine_share "
+    signal = (f"data quality: {refused} of {n} outcomes refused by the contract ({share:.1%}: {by_reason}; "
+              "examples in the performance report), over quality.max_quarantine_share "
               f"{policy.max_quarantine_share:.1%}: fix them at the source. They are not judged, so this is not a "
               "sign of degradation") if over else None
     return {"outcomes": n, "refused": refused, "share": share, "reason_counts": counts, "sample_ids": ids,
@@ -414,7 +415,10 @@ def _refused_html(refused: Mapping[str, Any]) -> str:
             f"(limit quality.max_quarantine_share {refused.get('limit', 0):.1%}); refused outcomes move no metric, "
             "verdict or signal.</p>")
     rows = [(code, count) for code, count in (refused.get("reason_counts") or {}).items()]
-    return head + (cards.table(["reason", "outcomes"], rows) if rows else "")
+    examples = [(i,) for i in refused.get("sample_ids") or []]  # the page is sealed at rest; erasure removes a row
+    return (head + (cards.table(["reason", "outcomes"], rows) if rows else "")
+            + (f"<p>Examples (up to {validate.SAMPLE_IDS}):</p>" + cards.table(["source id"], examples) if examples
+               else ""))
 
 
 # --- the registry side -------------------------------------------------------------------------
@@ -516,7 +520,8 @@ def record_report(conn: Connection, report: Mapping[str, Any], metrics: Sequence
            "warnings": records._json(verdict["warnings"]), "policy": records._json(report["policy"]),
            "versions": records._json(report["versions"]), "shadows": records._json(report["shadows"]),
            "signal_id": (report.get("signal") or {}).get("signal_id"), "path": report["report_path"],
-           "sha256": report["report_sha256"], "refused": records._json(report["refused_outcomes"])})
+           "sha256": report["report_sha256"],
+           "refused": records._json({k: v for k, v in report["refused_outcomes"].items() if k != "sample_ids"})})
     if metrics:
         conn.execute(sa.text("""
             INSERT INTO pipeline.performance_metrics (run_id, version, source, dimension, slice, grp, rows, rmse, mae,
