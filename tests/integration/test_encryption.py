@@ -106,6 +106,16 @@ def _file_hits(root: Path, patients: dict[str, dict[str, Any]]) -> list[str]:
     return hits
 
 
+def _text_columns(conn: sa.Connection) -> list[tuple[str, str, str]]:
+    """(table, column, type) of every text, jsonb and bytea column of the pipeline schema's tables."""
+    return [(t, c, k) for t, c, k in conn.execute(sa.text("""
+        SELECT c.table_name, c.column_name, c.data_type FROM information_schema.columns c
+          JOIN information_schema.tables t USING (table_schema, table_name)
+         WHERE c.table_schema = 'pipeline' AND t.table_type = 'BASE TABLE'
+           AND c.data_type IN ('text', 'jsonb', 'bytea', 'character varying')
+    """)).all()]
+
+
 def _column_hits(ws: Workspace, patients: dict[str, dict[str, Any]]) -> list[str]:
     """Every text, jsonb and bytea column of the pipeline schema holding a patient in plain form: the id as a
     source_id, or named in a JSON document; any needle in the bytes of a bytea or the text of a jsonb."""
@@ -113,12 +123,7 @@ def _column_hits(ws: Workspace, patients: dict[str, dict[str, Any]]) -> list[str
 
     hits = []
     with ws.engine.connect() as conn:
-        columns = conn.execute(sa.text("""
-            SELECT c.table_name, c.column_name, c.data_type FROM information_schema.columns c
-              JOIN information_schema.tables t USING (table_schema, table_name)
-             WHERE c.table_schema = 'pipeline' AND t.table_type = 'BASE TABLE'
-               AND c.data_type IN ('text', 'jsonb', 'bytea', 'character varying')
-        """)).all()
+        columns = _text_columns(conn)
         for table, column, kind in columns:
             values = conn.scalars(sa.text(f"SELECT {column} FROM pipeline.{table} WHERE {column} IS NOT NULL")).all()
             for source_id, row in patients.items():
@@ -289,12 +294,7 @@ def _score_with_a_refusal(ws: Workspace, run_id: str) -> list[int]:
 def _columns_holding(ws: Workspace, needle: bytes) -> list[str]:
     """Every text, jsonb and bytea column of the pipeline schema whose bytes hold `needle`."""
     with ws.engine.connect() as conn:
-        columns = conn.execute(sa.text("""
-            SELECT c.table_name, c.column_name, c.data_type FROM information_schema.columns c
-              JOIN information_schema.tables t USING (table_schema, table_name)
-             WHERE c.table_schema = 'pipeline' AND t.table_type = 'BASE TABLE'
-               AND c.data_type IN ('text', 'jsonb', 'bytea', 'character varying')
-        """)).all()
+        columns = _text_columns(conn)
         return [f"pipeline.{table}.{column}" for table, column, kind in columns
                 if any(needle in (bytes(v) if kind == "bytea" else str(v).encode()) for v in conn.scalars(sa.text(
                     f"SELECT {column} FROM pipeline.{table} WHERE {column} IS NOT NULL")).all())]
