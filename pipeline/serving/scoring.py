@@ -196,7 +196,7 @@ class _Writer:
     def __init__(self, cursor: Any, run_id: str, model: str, interval: intervals.Interval,
                  new_sealer: Callable[[], crypto.ValueSealer] | None = None) -> None:
         self.cursor, self.run_id, self.model, self.interval = cursor, run_id, model, interval
-        self._new_sealer = new_sealer  # encryption at rest: one data key for the run's refusals, made at the first
+        self._new_sealer = new_sealer  # encryption at rest: the run's refusals share one data key, made when needed
         self._sealer: crypto.ValueSealer | None = None
         self.selected = self.scored = self.refused = 0
         self.reason_counts: Counter[str] = Counter()
@@ -261,7 +261,6 @@ class _Writer:
         if len(frame):  # on the COPY thread too, after the forecasts in flight: the next chunk is read meanwhile
             self._send(lambda: _copy(self.cursor, "pipeline.scoring_refusals", frame))
         self.refused += len(refusals)
-
 
     def _refusal_rows(self, merged: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
         """The refusals as pipeline.scoring_refusals rows; with encryption at rest, the values that broke the
