@@ -294,7 +294,7 @@ def _normalised(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> Iterato
 
 class EarlyConnection:
     """An Arrow (ADBC) connection to the source, its columns checked, opened on a thread of its own while the
-    caller does other work: connecting loads the server's type catalogue (about 0.1 s, the GIL released), which a
+    caller does other work: connecting loads the server's type catalogue (tens of ms, the GIL released), which a
     scoring run would otherwise wait for after loading its champion. `take` it for `arrow_cursor(connection=)`;
     `close` closes it if it was never taken, and gives back the error that stopped it opening, if any, at `take`."""
 
@@ -324,6 +324,8 @@ def arrow_cursor(engine: Engine, contract: DatasetContract, consistent: bool = F
     """An Arrow (ADBC) cursor on the source database, after checking its columns; `consistent`: every
     query on it sees the same committed rows (one read-only REPEATABLE READ transaction). `connection`: one
     already open and checked (`EarlyConnection.take`, autocommit), closed here with the cursor."""
+    if connection is not None and consistent:
+        raise ValueError("a consistent read opens its own connection: an early one is in autocommit")
     if connection is None:
         check_source_columns(engine, contract)
         connection = adbc.connect(arrow_uri(engine), autocommit=not consistent)

@@ -229,8 +229,8 @@ def seal_refusal(run_id: str, source_id: str, reasons: list[dict[str, Any]], sea
 
 
 def opened(row: dict[str, Any], keys: crypto.Keyring | None) -> dict[str, Any]:
-    """A quarantine or validation row with its sealed values opened in place of their redacted copies (a plain
-    row as it is); a SealError names the row and the key when they do not open."""
+    """A quarantine, validation or scoring-refusal row with its sealed values opened in place of their redacted
+    copies (a plain row as it is); a SealError names the row and the key when they do not open."""
     if row.get("sealed") is None:
         return {k: v for k, v in row.items() if k != "sealed"}
     context = sealed_context(row)
