@@ -15,8 +15,14 @@ import sqlalchemy as sa
 
 from pipeline.contract.config import PipelineConfig, Pkcs11Policy, load_config
 from pipeline.contract.settings import PROJECT_ROOT, Settings
+from pipeline.runtime import threads
 from pipeline.store import db
 from pipeline.workspace import Workspace
+
+# The test processes' idle OpenMP threads wait passively, as every pipeline process's do (`python -m pipeline`,
+# Airflow's tasks): set before any test imports scikit-learn, which loads OpenMP once. With OpenMP's default spin,
+# the suite beside two busy processes ran five to six times slower than quiet.
+threads.prepare_environment()
 
 # A test that starts a whole Airflow (scheduler, API server, triggerer, workers) requests `starts_airflow`, through
 # the fixture that starts it: such tests are marked `live_airflow`, and `make test` runs them in one process after

@@ -21,7 +21,6 @@ reader never sees half a run. `pipeline.scoring_runs` says what the run selected
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections import Counter
@@ -167,8 +166,8 @@ def _copy(cursor: Any, table: str, frame: pd.DataFrame) -> None:
     buffer = pa.BufferOutputStream()
     pa_csv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), buffer,
                      pa_csv.WriteOptions(include_header=False, quoting_style="all_valid"))
-    cursor.copy_expert(f"COPY {table} ({', '.join(frame.columns)}) FROM STDIN WITH (FORMAT csv)",
-                       io.BytesIO(buffer.getvalue().to_pybytes()))
+    binary_copy.send(cursor, f"COPY {table} ({', '.join(frame.columns)}) FROM STDIN WITH (FORMAT csv)",
+                     buffer.getvalue().to_pybytes())
 
 
 @dataclass
@@ -236,9 +235,8 @@ class _Writer:
                   "upper": forecast["upper"].to_numpy(dtype="float64"), "coverage": interval.coverage,
                   "run_id": self.run_id, "source": source, "input_hash": hashes}
         columns = [binary_copy.Column(name, kind, values[name]) for name, kind in FORECAST_TYPES.items()]
-        data, sql = io.BytesIO(binary_copy.encode(columns, len(valid))), binary_copy.statement("pipeline.predictions",
-                                                                                               columns)
-        self._send(lambda: self.cursor.copy_expert(sql, data))
+        payload, sql = binary_copy.encode(columns, len(valid)), binary_copy.statement("pipeline.predictions", columns)
+        self._send(lambda: binary_copy.send(self.cursor, sql, payload))
         return len(valid)
 
     def forecasts(self, valid: pd.DataFrame, forecast: pd.DataFrame, hashes: np.ndarray, id_column: str) -> None:

@@ -177,8 +177,15 @@ def encode(columns: Sequence[Column], rows: int) -> bytes:
 
 def copy_in(cursor: Any, table: str, columns: Sequence[Column], rows: int) -> int:
     """COPY `rows` rows of `columns` into `table` (FORMAT binary) on the cursor's transaction; the rows written."""
-    cursor.copy_expert(statement(table, columns), io.BytesIO(encode(columns, rows)))
+    send(cursor, statement(table, columns), encode(columns, rows))
     return rows
+
+
+def send(cursor: Any, sql: str, payload: bytes) -> None:
+    """Run a COPY ... FROM STDIN of `payload`, read by psycopg2 in one piece. Its default reads 8 KB at a time and
+    takes the GIL for each: a COPY on a thread of its own then waits for the GIL hundreds of times while the main
+    thread computes (Python hands the GIL over only every 5 ms), and the server sits idle between the pieces."""
+    cursor.copy_expert(sql, io.BytesIO(payload), size=max(len(payload), 8192))
 
 
 def statement(table: str, columns: Sequence[Column]) -> str:
