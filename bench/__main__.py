@@ -63,9 +63,10 @@ vs floor    floor seconds / step seconds (1.00 = as fast as the floor); reading 
 peak MB     getrusage high-water mark of the step's own process (interpreter and imports included;
             the JSON also has ready_mb, resident memory just before the call). The whole DAG's peak is
             its largest stage's, since each task runs in its own process.
-scoring     score_batch over every row of the table (serving.score_records: all) in a fresh process, after
-            the measured retrain and a first scoring run of its own (which compiles the champion's ONNX graph
-            into the machine's cache, once per champion: shown, not compared); its floor: COPY of the same rows
+scoring     score_batch over every row of the table (serving.score_records: all), best of {fits}
+            runs, each a new run in a fresh process on vacuumed tables, after the measured retrain and
+            a first scoring run of its own (which compiles the champion's ONNX graph into the machine's
+            cache, once per champion: shown, not compared); its floor: COPY of the same rows
             TO STDOUT into nothing (binary), the champion's bare predict on them already typed in memory, and
             binary COPY of one forecast a row into the table the CRM reads, pipeline.predictions itself (its
             primary key, the indexes its readers need and its foreign key kept up; rolled back), best of

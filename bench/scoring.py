@@ -9,7 +9,10 @@ key kept up, as any writer of forecasts must. The same COPY into an unindexed te
 Scoring also checks every row against the contract, computes intervals and input hashes, and writes in one
 transaction, chunk by chunk in bounded memory.
 
-The measured run is a steady-state one: the champion's compiled graph is already in the machine's cache
+Each run and the floor start on a settled database: the tables the run before wrote are vacuumed and analysed
+(`workload.settle`), so autovacuum does not start on those writes while the next one is timed. Both sides keep
+their best: the floor's parts their best of `repeats`, scoring its best of `RUNS` runs, each a new run (as each
+night's) in a fresh process. The measured run is a steady-state one: the champion's compiled graph is already in the machine's cache
 (`compiled/`), as on every night after the first. The first run after a promotion, which builds and checks
 that graph once per machine, runs before it in a process of its own and is shown, not compared.
 """
@@ -22,11 +25,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bench import report
+from bench import report, workload
 
 STEP = "score_batch (every row)"
 FLOOR = "COPY out + bare predict + COPY into pipeline.predictions"
 TARGET = 0.5  # score_batch's share of its floor's throughput
+WRITTEN = ("pipeline.predictions", "pipeline.scoring_refusals", "pipeline.scoring_runs")  # what a scoring run writes
+RUNS = 3  # measured scoring runs at most (the best kept, as each part of the floor is its best of `repeats`)
 LATE_IMPORTS = ("onnxruntime", "pipeline.model.compiled")  # what scoring imports when it runs, not timed
 
 
@@ -119,11 +124,18 @@ def measure(probe: Callable[[dict[str, Any]], dict[str, Any]], say: Callable[...
     say(f"{label} score_batch, first run after the promotion (compiles the champion once per machine) ...", end=" ")
     first = probe({**base, "probe": "score", "run_id": f"{base['run_id']}-score-first"})
     say(f"{first['seconds']:.2f} s")
-    say(f"{label} score_batch, every row, the compiled champion cached ...", end=" ")
-    scored = probe({**base, "probe": "score", "run_id": f"{base['run_id']}-score"})
+    say(f"{label} score_batch, every row, the compiled champion cached, best of {min(base['repeats'], RUNS)} "
+        "(each a fresh process and a new run) ...", end=" ")
+    runs = []
+    for n in range(min(base["repeats"], RUNS)):
+        workload.settle(base["database_url"], WRITTEN)
+        runs.append(probe({**base, "probe": "score", "run_id": f"{base['run_id']}-score-{n + 1}"}))
+    scored = min(runs, key=lambda r: r["seconds"])
     result = scored["result"]
-    say(f"{scored['seconds']:.2f} s for {result['rows_selected']:,} rows ({result['rows_refused']:,} refused), "
-        f"peak {scored['peak_mb']:,.0f} MB")
+    seconds = ", ".join(f"{r['seconds']:.2f}" for r in runs)
+    say(f"{seconds} s for {result['rows_selected']:,} rows "
+        f"({result['rows_refused']:,} refused), peak {scored['peak_mb']:,.0f} MB")
+    workload.settle(base["database_url"], WRITTEN)
     say(f"{label} floor: COPY of the same rows into nothing + a bare predict + COPY of the forecasts into "
         "pipeline.predictions (its keys and indexes kept, rolled back) ...", end=" ")
     floor = probe({**base, "probe": "score_floor"})

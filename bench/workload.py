@@ -100,6 +100,21 @@ def insert_rows(url: str, first: int, last: int, seed: float, progress: Any = No
         engine.dispose()
 
 
+def settle(url: str, tables: tuple[str, ...]) -> None:
+    """Vacuum and analyse `tables`, which the step before wrote: the work autovacuum would otherwise start on
+    those writes while the next step is timed. No checkpoint: the first write to each page after one logs the
+    whole page, which would slow the next step's writes instead."""
+    engine = db.create_engine(url)
+    raw = engine.raw_connection()
+    try:
+        raw.dbapi_connection.autocommit = True  # VACUUM runs outside a transaction
+        cursor = raw.cursor()
+        cursor.execute(f"VACUUM (ANALYZE) {', '.join(tables)}")
+    finally:
+        raw.close()
+        engine.dispose()
+
+
 def checkpoint(cursor: Any) -> None:
     """Flush the load's dirty pages now, so the server does not do it while a step is timed."""
     try:

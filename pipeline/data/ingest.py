@@ -8,6 +8,7 @@ never as Python objects. Values keep the shape `pandas.read_sql` gives them (see
 from __future__ import annotations
 
 import io
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -292,44 +293,78 @@ def _normalised(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> Iterato
         yield pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
-class EarlyConnection:
-    """An Arrow (ADBC) connection to the source, its columns checked, opened on a thread of its own while the
-    caller does other work: connecting loads the server's type catalogue (tens of ms, the GIL released), which a
-    scoring run would otherwise wait for after loading its champion. `take` it for `arrow_cursor(connection=)`;
-    `close` closes it if it was never taken, and gives back the error that stopped it opening, if any, at `take`."""
+FIRST_USER_OID = 16_384  # PostgreSQL's FirstNormalObjectId: every type with a smaller oid is built in
+BUILT_IN_TYPES = {"adbc.postgresql.type_resolver_mode": "builtin"}  # the driver's own list of PostgreSQL's types
 
-    def __init__(self, engine: Engine, contract: DatasetContract) -> None:
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adbc-connect")
-        self._future: Future[Any] = pool.submit(self._open, engine, contract)
+
+def built_in_types(engine: Engine, contract: DatasetContract) -> bool:
+    """Whether every contract column of the source has a type built into PostgreSQL; a domain counts as its
+    base type, which is what the server sends. The Arrow driver then reads with its own list of the built-in
+    types (`BUILT_IN_TYPES`) instead of loading the server's type catalogue on connecting (~40 ms, each time). An
+    enum or another type of the database's own is read with the catalogue, as it names it."""
+    schema, _, name = contract.table.rpartition(".")
+    with engine.connect() as conn:
+        return bool(conn.scalar(sa.text("""
+            SELECT bool_and(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END < :first_user_oid)
+              FROM pg_catalog.pg_attribute a
+              JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+             WHERE c.relname = :name AND (n.nspname = :schema OR (:schema = '' AND pg_catalog.pg_table_is_visible(c.oid)))
+               AND a.attname = ANY(:columns) AND a.attnum > 0 AND NOT a.attisdropped
+        """), {"first_user_oid": FIRST_USER_OID, "name": name, "schema": schema, "columns": contract.columns()}))
+
+
+def arrow_connect(engine: Engine, contract: DatasetContract, autocommit: bool) -> Any:
+    """An Arrow (ADBC) connection to the source, its columns checked; with the driver's built-in types where
+    they cover every column the contract reads (`built_in_types`)."""
+    check_source_columns(engine, contract)
+    options = BUILT_IN_TYPES if built_in_types(engine, contract) else {}
+    return adbc.connect(arrow_uri(engine), autocommit=autocommit, db_kwargs=options)
+
+
+class EarlyRead:
+    """A query's rows over an Arrow (ADBC) connection, started on a thread of its own while the caller does other
+    work: the connection opens (its columns checked), the query runs and its first `rows` rows are read and held,
+    all mostly waiting on the server with the GIL released, while a scoring run records itself and loads its
+    champion. `batches` hands on the held rows, then the rest as they stream; `close` closes the cursor and the
+    connection however the read ends, and re-raises the error that stopped it starting, if any, at `batches`."""
+
+    def __init__(self, engine: Engine, contract: DatasetContract, query: sa.Select[Any], rows: int) -> None:
+        self._cursor: Any = None
+        self._connection: Any = None
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="early-read")
+        self._future: Future[tuple[pa.Schema, list[pa.RecordBatch], Iterator[pa.RecordBatch]]] = pool.submit(
+            self._start, engine, contract, query, rows)
         pool.shutdown(wait=False)
-        self._taken = False
 
-    @staticmethod
-    def _open(engine: Engine, contract: DatasetContract) -> Any:
-        check_source_columns(engine, contract)
-        return adbc.connect(arrow_uri(engine), autocommit=True)
+    def _start(self, engine: Engine, contract: DatasetContract, query: sa.Select[Any], rows: int
+               ) -> tuple[pa.Schema, list[pa.RecordBatch], Iterator[pa.RecordBatch]]:
+        self._connection = arrow_connect(engine, contract, autocommit=True)
+        self._cursor = self._connection.cursor()
+        schema, batches = cursor_batches(self._cursor, query)
+        held, count = [], 0
+        while count < rows and (batch := next(batches, None)) is not None:
+            held.append(batch)
+            count += batch.num_rows
+        return schema, held, batches
 
-    def take(self) -> Any:
-        self._taken = True
-        return self._future.result()
+    def batches(self) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        schema, held, rest = self._future.result()
+        return schema, itertools.chain(held, rest)
 
     def close(self) -> None:
-        if not self._taken and self._future.exception() is None:
-            self._future.result().close()
+        wait([self._future])
+        for handle in (self._cursor, self._connection):
+            if handle is not None:
+                handle.close()
 
 
 @contextmanager
-def arrow_cursor(engine: Engine, contract: DatasetContract, consistent: bool = False,
-                 connection: Any = None) -> Iterator[Any]:
+def arrow_cursor(engine: Engine, contract: DatasetContract, consistent: bool = False) -> Iterator[Any]:
     """An Arrow (ADBC) cursor on the source database, after checking its columns; `consistent`: every
-    query on it sees the same committed rows (one read-only REPEATABLE READ transaction). `connection`: one
-    already open and checked (`EarlyConnection.take`, autocommit), closed here with the cursor."""
-    if connection is not None and consistent:
-        raise ValueError("a consistent read opens its own connection: an early one is in autocommit")
-    if connection is None:
-        check_source_columns(engine, contract)
-        connection = adbc.connect(arrow_uri(engine), autocommit=not consistent)
-    with connection as conn, conn.cursor() as cursor:
+    query on it sees the same committed rows (one read-only REPEATABLE READ transaction)."""
+    with arrow_connect(engine, contract, autocommit=not consistent) as conn, conn.cursor() as cursor:
         if consistent:
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         yield cursor

@@ -401,10 +401,9 @@ def load_shadows(ws: Workspace, champion_version: int) -> list[Shadow]:
     return shadows
 
 
-def _write_run(ws: Workspace, run_id: str, champion: dict[str, Any], early: ingest.EarlyConnection
-               ) -> dict[str, Any]:
+def _write_run(ws: Workspace, run_id: str, champion: dict[str, Any], early: ingest.EarlyRead) -> dict[str, Any]:
     """Score every selected record on one transaction: the run's earlier rows deleted, the new ones copied. `early`:
-    the source's connection, opening meanwhile."""
+    the selection's rows, their first chunk read meanwhile."""
     contract, serving = ws.config.dataset, ws.config.serving
     raw, writer = None, None
     try:
@@ -424,12 +423,11 @@ def _write_run(ws: Workspace, run_id: str, champion: dict[str, Any], early: inge
                          ws.keyring.sealer if ws.store.encrypt else None)
         erased = tombstones.refuser(ws.engine, ws.settings.erasure_key_file)
         refusal = ingest.Refusal(contract.id_column, erased) if erased else None
-        with ingest.arrow_cursor(ws.engine, contract, connection=early.take()) as source:
-            schema, batches = ingest.cursor_batches(source, selection_query(contract, serving.score_records))
-            if refusal is not None:  # an erased patient the source still holds is never forecast again
-                batches = refusal.kept(batches)
-            for table in chunks(batches, schema, serving.batch_rows, contract.id_column):
-                _score_chunk(table, writer, model, contract, suite, ws.config.quality, shadows)
+        schema, batches = early.batches()
+        if refusal is not None:  # an erased patient the source still holds is never forecast again
+            batches = refusal.kept(batches)
+        for table in chunks(batches, schema, serving.batch_rows, contract.id_column):
+            _score_chunk(table, writer, model, contract, suite, ws.config.quality, shadows)
         writer.drain()
         if writer.selected != writer.scored + writer.refused:
             raise RuntimeError(f"scoring run {run_id}: {writer.selected} records selected, but {writer.scored} "
@@ -475,7 +473,8 @@ def _roll_back(raw: Any, run_id: str) -> None:
 def score_batch(ws: Workspace, run_id: str) -> dict[str, Any]:
     """Forecast every record `serving.score_records` selects with the model's champion; refuse, with
     reasons, the records that break the data contract. Re-running a run id replaces its rows."""
-    early = ingest.EarlyConnection(ws.engine, ws.config.dataset)  # opens while the run is recorded, the champion loads
+    contract, serving = ws.config.dataset, ws.config.serving  # the first chunk is read while the champion loads
+    early = ingest.EarlyRead(ws.engine, contract, selection_query(contract, serving.score_records), serving.batch_rows)
     try:
         with runs.running(ws.engine, ws.settings, run_id, "score"):  # a killed run is marked abandoned by the next
             start_run(ws, run_id)

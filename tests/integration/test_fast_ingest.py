@@ -10,7 +10,9 @@ daylight-saving edges, a column with no value at all, and a result with no rows.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -126,6 +128,43 @@ def test_arrow_read_equals_sqlalchemy_read(engine: Engine, contract: DatasetCont
     assert len(actual) == (6 if labelled_only else 7)
 
 
+def without_mood(contract: DatasetContract) -> DatasetContract:
+    return replace(contract, features=tuple(f for f in contract.features if f.name != "mood"))
+
+
+def test_driver_types_are_used_only_where_every_column_is_built_in(engine: Engine, contract: DatasetContract) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE DOMAIN public.positive AS integer CHECK (VALUE > 0)"))
+        conn.execute(sa.text("CREATE DOMAIN public.enum_domain AS public.mood"))
+        conn.execute(sa.text("ALTER TABLE public.every_type ADD COLUMN counted public.positive, "
+                             "ADD COLUMN wrapped public.enum_domain"))
+    counted = replace(without_mood(contract), features=(*without_mood(contract).features,
+                                                         Feature("counted", "numeric", "integer")))
+    wrapped = replace(counted, features=(*counted.features, Feature("wrapped", "categorical", "text")))
+
+    assert ingest.built_in_types(engine, without_mood(contract))
+    assert ingest.built_in_types(engine, counted)  # a domain is sent as its base type
+    assert not ingest.built_in_types(engine, contract)  # the enum is the database's own type
+    assert not ingest.built_in_types(engine, wrapped)  # a domain over it too
+    assert ingest.built_in_types(engine, replace(without_mood(contract), table="every_type"))  # on the search path
+    assert not ingest.built_in_types(engine, replace(without_mood(contract), table="public.no_such_table"))
+
+
+def test_a_read_with_the_drivers_types_equals_one_with_the_catalogue(engine: Engine, contract: DatasetContract,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    built_in = without_mood(contract)
+    query = ingest.recorded_rows_query(built_in, LATER)
+    assert ingest.built_in_types(engine, built_in)
+
+    fast = ingest.read_raw_rows(engine, built_in, query)
+    monkeypatch.setattr(ingest, "built_in_types", lambda *_: False)  # the catalogue's types, as before
+    catalogue = ingest.read_raw_rows(engine, built_in, query)
+
+    pd.testing.assert_frame_equal(fast, catalogue, check_exact=True)
+    pd.testing.assert_frame_equal(fast, with_nan_kept(read_sql(engine, query)), check_exact=True)
+    assert len(fast) == 7
+
+
 def test_edge_values_arrive_as_the_database_holds_them(engine: Engine, contract: DatasetContract) -> None:
     frame = ingest.read_raw_rows(engine, contract, ingest.recorded_rows_query(contract, LATER)).set_index("id")
 
@@ -233,3 +272,57 @@ def test_arrow_uri_is_derived_from_the_sqlalchemy_url(url: str, uri: str) -> Non
 def test_arrow_uri_refuses_other_databases() -> None:
     with pytest.raises(ValueError, match="PostgreSQL only.*sqlite"):
         ingest.arrow_uri(sa.create_engine("sqlite://"))
+
+
+def other_connections(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.scalar(sa.text("SELECT count(*) FROM pg_stat_activity "
+                                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")))
+
+
+def wait_for_connections(engine: Engine, count: int) -> int:
+    """The other connections to the database, once they are `count` (a closed one's server process ends a
+    moment after the client lets go) or 30 s have passed."""
+    deadline = time.monotonic() + 30
+    while (now := other_connections(engine)) != count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return now
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("held_rows", [1, 3, 100])
+def test_an_early_read_hands_on_every_row_in_order(engine: Engine, contract: DatasetContract, held_rows: int) -> None:
+    query = ingest.recorded_rows_query(without_mood(contract), LATER)
+    with ingest.arrow_batches(engine, without_mood(contract), query) as (schema, batches):
+        expected = pa.Table.from_batches(list(batches), schema)
+
+    early = ingest.EarlyRead(engine, without_mood(contract), query, held_rows)
+    try:
+        early_schema, early_batches = early.batches()
+        actual = pa.Table.from_batches(list(early_batches), early_schema)
+    finally:
+        early.close()
+
+    assert actual.schema == expected.schema
+    pd.testing.assert_frame_equal(actual.to_pandas(), expected.to_pandas(), check_exact=True)  # NaN equal to NaN
+    assert actual.num_rows == 7
+
+
+@pytest.mark.timeout(60)
+def test_an_early_read_never_taken_closes_its_connection(engine: Engine, contract: DatasetContract) -> None:
+    before = other_connections(engine)
+    early = ingest.EarlyRead(engine, contract, ingest.recorded_rows_query(contract, LATER), 3)
+
+    early.close()  # as when a scoring run fails before reading (no champion)
+
+    assert wait_for_connections(engine, before) == before
+
+
+@pytest.mark.timeout(60)
+def test_an_early_read_that_cannot_start_says_why_when_read(engine: Engine, contract: DatasetContract) -> None:
+    missing = replace(contract, features=(*contract.features, Feature("absent", "numeric", "float")))
+    early = ingest.EarlyRead(engine, missing, ingest.recorded_rows_query(contract, LATER), 3)
+
+    with pytest.raises(ingest.SchemaError, match=r"lacks contract column\(s\) \['absent'\]"):
+        early.batches()
+    early.close()  # nothing opened, nothing to close, no second error
