@@ -84,7 +84,7 @@ def stage(name: str) -> Callable[[F], F]:
     def wrap(function: F) -> F:
         @functools.wraps(function)
         def staged(ws: Workspace, run: Run, *args: Any, **kwargs: Any) -> Any:
-            with runs.running(ws.engine, ws.settings, run.run_id, name):
+            with runs.running(ws.engine, ws.settings, run.run_id, name), memory.collect_new_only():
                 return function(ws, run, *args, **kwargs)
         return staged  # type: ignore[return-value]
     return wrap

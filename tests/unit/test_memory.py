@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import json
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,43 @@ def test_a_task_process_maps_each_large_block_on_its_own_so_freeing_it_returns_i
     assert task["mapped"] >= 6 << 20, task  # its own mapping, unmapped when freed
     assert task["small"] < 1 << 20, task  # below the threshold: from the heap, reused
     assert plain["mapped"] < 6 << 20, plain  # without the call glibc's raised threshold keeps it in the heap
+
+
+class Node:
+    """An object in a reference cycle: only the garbage collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def cycle() -> weakref.ref[Node]:
+    return weakref.ref(Node())
+
+
+def test_a_stage_collects_what_it_made_and_passes_over_what_was_there() -> None:
+    from pipeline.runtime import memory
+
+    gc.collect()
+    before = Node()  # alive when the stage begins, garbage during it
+    seen_before = weakref.ref(before)
+
+    with memory.collect_new_only():
+        assert gc.get_freeze_count() > 0
+        del before
+        made = cycle()
+        memory.give_back()
+        assert made() is None  # the stage's own garbage is collected
+        assert seen_before() is not None  # what existed before is passed over
+
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert seen_before() is None  # and collected as before once the stage is over
+
+
+def test_a_failing_stage_leaves_nothing_frozen() -> None:
+    from pipeline.runtime import memory
+
+    with pytest.raises(RuntimeError, match="stage failed"), memory.collect_new_only():
+        raise RuntimeError("stage failed")
+
+    assert gc.get_freeze_count() == 0
