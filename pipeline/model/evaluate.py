@@ -259,9 +259,9 @@ def slice_table(holdout: pd.DataFrame, contract: DatasetContract, policy: Promot
     observed = holdout[contract.target_column].to_numpy()
     rows = []
     for spec in policy.slices:
-        labels = slice_labels(holdout, contract, spec).to_numpy()
-        for group in sorted({str(label) for label in labels}, key=group_order):
-            mask = labels == group
+        codes, groups = pd.factorize(slice_labels(holdout, contract, spec).astype(str))  # each row's group, as a number
+        for code, group in sorted(enumerate(groups), key=lambda pair: group_order(pair[1])):
+            mask = codes == code
             row: dict[str, Any] = {"slice": spec.name, "group": str(group), "n": int(mask.sum()),
                    "judged": bool(mask.sum() >= policy.min_slice_rows),
                    "candidate_rmse": float(root_mean_squared_error(observed[mask], candidate[mask]))}

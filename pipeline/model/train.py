@@ -181,35 +181,69 @@ class SearchBudget:
         return None
 
 
+class PreparedFolds:
+    """Each fold's rows as the features step makes them, fitted on the fold's fit rows: made by the first family
+    cross-validated and kept for the others. Every family's Pipeline starts with the same step
+    (`build_preprocessor`), and a Pipeline fits its estimator on that step's `fit_transform` of the rows and
+    predicts on its `transform`: the estimator gets the same arrays either way, so the scores are the same, and
+    the step is fitted once a fold rather than once a family and fold. `last`: the family that uses each fold
+    last, which drops it once used."""
+
+    def __init__(self, contract: DatasetContract, X: pd.DataFrame, y: np.ndarray, last: str | None = None) -> None:
+        self.contract, self.X, self.y, self.last = contract, X, y, last
+        self._folds: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def fold(self, index: int, fold: tuple[np.ndarray, np.ndarray], family: str) -> tuple[np.ndarray, np.ndarray]:
+        """(fit rows, test rows) of fold `index` prepared, fitting the step on the fit rows the first time."""
+        if index not in self._folds:
+            fit_rows, test_rows = fold
+            features = build_preprocessor(self.contract)
+            prepared = features.fit_transform(self.X.iloc[fit_rows], self.y[fit_rows])
+            self._folds[index] = (prepared, features.transform(self.X.iloc[test_rows]))
+        return self._folds.pop(index) if family == self.last else self._folds[index]
+
+
 def fold_predictions(contract: DatasetContract, family: str, policy: TrainingPolicy, X: pd.DataFrame,
-                     y: np.ndarray, fold: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+                     y: np.ndarray, fold: tuple[np.ndarray, np.ndarray],
+                     prepared: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Predictions for one fold's test rows of the family fitted on its other rows; fitted on `n_jobs`
     threads (a forest's trees are seeded one by one, so the fit does not depend on them), its BLAS and OpenMP
-    on the threads its size gets (`threads.for_fit`), predicted on one."""
+    on the threads its size gets (`threads.for_fit`), predicted on one. `prepared`: the fold's rows as the
+    features step makes them (`PreparedFolds`), for the estimator alone."""
     fit_rows, test_rows = fold
     model = build_model(contract, family, policy, n_jobs=policy.n_jobs)
     with threads.for_fit(len(fit_rows), policy.n_jobs):
-        model.fit(X.iloc[fit_rows], y[fit_rows])
+        if prepared is None:
+            model.fit(X.iloc[fit_rows], y[fit_rows])
+            freeze_threads(model)
+            return np.asarray(model.predict(X.iloc[test_rows]), dtype="float64")
+        estimator = model.named_steps["model"]
+        if "copy_X" in estimator.get_params():  # the rows are the other families' too: never centred in place
+            estimator.set_params(copy_X=True)
+        estimator.fit(prepared[0], y[fit_rows])
         freeze_threads(model)
-        return np.asarray(model.predict(X.iloc[test_rows]), dtype="float64")
+        return np.asarray(estimator.predict(prepared[1]), dtype="float64")
 
 
 def cross_validate_family(contract: DatasetContract, family: str, policy: TrainingPolicy, X: pd.DataFrame,
                           y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
-                          budget: SearchBudget, residuals: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+                          budget: SearchBudget, residuals: dict[str, np.ndarray] | None = None,
+                          prepared: PreparedFolds | None = None) -> dict[str, Any]:
     """CV RMSE of one family, fold by fold; with a budget, it stops before a fold that would end
     past the budget (judged by its slowest fold so far) and is recorded as skipped. A family that
-    finishes leaves its out-of-fold |residuals| in `residuals` (the interval of versions trained before issue 32)."""
+    finishes leaves its out-of-fold |residuals| in `residuals` (the interval of versions trained before issue 32).
+    `prepared`: the folds' rows prepared once for every family of a search."""
     scores: list[float] = []
     fold_seconds: list[float] = []
     out_of_fold = np.full(len(y), np.nan)
-    for fold in folds:
+    for index, fold in enumerate(folds):
         refusal = budget.refusal(max(fold_seconds, default=0.0))
         if refusal:
             return {"skipped": f"{refusal} ({len(scores)} of {len(folds)} folds done)",
                     "seconds": sum(fold_seconds)}
         started = budget.clock()
-        predicted = fold_predictions(contract, family, policy, X, y, fold)
+        rows = prepared.fold(index, fold, family) if prepared is not None else None
+        predicted = fold_predictions(contract, family, policy, X, y, fold, rows)
         out_of_fold[fold[1]] = predicted
         scores.append(float(root_mean_squared_error(y[fold[1]], predicted)))
         fold_seconds.append(budget.clock() - started)
@@ -235,13 +269,14 @@ def cross_validate_families(train: pd.DataFrame, contract: DatasetContract, poli
     must be a candidate); a later one stops before a fold that would end past the budget."""
     X, y, folds = search_data(train, contract, policy)
     budget = SearchBudget(policy.search_budget_seconds, clock)
+    prepared = PreparedFolds(contract, X, y, last=list(policy.families)[-1])
     table: dict[str, dict[str, Any]] = {}
     for family in policy.families:
         # Folds run one after another: fold-level threads made HistGradientBoosting 3x slower (GIL);
         # each fit uses the cores itself (forest trees over n_jobs, HistGradientBoosting's OpenMP, BLAS).
         finished = any("cv_rmse_mean" in row for row in table.values())
         table[family] = cross_validate_family(contract, family, policy, X, y, folds,
-                                              budget if finished else budget.unlimited(), residuals)
+                                              budget if finished else budget.unlimited(), residuals, prepared)
         log.info("%s: %s", family, table[family])
     return table
 

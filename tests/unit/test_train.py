@@ -415,3 +415,24 @@ def test_a_forest_cross_validated_on_two_threads_scores_as_on_one(
 
     assert one["random_forest"]["cv_rmse_mean"] == two["random_forest"]["cv_rmse_mean"]
     assert one["random_forest"]["cv_rmse_std"] == two["random_forest"]["cv_rmse_std"]
+
+
+def test_folds_prepared_once_for_every_family_score_as_each_familys_own_pipeline(
+    config: PipelineConfig, demo_frame: pd.DataFrame
+) -> None:
+    policy = fast_policy(config)
+    X, y, folds = train.search_data(demo_frame, config.dataset, policy)
+    prepared = train.PreparedFolds(config.dataset, X, y, last=list(policy.families)[-1])
+    shared: dict[str, np.ndarray] = {}
+    own: dict[str, np.ndarray] = {}
+
+    for family in policy.families:  # as the search runs them: the first family prepares, the others reuse
+        with_shared = train.cross_validate_family(config.dataset, family, policy, X, y, folds,
+                                                  train.SearchBudget(None), shared, prepared)
+        alone = train.cross_validate_family(config.dataset, family, policy, X, y, folds, train.SearchBudget(None), own)
+        assert with_shared["cv_rmse_mean"] == alone["cv_rmse_mean"], family
+        assert with_shared["cv_rmse_std"] == alone["cv_rmse_std"], family
+        np.testing.assert_array_equal(shared[family], own[family])  # every out-of-fold residual, bit for bit
+
+    assert len(policy.families) >= 3
+    assert prepared._folds == {}  # the last family let each fold go once used
