@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import busy, peer, report, rest, scoring, workload
+from bench import busy, peer, report, rest, scoring, threads, workload
 from pipeline.contract.settings import PROJECT_ROOT, Settings
 from pipeline.store import db
 
@@ -74,7 +74,11 @@ scoring     score_batch over every row of the table (serving.score_records: all)
 busy        'retrain with a busy process beside it': the measured retrain's stages again, each in a fresh
             process, for a run of their own on the same rows, while `python -c 'while 1: pass'` keeps a
             core busy; its floor is the quiet retrain (vs floor = quiet s / busy s; target >= 0.5).
-threads     each stage's BLAS, OpenMP and joblib pools are sized as a task's (pipeline.runtime.threads).
+threads     each stage's BLAS, OpenMP and joblib pools are sized as a task's (pipeline.runtime.threads);
+            'train_candidate, threads chosen by size': the train stage again, a run of its own in a fresh
+            process each time, with training.n_jobs 1 and 2 (every fit on that many threads), quiet and
+            beside a busy process; its seconds are the measured train stage's (threads chosen by each fit's
+            size), its floor the better of 1 and 2 threads quiet (target: within 1.2x).
 training    {config}."""
 
 
@@ -204,6 +208,8 @@ def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, ke
         score_step, score_floor = scoring.measure(probe, say, base, label)
         quiet = sum(m["seconds"] for m in (ingest, checked, trained, evaluated, promoted))
         busy_step = busy.measure(run_stage, base, label, n, quiet)
+        threads_step = threads.measure(run_stage, base, label, n, clean, trained["seconds"],
+                                       busy_step["stages"]["train_candidate"])
     finally:
         shutil.rmtree(artifacts, ignore_errors=True)
         if not keep:
@@ -229,6 +235,7 @@ def measure_size(rows: int, server_url: str, config_path: Path, repeats: int, ke
     steps.append(report.whole_dag(steps, n, copy_floor + fit["seconds"] + gx_floor["seconds"] + predict_floor["seconds"]))
     steps += peer.rows(hand_wired, steps[-1], n)
     steps.append(busy_step)
+    steps.append(threads_step)
     steps.append(score_step)
     steps.append(report.step(report.FIRST_ROW, first["seconds"], rows, None, first["peak_mb"],
                              ready_mb=first["ready_mb"], stages=first["stages"], result=first["result"]))
@@ -292,6 +299,7 @@ def verdicts(sizes: list[dict[str, Any]], dag_parse: list[dict[str, Any]]) -> li
         lines.append("memory above imports, largest stage: " + ", ".join(
             f"{report.fmt(r, 'rows')} {mb:,.0f} MB ({mb * 1024 / r:,.1f} KB per row)" for r, mb in growth))
     lines += busy.verdicts(sizes)
+    lines += threads.verdicts(sizes)
     lines += scoring.verdicts(sizes)
     for d in dag_parse:
         lines.append(f"DAG parse {d['file']}: {d['dag_seconds']:.3f} s on top of airflow.sdk (target < "

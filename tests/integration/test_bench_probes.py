@@ -3,12 +3,13 @@ layout change that breaks one fails here, not in the next `make bench`."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-from bench import probe, scoring, workload
+from bench import probe, scoring, threads, workload
 from pipeline.contract.settings import Settings
 from pipeline.registry.records import current_champion
 from pipeline.workspace import Workspace
@@ -43,4 +44,34 @@ def test_the_floors_measure_the_champion_and_its_snapshots(settings: Settings, t
     assert search["best"] in workload.BENCH_FAMILIES and search["seconds"] > 0
     listing = probe.run_validation_floor(_spec(settings, snapshot_hash=retrain["snapshot"]["snapshot_hash"]))
     assert listing["rows"] == 442 and listing["chunks"] == 1 and listing["result_format"] == "COMPLETE, rows by id"
+    ws.engine.dispose()
+
+
+def test_the_thread_table_trains_with_each_forced_count_quiet_and_busy(settings: Settings, tmp_path: Path) -> None:
+    ws = quick_workspace(Workspace.open(settings))
+    retrain = promote_demo_champion(ws)
+    config = workload.write_config(settings.config_path, tmp_path / "bench.yaml")
+    ran: list[tuple[str, str, int | None]] = []
+
+    def run_stage(spec: dict[str, Any], tag: str, name: str, **arguments: Any) -> dict[str, Any]:
+        from pipeline.contract.config import load_config
+
+        ran.append((spec["run_id"], name, load_config(Path(spec["config_path"])).training.n_jobs))
+        return probe.run_stage({**spec, "stage": name, "arguments": arguments})  # in this process, not a fresh one
+
+    base = _spec(settings, config_path=str(config), watermark=datetime.now(UTC).isoformat())
+    step = threads.measure(run_stage, base, "[demo]", 354,
+                           retrain["clean_snapshot_hash"], chosen=2.0, chosen_busy=3.0)
+
+    assert ran == [(f"bench-probe-threads-{n}-{setting}", "train_candidate", n)
+                   for setting in ("quiet", "busy") for n in (1, 2)]
+    with ws.engine.connect() as conn:  # each a run of its own: four more versions, each trained
+        runs = conn.scalar(sa.text("SELECT count(*) FROM pipeline.model_versions WHERE run_id LIKE 'bench-probe-threads-%'"))
+    assert runs == 4
+    quiet = step["forced"]["quiet"]
+    assert set(quiet) == set(step["forced"]["busy"]) == {"1", "2"} and all(s > 0 for s in quiet.values())
+    assert step["floor_seconds"] == min(quiet.values()) and step["vs_better"] == 2.0 / min(quiet.values())
+    [line] = threads.verdicts([{"rows": 354, "steps": [step]}])
+    assert line.startswith("train threads at 354: chosen by size 2.00 s") and line.endswith(
+        "OK" if step["vs_better"] <= threads.TARGET else "MISSED")
     ws.engine.dispose()
