@@ -53,10 +53,7 @@ def measure(run_stage: Callable[..., dict[str, Any]], base: dict[str, Any], labe
 def verdicts(sizes: list[dict[str, Any]]) -> list[str]:
     """The busy retrain's seconds against the quiet one's, per size measured."""
     lines = []
-    for size in sizes:
-        step = next((s for s in size["steps"] if s["step"] == STEP), None)
-        if step is None:
-            continue
+    for size, step in report.steps_named(sizes, STEP):
         lines.append(f"retrain with a busy process beside it at {report.fmt(size['rows'], 'rows')}: "
                      f"{step['seconds']:.1f} s, {step['vs_quiet']:.2f}x the quiet retrain's {step['floor_seconds']:.1f} s "
                      f"(train_candidate {step['stages']['train_candidate']:.1f} s) (target <= {TARGET}x) "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,14 @@ def step(name: str, seconds: float, rows: int, floor: float | None = None, peak_
     return {"step": name, "seconds": seconds, "rows": rows, "rows_per_second": rows / seconds if seconds else None,
             "floor_seconds": floor, "vs_floor": floor / seconds if floor and seconds else None,
             "peak_mb": peak_mb, **extra}
+
+
+def steps_named(sizes: list[dict[str, Any]], name: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(size, step) for each size that measured a step of this name."""
+    for size in sizes:
+        step = next((s for s in size["steps"] if s["step"] == name), None)
+        if step is not None:
+            yield size, step
 
 
 def whole_dag(steps: list[dict[str, Any]], rows: int, floor: float) -> dict[str, Any]:

@@ -151,9 +151,8 @@ def measure(probe: Callable[[dict[str, Any]], dict[str, Any]], say: Callable[...
 def verdicts(sizes: list[dict[str, Any]]) -> list[str]:
     """Scoring's throughput against its floor, per size measured."""
     lines = []
-    for size in sizes:
-        step = next((s for s in size["steps"] if s["step"] == STEP), None)
-        if step is None or step["vs_floor"] is None:
+    for size, step in report.steps_named(sizes, STEP):
+        if step["vs_floor"] is None:
             continue
         floor = size["floors"].get(FLOOR, {})
         unindexed = ""

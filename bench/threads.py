@@ -58,10 +58,7 @@ def measure(run_stage: Callable[..., dict[str, Any]], base: dict[str, Any], labe
 def verdicts(sizes: list[dict[str, Any]]) -> list[str]:
     """The choice against one and two threads, per size measured."""
     lines = []
-    for size in sizes:
-        step = next((s for s in size["steps"] if s["step"] == STEP), None)
-        if step is None:
-            continue
+    for size, step in report.steps_named(sizes, STEP):
         quiet, busy_ = step["forced"]["quiet"], step["forced"]["busy"]
         lines.append(f"train threads at {report.fmt(size['rows'], 'rows')}: chosen by size {step['seconds']:.2f} s, "
                      f"1 thread {quiet['1']:.2f} s, 2 threads {quiet['2']:.2f} s quiet; busy: chosen "
