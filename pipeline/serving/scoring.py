@@ -196,7 +196,7 @@ class _Writer:
                  new_sealer: Callable[[], crypto.ValueSealer] | None = None) -> None:
         self.cursor, self.run_id, self.model, self.interval = cursor, run_id, model, interval
         self._new_sealer = new_sealer  # encryption at rest: the run's refusals share one data key, made when needed
-        self._sealer: crypto.ValueSealer | None = None
+        self._sealer: Future[crypto.ValueSealer] | None = None
         self.selected = self.scored = self.refused = 0
         self.reason_counts: Counter[str] = Counter()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"copy-{run_id}")
@@ -219,9 +219,19 @@ class _Writer:
             in_flight.exception()
 
     def close(self) -> None:
-        """Settle the COPY in flight and stop the thread."""
+        """Settle the COPY in flight and stop the thread; a data key being made is waited for, whatever its outcome."""
         self.settle()
         self._thread.shutdown(wait=True)
+        if self._sealer is not None:
+            self._sealer.exception()
+
+    def make_sealer(self) -> None:
+        """Start making the run's data key for its refusals (a round trip to record it, the master key wrapping it)
+        on a thread of its own, once the run has a refusal: the chunk's forecasts are made and written meanwhile."""
+        if self._new_sealer is not None and self._sealer is None:
+            maker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"data-key-{self.run_id}")
+            self._sealer = maker.submit(self._new_sealer)
+            maker.shutdown(wait=False)
 
     def _send(self, copy: Callable[[], object]) -> None:
         self.drain()
@@ -266,7 +276,9 @@ class _Writer:
         if self._new_sealer is None or not merged:
             return pd.DataFrame({"run_id": self.run_id, "source_id": list(merged),
                                  "reasons": [json.dumps(r, default=str) for r in merged.values()]})
-        sealer = self._sealer = self._sealer or self._new_sealer()
+        self.make_sealer()
+        assert self._sealer is not None  # made above
+        sealer = self._sealer.result()
         rows = [records.seal_refusal(self.run_id, source_id, reasons, sealer) for source_id, reasons in merged.items()]
         return pd.DataFrame({"run_id": self.run_id, "source_id": list(merged),
                              "reasons": [json.dumps(r["reasons"], default=str) for r in rows],
@@ -283,6 +295,8 @@ def _score_chunk(table: pa.Table, writer: _Writer, model: Any, contract: Dataset
                  policy: QualityPolicy, shadows: list[Shadow]) -> None:
     frame = ingest.arrow_to_frame(ingest._with_null_columns(table))
     valid, refusals = judge(frame, contract, suite, policy)
+    if refusals:
+        writer.make_sealer()
     forecast = intervals.forecast(model, valid, contract, writer.interval) if len(valid) else None
     if forecast is not None:
         finite = _finite(forecast)

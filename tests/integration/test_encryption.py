@@ -323,6 +323,31 @@ def test_a_scoring_runs_refusals_keep_the_values_that_broke_the_contract_sealed(
         operator.refused_records(conn, sealed.model, "score-refusal-sealed", 10, None)
 
 
+def test_a_scoring_run_makes_its_data_key_only_when_it_refuses_a_record(server_url: str, tmp_path: Path) -> None:
+    url = create_scratch_database(server_url)
+    sealed = _workspace(url, tmp_path, encrypt=True)
+    try:
+        _retrained(sealed)
+
+        def keys() -> set[str]:
+            return {r["key_ref"] for r in fetch(sealed, "SELECT key_ref FROM pipeline.data_keys")}
+
+        _score_with_a_refusal(sealed, "score-one-key")
+        refused = fetch(sealed, "SELECT source_id, key_ref FROM pipeline.scoring_refusals WHERE run_id = 'score-one-key'")
+        assert len({r["key_ref"] for r in refused}) == 1 and {r["key_ref"] for r in refused} <= keys()
+
+        with sealed.engine.begin() as conn:  # the refused records gone: the next run refuses nothing
+            conn.execute(sa.text("DELETE FROM public.patient_records WHERE patient_id = ANY(:ids)"),
+                         {"ids": [int(r["source_id"]) for r in refused]})
+        before = keys()
+        result = scoring.score_batch(sealed, "score-no-key")
+        assert result["rows_refused"] == 0 and result["rows_scored"] > 0, result
+        assert keys() == before  # and makes no key
+    finally:
+        sealed.engine.dispose()
+        db.drop_database(url)
+
+
 def test_encrypt_store_seals_a_plain_store_in_place_and_a_second_run_has_nothing_to_do(
         server_url: str, tmp_path: Path) -> None:
     from pipeline.registry.encrypt_store import encrypt_store
