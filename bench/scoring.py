@@ -124,10 +124,11 @@ def measure(probe: Callable[[dict[str, Any]], dict[str, Any]], say: Callable[...
     say(f"{label} score_batch, first run after the promotion (compiles the champion once per machine) ...", end=" ")
     first = probe({**base, "probe": "score", "run_id": f"{base['run_id']}-score-first"})
     say(f"{first['seconds']:.2f} s")
-    say(f"{label} score_batch, every row, the compiled champion cached, best of {min(base['repeats'], RUNS)} "
+    count = min(base["repeats"], RUNS)
+    say(f"{label} score_batch, every row, the compiled champion cached, best of {count} "
         "(each a fresh process and a new run) ...", end=" ")
     runs = []
-    for n in range(min(base["repeats"], RUNS)):
+    for n in range(count):
         workload.settle(base["database_url"], WRITTEN)
         runs.append(probe({**base, "probe": "score", "run_id": f"{base['run_id']}-score-{n + 1}"}))
     scored = min(runs, key=lambda r: r["seconds"])

@@ -11,6 +11,7 @@ train stage are the choice's rows. Target: the choice within 1.2x of the better 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,7 @@ def measure(run_stage: Callable[..., dict[str, Any]], base: dict[str, Any], labe
             spec = {**base, "config_path": str(config_with_threads(Path(base["config_path"]), n_jobs)),
                     "run_id": f"{base['run_id']}-threads-{n_jobs}-{setting}"}
             tag = f"{label} {setting}, every fit on {n_jobs} thread{'s' if n_jobs > 1 else ''}:"
-            if setting == "busy":
-                with busy.busy_process():
-                    measured = run_stage(spec, tag, "train_candidate", clean_snapshot_hash=clean_snapshot_hash)
-            else:
+            with busy.busy_process() if setting == "busy" else contextlib.nullcontext():
                 measured = run_stage(spec, tag, "train_candidate", clean_snapshot_hash=clean_snapshot_hash)
             forced[setting][n_jobs] = measured["seconds"]
     better = min(forced["quiet"].values())

@@ -31,6 +31,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline.contract.config import ConfigError, DatasetContract
 from pipeline.data.casting import NOT_FINITE, OUT_OF_RANGE_DATE, Unreadable, cast_column, cast_strict
+from pipeline.runtime import threads
 from pipeline.store.artifacts import ArtifactStore, open_verified, store_bytes
 from pipeline.store.crypto import Keyring
 
@@ -333,10 +334,7 @@ class EarlyRead:
     def __init__(self, engine: Engine, contract: DatasetContract, query: sa.Select[Any], rows: int) -> None:
         self._cursor: Any = None
         self._connection: Any = None
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="early-read")
-        self._future: Future[tuple[pa.Schema, list[pa.RecordBatch], Iterator[pa.RecordBatch]]] = pool.submit(
-            self._start, engine, contract, query, rows)
-        pool.shutdown(wait=False)
+        self._future = threads.in_background("early-read", self._start, engine, contract, query, rows)
 
     def _start(self, engine: Engine, contract: DatasetContract, query: sa.Select[Any], rows: int
                ) -> tuple[pa.Schema, list[pa.RecordBatch], Iterator[pa.RecordBatch]]:

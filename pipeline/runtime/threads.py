@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Airflow's defaults when the environment does not set them: [celery] worker_concurrency, [core] parallelism.
 CELERY_CONCURRENCY = ("AIRFLOW__CELERY__WORKER_CONCURRENCY", 16)
@@ -142,3 +145,13 @@ def for_fit(rows: int, n_jobs: int | None = None) -> Iterator[int]:
     count = fit_threads(rows, task_threads(), n_jobs)
     with threadpool_limits(limits=count):
         yield count
+
+
+def in_background(name: str, function: Callable[..., T], *args: Any) -> Future[T]:
+    """`function(*args)` started now on a thread of its own (named `name`), for work that waits on a server
+    while the caller goes on; its result, or its error, at the Future's `result`."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+    try:
+        return pool.submit(function, *args)
+    finally:
+        pool.shutdown(wait=False)

@@ -41,6 +41,7 @@ from pipeline.data import ingest, quality, tombstones, validate
 from pipeline.model import intervals
 from pipeline.registry import records, runs
 from pipeline.registry.runs import error_line
+from pipeline.runtime import threads
 from pipeline.store import binary_copy, crypto
 
 if TYPE_CHECKING:
@@ -229,9 +230,7 @@ class _Writer:
         """Start making the run's data key for its refusals (a round trip to record it, the master key wrapping it)
         on a thread of its own, once the run has a refusal: the chunk's forecasts are made and written meanwhile."""
         if self._new_sealer is not None and self._sealer is None:
-            maker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"data-key-{self.run_id}")
-            self._sealer = maker.submit(self._new_sealer)
-            maker.shutdown(wait=False)
+            self._sealer = threads.in_background(f"data-key-{self.run_id}", self._new_sealer)
 
     def _send(self, copy: Callable[[], object]) -> None:
         self.drain()
